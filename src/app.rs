@@ -1,0 +1,164 @@
+//! The command-line application: parse, dispatch, print, choose the exit code.
+
+use crate::cli::{CatalogKind, Cli, Command, RunArgs};
+use crate::config::Config;
+use crate::cost::catalog::{hardware_names, model_names, HardwareSpec, ModelShape};
+use crate::error::Error;
+use crate::run::{run, RunOptions, RunOutcome};
+use clap::Parser;
+use std::ffi::OsString;
+
+/// Runs the CLI and returns the process exit code (0 ok, 2 bad input, 1 failure while writing).
+pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    let result = match cli.command {
+        Command::Run(a) => run_command(&a),
+        Command::Catalog { what } => {
+            print_catalog(what);
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn run_command(a: &RunArgs) -> Result<(), Error> {
+    let mut cfg = Config::load(a.config.as_deref(), &a.set)?;
+    if let Some(seed) = a.seed {
+        cfg.seed = seed;
+    }
+    let outcome = run(
+        &cfg,
+        &RunOptions {
+            out: a.out.clone(),
+            progress: !a.quiet,
+        },
+    )?;
+    if !a.quiet {
+        print!("{}", human_summary(&outcome));
+    }
+    Ok(())
+}
+
+fn print_catalog(what: CatalogKind) {
+    match what {
+        CatalogKind::Models => {
+            println!(
+                "{:<16} {:>9} {:>7} {:>6} {:>6} {:>8} {:>10} {:>9}",
+                "name", "params_B", "layers", "heads", "kv", "hidden", "kv_B/token", "max_len"
+            );
+            for n in model_names() {
+                let m = ModelShape::load(n).expect("catalog models load (tested)");
+                println!(
+                    "{:<16} {:>9.2} {:>7} {:>6} {:>6} {:>8} {:>10} {:>9}",
+                    n,
+                    m.total_params() as f64 / 1e9,
+                    m.num_layers,
+                    m.num_heads,
+                    m.num_kv_heads,
+                    m.hidden_size,
+                    m.kv_bytes_per_token(),
+                    m.max_position_embeddings
+                );
+            }
+        }
+        CatalogKind::Hardware => {
+            println!(
+                "{:<12} {:>12} {:>10} {:>11}  device",
+                "name", "bf16_TFLOPs", "mem_GB/s", "memory_GiB"
+            );
+            for n in hardware_names() {
+                let h = HardwareSpec::load(&n).expect("catalog hardware loads (tested)");
+                println!(
+                    "{:<12} {:>12.1} {:>10.0} {:>11.2}  {}",
+                    n, h.peak_bf16_tflops, h.memory_bandwidth_gbps, h.memory_gib, h.device_name
+                );
+            }
+        }
+    }
+}
+
+/// A short human-readable summary of a run.
+pub fn human_summary(o: &RunOutcome) -> String {
+    let s = &o.summary;
+    let f = |k: &str| s.get_f64(k).unwrap_or(f64::NAN);
+    let ms = |k: &str| f(k) * 1e3;
+    let mut out = String::new();
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "servesim run: {} on {} ({} replica(s), {} KV blocks), cost model {}",
+        s.0["model"].as_str().unwrap_or("?"),
+        s.0["hardware"].as_str().unwrap_or("?"),
+        s.0["replicas"],
+        s.0["num_gpu_blocks"],
+        s.0["cost_model"].as_str().unwrap_or("?"),
+    );
+    let _ = writeln!(
+        out,
+        "  requests   {} finished, {} rejected, {} unfinished, from {} sessions over {:.1} s of virtual time",
+        s.0["requests_finished"], s.0["requests_rejected"], s.0["requests_unfinished"], s.0["sessions"], f("duration_s")
+    );
+    let _ = writeln!(
+        out,
+        "  throughput {:.2} req/s, {:.0} output tok/s, {:.0} total tok/s",
+        f("request_throughput_rps"),
+        f("output_throughput_tps"),
+        f("total_token_throughput_tps")
+    );
+    for (name, key) in [
+        ("TTFT", "ttft"),
+        ("TPOT", "tpot"),
+        ("ITL", "itl"),
+        ("E2E", "e2e"),
+    ] {
+        let _ = writeln!(
+            out,
+            "  {:<4} ms    mean {:>9.2}  median {:>9.2}  p90 {:>9.2}  p99 {:>9.2}",
+            name,
+            ms(&format!("{key}_mean_s")),
+            ms(&format!("{key}_median_s")),
+            ms(&format!("{key}_p90_s")),
+            ms(&format!("{key}_p99_s")),
+        );
+    }
+    if let Some(g) = s.get_f64("goodput_rps") {
+        let _ = writeln!(out, "  goodput    {g:.2} req/s within the SLOs");
+    }
+    let _ = writeln!(
+        out,
+        "  prefix cache hit rate {:.1}% ({} of {} queried tokens), prefill saved {:.1}%, {} evictions",
+        100.0 * f("prefix_cache_hit_rate"),
+        s.0["prefix_cache_hits"],
+        s.0["prefix_cache_queries"],
+        100.0 * f("prefill_tokens_saved_frac"),
+        s.0["kv_cache_evictions"]
+    );
+    let _ = writeln!(
+        out,
+        "  KV usage mean {:.1}%, peak {:.1}%; {} preemptions; {} steps",
+        100.0 * f("kv_cache_usage_perc_mean"),
+        100.0 * f("kv_cache_usage_perc_peak"),
+        s.0["num_preemptions"],
+        s.0["steps"]
+    );
+    let _ = writeln!(
+        out,
+        "  wrote {} ({} events in {:.2} s wall)",
+        o.out_dir.display(),
+        o.events,
+        o.wall_seconds
+    );
+    out
+}

@@ -1,0 +1,705 @@
+//! Raw TOML plus command-line overrides, turned into one validated [`Config`]. Every default lives here.
+//!
+//! Loading goes: file text (or the embedded default) -> schema check with line numbers -> `--set` overrides
+//! applied to the TOML tree -> schema check again (errors then name the override) -> semantic validation.
+//! Unknown keys are errors everywhere: a typo must never silently fall back to a default.
+
+use crate::error::ConfigError;
+use crate::workload::dist::Dist;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The embedded default workload and system (`servesim run` with no `--config`).
+pub const DEFAULT_CONFIG: &str = include_str!("../workloads/chat.toml");
+pub const DEFAULT_CONFIG_NAME: &str = "workloads/chat.toml (embedded)";
+
+/// A whole run: workload, model, hardware, engine, cost model, SLOs and outputs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Run name: the output directory is results/<name> unless --out says otherwise.
+    pub name: String,
+    /// Master seed for every random stream.
+    pub seed: u64,
+    pub workload: WorkloadConfig,
+    pub model: ModelConfig,
+    pub hardware: HardwareConfig,
+    pub engine: EngineConfig,
+    pub cluster: ClusterConfig,
+    pub cost: CostConfig,
+    pub slo: SloConfig,
+    pub output: OutputConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "run".into(),
+            seed: 42,
+            workload: WorkloadConfig::default(),
+            model: ModelConfig::default(),
+            hardware: HardwareConfig::default(),
+            engine: EngineConfig::default(),
+            cluster: ClusterConfig::default(),
+            cost: CostConfig::default(),
+            slo: SloConfig::default(),
+            output: OutputConfig::default(),
+        }
+    }
+}
+
+/// How session starts are spaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArrivalProcess {
+    /// Exponential gaps (a Poisson process).
+    Poisson,
+    /// Gamma gaps with shape `burstiness` and mean 1/rate (`vllm bench serve --burstiness`); shape < 1 is
+    /// burstier than Poisson, shape > 1 more regular.
+    Gamma,
+}
+
+/// A shared system prompt and the share of sessions that use it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemPrompt {
+    pub tokens: u32,
+    #[serde(default = "one")]
+    pub share: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// The conversational workload generator's parameters. Defaults follow real chat traces (README, "Workload").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkloadConfig {
+    /// Sessions started per second of virtual time.
+    pub session_rate: f64,
+    pub arrival: ArrivalProcess,
+    /// Gamma shape when `arrival = "gamma"`.
+    pub burstiness: f64,
+    /// No session starts and no turn is released after this many seconds; requests already in flight drain.
+    pub duration_s: Option<f64>,
+    /// At most this many sessions start.
+    pub max_sessions: Option<u64>,
+    /// At most this many requests (turns) are released.
+    pub max_requests: Option<u64>,
+    /// Turns per session.
+    pub turns: Dist,
+    /// Tokens of each new user message.
+    pub user_tokens: Dist,
+    /// Probability that a turn also pastes a long document.
+    pub doc_probability: f64,
+    pub doc_tokens: Dist,
+    /// Tokens of each response (the true output length; the scheduler never sees it).
+    pub response_tokens: Dist,
+    /// Seconds between a turn's completion and the next turn's release.
+    pub think_time_s: Dist,
+    /// The `max_tokens` each request carries (visible to the scheduler); responses longer than this are cut.
+    pub max_tokens: u32,
+    /// Per-session priority (lower is served first under `engine.policy = "priority"`), rounded to an integer.
+    pub priority: Dist,
+    /// Drop the oldest turns when a prompt plus `max_tokens` would exceed the model's context; when false such
+    /// requests are rejected.
+    pub truncate_context: bool,
+    /// Shared system prompts; each session draws one by share. Empty means no system prompt.
+    pub system_prompts: Vec<SystemPrompt>,
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> Self {
+        let ln = |median: f64, sigma: f64, max: f64| Dist::Lognormal {
+            median,
+            sigma,
+            min: Some(1.0),
+            max: Some(max),
+        };
+        WorkloadConfig {
+            session_rate: 1.0,
+            arrival: ArrivalProcess::Poisson,
+            burstiness: 1.0,
+            duration_s: Some(300.0),
+            max_sessions: None,
+            max_requests: None,
+            turns: Dist::Zipf {
+                alpha: 2.0,
+                min: 1,
+                max: 50,
+            },
+            user_tokens: ln(60.0, 1.4, 8192.0),
+            doc_probability: 0.10,
+            doc_tokens: ln(4000.0, 1.0, 100_000.0),
+            response_tokens: ln(150.0, 0.9, 2048.0),
+            think_time_s: Dist::Lognormal {
+                median: 100.0,
+                sigma: 1.4,
+                min: None,
+                max: Some(3600.0),
+            },
+            max_tokens: 2048,
+            priority: Dist::Constant { value: 0.0 },
+            truncate_context: true,
+            system_prompts: vec![SystemPrompt {
+                tokens: 600,
+                share: 1.0,
+            }],
+        }
+    }
+}
+
+/// Which model: a catalog name (`servesim catalog models`) or a path to a Hugging Face config.json.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub name: String,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            name: "llama-3.1-8b".into(),
+        }
+    }
+}
+
+/// Which accelerator, by catalog name (`servesim catalog hardware`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HardwareConfig {
+    pub name: String,
+}
+
+impl Default for HardwareConfig {
+    fn default() -> Self {
+        HardwareConfig {
+            name: "h100-sxm".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulingPolicy {
+    /// First come, first served; preemption takes the most recently admitted request.
+    Fcfs,
+    /// Lowest (priority, arrival) first; preemption takes the worst (priority, arrival).
+    Priority,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheScope {
+    /// vLLM's behaviour: any request may hit any cached block.
+    Global,
+    /// A request hits only blocks its own session produced (modelled as a per-session cache salt).
+    Session,
+}
+
+/// One serving instance, with vLLM V1's knobs and defaults. `None` means "derive as vLLM does"; the resolved
+/// config written with each run states the value used.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    pub policy: SchedulingPolicy,
+    pub max_num_batched_tokens: Option<u32>,
+    pub max_num_seqs: Option<u32>,
+    pub max_model_len: Option<u32>,
+    pub enable_chunked_prefill: bool,
+    /// 0 = off. Caps the tokens one request may prefill per step.
+    pub long_prefill_token_threshold: u32,
+    pub block_size: u32,
+    pub gpu_memory_utilization: f64,
+    /// Overrides the block count derived from memory (vLLM `num_gpu_blocks_override`).
+    pub num_gpu_blocks: Option<u32>,
+    /// Memory kept for activations and non-torch allocations, GiB; derived from the batch size when unset.
+    pub activation_reserve_gib: Option<f64>,
+    pub prefix_caching: bool,
+    pub prefix_cache_scope: CacheScope,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            policy: SchedulingPolicy::Fcfs,
+            max_num_batched_tokens: None,
+            max_num_seqs: None,
+            max_model_len: None,
+            enable_chunked_prefill: true,
+            long_prefill_token_threshold: 0,
+            block_size: 16,
+            gpu_memory_utilization: 0.9,
+            num_gpu_blocks: None,
+            activation_reserve_gib: None,
+            prefix_caching: true,
+            prefix_cache_scope: CacheScope::Global,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouterPolicy {
+    RoundRobin,
+    LeastLoaded,
+    SessionAffinity,
+}
+
+/// Replicas behind a router.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub replicas: u32,
+    pub router: RouterPolicy,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            replicas: 1,
+            router: RouterPolicy::RoundRobin,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CostKind {
+    Roofline,
+    Linear,
+}
+
+/// Roofline efficiencies and overheads. Defaults are typical achieved fractions for dense bf16 GEMMs and
+/// streaming reads on Hopper-class GPUs, and a CUDA-graph-captured step's fixed cost.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RooflineConfig {
+    pub compute_efficiency: f64,
+    pub memory_efficiency: f64,
+    pub step_overhead_s: f64,
+    pub layer_overhead_s: f64,
+}
+
+impl Default for RooflineConfig {
+    fn default() -> Self {
+        RooflineConfig {
+            compute_efficiency: 0.6,
+            memory_efficiency: 0.8,
+            step_overhead_s: 0.0005,
+            layer_overhead_s: 0.000_005,
+        }
+    }
+}
+
+/// A linear step-time model for tests and what-if studies:
+/// step = step_s + prefill_token_s x prefill tokens + decode_seq_s x decode sequences
+///        + decode_context_token_s x total context of decode sequences.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinearConfig {
+    pub step_s: f64,
+    pub prefill_token_s: f64,
+    pub decode_seq_s: f64,
+    pub decode_context_token_s: f64,
+}
+
+impl Default for LinearConfig {
+    fn default() -> Self {
+        LinearConfig {
+            step_s: 0.005,
+            prefill_token_s: 0.000_1,
+            decode_seq_s: 0.000_1,
+            decode_context_token_s: 0.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CostConfig {
+    pub kind: CostKind,
+    pub roofline: RooflineConfig,
+    pub linear: LinearConfig,
+}
+
+impl Default for CostConfig {
+    fn default() -> Self {
+        CostConfig {
+            kind: CostKind::Roofline,
+            roofline: RooflineConfig::default(),
+            linear: LinearConfig::default(),
+        }
+    }
+}
+
+/// Service-level objectives for goodput (`vllm bench serve --goodput`): a request is good when every SLO set
+/// here holds. With none set, goodput is not reported.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SloConfig {
+    pub ttft_s: Option<f64>,
+    pub tpot_s: Option<f64>,
+    pub e2e_s: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// Virtual seconds between time-series samples.
+    pub timeseries_interval_s: f64,
+    /// Stop the simulation at this virtual time even if requests are in flight (they are reported
+    /// `unfinished`). Unset: run until every released request finishes.
+    pub max_sim_time_s: Option<f64>,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            timeseries_interval_s: 1.0,
+            max_sim_time_s: None,
+        }
+    }
+}
+
+/// Where the config text came from, for error messages.
+pub struct Source<'a> {
+    pub origin: &'a str,
+    pub text: &'a str,
+}
+
+impl Config {
+    /// Loads a config file (or the embedded default when `path` is None) and applies `--set` overrides.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
+        let owned;
+        let src = match path {
+            Some(p) => {
+                owned = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Source {
+                    origin: &p.display().to_string(),
+                    text: &owned,
+                }
+                .parse(overrides)
+            }
+            None => Source {
+                origin: DEFAULT_CONFIG_NAME,
+                text: DEFAULT_CONFIG,
+            }
+            .parse(overrides),
+        }?;
+        Ok(src)
+    }
+
+    /// Checks what the schema cannot: ranges, consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let w = &self.workload;
+        if !(w.session_rate.is_finite() && w.session_rate > 0.0) {
+            return Err(ConfigError::invalid(
+                "workload.session_rate",
+                format!(
+                    "must be a positive number of sessions per second, got {}",
+                    w.session_rate
+                ),
+            ));
+        }
+        if !(w.burstiness.is_finite() && w.burstiness > 0.0) {
+            return Err(ConfigError::invalid(
+                "workload.burstiness",
+                format!("must be a positive gamma shape, got {}", w.burstiness),
+            ));
+        }
+        if w.duration_s.is_none() && w.max_sessions.is_none() && w.max_requests.is_none() {
+            return Err(ConfigError::invalid(
+                "workload",
+                "the run is unbounded: set duration_s, max_sessions or max_requests",
+            ));
+        }
+        if let Some(d) = w.duration_s {
+            if !(d.is_finite() && d > 0.0) {
+                return Err(ConfigError::invalid(
+                    "workload.duration_s",
+                    format!("must be positive seconds, got {d}"),
+                ));
+            }
+        }
+        for (key, d) in [
+            ("workload.turns", &w.turns),
+            ("workload.user_tokens", &w.user_tokens),
+            ("workload.doc_tokens", &w.doc_tokens),
+            ("workload.response_tokens", &w.response_tokens),
+            ("workload.think_time_s", &w.think_time_s),
+            ("workload.priority", &w.priority),
+        ] {
+            d.validate().map_err(|m| ConfigError::invalid(key, m))?;
+        }
+        if !(0.0..=1.0).contains(&w.doc_probability) {
+            return Err(ConfigError::invalid(
+                "workload.doc_probability",
+                format!("must be in [0, 1], got {}", w.doc_probability),
+            ));
+        }
+        if w.max_tokens == 0 {
+            return Err(ConfigError::invalid(
+                "workload.max_tokens",
+                "must be at least 1",
+            ));
+        }
+        for (i, sp) in w.system_prompts.iter().enumerate() {
+            if !(sp.share.is_finite() && sp.share > 0.0) {
+                return Err(ConfigError::invalid(
+                    format!("workload.system_prompts[{i}].share"),
+                    format!("must be positive, got {}", sp.share),
+                ));
+            }
+        }
+        let e = &self.engine;
+        if !(e.gpu_memory_utilization > 0.0 && e.gpu_memory_utilization <= 1.0) {
+            return Err(ConfigError::invalid(
+                "engine.gpu_memory_utilization",
+                format!("must be in (0, 1], got {}", e.gpu_memory_utilization),
+            ));
+        }
+        if e.block_size == 0 {
+            return Err(ConfigError::invalid(
+                "engine.block_size",
+                "must be at least 1 token (vLLM uses 16)",
+            ));
+        }
+        if e.max_num_batched_tokens == Some(0) || e.max_num_seqs == Some(0) {
+            return Err(ConfigError::invalid(
+                "engine.max_num_batched_tokens / engine.max_num_seqs",
+                "must be at least 1",
+            ));
+        }
+        if let Some(r) = e.activation_reserve_gib {
+            if !(r.is_finite() && r >= 0.0) {
+                return Err(ConfigError::invalid(
+                    "engine.activation_reserve_gib",
+                    format!("must be >= 0, got {r}"),
+                ));
+            }
+        }
+        if self.cluster.replicas == 0 {
+            return Err(ConfigError::invalid(
+                "cluster.replicas",
+                "must be at least 1",
+            ));
+        }
+        let r = &self.cost.roofline;
+        for (k, v) in [
+            ("cost.roofline.compute_efficiency", r.compute_efficiency),
+            ("cost.roofline.memory_efficiency", r.memory_efficiency),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(ConfigError::invalid(
+                    k,
+                    format!("must be in (0, 1], got {v}"),
+                ));
+            }
+        }
+        let l = &self.cost.linear;
+        for (k, v) in [
+            ("cost.roofline.step_overhead_s", r.step_overhead_s),
+            ("cost.roofline.layer_overhead_s", r.layer_overhead_s),
+            ("cost.linear.step_s", l.step_s),
+            ("cost.linear.prefill_token_s", l.prefill_token_s),
+            ("cost.linear.decode_seq_s", l.decode_seq_s),
+            (
+                "cost.linear.decode_context_token_s",
+                l.decode_context_token_s,
+            ),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(ConfigError::invalid(
+                    k,
+                    format!("must be >= 0 seconds, got {v}"),
+                ));
+            }
+        }
+        for (k, v) in [
+            ("slo.ttft_s", self.slo.ttft_s),
+            ("slo.tpot_s", self.slo.tpot_s),
+            ("slo.e2e_s", self.slo.e2e_s),
+            ("output.max_sim_time_s", self.output.max_sim_time_s),
+        ] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(ConfigError::invalid(
+                        k,
+                        format!("must be positive seconds, got {v}"),
+                    ));
+                }
+            }
+        }
+        let ts = self.output.timeseries_interval_s;
+        if !(ts.is_finite() && ts >= 0.001) {
+            return Err(ConfigError::invalid(
+                "output.timeseries_interval_s",
+                format!("must be at least 0.001 s, got {ts}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Source<'_> {
+    /// Parses the text, applies the overrides and validates.
+    pub fn parse(&self, overrides: &[String]) -> Result<Config, ConfigError> {
+        // First pass on the text itself, so schema errors carry the file's line and column.
+        let _: Config = from_toml_str(self.text, self.origin)?;
+        let mut table: toml::Table = toml::from_str(self.text).map_err(|e| ConfigError::Parse {
+            origin: self.origin.to_string(),
+            message: e.to_string(),
+        })?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        let cfg: Config = if overrides.is_empty() {
+            from_toml_str(self.text, self.origin)?
+        } else {
+            let origin = format!("{} with --set {}", self.origin, overrides.join(" --set "));
+            from_value(toml::Value::Table(table), &origin)?
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn from_toml_str<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        ConfigError::Parse {
+            origin: origin.to_string(),
+            message: if path.is_empty() || path == "." {
+                inner.trim_end().to_string()
+            } else {
+                format!("key `{path}`: {}", inner.trim_end())
+            },
+        }
+    })
+}
+
+fn from_value<T: DeserializeOwned>(v: toml::Value, origin: &str) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError::Parse {
+            origin: origin.to_string(),
+            message: format!("key `{path}`: {}", e.into_inner()),
+        }
+    })
+}
+
+/// Applies one `key.path=value` override. The value is read as a TOML value (number, bool, string, inline
+/// table or array); anything that does not parse as TOML is taken as a string.
+pub fn apply_override(table: &mut toml::Table, arg: &str) -> Result<(), ConfigError> {
+    let bad = |m: &str| ConfigError::BadOverride {
+        arg: arg.to_string(),
+        message: m.to_string(),
+    };
+    let (key, raw) = arg.split_once('=').ok_or_else(|| bad("missing `=`"))?;
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(|p| p.trim().is_empty()) {
+        return Err(bad("empty key or key part"));
+    }
+    let raw = raw.trim();
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").expect("just parsed"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.split('.').map(str::trim).collect();
+    let mut cur = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| bad(&format!("`{p}` is a value, not a table")))?;
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, o: &[&str]) -> Result<Config, ConfigError> {
+        let o: Vec<String> = o.iter().map(|s| s.to_string()).collect();
+        Source {
+            origin: "test.toml",
+            text,
+        }
+        .parse(&o)
+    }
+
+    #[test]
+    fn embedded_default_parses() {
+        let c = Config::load(None, &[]).unwrap();
+        assert_eq!(c.model.name, "llama-3.1-8b");
+        assert_eq!(c.hardware.name, "h100-sxm");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = parse("name = \"x\"\n[engine]\nprefix_cachng = true\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prefix_cachng"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let e = parse("[engine]\nprefix_caching = \"yes\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("engine.prefix_caching"), "{e}");
+    }
+
+    #[test]
+    fn overrides_apply_and_are_checked() {
+        let c = parse(
+            "",
+            &[
+                "engine.prefix_caching=false",
+                "workload.session_rate=2.5",
+                "workload.turns={dist=\"constant\", value=3}",
+            ],
+        )
+        .unwrap();
+        assert!(!c.engine.prefix_caching);
+        assert_eq!(c.workload.session_rate, 2.5);
+        assert_eq!(c.workload.turns, Dist::Constant { value: 3.0 });
+        let e = parse("", &["engine.prefix_cachin=false"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("prefix_cachin") && e.contains("--set"), "{e}");
+        let e = parse("", &["engine"]).unwrap_err().to_string();
+        assert!(e.contains("missing `=`"), "{e}");
+    }
+
+    #[test]
+    fn negative_rate_is_rejected_with_the_key() {
+        let e = parse("", &["workload.session_rate=-1"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("workload.session_rate"), "{e}");
+    }
+
+    #[test]
+    fn resolved_round_trips() {
+        let c = Config::load(None, &[]).unwrap();
+        let text = toml::to_string(&c).unwrap();
+        let back = parse(&text, &[]).unwrap();
+        assert_eq!(c, back);
+    }
+}

@@ -1,0 +1,74 @@
+//! Cost models: a step's shape in, its duration (and a per-operator breakdown) out.
+
+pub mod catalog;
+pub mod linear;
+pub mod roofline;
+
+use crate::time::SimDuration;
+
+/// What one engine step computes, aggregated over its requests. Attention costs are linear in these sums,
+/// so aggregates lose nothing for the models here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchShape {
+    /// Tokens computed in prefill chunks.
+    pub prefill_tokens: u64,
+    /// Requests with a prefill chunk this step.
+    pub prefill_seqs: u64,
+    /// Causal (query, key) pairs of the prefill chunks: for a chunk of q tokens ending at context c,
+    /// q x (c - q) + q (q + 1) / 2.
+    pub prefill_attn_pairs: u64,
+    /// KV tokens the prefill chunks read (sum of their end contexts).
+    pub prefill_context_tokens: u64,
+    /// Requests decoding one token.
+    pub decode_seqs: u64,
+    /// KV tokens the decode sequences read (sum of their contexts).
+    pub decode_context_tokens: u64,
+    /// Requests that sample a token at the end of the step (LM head rows).
+    pub sampled: u64,
+}
+
+impl BatchShape {
+    /// Adds one request's chunk of `q` tokens whose context ends at `context` (previously computed + q).
+    pub fn add(&mut self, q: u32, context: u32, decode: bool, samples: bool) {
+        let (q, c) = (q as u64, context as u64);
+        if decode {
+            self.decode_seqs += 1;
+            self.decode_context_tokens += c;
+        } else {
+            self.prefill_tokens += q;
+            self.prefill_seqs += 1;
+            self.prefill_attn_pairs += q * (c - q) + q * (q + 1) / 2;
+            self.prefill_context_tokens += c;
+        }
+        if samples {
+            self.sampled += 1;
+        }
+    }
+
+    pub fn total_tokens(&self) -> u64 {
+        self.prefill_tokens + self.decode_seqs
+    }
+}
+
+/// One operator class's share of a step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OpTime {
+    pub op: &'static str,
+    pub seconds: f64,
+}
+
+/// A step-time model.
+///
+/// Contract: `step_time` is a pure function of the shape (same shape, same duration), at least 1 ns for any
+/// non-empty step, and equals the sum of `breakdown` rounded to nanoseconds.
+pub trait CostModel {
+    /// A short name for outputs (`roofline`, `linear`).
+    fn name(&self) -> &'static str;
+    /// Per-operator times in seconds, overheads included.
+    fn breakdown(&self, shape: &BatchShape) -> Vec<OpTime>;
+    /// The step's duration.
+    fn step_time(&self, shape: &BatchShape) -> SimDuration {
+        let s: f64 = self.breakdown(shape).iter().map(|o| o.seconds).sum();
+        SimDuration::from_secs_f64(s).max(SimDuration(1))
+    }
+}

@@ -1,0 +1,160 @@
+//! A roofline step-time model from a model shape and a hardware spec.
+//!
+//! Each operator class costs max(FLOPs / (peak x compute efficiency), bytes / (bandwidth x memory
+//! efficiency)), per layer where it is per layer; a fixed per-step and per-layer overhead covers launches and
+//! the host. Weights are read once per step per layer, whatever the batch: that is what makes small batches
+//! memory-bound and large ones compute-bound.
+
+use super::catalog::{HardwareSpec, ModelShape};
+use super::{BatchShape, CostModel, OpTime};
+use crate::config::RooflineConfig;
+
+#[derive(Clone, Debug)]
+pub struct Roofline {
+    pub model: ModelShape,
+    pub hw: HardwareSpec,
+    pub p: RooflineConfig,
+}
+
+impl Roofline {
+    fn flops_per_s(&self) -> f64 {
+        self.hw.peak_bf16_tflops * 1e12 * self.p.compute_efficiency
+    }
+
+    fn bytes_per_s(&self) -> f64 {
+        self.hw.memory_bandwidth_gbps * 1e9 * self.p.memory_efficiency
+    }
+
+    fn op(&self, flops: f64, bytes: f64) -> f64 {
+        (flops / self.flops_per_s()).max(bytes / self.bytes_per_s())
+    }
+
+    /// A linear layer of `inp` x `out` weights over `t` tokens: 2 t in out FLOPs; weights plus input and
+    /// output activations moved.
+    fn linear(&self, t: f64, inp: u64, out: u64) -> f64 {
+        let d = self.model.dtype_bytes as f64;
+        let (i, o) = (inp as f64, out as f64);
+        self.op(2.0 * t * i * o, (i * o + t * (i + o)) * d)
+    }
+}
+
+impl CostModel for Roofline {
+    fn name(&self) -> &'static str {
+        "roofline"
+    }
+
+    fn breakdown(&self, b: &BatchShape) -> Vec<OpTime> {
+        let m = &self.model;
+        let layers = m.num_layers as f64;
+        let d = m.dtype_bytes as f64;
+        let t = b.total_tokens() as f64;
+        let h = m.hidden_size;
+        let mut ops = Vec::with_capacity(10);
+        let mut push = |op: &'static str, seconds: f64| ops.push(OpTime { op, seconds });
+        if t > 0.0 {
+            push(
+                "qkv_proj",
+                layers * self.linear(t, h, m.q_dim() + 2 * m.kv_dim()),
+            );
+            push("o_proj", layers * self.linear(t, m.q_dim(), h));
+            // Gate and up share the input; down maps back.
+            push(
+                "mlp",
+                layers
+                    * (self.linear(t, h, 2 * m.intermediate_size)
+                        + self.linear(t, m.intermediate_size, h)),
+            );
+            // Two RMSNorms and two residual adds per layer: each reads and writes t x h.
+            push("norms", layers * self.op(0.0, 8.0 * t * h as f64 * d));
+        }
+        let qk_width = (m.num_heads * m.head_dim) as f64;
+        let kv_bytes_per_token = 2.0 * m.kv_dim() as f64 * d;
+        if b.prefill_tokens > 0 {
+            // QK^T and PV: 2 FLOPs each per (query, key, dim).
+            let flops = 4.0 * qk_width * b.prefill_attn_pairs as f64;
+            let bytes = b.prefill_context_tokens as f64 * kv_bytes_per_token
+                + b.prefill_tokens as f64 * 2.0 * qk_width * d;
+            push("attn_prefill", layers * self.op(flops, bytes));
+        }
+        if b.decode_seqs > 0 {
+            let flops = 4.0 * qk_width * b.decode_context_tokens as f64;
+            let bytes = b.decode_context_tokens as f64 * kv_bytes_per_token
+                + b.decode_seqs as f64 * 2.0 * qk_width * d;
+            push("attn_decode", layers * self.op(flops, bytes));
+        }
+        if b.sampled > 0 {
+            let rows = b.sampled as f64;
+            let (hh, v) = (h as f64, m.vocab_size as f64);
+            push(
+                "lm_head",
+                self.op(2.0 * rows * hh * v, hh * v * d + rows * v * 4.0),
+            );
+        }
+        push(
+            "overhead",
+            self.p.step_overhead_s + layers * self.p.layer_overhead_s,
+        );
+        ops
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_worked_decode_step_of_tiny_model() {
+        // Tiny model: h = 256, I = 688, 4 layers, 4 heads x 64, 2 KV heads, vocab 1024, fp32 (4 B).
+        // Hardware: 100 TFLOP/s x 0.5 = 5e13 FLOP/s; 1000 GB/s x 0.5 = 5e11 B/s. Overheads 0.
+        // Batch: one decode sequence at context 100 that samples: t = 1.
+        //  qkv: in 256, out 256 + 2 x 128 = 512: FLOPs 2 x 256 x 512 = 262,144 -> 5.24e-9 s;
+        //       bytes (131,072 + 768) x 4 = 527,360 -> 1.05472e-6 s; max = 1.05472e-6; x 4 layers = 4.21888e-6.
+        //  o:   256 x 256: bytes (65,536 + 512) x 4 = 264,192 -> 5.28384e-7; x 4 = 2.113536e-6.
+        //  mlp: up/gate 256 x 1376: (352,256 + 1,632) x 4 = 1,415,552 B -> 2.831104e-6;
+        //       down 688 x 256: (176,128 + 944) x 4 = 708,288 B -> 1.416576e-6; sum 4.24768e-6; x 4 = 1.699072e-5.
+        //  norms: 8 x 1 x 256 x 4 = 8,192 B -> 1.6384e-8; x 4 = 6.5536e-8.
+        //  attn_decode: bytes 100 x (2 x 128 x 4) + 1 x 2 x 256 x 4 = 102,400 + 2,048 = 104,448 -> 2.08896e-7;
+        //       FLOPs 4 x 256 x 100 = 102,400 -> 2.048e-9; x 4 layers = 8.35584e-7.
+        //  lm_head: bytes 256 x 1024 x 4 + 1024 x 4 = 1,052,672 -> 2.105344e-6.
+        //  total = 4.21888e-6 + 2.113536e-6 + 1.699072e-5 + 6.5536e-8 + 8.35584e-7 + 2.105344e-6
+        //        = 2.63296e-5 s = 26,330 ns (rounded).
+        let r = Roofline {
+            model: ModelShape::load("tiny").unwrap(),
+            hw: HardwareSpec {
+                name: "test".into(),
+                device_name: "test".into(),
+                peak_bf16_tflops: 100.0,
+                memory_bandwidth_gbps: 1000.0,
+                memory_gib: 1.0,
+            },
+            p: RooflineConfig {
+                compute_efficiency: 0.5,
+                memory_efficiency: 0.5,
+                step_overhead_s: 0.0,
+                layer_overhead_s: 0.0,
+            },
+        };
+        let mut b = BatchShape::default();
+        b.add(1, 100, true, true);
+        assert_eq!(r.step_time(&b).0, 26_330);
+    }
+
+    #[test]
+    fn big_prefill_is_compute_bound_and_decode_memory_bound() {
+        let r = Roofline {
+            model: ModelShape::load("llama-3.1-8b").unwrap(),
+            hw: HardwareSpec::load("h100-sxm").unwrap(),
+            p: RooflineConfig::default(),
+        };
+        let mut dec = BatchShape::default();
+        dec.add(1, 1000, true, true);
+        let mut pre = BatchShape::default();
+        pre.add(8192, 8192, false, true);
+        let td = r.step_time(&dec).as_secs_f64();
+        let tp = r.step_time(&pre).as_secs_f64();
+        // Decode at batch 1 streams 16 GB of weights at 2.68 TB/s: about 6 ms.
+        assert!(td > 0.005 && td < 0.008, "{td}");
+        // 8192-token prefill: 2 x 8192 x 7.5e9 FLOPs at 594 TFLOP/s = about 0.2 s.
+        assert!(tp > 0.15 && tp < 0.3, "{tp}");
+    }
+}

@@ -1,0 +1,70 @@
+//! Typed errors. Every message says what is wrong, where, and what to do about it.
+
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Errors from user input: configuration files, overrides, catalogs, traces. They exit with code 2.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A TOML syntax or schema error; `message` carries the key path and, for files, the line and column.
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("--set {arg}: {message}. Write overrides as key.path=value, e.g. --set engine.prefix_caching=false")]
+    BadOverride { arg: String, message: String },
+    /// A value that parsed but makes no sense.
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error("{key} = \"{name}\" is not in the catalog; known: {known}. Pick one of those or give a path")]
+    UnknownCatalogEntry {
+        key: String,
+        name: String,
+        known: String,
+    },
+}
+
+impl ConfigError {
+    pub fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Errors while writing a run's outputs.
+#[derive(Debug, Error)]
+pub enum OutputError {
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write CSV {path}: {source}")]
+    Csv { path: PathBuf, source: csv::Error },
+    #[error("output directory {path} exists and is not a servesim run directory (no resolved.toml); choose another --out or remove it")]
+    NotARunDir { path: PathBuf },
+}
+
+/// Any error servesim reports.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+}
+
+impl Error {
+    /// The process exit code: 2 for bad input (the user can fix it), 1 for failures while writing.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) => 2,
+            Error::Output(_) => 1,
+        }
+    }
+}

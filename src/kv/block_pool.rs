@@ -1,0 +1,369 @@
+//! vLLM V1's block pool (engine-semantics K1-K4, K8, K11): ref-counted blocks, one free queue holding every
+//! block with ref count 0 (cached or empty), and a map from block hash to the cached blocks.
+//!
+//! The free queue is an intrusive doubly linked list over arrays, so unlinking a hit block (K4) is O(1).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+pub type BlockId = u32;
+const NIL: u32 = u32::MAX;
+
+/// Keys are already well-mixed 64-bit hashes: hashing them again is wasted work.
+#[derive(Default)]
+pub struct IdentityHasher(u64);
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+pub type IdentityMap<K, V> = HashMap<K, V, BuildHasherDefault<IdentityHasher>>;
+
+/// The pool. Block 0 is the null block and is never handed out (K1).
+#[derive(Clone, Debug)]
+pub struct BlockPool {
+    ref_cnt: Vec<u32>,
+    /// The block's hash while it is registered in `cached`.
+    hash: Vec<Option<u64>>,
+    prev: Vec<u32>,
+    next: Vec<u32>,
+    head: u32,
+    tail: u32,
+    num_free: u32,
+    /// Free blocks that still hold a hash (evictable cached blocks).
+    num_free_cached: u32,
+    /// Hash -> blocks with that hash, in registration order. No dedup (K8): a hash may map to several blocks.
+    cached: IdentityMap<u64, Vec<BlockId>>,
+    evictions: u64,
+}
+
+impl BlockPool {
+    /// A pool of `num_blocks` blocks (ids 0..num_blocks), all free but the null block, in ascending order (K2).
+    pub fn new(num_blocks: u32) -> BlockPool {
+        assert!(num_blocks >= 2, "a pool needs the null block and one more");
+        let n = num_blocks as usize;
+        let mut prev = vec![NIL; n];
+        let mut next = vec![NIL; n];
+        for b in 1..n {
+            prev[b] = if b > 1 { (b - 1) as u32 } else { NIL };
+            next[b] = if b + 1 < n { (b + 1) as u32 } else { NIL };
+        }
+        let mut ref_cnt = vec![0; n];
+        ref_cnt[0] = 1; // the null block is permanently referenced
+        BlockPool {
+            ref_cnt,
+            hash: vec![None; n],
+            prev,
+            next,
+            head: 1,
+            tail: (n - 1) as u32,
+            num_free: num_blocks - 1,
+            num_free_cached: 0,
+            cached: IdentityMap::default(),
+            evictions: 0,
+        }
+    }
+
+    /// Total blocks, the null block included.
+    pub fn num_blocks(&self) -> u32 {
+        self.ref_cnt.len() as u32
+    }
+
+    /// Blocks in the free queue (empty or cached-but-evictable).
+    pub fn num_free(&self) -> u32 {
+        self.num_free
+    }
+
+    /// Free blocks that still hold cached content.
+    pub fn num_free_cached(&self) -> u32 {
+        self.num_free_cached
+    }
+
+    /// Blocks referenced by live requests (the null block excluded).
+    pub fn num_used(&self) -> u32 {
+        self.num_blocks() - 1 - self.num_free
+    }
+
+    /// Cached blocks evicted so far (a cached block popped from the free queue's head).
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// K11: 1 - free / usable. Cached-but-free blocks count as free.
+    pub fn usage(&self) -> f64 {
+        1.0 - self.num_free as f64 / (self.num_blocks() - 1) as f64
+    }
+
+    pub fn ref_cnt(&self, b: BlockId) -> u32 {
+        self.ref_cnt[b as usize]
+    }
+
+    pub fn block_hash(&self, b: BlockId) -> Option<u64> {
+        self.hash[b as usize]
+    }
+
+    /// The first registered block with this hash, if any (K6: "the first one found is used").
+    pub fn lookup(&self, hash: u64) -> Option<BlockId> {
+        self.cached.get(&hash).and_then(|v| v.first().copied())
+    }
+
+    /// The free queue from head to tail (tests and invariant checks).
+    pub fn free_queue(&self) -> Vec<BlockId> {
+        let mut out = Vec::with_capacity(self.num_free as usize);
+        let mut b = self.head;
+        while b != NIL {
+            out.push(b);
+            b = self.next[b as usize];
+        }
+        out
+    }
+
+    /// K4: takes a reference on each block; a block at ref 0 leaves the free queue (the LRU refresh).
+    pub fn touch(&mut self, blocks: &[BlockId]) {
+        for &b in blocks {
+            if self.ref_cnt[b as usize] == 0 {
+                self.unlink(b);
+                if self.hash[b as usize].is_some() {
+                    self.num_free_cached -= 1;
+                }
+            }
+            self.ref_cnt[b as usize] += 1;
+        }
+    }
+
+    /// K2: pops `n` blocks from the head of the free queue, evicting any cached content they hold.
+    /// The caller must have checked `n <= num_free()`.
+    pub fn allocate(&mut self, n: u32, out: &mut Vec<BlockId>) {
+        assert!(n <= self.num_free, "allocate beyond the free queue");
+        for _ in 0..n {
+            let b = self.head;
+            self.unlink(b);
+            if let Some(h) = self.hash[b as usize].take() {
+                self.num_free_cached -= 1;
+                self.evictions += 1;
+                let list = self
+                    .cached
+                    .get_mut(&h)
+                    .expect("a hashed block is in the map");
+                let pos = list.iter().position(|&x| x == b).expect("listed");
+                list.remove(pos);
+                if list.is_empty() {
+                    self.cached.remove(&h);
+                }
+            }
+            self.ref_cnt[b as usize] = 1;
+            out.push(b);
+        }
+    }
+
+    /// K3: drops one reference from each block, in the order given; blocks reaching 0 join the tail.
+    /// Callers pass a request's blocks last block first.
+    pub fn free<I: IntoIterator<Item = BlockId>>(&mut self, blocks: I) {
+        for b in blocks {
+            let r = &mut self.ref_cnt[b as usize];
+            assert!(*r > 0, "invariant 2: ref count would go negative");
+            *r -= 1;
+            if *r == 0 {
+                self.push_tail(b);
+                if self.hash[b as usize].is_some() {
+                    self.num_free_cached += 1;
+                }
+            }
+        }
+    }
+
+    /// K8: registers a held block under `hash`. Registering a block that already has a hash is a no-op.
+    pub fn cache_block(&mut self, b: BlockId, hash: u64) {
+        debug_assert!(
+            self.ref_cnt[b as usize] > 0,
+            "only held blocks are registered"
+        );
+        if self.hash[b as usize].is_some() {
+            return;
+        }
+        self.hash[b as usize] = Some(hash);
+        self.cached.entry(hash).or_default().push(b);
+    }
+
+    fn unlink(&mut self, b: BlockId) {
+        let (p, n) = (self.prev[b as usize], self.next[b as usize]);
+        if p == NIL {
+            self.head = n;
+        } else {
+            self.next[p as usize] = n;
+        }
+        if n == NIL {
+            self.tail = p;
+        } else {
+            self.prev[n as usize] = p;
+        }
+        self.prev[b as usize] = NIL;
+        self.next[b as usize] = NIL;
+        self.num_free -= 1;
+    }
+
+    fn push_tail(&mut self, b: BlockId) {
+        self.prev[b as usize] = self.tail;
+        self.next[b as usize] = NIL;
+        if self.tail == NIL {
+            self.head = b;
+        } else {
+            self.next[self.tail as usize] = b;
+        }
+        self.tail = b;
+        self.num_free += 1;
+    }
+
+    /// Invariant 2 in full: the free queue holds exactly the ref-0 blocks, counts agree, and the hash map
+    /// and the per-block hashes agree. O(blocks); called after every step in debug builds.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let q = self.free_queue();
+        if q.len() as u32 != self.num_free {
+            return Err(format!(
+                "free queue length {} != num_free {}",
+                q.len(),
+                self.num_free
+            ));
+        }
+        let mut in_q = vec![false; self.ref_cnt.len()];
+        for &b in &q {
+            if in_q[b as usize] {
+                return Err(format!("block {b} twice in the free queue"));
+            }
+            in_q[b as usize] = true;
+        }
+        let mut free_cached = 0;
+        #[allow(clippy::needless_range_loop)] // b indexes three parallel arrays
+        for b in 1..self.ref_cnt.len() {
+            let zero = self.ref_cnt[b] == 0;
+            if zero != in_q[b] {
+                return Err(format!(
+                    "block {b}: ref {} but in free queue = {}",
+                    self.ref_cnt[b], in_q[b]
+                ));
+            }
+            if zero && self.hash[b].is_some() {
+                free_cached += 1;
+            }
+            if let Some(h) = self.hash[b] {
+                if !self.cached.get(&h).is_some_and(|l| l.contains(&(b as u32))) {
+                    return Err(format!("block {b} has a hash but is not in the map"));
+                }
+            }
+        }
+        if free_cached != self.num_free_cached {
+            return Err(format!(
+                "free cached {} != counter {}",
+                free_cached, self.num_free_cached
+            ));
+        }
+        if self.num_used() + self.num_free != self.num_blocks() - 1 {
+            return Err("used + free != usable blocks".into());
+        }
+        for (h, l) in &self.cached {
+            for &b in l {
+                if self.hash[b as usize] != Some(*h) {
+                    return Err(format!("map lists block {b} under a hash it does not hold"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k1_null_block_reserved_and_k2_initial_order() {
+        let p = BlockPool::new(5);
+        assert_eq!(p.free_queue(), vec![1, 2, 3, 4]);
+        assert_eq!(p.num_free(), 4);
+        assert_eq!(p.ref_cnt(0), 1);
+        p.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn k2_allocate_from_head_evicting_cached() {
+        let mut p = BlockPool::new(4);
+        let mut a = Vec::new();
+        p.allocate(1, &mut a); // block 1
+        p.cache_block(1, 77);
+        p.free([1]); // queue: 2, 3, 1 (1 cached)
+        assert_eq!(p.free_queue(), vec![2, 3, 1]);
+        assert_eq!(p.lookup(77), Some(1));
+        let mut b = Vec::new();
+        p.allocate(3, &mut b);
+        // Head first: 2, 3, then 1, whose cached content is evicted on the way out.
+        assert_eq!(b, vec![2, 3, 1]);
+        assert_eq!(p.lookup(77), None);
+        assert_eq!(p.evictions(), 1);
+        p.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn k3_release_order_tail_first() {
+        let mut p = BlockPool::new(6);
+        let mut t = Vec::new();
+        p.allocate(3, &mut t); // a request holds 1, 2, 3
+        p.free(t.iter().rev().copied());
+        // Remaining free 4, 5, then the request's blocks last block first: 3, 2, 1.
+        assert_eq!(p.free_queue(), vec![4, 5, 3, 2, 1]);
+    }
+
+    #[test]
+    fn k4_touch_unlinks_and_refree_goes_to_tail() {
+        let mut p = BlockPool::new(5);
+        let mut t = Vec::new();
+        p.allocate(2, &mut t);
+        p.cache_block(1, 10);
+        p.cache_block(2, 20);
+        p.free([2, 1]); // queue: 3, 4, 2, 1
+        assert_eq!(p.num_free_cached(), 2);
+        p.touch(&[2]); // hit: 2 leaves the queue
+        assert_eq!(p.free_queue(), vec![3, 4, 1]);
+        assert_eq!(p.num_free_cached(), 1);
+        p.touch(&[2]); // a hit on a held block moves nothing, ref goes to 2
+        assert_eq!(p.ref_cnt(2), 2);
+        p.free([2]);
+        assert_eq!(p.free_queue(), vec![3, 4, 1]);
+        p.free([2]); // refreshed: rejoins at the tail
+        assert_eq!(p.free_queue(), vec![3, 4, 1, 2]);
+        p.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn k8_no_dedup_first_registered_wins() {
+        let mut p = BlockPool::new(4);
+        let mut t = Vec::new();
+        p.allocate(2, &mut t);
+        p.cache_block(1, 5);
+        p.cache_block(2, 5);
+        assert_eq!(p.lookup(5), Some(1));
+        p.free([1]);
+        let mut x = Vec::new();
+        p.allocate(2, &mut x); // 3, then 1 (evicted): the duplicate 2 still answers
+        assert_eq!(p.lookup(5), Some(2));
+        p.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn k11_usage_counts_cached_free_as_free() {
+        let mut p = BlockPool::new(5);
+        let mut t = Vec::new();
+        p.allocate(2, &mut t);
+        assert!((p.usage() - 0.5).abs() < 1e-12);
+        p.cache_block(1, 1);
+        p.free([1]);
+        assert!((p.usage() - 0.25).abs() < 1e-12);
+    }
+}

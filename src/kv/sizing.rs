@@ -1,0 +1,198 @@
+//! Memory to blocks (engine-semantics M1-M4) and vLLM's batch defaults (S8).
+
+use crate::config::EngineConfig;
+use crate::cost::catalog::{HardwareSpec, ModelShape, GIB};
+use crate::error::ConfigError;
+
+/// The engine numbers a run actually uses, derived as vLLM derives them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineSizing {
+    pub max_num_batched_tokens: u32,
+    pub max_num_seqs: u32,
+    pub max_model_len: u32,
+    pub num_gpu_blocks: u32,
+    pub weights_gib: f64,
+    pub activation_reserve_gib: f64,
+    pub kv_cache_gib: f64,
+    /// Bytes of one block across all layers.
+    pub block_bytes: u64,
+}
+
+/// Non-torch memory (CUDA context, NCCL buffers) vLLM's profiler sees rise at start-up, GiB.
+const NON_TORCH_GIB: f64 = 0.5;
+
+/// M2's activation term, estimated from the profile run's shape: the MLP's gate and up outputs plus four
+/// hidden-size buffers for max_num_batched_tokens tokens, fp32 logits for max_num_seqs sampled rows, and
+/// the non-torch rise. About 1.7 GiB for Llama-3.1-8B at 8192/1024, in line with the 1.2-2 GiB vLLM logs
+/// for that model.
+pub fn estimate_activation_gib(m: &ModelShape, tokens: u32, seqs: u32) -> f64 {
+    let act =
+        tokens as f64 * (2 * m.intermediate_size + 4 * m.hidden_size) as f64 * m.dtype_bytes as f64;
+    let logits = seqs as f64 * m.vocab_size as f64 * 4.0;
+    (act + logits) / GIB + NON_TORCH_GIB
+}
+
+/// Resolves batch limits (S8), the context length and the block count (M1-M4), with errors that say how to
+/// make an impossible configuration possible.
+pub fn size_engine(
+    e: &EngineConfig,
+    m: &ModelShape,
+    hw: &HardwareSpec,
+) -> Result<EngineSizing, ConfigError> {
+    let max_model_len = e
+        .max_model_len
+        .unwrap_or(m.max_position_embeddings.min(u32::MAX as u64) as u32);
+    if max_model_len < 2 {
+        return Err(ConfigError::invalid(
+            "engine.max_model_len",
+            "must be at least 2 tokens",
+        ));
+    }
+    if max_model_len as u64 > m.max_position_embeddings {
+        return Err(ConfigError::invalid(
+            "engine.max_model_len",
+            format!(
+                "{max_model_len} exceeds the model's max_position_embeddings ({}); lower it",
+                m.max_position_embeddings
+            ),
+        ));
+    }
+    // S8: defaults by GPU class, then the two clamps.
+    let (def_tokens, def_seqs) = if hw.is_large_gpu() {
+        (8192u32, 1024u32)
+    } else {
+        (2048, 256)
+    };
+    let mut seqs = e.max_num_seqs.unwrap_or(def_seqs);
+    let mut tokens = match e.max_num_batched_tokens {
+        Some(t) => t,
+        None if !e.enable_chunked_prefill => def_tokens.max(max_model_len),
+        None => def_tokens,
+    };
+    if e.max_num_batched_tokens.is_none() {
+        tokens = (tokens as u64).min(seqs as u64 * max_model_len as u64) as u32;
+    }
+    if e.max_num_seqs.is_none() {
+        seqs = seqs.min(tokens);
+    }
+    if !e.enable_chunked_prefill && tokens < max_model_len {
+        return Err(ConfigError::invalid(
+            "engine.max_num_batched_tokens",
+            format!(
+                "{tokens} is below max_model_len ({max_model_len}) with chunked prefill off, so long prompts \
+                 could never run; raise it, lower engine.max_model_len, or enable chunked prefill"
+            ),
+        ));
+    }
+
+    let weights = m.weight_bytes() as f64;
+    let activation_gib = e
+        .activation_reserve_gib
+        .unwrap_or_else(|| estimate_activation_gib(m, tokens, seqs));
+    let block_bytes = e.block_size as u64 * m.kv_bytes_per_token();
+    let num_blocks = match e.num_gpu_blocks {
+        Some(n) => n,
+        None => {
+            // M1: requested = ceil(total x utilization); M2: minus weights and activations.
+            let requested = (hw.memory_bytes() * e.gpu_memory_utilization).ceil();
+            let available = requested - weights - activation_gib * GIB;
+            if available <= 0.0 {
+                return Err(ConfigError::invalid(
+                    "model.name / hardware.name",
+                    format!(
+                        "the model does not fit: weights {:.2} GiB + activations {:.2} GiB exceed {:.2} GiB \
+                         ({} x gpu_memory_utilization {}); use a GPU with more memory, a smaller model, or raise \
+                         engine.gpu_memory_utilization",
+                        weights / GIB,
+                        activation_gib,
+                        requested / GIB,
+                        hw.name,
+                        e.gpu_memory_utilization
+                    ),
+                ));
+            }
+            // M3/M4: pages of 2 x block x kv_heads x head_dim x dtype per layer.
+            (available / block_bytes as f64)
+                .floor()
+                .min(u32::MAX as f64) as u32
+        }
+    };
+    // vLLM refuses to start when one max_model_len sequence cannot fit in the KV cache; so does servesim,
+    // because such a request could never be admitted and would block the queue forever.
+    let need = (max_model_len as u64).div_ceil(e.block_size as u64) + 1;
+    if (num_blocks as u64) < need {
+        return Err(ConfigError::invalid(
+            "engine.max_model_len",
+            format!(
+                "the KV cache has {} usable blocks ({} tokens), fewer than one max_model_len ({}) sequence \
+                 needs; lower engine.max_model_len to at most {}, or give the KV cache more memory",
+                num_blocks.saturating_sub(1),
+                num_blocks.saturating_sub(1) as u64 * e.block_size as u64,
+                max_model_len,
+                num_blocks.saturating_sub(1) as u64 * e.block_size as u64
+            ),
+        ));
+    }
+    Ok(EngineSizing {
+        max_num_batched_tokens: tokens,
+        max_num_seqs: seqs,
+        max_model_len,
+        num_gpu_blocks: num_blocks,
+        weights_gib: weights / GIB,
+        activation_reserve_gib: activation_gib,
+        kv_cache_gib: num_blocks as f64 * block_bytes as f64 / GIB,
+        block_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(m: &str, h: &str) -> (ModelShape, HardwareSpec) {
+        (ModelShape::load(m).unwrap(), HardwareSpec::load(h).unwrap())
+    }
+
+    #[test]
+    fn m4_blocks_from_memory_hand_worked() {
+        let (m, hw) = load("llama-3.1-8b", "h100-sxm");
+        let e = EngineConfig {
+            activation_reserve_gib: Some(2.0),
+            ..EngineConfig::default()
+        };
+        let s = size_engine(&e, &m, &hw).unwrap();
+        // requested = ceil(79.19 GiB x 0.9) = ceil(71.271 x 2^30) = 76,526,653,539 B;
+        // weights = 8,030,261,248 params x 2 B = 16,060,522,496 B; activations 2 GiB = 2,147,483,648 B;
+        // available = 58,318,647,395 B; block = 16 x 131,072 B = 2,097,152 B;
+        // floor(58,318,647,395 / 2,097,152) = floor(27,808.4) = 27,808 blocks.
+        assert_eq!(m.weight_bytes(), 16_060_522_496);
+        assert_eq!(s.block_bytes, 2_097_152);
+        assert_eq!(s.num_gpu_blocks, 27_808);
+    }
+
+    #[test]
+    fn s8_defaults_by_gpu_class() {
+        let (m, h100) = load("llama-3.1-8b", "h100-sxm");
+        let s = size_engine(&EngineConfig::default(), &m, &h100).unwrap();
+        assert_eq!((s.max_num_batched_tokens, s.max_num_seqs), (8192, 1024));
+        let a100 = HardwareSpec::load("a100-80gb").unwrap();
+        let s = size_engine(&EngineConfig::default(), &m, &a100).unwrap();
+        assert_eq!((s.max_num_batched_tokens, s.max_num_seqs), (2048, 256));
+    }
+
+    #[test]
+    fn impossible_memory_is_an_error_naming_the_fix() {
+        let (m, hw) = load("llama-3.1-70b", "l4");
+        let e = size_engine(&EngineConfig::default(), &m, &hw)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not fit") && e.contains("GiB"), "{e}");
+        let (m, hw) = load("llama-3.1-8b", "h100-sxm");
+        let e = EngineConfig {
+            num_gpu_blocks: Some(100),
+            ..EngineConfig::default()
+        };
+        let err = size_engine(&e, &m, &hw).unwrap_err().to_string();
+        assert!(err.contains("engine.max_model_len"), "{err}");
+    }
+}

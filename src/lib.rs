@@ -1,0 +1,33 @@
+//! servesim: a discrete-event simulator of LLM serving.
+//!
+//! Reading guide, in the order a request meets the code:
+//! - [`workload`]: the conversational generator draws sessions and releases turns as [`request::Request`]s
+//!   whose prompts are segment lists ([`workload::content`]); turn k+1 extends turn k exactly.
+//! - [`event`] and [`engine`]: the closed event set, its same-instant order, and the queue with its
+//!   integer-nanosecond clock ([`time`]). The engine knows nothing about LLMs.
+//! - [`world`]: owns everything and dispatches each event in one `match`: arrivals go through a
+//!   [`router`] to a [`replica`].
+//! - [`replica`]: runs engine steps: its [`scheduler`] (vLLM V1's rules) plans a step through the
+//!   [`kv`] manager (block pool + prefix cache), the [`cost`] model prices it, and at the step's end tokens
+//!   are emitted and finished requests leave.
+//! - [`metrics`]: the per-request CSV, the time series and the summary; [`run`] ties a config to an output
+//!   directory. [`config`] holds every default; [`rng`] the named random streams.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod cost;
+pub mod engine;
+pub mod error;
+pub mod event;
+pub mod kv;
+pub mod metrics;
+pub mod replica;
+pub mod request;
+pub mod rng;
+pub mod router;
+pub mod run;
+pub mod scheduler;
+pub mod time;
+pub mod workload;
+pub mod world;

@@ -1,0 +1,293 @@
+//! Metric sinks: the per-request CSV (streamed as requests leave), the time series, and the summary.
+//! Definitions follow `vllm bench serve` (engine-semantics B1-B5) and vLLM's Prometheus names (P2).
+
+pub mod histogram;
+pub mod output;
+pub mod stats;
+
+use crate::config::SloConfig;
+use crate::error::OutputError;
+use crate::request::{Request, Status};
+use crate::time::SimTime;
+use histogram::LogHistogram;
+use serde_json::{Map, Value};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Column order of `requests.csv` (stable; documented in the README).
+pub const REQUEST_COLUMNS: &[&str] = &[
+    "request_id",
+    "session_id",
+    "turn",
+    "replica",
+    "status",
+    "arrival_s",
+    "scheduled_s",
+    "first_token_s",
+    "finish_s",
+    "prompt_tokens",
+    "cached_tokens",
+    "prefilled_tokens",
+    "output_tokens",
+    "ttft_s",
+    "tpot_s",
+    "e2e_s",
+    "queue_s",
+    "preemptions",
+    "priority",
+];
+
+/// Column order of `timeseries.csv`.
+pub const TIMESERIES_COLUMNS: &[&str] = &[
+    "time_s",
+    "replica",
+    "num_requests_waiting",
+    "num_requests_running",
+    "batch_tokens",
+    "kv_used_blocks",
+    "kv_cached_free_blocks",
+    "kv_empty_free_blocks",
+    "kv_cache_usage_perc",
+    "prefix_cache_queries",
+    "prefix_cache_hits",
+    "num_preemptions",
+];
+
+/// One time-series sample of one replica.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub time: SimTime,
+    pub replica: u32,
+    pub waiting: usize,
+    pub running: usize,
+    pub batch_tokens: u64,
+    pub used_blocks: u32,
+    pub cached_free_blocks: u32,
+    pub empty_free_blocks: u32,
+    pub usage: f64,
+    pub prefix_queries: u64,
+    pub prefix_hits: u64,
+    pub preemptions: u64,
+}
+
+fn secs(t: SimTime) -> String {
+    format!("{:.6}", t.as_secs_f64())
+}
+
+fn opt_secs(t: Option<f64>) -> String {
+    t.map(|v| format!("{v:.6}")).unwrap_or_default()
+}
+
+/// Collects per-request metrics and streams rows out.
+pub struct Collector {
+    requests: csv::Writer<File>,
+    requests_path: PathBuf,
+    timeseries: csv::Writer<File>,
+    timeseries_path: PathBuf,
+    slo: SloConfig,
+    pub ttft: Vec<f64>,
+    pub tpot: Vec<f64>,
+    pub e2e: Vec<f64>,
+    pub queue: Vec<f64>,
+    pub itl: LogHistogram,
+    pub finished: u64,
+    pub rejected: u64,
+    pub unfinished: u64,
+    pub good: u64,
+    pub prompt_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub prefilled_tokens: u64,
+    pub last_finish: SimTime,
+}
+
+fn csv_err(path: &Path) -> impl FnOnce(csv::Error) -> OutputError + '_ {
+    move |source| OutputError::Csv {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Collector {
+    pub fn new(
+        requests_path: PathBuf,
+        timeseries_path: PathBuf,
+        slo: SloConfig,
+    ) -> Result<Collector, OutputError> {
+        let mut requests =
+            csv::Writer::from_path(&requests_path).map_err(csv_err(&requests_path))?;
+        requests
+            .write_record(REQUEST_COLUMNS)
+            .map_err(csv_err(&requests_path))?;
+        let mut timeseries =
+            csv::Writer::from_path(&timeseries_path).map_err(csv_err(&timeseries_path))?;
+        timeseries
+            .write_record(TIMESERIES_COLUMNS)
+            .map_err(csv_err(&timeseries_path))?;
+        Ok(Collector {
+            requests,
+            requests_path,
+            timeseries,
+            timeseries_path,
+            slo,
+            ttft: Vec::new(),
+            tpot: Vec::new(),
+            e2e: Vec::new(),
+            queue: Vec::new(),
+            itl: LogHistogram::default(),
+            finished: 0,
+            rejected: 0,
+            unfinished: 0,
+            good: 0,
+            prompt_tokens: 0,
+            output_tokens: 0,
+            cached_tokens: 0,
+            prefilled_tokens: 0,
+            last_finish: SimTime::ZERO,
+        })
+    }
+
+    /// Records one emitted token's gap from the previous one (ITL pools every gap of every request, B2).
+    pub fn on_token(&mut self, now: SimTime, prev: Option<SimTime>) {
+        if let Some(p) = prev {
+            self.itl.record(now.since(p).as_secs_f64());
+        }
+    }
+
+    /// Writes a request's row and folds it into the summary statistics.
+    pub fn on_request_done(&mut self, r: &Request, status: Status) -> Result<(), OutputError> {
+        let ttft = r.first_token.map(|t| t.since(r.arrival).as_secs_f64());
+        let e2e = r.finish.map(|t| t.since(r.arrival).as_secs_f64());
+        let queue = r.first_scheduled.map(|t| t.since(r.arrival).as_secs_f64());
+        // B2: TPOT = (E2E - TTFT) / (output - 1), only for output > 1.
+        let tpot = match (ttft, e2e) {
+            (Some(a), Some(b)) if r.num_output_tokens > 1 => {
+                Some((b - a) / (r.num_output_tokens - 1) as f64)
+            }
+            _ => None,
+        };
+        match status {
+            Status::Finished => {
+                self.finished += 1;
+                self.prompt_tokens += r.prompt_tokens as u64;
+                self.output_tokens += r.num_output_tokens as u64;
+                self.cached_tokens += r.num_cached_tokens.unwrap_or(0) as u64;
+                self.prefilled_tokens += r.prefilled_tokens;
+                self.ttft.extend(ttft);
+                self.e2e.extend(e2e);
+                self.queue.extend(queue);
+                self.tpot.extend(tpot);
+                if let Some(f) = r.finish {
+                    self.last_finish = self.last_finish.max(f);
+                }
+                // B4: good when every SLO given holds; TPOT counts as 0 for single-token outputs.
+                let ok =
+                    |slo: Option<f64>, v: Option<f64>| slo.is_none_or(|s| v.unwrap_or(0.0) <= s);
+                if ok(self.slo.ttft_s, ttft) && ok(self.slo.tpot_s, tpot) && ok(self.slo.e2e_s, e2e)
+                {
+                    self.good += 1;
+                }
+            }
+            Status::Rejected => self.rejected += 1,
+            Status::Unfinished => self.unfinished += 1,
+        }
+        let row = [
+            r.id.to_string(),
+            r.session.to_string(),
+            r.turn.to_string(),
+            if status == Status::Rejected {
+                String::new()
+            } else {
+                r.replica.to_string()
+            },
+            status.as_str().to_string(),
+            secs(r.arrival),
+            r.first_scheduled.map(secs).unwrap_or_default(),
+            r.first_token.map(secs).unwrap_or_default(),
+            r.finish.map(secs).unwrap_or_default(),
+            r.prompt_tokens.to_string(),
+            r.num_cached_tokens.unwrap_or(0).to_string(),
+            r.prefilled_tokens.to_string(),
+            r.num_output_tokens.to_string(),
+            opt_secs(ttft),
+            opt_secs(tpot),
+            opt_secs(e2e),
+            opt_secs(queue),
+            r.preemptions.to_string(),
+            r.priority.to_string(),
+        ];
+        self.requests
+            .write_record(&row)
+            .map_err(csv_err(&self.requests_path))
+    }
+
+    pub fn on_sample(&mut self, s: &Sample) -> Result<(), OutputError> {
+        let row = [
+            secs(s.time),
+            s.replica.to_string(),
+            s.waiting.to_string(),
+            s.running.to_string(),
+            s.batch_tokens.to_string(),
+            s.used_blocks.to_string(),
+            s.cached_free_blocks.to_string(),
+            s.empty_free_blocks.to_string(),
+            format!("{:.6}", s.usage),
+            s.prefix_queries.to_string(),
+            s.prefix_hits.to_string(),
+            s.preemptions.to_string(),
+        ];
+        self.timeseries
+            .write_record(&row)
+            .map_err(csv_err(&self.timeseries_path))
+    }
+
+    /// Flushes the streamed files.
+    pub fn flush(&mut self) -> Result<(), OutputError> {
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| OutputError::Io { path: p, source }
+        };
+        self.requests.flush().map_err(io(&self.requests_path))?;
+        self.timeseries.flush().map_err(io(&self.timeseries_path))
+    }
+}
+
+/// An ordered summary: key -> value, written as `summary.json` (an object) and `summary.csv` (one row).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Summary(pub Map<String, Value>);
+
+impl Summary {
+    pub fn set(&mut self, key: &str, v: impl Into<Value>) {
+        self.0.insert(key.to_string(), v.into());
+    }
+
+    pub fn set_opt(&mut self, key: &str, v: Option<f64>) {
+        self.0
+            .insert(key.to_string(), v.map(Value::from).unwrap_or(Value::Null));
+    }
+
+    pub fn get_f64(&self, key: &str) -> Option<f64> {
+        self.0.get(key).and_then(Value::as_f64)
+    }
+
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(&self.0).expect("a JSON map serialises");
+        s.push('\n');
+        s
+    }
+
+    pub fn write_csv(&self, path: &Path) -> Result<(), OutputError> {
+        let mut w = csv::Writer::from_path(path).map_err(csv_err(path))?;
+        w.write_record(self.0.keys()).map_err(csv_err(path))?;
+        w.write_record(self.0.values().map(|v| match v {
+            Value::Null => String::new(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }))
+        .map_err(csv_err(path))?;
+        w.flush().map_err(|source| OutputError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,257 @@
+//! One serving instance: applies its scheduler's plan through the KV manager, asks the cost model for the
+//! step's duration, and advances requests when the step completes.
+
+use crate::cost::{BatchShape, CostModel};
+use crate::event::ReplicaId;
+use crate::kv::KvCacheManager;
+use crate::request::{Request, RequestId};
+use crate::scheduler::{RequestTable, Scheduler, StepPlan};
+use crate::time::{SimDuration, SimTime};
+use std::collections::HashMap;
+
+/// A step in flight.
+#[derive(Debug)]
+struct InFlight {
+    plan: StepPlan,
+    started: SimTime,
+}
+
+/// Why a request stopped generating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model emitted EOS (the true response length was reached).
+    Eos,
+    /// `max_tokens` reached.
+    Length,
+}
+
+/// Counters a replica keeps for the summary.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReplicaStats {
+    pub steps: u64,
+    pub busy: SimDuration,
+    pub preemptions: u64,
+    pub last_batch_tokens: u64,
+    /// Integral of KV usage over step time (usage x seconds), for the time-weighted mean.
+    pub usage_seconds: f64,
+    pub peak_usage: f64,
+}
+
+pub struct Replica {
+    pub id: ReplicaId,
+    scheduler: Box<dyn Scheduler>,
+    kv: KvCacheManager,
+    requests: RequestTable,
+    /// The stop oracle: true output lengths, kept apart from the requests the scheduler sees.
+    true_output: HashMap<RequestId, u32>,
+    max_model_len: u32,
+    in_flight: Option<InFlight>,
+    /// A `Schedule` event is queued for this replica.
+    pub schedule_pending: bool,
+    pub stats: ReplicaStats,
+}
+
+/// A request that left the replica at the end of a step.
+#[derive(Debug)]
+pub struct Completed {
+    pub request: Request,
+    pub reason: StopReason,
+}
+
+/// A token emitted at the end of a step: (request, its previous token's time or None for the first).
+pub type TokenEvent = (RequestId, Option<SimTime>);
+
+impl Replica {
+    pub fn new(
+        id: ReplicaId,
+        scheduler: Box<dyn Scheduler>,
+        kv: KvCacheManager,
+        max_model_len: u32,
+    ) -> Replica {
+        Replica {
+            id,
+            scheduler,
+            kv,
+            requests: RequestTable::new(),
+            true_output: HashMap::new(),
+            max_model_len,
+            in_flight: None,
+            schedule_pending: false,
+            stats: ReplicaStats::default(),
+        }
+    }
+
+    pub fn kv(&self) -> &KvCacheManager {
+        &self.kv
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.scheduler.num_waiting()
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.scheduler.num_running()
+    }
+
+    /// Requests held (waiting or running).
+    pub fn load(&self) -> usize {
+        self.requests.len()
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    pub fn has_work(&self) -> bool {
+        !self.requests.is_empty()
+    }
+
+    /// Queues a new request.
+    pub fn enqueue(&mut self, mut req: Request, true_output_tokens: u32) {
+        req.replica = self.id;
+        req.update_block_hashes(self.kv.block_size());
+        self.true_output.insert(req.id, true_output_tokens);
+        self.scheduler.add_request(&req);
+        self.requests.insert(req.id, req);
+    }
+
+    /// Plans and starts a step at `now`; returns its duration, or None when nothing can run.
+    pub fn start_step(&mut self, now: SimTime, cost: &dyn CostModel) -> Option<SimDuration> {
+        debug_assert!(self.in_flight.is_none());
+        let plan = self.scheduler.schedule(&mut self.requests, &mut self.kv);
+        self.stats.preemptions += plan.preempted.len() as u64;
+        if plan.scheduled.is_empty() {
+            // Only possible with no runnable work: a lone request always fits (sizing guarantees one
+            // max_model_len sequence fits), so an empty plan with work held would be a deadlock.
+            debug_assert!(
+                self.requests.is_empty(),
+                "invariant 5: work held but nothing schedulable"
+            );
+            return None;
+        }
+        let mut shape = BatchShape::default();
+        for &(id, n) in &plan.scheduled {
+            let r = self.requests.get_mut(&id).expect("scheduled request");
+            r.first_scheduled.get_or_insert(now);
+            let computed = r.num_computed_tokens; // already advanced by n (S6)
+            let samples = computed == r.num_tokens();
+            let decode = !r.in_prefill;
+            if r.in_prefill {
+                r.prefilled_tokens += n as u64;
+            }
+            shape.add(n, computed, decode, samples);
+        }
+        let dur = cost.step_time(&shape);
+        let usage = self.kv.pool().usage();
+        self.stats.steps += 1;
+        self.stats.busy += dur;
+        self.stats.last_batch_tokens = plan.total_tokens();
+        self.stats.usage_seconds += usage * dur.as_secs_f64();
+        self.stats.peak_usage = self.stats.peak_usage.max(usage);
+        self.in_flight = Some(InFlight { plan, started: now });
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+        Some(dur)
+    }
+
+    /// Completes the step in flight at `now`: requests that reached their full length sample a token (S7);
+    /// finished ones free their blocks and are returned. `on_token` sees every emitted token.
+    pub fn finish_step(
+        &mut self,
+        now: SimTime,
+        mut on_token: impl FnMut(&Request, Option<SimTime>),
+    ) -> Vec<Completed> {
+        let step = self.in_flight.take().expect("a step is in flight");
+        debug_assert!(
+            now > step.started,
+            "invariant 3: a step takes at least 1 ns"
+        );
+        let mut done = Vec::new();
+        let bs = self.kv.block_size();
+        for &(id, _) in &step.plan.scheduled {
+            let r = self.requests.get_mut(&id).expect("scheduled request");
+            if r.num_computed_tokens != r.num_tokens() {
+                continue; // a partial prefill chunk samples nothing
+            }
+            let prev = r.last_token;
+            r.num_output_tokens += 1;
+            r.in_prefill = false;
+            r.first_token.get_or_insert(now);
+            r.last_token = Some(now);
+            on_token(r, prev);
+            let truth = self.true_output[&id];
+            let reason = if r.num_output_tokens >= truth {
+                Some(StopReason::Eos)
+            } else if r.num_output_tokens >= r.max_tokens || r.num_tokens() >= self.max_model_len {
+                Some(StopReason::Length)
+            } else {
+                None
+            };
+            match reason {
+                Some(reason) => done.push((id, reason)),
+                None => r.update_block_hashes(bs),
+            }
+        }
+        let ids: Vec<RequestId> = done.iter().map(|d| d.0).collect();
+        self.scheduler.finish_requests(&ids);
+        let mut out = Vec::with_capacity(done.len());
+        for (id, reason) in done {
+            let mut r = self.requests.remove(&id).expect("finished request");
+            self.true_output.remove(&id);
+            self.kv.free(&mut r);
+            r.finish = Some(now);
+            out.push(Completed { request: r, reason });
+        }
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+        out
+    }
+
+    /// Removes every request still held (end of a truncated run), releasing their blocks.
+    pub fn drain(&mut self) -> Vec<Request> {
+        let ids = self.scheduler.all_requests();
+        self.scheduler.finish_requests(&ids);
+        let mut out: Vec<Request> = ids
+            .into_iter()
+            .filter_map(|id| self.requests.remove(&id))
+            .collect();
+        for r in &mut out {
+            self.kv.free(r);
+        }
+        out.sort_by_key(|r| r.id);
+        out
+    }
+
+    /// Invariants 2 and 6-adjacent bookkeeping: KV conservation, and every held block accounted to exactly
+    /// the requests that hold it.
+    pub fn check_invariants(&self) {
+        let pool = self.kv.pool();
+        if let Err(e) = pool.check_invariants() {
+            panic!("invariant 2 violated on replica {}: {e}", self.id);
+        }
+        let mut refs = vec![0u32; pool.num_blocks() as usize];
+        for r in self.requests.values() {
+            for &b in &r.block_table {
+                refs[b as usize] += 1;
+            }
+            assert!(
+                r.num_computed_tokens as usize
+                    <= r.block_table.len() * self.kv.block_size() as usize,
+                "request {} computed tokens without blocks",
+                r.id
+            );
+        }
+        for (b, &held) in refs.iter().enumerate().skip(1) {
+            assert_eq!(
+                held,
+                pool.ref_cnt(b as u32),
+                "invariant 2: block {b} ref count differs from its holders"
+            );
+        }
+        assert_eq!(
+            self.scheduler.num_waiting() + self.scheduler.num_running(),
+            self.requests.len(),
+            "invariant 1: a request is in no queue or two"
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! A request: one turn of a session, its progress through the engine, and its lifecycle timestamps.
+//!
+//! The request's true output length is deliberately absent: the engine sees only `max_tokens`
+//! (invariant 6); the replica's stop oracle, which models the model emitting EOS, holds the true length.
+
+use crate::event::{ReplicaId, SessionId};
+use crate::kv::BlockId;
+use crate::time::SimTime;
+use crate::workload::content::{extend_block_hashes, Segment};
+
+pub type RequestId = u64;
+
+/// How a request left the system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Finished,
+    /// Refused at arrival (its prompt does not fit the model's context).
+    Rejected,
+    /// Still in flight when the run stopped (`output.max_sim_time_s`).
+    Unfinished,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Finished => "finished",
+            Status::Rejected => "rejected",
+            Status::Unfinished => "unfinished",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub id: RequestId,
+    pub session: SessionId,
+    /// 1-based turn number within the session.
+    pub turn: u32,
+    pub replica: ReplicaId,
+    /// Lower is served first under priority scheduling.
+    pub priority: i64,
+    pub arrival: SimTime,
+    /// The prompt as content segments.
+    pub prompt: Vec<Segment>,
+    pub prompt_tokens: u32,
+    /// Content id of the tokens this request generates (they extend its block hashes, vLLM K5).
+    pub output_content: u64,
+    /// The generation cap the engine sees.
+    pub max_tokens: u32,
+    /// Cache salt: 0 for a global cache; the session id under `prefix_cache_scope = "session"`.
+    pub salt: u64,
+
+    // Engine progress.
+    pub num_output_tokens: u32,
+    pub num_computed_tokens: u32,
+    /// Chained hashes of every full block of prompt + outputs so far.
+    pub block_hashes: Vec<u64>,
+    /// KV blocks held, in token order.
+    pub block_table: Vec<BlockId>,
+    /// How many leading blocks of `block_table` are registered in the prefix cache.
+    pub num_cached_blocks: usize,
+    /// True from admission until the step that samples a token: the request's chunks are prefill.
+    pub in_prefill: bool,
+    /// Has been preempted at least once (its lookups count as `preempted_*`, vLLM P1).
+    pub was_preempted: bool,
+
+    // Lifecycle and accounting.
+    pub first_scheduled: Option<SimTime>,
+    pub first_token: Option<SimTime>,
+    pub last_token: Option<SimTime>,
+    pub finish: Option<SimTime>,
+    /// Prefix-cache hit at first admission, tokens (vLLM `num_cached_tokens`).
+    pub num_cached_tokens: Option<u32>,
+    /// Tokens computed in prefill chunks, recomputation after preemption included.
+    pub prefilled_tokens: u64,
+    pub preemptions: u32,
+}
+
+impl Request {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: RequestId,
+        session: SessionId,
+        turn: u32,
+        priority: i64,
+        arrival: SimTime,
+        prompt: Vec<Segment>,
+        output_content: u64,
+        max_tokens: u32,
+        salt: u64,
+    ) -> Request {
+        let prompt_tokens = prompt.iter().map(|s| s.len).sum();
+        Request {
+            id,
+            session,
+            turn,
+            replica: 0,
+            priority,
+            arrival,
+            prompt,
+            prompt_tokens,
+            output_content,
+            max_tokens,
+            salt,
+            num_output_tokens: 0,
+            num_computed_tokens: 0,
+            block_hashes: Vec::new(),
+            block_table: Vec::new(),
+            num_cached_blocks: 0,
+            in_prefill: false,
+            was_preempted: false,
+            first_scheduled: None,
+            first_token: None,
+            last_token: None,
+            finish: None,
+            num_cached_tokens: None,
+            prefilled_tokens: 0,
+            preemptions: 0,
+        }
+    }
+
+    /// Prompt plus outputs so far (vLLM `num_tokens`).
+    pub fn num_tokens(&self) -> u32 {
+        self.prompt_tokens + self.num_output_tokens
+    }
+
+    /// Brings `block_hashes` up to date with every full block of prompt + outputs.
+    pub fn update_block_hashes(&mut self, block_size: u32) {
+        let have = self.block_hashes.len() as u64 * block_size as u64;
+        if (self.num_tokens() as u64) < have + block_size as u64 {
+            return;
+        }
+        let mut segs = self.prompt.clone();
+        segs.push(Segment {
+            content: self.output_content,
+            len: self.num_output_tokens,
+        });
+        extend_block_hashes(&segs, block_size, self.salt, &mut self.block_hashes);
+    }
+}

@@ -1,0 +1,207 @@
+//! One simulation run from a config to its output directory.
+
+use crate::config::Config;
+use crate::error::{Error, OutputError};
+use crate::metrics::output::RunDir;
+use crate::metrics::stats::describe;
+use crate::metrics::{Collector, Summary};
+use crate::world::{System, World};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How to run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Output directory; `results/<name>` when None.
+    pub out: Option<PathBuf>,
+    /// Show a progress bar on stderr (only drawn when stderr is a terminal and the run lasts over ~1 s).
+    pub progress: bool,
+}
+
+/// What a finished run produced.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub out_dir: PathBuf,
+    pub summary: Summary,
+    pub system: System,
+    pub wall_seconds: f64,
+    pub events: u64,
+}
+
+/// Runs `cfg` and writes `requests.csv`, `summary.json`, `summary.csv`, `timeseries.csv` and
+/// `resolved.toml`. Nothing is written when the config cannot be resolved, and nothing is left behind
+/// when a run fails.
+pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
+    let wall = Instant::now();
+    let system = System::resolve(cfg)?;
+    let out = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("results").join(&cfg.name));
+    let dir = RunDir::create(&out)?;
+    let metrics = Collector::new(
+        dir.file("requests.csv"),
+        dir.file("timeseries.csv"),
+        cfg.slo.clone(),
+    )?;
+    let mut world = World::new(cfg, &system, metrics, opts.progress);
+    world.run()?;
+    let wall_seconds = wall.elapsed().as_secs_f64();
+    let summary = summarize(&mut world, &system);
+    write(&dir.file("summary.json"), &summary.to_json())?;
+    summary.write_csv(&dir.file("summary.csv"))?;
+    write(&dir.file("resolved.toml"), &resolved_toml(cfg, &system))?;
+    let events = world.counts.events;
+    drop(world);
+    let out_dir = dir.commit()?;
+    Ok(RunOutcome {
+        out_dir,
+        summary,
+        system,
+        wall_seconds,
+        events,
+    })
+}
+
+fn write(path: &Path, text: &str) -> Result<(), OutputError> {
+    std::fs::write(path, text).map_err(|source| OutputError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The config with every derived value filled in, re-runnable as is; derived facts as comments.
+pub fn resolved_toml(cfg: &Config, sys: &System) -> String {
+    let mut c = cfg.clone();
+    let s = &sys.sizing;
+    c.engine.max_num_batched_tokens = Some(s.max_num_batched_tokens);
+    c.engine.max_num_seqs = Some(s.max_num_seqs);
+    c.engine.max_model_len = Some(s.max_model_len);
+    c.engine.num_gpu_blocks = Some(s.num_gpu_blocks);
+    c.engine.activation_reserve_gib = Some(s.activation_reserve_gib);
+    let body = toml::to_string(&c).expect("a config serialises");
+    format!(
+        "# servesim {VERSION}: the resolved configuration of this run (re-run it with --config).\n\
+         # model {}: {:.3} B parameters, weights {:.2} GiB, KV {} bytes per token\n\
+         # hardware {}: {} GiB, {} GB/s, {} TFLOP/s bf16\n\
+         # KV cache: {} blocks of {} tokens = {:.2} GiB, {} tokens\n\n{body}",
+        sys.model.name,
+        sys.model.total_params() as f64 / 1e9,
+        s.weights_gib,
+        sys.model.kv_bytes_per_token(),
+        sys.hardware.name,
+        sys.hardware.memory_gib,
+        sys.hardware.memory_bandwidth_gbps,
+        sys.hardware.peak_bf16_tflops,
+        s.num_gpu_blocks,
+        cfg.engine.block_size,
+        s.kv_cache_gib,
+        (s.num_gpu_blocks as u64 - 1) * cfg.engine.block_size as u64,
+    )
+}
+
+fn summarize(world: &mut World, sys: &System) -> Summary {
+    let cfg = world.config().clone();
+    let mut s = Summary::default();
+    s.set("name", cfg.name.clone());
+    s.set("seed", cfg.seed);
+    s.set("servesim_version", VERSION);
+    s.set("model", cfg.model.name.clone());
+    s.set("hardware", cfg.hardware.name.clone());
+    s.set("cost_model", world.cost_model_name());
+    s.set("replicas", cfg.cluster.replicas);
+    s.set("num_gpu_blocks", sys.sizing.num_gpu_blocks);
+    s.set("max_num_batched_tokens", sys.sizing.max_num_batched_tokens);
+    s.set("max_num_seqs", sys.sizing.max_num_seqs);
+    s.set("prefix_caching", cfg.engine.prefix_caching);
+    s.set(
+        "prefix_cache_scope",
+        format!("{:?}", cfg.engine.prefix_cache_scope).to_lowercase(),
+    );
+    s.set("sessions", world.sessions_started());
+    let m = &mut world.metrics;
+    s.set("requests", world.counts.released);
+    s.set("requests_finished", m.finished);
+    s.set("requests_rejected", m.rejected);
+    s.set("requests_unfinished", m.unfinished);
+    // B3: duration runs from the start (first arrival at t = 0) to the last completion.
+    let dur = m.last_finish.as_secs_f64();
+    s.set("duration_s", dur);
+    s.set("sim_end_s", world.counts.end.as_secs_f64());
+    let per_s = |x: f64| if dur > 0.0 { Some(x / dur) } else { None };
+    s.set_opt("request_throughput_rps", per_s(m.finished as f64));
+    s.set_opt("output_throughput_tps", per_s(m.output_tokens as f64));
+    s.set_opt(
+        "total_token_throughput_tps",
+        per_s((m.prompt_tokens + m.output_tokens) as f64),
+    );
+    let slo_set = cfg.slo.ttft_s.is_some() || cfg.slo.tpot_s.is_some() || cfg.slo.e2e_s.is_some();
+    s.set_opt(
+        "goodput_rps",
+        if slo_set { per_s(m.good as f64) } else { None },
+    );
+    s.set_opt("slo_ttft_s", cfg.slo.ttft_s);
+    s.set_opt("slo_tpot_s", cfg.slo.tpot_s);
+    s.set_opt("slo_e2e_s", cfg.slo.e2e_s);
+    for (name, values) in [
+        ("ttft", &mut m.ttft),
+        ("tpot", &mut m.tpot),
+        ("e2e", &mut m.e2e),
+        ("queue", &mut m.queue),
+    ] {
+        let d = describe(values);
+        s.set_opt(&format!("{name}_mean_s"), d.mean);
+        s.set_opt(&format!("{name}_median_s"), d.median);
+        s.set_opt(&format!("{name}_std_s"), d.std);
+        s.set_opt(&format!("{name}_p90_s"), d.p90);
+        s.set_opt(&format!("{name}_p99_s"), d.p99);
+    }
+    s.set_opt("itl_mean_s", m.itl.mean());
+    s.set_opt("itl_median_s", m.itl.quantile(0.5));
+    s.set_opt("itl_std_s", m.itl.std());
+    s.set_opt("itl_p90_s", m.itl.quantile(0.9));
+    s.set_opt("itl_p99_s", m.itl.quantile(0.99));
+    s.set("prompt_tokens", m.prompt_tokens);
+    s.set("output_tokens", m.output_tokens);
+    s.set("prompt_tokens_cached", m.cached_tokens);
+    s.set("prefill_tokens_computed", m.prefilled_tokens);
+    s.set_opt(
+        "prefill_tokens_saved_frac",
+        (m.prompt_tokens > 0).then(|| m.cached_tokens as f64 / m.prompt_tokens as f64),
+    );
+    let (mut q, mut h, mut pq, mut ph, mut pre, mut ev, mut steps) = (0, 0, 0, 0, 0, 0, 0);
+    let (mut usage_s, mut peak) = (0.0, 0.0f64);
+    for r in &world.replicas {
+        let st = r.kv().stats();
+        q += st.queries;
+        h += st.hits;
+        pq += st.preempted_queries;
+        ph += st.preempted_hits;
+        pre += r.stats.preemptions;
+        ev += r.kv().pool().evictions();
+        steps += r.stats.steps;
+        usage_s += r.stats.usage_seconds;
+        peak = peak.max(r.stats.peak_usage);
+    }
+    s.set("prefix_cache_queries", q);
+    s.set("prefix_cache_hits", h);
+    s.set_opt(
+        "prefix_cache_hit_rate",
+        Some(if q > 0 { h as f64 / q as f64 } else { 0.0 }),
+    );
+    s.set("preempted_prefix_cache_queries", pq);
+    s.set("preempted_prefix_cache_hits", ph);
+    s.set("num_preemptions", pre);
+    s.set("kv_cache_evictions", ev);
+    let span = world.counts.end.as_secs_f64() * cfg.cluster.replicas as f64;
+    s.set_opt(
+        "kv_cache_usage_perc_mean",
+        (span > 0.0).then(|| usage_s / span),
+    );
+    s.set("kv_cache_usage_perc_peak", peak);
+    s.set("steps", steps);
+    s.set("events", world.counts.events);
+    s
+}

@@ -1,0 +1,52 @@
+//! Batching policies. One file per policy.
+//!
+//! A policy owns its queues and decides, each step, which requests get how many tokens and whom to preempt.
+//! vLLM's decisions depend on allocation outcomes inside the same step (a failed allocation triggers a
+//! preemption and a retry; a block registered for one request can be hit by the next), so a policy makes its
+//! allocations through the replica's [`KvCacheManager`] as it decides, exactly as vLLM's scheduler calls
+//! `allocate_slots`. It never sees a request's true output length (invariant 6): requests carry only
+//! `max_tokens`.
+
+pub mod vllm_v1;
+pub mod waiting;
+
+use crate::kv::KvCacheManager;
+use crate::request::{Request, RequestId};
+use std::collections::HashMap;
+
+/// The requests of one replica, by id.
+pub type RequestTable = HashMap<RequestId, Request>;
+
+/// What one step computes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepPlan {
+    /// (request, tokens computed this step), in scheduling order.
+    pub scheduled: Vec<(RequestId, u32)>,
+    /// Requests preempted while planning this step, in preemption order.
+    pub preempted: Vec<RequestId>,
+}
+
+impl StepPlan {
+    pub fn total_tokens(&self) -> u64 {
+        self.scheduled.iter().map(|&(_, n)| n as u64).sum()
+    }
+}
+
+/// A continuous-batching policy.
+///
+/// Contract: `schedule` leaves every scheduled request with `num_computed_tokens` advanced by its tokens and
+/// the KV blocks to hold them; a preempted request is back in the waiting queue with no blocks and nothing
+/// computed; the policy keeps every request it was given in exactly one of its queues until
+/// `finish_request` removes it.
+pub trait Scheduler {
+    /// A new request joins the waiting queue.
+    fn add_request(&mut self, req: &Request);
+    /// Plans (and allocates for) one step.
+    fn schedule(&mut self, reqs: &mut RequestTable, kv: &mut KvCacheManager) -> StepPlan;
+    /// Removes finished requests from the running set (their blocks are freed by the caller).
+    fn finish_requests(&mut self, finished: &[RequestId]);
+    fn num_waiting(&self) -> usize;
+    fn num_running(&self) -> usize;
+    /// Every request held, waiting first then running (end-of-run accounting).
+    fn all_requests(&self) -> Vec<RequestId>;
+}

@@ -1,0 +1,208 @@
+//! vLLM V1's scheduler (engine-semantics S1-S8): one token budget per step shared by running and waiting
+//! requests, running requests first in admission order, chunked prefill, LIFO (or worst-priority)
+//! preemption with recompute, and an all-or-nothing, head-of-line-blocking admission of the waiting queue.
+
+use super::waiting::WaitingQueue;
+use super::{RequestTable, Scheduler, StepPlan};
+use crate::config::SchedulingPolicy;
+use crate::kv::{CacheHit, KvCacheManager};
+use crate::request::{Request, RequestId};
+use std::collections::VecDeque;
+
+/// The limits of one engine (resolved as vLLM resolves them, see `kv::sizing`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    pub max_num_batched_tokens: u32,
+    pub max_num_seqs: u32,
+    pub max_model_len: u32,
+    pub enable_chunked_prefill: bool,
+    /// 0 = off.
+    pub long_prefill_token_threshold: u32,
+    pub policy: SchedulingPolicy,
+}
+
+#[derive(Clone, Debug)]
+pub struct VllmScheduler {
+    limits: Limits,
+    waiting: WaitingQueue,
+    /// Admission order.
+    running: Vec<RequestId>,
+}
+
+impl VllmScheduler {
+    pub fn new(limits: Limits) -> VllmScheduler {
+        let waiting = match limits.policy {
+            SchedulingPolicy::Fcfs => WaitingQueue::Fcfs(VecDeque::new()),
+            SchedulingPolicy::Priority => WaitingQueue::Priority(Default::default()),
+        };
+        VllmScheduler {
+            limits,
+            waiting,
+            running: Vec::new(),
+        }
+    }
+
+    pub fn running(&self) -> &[RequestId] {
+        &self.running
+    }
+
+    pub fn waiting_ids(&self) -> Vec<RequestId> {
+        self.waiting.ids()
+    }
+
+    /// S4: the victim's index in `running`: the last one under FCFS, the largest (priority, arrival) under
+    /// priority scheduling (the latest of equals; ties broken by the later position, as `max` over a list
+    /// keeps the first maximum only when keys differ, and keys include arrival).
+    fn victim_index(&self, reqs: &RequestTable) -> usize {
+        match self.limits.policy {
+            SchedulingPolicy::Fcfs => self.running.len() - 1,
+            SchedulingPolicy::Priority => {
+                let mut best = 0;
+                for (i, id) in self.running.iter().enumerate() {
+                    let (r, b) = (&reqs[id], &reqs[&self.running[best]]);
+                    if (r.priority, r.arrival) > (b.priority, b.arrival) {
+                        best = i;
+                    }
+                }
+                best
+            }
+        }
+    }
+
+    fn preempt(
+        &mut self,
+        idx: usize,
+        reqs: &mut RequestTable,
+        kv: &mut KvCacheManager,
+    ) -> RequestId {
+        let id = self.running.remove(idx);
+        let r = reqs.get_mut(&id).expect("running request in table");
+        kv.free(r);
+        r.num_computed_tokens = 0;
+        r.preemptions += 1;
+        r.was_preempted = true;
+        r.in_prefill = false;
+        self.waiting.push_front(r);
+        id
+    }
+}
+
+fn tokens_wanted(r: &Request, limits: &Limits, computed: u32, budget: u32) -> u32 {
+    let mut n = r.num_tokens() - computed;
+    if limits.long_prefill_token_threshold > 0 {
+        n = n.min(limits.long_prefill_token_threshold);
+    }
+    n = n.min(budget);
+    // S3: never compute past max_model_len - 1.
+    n.min(
+        limits
+            .max_model_len
+            .saturating_sub(1)
+            .saturating_sub(computed),
+    )
+}
+
+impl Scheduler for VllmScheduler {
+    fn add_request(&mut self, req: &Request) {
+        self.waiting.push_back(req);
+    }
+
+    fn schedule(&mut self, reqs: &mut RequestTable, kv: &mut KvCacheManager) -> StepPlan {
+        let mut plan = StepPlan::default();
+        let mut budget = self.limits.max_num_batched_tokens;
+
+        // Phase A (S3/S4): running requests in admission order.
+        let mut i = 0;
+        'phase_a: while i < self.running.len() && budget > 0 {
+            let id = self.running[i];
+            let r = reqs.get_mut(&id).expect("running request in table");
+            let n = tokens_wanted(r, &self.limits, r.num_computed_tokens, budget);
+            if n == 0 {
+                i += 1;
+                continue;
+            }
+            loop {
+                let r = reqs.get_mut(&id).expect("running request in table");
+                if kv.allocate_slots(r, n, &CacheHit::default()) {
+                    plan.scheduled.push((id, n));
+                    budget -= n;
+                    i += 1;
+                    break;
+                }
+                let v = self.victim_index(reqs);
+                let victim = self.running[v];
+                // A victim already scheduled this step gives its tokens back.
+                if let Some(pos) = plan.scheduled.iter().position(|&(s, _)| s == victim) {
+                    budget += plan.scheduled.remove(pos).1;
+                }
+                self.preempt(v, reqs, kv);
+                plan.preempted.push(victim);
+                if victim == id {
+                    break 'phase_a;
+                }
+                if v < i {
+                    i -= 1;
+                }
+            }
+        }
+
+        // Phase B (S5): admit from the waiting queue only if this step preempted no one.
+        if plan.preempted.is_empty() {
+            while budget > 0 && (self.running.len() as u32) < self.limits.max_num_seqs {
+                let Some(id) = self.waiting.peek() else { break };
+                let r = reqs.get_mut(&id).expect("waiting request in table");
+                let hit = if r.num_computed_tokens == 0 {
+                    kv.get_computed_blocks(r)
+                } else {
+                    CacheHit::default()
+                };
+                let mut n = r.num_tokens() - hit.tokens;
+                if self.limits.long_prefill_token_threshold > 0 {
+                    n = n.min(self.limits.long_prefill_token_threshold);
+                }
+                if !self.limits.enable_chunked_prefill && n > budget {
+                    break;
+                }
+                n = n.min(budget);
+                if !kv.allocate_slots(r, n, &hit) {
+                    break;
+                }
+                self.waiting.pop();
+                r.num_computed_tokens = hit.tokens;
+                r.in_prefill = true;
+                if r.num_cached_tokens.is_none() {
+                    r.num_cached_tokens = Some(hit.tokens);
+                }
+                self.running.push(id);
+                plan.scheduled.push((id, n));
+                budget -= n;
+            }
+        }
+
+        // S6: computed advances at once, before the forward pass.
+        for &(id, n) in &plan.scheduled {
+            reqs.get_mut(&id).expect("scheduled").num_computed_tokens += n;
+        }
+        plan
+    }
+
+    fn finish_requests(&mut self, finished: &[RequestId]) {
+        if !finished.is_empty() {
+            self.running.retain(|id| !finished.contains(id));
+        }
+    }
+
+    fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    fn all_requests(&self) -> Vec<RequestId> {
+        let mut v = self.waiting.ids();
+        v.extend_from_slice(&self.running);
+        v
+    }
+}

@@ -1,0 +1,139 @@
+//! The content model: prompts as segment lists, KV blocks as chained hashes. No token ids are stored.
+//!
+//! A segment is a run of tokens of one piece of content (a system prompt, a user message, a response),
+//! named by a content id. Two token sequences share a prefix exactly where their segment lists agree, so the
+//! hash of block i — chained over the previous block's hash and the (content, offset, length) pieces that
+//! cover tokens [i*bs, (i+1)*bs) — is equal exactly when the prefixes through that block are equal
+//! (up to 64-bit hash collisions). Memory is O(segments) per request plus one u64 per full block.
+
+use crate::rng::mix;
+
+/// A run of `len` tokens of the content named `content`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Segment {
+    pub content: u64,
+    pub len: u32,
+}
+
+/// The seed of the hash chain (vLLM's NONE_HASH); a cache salt is mixed into it, which keeps a salted
+/// request's blocks apart from everyone else's.
+pub fn chain_seed(salt: u64) -> u64 {
+    mix(0x4e4f_4e45_4841_5348, salt)
+}
+
+/// Total tokens of a segment list.
+pub fn total_tokens(segments: &[Segment]) -> u64 {
+    segments.iter().map(|s| s.len as u64).sum()
+}
+
+/// Extends `hashes` (the chained hashes of the first `hashes.len()` full blocks of `segments`) with the
+/// hashes of every further full block. Only full blocks are hashed (vLLM K5).
+///
+/// Cost: O(new blocks + segments crossed), starting from a binary search over cumulative lengths.
+pub fn extend_block_hashes(
+    segments: &[Segment],
+    block_size: u32,
+    salt: u64,
+    hashes: &mut Vec<u64>,
+) {
+    let bs = block_size as u64;
+    let total = total_tokens(segments);
+    let full = (total / bs) as usize;
+    if hashes.len() >= full {
+        return;
+    }
+    // Locate the segment holding the first token of the first block to hash.
+    let mut start = hashes.len() as u64 * bs;
+    let mut seg = 0usize;
+    let mut seg_start = 0u64;
+    while seg_start + segments[seg].len as u64 <= start {
+        seg_start += segments[seg].len as u64;
+        seg += 1;
+    }
+    let mut parent = hashes.last().copied().unwrap_or_else(|| chain_seed(salt));
+    while hashes.len() < full {
+        let end = start + bs;
+        let mut h = parent;
+        let mut pos = start;
+        while pos < end {
+            let s = segments[seg];
+            let seg_end = seg_start + s.len as u64;
+            let piece_end = seg_end.min(end);
+            let offset = pos - seg_start;
+            if piece_end > pos {
+                h = mix(h, s.content);
+                h = mix(h, (offset << 32) | (piece_end - pos));
+            }
+            pos = piece_end;
+            if pos == seg_end {
+                seg_start = seg_end;
+                seg += 1;
+            }
+        }
+        hashes.push(h);
+        parent = h;
+        start = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(c: u64, len: u32) -> Segment {
+        Segment { content: c, len }
+    }
+
+    #[test]
+    fn only_full_blocks_are_hashed() {
+        let mut h = Vec::new();
+        extend_block_hashes(&[seg(1, 40)], 16, 0, &mut h);
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn equal_prefixes_give_equal_hashes_and_diverge_after() {
+        let a = [seg(1, 20), seg(2, 30)];
+        let b = [seg(1, 20), seg(3, 30)];
+        let (mut ha, mut hb) = (Vec::new(), Vec::new());
+        extend_block_hashes(&a, 16, 0, &mut ha);
+        extend_block_hashes(&b, 16, 0, &mut hb);
+        assert_eq!(ha.len(), 3);
+        // Block 0 is tokens 0..16, all of content 1: equal. Block 1 covers tokens 16..32, which cross into
+        // the differing second segment: different, and so is every later block (the chain).
+        assert_eq!(ha[0], hb[0]);
+        assert_ne!(ha[1], hb[1]);
+        assert_ne!(ha[2], hb[2]);
+    }
+
+    #[test]
+    fn incremental_extension_equals_one_shot() {
+        let full = [seg(7, 33), seg(8, 5), seg(9, 100)];
+        let mut one = Vec::new();
+        extend_block_hashes(&full, 16, 5, &mut one);
+        // Grow the last segment step by step, as output tokens arrive.
+        let mut inc = Vec::new();
+        for n in 0..=100 {
+            let partial = [seg(7, 33), seg(8, 5), seg(9, n)];
+            extend_block_hashes(&partial, 16, 5, &mut inc);
+        }
+        assert_eq!(one, inc);
+    }
+
+    #[test]
+    fn salt_separates_chains() {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        extend_block_hashes(&[seg(1, 32)], 16, 1, &mut a);
+        extend_block_hashes(&[seg(1, 32)], 16, 2, &mut b);
+        assert_ne!(a[0], b[0]);
+    }
+
+    #[test]
+    fn segment_split_does_not_matter_within_one_content_but_offsets_do() {
+        // The same content at a different offset is different tokens.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        extend_block_hashes(&[seg(1, 16)], 16, 0, &mut a);
+        extend_block_hashes(&[seg(2, 16), seg(1, 16)], 16, 0, &mut b);
+        assert_ne!(a[0], b[1]);
+    }
+}

@@ -1,0 +1,370 @@
+//! The conversational workload: sessions of turns whose context accumulates.
+//!
+//! Sessions start as a Poisson (or gamma) process. Each session draws, from its own random stream, its
+//! system prompt, its number of turns and every turn's message, response length and think time, so a session
+//! is the same whatever the engine does; only when its turns are released depends on the engine (turn k+1 is
+//! released think-time after turn k completes). Turn k's prompt is the system prompt, then every earlier
+//! user message and response of the session, then the new message: turn k+1 extends turn k exactly.
+
+use crate::config::{ArrivalProcess, WorkloadConfig};
+use crate::event::SessionId;
+use crate::request::Request;
+use crate::rng::{mix, RngStreams, StreamRng};
+use crate::time::{SimDuration, SimTime};
+use crate::workload::content::Segment;
+use crate::workload::dist::Sampler;
+use rand::Rng;
+use rand_distr::{Distribution, Gamma};
+use std::collections::HashMap;
+
+/// Content-id namespaces, so ids of different kinds never collide.
+const NS_SYSTEM: u64 = 1;
+const NS_USER: u64 = 2;
+const NS_DOC: u64 = 3;
+const NS_RESPONSE: u64 = 4;
+
+fn content_id(ns: u64, a: u64, b: u64) -> u64 {
+    mix(mix(ns, a), b)
+}
+
+/// One turn as drawn when its session starts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TurnSpec {
+    pub user_tokens: u32,
+    /// A pasted document (0 if none).
+    pub doc_tokens: u32,
+    /// True response length (the model's EOS point); hidden from the engine.
+    pub response_tokens: u32,
+    /// Delay between this turn's completion and the next turn's release.
+    pub think_time: SimDuration,
+}
+
+/// An earlier turn kept in the session's history.
+#[derive(Clone, Debug)]
+struct PastTurn {
+    user: Vec<Segment>,
+    response: Segment,
+}
+
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub id: SessionId,
+    pub priority: i64,
+    pub system_prompt: Option<Segment>,
+    pub turns: Vec<TurnSpec>,
+    /// Index of the next turn to release.
+    next_turn: usize,
+    history: Vec<PastTurn>,
+    /// History turns dropped by truncation (the prefix changed at that point).
+    pub truncated_turns: usize,
+}
+
+/// A request the generator hands to the world, with its hidden true output length.
+#[derive(Debug)]
+pub struct NewRequest {
+    pub request: Request,
+    /// The model's EOS point: the replica's stop oracle uses it; the scheduler never sees it.
+    pub true_output_tokens: u32,
+}
+
+/// What happened to a released turn.
+#[derive(Debug)]
+pub enum Release {
+    Request(NewRequest),
+    /// The prompt cannot fit the model's context even after truncation: a rejected request.
+    Rejected(NewRequest),
+}
+
+struct Samplers {
+    turns: Sampler,
+    user: Sampler,
+    doc: Sampler,
+    response: Sampler,
+    think: Sampler,
+    priority: Sampler,
+}
+
+pub struct ConversationGenerator {
+    cfg: WorkloadConfig,
+    streams: RngStreams,
+    arrivals: StreamRng,
+    samplers: Samplers,
+    gap_gamma: Option<Gamma<f64>>,
+    horizon: Option<SimTime>,
+    max_model_len: u32,
+    block_salted: bool,
+    next_session: SessionId,
+    next_request: u64,
+    sessions: HashMap<SessionId, Session>,
+    last_start: SimTime,
+}
+
+impl ConversationGenerator {
+    /// `session_salt`: when true each request carries its session id as cache salt (per-session cache scope).
+    pub fn new(
+        cfg: &WorkloadConfig,
+        streams: RngStreams,
+        max_model_len: u32,
+        session_salt: bool,
+    ) -> Self {
+        let gap_gamma = match cfg.arrival {
+            ArrivalProcess::Poisson => None,
+            ArrivalProcess::Gamma => Some(
+                Gamma::new(cfg.burstiness, 1.0 / (cfg.session_rate * cfg.burstiness))
+                    .expect("validated"),
+            ),
+        };
+        ConversationGenerator {
+            samplers: Samplers {
+                turns: cfg.turns.sampler(),
+                user: cfg.user_tokens.sampler(),
+                doc: cfg.doc_tokens.sampler(),
+                response: cfg.response_tokens.sampler(),
+                think: cfg.think_time_s.sampler(),
+                priority: cfg.priority.sampler(),
+            },
+            cfg: cfg.clone(),
+            arrivals: streams.stream("workload.arrivals"),
+            streams,
+            gap_gamma,
+            horizon: cfg
+                .duration_s
+                .map(|d| SimTime::ZERO + SimDuration::from_secs_f64(d)),
+            max_model_len,
+            block_salted: session_salt,
+            next_session: 0,
+            next_request: 0,
+            sessions: HashMap::new(),
+            last_start: SimTime::ZERO,
+        }
+    }
+
+    fn within_horizon(&self, t: SimTime) -> bool {
+        self.horizon.is_none_or(|h| t < h)
+    }
+
+    fn request_budget_left(&self) -> bool {
+        self.cfg.max_requests.is_none_or(|m| self.next_request < m)
+    }
+
+    /// The start time of the next session, or None when the workload is exhausted. Call once per session.
+    pub fn next_session_start(&mut self) -> Option<(SessionId, SimTime)> {
+        if self
+            .cfg
+            .max_sessions
+            .is_some_and(|m| self.next_session >= m)
+            || !self.request_budget_left()
+        {
+            return None;
+        }
+        let gap = match &self.gap_gamma {
+            None => {
+                let u: f64 = self.arrivals.random();
+                -(1.0 - u).ln() / self.cfg.session_rate
+            }
+            Some(g) => g.sample(&mut self.arrivals),
+        };
+        // The first session starts at t = 0 so every run opens with traffic.
+        let t = if self.next_session == 0 {
+            SimTime::ZERO
+        } else {
+            self.last_start + SimDuration::from_secs_f64(gap)
+        };
+        if !self.within_horizon(t) {
+            return None;
+        }
+        self.last_start = t;
+        let id = self.next_session;
+        self.next_session += 1;
+        Some((id, t))
+    }
+
+    /// Draws a session's whole script from its own stream.
+    pub fn draw_session(&self, id: SessionId) -> Session {
+        let mut rng = self.streams.indexed("workload.session", id);
+        let c = &self.cfg;
+        let system_prompt = if c.system_prompts.is_empty() {
+            None
+        } else {
+            let total: f64 = c.system_prompts.iter().map(|s| s.share).sum();
+            let mut u = rng.random::<f64>() * total;
+            let mut pick = c.system_prompts.len() - 1;
+            for (i, s) in c.system_prompts.iter().enumerate() {
+                if u < s.share {
+                    pick = i;
+                    break;
+                }
+                u -= s.share;
+            }
+            let tokens = c.system_prompts[pick].tokens;
+            (tokens > 0).then_some(Segment {
+                content: content_id(NS_SYSTEM, pick as u64, tokens as u64),
+                len: tokens,
+            })
+        };
+        let n_turns = self.samplers.turns.sample_tokens(&mut rng, 1);
+        let priority = self.samplers.priority.sample(&mut rng).round() as i64;
+        let turns = (0..n_turns)
+            .map(|_| {
+                let user_tokens = self.samplers.user.sample_tokens(&mut rng, 1);
+                let doc = rng.random::<f64>() < c.doc_probability;
+                let doc_tokens = if doc {
+                    self.samplers.doc.sample_tokens(&mut rng, 1)
+                } else {
+                    0
+                };
+                TurnSpec {
+                    user_tokens,
+                    doc_tokens,
+                    response_tokens: self.samplers.response.sample_tokens(&mut rng, 1),
+                    think_time: SimDuration::from_secs_f64(self.samplers.think.sample(&mut rng)),
+                }
+            })
+            .collect();
+        Session {
+            id,
+            priority,
+            system_prompt,
+            turns,
+            next_turn: 0,
+            history: Vec::new(),
+            truncated_turns: 0,
+        }
+    }
+
+    /// Starts a session and releases its first turn.
+    pub fn start_session(&mut self, id: SessionId, now: SimTime) -> Option<Release> {
+        let s = self.draw_session(id);
+        self.sessions.insert(id, s);
+        self.release_turn(id, now)
+    }
+
+    /// Releases the session's next turn as a request arriving `now`, or None when the session is over or
+    /// the workload's bounds stop it.
+    pub fn release_turn(&mut self, id: SessionId, now: SimTime) -> Option<Release> {
+        if !self.within_horizon(now) || !self.request_budget_left() {
+            self.sessions.remove(&id);
+            return None;
+        }
+        let max_tokens_cfg = self.cfg.max_tokens;
+        let truncate = self.cfg.truncate_context;
+        let max_model_len = self.max_model_len as u64;
+        let s = self.sessions.get_mut(&id)?;
+        let k = s.next_turn;
+        let spec = s.turns.get(k)?.clone();
+        s.next_turn += 1;
+        let mut new_msg = vec![Segment {
+            content: content_id(NS_USER, id, k as u64),
+            len: spec.user_tokens,
+        }];
+        if spec.doc_tokens > 0 {
+            new_msg.push(Segment {
+                content: content_id(NS_DOC, id, k as u64),
+                len: spec.doc_tokens,
+            });
+        }
+        let fixed: u64 = s.system_prompt.map_or(0, |p| p.len as u64)
+            + new_msg.iter().map(|x| x.len as u64).sum::<u64>();
+        let hist_len = |h: &[PastTurn]| -> u64 {
+            h.iter()
+                .map(|t| t.response.len as u64 + t.user.iter().map(|x| x.len as u64).sum::<u64>())
+                .sum()
+        };
+        // Truncation drops whole oldest turns until the prompt leaves room for max_tokens.
+        if truncate {
+            while !s.history.is_empty()
+                && fixed + hist_len(&s.history) + max_tokens_cfg as u64 > max_model_len
+            {
+                s.history.remove(0);
+                s.truncated_turns += 1;
+            }
+        }
+        let mut prompt = Vec::with_capacity(2 * s.history.len() + 3);
+        prompt.extend(s.system_prompt);
+        for t in &s.history {
+            prompt.extend_from_slice(&t.user);
+            prompt.push(t.response);
+        }
+        prompt.extend_from_slice(&new_msg);
+        let prompt_tokens: u64 = prompt.iter().map(|x| x.len as u64).sum();
+        s.history.push(PastTurn {
+            user: new_msg,
+            // Filled with the real response length when the turn completes.
+            response: Segment {
+                content: content_id(NS_RESPONSE, id, k as u64),
+                len: 0,
+            },
+        });
+        let rid = self.next_request;
+        self.next_request += 1;
+        let rejected = prompt_tokens >= max_model_len;
+        let max_tokens = if rejected {
+            max_tokens_cfg
+        } else {
+            (max_tokens_cfg as u64).min(max_model_len - prompt_tokens) as u32
+        };
+        let salt = if self.block_salted { id + 1 } else { 0 };
+        let request = Request::new(
+            rid,
+            id,
+            k as u32 + 1,
+            s.priority,
+            now,
+            prompt,
+            content_id(NS_RESPONSE, id, k as u64),
+            max_tokens,
+            salt,
+        );
+        let nr = NewRequest {
+            request,
+            true_output_tokens: spec.response_tokens,
+        };
+        if rejected {
+            self.sessions.remove(&id);
+            Some(Release::Rejected(nr))
+        } else {
+            Some(Release::Request(nr))
+        }
+    }
+
+    /// Records a completed turn's real response length and returns when the next turn is released (None if
+    /// the session is over).
+    pub fn on_turn_complete(
+        &mut self,
+        id: SessionId,
+        output_tokens: u32,
+        now: SimTime,
+    ) -> Option<SimTime> {
+        let s = self.sessions.get_mut(&id)?;
+        let last = s.history.last_mut().expect("a released turn is in history");
+        last.response.len = output_tokens;
+        if s.next_turn >= s.turns.len() {
+            self.sessions.remove(&id);
+            return None;
+        }
+        let think = s.turns[s.next_turn - 1].think_time;
+        let t = now + think;
+        if !self.within_horizon(t) {
+            self.sessions.remove(&id);
+            return None;
+        }
+        Some(t)
+    }
+
+    /// Drops a session (its request was rejected or the run stopped).
+    pub fn end_session(&mut self, id: SessionId) {
+        self.sessions.remove(&id);
+    }
+
+    pub fn sessions_started(&self) -> u64 {
+        self.next_session
+    }
+
+    pub fn requests_released(&self) -> u64 {
+        self.next_request
+    }
+
+    pub fn active_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+}

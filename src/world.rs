@@ -1,0 +1,339 @@
+//! The world owns everything in a run and dispatches each event with one `match`.
+
+use crate::config::{CacheScope, Config, CostKind};
+use crate::cost::catalog::{HardwareSpec, ModelShape};
+use crate::cost::linear::LinearCost;
+use crate::cost::roofline::Roofline;
+use crate::cost::CostModel;
+use crate::engine::EventQueue;
+use crate::error::{ConfigError, OutputError};
+use crate::event::{Event, ReplicaId};
+use crate::kv::sizing::{size_engine, EngineSizing};
+use crate::kv::KvCacheManager;
+use crate::metrics::{Collector, Sample};
+use crate::replica::Replica;
+use crate::request::Status;
+use crate::rng::RngStreams;
+use crate::router::{self, Router};
+use crate::scheduler::vllm_v1::{Limits, VllmScheduler};
+use crate::time::{SimDuration, SimTime};
+use crate::workload::conversation::{ConversationGenerator, Release};
+use std::io::IsTerminal;
+use std::time::Instant;
+
+/// The system a config describes, resolved: model, hardware, engine sizing. Resolving is where impossible
+/// configurations are caught, before any output is created.
+#[derive(Clone, Debug)]
+pub struct System {
+    pub model: ModelShape,
+    pub hardware: HardwareSpec,
+    pub sizing: EngineSizing,
+}
+
+impl System {
+    pub fn resolve(cfg: &Config) -> Result<System, ConfigError> {
+        let model = ModelShape::load(&cfg.model.name)?;
+        let hardware = HardwareSpec::load(&cfg.hardware.name)?;
+        let sizing = size_engine(&cfg.engine, &model, &hardware)?;
+        Ok(System {
+            model,
+            hardware,
+            sizing,
+        })
+    }
+
+    pub fn cost_model(&self, cfg: &Config) -> Box<dyn CostModel> {
+        match cfg.cost.kind {
+            CostKind::Roofline => Box::new(Roofline {
+                model: self.model.clone(),
+                hw: self.hardware.clone(),
+                p: cfg.cost.roofline.clone(),
+            }),
+            CostKind::Linear => Box::new(LinearCost {
+                p: cfg.cost.linear.clone(),
+            }),
+        }
+    }
+}
+
+/// Counts the run loop keeps beyond the metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunCounts {
+    pub released: u64,
+    pub events: u64,
+    pub end: SimTime,
+    pub stopped_early: bool,
+}
+
+pub struct World<'a> {
+    cfg: &'a Config,
+    queue: EventQueue<Event>,
+    pub replicas: Vec<Replica>,
+    router: Box<dyn Router>,
+    workload: ConversationGenerator,
+    cost: Box<dyn CostModel>,
+    pub metrics: Collector,
+    sample_interval: SimDuration,
+    stop_at: Option<SimTime>,
+    pub counts: RunCounts,
+    progress: Progress,
+}
+
+impl<'a> World<'a> {
+    pub fn new(
+        cfg: &'a Config,
+        sys: &System,
+        metrics: Collector,
+        show_progress: bool,
+    ) -> World<'a> {
+        let s = &sys.sizing;
+        let replicas = (0..cfg.cluster.replicas)
+            .map(|id| {
+                let limits = Limits {
+                    max_num_batched_tokens: s.max_num_batched_tokens,
+                    max_num_seqs: s.max_num_seqs,
+                    max_model_len: s.max_model_len,
+                    enable_chunked_prefill: cfg.engine.enable_chunked_prefill,
+                    long_prefill_token_threshold: cfg.engine.long_prefill_token_threshold,
+                    policy: cfg.engine.policy,
+                };
+                Replica::new(
+                    id,
+                    Box::new(VllmScheduler::new(limits)),
+                    KvCacheManager::new(
+                        s.num_gpu_blocks,
+                        cfg.engine.block_size,
+                        cfg.engine.prefix_caching,
+                    ),
+                    s.max_model_len,
+                )
+            })
+            .collect();
+        let workload = ConversationGenerator::new(
+            &cfg.workload,
+            RngStreams::new(cfg.seed),
+            s.max_model_len,
+            cfg.engine.prefix_cache_scope == CacheScope::Session,
+        );
+        World {
+            cfg,
+            queue: EventQueue::new(),
+            replicas,
+            router: router::build(cfg.cluster.router),
+            workload,
+            cost: sys.cost_model(cfg),
+            metrics,
+            sample_interval: SimDuration::from_secs_f64(cfg.output.timeseries_interval_s),
+            stop_at: cfg
+                .output
+                .max_sim_time_s
+                .map(|s| SimTime::ZERO + SimDuration::from_secs_f64(s)),
+            counts: RunCounts::default(),
+            progress: Progress::new(show_progress, cfg.workload.duration_s),
+        }
+    }
+
+    /// Runs to the end: every released request finished, or `max_sim_time_s` reached.
+    pub fn run(&mut self) -> Result<(), OutputError> {
+        if let Some((id, t)) = self.workload.next_session_start() {
+            self.queue.push(t, Event::SessionStart(id));
+        }
+        self.queue.push(SimTime::ZERO, Event::Sample);
+        while let Some(t) = self.queue.peek_time() {
+            if self.stop_at.is_some_and(|s| t > s) {
+                self.counts.stopped_early = true;
+                break;
+            }
+            let (now, ev) = self.queue.pop().expect("peeked");
+            self.dispatch(now, ev)?;
+            #[cfg(debug_assertions)]
+            self.check_work_conservation();
+            self.progress.tick(now, self.queue.events_processed());
+        }
+        self.counts.events = self.queue.events_processed();
+        self.counts.end = self.queue.now();
+        self.progress.finish();
+        // Whatever is still held when the run stops is reported as unfinished.
+        for i in 0..self.replicas.len() {
+            for r in self.replicas[i].drain() {
+                self.metrics.on_request_done(&r, Status::Unfinished)?;
+            }
+        }
+        let m = &self.metrics;
+        assert_eq!(
+            self.counts.released,
+            m.finished + m.rejected + m.unfinished,
+            "invariant 1: request conservation"
+        );
+        self.metrics.flush()
+    }
+
+    fn dispatch(&mut self, now: SimTime, ev: Event) -> Result<(), OutputError> {
+        match ev {
+            Event::SessionStart(id) => {
+                let rel = self.workload.start_session(id, now);
+                self.admit(now, rel)?;
+                if let Some((next, t)) = self.workload.next_session_start() {
+                    self.queue.push(t, Event::SessionStart(next));
+                }
+            }
+            Event::TurnRelease(id) => {
+                let rel = self.workload.release_turn(id, now);
+                self.admit(now, rel)?;
+            }
+            Event::StepDone(rid) => {
+                let metrics = &mut self.metrics;
+                let done = self.replicas[rid as usize]
+                    .finish_step(now, |_, prev| metrics.on_token(now, prev));
+                for c in done {
+                    self.metrics.on_request_done(&c.request, Status::Finished)?;
+                    let r = &c.request;
+                    if let Some(t) =
+                        self.workload
+                            .on_turn_complete(r.session, r.num_output_tokens, now)
+                    {
+                        self.queue.push(t, Event::TurnRelease(r.session));
+                    }
+                }
+                self.request_schedule(rid, now);
+            }
+            Event::Schedule(rid) => {
+                let rep = &mut self.replicas[rid as usize];
+                rep.schedule_pending = false;
+                if !rep.is_busy() && rep.has_work() {
+                    if let Some(d) = rep.start_step(now, self.cost.as_ref()) {
+                        self.queue.push(now + d, Event::StepDone(rid));
+                    }
+                }
+            }
+            Event::Sample => {
+                for rep in &self.replicas {
+                    let pool = rep.kv().pool();
+                    let st = rep.kv().stats();
+                    self.metrics.on_sample(&Sample {
+                        time: now,
+                        replica: rep.id,
+                        waiting: rep.num_waiting(),
+                        running: rep.num_running(),
+                        batch_tokens: if rep.is_busy() {
+                            rep.stats.last_batch_tokens
+                        } else {
+                            0
+                        },
+                        used_blocks: pool.num_used(),
+                        cached_free_blocks: pool.num_free_cached(),
+                        empty_free_blocks: pool.num_free() - pool.num_free_cached(),
+                        usage: pool.usage(),
+                        prefix_queries: st.queries,
+                        prefix_hits: st.hits,
+                        preemptions: rep.stats.preemptions,
+                    })?;
+                }
+                if !self.queue.is_empty() {
+                    self.queue.push(now + self.sample_interval, Event::Sample);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn admit(&mut self, now: SimTime, rel: Option<Release>) -> Result<(), OutputError> {
+        match rel {
+            None => Ok(()),
+            Some(Release::Rejected(nr)) => {
+                self.counts.released += 1;
+                self.metrics.on_request_done(&nr.request, Status::Rejected)
+            }
+            Some(Release::Request(nr)) => {
+                self.counts.released += 1;
+                let loads: Vec<usize> = self.replicas.iter().map(Replica::load).collect();
+                let rid = self.router.route(nr.request.session, &loads);
+                self.replicas[rid as usize].enqueue(nr.request, nr.true_output_tokens);
+                self.request_schedule(rid, now);
+                Ok(())
+            }
+        }
+    }
+
+    /// Queues a `Schedule` for an idle replica (once): it runs after every arrival at this instant.
+    fn request_schedule(&mut self, rid: ReplicaId, now: SimTime) {
+        let rep = &mut self.replicas[rid as usize];
+        if !rep.schedule_pending && !rep.is_busy() && rep.has_work() {
+            rep.schedule_pending = true;
+            self.queue.push(now, Event::Schedule(rid));
+        }
+    }
+
+    /// Invariant 5: a replica with work has a step in flight or a schedule pending.
+    #[cfg(debug_assertions)]
+    fn check_work_conservation(&self) {
+        for r in &self.replicas {
+            assert!(
+                !r.has_work() || r.is_busy() || r.schedule_pending,
+                "invariant 5: replica {} holds work with no step pending",
+                r.id
+            );
+        }
+    }
+
+    pub fn sessions_started(&self) -> u64 {
+        self.workload.sessions_started()
+    }
+
+    pub fn cost_model_name(&self) -> &'static str {
+        self.cost.name()
+    }
+
+    pub fn config(&self) -> &Config {
+        self.cfg
+    }
+}
+
+/// A progress bar on stderr for runs longer than about a second, only when stderr is a terminal.
+struct Progress {
+    enabled: bool,
+    started: Instant,
+    bar: Option<indicatif::ProgressBar>,
+    horizon_s: Option<f64>,
+}
+
+impl Progress {
+    fn new(enabled: bool, horizon_s: Option<f64>) -> Progress {
+        Progress {
+            enabled: enabled && std::io::stderr().is_terminal(),
+            started: Instant::now(),
+            bar: None,
+            horizon_s,
+        }
+    }
+
+    fn tick(&mut self, now: SimTime, events: u64) {
+        if !self.enabled || events % 4096 != 0 {
+            return;
+        }
+        if self.bar.is_none() && self.started.elapsed().as_secs_f64() > 1.0 {
+            let len = self.horizon_s.map_or(0, |h| h.ceil() as u64);
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(len),
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} virtual {pos}/{len} s  [{elapsed_precise}] {msg}",
+                )
+                .expect("static template"),
+            );
+            self.bar = Some(bar);
+        }
+        if let Some(b) = &self.bar {
+            b.set_position(now.as_secs_f64() as u64);
+            b.set_message(format!("{events} events"));
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
