@@ -73,20 +73,65 @@ fn one() -> f64 {
     1.0
 }
 
-/// The conversational workload generator's parameters. Defaults follow real chat traces (README, "Workload").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    /// Generated multi-turn sessions (the parameters below).
+    Conversational,
+    /// Replay of a recorded trace (`[workload.trace]`).
+    Trace,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceFormat {
+    /// Mooncake JSONL: timestamp (ms), input_length, output_length, hash_ids.
+    Mooncake,
+}
+
+/// A trace to replay, open loop (each record arrives at its recorded time / speedup).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceConfig {
+    pub format: TraceFormat,
+    /// Path to the trace file, relative to the working directory.
+    pub path: String,
+    /// Tokens per hash id (Mooncake: 512).
+    pub block_tokens: u32,
+    /// Divides every timestamp: 2.0 replays twice as fast.
+    pub speedup: f64,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        TraceConfig {
+            format: TraceFormat::Mooncake,
+            path: String::new(),
+            block_tokens: 512,
+            speedup: 1.0,
+        }
+    }
+}
+
+/// The workload: a generated conversational one (defaults follow real chat traces, see the README) or a
+/// trace replay. `duration_s` and `max_requests` bound both kinds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkloadConfig {
+    pub kind: WorkloadKind,
+    pub trace: TraceConfig,
     /// Sessions started per second of virtual time.
     pub session_rate: f64,
     pub arrival: ArrivalProcess,
     /// Gamma shape when `arrival = "gamma"`.
     pub burstiness: f64,
-    /// No session starts and no turn is released after this many seconds; requests already in flight drain.
+    /// No session starts after this many seconds, and a turn is kept only if its nominal release time
+    /// (session start + earlier think times, service time ignored) is earlier, so the request set does not
+    /// depend on the engine. For traces: the replay window from the trace start.
     pub duration_s: Option<f64>,
     /// At most this many sessions start.
     pub max_sessions: Option<u64>,
-    /// At most this many requests (turns) are released.
+    /// At most this many requests: sessions stop starting, and the last one's turns are cut, at this total.
     pub max_requests: Option<u64>,
     /// Turns per session.
     pub turns: Dist,
@@ -119,10 +164,12 @@ impl Default for WorkloadConfig {
             max: Some(max),
         };
         WorkloadConfig {
+            kind: WorkloadKind::Conversational,
+            trace: TraceConfig::default(),
             session_rate: 1.0,
             arrival: ArrivalProcess::Poisson,
             burstiness: 1.0,
-            duration_s: Some(300.0),
+            duration_s: None,
             max_sessions: None,
             max_requests: None,
             turns: Dist::Zipf {
@@ -413,7 +460,31 @@ impl Config {
                 format!("must be a positive gamma shape, got {}", w.burstiness),
             ));
         }
-        if w.duration_s.is_none() && w.max_sessions.is_none() && w.max_requests.is_none() {
+        if w.kind == WorkloadKind::Trace {
+            if w.trace.path.is_empty() {
+                return Err(ConfigError::invalid(
+                    "workload.trace.path",
+                    "a trace workload needs the trace file's path",
+                ));
+            }
+            if w.trace.block_tokens == 0 {
+                return Err(ConfigError::invalid(
+                    "workload.trace.block_tokens",
+                    "must be at least 1",
+                ));
+            }
+            if !(w.trace.speedup.is_finite() && w.trace.speedup > 0.0) {
+                return Err(ConfigError::invalid(
+                    "workload.trace.speedup",
+                    format!("must be positive, got {}", w.trace.speedup),
+                ));
+            }
+        }
+        if w.kind == WorkloadKind::Conversational
+            && w.duration_s.is_none()
+            && w.max_sessions.is_none()
+            && w.max_requests.is_none()
+        {
             return Err(ConfigError::invalid(
                 "workload",
                 "the run is unbounded: set duration_s, max_sessions or max_requests",
@@ -668,7 +739,7 @@ mod tests {
     #[test]
     fn overrides_apply_and_are_checked() {
         let c = parse(
-            "",
+            "[workload]\nduration_s = 10.0\n",
             &[
                 "engine.prefix_caching=false",
                 "workload.session_rate=2.5",
@@ -685,6 +756,12 @@ mod tests {
         assert!(e.contains("prefix_cachin") && e.contains("--set"), "{e}");
         let e = parse("", &["engine"]).unwrap_err().to_string();
         assert!(e.contains("missing `=`"), "{e}");
+    }
+
+    #[test]
+    fn unbounded_workload_is_rejected() {
+        let e = parse("", &[]).unwrap_err().to_string();
+        assert!(e.contains("unbounded"), "{e}");
     }
 
     #[test]

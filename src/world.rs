@@ -1,6 +1,6 @@
 //! The world owns everything in a run and dispatches each event with one `match`.
 
-use crate::config::{CacheScope, Config, CostKind};
+use crate::config::{CacheScope, Config, CostKind, WorkloadKind};
 use crate::cost::catalog::{HardwareSpec, ModelShape};
 use crate::cost::linear::LinearCost;
 use crate::cost::roofline::Roofline;
@@ -18,6 +18,8 @@ use crate::router::{self, Router};
 use crate::scheduler::vllm_v1::{Limits, VllmScheduler};
 use crate::time::{SimDuration, SimTime};
 use crate::workload::conversation::{ConversationGenerator, Release};
+use crate::workload::trace::TraceWorkload;
+use crate::workload::Workload;
 use std::io::IsTerminal;
 use std::time::Instant;
 
@@ -39,6 +41,27 @@ impl System {
             model,
             hardware,
             sizing,
+        })
+    }
+
+    /// Builds the workload; trace files are read (and checked) here, before any output exists.
+    pub fn workload(&self, cfg: &Config) -> Result<Box<dyn Workload>, ConfigError> {
+        let w = &cfg.workload;
+        let salted = cfg.engine.prefix_cache_scope == CacheScope::Session;
+        Ok(match w.kind {
+            WorkloadKind::Conversational => Box::new(ConversationGenerator::new(
+                w,
+                RngStreams::new(cfg.seed),
+                self.sizing.max_model_len,
+                salted,
+            )),
+            WorkloadKind::Trace => Box::new(TraceWorkload::load(
+                &w.trace,
+                w.duration_s,
+                w.max_requests,
+                self.sizing.max_model_len,
+                salted,
+            )?),
         })
     }
 
@@ -70,7 +93,7 @@ pub struct World<'a> {
     queue: EventQueue<Event>,
     pub replicas: Vec<Replica>,
     router: Box<dyn Router>,
-    workload: ConversationGenerator,
+    workload: Box<dyn Workload>,
     cost: Box<dyn CostModel>,
     pub metrics: Collector,
     sample_interval: SimDuration,
@@ -83,6 +106,7 @@ impl<'a> World<'a> {
     pub fn new(
         cfg: &'a Config,
         sys: &System,
+        workload: Box<dyn Workload>,
         metrics: Collector,
         show_progress: bool,
     ) -> World<'a> {
@@ -109,12 +133,6 @@ impl<'a> World<'a> {
                 )
             })
             .collect();
-        let workload = ConversationGenerator::new(
-            &cfg.workload,
-            RngStreams::new(cfg.seed),
-            s.max_model_len,
-            cfg.engine.prefix_cache_scope == CacheScope::Session,
-        );
         World {
             cfg,
             queue: EventQueue::new(),

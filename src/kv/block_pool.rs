@@ -40,8 +40,11 @@ pub struct BlockPool {
     num_free: u32,
     /// Free blocks that still hold a hash (evictable cached blocks).
     num_free_cached: u32,
-    /// Hash -> blocks with that hash, in registration order. No dedup (K8): a hash may map to several blocks.
-    cached: IdentityMap<u64, Vec<BlockId>>,
+    /// Hash -> the first registered block with that hash.
+    cached: IdentityMap<u64, BlockId>,
+    /// Hash -> later duplicates, in registration order. No dedup (K8): identical blocks computed separately
+    /// are all registered; duplicates are rare, so they live apart from the hot map.
+    dups: IdentityMap<u64, std::collections::VecDeque<BlockId>>,
     evictions: u64,
 }
 
@@ -68,6 +71,7 @@ impl BlockPool {
             num_free: num_blocks - 1,
             num_free_cached: 0,
             cached: IdentityMap::default(),
+            dups: IdentityMap::default(),
             evictions: 0,
         }
     }
@@ -112,7 +116,7 @@ impl BlockPool {
 
     /// The first registered block with this hash, if any (K6: "the first one found is used").
     pub fn lookup(&self, hash: u64) -> Option<BlockId> {
-        self.cached.get(&hash).and_then(|v| v.first().copied())
+        self.cached.get(&hash).copied()
     }
 
     /// The free queue from head to tail (tests and invariant checks).
@@ -149,15 +153,7 @@ impl BlockPool {
             if let Some(h) = self.hash[b as usize].take() {
                 self.num_free_cached -= 1;
                 self.evictions += 1;
-                let list = self
-                    .cached
-                    .get_mut(&h)
-                    .expect("a hashed block is in the map");
-                let pos = list.iter().position(|&x| x == b).expect("listed");
-                list.remove(pos);
-                if list.is_empty() {
-                    self.cached.remove(&h);
-                }
+                self.unregister(b, h);
             }
             self.ref_cnt[b as usize] = 1;
             out.push(b);
@@ -190,7 +186,46 @@ impl BlockPool {
             return;
         }
         self.hash[b as usize] = Some(hash);
-        self.cached.entry(hash).or_default().push(b);
+        match self.cached.entry(hash) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(b);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.dups.entry(hash).or_default().push_back(b);
+            }
+        }
+    }
+
+    /// Removes `b` from the map under `h`; the oldest duplicate, if any, becomes the one lookups find.
+    fn unregister(&mut self, b: BlockId, h: u64) {
+        let first = self
+            .cached
+            .get_mut(&h)
+            .expect("a hashed block is in the map");
+        if *first == b {
+            match self.dups.get_mut(&h).and_then(|d| d.pop_front()) {
+                Some(next) => *first = next,
+                None => {
+                    self.cached.remove(&h);
+                }
+            }
+        } else {
+            let d = self.dups.get_mut(&h).expect("a duplicate is listed");
+            let pos = d.iter().position(|&x| x == b).expect("listed");
+            d.remove(pos);
+        }
+        if self.dups.get(&h).is_some_and(|d| d.is_empty()) {
+            self.dups.remove(&h);
+        }
+    }
+
+    /// Every block registered under `hash`, first (the one lookups find) to last.
+    pub fn blocks_with_hash(&self, hash: u64) -> Vec<BlockId> {
+        let mut v: Vec<BlockId> = self.cached.get(&hash).copied().into_iter().collect();
+        if let Some(d) = self.dups.get(&hash) {
+            v.extend(d.iter().copied());
+        }
+        v
     }
 
     fn unlink(&mut self, b: BlockId) {
@@ -254,7 +289,7 @@ impl BlockPool {
                 free_cached += 1;
             }
             if let Some(h) = self.hash[b] {
-                if !self.cached.get(&h).is_some_and(|l| l.contains(&(b as u32))) {
+                if !self.blocks_with_hash(h).contains(&(b as u32)) {
                     return Err(format!("block {b} has a hash but is not in the map"));
                 }
             }
@@ -268,11 +303,14 @@ impl BlockPool {
         if self.num_used() + self.num_free != self.num_blocks() - 1 {
             return Err("used + free != usable blocks".into());
         }
-        for (h, l) in &self.cached {
-            for &b in l {
-                if self.hash[b as usize] != Some(*h) {
-                    return Err(format!("map lists block {b} under a hash it does not hold"));
-                }
+        let listed = self.cached.iter().map(|(h, b)| (*h, *b)).chain(
+            self.dups
+                .iter()
+                .flat_map(|(h, d)| d.iter().map(move |b| (*h, *b))),
+        );
+        for (h, b) in listed {
+            if self.hash[b as usize] != Some(h) {
+                return Err(format!("map lists block {b} under a hash it does not hold"));
             }
         }
         Ok(())

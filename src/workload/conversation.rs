@@ -3,7 +3,10 @@
 //! Sessions start as a Poisson (or gamma) process. Each session draws, from its own random stream, its
 //! system prompt, its number of turns and every turn's message, response length and think time, so a session
 //! is the same whatever the engine does; only when its turns are released depends on the engine (turn k+1 is
-//! released think-time after turn k completes). Turn k's prompt is the system prompt, then every earlier
+//! released think-time after turn k completes). `duration_s` bounds session starts and keeps the turns whose
+//! nominal release time (session start plus earlier think times, service time ignored) falls inside it, so
+//! the set of requests depends only on the seed and the workload, never on the engine: runs that differ in
+//! policy serve identical requests. Turn k's prompt is the system prompt, then every earlier
 //! user message and response of the session, then the new message: turn k+1 extends turn k exactly.
 
 use crate::config::{ArrivalProcess, WorkloadConfig};
@@ -13,6 +16,7 @@ use crate::rng::{mix, RngStreams, StreamRng};
 use crate::time::{SimDuration, SimTime};
 use crate::workload::content::Segment;
 use crate::workload::dist::Sampler;
+use crate::workload::Workload;
 use rand::Rng;
 use rand_distr::{Distribution, Gamma};
 use std::collections::HashMap;
@@ -95,6 +99,8 @@ pub struct ConversationGenerator {
     block_salted: bool,
     next_session: SessionId,
     next_request: u64,
+    /// Turns of every session started so far (what `max_requests` bounds).
+    reserved_turns: u64,
     sessions: HashMap<SessionId, Session>,
     last_start: SimTime,
 }
@@ -134,6 +140,7 @@ impl ConversationGenerator {
             block_salted: session_salt,
             next_session: 0,
             next_request: 0,
+            reserved_turns: 0,
             sessions: HashMap::new(),
             last_start: SimTime::ZERO,
         }
@@ -144,11 +151,25 @@ impl ConversationGenerator {
     }
 
     fn request_budget_left(&self) -> bool {
-        self.cfg.max_requests.is_none_or(|m| self.next_request < m)
+        self.cfg
+            .max_requests
+            .is_none_or(|m| self.reserved_turns < m)
     }
 
+    fn draw_gap(&mut self) -> f64 {
+        match &self.gap_gamma {
+            None => {
+                let u: f64 = self.arrivals.random();
+                -(1.0 - u).ln() / self.cfg.session_rate
+            }
+            Some(g) => g.sample(&mut self.arrivals),
+        }
+    }
+}
+
+impl Workload for ConversationGenerator {
     /// The start time of the next session, or None when the workload is exhausted. Call once per session.
-    pub fn next_session_start(&mut self) -> Option<(SessionId, SimTime)> {
+    fn next_session_start(&mut self) -> Option<(SessionId, SimTime)> {
         if self
             .cfg
             .max_sessions
@@ -157,13 +178,7 @@ impl ConversationGenerator {
         {
             return None;
         }
-        let gap = match &self.gap_gamma {
-            None => {
-                let u: f64 = self.arrivals.random();
-                -(1.0 - u).ln() / self.cfg.session_rate
-            }
-            Some(g) => g.sample(&mut self.arrivals),
-        };
+        let gap = self.draw_gap();
         // The first session starts at t = 0 so every run opens with traffic.
         let t = if self.next_session == 0 {
             SimTime::ZERO
@@ -179,6 +194,53 @@ impl ConversationGenerator {
         Some((id, t))
     }
 
+    fn start_session(&mut self, id: SessionId, now: SimTime) -> Option<Release> {
+        let mut s = self.draw_session(id);
+        // `duration_s` keeps a turn when its nominal release time (the session start plus the preceding think
+        // times, ignoring service time) falls inside the window. Deciding on nominal times keeps the request
+        // set independent of the engine; releases still happen at completion + think time.
+        if let Some(h) = self.horizon {
+            let mut nominal = now;
+            let mut keep = 0;
+            for t in &s.turns {
+                if nominal >= h {
+                    break;
+                }
+                keep += 1;
+                nominal += t.think_time;
+            }
+            s.turns.truncate(keep.max(1));
+        }
+        // `max_requests` cuts the last session's script, never a release at run time, so the set of requests
+        // does not depend on how fast the engine serves them.
+        if let Some(m) = self.cfg.max_requests {
+            let left = m.saturating_sub(self.reserved_turns) as usize;
+            s.turns.truncate(left);
+        }
+        self.reserved_turns += s.turns.len() as u64;
+        self.sessions.insert(id, s);
+        self.release_turn(id, now)
+    }
+
+    fn release_turn(&mut self, id: SessionId, now: SimTime) -> Option<Release> {
+        self.release(id, now)
+    }
+
+    fn on_turn_complete(
+        &mut self,
+        id: SessionId,
+        output_tokens: u32,
+        now: SimTime,
+    ) -> Option<SimTime> {
+        self.complete(id, output_tokens, now)
+    }
+
+    fn sessions_started(&self) -> u64 {
+        self.next_session
+    }
+}
+
+impl ConversationGenerator {
     /// Draws a session's whole script from its own stream.
     pub fn draw_session(&self, id: SessionId) -> Session {
         let mut rng = self.streams.indexed("workload.session", id);
@@ -232,20 +294,9 @@ impl ConversationGenerator {
         }
     }
 
-    /// Starts a session and releases its first turn.
-    pub fn start_session(&mut self, id: SessionId, now: SimTime) -> Option<Release> {
-        let s = self.draw_session(id);
-        self.sessions.insert(id, s);
-        self.release_turn(id, now)
-    }
-
     /// Releases the session's next turn as a request arriving `now`, or None when the session is over or
     /// the workload's bounds stop it.
-    pub fn release_turn(&mut self, id: SessionId, now: SimTime) -> Option<Release> {
-        if !self.within_horizon(now) || !self.request_budget_left() {
-            self.sessions.remove(&id);
-            return None;
-        }
+    fn release(&mut self, id: SessionId, now: SimTime) -> Option<Release> {
         let max_tokens_cfg = self.cfg.max_tokens;
         let truncate = self.cfg.truncate_context;
         let max_model_len = self.max_model_len as u64;
@@ -329,12 +380,7 @@ impl ConversationGenerator {
 
     /// Records a completed turn's real response length and returns when the next turn is released (None if
     /// the session is over).
-    pub fn on_turn_complete(
-        &mut self,
-        id: SessionId,
-        output_tokens: u32,
-        now: SimTime,
-    ) -> Option<SimTime> {
+    fn complete(&mut self, id: SessionId, output_tokens: u32, now: SimTime) -> Option<SimTime> {
         let s = self.sessions.get_mut(&id)?;
         let last = s.history.last_mut().expect("a released turn is in history");
         last.response.len = output_tokens;
@@ -343,21 +389,7 @@ impl ConversationGenerator {
             return None;
         }
         let think = s.turns[s.next_turn - 1].think_time;
-        let t = now + think;
-        if !self.within_horizon(t) {
-            self.sessions.remove(&id);
-            return None;
-        }
-        Some(t)
-    }
-
-    /// Drops a session (its request was rejected or the run stopped).
-    pub fn end_session(&mut self, id: SessionId) {
-        self.sessions.remove(&id);
-    }
-
-    pub fn sessions_started(&self) -> u64 {
-        self.next_session
+        Some(now + think)
     }
 
     pub fn requests_released(&self) -> u64 {

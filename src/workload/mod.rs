@@ -1,5 +1,31 @@
-//! Workloads: the conversational session generator, its distributions, and the content model.
+//! Workloads: the conversational session generator, trace replay, their distributions, and the content
+//! model.
 
 pub mod content;
 pub mod conversation;
 pub mod dist;
+pub mod trace;
+
+use crate::event::SessionId;
+use crate::time::SimTime;
+use conversation::Release;
+
+/// A source of sessions and their turns.
+///
+/// Contract: `next_session_start` yields sessions in non-decreasing start time and is called once after each
+/// session starts (and once at the beginning); `start_session` releases the session's first turn at its
+/// start; after a turn completes, `on_turn_complete` says when (if ever) the next turn is released, and
+/// `release_turn` is then called at that time. Every draw comes from workload streams only, so the
+/// requests do not depend on the engine, only their release times do.
+pub trait Workload {
+    fn next_session_start(&mut self) -> Option<(SessionId, SimTime)>;
+    fn start_session(&mut self, id: SessionId, now: SimTime) -> Option<Release>;
+    fn release_turn(&mut self, id: SessionId, now: SimTime) -> Option<Release>;
+    fn on_turn_complete(
+        &mut self,
+        id: SessionId,
+        output_tokens: u32,
+        now: SimTime,
+    ) -> Option<SimTime>;
+    fn sessions_started(&self) -> u64;
+}

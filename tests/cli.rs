@@ -1,0 +1,192 @@
+//! The CLI as a user runs it: the default run, overrides, and bad input (clear error, exit 2, no output).
+
+use assert_cmd::Command;
+use predicates::str::contains;
+use std::path::Path;
+
+fn servesim() -> Command {
+    Command::cargo_bin("servesim").unwrap()
+}
+
+const FILES: [&str; 5] = [
+    "requests.csv",
+    "summary.json",
+    "summary.csv",
+    "timeseries.csv",
+    "resolved.toml",
+];
+
+#[test]
+fn default_run_prints_a_summary_and_writes_five_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("default");
+    // The embedded default, shortened so the debug build stays quick; everything else as shipped.
+    servesim()
+        .args(["run", "--set", "workload.duration_s=20", "--out"])
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(contains("servesim run: llama-3.1-8b on h100-sxm"))
+        .stdout(contains("prefix cache hit rate"));
+    for f in FILES {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    // Nothing else, and no temporary directory left beside it.
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), FILES.len());
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    // The resolved config re-runs as is.
+    let out2 = tmp.path().join("again");
+    servesim()
+        .args(["run", "--quiet", "--config"])
+        .arg(out.join("resolved.toml"))
+        .arg("--out")
+        .arg(&out2)
+        .assert()
+        .success()
+        .stdout("");
+    assert_eq!(
+        std::fs::read(out.join("requests.csv")).unwrap(),
+        std::fs::read(out2.join("requests.csv")).unwrap()
+    );
+}
+
+fn assert_bad_input(args: &[&str], config: Option<&str>, expect: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let mut cmd = servesim();
+    cmd.arg("run");
+    if let Some(text) = config {
+        let p = tmp.path().join("bad.toml");
+        std::fs::write(&p, text).unwrap();
+        cmd.arg("--config").arg(&p);
+    }
+    cmd.args(args).arg("--out").arg(&out);
+    let mut a = cmd.assert().code(2);
+    for e in expect {
+        a = a.stderr(contains(*e));
+    }
+    assert!(!out.exists(), "output directory left behind");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "bad.toml")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn unknown_key_in_a_file_names_file_line_and_key() {
+    assert_bad_input(
+        &[],
+        Some("name = \"x\"\n[workload]\nduration_s = 5.0\nsesion_rate = 3.0\n"),
+        &["bad.toml", "line 4", "sesion_rate", "expected one of"],
+    );
+}
+
+#[test]
+fn unknown_key_in_an_override_is_named() {
+    assert_bad_input(
+        &["--set", "engine.prefix_cachin=false"],
+        None,
+        &["prefix_cachin", "--set"],
+    );
+}
+
+#[test]
+fn wrong_type_is_named() {
+    assert_bad_input(
+        &["--set", "engine.max_num_seqs=\"many\""],
+        None,
+        &["engine.max_num_seqs", "invalid type"],
+    );
+}
+
+#[test]
+fn negative_rate_names_the_key() {
+    assert_bad_input(
+        &["--set", "workload.session_rate=-2"],
+        None,
+        &["workload.session_rate", "positive"],
+    );
+}
+
+#[test]
+fn model_that_does_not_fit_says_so() {
+    assert_bad_input(
+        &["--set", "model.name=llama-3.1-70b"],
+        None,
+        &["does not fit", "GiB", "smaller model"],
+    );
+}
+
+#[test]
+fn unknown_model_lists_the_catalog() {
+    assert_bad_input(
+        &["--set", "model.name=gpt-9"],
+        None,
+        &["model.name", "llama-3.1-8b"],
+    );
+}
+
+#[test]
+fn missing_config_file_is_exit_2() {
+    assert_bad_input(
+        &["--config", "/nonexistent/servesim.toml"],
+        None,
+        &["cannot read config file"],
+    );
+}
+
+#[test]
+fn bad_trace_names_line_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = tmp.path().join("t.jsonl");
+    std::fs::write(
+        &trace,
+        "{\"timestamp\": 0, \"input_length\": 20, \"output_length\": 3, \"hash_ids\": [0]}\n\
+         {\"timestamp\": 10, \"input_length\": 20, \"hash_ids\": [0]}\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    servesim()
+        .args(["run", "--set", "workload.kind=trace", "--set"])
+        .arg(format!("workload.trace.path={}", trace.display()))
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(contains("t.jsonl line 2"))
+        .stderr(contains("output_length"));
+    assert!(!out.exists());
+}
+
+#[test]
+fn output_dir_that_is_not_a_run_is_not_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let precious = tmp.path().join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    std::fs::write(precious.join("thesis.tex"), "x").unwrap();
+    servesim()
+        .args(["run", "--set", "workload.duration_s=5", "--out"])
+        .arg(&precious)
+        .assert()
+        .code(1)
+        .stderr(contains("not a servesim run directory"));
+    assert!(Path::new(&precious.join("thesis.tex")).exists());
+}
+
+#[test]
+fn catalog_lists_models_and_hardware() {
+    servesim()
+        .args(["catalog", "models"])
+        .assert()
+        .success()
+        .stdout(contains("llama-3.1-8b"))
+        .stdout(contains("131072"));
+    servesim()
+        .args(["catalog", "hardware"])
+        .assert()
+        .success()
+        .stdout(contains("h100-sxm"))
+        .stdout(contains("a100-80gb"));
+}

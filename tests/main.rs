@@ -1,0 +1,11 @@
+//! servesim's integration tests: one binary, a module per topic.
+
+mod cache;
+mod cli;
+mod common;
+mod determinism;
+mod kv_property;
+mod mooncake;
+mod queueing;
+mod rules;
+mod workload;
