@@ -139,6 +139,8 @@ pub struct WorkloadConfig {
     pub user_tokens: Dist,
     /// Probability that a turn also pastes a long document.
     pub doc_probability: f64,
+    /// Probability that a session's first turn pastes a document (default: `doc_probability`).
+    pub first_turn_doc_probability: Option<f64>,
     pub doc_tokens: Dist,
     /// Tokens of each response (the true output length; the scheduler never sees it).
     pub response_tokens: Dist,
@@ -179,6 +181,7 @@ impl Default for WorkloadConfig {
             },
             user_tokens: ln(60.0, 1.4, 8192.0),
             doc_probability: 0.10,
+            first_turn_doc_probability: None,
             doc_tokens: ln(4000.0, 1.0, 100_000.0),
             response_tokens: ln(150.0, 0.9, 2048.0),
             think_time_s: Dist::Lognormal {
@@ -508,11 +511,21 @@ impl Config {
         ] {
             d.validate().map_err(|m| ConfigError::invalid(key, m))?;
         }
-        if !(0.0..=1.0).contains(&w.doc_probability) {
-            return Err(ConfigError::invalid(
-                "workload.doc_probability",
-                format!("must be in [0, 1], got {}", w.doc_probability),
-            ));
+        for (k, p) in [
+            ("workload.doc_probability", Some(w.doc_probability)),
+            (
+                "workload.first_turn_doc_probability",
+                w.first_turn_doc_probability,
+            ),
+        ] {
+            if let Some(p) = p {
+                if !(0.0..=1.0).contains(&p) {
+                    return Err(ConfigError::invalid(
+                        k,
+                        format!("must be in [0, 1], got {p}"),
+                    ));
+                }
+            }
         }
         if w.max_tokens == 0 {
             return Err(ConfigError::invalid(

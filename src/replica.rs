@@ -4,7 +4,7 @@
 use crate::cost::{BatchShape, CostModel};
 use crate::event::ReplicaId;
 use crate::kv::KvCacheManager;
-use crate::request::{Request, RequestId};
+use crate::request::{Request, RequestId, StopReason};
 use crate::scheduler::{RequestTable, Scheduler, StepPlan};
 use crate::time::{SimDuration, SimTime};
 use std::collections::HashMap;
@@ -14,15 +14,6 @@ use std::collections::HashMap;
 struct InFlight {
     plan: StepPlan,
     started: SimTime,
-}
-
-/// Why a request stopped generating.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopReason {
-    /// The model emitted EOS (the true response length was reached).
-    Eos,
-    /// `max_tokens` reached.
-    Length,
 }
 
 /// Counters a replica keeps for the summary.
@@ -51,11 +42,10 @@ pub struct Replica {
     pub stats: ReplicaStats,
 }
 
-/// A request that left the replica at the end of a step.
+/// A request that left the replica at the end of a step (its `finish_reason` set).
 #[derive(Debug)]
 pub struct Completed {
     pub request: Request,
-    pub reason: StopReason,
 }
 
 /// A token emitted at the end of a step: (request, its previous token's time or None for the first).
@@ -200,7 +190,15 @@ impl Replica {
             self.true_output.remove(&id);
             self.kv.free(&mut r);
             r.finish = Some(now);
-            out.push(Completed { request: r, reason });
+            r.finish_reason = Some(reason);
+            debug_assert!(
+                Some(r.arrival) <= r.first_scheduled
+                    && r.first_scheduled <= r.first_token
+                    && r.first_token <= r.finish,
+                "invariant 4: causality of request {}",
+                r.id
+            );
+            out.push(Completed { request: r });
         }
         #[cfg(debug_assertions)]
         self.maybe_check_invariants();

@@ -30,6 +30,24 @@ impl Status {
     }
 }
 
+/// Why a request stopped generating, as OpenAI-compatible servers report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model emitted EOS (the true response length was reached): `stop`.
+    Eos,
+    /// `max_tokens` or the context length reached: `length`.
+    Length,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Eos => "stop",
+            StopReason::Length => "length",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Request {
     pub id: RequestId,
@@ -71,6 +89,8 @@ pub struct Request {
     pub finish: Option<SimTime>,
     /// Prefix-cache hit at first admission, tokens (vLLM `num_cached_tokens`).
     pub num_cached_tokens: Option<u32>,
+    /// Why generation stopped (finished requests only).
+    pub finish_reason: Option<StopReason>,
     /// Tokens computed in prefill chunks, recomputation after preemption included.
     pub prefilled_tokens: u64,
     pub preemptions: u32,
@@ -114,6 +134,7 @@ impl Request {
             last_token: None,
             finish: None,
             num_cached_tokens: None,
+            finish_reason: None,
             prefilled_tokens: 0,
             preemptions: 0,
         }

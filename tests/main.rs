@@ -8,4 +8,5 @@ mod kv_property;
 mod mooncake;
 mod queueing;
 mod rules;
+mod runs;
 mod workload;

@@ -21,6 +21,7 @@ pub const REQUEST_COLUMNS: &[&str] = &[
     "turn",
     "replica",
     "status",
+    "finish_reason",
     "arrival_s",
     "scheduled_s",
     "first_token_s",
@@ -201,6 +202,10 @@ impl Collector {
                 r.replica.to_string()
             },
             status.as_str().to_string(),
+            r.finish_reason
+                .map(|f| f.as_str())
+                .unwrap_or("")
+                .to_string(),
             secs(r.arrival),
             r.first_scheduled.map(secs).unwrap_or_default(),
             r.first_token.map(secs).unwrap_or_default(),

@@ -267,9 +267,13 @@ impl ConversationGenerator {
         let n_turns = self.samplers.turns.sample_tokens(&mut rng, 1);
         let priority = self.samplers.priority.sample(&mut rng).round() as i64;
         let turns = (0..n_turns)
-            .map(|_| {
+            .map(|k| {
                 let user_tokens = self.samplers.user.sample_tokens(&mut rng, 1);
-                let doc = rng.random::<f64>() < c.doc_probability;
+                let p_doc = match c.first_turn_doc_probability {
+                    Some(p) if k == 0 => p,
+                    _ => c.doc_probability,
+                };
+                let doc = rng.random::<f64>() < p_doc;
                 let doc_tokens = if doc {
                     self.samplers.doc.sample_tokens(&mut rng, 1)
                 } else {
