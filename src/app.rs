@@ -1,10 +1,13 @@
 //! The command-line application: parse, dispatch, print, choose the exit code.
 
-use crate::cli::{CatalogKind, Cli, Command, RunArgs};
-use crate::config::Config;
+use crate::cli::{CatalogKind, Cli, Command, ConfigArgs, FormatArg, RunArgs, WorkloadCommand};
+use crate::config::{Config, TraceConfig, TraceFormat, WorkloadKind};
 use crate::cost::catalog::{hardware_names, model_names, HardwareSpec, ModelShape};
-use crate::error::Error;
+use crate::error::{ConfigError, Error, OutputError};
 use crate::run::{run, RunOptions, RunOutcome};
+use crate::workload::export::{generate_records, stats};
+use crate::workload::trace::{self, native, Trace};
+use crate::world::System;
 use clap::Parser;
 use std::ffi::OsString;
 
@@ -23,6 +26,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
             print_catalog(what);
             Ok(())
         }
+        Command::Workload { command } => workload_command(command),
     };
     match result {
         Ok(()) => 0,
@@ -49,6 +53,94 @@ fn run_command(a: &RunArgs) -> Result<(), Error> {
         print!("{}", human_summary(&outcome));
     }
     Ok(())
+}
+
+fn load_config(a: &ConfigArgs) -> Result<Config, ConfigError> {
+    let mut cfg = Config::load(a.config.as_deref(), &a.set)?;
+    if let Some(seed) = a.seed {
+        cfg.seed = seed;
+    }
+    Ok(cfg)
+}
+
+fn workload_command(c: WorkloadCommand) -> Result<(), Error> {
+    match c {
+        WorkloadCommand::Export { source, out } => {
+            let cfg = load_config(&source)?;
+            if cfg.workload.kind != WorkloadKind::Conversational {
+                return Err(ConfigError::invalid(
+                    "workload.kind",
+                    "export writes generated (conversational) workloads; a trace is already a trace",
+                )
+                .into());
+            }
+            let sys = System::resolve(&cfg)?;
+            let records = generate_records(&cfg, sys.sizing.max_model_len);
+            // Written beside the target and renamed, so a failure leaves no partial file.
+            let tmp = out.with_extension(format!("partial-{}", std::process::id()));
+            let written = native::write(&records, &tmp).and_then(|()| {
+                std::fs::rename(&tmp, &out).map_err(|source| OutputError::Io {
+                    path: out.clone(),
+                    source,
+                })
+            });
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            written?;
+            println!("wrote {} requests to {}", records.len(), out.display());
+            Ok(())
+        }
+        WorkloadCommand::Stats {
+            file,
+            format,
+            block_tokens,
+            source,
+        } => {
+            let (trace, what) = match file {
+                Some(path) => {
+                    let format = match format {
+                        Some(FormatArg::Mooncake) => TraceFormat::Mooncake,
+                        Some(FormatArg::Azure) => TraceFormat::Azure,
+                        Some(FormatArg::Burstgpt) => TraceFormat::Burstgpt,
+                        Some(FormatArg::Servesim) => TraceFormat::Servesim,
+                        None => trace::detect_format(&path)?,
+                    };
+                    let tc = TraceConfig {
+                        format,
+                        path: path.display().to_string(),
+                        block_tokens,
+                        ..TraceConfig::default()
+                    };
+                    (
+                        trace::read(&tc)?,
+                        format!("{} ({format:?})", path.display()),
+                    )
+                }
+                None => {
+                    let cfg = load_config(&source)?;
+                    let sys = System::resolve(&cfg)?;
+                    let trace = match cfg.workload.kind {
+                        WorkloadKind::Trace => trace::read(&cfg.workload.trace)?,
+                        WorkloadKind::Conversational => Trace {
+                            records: generate_records(&cfg, sys.sizing.max_model_len),
+                            has_sessions: true,
+                            skipped_rows: 0,
+                            content: "generated: shared system prompts and session history".into(),
+                        },
+                    };
+                    let name = source
+                        .config
+                        .as_ref()
+                        .map_or("the embedded default".into(), |p| p.display().to_string());
+                    (trace, format!("workload of {name}"))
+                }
+            };
+            println!("workload stats: {what}");
+            print!("{}", stats(&trace, 16));
+            Ok(())
+        }
+    }
 }
 
 fn print_catalog(what: CatalogKind) {

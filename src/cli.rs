@@ -23,6 +23,57 @@ pub enum Command {
         #[arg(value_enum)]
         what: CatalogKind,
     },
+    /// Export or inspect workloads.
+    Workload {
+        #[command(subcommand)]
+        command: WorkloadCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkloadCommand {
+    /// Write the generated workload of a config as a native trace (CSV) that replays to the identical run.
+    Export {
+        #[command(flatten)]
+        source: ConfigArgs,
+        /// The trace file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print a workload's statistics: requests, sessions, rate, length percentiles, prefix reuse.
+    Stats {
+        /// A trace file (format detected from its first line unless --format is given).
+        file: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        format: Option<FormatArg>,
+        /// Tokens per hash id for Mooncake traces.
+        #[arg(long, default_value_t = 512)]
+        block_tokens: u32,
+        #[command(flatten)]
+        source: ConfigArgs,
+    },
+}
+
+/// Where a config comes from.
+#[derive(clap::Args, Debug)]
+pub struct ConfigArgs {
+    /// Workload and system config (TOML); the embedded default without it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a config key (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Master random seed (overrides the config's `seed`).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum FormatArg {
+    Mooncake,
+    Azure,
+    Burstgpt,
+    Servesim,
 }
 
 #[derive(clap::Args, Debug)]

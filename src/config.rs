@@ -87,9 +87,27 @@ pub enum WorkloadKind {
 pub enum TraceFormat {
     /// Mooncake JSONL: timestamp (ms), input_length, output_length, hash_ids.
     Mooncake,
+    /// Azure LLM inference trace 2023: TIMESTAMP, ContextTokens, GeneratedTokens.
+    Azure,
+    /// BurstGPT: Timestamp, Session ID, Elapsed time, ..., Request tokens, Response tokens.
+    Burstgpt,
+    /// servesim's native CSV (what `servesim workload export` writes).
+    Servesim,
 }
 
-/// A trace to replay, open loop (each record arrives at its recorded time / speedup).
+/// How a trace's requests are released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayMode {
+    /// Closed loop for traces with sessions, open loop otherwise.
+    Auto,
+    /// Every request at its recorded time.
+    Open,
+    /// A session's next turn the recorded gap after the previous turn completes.
+    Closed,
+}
+
+/// A trace to replay, with its replay controls.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TraceConfig {
@@ -98,8 +116,16 @@ pub struct TraceConfig {
     pub path: String,
     /// Tokens per hash id (Mooncake: 512).
     pub block_tokens: u32,
-    /// Divides every timestamp: 2.0 replays twice as fast.
+    /// Divides every time (timestamps and gaps): 2.0 replays twice as fast.
     pub speedup: f64,
+    /// Rescale times so the mean request rate is this (requests/s); replaces `speedup`.
+    pub target_rate: Option<f64>,
+    /// Skip requests recorded before this many seconds from the trace start (the window's start;
+    /// `workload.duration_s` is its length, `workload.max_requests` caps it).
+    pub start_s: f64,
+    pub mode: ReplayMode,
+    /// Azure only: give every prompt one shared prefix of this many tokens (0: every prompt unique).
+    pub shared_prefix_tokens: u32,
 }
 
 impl Default for TraceConfig {
@@ -109,6 +135,10 @@ impl Default for TraceConfig {
             path: String::new(),
             block_tokens: 512,
             speedup: 1.0,
+            target_rate: None,
+            start_s: 0.0,
+            mode: ReplayMode::Auto,
+            shared_prefix_tokens: 0,
         }
     }
 }
@@ -480,6 +510,26 @@ impl Config {
                 return Err(ConfigError::invalid(
                     "workload.trace.speedup",
                     format!("must be positive, got {}", w.trace.speedup),
+                ));
+            }
+            if let Some(r) = w.trace.target_rate {
+                if !(r.is_finite() && r > 0.0) {
+                    return Err(ConfigError::invalid(
+                        "workload.trace.target_rate",
+                        format!("must be positive requests per second, got {r}"),
+                    ));
+                }
+                if w.trace.speedup != 1.0 {
+                    return Err(ConfigError::invalid(
+                        "workload.trace.target_rate",
+                        "set either target_rate or speedup, not both",
+                    ));
+                }
+            }
+            if !(w.trace.start_s.is_finite() && w.trace.start_s >= 0.0) {
+                return Err(ConfigError::invalid(
+                    "workload.trace.start_s",
+                    format!("must be >= 0 seconds, got {}", w.trace.start_s),
                 ));
             }
         }

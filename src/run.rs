@@ -121,6 +121,7 @@ fn summarize(world: &mut World, sys: &System) -> Summary {
         "prefix_cache_scope",
         format!("{:?}", cfg.engine.prefix_cache_scope).to_lowercase(),
     );
+    s.set("workload_content", world.workload_content().to_string());
     s.set("sessions", world.sessions_started());
     let m = &mut world.metrics;
     s.set("requests", world.counts.released);

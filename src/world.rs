@@ -298,6 +298,10 @@ impl<'a> World<'a> {
         self.workload.sessions_started()
     }
 
+    pub fn workload_content(&self) -> &str {
+        self.workload.content_note()
+    }
+
     pub fn cost_model_name(&self) -> &'static str {
         self.cost.name()
     }

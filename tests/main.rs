@@ -9,4 +9,5 @@ mod mooncake;
 mod queueing;
 mod rules;
 mod runs;
+mod traces;
 mod workload;

@@ -238,6 +238,10 @@ impl Workload for ConversationGenerator {
     fn sessions_started(&self) -> u64 {
         self.next_session
     }
+
+    fn content_note(&self) -> &str {
+        "generated: shared system prompts and each session's accumulated history"
+    }
 }
 
 impl ConversationGenerator {

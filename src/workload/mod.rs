@@ -4,6 +4,7 @@
 pub mod content;
 pub mod conversation;
 pub mod dist;
+pub mod export;
 pub mod trace;
 
 use crate::event::SessionId;
@@ -28,4 +29,7 @@ pub trait Workload {
         now: SimTime,
     ) -> Option<SimTime>;
     fn sessions_started(&self) -> u64;
+    /// How prompts share content (stated in the summary, since traces without content get invented
+    /// sharing or none).
+    fn content_note(&self) -> &str;
 }

@@ -1,0 +1,460 @@
+//! Trace replay: readers (one file per format), replay controls, and the replaying workload.
+//!
+//! Every reader turns a file into [`TraceRecord`]s: one request each, with its session and turn where the
+//! trace has sessions, its recorded arrival, its prompt as content segments and its output length. Errors
+//! name the file, the line and the field.
+//!
+//! Replay is open loop (each request at its recorded time) or closed loop (a session's next turn is sent
+//! the recorded gap after the previous turn *completes*). Closed loop is the default for traces with
+//! sessions: a follow-up turn's prompt contains the previous answer, so a real user could not send it before
+//! that answer arrived, and on a slower simulated system an open-loop replay would send it anyway.
+
+pub mod azure;
+pub mod burstgpt;
+pub mod mooncake;
+pub mod native;
+
+use super::content::{extend_block_hashes, Segment};
+use super::conversation::{NewRequest, Release};
+use super::Workload;
+use crate::config::{ReplayMode, TraceConfig, TraceFormat};
+use crate::error::ConfigError;
+use crate::event::SessionId;
+use crate::request::Request;
+use crate::time::{SimDuration, SimTime};
+use std::collections::HashSet;
+use std::path::Path;
+
+/// One request of a trace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceRecord {
+    /// Dense session index (0..sessions), in order of first appearance.
+    pub session: u64,
+    /// 1-based turn within the session.
+    pub turn: u32,
+    /// Recorded arrival, seconds from the trace start (None for later turns of a native closed-loop trace).
+    pub arrival_s: Option<f64>,
+    /// Closed-loop delay between the previous turn's completion and this turn (turns after the first).
+    pub gap_s: Option<f64>,
+    pub priority: i64,
+    pub prompt: Vec<Segment>,
+    /// Content id of the tokens this request generates.
+    pub response_content: u64,
+    /// Recorded output length: the replayed request generates exactly this many tokens.
+    pub output_tokens: u32,
+    /// The cap the engine sees (defaults to the recorded output length, as `vllm bench serve` does with
+    /// ignore_eos).
+    pub max_tokens: u32,
+    /// Line of the source file (1-based, header = line 1 for CSV).
+    pub line: usize,
+}
+
+impl TraceRecord {
+    pub fn input_tokens(&self) -> u64 {
+        super::content::total_tokens(&self.prompt)
+    }
+}
+
+/// A parsed trace.
+#[derive(Clone, Debug, Default)]
+pub struct Trace {
+    pub records: Vec<TraceRecord>,
+    /// True when the format carries session ids (closed-loop replay is possible).
+    pub has_sessions: bool,
+    /// Rows present in the file but not replayed (BurstGPT failures), with the reason.
+    pub skipped_rows: u64,
+    /// How prompts share content: stated in every run's summary.
+    pub content: String,
+}
+
+pub(crate) fn parse_err(path: &Path, line: usize, message: String) -> ConfigError {
+    ConfigError::Parse {
+        origin: format!("{} line {line}", path.display()),
+        message,
+    }
+}
+
+/// Reads a trace in the given format.
+pub fn read(cfg: &TraceConfig) -> Result<Trace, ConfigError> {
+    let path = Path::new(&cfg.path);
+    let text = std::fs::read(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let text = String::from_utf8(text).map_err(|e| {
+        parse_err(
+            path,
+            1,
+            format!(
+                "not UTF-8 text (byte {}); is this the right file?",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })?;
+    parse(&text, path, cfg)
+}
+
+/// Parses trace text already in memory (tests and fuzzing use this).
+pub fn parse(text: &str, path: &Path, cfg: &TraceConfig) -> Result<Trace, ConfigError> {
+    let trace = match cfg.format {
+        TraceFormat::Mooncake => mooncake::parse(text, path, cfg.block_tokens)?,
+        TraceFormat::Azure => azure::parse(text, path, cfg.shared_prefix_tokens)?,
+        TraceFormat::Burstgpt => burstgpt::parse(text, path)?,
+        TraceFormat::Servesim => native::parse(text, path)?,
+    };
+    if trace.records.is_empty() {
+        return Err(parse_err(
+            path,
+            1,
+            "the trace is empty: it needs at least one request".into(),
+        ));
+    }
+    Ok(trace)
+}
+
+/// Guesses a trace file's format from its first line.
+pub fn detect_format(path: &Path) -> Result<TraceFormat, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let first = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches('\u{feff}');
+    if first.trim_start().starts_with('{') {
+        Ok(TraceFormat::Mooncake)
+    } else if first.starts_with("TIMESTAMP,") {
+        Ok(TraceFormat::Azure)
+    } else if first.starts_with("Timestamp,") {
+        Ok(TraceFormat::Burstgpt)
+    } else if first.starts_with("session_id,") {
+        Ok(TraceFormat::Servesim)
+    } else {
+        Err(parse_err(
+            path,
+            1,
+            "cannot tell the trace format from the first line; pass --format mooncake|azure|burstgpt|servesim"
+                .into(),
+        ))
+    }
+}
+
+/// The nominal arrival of every record: recorded where known, else the previous turn's nominal arrival
+/// plus the gap (service time ignored). Records must be grouped by session in turn order for this.
+pub fn nominal_arrivals(records: &[TraceRecord]) -> Vec<f64> {
+    let mut last: std::collections::HashMap<u64, f64> = std::collections::HashMap::new();
+    records
+        .iter()
+        .map(|r| {
+            let t = match (r.arrival_s, r.gap_s) {
+                (Some(a), _) => a,
+                (None, g) => last.get(&r.session).copied().unwrap_or(0.0) + g.unwrap_or(0.0),
+            };
+            last.insert(r.session, t);
+            t
+        })
+        .collect()
+}
+
+/// The infinite-cache prefix reuse ratio: with a cache that never evicts and requests in nominal arrival
+/// order, the share of prompt tokens a vLLM lookup would hit (leading blocks seen before, capped at
+/// floor((tokens - 1) / block) blocks). Generated tokens are cached too, so a follow-up turn reuses the
+/// previous answer.
+pub fn reuse_ratio(records: &[TraceRecord], block_size: u32) -> f64 {
+    let nominal = nominal_arrivals(records);
+    let mut order: Vec<usize> = (0..records.len()).collect();
+    order.sort_by(|&a, &b| nominal[a].total_cmp(&nominal[b]));
+    let mut seen: HashSet<u64> = HashSet::new();
+    let (mut queried, mut hit) = (0u64, 0u64);
+    for i in order {
+        let r = &records[i];
+        let len = r.input_tokens();
+        let mut hashes = Vec::new();
+        extend_block_hashes(&r.prompt, block_size, 0, &mut hashes);
+        let cap = (len.saturating_sub(1) / block_size as u64) as usize;
+        let h = hashes
+            .iter()
+            .take(cap)
+            .take_while(|h| seen.contains(*h))
+            .count();
+        queried += len;
+        hit += h as u64 * block_size as u64;
+        let mut full = r.prompt.clone();
+        full.push(Segment {
+            content: r.response_content,
+            len: r.output_tokens,
+        });
+        extend_block_hashes(&full, block_size, 0, &mut hashes);
+        seen.extend(hashes);
+    }
+    if queried == 0 {
+        0.0
+    } else {
+        hit as f64 / queried as f64
+    }
+}
+
+/// Replays a trace, open or closed loop.
+pub struct TraceWorkload {
+    records: Vec<TraceRecord>,
+    /// Per session (dense index), its records in turn order (closed loop).
+    sessions: Vec<Vec<usize>>,
+    /// Session id as the trace names it -> dense index.
+    dense: std::collections::HashMap<u64, usize>,
+    /// Event ids in start order, with their start times: sessions (closed) or records (open).
+    starts: Vec<(u64, SimTime)>,
+    next_start: usize,
+    /// Per session, the index (into its records) of the next turn to release.
+    next_turn: Vec<usize>,
+    closed: bool,
+    time_scale: f64,
+    max_model_len: u32,
+    session_salt: bool,
+    next_request: u64,
+    content: String,
+}
+
+impl TraceWorkload {
+    pub fn load(
+        cfg: &TraceConfig,
+        duration_s: Option<f64>,
+        max_requests: Option<u64>,
+        max_model_len: u32,
+        session_salt: bool,
+    ) -> Result<TraceWorkload, ConfigError> {
+        let trace = read(cfg)?;
+        Self::new(
+            trace,
+            cfg,
+            duration_s,
+            max_requests,
+            max_model_len,
+            session_salt,
+        )
+    }
+
+    pub fn new(
+        trace: Trace,
+        cfg: &TraceConfig,
+        duration_s: Option<f64>,
+        max_requests: Option<u64>,
+        max_model_len: u32,
+        session_salt: bool,
+    ) -> Result<TraceWorkload, ConfigError> {
+        let closed = match cfg.mode {
+            ReplayMode::Closed => {
+                if !trace.has_sessions {
+                    return Err(ConfigError::invalid(
+                        "workload.trace.mode",
+                        "closed-loop replay needs session ids; this format has none, use mode = \"open\"",
+                    ));
+                }
+                true
+            }
+            ReplayMode::Open => false,
+            ReplayMode::Auto => trace.has_sessions,
+        };
+        let mut records = trace.records;
+        // Window and bounds act on nominal arrival times, so the replayed set of requests does not depend on
+        // the engine.
+        let nominal = nominal_arrivals(&records);
+        let start = cfg.start_s;
+        let first = nominal.iter().copied().fold(f64::INFINITY, f64::min);
+        let origin = first.max(start);
+        let mut order: Vec<usize> = (0..records.len())
+            .filter(|&i| nominal[i] >= start)
+            .collect();
+        order.sort_by(|&a, &b| nominal[a].total_cmp(&nominal[b]));
+        // Target rate rescales gaps so the replayed mean rate matches.
+        let mut scale = 1.0 / cfg.speedup;
+        if let Some(rate) = cfg.target_rate {
+            let n = order.len();
+            let span = if n > 1 {
+                nominal[order[n - 1]] - nominal[order[0]]
+            } else {
+                0.0
+            };
+            if n < 2 || span <= 0.0 {
+                return Err(ConfigError::invalid(
+                    "workload.trace.target_rate",
+                    "the trace window spans no time, so it has no rate to rescale",
+                ));
+            }
+            scale = ((n - 1) as f64 / span) / rate;
+        }
+        let mut keep = vec![false; records.len()];
+        for (k, &i) in order.iter().enumerate() {
+            if max_requests.is_some_and(|m| k as u64 >= m) {
+                break;
+            }
+            if duration_s.is_some_and(|d| (nominal[i] - origin) * scale >= d) {
+                break;
+            }
+            keep[i] = true;
+        }
+        // Closed loop: a session keeps its turns up to its first dropped one.
+        let mut dense = std::collections::HashMap::new();
+        for r in &records {
+            let next = dense.len();
+            dense.entry(r.session).or_insert(next);
+        }
+        let n_sessions = dense.len();
+        let mut sessions: Vec<Vec<usize>> = vec![Vec::new(); n_sessions];
+        let mut broken = vec![false; n_sessions];
+        for (i, r) in records.iter().enumerate() {
+            let s = dense[&r.session];
+            if !keep[i] || broken[s] {
+                if closed {
+                    broken[s] = true;
+                }
+                keep[i] = false;
+                continue;
+            }
+            sessions[s].push(i);
+        }
+        let at = |t: f64| SimTime::ZERO + SimDuration::from_secs_f64((t - origin).max(0.0) * scale);
+        let mut starts: Vec<(u64, SimTime)> = if closed {
+            sessions
+                .iter()
+                .filter(|v| !v.is_empty())
+                .map(|v| (records[v[0]].session, at(nominal[v[0]])))
+                .collect()
+        } else {
+            (0..records.len())
+                .filter(|&i| keep[i])
+                .map(|i| (i as u64, at(nominal[i])))
+                .collect()
+        };
+        starts.sort_by_key(|&(id, t)| (t, id));
+        for r in &mut records {
+            if let Some(g) = r.gap_s.as_mut() {
+                *g *= scale;
+            }
+        }
+        Ok(TraceWorkload {
+            next_turn: vec![0; n_sessions],
+            records,
+            sessions,
+            dense,
+            starts,
+            next_start: 0,
+            closed,
+            time_scale: scale,
+            max_model_len,
+            session_salt,
+            next_request: 0,
+            content: trace.content,
+        })
+    }
+
+    /// Requests the replay will release.
+    pub fn len(&self) -> usize {
+        if self.closed {
+            self.sessions.iter().map(Vec::len).sum()
+        } else {
+            self.starts.len()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn time_scale(&self) -> f64 {
+        self.time_scale
+    }
+
+    fn release_record(&mut self, i: usize, now: SimTime) -> Release {
+        let rec = &self.records[i];
+        let salt = if self.session_salt {
+            rec.session + 1
+        } else {
+            0
+        };
+        let input = rec.input_tokens();
+        let fits = input < self.max_model_len as u64;
+        let max_tokens = if fits {
+            (rec.max_tokens as u64).min(self.max_model_len as u64 - input) as u32
+        } else {
+            rec.max_tokens
+        };
+        let id = self.next_request;
+        self.next_request += 1;
+        let request = Request::new(
+            id,
+            rec.session,
+            rec.turn,
+            rec.priority,
+            now,
+            rec.prompt.clone(),
+            rec.response_content,
+            max_tokens,
+            salt,
+        );
+        let nr = NewRequest {
+            request,
+            true_output_tokens: rec.output_tokens,
+        };
+        if fits {
+            Release::Request(nr)
+        } else {
+            Release::Rejected(nr)
+        }
+    }
+}
+
+impl Workload for TraceWorkload {
+    fn next_session_start(&mut self) -> Option<(SessionId, SimTime)> {
+        let s = self.starts.get(self.next_start).copied();
+        self.next_start += 1;
+        s
+    }
+
+    fn start_session(&mut self, id: SessionId, now: SimTime) -> Option<Release> {
+        if self.closed {
+            self.release_turn(id, now)
+        } else {
+            Some(self.release_record(id as usize, now))
+        }
+    }
+
+    fn release_turn(&mut self, id: SessionId, now: SimTime) -> Option<Release> {
+        let s = *self.dense.get(&id)?;
+        let i = *self.sessions.get(s)?.get(self.next_turn[s])?;
+        self.next_turn[s] += 1;
+        let rel = self.release_record(i, now);
+        if matches!(rel, Release::Rejected(_)) {
+            // The session cannot go on without this turn's answer.
+            self.next_turn[s] = usize::MAX / 2;
+        }
+        Some(rel)
+    }
+
+    fn on_turn_complete(&mut self, id: SessionId, _out: u32, now: SimTime) -> Option<SimTime> {
+        if !self.closed {
+            return None;
+        }
+        let s = *self.dense.get(&id)?;
+        let i = *self.sessions.get(s)?.get(self.next_turn[s])?;
+        let gap = self.records[i].gap_s.unwrap_or(0.0).max(0.0);
+        Some(now + SimDuration::from_secs_f64(gap))
+    }
+
+    fn sessions_started(&self) -> u64 {
+        if self.closed {
+            self.next_start.min(self.starts.len()) as u64
+        } else {
+            let mut seen = HashSet::new();
+            for &(i, _) in &self.starts[..self.next_start.min(self.starts.len())] {
+                seen.insert(self.records[i as usize].session);
+            }
+            seen.len() as u64
+        }
+    }
+
+    fn content_note(&self) -> &str {
+        &self.content
+    }
+}
