@@ -184,7 +184,10 @@ mod tests {
         let t = parse(text, Path::new("a.csv"), 200).unwrap();
         // Both start with the shared content: 200 tokens of it for the 374-token prompt, and all 100 tokens
         // of the 100-token prompt.
-        assert_eq!(t.records[0].prompt[0].content, t.records[1].prompt[0].content);
+        assert_eq!(
+            t.records[0].prompt[0].content,
+            t.records[1].prompt[0].content
+        );
         assert_eq!(t.records[0].prompt[0].len, 200);
         assert_eq!(t.records[1].prompt.len(), 1);
         assert_eq!(t.records[1].prompt[0].len, 100);
