@@ -1,9 +1,12 @@
 //! The command-line application: parse, dispatch, print, choose the exit code.
 
-use crate::cli::{CatalogKind, Cli, Command, ConfigArgs, FormatArg, RunArgs, WorkloadCommand};
+use crate::cli::{
+    CatalogKind, Cli, Command, CompareArgs, ConfigArgs, FormatArg, RunArgs, WorkloadCommand,
+};
 use crate::config::{Config, TraceConfig, TraceFormat, WorkloadKind};
 use crate::cost::catalog::{hardware_names, model_names, HardwareSpec, ModelShape};
 use crate::error::{ConfigError, Error, OutputError};
+use crate::report::{compare, plot, CompareOptions, Vary};
 use crate::run::{run, RunOptions, RunOutcome};
 use crate::workload::export::{generate_records, stats};
 use crate::workload::trace::{self, native, Trace};
@@ -27,6 +30,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
             Ok(())
         }
         Command::Workload { command } => workload_command(command),
+        Command::Compare(a) => compare_command(&a),
     };
     match result {
         Ok(()) => 0,
@@ -51,6 +55,42 @@ fn run_command(a: &RunArgs) -> Result<(), Error> {
     )?;
     if !a.quiet {
         print!("{}", human_summary(&outcome));
+    }
+    Ok(())
+}
+
+fn compare_command(a: &CompareArgs) -> Result<(), Error> {
+    let varies = a
+        .vary
+        .iter()
+        .map(|v| Vary::parse(v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let o = compare(&CompareOptions {
+        config: a.source.config.clone(),
+        set: a.source.set.clone(),
+        varies,
+        seeds: a.seeds,
+        seed: a.source.seed,
+        out: a.out.clone(),
+        plot_format: if a.png {
+            plot::Format::Png
+        } else {
+            plot::Format::Svg
+        },
+    })?;
+    if let Err(e) = &o.plots {
+        eprintln!("warning: plots not written: {e}");
+    }
+    if !a.quiet {
+        println!(
+            "servesim compare: {} variants x {} seed(s); {} requests paired, {} unpaired",
+            o.variants.len(),
+            o.seeds.len(),
+            o.paired,
+            o.unpaired
+        );
+        print!("{}", o.table);
+        println!("wrote {}", o.out_dir.display());
     }
     Ok(())
 }

@@ -18,6 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Simulate a workload on a serving system and write per-request results and a summary.
     Run(RunArgs),
+    /// Run variants of a config on the identical workload and compare them (paired, with CIs and plots).
+    Compare(CompareArgs),
     /// List what ships in the catalogs.
     Catalog {
         #[arg(value_enum)]
@@ -90,6 +92,28 @@ pub struct RunArgs {
     /// Output directory (default: results/<name>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub source: ConfigArgs,
+    /// A key and the values to compare: --vary engine.prefix_caching=true,false (repeat for a grid; the
+    /// first combination is the baseline).
+    #[arg(long, required = true, value_name = "KEY=V1,V2,...")]
+    pub vary: Vec<String>,
+    /// Repeat the comparison over this many workload seeds (seed, seed+1, ...) and report 95% CIs.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: u32,
+    /// Output directory (default: results/compare-<name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write plots as PNG instead of SVG.
+    #[arg(long)]
+    pub png: bool,
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,

@@ -23,6 +23,7 @@ pub mod event;
 pub mod kv;
 pub mod metrics;
 pub mod replica;
+pub mod report;
 pub mod request;
 pub mod rng;
 pub mod router;

@@ -3,6 +3,7 @@
 mod cache;
 mod cli;
 mod common;
+mod compare;
 mod determinism;
 mod kv_property;
 mod mooncake;

@@ -1,0 +1,680 @@
+//! Paired comparisons: every variant of a config on the identical workload, over one or more seeds, with
+//! per-request pairing, confidence intervals and plots.
+
+pub mod ci;
+pub mod plot;
+
+use crate::config::Config;
+use crate::error::{ConfigError, Error, OutputError};
+use crate::metrics::output::RunDir;
+use crate::metrics::Summary;
+use crate::run::{run, RunOptions};
+use crate::world::System;
+use ci::mean_ci95;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The summary metrics a comparison reports, in order.
+pub const METRICS: &[&str] = &[
+    "ttft_mean_s",
+    "ttft_median_s",
+    "ttft_p90_s",
+    "ttft_p99_s",
+    "tpot_mean_s",
+    "tpot_p99_s",
+    "itl_mean_s",
+    "e2e_mean_s",
+    "e2e_p99_s",
+    "queue_mean_s",
+    "request_throughput_rps",
+    "output_throughput_tps",
+    "goodput_rps",
+    "prefix_cache_hit_rate",
+    "prefill_tokens_computed",
+    "prefill_tokens_saved_frac",
+    "num_preemptions",
+    "kv_cache_usage_perc_mean",
+    "kv_cache_evictions",
+    "duration_s",
+];
+
+/// One `--vary key=v1,v2,...`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Vary {
+    pub key: String,
+    pub values: Vec<String>,
+}
+
+impl Vary {
+    /// Parses `key=v1,v2`; commas inside braces, brackets or quotes do not split.
+    pub fn parse(arg: &str) -> Result<Vary, ConfigError> {
+        let bad = |m: &str| {
+            ConfigError::invalid(
+                format!("--vary {arg}"),
+                format!("{m}; write --vary key=value1,value2 (e.g. --vary engine.prefix_caching=true,false)"),
+            )
+        };
+        let (key, rest) = arg.split_once('=').ok_or_else(|| bad("missing `=`"))?;
+        let mut values = Vec::new();
+        let (mut depth, mut quote, mut cur) = (0i32, false, String::new());
+        for ch in rest.chars() {
+            match ch {
+                '"' => quote = !quote,
+                '{' | '[' if !quote => depth += 1,
+                '}' | ']' if !quote => depth -= 1,
+                ',' if !quote && depth == 0 => {
+                    values.push(std::mem::take(&mut cur).trim().to_string());
+                    continue;
+                }
+                _ => {}
+            }
+            cur.push(ch);
+        }
+        values.push(cur.trim().to_string());
+        if key.trim().is_empty() || values.iter().any(String::is_empty) {
+            return Err(bad("empty key or value"));
+        }
+        if values.len() < 2 {
+            return Err(bad("give at least two values to compare"));
+        }
+        Ok(Vary {
+            key: key.trim().to_string(),
+            values,
+        })
+    }
+}
+
+/// One variant: its name (a directory name) and its overrides.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Variant {
+    pub name: String,
+    pub overrides: Vec<String>,
+}
+
+/// The grid of every combination of the varied values; the first is the baseline.
+pub fn variants(varies: &[Vary]) -> Vec<Variant> {
+    let mut out = vec![Variant {
+        name: String::new(),
+        overrides: Vec::new(),
+    }];
+    for v in varies {
+        let short = v.key.rsplit('.').next().unwrap_or(&v.key);
+        out = out
+            .into_iter()
+            .flat_map(|base| {
+                v.values.iter().map(move |val| {
+                    let piece: String = format!("{short}={val}")
+                        .chars()
+                        .map(|c| {
+                            if c.is_ascii_alphanumeric() || "._=-".contains(c) {
+                                c
+                            } else {
+                                '_'
+                            }
+                        })
+                        .collect();
+                    let mut o = base.overrides.clone();
+                    o.push(format!("{}={}", v.key, val));
+                    Variant {
+                        name: if base.name.is_empty() {
+                            piece
+                        } else {
+                            format!("{}+{}", base.name, piece)
+                        },
+                        overrides: o,
+                    }
+                })
+            })
+            .collect();
+    }
+    out
+}
+
+/// What to compare.
+#[derive(Clone, Debug)]
+pub struct CompareOptions {
+    pub config: Option<PathBuf>,
+    pub set: Vec<String>,
+    pub varies: Vec<Vary>,
+    pub seeds: u32,
+    /// Overrides the config's seed (the first of the seeds).
+    pub seed: Option<u64>,
+    pub out: Option<PathBuf>,
+    pub plot_format: plot::Format,
+}
+
+#[derive(Debug)]
+pub struct CompareOutcome {
+    pub out_dir: PathBuf,
+    pub table: String,
+    /// [seed][variant]
+    pub summaries: Vec<Vec<Summary>>,
+    pub variants: Vec<Variant>,
+    pub seeds: Vec<u64>,
+    pub paired: usize,
+    pub unpaired: usize,
+    pub plots: Result<Vec<PathBuf>, String>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
+    move |source| OutputError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Runs every variant for every seed and writes the comparison.
+pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
+    if o.seeds == 0 {
+        return Err(ConfigError::invalid("--seeds", "must be at least 1").into());
+    }
+    let vs = variants(&o.varies);
+    // Resolve every variant first: a bad value fails before anything is written.
+    let mut configs = Vec::new();
+    for v in &vs {
+        let mut all = o.set.clone();
+        all.extend(v.overrides.iter().cloned());
+        let mut cfg = Config::load(o.config.as_deref(), &all)?;
+        if let Some(s) = o.seed {
+            cfg.seed = s;
+        }
+        System::resolve(&cfg)?;
+        configs.push(cfg);
+    }
+    let base_seed = configs[0].seed;
+    let seeds: Vec<u64> = (0..o.seeds as u64).map(|i| base_seed + i).collect();
+    let out = o
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("results").join(format!("compare-{}", configs[0].name)));
+    let dir = RunDir::create(&out)?;
+    let root = dir.file("");
+    let mut summaries = Vec::new();
+    for &seed in &seeds {
+        let mut row = Vec::new();
+        for (v, cfg) in vs.iter().zip(&configs) {
+            let mut cfg = cfg.clone();
+            cfg.seed = seed;
+            let vdir = variant_dir(&root, &seeds, seed, &v.name);
+            let r = run(
+                &cfg,
+                &RunOptions {
+                    out: Some(vdir),
+                    progress: false,
+                },
+            )?;
+            row.push(r.summary);
+        }
+        summaries.push(row);
+    }
+    // The comparison table(s).
+    let names: Vec<&str> = vs.iter().map(|v| v.name.as_str()).collect();
+    write_comparison(&root, &names, &seeds, &summaries)?;
+    let (paired, unpaired) = write_paired(&root, &names, &seeds)?;
+    let plots = write_plots(&root, &names, &seeds, o.plot_format);
+    // The directory must look like a run directory to be replaced by a later comparison.
+    std::fs::write(
+        root.join("resolved.toml"),
+        format!(
+            "# servesim compare: {} variants x {} seeds; each variant's own resolved.toml is in its folder\n",
+            vs.len(),
+            seeds.len()
+        ),
+    )
+    .map_err(io(&root))?;
+    let table = render_table(&names, &summaries);
+    let out_dir = dir.commit()?;
+    let plots = plots.map(|ps| {
+        ps.into_iter()
+            .map(|p| out_dir.join(p.file_name().expect("a file")))
+            .collect()
+    });
+    Ok(CompareOutcome {
+        out_dir,
+        table,
+        summaries,
+        variants: vs,
+        seeds,
+        paired,
+        unpaired,
+        plots,
+    })
+}
+
+fn variant_dir(root: &Path, seeds: &[u64], seed: u64, name: &str) -> PathBuf {
+    if seeds.len() == 1 {
+        root.join(name)
+    } else {
+        root.join(format!("seed-{seed}")).join(name)
+    }
+}
+
+fn val(s: &Summary, k: &str) -> Option<f64> {
+    s.get_f64(k)
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map(|x| format!("{x}")).unwrap_or_default()
+}
+
+fn write_comparison(
+    root: &Path,
+    names: &[&str],
+    seeds: &[u64],
+    sums: &[Vec<Summary>],
+) -> Result<(), OutputError> {
+    let path = root.join("comparison.csv");
+    let err = |source| OutputError::Csv {
+        path: path.clone(),
+        source,
+    };
+    let mut w = csv::Writer::from_path(&path).map_err(err)?;
+    let mut header = vec!["variant".to_string(), "seeds".to_string()];
+    for m in METRICS {
+        if seeds.len() == 1 {
+            header.extend([m.to_string(), format!("{m}_delta"), format!("{m}_ratio")]);
+        } else {
+            header.extend([
+                format!("{m}_mean"),
+                format!("{m}_ci95"),
+                format!("{m}_delta_mean"),
+                format!("{m}_delta_ci95"),
+            ]);
+        }
+    }
+    w.write_record(&header).map_err(err)?;
+    for (vi, name) in names.iter().enumerate() {
+        let mut row = vec![name.to_string(), seeds.len().to_string()];
+        for m in METRICS {
+            let per_seed: Vec<Option<f64>> = sums.iter().map(|s| val(&s[vi], m)).collect();
+            let base: Vec<Option<f64>> = sums.iter().map(|s| val(&s[0], m)).collect();
+            if seeds.len() == 1 {
+                let (v, b) = (per_seed[0], base[0]);
+                let delta = v.zip(b).map(|(v, b)| v - b);
+                let ratio = v.zip(b).and_then(|(v, b)| (b != 0.0).then(|| v / b));
+                row.extend([fmt_opt(v), fmt_opt(delta), fmt_opt(ratio)]);
+            } else {
+                let vals: Vec<f64> = per_seed.iter().flatten().copied().collect();
+                let diffs: Vec<f64> = per_seed
+                    .iter()
+                    .zip(&base)
+                    .filter_map(|(v, b)| Some((*v)? - (*b)?))
+                    .collect();
+                let (m1, h1) = mean_ci95(&vals);
+                let (m2, h2) = mean_ci95(&diffs);
+                let finite = |x: f64| x.is_finite().then_some(x);
+                row.extend([
+                    fmt_opt(finite(m1)),
+                    fmt_opt(h1),
+                    fmt_opt(finite(m2)),
+                    fmt_opt(h2),
+                ]);
+            }
+        }
+        w.write_record(&row).map_err(err)?;
+    }
+    w.flush().map_err(io(&path))?;
+    if seeds.len() > 1 {
+        // Every (seed, variant) summary, for notebooks.
+        let path = root.join("comparison_seeds.csv");
+        let err = |source| OutputError::Csv {
+            path: path.clone(),
+            source,
+        };
+        let mut w = csv::Writer::from_path(&path).map_err(err)?;
+        let mut header = vec!["variant", "seed"];
+        header.extend(METRICS);
+        w.write_record(&header).map_err(err)?;
+        for (si, seed) in seeds.iter().enumerate() {
+            for (vi, name) in names.iter().enumerate() {
+                let mut row = vec![name.to_string(), seed.to_string()];
+                row.extend(METRICS.iter().map(|m| fmt_opt(val(&sums[si][vi], m))));
+                w.write_record(&row).map_err(err)?;
+            }
+        }
+        w.flush().map_err(io(&path))?;
+    }
+    Ok(())
+}
+
+/// Per-request values read back from a variant's requests.csv, keyed by (session, turn).
+type Rows = BTreeMap<(u64, u32), [String; 5]>;
+
+const PAIRED: [&str; 4] = ["ttft_s", "e2e_s", "cached_tokens", "prefilled_tokens"];
+
+fn read_requests(path: &Path) -> Result<Rows, OutputError> {
+    let err = |source| OutputError::Csv {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut r = csv::Reader::from_path(path).map_err(err)?;
+    let h = r.headers().map_err(err)?.clone();
+    let idx = |n: &str| h.iter().position(|x| x == n).expect("own column");
+    let (s, t, p) = (idx("session_id"), idx("turn"), idx("prompt_tokens"));
+    let cols: Vec<usize> = PAIRED.iter().map(|c| idx(c)).collect();
+    let mut out = Rows::new();
+    for rec in r.records() {
+        let rec = rec.map_err(err)?;
+        let key = (
+            rec[s].parse().expect("own integer"),
+            rec[t].parse().expect("own integer"),
+        );
+        out.insert(
+            key,
+            [
+                rec[p].to_string(),
+                rec[cols[0]].to_string(),
+                rec[cols[1]].to_string(),
+                rec[cols[2]].to_string(),
+                rec[cols[3]].to_string(),
+            ],
+        );
+    }
+    Ok(out)
+}
+
+/// paired_requests.csv: one row per (seed, session, turn) present in every variant with the same prompt,
+/// each variant's TTFT, E2E, cached and prefilled tokens side by side, and differences from the baseline.
+/// Returns (paired, unpaired) counts.
+fn write_paired(root: &Path, names: &[&str], seeds: &[u64]) -> Result<(usize, usize), OutputError> {
+    let path = root.join("paired_requests.csv");
+    let err = |source| OutputError::Csv {
+        path: path.clone(),
+        source,
+    };
+    let mut w = csv::Writer::from_path(&path).map_err(err)?;
+    let mut header = vec![
+        "seed".to_string(),
+        "session_id".into(),
+        "turn".into(),
+        "prompt_tokens".into(),
+    ];
+    for c in PAIRED {
+        for n in names {
+            header.push(format!("{c}__{n}"));
+        }
+        for n in &names[1..] {
+            header.push(format!("{c}__diff__{n}"));
+        }
+    }
+    w.write_record(&header).map_err(err)?;
+    let (mut paired, mut unpaired) = (0, 0);
+    for &seed in seeds {
+        let all: Vec<Rows> = names
+            .iter()
+            .map(|n| read_requests(&variant_dir(root, seeds, seed, n).join("requests.csv")))
+            .collect::<Result<_, _>>()?;
+        let keys: std::collections::BTreeSet<_> =
+            all.iter().flat_map(|r| r.keys().copied()).collect();
+        for key in keys {
+            let rows: Vec<&[String; 5]> = all.iter().filter_map(|r| r.get(&key)).collect();
+            if rows.len() != names.len() || rows.iter().any(|r| r[0] != rows[0][0]) {
+                unpaired += 1;
+                continue;
+            }
+            paired += 1;
+            let mut row = vec![
+                seed.to_string(),
+                key.0.to_string(),
+                key.1.to_string(),
+                rows[0][0].clone(),
+            ];
+            for (ci, _) in PAIRED.iter().enumerate() {
+                for r in &rows {
+                    row.push(r[ci + 1].clone());
+                }
+                let base = &rows[0][ci + 1];
+                for r in &rows[1..] {
+                    row.push(diff(&r[ci + 1], base));
+                }
+            }
+            w.write_record(&row).map_err(err)?;
+        }
+    }
+    w.flush().map_err(io(&path))?;
+    Ok((paired, unpaired))
+}
+
+struct PlotSpec<'a> {
+    file: &'static str,
+    title: &'static str,
+    x: &'static str,
+    y: &'static str,
+    series: &'a [(String, Vec<(f64, f64)>)],
+    log_x: bool,
+}
+
+/// Plots from the first seed: TTFT and E2E CDFs, KV usage, waiting queue and prefix hit rate over time.
+fn write_plots(
+    root: &Path,
+    names: &[&str],
+    seeds: &[u64],
+    format: plot::Format,
+) -> Result<Vec<PathBuf>, String> {
+    plot::ensure_font()?;
+    let seed = seeds[0];
+    let mut ttft = Vec::new();
+    let mut e2e = Vec::new();
+    let mut usage = Vec::new();
+    let mut queue = Vec::new();
+    let mut hit = Vec::new();
+    for n in names {
+        let d = variant_dir(root, seeds, seed, n);
+        let col = |file: &str, c: &str| -> Result<Vec<Vec<String>>, String> {
+            let mut r = csv::Reader::from_path(d.join(file)).map_err(|e| e.to_string())?;
+            let h = r.headers().map_err(|e| e.to_string())?.clone();
+            let cols: Vec<usize> = c
+                .split(',')
+                .map(|c| h.iter().position(|x| x == c).expect("own column"))
+                .collect();
+            r.records()
+                .map(|rec| {
+                    let rec = rec.map_err(|e| e.to_string())?;
+                    Ok(cols.iter().map(|&i| rec[i].to_string()).collect())
+                })
+                .collect()
+        };
+        let f = |s: &str| s.parse::<f64>().ok();
+        let req = col("requests.csv", "ttft_s,e2e_s")?;
+        ttft.push((
+            n.to_string(),
+            plot::cdf_points(&req.iter().filter_map(|r| f(&r[0])).collect::<Vec<_>>()),
+        ));
+        e2e.push((
+            n.to_string(),
+            plot::cdf_points(&req.iter().filter_map(|r| f(&r[1])).collect::<Vec<_>>()),
+        ));
+        // Time series: sum over replicas per sample time.
+        let ts = col(
+            "timeseries.csv",
+            "time_s,num_requests_waiting,kv_cache_usage_perc,prefix_cache_queries,prefix_cache_hits",
+        )?;
+        let mut by_t: BTreeMap<u64, [f64; 5]> = BTreeMap::new();
+        for r in &ts {
+            let t = f(&r[0]).unwrap_or(0.0);
+            let e = by_t
+                .entry((t * 1e6).round() as u64)
+                .or_insert([t, 0.0, 0.0, 0.0, 0.0]);
+            for k in 1..5 {
+                e[k] += f(&r[k]).unwrap_or(0.0);
+            }
+        }
+        let replicas = (ts.len() / by_t.len().max(1)).max(1) as f64;
+        usage.push((
+            n.to_string(),
+            by_t.values().map(|v| (v[0], v[2] / replicas)).collect(),
+        ));
+        queue.push((n.to_string(), by_t.values().map(|v| (v[0], v[1])).collect()));
+        // Hit rate per 10-sample window, from the cumulative counters (as a Prometheus rate() would).
+        let pts: Vec<[f64; 5]> = by_t.values().copied().collect();
+        let mut h = Vec::new();
+        for w in pts.windows(11).step_by(5) {
+            let (a, b) = (w[0], w[10]);
+            let dq = b[3] - a[3];
+            if dq > 0.0 {
+                h.push((b[0], (b[4] - a[4]) / dq));
+            }
+        }
+        hit.push((n.to_string(), h));
+    }
+    let ext = format.ext();
+    let plots = [
+        PlotSpec {
+            file: "ttft_cdf",
+            title: "Time to first token: CDF",
+            x: "time to first token (s, log scale)",
+            y: "fraction of requests",
+            series: &ttft,
+            log_x: true,
+        },
+        PlotSpec {
+            file: "e2e_cdf",
+            title: "End-to-end latency: CDF",
+            x: "end-to-end latency (s, log scale)",
+            y: "fraction of requests",
+            series: &e2e,
+            log_x: true,
+        },
+        PlotSpec {
+            file: "kv_usage",
+            title: "KV-cache usage over time",
+            x: "virtual time (s)",
+            y: "KV usage (fraction of blocks pinned)",
+            series: &usage,
+            log_x: false,
+        },
+        PlotSpec {
+            file: "queue",
+            title: "Waiting requests over time",
+            x: "virtual time (s)",
+            y: "requests waiting (all replicas)",
+            series: &queue,
+            log_x: false,
+        },
+        PlotSpec {
+            file: "prefix_hit_rate",
+            title: "Prefix-cache hit rate over time",
+            x: "virtual time (s)",
+            y: "hit tokens / queried tokens (10-sample window)",
+            series: &hit,
+            log_x: false,
+        },
+    ];
+    let mut written = Vec::new();
+    for p in plots {
+        let path = root.join(format!("{}.{ext}", p.file));
+        plot::lines(&path, format, p.title, p.x, p.y, p.series, p.log_x)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// `v - base` in the columns' own units: integers stay integers, seconds keep six decimals.
+fn diff(v: &str, base: &str) -> String {
+    if let (Ok(a), Ok(b)) = (v.parse::<i64>(), base.parse::<i64>()) {
+        return (a - b).to_string();
+    }
+    match (v.parse::<f64>(), base.parse::<f64>()) {
+        (Ok(a), Ok(b)) => format!("{:.6}", a - b),
+        _ => String::new(),
+    }
+}
+
+fn render_table(names: &[&str], sums: &[Vec<Summary>]) -> String {
+    let mut out = String::new();
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(8).max(14) + 2;
+    let _ = write!(out, "{:<26}", "metric");
+    for n in names {
+        let _ = write!(out, "{n:>width$}");
+    }
+    out.push('\n');
+    let multi = sums.len() > 1;
+    for m in METRICS {
+        let _ = write!(out, "{m:<26}");
+        let base = mean_ci95(
+            &sums
+                .iter()
+                .filter_map(|s| val(&s[0], m))
+                .collect::<Vec<_>>(),
+        )
+        .0;
+        for vi in 0..names.len() {
+            let (mean, h) = mean_ci95(
+                &sums
+                    .iter()
+                    .filter_map(|s| val(&s[vi], m))
+                    .collect::<Vec<_>>(),
+            );
+            let cell = if !mean.is_finite() {
+                "-".to_string()
+            } else if vi == 0 || base == 0.0 || !base.is_finite() {
+                match (multi, h) {
+                    (true, Some(h)) => format!("{} ±{}", short(mean), short(h)),
+                    _ => short(mean),
+                }
+            } else {
+                let pct = 100.0 * (mean - base) / base.abs();
+                match (multi, h) {
+                    (true, Some(h)) => format!("{} ±{} ({pct:+.0}%)", short(mean), short(h)),
+                    _ => format!("{} ({pct:+.1}%)", short(mean)),
+                }
+            };
+            let _ = write!(out, "{cell:>width$}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn short(x: f64) -> String {
+    let a = x.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if a >= 1e5 {
+        format!("{x:.3e}")
+    } else if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vary_splits_outside_braces() {
+        let v =
+            Vary::parse("workload.turns={dist=\"constant\", value=1},{dist=\"constant\", value=3}")
+                .unwrap();
+        assert_eq!(v.values.len(), 2);
+        assert!(Vary::parse("engine.prefix_caching=true").is_err());
+        assert!(Vary::parse("nokey").is_err());
+    }
+
+    #[test]
+    fn grid_of_variants_baseline_first() {
+        let vs = variants(&[
+            Vary::parse("engine.prefix_caching=true,false").unwrap(),
+            Vary::parse("engine.policy=\"fcfs\",\"priority\"").unwrap(),
+        ]);
+        let names: Vec<_> = vs.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "prefix_caching=true+policy=_fcfs_",
+                "prefix_caching=true+policy=_priority_",
+                "prefix_caching=false+policy=_fcfs_",
+                "prefix_caching=false+policy=_priority_"
+            ]
+        );
+        assert_eq!(
+            vs[3].overrides,
+            ["engine.prefix_caching=false", "engine.policy=\"priority\""]
+        );
+    }
+}

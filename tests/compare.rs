@@ -1,0 +1,155 @@
+//! Paired comparisons: identical request streams, full pairing, CIs across seeds, plots.
+
+use crate::common::*;
+use servesim::report::{compare, plot, CompareOptions, Vary};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const TINY_CHAT: &str = r#"
+name = "tiny"
+seed = 3
+[workload]
+session_rate = 4.0
+duration_s = 20.0
+think_time_s = { dist = "lognormal", median = 3.0, sigma = 1.0, max = 30.0 }
+doc_probability = 0.05
+[engine]
+max_model_len = 32768
+num_gpu_blocks = 8000
+"#;
+
+fn opts(dir: &Path, seeds: u32, varies: &[&str], format: plot::Format) -> CompareOptions {
+    let cfg = dir.join("tiny.toml");
+    std::fs::write(&cfg, TINY_CHAT).unwrap();
+    CompareOptions {
+        config: Some(cfg),
+        set: vec![],
+        varies: varies.iter().map(|v| Vary::parse(v).unwrap()).collect(),
+        seeds,
+        seed: None,
+        out: Some(dir.join("cmp")),
+        plot_format: format,
+    }
+}
+
+type Stream = BTreeMap<(String, String), (String, String)>;
+
+fn stream(path: &Path) -> Stream {
+    read_rows(path)
+        .into_iter()
+        .map(|r| {
+            (
+                (r["session_id"].clone(), r["turn"].clone()),
+                (r["prompt_tokens"].clone(), r["output_tokens"].clone()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn variants_receive_identical_request_streams_and_every_request_pairs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = compare(&opts(
+        tmp.path(),
+        1,
+        &["engine.prefix_caching=true,false"],
+        plot::Format::Svg,
+    ))
+    .unwrap();
+    let on = stream(&o.out_dir.join("prefix_caching=true/requests.csv"));
+    let off = stream(&o.out_dir.join("prefix_caching=false/requests.csv"));
+    assert!(on.len() > 50);
+    assert_eq!(on, off, "same sessions, turns, prompt and output lengths");
+    assert_eq!((o.paired, o.unpaired), (on.len(), 0));
+    let paired = read_rows(&o.out_dir.join("paired_requests.csv"));
+    assert_eq!(paired.len(), on.len());
+    // The diff column is the difference of the two side-by-side columns.
+    for r in paired.iter().take(50) {
+        let d = num(r, "cached_tokens__diff__prefix_caching=false");
+        assert_eq!(
+            d,
+            num(r, "cached_tokens__prefix_caching=false")
+                - num(r, "cached_tokens__prefix_caching=true")
+        );
+        assert_eq!(num(r, "cached_tokens__prefix_caching=false"), 0.0);
+    }
+    let cmp = read_rows(&o.out_dir.join("comparison.csv"));
+    assert_eq!(cmp.len(), 2);
+    assert_eq!(cmp[0]["variant"], "prefix_caching=true");
+    assert_eq!(num(&cmp[0], "ttft_mean_s_delta"), 0.0);
+    assert_eq!(num(&cmp[1], "prefix_cache_hit_rate"), 0.0);
+    assert!(num(&cmp[0], "prefix_cache_hit_rate") > 0.2);
+    // Plots exist and carry their titles and axis labels with units.
+    for f in [
+        "ttft_cdf",
+        "e2e_cdf",
+        "kv_usage",
+        "queue",
+        "prefix_hit_rate",
+    ] {
+        let svg = std::fs::read_to_string(o.out_dir.join(format!("{f}.svg"))).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("(s"), "{f}");
+    }
+    assert!(o.table.contains("ttft_mean_s"));
+}
+
+#[test]
+fn ci_half_width_shrinks_with_more_seeds() {
+    // Seeds are deterministic (seed, seed+1, ...), so this setup gives the same numbers on every run.
+    let half = |n: u32| {
+        let tmp = tempfile::tempdir().unwrap();
+        let o = compare(&opts(
+            tmp.path(),
+            n,
+            &["engine.prefix_caching=true,false"],
+            plot::Format::Svg,
+        ))
+        .unwrap();
+        let cmp = read_rows(&o.out_dir.join("comparison.csv"));
+        assert_eq!(num(&cmp[0], "seeds"), n as f64);
+        let seeds = read_rows(&o.out_dir.join("comparison_seeds.csv"));
+        assert_eq!(seeds.len(), 2 * n as usize);
+        (
+            num(&cmp[0], "ttft_mean_s_ci95"),
+            num(&cmp[1], "ttft_mean_s_delta_ci95"),
+        )
+    };
+    let (a2, d2) = half(2);
+    let (a6, d6) = half(6);
+    assert!(a6 < a2, "variant CI: {a6} (6 seeds) vs {a2} (2 seeds)");
+    assert!(d6 < d2, "paired-difference CI: {d6} vs {d2}");
+}
+
+#[test]
+fn png_plots_are_real_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = compare(&opts(
+        tmp.path(),
+        1,
+        &["engine.policy=\"fcfs\",\"priority\""],
+        plot::Format::Png,
+    ))
+    .unwrap();
+    let plots = o.plots.expect("a font is available on this machine");
+    assert_eq!(plots.len(), 5);
+    for p in plots {
+        let bytes = std::fs::read(&p).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}", p.display());
+        assert!(bytes.len() > 10_000, "{} is nearly empty", p.display());
+    }
+}
+
+#[test]
+fn a_bad_vary_value_fails_before_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = compare(&opts(
+        tmp.path(),
+        1,
+        &["engine.prefix_caching=true,maybe"],
+        plot::Format::Svg,
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("prefix_caching"), "{e}");
+    assert!(!tmp.path().join("cmp").exists());
+}
