@@ -1,7 +1,8 @@
 //! The command-line application: parse, dispatch, print, choose the exit code.
 
 use crate::cli::{
-    CatalogKind, Cli, Command, CompareArgs, ConfigArgs, FormatArg, RunArgs, WorkloadCommand,
+    CalibrateArgs, CatalogKind, Cli, Command, CompareArgs, ConfigArgs, FormatArg,
+    RooflineCheckArgs, RunArgs, WorkloadCommand,
 };
 use crate::config::{Config, TraceConfig, TraceFormat, WorkloadKind};
 use crate::cost::catalog::{hardware_names, model_names, HardwareSpec, ModelShape};
@@ -31,6 +32,8 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         }
         Command::Workload { command } => workload_command(command),
         Command::Compare(a) => compare_command(&a),
+        Command::Calibrate(a) => calibrate_command(&a),
+        Command::RooflineCheck(a) => roofline_check_command(&a),
     };
     match result {
         Ok(()) => 0,
@@ -91,6 +94,109 @@ fn compare_command(a: &CompareArgs) -> Result<(), Error> {
         );
         print!("{}", o.table);
         println!("wrote {}", o.out_dir.display());
+    }
+    Ok(())
+}
+
+#[cfg(feature = "calibrate")]
+fn calibrate_command(a: &CalibrateArgs) -> Result<(), Error> {
+    use crate::calibrate::{calibrate, CalibrateOptions};
+    let (scale, repeats) = if a.quick {
+        (8, a.repeats)
+    } else {
+        (a.scale, a.repeats)
+    };
+    let out = a.out.clone().unwrap_or_else(|| {
+        std::path::Path::new("results").join(format!(
+            "profile-{}.toml",
+            a.model.replace(['/', '\\'], "_")
+        ))
+    });
+    let p = calibrate(&CalibrateOptions {
+        model: a.model.clone(),
+        scale,
+        quick: a.quick,
+        threads: a.threads,
+        repeats,
+        out: out.clone(),
+        progress: !a.quiet,
+    })?;
+    if !a.quiet {
+        println!(
+            "calibrated {} (widths / {scale}) on {} with {} thread(s), candle {}, in {:.1} s",
+            a.model, p.host.cpu, p.host.threads, p.host.candle_version, p.host.seconds
+        );
+        println!(
+            "{:<16} {:>7} {:>9} {:>14} {:>11}",
+            "operator", "fitted", "held out", "median error", "max error"
+        );
+        for e in &p.errors {
+            println!(
+                "{:<16} {:>7} {:>9} {:>13.1}% {:>10.1}%",
+                e.op,
+                e.fitted_points,
+                e.held_out_points,
+                100.0 * e.median_rel_error,
+                100.0 * e.max_rel_error
+            );
+        }
+        println!(
+            "all held-out points: median {:.1}%, max {:.1}%",
+            100.0 * p.median_rel_error,
+            100.0 * p.max_rel_error
+        );
+        println!(
+            "wrote {} (use: --set cost.kind=calibrated --set cost.profile={})",
+            out.display(),
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "calibrate"))]
+fn calibrate_command(_a: &CalibrateArgs) -> Result<(), Error> {
+    Err(ConfigError::invalid(
+        "calibrate",
+        "this servesim was built without the `calibrate` feature; rebuild with default features",
+    )
+    .into())
+}
+
+fn roofline_check_command(a: &RooflineCheckArgs) -> Result<(), Error> {
+    let mut set = a.source.set.clone();
+    set.push(format!("model.name=\"{}\"", a.model));
+    set.push(format!("hardware.name=\"{}\"", a.hardware));
+    let cfg = load_config(&ConfigArgs {
+        config: a.source.config.clone(),
+        set,
+        seed: a.source.seed,
+    })?;
+    let sys = System::resolve(&cfg)?;
+    let roof = sys.roofline(&cfg)?;
+    let table = crate::cost::table::read_mlp_table(&a.table, &sys.model, 1)?;
+    let rows = crate::cost::table::roofline_vs_table(&table, &roof, &[1, 8, 64, 512, 2048, 4096]);
+    println!(
+        "roofline vs measured, per layer: {} on {} (compute eff {}, memory eff {}); table {}",
+        a.model,
+        a.hardware,
+        cfg.cost.roofline.compute_efficiency,
+        cfg.cost.roofline.memory_efficiency,
+        a.table.display()
+    );
+    println!(
+        "{:<10} {:>7} {:>12} {:>12} {:>8}",
+        "operator", "tokens", "measured_ms", "roofline_ms", "ratio"
+    );
+    for r in &rows {
+        println!(
+            "{:<10} {:>7} {:>12.4} {:>12.4} {:>8.2}",
+            r.op,
+            r.tokens,
+            r.measured_s * 1e3,
+            r.roofline_s * 1e3,
+            r.roofline_s / r.measured_s
+        );
     }
     Ok(())
 }

@@ -20,6 +20,10 @@ pub enum Command {
     Run(RunArgs),
     /// Run variants of a config on the identical workload and compare them (paired, with CIs and plots).
     Compare(CompareArgs),
+    /// Time the cost model's operators with candle on this machine and fit a calibrated cost model.
+    Calibrate(CalibrateArgs),
+    /// Compare the roofline, operator by operator, with a measured operator table (Vidur's mlp.csv).
+    RooflineCheck(RooflineCheckArgs),
     /// List what ships in the catalogs.
     Catalog {
         #[arg(value_enum)]
@@ -117,6 +121,43 @@ pub struct CompareArgs {
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CalibrateArgs {
+    /// Model shape: a catalog name or a config.json path.
+    #[arg(long, default_value = "llama-3.1-8b")]
+    pub model: String,
+    /// Divide the model's widths and heads by this to fit the host (1 = full size).
+    #[arg(long, default_value_t = 4)]
+    pub scale: u32,
+    /// A small grid at scale 8 that runs in well under a minute.
+    #[arg(long)]
+    pub quick: bool,
+    /// Threads for candle (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Measured repeats per point (median taken), after one warm-up run.
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Profile to write (default: results/profile-<model>.toml).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RooflineCheckArgs {
+    /// A Vidur mlp.csv profile.
+    #[arg(long)]
+    pub table: PathBuf,
+    #[arg(long, default_value = "llama-2-7b")]
+    pub model: String,
+    #[arg(long, default_value = "h100-sxm")]
+    pub hardware: String,
+    #[command(flatten)]
+    pub source: ConfigArgs,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

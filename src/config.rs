@@ -246,17 +246,31 @@ impl Default for ModelConfig {
     }
 }
 
-/// Which accelerator, by catalog name (`servesim catalog hardware`).
+/// Which accelerator, by catalog name (`servesim catalog hardware`), and how many per replica.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HardwareConfig {
     pub name: String,
+    /// An extra hardware catalog (TOML, same format as catalog/hardware.toml); its entries add to or
+    /// replace the shipped ones.
+    pub catalog: Option<String>,
+    /// GPUs per replica, splitting the model tensor-parallel (heads and the MLP split `tensor_parallel`
+    /// ways, two all-reduces per layer).
+    pub tensor_parallel: u32,
+    /// All-reduce bandwidth per GPU, GB/s (NVLink 4 on H100 SXM: 450 GB/s per direction).
+    pub interconnect_gbps: f64,
+    /// Fixed cost of one all-reduce, seconds.
+    pub allreduce_latency_s: f64,
 }
 
 impl Default for HardwareConfig {
     fn default() -> Self {
         HardwareConfig {
             name: "h100-sxm".into(),
+            catalog: None,
+            tensor_parallel: 1,
+            interconnect_gbps: 450.0,
+            allreduce_latency_s: 0.000_01,
         }
     }
 }
@@ -348,28 +362,53 @@ impl Default for ClusterConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CostKind {
+    /// Datasheet peaks x efficiencies (`[cost.roofline]`).
     Roofline,
+    /// Hand-set coefficients (`[cost.linear]`), for tests and what-ifs.
     Linear,
+    /// Measured per-layer operator tables (`[cost.table]`), attention from the roofline.
+    Table,
+    /// A profile written by `servesim calibrate` (`cost.profile`).
+    Calibrated,
 }
 
-/// Roofline efficiencies and overheads. Defaults are typical achieved fractions for dense bf16 GEMMs and
-/// streaming reads on Hopper-class GPUs, and a CUDA-graph-captured step's fixed cost.
+/// Measured operator tables, Vidur's format.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TableConfig {
+    /// Path to a Vidur `mlp.csv` profile for this model and GPU.
+    pub mlp: String,
+}
+
+/// Roofline efficiencies and overheads. Defaults come from Vidur's measured H100 tables for Llama-2-7B
+/// (`servesim roofline-check`): large GEMMs reach about 75% of the dense bf16 peak, weight streaming about
+/// 80% of the memory bandwidth, element-wise kernels (norms, rotary, activation) about 50%, and the
+/// smallest kernels take about 4 us whatever their size.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RooflineConfig {
     pub compute_efficiency: f64,
     pub memory_efficiency: f64,
+    /// Achieved fraction of memory bandwidth for element-wise kernels (RMSNorm, rotary, SiLU, adds).
+    pub elementwise_efficiency: f64,
+    /// The least time one kernel takes (launch and tail), seconds; each operator costs at least this per
+    /// kernel it launches.
+    pub min_kernel_s: f64,
+    /// Fixed cost per step (scheduling, sampling, host work), seconds.
     pub step_overhead_s: f64,
+    /// Fixed cost per layer per step, seconds.
     pub layer_overhead_s: f64,
 }
 
 impl Default for RooflineConfig {
     fn default() -> Self {
         RooflineConfig {
-            compute_efficiency: 0.6,
+            compute_efficiency: 0.75,
             memory_efficiency: 0.8,
+            elementwise_efficiency: 0.5,
+            min_kernel_s: 0.000_004,
             step_overhead_s: 0.0005,
-            layer_overhead_s: 0.000_005,
+            layer_overhead_s: 0.0,
         }
     }
 }
@@ -403,6 +442,9 @@ pub struct CostConfig {
     pub kind: CostKind,
     pub roofline: RooflineConfig,
     pub linear: LinearConfig,
+    pub table: TableConfig,
+    /// Path to a calibration profile (`servesim calibrate --out`), for `kind = "calibrated"`.
+    pub profile: Option<String>,
 }
 
 impl Default for CostConfig {
@@ -411,6 +453,8 @@ impl Default for CostConfig {
             kind: CostKind::Roofline,
             roofline: RooflineConfig::default(),
             linear: LinearConfig::default(),
+            table: TableConfig::default(),
+            profile: None,
         }
     }
 }
@@ -618,6 +662,37 @@ impl Config {
                 ));
             }
         }
+        let hw = &self.hardware;
+        if hw.tensor_parallel == 0 {
+            return Err(ConfigError::invalid(
+                "hardware.tensor_parallel",
+                "must be at least 1",
+            ));
+        }
+        if !(hw.interconnect_gbps.is_finite() && hw.interconnect_gbps > 0.0) {
+            return Err(ConfigError::invalid(
+                "hardware.interconnect_gbps",
+                format!("must be positive, got {}", hw.interconnect_gbps),
+            ));
+        }
+        if !(hw.allreduce_latency_s.is_finite() && hw.allreduce_latency_s >= 0.0) {
+            return Err(ConfigError::invalid(
+                "hardware.allreduce_latency_s",
+                format!("must be >= 0, got {}", hw.allreduce_latency_s),
+            ));
+        }
+        if self.cost.kind == CostKind::Table && self.cost.table.mlp.is_empty() {
+            return Err(ConfigError::invalid(
+                "cost.table.mlp",
+                "cost.kind = \"table\" needs the path of a measured mlp.csv profile",
+            ));
+        }
+        if self.cost.kind == CostKind::Calibrated && self.cost.profile.is_none() {
+            return Err(ConfigError::invalid(
+                "cost.profile",
+                "cost.kind = \"calibrated\" needs a profile from `servesim calibrate`",
+            ));
+        }
         if self.cluster.replicas == 0 {
             return Err(ConfigError::invalid(
                 "cluster.replicas",
@@ -628,6 +703,10 @@ impl Config {
         for (k, v) in [
             ("cost.roofline.compute_efficiency", r.compute_efficiency),
             ("cost.roofline.memory_efficiency", r.memory_efficiency),
+            (
+                "cost.roofline.elementwise_efficiency",
+                r.elementwise_efficiency,
+            ),
         ] {
             if !(v > 0.0 && v <= 1.0) {
                 return Err(ConfigError::invalid(
@@ -639,6 +718,7 @@ impl Config {
         let l = &self.cost.linear;
         for (k, v) in [
             ("cost.roofline.step_overhead_s", r.step_overhead_s),
+            ("cost.roofline.min_kernel_s", r.min_kernel_s),
             ("cost.roofline.layer_overhead_s", r.layer_overhead_s),
             ("cost.linear.step_s", l.step_s),
             ("cost.linear.prefill_token_s", l.prefill_token_s),

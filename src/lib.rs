@@ -14,6 +14,8 @@
 //!   directory. [`config`] holds every default; [`rng`] the named random streams.
 
 pub mod app;
+#[cfg(feature = "calibrate")]
+pub mod calibrate;
 pub mod cli;
 pub mod config;
 pub mod cost;

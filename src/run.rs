@@ -37,6 +37,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
     let wall = Instant::now();
     let system = System::resolve(cfg)?;
     let workload = system.workload(cfg)?;
+    let cost = system.cost_model(cfg)?;
     let out = opts
         .out
         .clone()
@@ -47,7 +48,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
         dir.file("timeseries.csv"),
         cfg.slo.clone(),
     )?;
-    let mut world = World::new(cfg, &system, workload, metrics, opts.progress);
+    let mut world = World::new(cfg, &system, workload, cost, metrics, opts.progress);
     world.run()?;
     let wall_seconds = wall.elapsed().as_secs_f64();
     let summary = summarize(&mut world, &system);

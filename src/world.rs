@@ -4,11 +4,12 @@ use crate::config::{CacheScope, Config, CostKind, WorkloadKind};
 use crate::cost::catalog::{HardwareSpec, ModelShape};
 use crate::cost::linear::LinearCost;
 use crate::cost::roofline::Roofline;
+use crate::cost::table::{read_mlp_table, TableCost};
 use crate::cost::CostModel;
 use crate::engine::EventQueue;
 use crate::error::{ConfigError, OutputError};
 use crate::event::{Event, ReplicaId};
-use crate::kv::sizing::{size_engine, EngineSizing};
+use crate::kv::sizing::{size_engine_tp, EngineSizing};
 use crate::kv::KvCacheManager;
 use crate::metrics::{Collector, Sample};
 use crate::replica::Replica;
@@ -35,8 +36,9 @@ pub struct System {
 impl System {
     pub fn resolve(cfg: &Config) -> Result<System, ConfigError> {
         let model = ModelShape::load(&cfg.model.name)?;
-        let hardware = HardwareSpec::load(&cfg.hardware.name)?;
-        let sizing = size_engine(&cfg.engine, &model, &hardware)?;
+        let hardware =
+            HardwareSpec::load_with(&cfg.hardware.name, cfg.hardware.catalog.as_deref())?;
+        let sizing = size_engine_tp(&cfg.engine, &model, &hardware, cfg.hardware.tensor_parallel)?;
         Ok(System {
             model,
             hardware,
@@ -65,17 +67,43 @@ impl System {
         })
     }
 
-    pub fn cost_model(&self, cfg: &Config) -> Box<dyn CostModel> {
-        match cfg.cost.kind {
-            CostKind::Roofline => Box::new(Roofline {
-                model: self.model.clone(),
-                hw: self.hardware.clone(),
-                p: cfg.cost.roofline.clone(),
-            }),
+    /// The roofline of one GPU of a replica (the model split tensor-parallel).
+    pub fn roofline(&self, cfg: &Config) -> Result<Roofline, ConfigError> {
+        let hw = &cfg.hardware;
+        Ok(Roofline {
+            model: self.model.per_rank(hw.tensor_parallel)?,
+            hw: self.hardware.clone(),
+            p: cfg.cost.roofline.clone(),
+            tp: hw.tensor_parallel,
+            interconnect_gbps: hw.interconnect_gbps,
+            allreduce_latency_s: hw.allreduce_latency_s,
+        })
+    }
+
+    /// Builds the configured cost model; profile and table files are read (and checked) here.
+    pub fn cost_model(&self, cfg: &Config) -> Result<Box<dyn CostModel>, ConfigError> {
+        Ok(match cfg.cost.kind {
+            CostKind::Roofline => Box::new(self.roofline(cfg)?),
             CostKind::Linear => Box::new(LinearCost {
                 p: cfg.cost.linear.clone(),
             }),
-        }
+            CostKind::Table => Box::new(TableCost {
+                ops: read_mlp_table(
+                    std::path::Path::new(&cfg.cost.table.mlp),
+                    &self.model,
+                    cfg.hardware.tensor_parallel,
+                )?,
+                roofline: self.roofline(cfg)?,
+            }),
+            CostKind::Calibrated => {
+                let path = cfg.cost.profile.as_deref().unwrap_or_default();
+                Box::new(crate::cost::calibrated::CalibratedCost::load(
+                    std::path::Path::new(path),
+                    &self.model.per_rank(cfg.hardware.tensor_parallel)?,
+                    self.roofline(cfg)?,
+                )?)
+            }
+        })
     }
 }
 
@@ -107,6 +135,7 @@ impl<'a> World<'a> {
         cfg: &'a Config,
         sys: &System,
         workload: Box<dyn Workload>,
+        cost: Box<dyn CostModel>,
         metrics: Collector,
         show_progress: bool,
     ) -> World<'a> {
@@ -139,7 +168,7 @@ impl<'a> World<'a> {
             replicas,
             router: router::build(cfg.cluster.router),
             workload,
-            cost: sys.cost_model(cfg),
+            cost,
             metrics,
             sample_interval: SimDuration::from_secs_f64(cfg.output.timeseries_interval_s),
             stop_at: cfg

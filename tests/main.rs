@@ -4,6 +4,7 @@ mod cache;
 mod cli;
 mod common;
 mod compare;
+mod cost;
 mod determinism;
 mod kv_property;
 mod mooncake;

@@ -114,6 +114,45 @@ impl ModelShape {
         })
     }
 
+    /// The shape one GPU holds under `tp`-way tensor parallelism: attention heads, KV heads, the MLP's
+    /// intermediate size and the vocabulary (LM head) split `tp` ways; KV heads are replicated when there
+    /// are fewer than `tp`. Norms and the residual stream stay whole.
+    pub fn per_rank(&self, tp: u32) -> Result<ModelShape, ConfigError> {
+        let tp = tp as u64;
+        if tp == 1 {
+            return Ok(self.clone());
+        }
+        if self.num_heads % tp != 0 || self.intermediate_size % tp != 0 {
+            return Err(ConfigError::invalid(
+                "hardware.tensor_parallel",
+                format!(
+                    "{tp} does not divide the model's {} attention heads and {} MLP width; use a divisor",
+                    self.num_heads, self.intermediate_size
+                ),
+            ));
+        }
+        Ok(ModelShape {
+            num_heads: self.num_heads / tp,
+            num_kv_heads: (self.num_kv_heads / tp).max(1),
+            intermediate_size: self.intermediate_size / tp,
+            vocab_size: self.vocab_size.div_ceil(tp),
+            ..self.clone()
+        })
+    }
+
+    /// Weight bytes one GPU holds under `tp`-way tensor parallelism (embeddings and norms replicated).
+    pub fn weight_bytes_per_rank(&self, tp: u32) -> Result<u64, ConfigError> {
+        let r = self.per_rank(tp)?;
+        let layer = r.layer_params();
+        let emb = self.vocab_size * self.hidden_size;
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            r.vocab_size * self.hidden_size
+        };
+        Ok((emb + self.num_layers * layer + self.hidden_size + head) * self.dtype_bytes)
+    }
+
     /// Query width of the attention (heads x head_dim).
     pub fn q_dim(&self) -> u64 {
         self.num_heads * self.head_dim
@@ -201,7 +240,35 @@ fn hardware_catalog() -> BTreeMap<String, HardwareSpec> {
 
 impl HardwareSpec {
     pub fn load(name: &str) -> Result<HardwareSpec, ConfigError> {
-        let cat = hardware_catalog();
+        Self::load_with(name, None)
+    }
+
+    /// Looks `name` up in the shipped catalog extended (or overridden) by the TOML file `extra`.
+    pub fn load_with(name: &str, extra: Option<&str>) -> Result<HardwareSpec, ConfigError> {
+        let mut cat = hardware_catalog();
+        if let Some(path) = extra {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.into(),
+                source,
+            })?;
+            let more: BTreeMap<String, HardwareSpec> =
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    origin: path.to_string(),
+                    message: e.to_string(),
+                })?;
+            for (k, h) in &more {
+                if !(h.peak_bf16_tflops > 0.0
+                    && h.memory_bandwidth_gbps > 0.0
+                    && h.memory_gib > 0.0)
+                {
+                    return Err(ConfigError::invalid(
+                        format!("{path}: [{k}]"),
+                        "peak_bf16_tflops, memory_bandwidth_gbps and memory_gib must be positive",
+                    ));
+                }
+            }
+            cat.extend(more);
+        }
         match cat.get(name) {
             Some(h) => Ok(HardwareSpec {
                 name: name.to_string(),

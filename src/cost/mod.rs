@@ -1,8 +1,10 @@
 //! Cost models: a step's shape in, its duration (and a per-operator breakdown) out.
 
+pub mod calibrated;
 pub mod catalog;
 pub mod linear;
 pub mod roofline;
+pub mod table;
 
 use crate::time::SimDuration;
 
@@ -19,6 +21,9 @@ pub struct BatchShape {
     pub prefill_attn_pairs: u64,
     /// KV tokens the prefill chunks read (sum of their end contexts).
     pub prefill_context_tokens: u64,
+    /// The full (query, key) rectangle of the prefill chunks, q x c summed: what an attention kernel that
+    /// does not skip masked blocks computes.
+    pub prefill_attn_rect: u64,
     /// Requests decoding one token.
     pub decode_seqs: u64,
     /// KV tokens the decode sequences read (sum of their contexts).
@@ -38,6 +43,7 @@ impl BatchShape {
             self.prefill_tokens += q;
             self.prefill_seqs += 1;
             self.prefill_attn_pairs += q * (c - q) + q * (q + 1) / 2;
+            self.prefill_attn_rect += q * c;
             self.prefill_context_tokens += c;
         }
         if samples {

@@ -1,8 +1,8 @@
 //! A roofline step-time model from a model shape and a hardware spec.
 //!
 //! Each operator class costs max(FLOPs / (peak x compute efficiency), bytes / (bandwidth x memory
-//! efficiency)), per layer where it is per layer; a fixed per-step and per-layer overhead covers launches and
-//! the host. Weights are read once per step per layer, whatever the batch: that is what makes small batches
+//! efficiency)), per layer where it is per layer, and at least `min_kernel_s` per kernel; a fixed per-step
+//! and per-layer overhead covers the host. Weights are read once per step per layer, whatever the batch: that is what makes small batches
 //! memory-bound and large ones compute-bound.
 
 use super::catalog::{HardwareSpec, ModelShape};
@@ -11,9 +11,15 @@ use crate::config::RooflineConfig;
 
 #[derive(Clone, Debug)]
 pub struct Roofline {
+    /// The shape one GPU computes: the model split `tp` ways (see `ModelShape::per_rank`).
     pub model: ModelShape,
     pub hw: HardwareSpec,
     pub p: RooflineConfig,
+    /// Tensor-parallel degree (1: no all-reduce).
+    pub tp: u32,
+    /// All-reduce link bandwidth per GPU, GB/s, and fixed latency per all-reduce, s.
+    pub interconnect_gbps: f64,
+    pub allreduce_latency_s: f64,
 }
 
 impl Roofline {
@@ -25,8 +31,17 @@ impl Roofline {
         self.hw.memory_bandwidth_gbps * 1e9 * self.p.memory_efficiency
     }
 
+    /// One kernel: the roofline, but never under the kernel's minimum time.
     fn op(&self, flops: f64, bytes: f64) -> f64 {
-        (flops / self.flops_per_s()).max(bytes / self.bytes_per_s())
+        (flops / self.flops_per_s())
+            .max(bytes / self.bytes_per_s())
+            .max(self.p.min_kernel_s)
+    }
+
+    /// An element-wise operator moving `bytes` in `kernels` kernels.
+    fn elementwise(&self, bytes: f64, kernels: f64) -> f64 {
+        let bw = self.hw.memory_bandwidth_gbps * 1e9 * self.p.elementwise_efficiency;
+        (bytes / bw).max(kernels * self.p.min_kernel_s)
     }
 
     /// A linear layer of `inp` x `out` weights over `t` tokens: 2 t in out FLOPs; weights plus input and
@@ -52,20 +67,40 @@ impl CostModel for Roofline {
         let mut ops = Vec::with_capacity(10);
         let mut push = |op: &'static str, seconds: f64| ops.push(OpTime { op, seconds });
         if t > 0.0 {
+            let (hd, qd, kvd, i) = (
+                h as f64,
+                m.q_dim() as f64,
+                m.kv_dim() as f64,
+                m.intermediate_size as f64,
+            );
             push(
                 "qkv_proj",
                 layers * self.linear(t, h, m.q_dim() + 2 * m.kv_dim()),
             );
-            push("o_proj", layers * self.linear(t, m.q_dim(), h));
-            // Gate and up share the input; down maps back.
+            // Rotary embedding reads and writes Q and K.
             push(
-                "mlp",
-                layers
-                    * (self.linear(t, h, 2 * m.intermediate_size)
-                        + self.linear(t, m.intermediate_size, h)),
+                "attn_rope",
+                layers * self.elementwise(2.0 * t * (qd + kvd) * d, 1.0),
             );
+            push("o_proj", layers * self.linear(t, m.q_dim(), h));
+            // Gate and up share the input (one fused GEMM); SiLU-and-multiply reads both, writes one.
+            push(
+                "mlp_up",
+                layers * self.linear(t, h, 2 * m.intermediate_size),
+            );
+            push("mlp_act", layers * self.elementwise(3.0 * t * i * d, 1.0));
+            push("mlp_down", layers * self.linear(t, m.intermediate_size, h));
             // Two RMSNorms and two residual adds per layer: each reads and writes t x h.
-            push("norms", layers * self.op(0.0, 8.0 * t * h as f64 * d));
+            push("norms", layers * self.elementwise(8.0 * t * hd * d, 4.0));
+            if self.tp > 1 {
+                // Two all-reduces of t x h activations per layer (after attention and after the MLP), ring
+                // algorithm: 2 (tp - 1) / tp of the bytes cross each link.
+                let bytes = t * hd * d;
+                let tp = self.tp as f64;
+                let one = 2.0 * (tp - 1.0) / tp * bytes / (self.interconnect_gbps * 1e9)
+                    + self.allreduce_latency_s;
+                push("allreduce", layers * 2.0 * one);
+            }
         }
         let qk_width = (m.num_heads * m.head_dim) as f64;
         let kv_bytes_per_token = 2.0 * m.kv_dim() as f64 * d;
@@ -110,14 +145,16 @@ mod tests {
         //  qkv: in 256, out 256 + 2 x 128 = 512: FLOPs 2 x 256 x 512 = 262,144 -> 5.24e-9 s;
         //       bytes (131,072 + 768) x 4 = 527,360 -> 1.05472e-6 s; max = 1.05472e-6; x 4 layers = 4.21888e-6.
         //  o:   256 x 256: bytes (65,536 + 512) x 4 = 264,192 -> 5.28384e-7; x 4 = 2.113536e-6.
+        //  rope: 2 x 1 x (256 + 128) x 4 = 3,072 B -> 6.144e-9; x 4 = 2.4576e-8.
         //  mlp: up/gate 256 x 1376: (352,256 + 1,632) x 4 = 1,415,552 B -> 2.831104e-6;
         //       down 688 x 256: (176,128 + 944) x 4 = 708,288 B -> 1.416576e-6; sum 4.24768e-6; x 4 = 1.699072e-5.
+        //  mlp_act: 3 x 1 x 688 x 4 = 8,256 B -> 1.6512e-8; x 4 = 6.6048e-8.
         //  norms: 8 x 1 x 256 x 4 = 8,192 B -> 1.6384e-8; x 4 = 6.5536e-8.
         //  attn_decode: bytes 100 x (2 x 128 x 4) + 1 x 2 x 256 x 4 = 102,400 + 2,048 = 104,448 -> 2.08896e-7;
         //       FLOPs 4 x 256 x 100 = 102,400 -> 2.048e-9; x 4 layers = 8.35584e-7.
         //  lm_head: bytes 256 x 1024 x 4 + 1024 x 4 = 1,052,672 -> 2.105344e-6.
-        //  total = 4.21888e-6 + 2.113536e-6 + 1.699072e-5 + 6.5536e-8 + 8.35584e-7 + 2.105344e-6
-        //        = 2.63296e-5 s = 26,330 ns (rounded).
+        //  total = 4.21888e-6 + 2.4576e-8 + 2.113536e-6 + 1.699072e-5 + 6.6048e-8 + 6.5536e-8
+        //          + 8.35584e-7 + 2.105344e-6 = 2.6420224e-5 s = 26,420 ns (rounded).
         let r = Roofline {
             model: ModelShape::load("tiny").unwrap(),
             hw: HardwareSpec {
@@ -130,13 +167,18 @@ mod tests {
             p: RooflineConfig {
                 compute_efficiency: 0.5,
                 memory_efficiency: 0.5,
+                elementwise_efficiency: 0.5,
+                min_kernel_s: 0.0,
                 step_overhead_s: 0.0,
                 layer_overhead_s: 0.0,
             },
+            tp: 1,
+            interconnect_gbps: 450.0,
+            allreduce_latency_s: 0.0,
         };
         let mut b = BatchShape::default();
         b.add(1, 100, true, true);
-        assert_eq!(r.step_time(&b).0, 26_330);
+        assert_eq!(r.step_time(&b).0, 26_420);
     }
 
     #[test]
@@ -145,6 +187,9 @@ mod tests {
             model: ModelShape::load("llama-3.1-8b").unwrap(),
             hw: HardwareSpec::load("h100-sxm").unwrap(),
             p: RooflineConfig::default(),
+            tp: 1,
+            interconnect_gbps: 450.0,
+            allreduce_latency_s: 1e-5,
         };
         let mut dec = BatchShape::default();
         dec.add(1, 1000, true, true);

@@ -39,9 +39,22 @@ pub fn size_engine(
     m: &ModelShape,
     hw: &HardwareSpec,
 ) -> Result<EngineSizing, ConfigError> {
+    size_engine_tp(e, m, hw, 1)
+}
+
+/// As [`size_engine`], for one GPU of a `tp`-way tensor-parallel replica: it holds 1/tp of the weights and
+/// of the KV heads, so the same memory holds more blocks.
+pub fn size_engine_tp(
+    e: &EngineConfig,
+    full: &ModelShape,
+    hw: &HardwareSpec,
+    tp: u32,
+) -> Result<EngineSizing, ConfigError> {
+    let rank = full.per_rank(tp)?;
+    let m = &rank;
     let max_model_len = e
         .max_model_len
-        .unwrap_or(m.max_position_embeddings.min(u32::MAX as u64) as u32);
+        .unwrap_or(full.max_position_embeddings.min(u32::MAX as u64) as u32);
     if max_model_len < 2 {
         return Err(ConfigError::invalid(
             "engine.max_model_len",
@@ -85,7 +98,7 @@ pub fn size_engine(
         ));
     }
 
-    let weights = m.weight_bytes() as f64;
+    let weights = full.weight_bytes_per_rank(tp)? as f64;
     let activation_gib = e
         .activation_reserve_gib
         .unwrap_or_else(|| estimate_activation_gib(m, tokens, seqs));

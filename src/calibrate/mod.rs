@@ -1,0 +1,535 @@
+//! `servesim calibrate`: times the operators the cost model uses with candle on this machine, fits the
+//! calibrated cost model, and writes a profile with the raw timings and the fit's held-out error.
+//!
+//! Measured with warm-up runs, then repeats; the median is fitted. Every fourth point of each operator (in
+//! measurement order) is held out of the fit and used only to report the error, so the reported error is
+//! the error on shapes the fit did not see.
+
+pub mod forward;
+
+use crate::cost::calibrated::{
+    fit_relative_nonneg, Fit, FitError, Host, LinearSegment, LogCurve, Profile, RawTiming,
+};
+use crate::cost::catalog::ModelShape;
+use crate::error::{ConfigError, Error, OutputError};
+use crate::metrics::stats::percentile;
+use candle_core::{DType, Device, Tensor, D};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What to calibrate.
+#[derive(Clone, Debug)]
+pub struct CalibrateOptions {
+    /// Catalog name or config.json path.
+    pub model: String,
+    /// Divide the model's widths by this (1 = full size).
+    pub scale: u32,
+    /// A small grid that runs in well under a minute.
+    pub quick: bool,
+    pub threads: Option<usize>,
+    pub repeats: usize,
+    pub out: PathBuf,
+    pub progress: bool,
+}
+
+/// The model's shape scaled down by `scale` (widths and heads divided, head_dim kept).
+pub fn scaled_shape(m: &ModelShape, scale: u32) -> Result<ModelShape, ConfigError> {
+    let s = scale as u64;
+    if s == 0 {
+        return Err(ConfigError::invalid("--scale", "must be at least 1"));
+    }
+    Ok(ModelShape {
+        name: format!("{} / {scale}", m.name),
+        hidden_size: (m.hidden_size / s).max(64),
+        intermediate_size: (m.intermediate_size / s).max(64),
+        num_heads: (m.num_heads / s).max(1),
+        num_kv_heads: (m.num_kv_heads / s).max(1),
+        vocab_size: (m.vocab_size / s).max(256),
+        ..m.clone()
+    })
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+type CErr = candle_core::Error;
+
+/// Times `f`: `warmup` unmeasured runs, then `repeats` measured; returns (median, min) seconds.
+fn time<F: FnMut() -> Result<(), CErr>>(
+    mut f: F,
+    warmup: usize,
+    repeats: usize,
+) -> Result<(f64, f64), CErr> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut v = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let t = Instant::now();
+        f()?;
+        v.push(t.elapsed().as_secs_f64());
+    }
+    v.sort_by(f64::total_cmp);
+    Ok((percentile(&v, 50.0).unwrap_or(0.0), v[0]))
+}
+
+fn randn(shape: &[usize], dev: &Device) -> Result<Tensor, CErr> {
+    Tensor::randn(0f32, 1f32, shape, dev)
+}
+
+/// Softmax over the last dimension (max-subtracted), as an attention kernel does it.
+pub(crate) fn softmax_last(x: &Tensor) -> Result<Tensor, CErr> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    e.broadcast_div(&s)
+}
+
+/// RMSNorm over the last dimension.
+pub(crate) fn rmsnorm(x: &Tensor, w: &Tensor) -> Result<Tensor, CErr> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    x.broadcast_div(&(ms + 1e-5)?.sqrt()?)?.broadcast_mul(w)
+}
+
+struct Plan {
+    tokens: Vec<usize>,
+    decode: Vec<(usize, usize)>,
+    prefill: Vec<(usize, usize)>,
+    elementwise: Vec<usize>,
+}
+
+fn plan(quick: bool) -> Plan {
+    if quick {
+        Plan {
+            tokens: vec![
+                1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
+            ],
+            decode: vec![
+                (1, 128),
+                (1, 512),
+                (1, 2048),
+                (2, 256),
+                (4, 128),
+                (4, 512),
+                (4, 2048),
+                (8, 256),
+                (8, 1024),
+                (16, 128),
+                (16, 512),
+                (32, 256),
+            ],
+            prefill: vec![
+                (16, 16),
+                (32, 32),
+                (64, 64),
+                (128, 128),
+                (32, 256),
+                (128, 512),
+                (256, 256),
+                (64, 320),
+                (512, 512),
+                (256, 1024),
+                (96, 96),
+                (384, 384),
+            ],
+            elementwise: vec![1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384],
+        }
+    } else {
+        Plan {
+            tokens: vec![
+                1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024,
+                1536, 2048,
+            ],
+            decode: vec![
+                (1, 256),
+                (1, 1024),
+                (1, 4096),
+                (4, 256),
+                (4, 1024),
+                (8, 512),
+                (8, 2048),
+                (16, 256),
+                (16, 1024),
+                (32, 512),
+                (32, 2048),
+                (64, 1024),
+            ],
+            prefill: vec![
+                (64, 64),
+                (128, 128),
+                (256, 256),
+                (512, 512),
+                (256, 1024),
+                (128, 2048),
+                (1024, 1024),
+                (512, 2048),
+                (2048, 2048),
+                (64, 4096),
+            ],
+            elementwise: vec![1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384],
+        }
+    }
+}
+
+/// Runs the calibration and writes the profile.
+pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
+    let started = Instant::now();
+    let full = ModelShape::load(&o.model)?;
+    let m = scaled_shape(&full, o.scale)?;
+    let threads = o
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Before the first candle call: unset, every matmul re-reads /proc/cpuinfo (tens of microseconds).
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let repeats = o.repeats.max(1);
+    let p = plan(o.quick);
+    let dev = Device::Cpu;
+    let (h, q, kv, i, v) = (
+        m.hidden_size as usize,
+        m.q_dim() as usize,
+        m.kv_dim() as usize,
+        m.intermediate_size as usize,
+        m.vocab_size as usize,
+    );
+    let (heads, kvh, hd) = (
+        m.num_heads as usize,
+        m.num_kv_heads as usize,
+        m.head_dim as usize,
+    );
+    let linears = [
+        ("qkv", h, q + 2 * kv),
+        ("o", q, h),
+        ("mlp_up", h, 2 * i),
+        ("mlp_down", i, h),
+        ("lm_head", h, v),
+    ];
+    let total =
+        linears.len() * p.tokens.len() + p.decode.len() + p.prefill.len() + 3 * p.elementwise.len();
+    let bar = if o.progress {
+        indicatif::ProgressBar::new(total as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "calibrating {bar:40} {pos}/{len} {msg} [{elapsed}]",
+        )
+        .expect("static template"),
+    );
+    let cerr = |e: CErr| -> Error {
+        ConfigError::invalid("calibrate", format!("candle failed: {e}")).into()
+    };
+    let mut raw: Vec<RawTiming> = Vec::new();
+    let push =
+        |raw: &mut Vec<RawTiming>, op: &str, features: Vec<f64>, shape: String, t: (f64, f64)| {
+            raw.push(RawTiming {
+                op: op.into(),
+                features,
+                shape,
+                median_s: t.0,
+                min_s: t.1,
+                held_out: false,
+            });
+        };
+    // Linear layers, W stored [out, in] (the candle_nn::Linear layout).
+    for (name, inp, out) in linears {
+        bar.set_message(name.to_string());
+        let w = randn(&[out, inp], &dev).map_err(cerr)?;
+        let wt = w.t().map_err(cerr)?;
+        for &t in &p.tokens {
+            let x = randn(&[t, inp], &dev).map_err(cerr)?;
+            let timing = time(|| x.matmul(&wt).map(drop), 1, repeats).map_err(cerr)?;
+            let e = (inp * out) as f64;
+            push(
+                &mut raw,
+                "linear",
+                vec![e, t as f64],
+                format!("{name} {t}x{inp} . [{out},{inp}]^T"),
+                timing,
+            );
+            bar.inc(1);
+        }
+    }
+    // Decode attention: one query per sequence against its KV, GQA-native (queries grouped per KV head).
+    bar.set_message("attn_decode");
+    let g = heads / kvh;
+    for &(b, c) in &p.decode {
+        let qt = randn(&[b, kvh, g, hd], &dev).map_err(cerr)?;
+        let k = randn(&[b, kvh, c, hd], &dev).map_err(cerr)?;
+        let vv = randn(&[b, kvh, c, hd], &dev).map_err(cerr)?;
+        let kt = k.t().map_err(cerr)?;
+        let timing = time(
+            || {
+                let s = (qt.matmul(&kt)? * (1.0 / (hd as f64).sqrt()))?;
+                softmax_last(&s)?.matmul(&vv).map(drop)
+            },
+            1,
+            repeats,
+        )
+        .map_err(cerr)?;
+        push(
+            &mut raw,
+            "attn_decode",
+            vec![b as f64, (b * c) as f64 * q as f64],
+            format!("batch {b} context {c}"),
+            timing,
+        );
+        bar.inc(1);
+    }
+    // Prefill attention: a chunk of `qn` queries over `c` keys with a causal mask.
+    bar.set_message("attn_prefill");
+    for &(qn, c) in &p.prefill {
+        let qt = randn(&[kvh, g * qn, hd], &dev).map_err(cerr)?;
+        let k = randn(&[kvh, c, hd], &dev).map_err(cerr)?;
+        let vv = randn(&[kvh, c, hd], &dev).map_err(cerr)?;
+        let kt = k.t().map_err(cerr)?;
+        let mask: Vec<f32> = (0..qn)
+            .flat_map(|r| {
+                (0..c).map(move |col| {
+                    if col <= c - qn + r {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (qn, c), &dev)
+            .and_then(|m| m.repeat((g, 1)))
+            .map_err(cerr)?;
+        let timing = time(
+            || {
+                let s = (qt.matmul(&kt)? * (1.0 / (hd as f64).sqrt()))?;
+                let s = s.broadcast_add(&mask)?;
+                softmax_last(&s)?.matmul(&vv).map(drop)
+            },
+            1,
+            repeats,
+        )
+        .map_err(cerr)?;
+        let rect = (qn * c) as f64;
+        push(
+            &mut raw,
+            "attn_prefill",
+            vec![rect * q as f64],
+            format!("chunk {qn} context {c}"),
+            timing,
+        );
+        bar.inc(1);
+    }
+    // Element-wise operators.
+    bar.set_message("elementwise");
+    let wn = Tensor::ones(h, DType::F32, &dev).map_err(cerr)?;
+    for &t in &p.elementwise {
+        let x = randn(&[t, h], &dev).map_err(cerr)?;
+        let y = randn(&[t, h], &dev).map_err(cerr)?;
+        let timing = time(|| rmsnorm(&x, &wn).map(drop), 1, repeats).map_err(cerr)?;
+        push(
+            &mut raw,
+            "rmsnorm",
+            vec![(t * h) as f64],
+            format!("{t}x{h}"),
+            timing,
+        );
+        let timing = time(|| (&x + &y).map(drop), 1, repeats).map_err(cerr)?;
+        push(
+            &mut raw,
+            "add",
+            vec![(t * h) as f64],
+            format!("{t}x{h}"),
+            timing,
+        );
+        let a = randn(&[t, i], &dev).map_err(cerr)?;
+        let b = randn(&[t, i], &dev).map_err(cerr)?;
+        let timing = time(|| (a.silu()? * &b).map(drop), 1, repeats).map_err(cerr)?;
+        push(
+            &mut raw,
+            "silu_mul",
+            vec![(t * i) as f64],
+            format!("{t}x{i}"),
+            timing,
+        );
+        bar.inc(3);
+    }
+    bar.finish_and_clear();
+    let profile = fit_profile(raw, &m, &full, o, threads, started.elapsed().as_secs_f64())?;
+    let text = toml::to_string(&profile).expect("a profile serialises");
+    let tmp = o
+        .out
+        .with_extension(format!("partial-{}", std::process::id()));
+    if let Some(dir) = o.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| OutputError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    let header = format!(
+        "# servesim calibration profile: {} (scale 1/{}) on {} with {} thread(s), candle {}.\n\
+         # Held-out relative error: median {:.1}%, max {:.1}%. Use with cost.kind = \"calibrated\", cost.profile = <this file>.\n\n",
+        full.name,
+        o.scale,
+        profile.host.cpu,
+        threads,
+        profile.host.candle_version,
+        100.0 * profile.median_rel_error,
+        100.0 * profile.max_rel_error
+    );
+    std::fs::write(&tmp, header + &text)
+        .and_then(|()| std::fs::rename(&tmp, &o.out))
+        .map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            OutputError::Io {
+                path: o.out.clone(),
+                source,
+            }
+        })?;
+    Ok(profile)
+}
+
+const ELEMENTWISE: [&str; 3] = ["rmsnorm", "add", "silu_mul"];
+
+/// Linear-model token ranges: T = 1 apart (gemv), then these lower bounds.
+const SEGMENTS: [u64; 5] = [2, 8, 32, 128, 512];
+
+fn fit_profile(
+    raw: Vec<RawTiming>,
+    m: &ModelShape,
+    full: &ModelShape,
+    o: &CalibrateOptions,
+    threads: usize,
+    seconds: f64,
+) -> Result<Profile, Error> {
+    let bad = |op: &str| -> Error {
+        ConfigError::invalid(
+            "calibrate",
+            format!("the {op} fit is singular: too few distinct points; run without --quick"),
+        )
+        .into()
+    };
+    // Each group: (name, selector, feature map with the constant first).
+    type Sel = Box<dyn Fn(&RawTiming) -> bool>;
+    type Feat = Box<dyn Fn(&RawTiming) -> Vec<f64>>;
+    let mut groups: Vec<(String, Sel, Feat)> = vec![(
+        "linear T=1".into(),
+        Box::new(|r: &RawTiming| r.op == "linear" && r.features[1] < 1.5),
+        Box::new(|r: &RawTiming| vec![1.0, r.features[0]]),
+    )];
+    for (k, &lo) in SEGMENTS.iter().enumerate() {
+        let hi = SEGMENTS.get(k + 1).copied().unwrap_or(u64::MAX) as f64;
+        groups.push((
+            format!("linear T>={lo}"),
+            Box::new(move |r: &RawTiming| {
+                r.op == "linear" && r.features[1] >= lo as f64 && r.features[1] < hi
+            }),
+            Box::new(|r: &RawTiming| vec![1.0, r.features[0], r.features[0] * r.features[1]]),
+        ));
+    }
+    for op in ["attn_decode", "attn_prefill", "rmsnorm", "add", "silu_mul"] {
+        groups.push((
+            op.into(),
+            Box::new(move |r: &RawTiming| r.op == op),
+            Box::new(|r: &RawTiming| {
+                let mut f = vec![1.0];
+                f.extend(&r.features);
+                f
+            }),
+        ));
+    }
+    // Hold out every fourth point of each group, in measurement order.
+    let mut raw = raw;
+    for (_, sel, _) in &groups {
+        for (k, r) in raw.iter_mut().filter(|r| sel(r)).enumerate() {
+            r.held_out = k % 4 == 3;
+        }
+    }
+    let mut fits = Vec::new();
+    let mut curves = Vec::new();
+    let mut errors = Vec::new();
+    let mut all_err = Vec::new();
+    for (name, sel, feat) in &groups {
+        let pts: Vec<&RawTiming> = raw.iter().filter(|r| sel(r)).collect();
+        let train: Vec<(Vec<f64>, f64)> = pts
+            .iter()
+            .filter(|r| !r.held_out)
+            .map(|r| (feat(r), r.median_s))
+            .collect();
+        // Element-wise kernels: a measured curve; everything else: a non-negative linear fit.
+        let predict: Box<dyn Fn(&RawTiming) -> f64> = if ELEMENTWISE.contains(&name.as_str()) {
+            let c = LogCurve::from_points(train.iter().map(|(x, y)| (x[1], *y)).collect())
+                .ok_or_else(|| bad(name))?;
+            curves.push(c.clone());
+            Box::new(move |r: &RawTiming| c.eval(r.features[0]))
+        } else {
+            let fit = fit_relative_nonneg(&train).ok_or_else(|| bad(name))?;
+            fits.push(fit.clone());
+            Box::new(move |r: &RawTiming| fit.eval(&feat(r)))
+        };
+        let errs: Vec<f64> = pts
+            .iter()
+            .filter(|r| r.held_out)
+            .map(|r| (predict(r) / r.median_s - 1.0).abs())
+            .collect();
+        let mut sorted = errs.clone();
+        sorted.sort_by(f64::total_cmp);
+        errors.push(FitError {
+            op: name.clone(),
+            fitted_points: train.len(),
+            held_out_points: errs.len(),
+            median_rel_error: percentile(&sorted, 50.0).unwrap_or(0.0),
+            max_rel_error: sorted.last().copied().unwrap_or(0.0),
+        });
+        all_err.extend(errs);
+    }
+    all_err.sort_by(f64::total_cmp);
+    let mut it = fits.into_iter();
+    let gemv = it.next().expect("group");
+    let linear = SEGMENTS
+        .iter()
+        .map(|&t_min| LinearSegment {
+            t_min,
+            fit: it.next().expect("group"),
+        })
+        .collect();
+    let mut next = || -> Fit { it.next().expect("group") };
+    let attn_decode = next();
+    let attn_prefill = next();
+    let mut c = curves.into_iter();
+    let (rmsnorm, add, silu_mul) = (
+        c.next().expect("group"),
+        c.next().expect("group"),
+        c.next().expect("group"),
+    );
+    let _ = m;
+    Ok(Profile {
+        host: Host {
+            cpu: cpu_model(),
+            threads,
+            candle_version: env!("SERVESIM_CANDLE_VERSION").into(),
+            servesim_version: env!("CARGO_PKG_VERSION").into(),
+            calibrated_model: full.name.clone(),
+            scale: o.scale,
+            repeats: o.repeats,
+            seconds,
+        },
+        gemv,
+        linear,
+        attn_decode,
+        attn_prefill,
+        rmsnorm,
+        silu_mul,
+        add,
+        errors,
+        median_rel_error: percentile(&all_err, 50.0).unwrap_or(0.0),
+        max_rel_error: all_err.last().copied().unwrap_or(0.0),
+        raw,
+    })
+}

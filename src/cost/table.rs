@@ -1,0 +1,241 @@
+//! Measured operator tables (`cost.kind = "table"`): per-layer operator times versus token count, in the
+//! format of Vidur's published profiles (`data/profiling/compute/<gpu>/<model>/mlp.csv`, milliseconds).
+//! Times between measured token counts are interpolated linearly; beyond the largest they are extended
+//! by the last segment's slope. The tables have no attention kernels or LM head for these models, so those
+//! operators come from the roofline, and the breakdown says so.
+
+use super::catalog::ModelShape;
+use super::roofline::Roofline;
+use super::{BatchShape, CostModel, OpTime};
+use crate::error::ConfigError;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Per-layer operators in the table, with how many times each runs per layer.
+const LAYER_OPS: &[(&str, f64)] = &[
+    ("input_layernorm", 1.0),
+    ("attn_pre_proj", 1.0),
+    ("attn_rope", 1.0),
+    ("attn_post_proj", 1.0),
+    ("post_attention_layernorm", 1.0),
+    ("mlp_up_proj", 1.0),
+    ("mlp_act", 1.0),
+    ("mlp_down_proj", 1.0),
+    ("add", 2.0),
+];
+
+/// One operator's time (seconds) at measured token counts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Curve {
+    pub points: Vec<(f64, f64)>,
+}
+
+impl Curve {
+    /// Linear interpolation; linear extrapolation past the ends.
+    pub fn at(&self, x: f64) -> f64 {
+        let p = &self.points;
+        if p.len() == 1 {
+            return p[0].1;
+        }
+        let i = p.partition_point(|&(px, _)| px < x).clamp(1, p.len() - 1);
+        let (x0, y0) = p[i - 1];
+        let (x1, y1) = p[i];
+        (y0 + (y1 - y0) * (x - x0) / (x1 - x0)).max(0.0)
+    }
+}
+
+/// Reads the per-operator medians for one tensor-parallel degree; checks the table matches the model.
+pub fn read_mlp_table(
+    path: &Path,
+    model: &ModelShape,
+    tp: u32,
+) -> Result<BTreeMap<&'static str, Curve>, ConfigError> {
+    let origin = path.display().to_string();
+    let bad = |line: usize, m: String| ConfigError::Parse {
+        origin: format!("{origin} line {line}"),
+        message: m,
+    };
+    let mut rdr = csv::Reader::from_path(path).map_err(|e| ConfigError::Parse {
+        origin: origin.clone(),
+        message: format!("cannot read the table: {e}"),
+    })?;
+    let h = rdr.headers().map_err(|e| bad(1, e.to_string()))?.clone();
+    let col = |name: &str| {
+        h.iter().position(|x| x == name).ok_or_else(|| {
+            bad(
+                1,
+                format!("missing column `{name}` (a Vidur mlp.csv profile)"),
+            )
+        })
+    };
+    let c_tokens = col("num_tokens")?;
+    let c_tp = col("num_tensor_parallel_workers")?;
+    let c_embd = col("n_embd")?;
+    let c_exp = col("n_expanded_embd")?;
+    let cols: Vec<(&'static str, usize)> = LAYER_OPS
+        .iter()
+        .map(|&(op, _)| Ok((op, col(&format!("time_stats.{op}.median"))?)))
+        .collect::<Result<_, ConfigError>>()?;
+    let mut acc: BTreeMap<&'static str, BTreeMap<u64, (f64, u32)>> = BTreeMap::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let line = i + 2;
+        let rec = rec.map_err(|e| bad(line, format!("malformed row: {e}")))?;
+        let num = |c: usize, name: &str| -> Result<f64, ConfigError> {
+            rec.get(c)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| bad(line, format!("field `{name}` is not a number >= 0")))
+        };
+        if num(c_tp, "num_tensor_parallel_workers")? as u32 != tp {
+            continue;
+        }
+        let embd = num(c_embd, "n_embd")? as u64;
+        let exp = num(c_exp, "n_expanded_embd")? as u64;
+        if embd != model.hidden_size || exp != model.intermediate_size {
+            return Err(bad(
+                line,
+                format!(
+                    "the table is for n_embd {embd} / n_expanded_embd {exp}, but model {} has hidden_size {} / \
+                     intermediate_size {}; use the table measured for this model",
+                    model.name, model.hidden_size, model.intermediate_size
+                ),
+            ));
+        }
+        let t = num(c_tokens, "num_tokens")? as u64;
+        for &(op, c) in &cols {
+            let ms = num(c, &format!("time_stats.{op}.median"))?;
+            let e = acc.entry(op).or_default().entry(t).or_insert((0.0, 0));
+            e.0 += ms / 1e3;
+            e.1 += 1;
+        }
+    }
+    if acc.is_empty() {
+        return Err(bad(
+            1,
+            format!("no rows for num_tensor_parallel_workers = {tp}; the table has other degrees"),
+        ));
+    }
+    Ok(acc
+        .into_iter()
+        .map(|(op, pts)| {
+            (
+                op,
+                Curve {
+                    points: pts
+                        .into_iter()
+                        .map(|(t, (s, n))| (t as f64, s / n as f64))
+                        .collect(),
+                },
+            )
+        })
+        .collect())
+}
+
+/// Per-layer operators from a measured table; attention, LM head and overheads from the roofline.
+#[derive(Clone, Debug)]
+pub struct TableCost {
+    pub ops: BTreeMap<&'static str, Curve>,
+    pub roofline: Roofline,
+}
+
+impl CostModel for TableCost {
+    fn name(&self) -> &'static str {
+        "table"
+    }
+
+    fn breakdown(&self, b: &BatchShape) -> Vec<OpTime> {
+        let layers = self.roofline.model.num_layers as f64;
+        let t = b.total_tokens() as f64;
+        let mut out = Vec::new();
+        if t > 0.0 {
+            for &(op, times) in LAYER_OPS {
+                if let Some(c) = self.ops.get(op) {
+                    out.push(OpTime {
+                        op,
+                        seconds: layers * times * c.at(t),
+                    });
+                }
+            }
+        }
+        // Attention, LM head and overheads: the roofline's.
+        out.extend(self.roofline.breakdown(b).into_iter().filter(|o| {
+            matches!(
+                o.op,
+                "attn_prefill" | "attn_decode" | "lm_head" | "overhead"
+            )
+        }));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpolates_and_extrapolates() {
+        let c = Curve {
+            points: vec![(1.0, 1.0), (3.0, 2.0), (5.0, 4.0)],
+        };
+        assert_eq!(c.at(2.0), 1.5);
+        assert_eq!(c.at(5.0), 4.0);
+        assert_eq!(c.at(7.0), 6.0);
+        assert_eq!(c.at(0.0), 0.5);
+    }
+}
+
+/// One operator at one token count: the measured table and the roofline, per layer, in seconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckRow {
+    pub op: &'static str,
+    pub tokens: u64,
+    pub measured_s: f64,
+    pub roofline_s: f64,
+}
+
+/// The roofline's operators next to a measured table's. Table operators map to roofline classes:
+/// attn_pre_proj = qkv_proj, attn_post_proj = o_proj, mlp_up_proj = mlp_up, mlp_act = mlp_act,
+/// mlp_down_proj = mlp_down, attn_rope = attn_rope, and the two layernorms plus two adds = norms.
+pub fn roofline_vs_table(
+    table: &BTreeMap<&'static str, Curve>,
+    roofline: &Roofline,
+    tokens: &[u64],
+) -> Vec<CheckRow> {
+    let pairs: [(&'static str, &[&str], &[f64]); 7] = [
+        ("qkv_proj", &["attn_pre_proj"], &[1.0]),
+        ("attn_rope", &["attn_rope"], &[1.0]),
+        ("o_proj", &["attn_post_proj"], &[1.0]),
+        ("mlp_up", &["mlp_up_proj"], &[1.0]),
+        ("mlp_act", &["mlp_act"], &[1.0]),
+        ("mlp_down", &["mlp_down_proj"], &[1.0]),
+        (
+            "norms",
+            &["input_layernorm", "post_attention_layernorm", "add"],
+            &[1.0, 1.0, 2.0],
+        ),
+    ];
+    let layers = roofline.model.num_layers as f64;
+    let mut out = Vec::new();
+    for &t in tokens {
+        let mut b = BatchShape::default();
+        b.add(t as u32, t as u32, false, false);
+        let r = roofline.breakdown(&b);
+        for (op, cols, mult) in pairs {
+            let measured: Option<f64> = cols
+                .iter()
+                .zip(mult)
+                .map(|(c, k)| table.get(c).map(|cv| k * cv.at(t as f64)))
+                .sum();
+            let roof = r.iter().find(|o| o.op == op).map(|o| o.seconds / layers);
+            if let (Some(m), Some(rf)) = (measured, roof) {
+                out.push(CheckRow {
+                    op,
+                    tokens: t,
+                    measured_s: m,
+                    roofline_s: rf,
+                });
+            }
+        }
+    }
+    out
+}

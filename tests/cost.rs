@@ -1,0 +1,193 @@
+//! Cost models: calibration on this machine, a real forward pass against the calibrated prediction, the
+//! measured-table model, and the roofline against real GPU operator tables.
+
+use crate::common::*;
+use servesim::config::RooflineConfig;
+use servesim::cost::catalog::{HardwareSpec, ModelShape};
+use servesim::cost::roofline::Roofline;
+use servesim::cost::table::{read_mlp_table, roofline_vs_table};
+use std::path::Path;
+
+const VIDUR: &str = "../shared/profiles/vidur/compute";
+
+fn roofline(model: &str, hw: &str) -> Roofline {
+    Roofline {
+        model: ModelShape::load(model).unwrap(),
+        hw: HardwareSpec::load(hw).unwrap(),
+        p: RooflineConfig::default(),
+        tp: 1,
+        interconnect_gbps: 450.0,
+        allreduce_latency_s: 1e-5,
+    }
+}
+
+#[test]
+fn roofline_linear_layers_within_30_percent_of_measured_h100_and_a100() {
+    for (gpu, hw) in [("h100", "h100-sxm"), ("a100", "a100-80gb")] {
+        let r = roofline("llama-2-7b", hw);
+        let path = format!("{VIDUR}/{gpu}/meta-llama/Llama-2-7b-hf/mlp.csv");
+        let table = read_mlp_table(Path::new(&path), &r.model, 1).unwrap();
+        let rows = roofline_vs_table(&table, &r, &[1, 64, 512, 2048, 4096]);
+        assert_eq!(rows.len(), 5 * 7);
+        for row in rows
+            .iter()
+            .filter(|r| ["qkv_proj", "o_proj", "mlp_up", "mlp_down"].contains(&r.op))
+        {
+            let ratio = row.roofline_s / row.measured_s;
+            assert!(
+                (0.7..=1.3).contains(&ratio),
+                "{gpu} {} at {} tokens: roofline/measured = {ratio:.2}",
+                row.op,
+                row.tokens
+            );
+        }
+    }
+}
+
+#[test]
+fn table_cost_model_runs_and_rejects_a_table_for_another_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let table = format!("{VIDUR}/h100/meta-llama/Llama-2-7b-hf/mlp.csv");
+    let cfg = config(
+        SMALL_CHAT,
+        &[
+            "model.name=\"llama-2-7b\"",
+            "engine.max_model_len=4096",
+            "cost.kind=\"table\"",
+            &format!("cost.table.mlp=\"{table}\""),
+            "workload.truncate_context=true",
+        ],
+    );
+    let (o, _) = run_in(tmp.path(), "table", &cfg);
+    assert_eq!(o.summary.0["cost_model"], "table");
+    assert!(o.summary.get_f64("requests_finished").unwrap() > 100.0);
+    let bad = config(
+        SMALL_CHAT,
+        &[
+            "cost.kind=\"table\"",
+            &format!("cost.table.mlp=\"{table}\""),
+        ],
+    );
+    let e = servesim::run::run(
+        &bad,
+        &servesim::run::RunOptions {
+            out: Some(tmp.path().join("bad")),
+            progress: false,
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("mlp.csv") && e.contains("hidden_size"), "{e}");
+    assert!(!tmp.path().join("bad").exists());
+}
+
+#[cfg(feature = "calibrate")]
+mod calibrated {
+    use super::*;
+    use servesim::calibrate::forward::{Stack, Step};
+    use servesim::calibrate::{calibrate, CalibrateOptions};
+    use servesim::cost::calibrated::{CalibratedCost, Profile};
+    use servesim::cost::CostModel;
+
+    #[test]
+    fn quick_calibration_writes_a_sane_profile_and_predicts_a_real_forward_pass() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("tiny.toml");
+        let p = calibrate(&CalibrateOptions {
+            model: "tiny".into(),
+            scale: 1,
+            quick: true,
+            threads: Some(1),
+            repeats: 5,
+            out: out.clone(),
+            progress: false,
+        })
+        .unwrap();
+        let back = Profile::load(&out).unwrap();
+        assert_eq!(back.linear.len(), p.linear.len());
+        assert_eq!(back.host.candle_version, p.host.candle_version);
+        assert!(!p.raw.is_empty() && p.raw.iter().any(|r| r.held_out));
+        assert!(p.median_rel_error.is_finite() && p.max_rel_error >= p.median_rel_error);
+        // Sane: every coefficient non-negative; a bigger matmul never predicted cheaper.
+        for f in p
+            .linear
+            .iter()
+            .map(|s| &s.fit)
+            .chain([&p.gemv, &p.attn_decode, &p.attn_prefill])
+        {
+            assert!(f.coef.iter().all(|c| *c >= 0.0 && c.is_finite()), "{f:?}");
+        }
+        assert!(p.linear(1e6, 256.0) > p.linear(1e6, 16.0));
+        println!(
+            "calibration held-out error: median {:.1}%, max {:.1}%",
+            100.0 * p.median_rel_error,
+            100.0 * p.max_rel_error
+        );
+
+        // A real forward pass of the tiny model's 4 layers, measured, against the calibrated prediction.
+        // Recorded, not gated: timing on a shared machine is noisy.
+        let model = ModelShape::load("tiny").unwrap();
+        let cost = CalibratedCost {
+            profile: back,
+            model: model.clone(),
+        };
+        let stack = Stack::new(&model).unwrap();
+        let steps = [
+            (
+                "prefill 64",
+                Step {
+                    prefill: vec![(64, 64)],
+                    decode: vec![],
+                },
+            ),
+            (
+                "prefill 256",
+                Step {
+                    prefill: vec![(256, 256)],
+                    decode: vec![],
+                },
+            ),
+            (
+                "decode 8 x ctx 256",
+                Step {
+                    prefill: vec![],
+                    decode: vec![256; 8],
+                },
+            ),
+            (
+                "chunk 32 @ 96 + decode 4 x ctx 128",
+                Step {
+                    prefill: vec![(32, 96)],
+                    decode: vec![128; 4],
+                },
+            ),
+        ];
+        for (name, step) in steps {
+            let measured = stack.time_step(&step, 5).unwrap();
+            let predicted = cost.step_time(&step.shape()).as_secs_f64();
+            assert!(measured > 0.0 && predicted > 0.0 && predicted.is_finite());
+            println!(
+                "forward {name}: measured {:.3} ms, predicted {:.3} ms, error {:+.1}%",
+                measured * 1e3,
+                predicted * 1e3,
+                100.0 * (predicted / measured - 1.0)
+            );
+        }
+
+        // And a simulation runs on the profile.
+        let cfg = config(
+            SMALL_CHAT,
+            &[
+                "model.name=\"tiny\"",
+                "engine.max_model_len=4096",
+                "engine.num_gpu_blocks=4000",
+                "workload.duration_s=10.0",
+                "cost.kind=\"calibrated\"",
+                &format!("cost.profile=\"{}\"", out.display()),
+            ],
+        );
+        let (o, _) = run_in(tmp.path(), "calibrated", &cfg);
+        assert_eq!(o.summary.0["cost_model"], "calibrated");
+        assert!(o.summary.get_f64("ttft_mean_s").unwrap() > 0.0);
+    }
+}
