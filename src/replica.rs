@@ -17,7 +17,7 @@ struct InFlight {
 }
 
 /// Counters a replica keeps for the summary.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ReplicaStats {
     pub steps: u64,
     pub busy: SimDuration,
@@ -26,6 +26,8 @@ pub struct ReplicaStats {
     /// Integral of KV usage over step time (usage x seconds), for the time-weighted mean.
     pub usage_seconds: f64,
     pub peak_usage: f64,
+    /// Step time by operator class, summed over steps (the cost model's breakdown).
+    pub op_seconds: std::collections::BTreeMap<&'static str, f64>,
 }
 
 pub struct Replica {
@@ -131,7 +133,12 @@ impl Replica {
             }
             shape.add(n, computed, decode, samples);
         }
-        let dur = cost.step_time(&shape);
+        let ops = cost.breakdown(&shape);
+        let dur =
+            SimDuration::from_secs_f64(ops.iter().map(|o| o.seconds).sum()).max(SimDuration(1));
+        for o in ops {
+            *self.stats.op_seconds.entry(o.op).or_default() += o.seconds;
+        }
         let usage = self.kv.pool().usage();
         self.stats.steps += 1;
         self.stats.busy += dur;

@@ -205,6 +205,16 @@ fn summarize(world: &mut World, sys: &System) -> Summary {
     );
     s.set("kv_cache_usage_perc_peak", peak);
     s.set("steps", steps);
+    // Where the engine's time went, by operator class (seconds summed over steps and replicas).
+    let mut ops: std::collections::BTreeMap<&str, f64> = Default::default();
+    for r in &world.replicas {
+        for (op, sec) in &r.stats.op_seconds {
+            *ops.entry(op).or_default() += sec;
+        }
+    }
+    for (op, sec) in ops {
+        s.set(&format!("cost_{op}_s"), sec);
+    }
     s.set("events", world.counts.events);
     s
 }

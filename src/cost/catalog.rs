@@ -207,6 +207,14 @@ const MODELS: &[(&str, &str)] = &[
         include_str!("../../catalog/models/qwen2.5-7b.json"),
     ),
     (
+        "qwen2.5-32b",
+        include_str!("../../catalog/models/qwen2.5-32b.json"),
+    ),
+    (
+        "qwen2.5-72b",
+        include_str!("../../catalog/models/qwen2.5-72b.json"),
+    ),
+    (
         "mistral-7b",
         include_str!("../../catalog/models/mistral-7b.json"),
     ),
@@ -320,6 +328,21 @@ mod tests {
         // Published parameter count: 8.03 B.
         let p = m.total_params() as f64 / 1e9;
         assert!((p - 8.03).abs() < 0.01, "{p}");
+    }
+
+    #[test]
+    fn tensor_parallel_splits_heads_and_weights() {
+        let m = ModelShape::load("llama-3.1-70b").unwrap();
+        let r = m.per_rank(4).unwrap();
+        assert_eq!(
+            (r.num_heads, r.num_kv_heads, r.intermediate_size),
+            (16, 2, 7168)
+        );
+        // 70.6 B parameters in bf16: about 141 GB whole; each of 4 ranks holds a quarter of the layers'
+        // weights and the LM head plus the whole embedding: (1.05 + 69.5/4 + 1.05/4) B x 2 B = 37.3 GB.
+        let per = m.weight_bytes_per_rank(4).unwrap() as f64 / 1e9;
+        assert!((per - 37.3).abs() < 0.5, "{per}");
+        assert!(m.per_rank(3).is_err());
     }
 
     #[test]
