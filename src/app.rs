@@ -54,6 +54,7 @@ fn run_command(a: &RunArgs) -> Result<(), Error> {
         &RunOptions {
             out: a.out.clone(),
             progress: !a.quiet,
+            no_leap: a.no_leap,
         },
     )?;
     if !a.quiet {

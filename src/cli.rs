@@ -99,6 +99,10 @@ pub struct RunArgs {
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Step the engine one step at a time instead of leaping over runs of pure-decode steps. The outputs
+    /// are identical; this exists to check that and to measure the leap.
+    #[arg(long)]
+    pub no_leap: bool,
 }
 
 #[derive(clap::Args, Debug)]

@@ -22,6 +22,7 @@ pub mod cost;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod fasthash;
 pub mod kv;
 pub mod metrics;
 pub mod replica;

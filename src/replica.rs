@@ -3,11 +3,11 @@
 
 use crate::cost::{BatchShape, CostModel};
 use crate::event::ReplicaId;
-use crate::kv::KvCacheManager;
+use crate::fasthash::FastMap;
+use crate::kv::{CacheHit, KvCacheManager};
 use crate::request::{Request, RequestId, StopReason};
 use crate::scheduler::{RequestTable, Scheduler, StepPlan};
 use crate::time::{SimDuration, SimTime};
-use std::collections::HashMap;
 
 /// A step in flight.
 #[derive(Debug)]
@@ -26,8 +26,24 @@ pub struct ReplicaStats {
     /// Integral of KV usage over step time (usage x seconds), for the time-weighted mean.
     pub usage_seconds: f64,
     pub peak_usage: f64,
-    /// Step time by operator class, summed over steps (the cost model's breakdown).
-    pub op_seconds: std::collections::BTreeMap<&'static str, f64>,
+    /// Step time by operator class, summed over steps (the cost model's breakdown), in first-seen order.
+    pub op_seconds: Vec<(&'static str, f64)>,
+}
+
+impl ReplicaStats {
+    /// Adds a step's breakdown. A cost model lists its operators in the same order every step, so the
+    /// position usually matches and no search is needed.
+    fn add_ops(&mut self, ops: &[crate::cost::OpTime]) {
+        for (i, o) in ops.iter().enumerate() {
+            match self.op_seconds.get_mut(i) {
+                Some(e) if e.0 == o.op => e.1 += o.seconds,
+                _ => match self.op_seconds.iter_mut().find(|e| e.0 == o.op) {
+                    Some(e) => e.1 += o.seconds,
+                    None => self.op_seconds.push((o.op, o.seconds)),
+                },
+            }
+        }
+    }
 }
 
 pub struct Replica {
@@ -36,7 +52,7 @@ pub struct Replica {
     kv: KvCacheManager,
     requests: RequestTable,
     /// The stop oracle: true output lengths, kept apart from the requests the scheduler sees.
-    true_output: HashMap<RequestId, u32>,
+    true_output: FastMap<RequestId, u32>,
     max_model_len: u32,
     in_flight: Option<InFlight>,
     /// A `Schedule` event is queued for this replica.
@@ -64,8 +80,8 @@ impl Replica {
             id,
             scheduler,
             kv,
-            requests: RequestTable::new(),
-            true_output: HashMap::new(),
+            requests: RequestTable::default(),
+            true_output: FastMap::default(),
             max_model_len,
             in_flight: None,
             schedule_pending: false,
@@ -136,9 +152,7 @@ impl Replica {
         let ops = cost.breakdown(&shape);
         let dur =
             SimDuration::from_secs_f64(ops.iter().map(|o| o.seconds).sum()).max(SimDuration(1));
-        for o in ops {
-            *self.stats.op_seconds.entry(o.op).or_default() += o.seconds;
-        }
+        self.stats.add_ops(&ops);
         let usage = self.kv.pool().usage();
         self.stats.steps += 1;
         self.stats.busy += dur;
@@ -149,6 +163,106 @@ impl Replica {
         #[cfg(debug_assertions)]
         self.maybe_check_invariants();
         Some(dur)
+    }
+
+    /// Advances a run of pure-decode steps in a tight loop, exactly as stepping one by one would: starting at
+    /// `now` with this replica idle, it takes the steps that (a) the scheduler guarantees are pure decode of
+    /// the same requests (`Scheduler::steady_decode`), (b) finish no request and preempt no one (the free
+    /// queue covers every new block the step needs), and (c) end strictly before `horizon` (the next event
+    /// anywhere), so nothing else could have happened in between. Each step allocates and registers KV
+    /// blocks through the KV manager in the scheduler's order and takes its duration from the cost model,
+    /// as a normal step does; only the events, plans and scheduler passes are skipped. Returns the number of
+    /// steps taken and when the last one ended (None if none qualifies); `on_gap` is told each step's
+    /// inter-token gap and how many tokens shared it.
+    pub fn leap(
+        &mut self,
+        now: SimTime,
+        horizon: Option<SimTime>,
+        cost: &dyn CostModel,
+        mut on_gap: impl FnMut(SimDuration, u64),
+    ) -> Option<(u64, SimTime)> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        let running: Vec<RequestId> = self.scheduler.steady_decode(&self.requests)?.to_vec();
+        let bs = self.kv.block_size();
+        let b = running.len() as u64;
+        let mut max_steps = u64::MAX;
+        let mut context = 0u64;
+        for id in &running {
+            let r = &self.requests[id];
+            // The last token of the previous step: every request must have sampled it at `now`.
+            if r.last_token != Some(now) {
+                return None;
+            }
+            let truth = self.true_output[id];
+            let end = truth
+                .min(r.max_tokens)
+                .min(self.max_model_len.saturating_sub(r.prompt_tokens));
+            // The step that completes a request is left to the normal path.
+            let to_finish = end.saturating_sub(r.num_output_tokens) as u64;
+            max_steps = max_steps.min(to_finish.saturating_sub(1));
+            context += r.num_computed_tokens as u64 + 1;
+        }
+        let mut t = now;
+        let mut steps = 0;
+        let no_hit = CacheHit::default();
+        while steps < max_steps {
+            // Blocks this step allocates: one for each request whose computed tokens fill its blocks. If
+            // the free queue cannot cover them all, the step would preempt: leave it to the normal path.
+            let need = running
+                .iter()
+                .filter(|id| self.requests[*id].num_computed_tokens % bs == 0)
+                .count() as u32;
+            if need > self.kv.pool().num_free() {
+                break;
+            }
+            let shape = BatchShape {
+                decode_seqs: b,
+                decode_context_tokens: context + b * steps,
+                sampled: b,
+                ..BatchShape::default()
+            };
+            let ops = cost.breakdown(&shape);
+            let dur =
+                SimDuration::from_secs_f64(ops.iter().map(|o| o.seconds).sum()).max(SimDuration(1));
+            let end = t + dur;
+            if horizon.is_some_and(|h| end >= h) {
+                break;
+            }
+            // The step as `schedule` + `finish_step` would run it: allocate in order, advance, sample.
+            for id in &running {
+                let r = self.requests.get_mut(id).expect("running request");
+                let ok = self.kv.allocate_slots(r, 1, &no_hit);
+                debug_assert!(ok, "the free queue was checked");
+            }
+            for id in &running {
+                let r = self.requests.get_mut(id).expect("running request");
+                r.num_computed_tokens += 1;
+                r.num_output_tokens += 1;
+            }
+            let usage = self.kv.pool().usage();
+            self.stats.add_ops(&ops);
+            self.stats.steps += 1;
+            self.stats.busy += dur;
+            self.stats.last_batch_tokens = b;
+            self.stats.usage_seconds += usage * dur.as_secs_f64();
+            self.stats.peak_usage = self.stats.peak_usage.max(usage);
+            on_gap(dur, b);
+            t = end;
+            steps += 1;
+            #[cfg(debug_assertions)]
+            self.maybe_check_invariants();
+        }
+        if steps == 0 {
+            return None;
+        }
+        for id in &running {
+            let r = self.requests.get_mut(id).expect("running request");
+            r.last_token = Some(t);
+            r.update_block_hashes(bs);
+        }
+        Some((steps, t))
     }
 
     /// Completes the step in flight at `now`: requests that reached their full length sample a token (S7);

@@ -18,6 +18,8 @@ pub struct RunOptions {
     pub out: Option<PathBuf>,
     /// Show a progress bar on stderr (only drawn when stderr is a terminal and the run lasts over ~1 s).
     pub progress: bool,
+    /// Step one by one instead of leaping over runs of pure-decode steps (same outputs, slower).
+    pub no_leap: bool,
 }
 
 /// What a finished run produced.
@@ -28,6 +30,8 @@ pub struct RunOutcome {
     pub system: System,
     pub wall_seconds: f64,
     pub events: u64,
+    /// Engine steps advanced by leaps (0 with `no_leap`).
+    pub leapt_steps: u64,
 }
 
 /// Runs `cfg` and writes `requests.csv`, `summary.json`, `summary.csv`, `timeseries.csv` and
@@ -48,7 +52,15 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
         dir.file("timeseries.csv"),
         cfg.slo.clone(),
     )?;
-    let mut world = World::new(cfg, &system, workload, cost, metrics, opts.progress);
+    let mut world = World::new(
+        cfg,
+        &system,
+        workload,
+        cost,
+        metrics,
+        opts.progress,
+        !opts.no_leap,
+    );
     world.run()?;
     let wall_seconds = wall.elapsed().as_secs_f64();
     let summary = summarize(&mut world, &system);
@@ -56,6 +68,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
     summary.write_csv(&dir.file("summary.csv"))?;
     write(&dir.file("resolved.toml"), &resolved_toml(cfg, &system))?;
     let events = world.counts.events;
+    let leapt_steps = world.counts.leapt_steps;
     drop(world);
     let out_dir = dir.commit()?;
     Ok(RunOutcome {
@@ -64,6 +77,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
         system,
         wall_seconds,
         events,
+        leapt_steps,
     })
 }
 
@@ -205,10 +219,20 @@ fn summarize(world: &mut World, sys: &System) -> Summary {
     );
     s.set("kv_cache_usage_perc_peak", peak);
     s.set("steps", steps);
+    // The share of the run the engines were computing (a step in flight), averaged over replicas.
+    let busy: f64 = world
+        .replicas
+        .iter()
+        .map(|r| r.stats.busy.as_secs_f64())
+        .sum();
+    s.set_opt(
+        "busy_frac",
+        (dur > 0.0).then(|| busy / (dur * cfg.cluster.replicas as f64)),
+    );
     // Where the engine's time went, by operator class (seconds summed over steps and replicas).
     let mut ops: std::collections::BTreeMap<&str, f64> = Default::default();
     for r in &world.replicas {
-        for (op, sec) in &r.stats.op_seconds {
+        for &(op, sec) in &r.stats.op_seconds {
             *ops.entry(op).or_default() += sec;
         }
     }

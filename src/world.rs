@@ -87,14 +87,14 @@ impl System {
             CostKind::Linear => Box::new(LinearCost {
                 p: cfg.cost.linear.clone(),
             }),
-            CostKind::Table => Box::new(TableCost {
-                ops: read_mlp_table(
+            CostKind::Table => Box::new(TableCost::new(
+                read_mlp_table(
                     std::path::Path::new(&cfg.cost.table.mlp),
                     &self.model,
                     cfg.hardware.tensor_parallel,
                 )?,
-                roofline: self.roofline(cfg)?,
-            }),
+                self.roofline(cfg)?,
+            )),
             CostKind::Calibrated => {
                 let path = cfg.cost.profile.as_deref().unwrap_or_default();
                 Box::new(crate::cost::calibrated::CalibratedCost::load(
@@ -110,6 +110,8 @@ impl System {
 /// Counts the run loop keeps beyond the metrics.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunCounts {
+    /// Steps advanced by leaps rather than one by one (not an output: leaping must not change outputs).
+    pub leapt_steps: u64,
     pub released: u64,
     pub events: u64,
     pub end: SimTime,
@@ -128,6 +130,8 @@ pub struct World<'a> {
     stop_at: Option<SimTime>,
     pub counts: RunCounts,
     progress: Progress,
+    /// Advance runs of pure-decode steps at once (exact; `--no-leap` steps one by one).
+    leap: bool,
 }
 
 impl<'a> World<'a> {
@@ -138,6 +142,7 @@ impl<'a> World<'a> {
         cost: Box<dyn CostModel>,
         metrics: Collector,
         show_progress: bool,
+        leap: bool,
     ) -> World<'a> {
         let s = &sys.sizing;
         let replicas = (0..cfg.cluster.replicas)
@@ -177,6 +182,7 @@ impl<'a> World<'a> {
                 .map(|s| SimTime::ZERO + SimDuration::from_secs_f64(s)),
             counts: RunCounts::default(),
             progress: Progress::new(show_progress, cfg.workload.duration_s),
+            leap,
         }
     }
 
@@ -245,10 +251,26 @@ impl<'a> World<'a> {
                 self.request_schedule(rid, now);
             }
             Event::Schedule(rid) => {
+                let horizon = self.queue.peek_time();
                 let rep = &mut self.replicas[rid as usize];
                 rep.schedule_pending = false;
                 if !rep.is_busy() && rep.has_work() {
-                    if let Some(d) = rep.start_step(now, self.cost.as_ref()) {
+                    let metrics = &mut self.metrics;
+                    let leapt = if self.leap {
+                        rep.leap(now, horizon, self.cost.as_ref(), |gap, n| {
+                            metrics.on_tokens(gap, n)
+                        })
+                    } else {
+                        None
+                    };
+                    if let Some((steps, end)) = leapt {
+                        // Stepping one by one, these steps' StepDone and Schedule events would have run,
+                        // all but the last Schedule, which is queued now.
+                        self.queue.count_skipped(2 * steps - 1);
+                        self.counts.leapt_steps += steps;
+                        rep.schedule_pending = true;
+                        self.queue.push(end, Event::Schedule(rid));
+                    } else if let Some(d) = rep.start_step(now, self.cost.as_ref()) {
                         self.queue.push(now + d, Event::StepDone(rid));
                     }
                 }

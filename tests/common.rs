@@ -45,6 +45,7 @@ pub fn run_in(dir: &Path, name: &str, cfg: &Config) -> (RunOutcome, PathBuf) {
         &RunOptions {
             out: Some(out.clone()),
             progress: false,
+            no_leap: false,
         },
     )
     .unwrap_or_else(|e| panic!("run {name}: {e}"));

@@ -73,6 +73,7 @@ fn table_cost_model_runs_and_rejects_a_table_for_another_model() {
         &servesim::run::RunOptions {
             out: Some(tmp.path().join("bad")),
             progress: false,
+            no_leap: false,
         },
     )
     .unwrap_err()

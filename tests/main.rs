@@ -7,6 +7,7 @@ mod compare;
 mod cost;
 mod determinism;
 mod kv_property;
+mod leap;
 mod mooncake;
 mod queueing;
 mod rules;

@@ -34,7 +34,7 @@ impl H {
         H {
             s: VllmScheduler::new(l),
             kv: KvCacheManager::new(blocks, 16, true),
-            reqs: RequestTable::new(),
+            reqs: RequestTable::default(),
             finished: Vec::new(),
         }
     }

@@ -8,7 +8,8 @@
 pub mod forward;
 
 use crate::cost::calibrated::{
-    fit_relative_nonneg, Fit, FitError, Host, LinearSegment, LogCurve, Profile, RawTiming,
+    fit_relative_nonneg, Fit, FitError, Host, HostHardware, LinearSegment, LogCurve, Profile,
+    RawTiming,
 };
 use crate::cost::catalog::ModelShape;
 use crate::error::{ConfigError, Error, OutputError};
@@ -509,7 +510,34 @@ fn fit_profile(
         c.next().expect("group"),
     );
     let _ = m;
+    // The host as a hardware entry: best GEMM FLOP/s (T >= 128) and best T = 1 streaming rate (f32 weights).
+    let gemm = raw
+        .iter()
+        .filter(|r| r.op == "linear" && r.features[1] >= 128.0)
+        .map(|r| 2.0 * r.features[0] * r.features[1] / r.median_s)
+        .fold(0.0, f64::max);
+    let stream = raw
+        .iter()
+        .filter(|r| r.op == "linear" && r.features[1] < 1.5)
+        .map(|r| 4.0 * r.features[0] / r.median_s)
+        .fold(0.0, f64::max);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let hardware = HostHardware {
+        device_name: format!("{} ({threads} threads, f32 via candle)", cpu_model()),
+        peak_bf16_tflops: gemm / 1e12,
+        memory_bandwidth_gbps: stream / 1e9,
+        memory_gib: mem_gib,
+    };
     Ok(Profile {
+        hardware,
         host: Host {
             cpu: cpu_model(),
             threads,

@@ -88,6 +88,17 @@ pub struct Host {
     pub seconds: f64,
 }
 
+/// This host as a hardware-catalog entry (same keys as catalog/hardware.toml), from the calibration's own
+/// measurements: the best GEMM throughput seen (f32, not bf16: the CPU path) and the best weight-streaming
+/// rate of the T = 1 products. Paste it under a `[host-cpu]` heading in a file given as `hardware.catalog`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostHardware {
+    pub device_name: String,
+    pub peak_bf16_tflops: f64,
+    pub memory_bandwidth_gbps: f64,
+    pub memory_gib: f64,
+}
+
 /// Held-out error of one operator group's fit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FitError {
@@ -115,6 +126,7 @@ pub struct RawTiming {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
     pub host: Host,
+    pub hardware: HostHardware,
     /// T = 1: features [1, E].
     pub gemv: Fit,
     pub linear: Vec<LinearSegment>,

@@ -218,6 +218,10 @@ const MODELS: &[(&str, &str)] = &[
         "mistral-7b",
         include_str!("../../catalog/models/mistral-7b.json"),
     ),
+    (
+        "codellama-34b",
+        include_str!("../../catalog/models/codellama-34b.json"),
+    ),
     ("tiny", include_str!("../../catalog/models/tiny.json")),
 ];
 

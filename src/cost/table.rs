@@ -132,10 +132,27 @@ pub fn read_mlp_table(
 }
 
 /// Per-layer operators from a measured table; attention, LM head and overheads from the roofline.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct TableCost {
-    pub ops: BTreeMap<&'static str, Curve>,
+    /// (operator, kernels per layer, curve) in `LAYER_OPS` order.
+    ops: Vec<(&'static str, f64, Curve)>,
     pub roofline: Roofline,
+    /// The per-layer operators depend only on the token count, which repeats step after step: memoised.
+    memo: std::cell::RefCell<crate::fasthash::FastMap<u64, Vec<OpTime>>>,
+}
+
+impl TableCost {
+    pub fn new(table: BTreeMap<&'static str, Curve>, roofline: Roofline) -> TableCost {
+        let ops = LAYER_OPS
+            .iter()
+            .filter_map(|&(op, times)| table.get(op).map(|c| (op, times, c.clone())))
+            .collect();
+        TableCost {
+            ops,
+            roofline,
+            memo: Default::default(),
+        }
+    }
 }
 
 impl CostModel for TableCost {
@@ -145,17 +162,20 @@ impl CostModel for TableCost {
 
     fn breakdown(&self, b: &BatchShape) -> Vec<OpTime> {
         let layers = self.roofline.model.num_layers as f64;
-        let t = b.total_tokens() as f64;
-        let mut out = Vec::new();
-        if t > 0.0 {
-            for &(op, times) in LAYER_OPS {
-                if let Some(c) = self.ops.get(op) {
-                    out.push(OpTime {
+        let t = b.total_tokens();
+        let mut out = Vec::with_capacity(self.ops.len() + 4);
+        if t > 0 {
+            let mut memo = self.memo.borrow_mut();
+            let layer_ops = memo.entry(t).or_insert_with(|| {
+                self.ops
+                    .iter()
+                    .map(|(op, times, c)| OpTime {
                         op,
-                        seconds: layers * times * c.at(t),
-                    });
-                }
-            }
+                        seconds: layers * times * c.at(t as f64),
+                    })
+                    .collect()
+            });
+            out.extend_from_slice(layer_ops);
         }
         // Attention, LM head and overheads: the roofline's.
         out.extend(self.roofline.breakdown(b).into_iter().filter(|o| {

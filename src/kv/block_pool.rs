@@ -3,29 +3,10 @@
 //!
 //! The free queue is an intrusive doubly linked list over arrays, so unlinking a hit block (K4) is O(1).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 pub type BlockId = u32;
 const NIL: u32 = u32::MAX;
 
-/// Keys are already well-mixed 64-bit hashes: hashing them again is wasted work.
-#[derive(Default)]
-pub struct IdentityHasher(u64);
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ b as u64;
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-pub type IdentityMap<K, V> = HashMap<K, V, BuildHasherDefault<IdentityHasher>>;
+use crate::fasthash::FastMap;
 
 /// The pool. Block 0 is the null block and is never handed out (K1).
 #[derive(Clone, Debug)]
@@ -41,10 +22,10 @@ pub struct BlockPool {
     /// Free blocks that still hold a hash (evictable cached blocks).
     num_free_cached: u32,
     /// Hash -> the first registered block with that hash.
-    cached: IdentityMap<u64, BlockId>,
+    cached: FastMap<u64, BlockId>,
     /// Hash -> later duplicates, in registration order. No dedup (K8): identical blocks computed separately
     /// are all registered; duplicates are rare, so they live apart from the hot map.
-    dups: IdentityMap<u64, std::collections::VecDeque<BlockId>>,
+    dups: FastMap<u64, std::collections::VecDeque<BlockId>>,
     evictions: u64,
 }
 
@@ -70,8 +51,8 @@ impl BlockPool {
             tail: (n - 1) as u32,
             num_free: num_blocks - 1,
             num_free_cached: 0,
-            cached: IdentityMap::default(),
-            dups: IdentityMap::default(),
+            cached: FastMap::default(),
+            dups: FastMap::default(),
             evictions: 0,
         }
     }

@@ -1,52 +1,90 @@
 //! A log-bucketed histogram for values too numerous to keep (inter-token latencies: one per output token).
 //!
-//! Buckets grow by 0.1%, so a reported percentile is within 0.05% of the exact value; mean and standard
-//! deviation are exact (running sums).
+//! Values are integer nanoseconds. Each power of two is split into 1,024 equal buckets (HDR-style: a bucket
+//! is at most 0.1% of its value wide), so a reported percentile is within 0.1% of the exact value; the count, mean and standard deviation are exact, kept as integer sums so that the order in
+//! which values arrive (one by one, or many at once from a leap over decode steps) cannot change a bit.
 
-const GROWTH: f64 = 1.001;
+/// Sub-buckets per power of two (2^SUB_BITS).
+const SUB_BITS: u32 = 10;
+
+/// Bucket of a value: values below 2^SUB_BITS are exact; above, (power of two, top SUB_BITS bits below the
+/// leading one).
+fn bucket(ns: u64) -> usize {
+    if ns < (1 << SUB_BITS) {
+        return ns as usize;
+    }
+    let e = 63 - ns.leading_zeros(); // position of the leading one, >= SUB_BITS
+    let shift = e - SUB_BITS;
+    let sub = (ns >> shift) as usize & ((1 << SUB_BITS) - 1);
+    (((e - SUB_BITS + 1) as usize) << SUB_BITS) + sub
+}
+
+/// The middle of a bucket, in nanoseconds.
+fn bucket_mid(i: usize) -> f64 {
+    let block = i >> SUB_BITS;
+    if block == 0 {
+        return i as f64;
+    }
+    let shift = (block - 1) as u32;
+    let sub = (i & ((1 << SUB_BITS) - 1)) as u64;
+    let lo = ((1u64 << SUB_BITS) | sub) << shift;
+    lo as f64 + ((1u64 << shift) as f64 - 1.0) / 2.0
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct LogHistogram {
     counts: Vec<u64>,
     zeros: u64,
     n: u64,
-    sum: f64,
-    sum_sq: f64,
+    sum_ns: u128,
+    sum_sq_ns: u128,
 }
 
 impl LogHistogram {
-    /// Records a value in seconds (values below 1 ns count as zero).
-    pub fn record(&mut self, v: f64) {
-        self.n += 1;
-        self.sum += v;
-        self.sum_sq += v * v;
-        let ns = v * 1e9;
-        if ns < 1.0 {
-            self.zeros += 1;
+    /// Records one value of `ns` nanoseconds.
+    pub fn record_ns(&mut self, ns: u64) {
+        self.record_ns_n(ns, 1);
+    }
+
+    /// Records `count` values of `ns` nanoseconds each.
+    pub fn record_ns_n(&mut self, ns: u64, count: u64) {
+        if count == 0 {
             return;
         }
-        let idx = (ns.ln() / GROWTH.ln()) as usize;
+        self.n += count;
+        self.sum_ns += ns as u128 * count as u128;
+        self.sum_sq_ns += (ns as u128) * (ns as u128) * count as u128;
+        if ns == 0 {
+            self.zeros += count;
+            return;
+        }
+        let idx = bucket(ns);
         if idx >= self.counts.len() {
             self.counts.resize(idx + 1, 0);
         }
-        self.counts[idx] += 1;
+        self.counts[idx] += count;
     }
 
     pub fn count(&self) -> u64 {
         self.n
     }
 
+    /// Mean, seconds.
     pub fn mean(&self) -> Option<f64> {
-        (self.n > 0).then(|| self.sum / self.n as f64)
+        (self.n > 0).then(|| self.sum_ns as f64 / self.n as f64 / 1e9)
     }
 
-    /// Population standard deviation (numpy's default, as `vllm bench serve` reports).
+    /// Population standard deviation (numpy's default, as `vllm bench serve` reports), seconds.
     pub fn std(&self) -> Option<f64> {
-        let m = self.mean()?;
-        Some((self.sum_sq / self.n as f64 - m * m).max(0.0).sqrt())
+        if self.n == 0 {
+            return None;
+        }
+        let n = self.n as f64;
+        let m = self.sum_ns as f64 / n;
+        Some(((self.sum_sq_ns as f64 / n - m * m).max(0.0)).sqrt() / 1e9)
     }
 
-    /// The q-quantile (0..=1), at the geometric middle of its bucket.
+    /// The q-quantile (0..=1), at the geometric middle of its bucket, seconds.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         if self.n == 0 {
             return None;
@@ -59,8 +97,7 @@ impl LogHistogram {
         for (i, &c) in self.counts.iter().enumerate() {
             seen += c;
             if seen > rank {
-                let lo = GROWTH.powi(i as i32);
-                return Some(lo * GROWTH.sqrt() / 1e9);
+                return Some(bucket_mid(i) / 1e9);
             }
         }
         None
@@ -74,13 +111,39 @@ mod tests {
     #[test]
     fn quantiles_within_a_tenth_of_a_percent() {
         let mut h = LogHistogram::default();
-        let vals: Vec<f64> = (1..=10_000).map(|i| i as f64 * 1e-5).collect();
+        let vals: Vec<u64> = (1..=10_000).map(|i| i * 10_000).collect();
         for &v in &vals {
-            h.record(v);
+            h.record_ns(v);
         }
         let p50 = h.quantile(0.5).unwrap();
-        let exact = vals[(0.5f64 * 9999.0).round() as usize];
+        let exact = vals[(0.5f64 * 9999.0).round() as usize] as f64 / 1e9;
         assert!((p50 / exact - 1.0).abs() < 0.001, "{p50} vs {exact}");
-        assert!((h.mean().unwrap() - 0.050005).abs() < 1e-9);
+        assert!((h.mean().unwrap() - 0.050005).abs() < 1e-12);
+    }
+
+    #[test]
+    fn buckets_are_monotone_and_narrow() {
+        let mut last = 0;
+        for ns in [1u64, 1023, 1024, 1025, 2047, 2048, 123_456_789, 1 << 40] {
+            let b = bucket(ns);
+            assert!(b >= last);
+            last = b;
+            let mid = bucket_mid(b);
+            assert!((mid / ns as f64 - 1.0).abs() <= 0.001, "{ns}: {mid}");
+        }
+    }
+
+    #[test]
+    fn batched_records_equal_single_records() {
+        let (mut a, mut b) = (LogHistogram::default(), LogHistogram::default());
+        for _ in 0..7 {
+            a.record_ns(1_234_567);
+        }
+        a.record_ns(99);
+        b.record_ns_n(99, 1);
+        b.record_ns_n(1_234_567, 7);
+        assert_eq!(a.mean(), b.mean());
+        assert_eq!(a.std(), b.std());
+        assert_eq!(a.quantile(0.9), b.quantile(0.9));
     }
 }

@@ -151,8 +151,13 @@ impl Collector {
     /// Records one emitted token's gap from the previous one (ITL pools every gap of every request, B2).
     pub fn on_token(&mut self, now: SimTime, prev: Option<SimTime>) {
         if let Some(p) = prev {
-            self.itl.record(now.since(p).as_secs_f64());
+            self.itl.record_ns(now.since(p).0);
         }
+    }
+
+    /// Records `count` tokens that each followed their request's previous token by `gap`.
+    pub fn on_tokens(&mut self, gap: crate::time::SimDuration, count: u64) {
+        self.itl.record_ns_n(gap.0, count);
     }
 
     /// Writes a request's row and folds it into the summary statistics.

@@ -202,6 +202,7 @@ pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
                 &RunOptions {
                     out: Some(vdir),
                     progress: false,
+                    no_leap: false,
                 },
             )?;
             row.push(r.summary);

@@ -10,12 +10,12 @@
 pub mod vllm_v1;
 pub mod waiting;
 
+use crate::fasthash::FastMap;
 use crate::kv::KvCacheManager;
 use crate::request::{Request, RequestId};
-use std::collections::HashMap;
 
 /// The requests of one replica, by id.
-pub type RequestTable = HashMap<RequestId, Request>;
+pub type RequestTable = FastMap<RequestId, Request>;
 
 /// What one step computes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -49,4 +49,10 @@ pub trait Scheduler {
     fn num_running(&self) -> usize;
     /// Every request held, waiting first then running (end-of-run accounting).
     fn all_requests(&self) -> Vec<RequestId>;
+    /// The running requests, in scheduling order, when the next steps are pure decode: nothing waits, every
+    /// running request needs exactly one token, and one step's budget covers them all. Contract: while no
+    /// request is added, finishes, or needs a KV block allocated or registered, every `schedule` call would
+    /// schedule exactly these requests, one token each, in this order, and change nothing else. None when
+    /// that does not hold. (Used to advance runs of such steps at once, exactly.)
+    fn steady_decode(&self, reqs: &RequestTable) -> Option<&[RequestId]>;
 }

@@ -205,4 +205,21 @@ impl Scheduler for VllmScheduler {
         v.extend_from_slice(&self.running);
         v
     }
+
+    fn steady_decode(&self, reqs: &RequestTable) -> Option<&[RequestId]> {
+        // Phase B would run (and count prefix queries) whenever something waits, so nothing may wait.
+        if !self.waiting.is_empty()
+            || self.running.is_empty()
+            || self.running.len() as u64 > self.limits.max_num_batched_tokens as u64
+        {
+            return None;
+        }
+        let all_decode = self.running.iter().all(|id| {
+            let r = &reqs[id];
+            !r.in_prefill
+                && r.num_computed_tokens + 1 == r.num_tokens()
+                && r.num_computed_tokens + 1 < self.limits.max_model_len
+        });
+        all_decode.then_some(&self.running[..])
+    }
 }

@@ -11,6 +11,7 @@
 
 use crate::config::{ArrivalProcess, WorkloadConfig};
 use crate::event::SessionId;
+use crate::fasthash::FastMap;
 use crate::request::Request;
 use crate::rng::{mix, RngStreams, StreamRng};
 use crate::time::{SimDuration, SimTime};
@@ -19,7 +20,6 @@ use crate::workload::dist::Sampler;
 use crate::workload::Workload;
 use rand::Rng;
 use rand_distr::{Distribution, Gamma};
-use std::collections::HashMap;
 
 /// Content-id namespaces, so ids of different kinds never collide.
 const NS_SYSTEM: u64 = 1;
@@ -101,7 +101,7 @@ pub struct ConversationGenerator {
     next_request: u64,
     /// Turns of every session started so far (what `max_requests` bounds).
     reserved_turns: u64,
-    sessions: HashMap<SessionId, Session>,
+    sessions: FastMap<SessionId, Session>,
     last_start: SimTime,
 }
 
@@ -141,7 +141,7 @@ impl ConversationGenerator {
             next_session: 0,
             next_request: 0,
             reserved_turns: 0,
-            sessions: HashMap::new(),
+            sessions: FastMap::default(),
             last_start: SimTime::ZERO,
         }
     }

@@ -1,0 +1,179 @@
+//! Simulator speed and memory: fixed scenarios run through the release `servesim` binary, one process per
+//! run, reporting wall time, simulated requests per wall-second, events and steps per second, and the
+//! child's peak RSS. Run with `cargo bench --bench sim` (`SERVESIM_BENCH_REPEATS=N` to change the 5 repeats;
+//! `SERVESIM_BENCH_ONLY=a,b` to pick scenarios). Nothing here asserts a time: the numbers are reported.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+struct Scenario {
+    key: &'static str,
+    what: &'static str,
+    args: Vec<String>,
+    repeats: usize,
+}
+
+fn chat(requests: u64, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "--set".into(),
+        format!("workload.max_requests={requests}"),
+        "--set".into(),
+        "workload.duration_s=1e9".into(),
+        "--set".into(),
+        format!("workload.session_rate={RATE}"),
+        "--set".into(),
+        "output.timeseries_interval_s=10.0".into(),
+    ];
+    for e in extra {
+        v.push("--set".into());
+        v.push(e.to_string());
+    }
+    v
+}
+
+/// Sessions per second for the 100k-request scenarios: about 11 requests/s in steady state (2.77 turns per
+/// session), what one H100 with Llama-3.1-8B served with a p99 TTFT near 1 s in the default 5-minute
+/// window (12.9 req/s there). BENCHMARKS.md states what this load does over a long run.
+const RATE: f64 = 4.0;
+
+/// Runs one scenario; returns (wall s, max RSS KiB, summary JSON).
+fn run_once(bin: &str, args: &[String], out: &Path) -> (f64, u64, serde_json::Value) {
+    let t = Instant::now();
+    let mut child = Command::new(bin)
+        .arg("run")
+        .arg("--quiet")
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .spawn()
+        .expect("servesim runs");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child and fills a zeroed rusage.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = t.elapsed().as_secs_f64();
+    assert_eq!(r, pid, "wait4");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "servesim failed"
+    );
+    let _ = child.try_wait();
+    let summary = std::fs::read_to_string(out.join("summary.json")).expect("summary");
+    (
+        wall,
+        usage.ru_maxrss as u64,
+        serde_json::from_str(&summary).unwrap(),
+    )
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let bin = env!("CARGO_BIN_EXE_servesim");
+    let repeats: usize = std::env::var("SERVESIM_BENCH_REPEATS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let only = std::env::var("SERVESIM_BENCH_ONLY").ok();
+    let mooncake = "../shared/traces/mooncake/conversation_trace.jsonl";
+    let scenarios = vec![
+        Scenario {
+            key: "a",
+            what: "100k requests, default chat, 1 replica, cache on",
+            args: chat(100_000, &[]),
+            repeats,
+        },
+        Scenario {
+            key: "b",
+            what: "100k requests, default chat, 1 replica, cache off",
+            args: chat(100_000, &["engine.prefix_caching=false"]),
+            repeats,
+        },
+        Scenario {
+            key: "c",
+            what: "Mooncake conversation trace (12,031 requests)",
+            args: vec![
+                "--set".into(),
+                "workload.kind=\"trace\"".into(),
+                "--set".into(),
+                format!("workload.trace.path=\"{mooncake}\""),
+                // The embedded default's 300 s window would cut the hour-long trace.
+                "--set".into(),
+                "workload.duration_s=1e9".into(),
+            ],
+            repeats,
+        },
+        Scenario {
+            key: "d",
+            what: "1M requests, default chat, 1 replica, cache on",
+            args: chat(1_000_000, &[]),
+            repeats: 1,
+        },
+        Scenario {
+            key: "s10k",
+            what: "scaling: 10k requests of (a)",
+            args: chat(10_000, &[]),
+            repeats: 1,
+        },
+        Scenario {
+            key: "s300k",
+            what: "scaling: 300k requests of (a)",
+            args: chat(300_000, &[]),
+            repeats: 1,
+        },
+        Scenario {
+            key: "a-noleap",
+            what: "(a) stepping one by one (--no-leap)",
+            args: {
+                let mut a = chat(100_000, &[]);
+                a.push("--no-leap".into());
+                a
+            },
+            repeats: 1,
+        },
+    ];
+    let tmp = std::env::temp_dir().join(format!("servesim-bench-{}", std::process::id()));
+    println!(
+        "| scenario | requests | wall s (median of n) | req/s | events/s | steps/s | peak RSS MB |\n|---|---|---|---|---|---|---|"
+    );
+    for s in scenarios {
+        if let Some(o) = &only {
+            if !o.split(',').any(|k| k == s.key) {
+                continue;
+            }
+        }
+        let mut walls = Vec::new();
+        let mut rss = Vec::new();
+        let mut last = serde_json::Value::Null;
+        for i in 0..s.repeats {
+            let out = tmp.join(format!("{}-{i}", s.key));
+            let (w, r, sum) = run_once(bin, &s.args, &out);
+            walls.push(w);
+            rss.push(r as f64);
+            last = sum;
+            let _ = std::fs::remove_dir_all(&out);
+        }
+        let wall = median(&mut walls);
+        let rss_mb = median(&mut rss) / 1024.0;
+        let f = |k: &str| last[k].as_f64().unwrap_or(0.0);
+        let reqs = f("requests");
+        println!(
+            "| ({}) {} | {:.0} | {:.3} (n={}) | {:.0} | {:.0} | {:.0} | {:.1} |",
+            s.key,
+            s.what,
+            reqs,
+            wall,
+            s.repeats,
+            reqs / wall,
+            f("events") / wall,
+            f("steps") / wall,
+            rss_mb
+        );
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -1,0 +1,87 @@
+//! Leaping over runs of pure-decode steps is exact: byte-identical outputs with and without it, on
+//! workloads with prefix hits, preemption, several replicas, priorities and trace replay.
+
+use crate::common::*;
+use servesim::config::Config;
+use servesim::run::{run, RunOptions};
+
+fn both(name: &str, cfg: &Config) -> u64 {
+    let tmp = tempfile::tempdir().unwrap();
+    let go = |no_leap: bool, dir: &str| {
+        run(
+            cfg,
+            &RunOptions {
+                out: Some(tmp.path().join(dir)),
+                progress: false,
+                no_leap,
+            },
+        )
+        .unwrap()
+    };
+    let a = go(false, "leap");
+    let b = go(true, "step");
+    assert_eq!(b.leapt_steps, 0);
+    for f in [
+        "requests.csv",
+        "summary.json",
+        "summary.csv",
+        "timeseries.csv",
+    ] {
+        let x = std::fs::read(tmp.path().join("leap").join(f)).unwrap();
+        let y = std::fs::read(tmp.path().join("step").join(f)).unwrap();
+        assert!(x == y, "{name}: {f} differs between leaping and stepping");
+    }
+    a.leapt_steps
+}
+
+#[test]
+fn leap_equals_step_with_prefix_hits() {
+    let leapt = both(
+        "chat",
+        &config(SMALL_CHAT, &["output.timeseries_interval_s=10.0"]),
+    );
+    assert!(leapt > 1000, "the scenario must leap: {leapt}");
+}
+
+#[test]
+fn leap_equals_step_with_preemption() {
+    // 2,100 blocks for a 32k context and long documents: the pool runs out and requests are preempted.
+    let cfg = config(
+        SMALL_CHAT,
+        &[
+            "engine.num_gpu_blocks=2100",
+            "workload.doc_probability=0.3",
+            "workload.session_rate=6.0",
+        ],
+    );
+    let leapt = both("preemption", &cfg);
+    let tmp = tempfile::tempdir().unwrap();
+    let (o, _) = run_in(tmp.path(), "p", &cfg);
+    assert!(o.summary.get_f64("num_preemptions").unwrap() > 0.0);
+    assert!(leapt > 100, "{leapt}");
+}
+
+#[test]
+fn leap_equals_step_with_replicas_priorities_and_no_cache() {
+    let cfg = config(
+        SMALL_CHAT,
+        &[
+            "cluster.replicas=3",
+            "cluster.router=\"least_loaded\"",
+            "engine.policy=\"priority\"",
+            "workload.priority={dist=\"uniform\", min=0.0, max=3.0}",
+            "engine.prefix_caching=false",
+        ],
+    );
+    assert!(both("replicas", &cfg) > 100);
+}
+
+#[test]
+fn leap_equals_step_on_a_trace_replay() {
+    let cfg = config(
+        "name = \"mc\"\n[workload]\nkind = \"trace\"\nmax_requests = 400\n\
+         trace = { format = \"mooncake\", path = \"../shared/traces/mooncake/conversation_trace.jsonl\" }\n",
+        &[],
+    );
+    assert!(both("mooncake", &cfg) > 100);
+}
