@@ -3,7 +3,7 @@
 //! KV cache, output projection, residual adds, gated MLP, and the LM head on the sampled rows. (Rotary
 //! embeddings and the embedding gather are left out: both are a few element-wise passes.)
 
-use super::{rmsnorm, softmax_last};
+use super::{causal_mask, rmsnorm, softmax_last};
 use crate::cost::catalog::ModelShape;
 use crate::cost::BatchShape;
 use candle_core::{DType, Device, Tensor};
@@ -105,18 +105,7 @@ impl Stack {
                 .contiguous()?;
             let (k, v) = &caches[ci];
             let s = (qs.matmul(&k.t()?)? * scale)?;
-            let mask: Vec<f32> = (0..qn)
-                .flat_map(|r| {
-                    (0..c).map(move |col| {
-                        if col <= c - qn + r {
-                            0.0
-                        } else {
-                            f32::NEG_INFINITY
-                        }
-                    })
-                })
-                .collect();
-            let mask = Tensor::from_vec(mask, (qn, c), &self.dev)?.repeat((g, 1))?;
+            let mask = causal_mask(qn, c, g, &self.dev)?;
             let o = softmax_last(&s.broadcast_add(&mask)?)?.matmul(v)?;
             outs.push(
                 o.reshape((kvh, g, qn, hd))?

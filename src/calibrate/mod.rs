@@ -95,6 +95,23 @@ pub(crate) fn softmax_last(x: &Tensor) -> Result<Tensor, CErr> {
     e.broadcast_div(&s)
 }
 
+/// The additive causal mask of a chunk of `qn` queries that end a context of `c` keys, repeated for `g`
+/// query heads per KV head: 0 where a query may attend, -inf after its own position.
+pub(crate) fn causal_mask(qn: usize, c: usize, g: usize, dev: &Device) -> Result<Tensor, CErr> {
+    let mask: Vec<f32> = (0..qn)
+        .flat_map(|r| {
+            (0..c).map(move |col| {
+                if col <= c - qn + r {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (qn, c), dev)?.repeat((g, 1))
+}
+
 /// RMSNorm over the last dimension.
 pub(crate) fn rmsnorm(x: &Tensor, w: &Tensor) -> Result<Tensor, CErr> {
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
@@ -293,20 +310,7 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
         let k = randn(&[kvh, c, hd], &dev).map_err(cerr)?;
         let vv = randn(&[kvh, c, hd], &dev).map_err(cerr)?;
         let kt = k.t().map_err(cerr)?;
-        let mask: Vec<f32> = (0..qn)
-            .flat_map(|r| {
-                (0..c).map(move |col| {
-                    if col <= c - qn + r {
-                        0.0
-                    } else {
-                        f32::NEG_INFINITY
-                    }
-                })
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (qn, c), &dev)
-            .and_then(|m| m.repeat((g, 1)))
-            .map_err(cerr)?;
+        let mask = causal_mask(qn, c, g, &dev).map_err(cerr)?;
         let timing = time(
             || {
                 let s = (qt.matmul(&kt)? * (1.0 / (hd as f64).sqrt()))?;

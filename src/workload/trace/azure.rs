@@ -2,7 +2,7 @@
 //! `ContextTokens`, `GeneratedTokens`. No sessions and no content: every prompt is unique unless
 //! `shared_prefix_tokens` invents a shared prefix, and the run's summary says which.
 
-use super::{parse_err, Trace, TraceRecord};
+use super::{csv_columns, parse_err, Trace, TraceRecord};
 use crate::error::ConfigError;
 use crate::rng::mix;
 use crate::workload::content::Segment;
@@ -46,27 +46,13 @@ pub fn parse_wall_clock(s: &str) -> Option<f64> {
 }
 
 pub fn parse(text: &str, path: &Path, shared_prefix_tokens: u32) -> Result<Trace, ConfigError> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_reader(text.as_bytes());
-    let headers = rdr
-        .headers()
-        .map_err(|e| parse_err(path, 1, format!("cannot read the header: {e}")))?
-        .clone();
-    let col = |name: &str| {
-        headers.iter().position(|h| h.trim() == name).ok_or_else(|| {
-            parse_err(
-                path,
-                1,
-                format!("missing column `{name}`; an Azure 2023 trace has TIMESTAMP,ContextTokens,GeneratedTokens"),
-            )
-        })
-    };
-    let (c_ts, c_in, c_out) = (
-        col("TIMESTAMP")?,
-        col("ContextTokens")?,
-        col("GeneratedTokens")?,
-    );
+    let (mut rdr, cols) = csv_columns(
+        text,
+        path,
+        &["TIMESTAMP", "ContextTokens", "GeneratedTokens"],
+        "an Azure 2023 trace has TIMESTAMP,ContextTokens,GeneratedTokens",
+    )?;
+    let (c_ts, c_in, c_out) = (cols[0], cols[1], cols[2]);
     let mut records = Vec::new();
     let mut t0 = None;
     let mut prev = f64::NEG_INFINITY;

@@ -8,7 +8,7 @@
 //! closed-loop gap before a turn is its timestamp minus the previous turn's timestamp plus elapsed time,
 //! clamped at zero.
 
-use super::{parse_err, Trace, TraceRecord};
+use super::{csv_columns, parse_err, Trace, TraceRecord};
 use crate::error::ConfigError;
 use crate::rng::mix;
 use crate::workload::content::Segment;
@@ -27,30 +27,19 @@ struct Prev {
 }
 
 pub fn parse(text: &str, path: &Path) -> Result<Trace, ConfigError> {
-    let mut rdr = csv::ReaderBuilder::new().from_reader(text.as_bytes());
-    let headers = rdr
-        .headers()
-        .map_err(|e| parse_err(path, 1, format!("cannot read the header: {e}")))?
-        .clone();
-    let col = |name: &str| {
-        headers.iter().position(|h| h.trim() == name).ok_or_else(|| {
-            parse_err(
-                path,
-                1,
-                format!(
-                    "missing column `{name}`; a BurstGPT trace has Timestamp, Session ID, Elapsed time, \
-                     Request tokens, Response tokens"
-                ),
-            )
-        })
-    };
-    let (c_ts, c_sid, c_el, c_req, c_resp) = (
-        col("Timestamp")?,
-        col("Session ID")?,
-        col("Elapsed time")?,
-        col("Request tokens")?,
-        col("Response tokens")?,
-    );
+    let (mut rdr, cols) = csv_columns(
+        text,
+        path,
+        &[
+            "Timestamp",
+            "Session ID",
+            "Elapsed time",
+            "Request tokens",
+            "Response tokens",
+        ],
+        "a BurstGPT trace has Timestamp, Session ID, Elapsed time, Request tokens, Response tokens",
+    )?;
+    let (c_ts, c_sid, c_el, c_req, c_resp) = (cols[0], cols[1], cols[2], cols[3], cols[4]);
     let mut records = Vec::new();
     let mut session_index: HashMap<String, u64> = HashMap::new();
     let mut prev: HashMap<u64, Prev> = HashMap::new();

@@ -74,6 +74,31 @@ pub(crate) fn parse_err(path: &Path, line: usize, message: String) -> ConfigErro
     }
 }
 
+/// A CSV reader over `text` and the positions of the `names` columns in its header. A missing column is an
+/// error naming the file and `hint` (what the format's header holds).
+pub(crate) fn csv_columns<'a>(
+    text: &'a str,
+    path: &Path,
+    names: &[&str],
+    hint: &str,
+) -> Result<(csv::Reader<&'a [u8]>, Vec<usize>), ConfigError> {
+    let mut rdr = csv::ReaderBuilder::new().from_reader(text.as_bytes());
+    let headers = rdr
+        .headers()
+        .map_err(|e| parse_err(path, 1, format!("cannot read the header: {e}")))?
+        .clone();
+    let cols = names
+        .iter()
+        .map(|name| {
+            headers
+                .iter()
+                .position(|h| h.trim() == *name)
+                .ok_or_else(|| parse_err(path, 1, format!("missing column `{name}`; {hint}")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((rdr, cols))
+}
+
 /// Reads a trace in the given format.
 pub fn read(cfg: &TraceConfig) -> Result<Trace, ConfigError> {
     let path = Path::new(&cfg.path);

@@ -12,7 +12,7 @@
 //! - `output_tokens`: tokens generated; `max_tokens` (optional, default `output_tokens`) the cap the engine
 //!   sees; `priority` (optional, default 0), lower first.
 
-use super::{parse_err, Trace, TraceRecord};
+use super::{csv_columns, parse_err, Trace, TraceRecord};
 use crate::error::{ConfigError, OutputError};
 use crate::workload::content::Segment;
 use std::collections::HashMap;
@@ -80,27 +80,8 @@ pub fn write(records: &[TraceRecord], path: &Path) -> Result<(), OutputError> {
 }
 
 pub fn parse(text: &str, path: &Path) -> Result<Trace, ConfigError> {
-    let mut rdr = csv::ReaderBuilder::new().from_reader(text.as_bytes());
-    let headers = rdr
-        .headers()
-        .map_err(|e| parse_err(path, 1, format!("cannot read the header: {e}")))?
-        .clone();
-    let mut cols = [0usize; 9];
-    for (k, name) in COLUMNS.iter().enumerate() {
-        cols[k] = headers
-            .iter()
-            .position(|h| h.trim() == *name)
-            .ok_or_else(|| {
-                parse_err(
-                    path,
-                    1,
-                    format!(
-                        "missing column `{name}`; the header must be {}",
-                        COLUMNS.join(",")
-                    ),
-                )
-            })?;
-    }
+    let hint = format!("the header must be {}", COLUMNS.join(","));
+    let (mut rdr, cols) = csv_columns(text, path, COLUMNS, &hint)?;
     let mut records: Vec<TraceRecord> = Vec::new();
     // Per session: (last turn, nominal arrival of that turn).
     let mut last: HashMap<u64, (u32, f64)> = HashMap::new();
