@@ -100,7 +100,6 @@ impl System {
                 Box::new(crate::cost::calibrated::CalibratedCost::load(
                     std::path::Path::new(path),
                     &self.model.per_rank(cfg.hardware.tensor_parallel)?,
-                    self.roofline(cfg)?,
                 )?)
             }
         })

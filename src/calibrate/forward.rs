@@ -86,7 +86,7 @@ impl Stack {
         caches: &[(Tensor, Tensor)],
     ) -> Result<Tensor, CErr> {
         let m = &self.m;
-        let (q, kv, hd) = (m.q_dim() as usize, m.kv_dim() as usize, m.head_dim as usize);
+        let (q, hd) = (m.q_dim() as usize, m.head_dim as usize);
         let (kvh, g) = (
             m.num_kv_heads as usize,
             (m.num_heads / m.num_kv_heads) as usize,
@@ -127,7 +127,6 @@ impl Stack {
             let s = (qs.matmul(&k.t()?)? * scale)?;
             outs.push(softmax_last(&s)?.matmul(v)?.reshape((b, q))?);
         }
-        let _ = kv;
         Tensor::cat(&outs, 0)
     }
 

@@ -366,7 +366,7 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
         bar.inc(3);
     }
     bar.finish_and_clear();
-    let profile = fit_profile(raw, &m, &full, o, threads, started.elapsed().as_secs_f64())?;
+    let profile = fit_profile(raw, &full, o, threads, started.elapsed().as_secs_f64())?;
     let text = toml::to_string(&profile).expect("a profile serialises");
     let tmp = o
         .out
@@ -407,7 +407,6 @@ const SEGMENTS: [u64; 5] = [2, 8, 32, 128, 512];
 
 fn fit_profile(
     raw: Vec<RawTiming>,
-    m: &ModelShape,
     full: &ModelShape,
     o: &CalibrateOptions,
     threads: usize,
@@ -513,7 +512,6 @@ fn fit_profile(
         c.next().expect("group"),
         c.next().expect("group"),
     );
-    let _ = m;
     // The host as a hardware entry: best GEMM FLOP/s (T >= 128) and best T = 1 streaming rate (f32 weights).
     let gemm = raw
         .iter()

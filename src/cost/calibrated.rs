@@ -14,7 +14,6 @@
 //! a full-size model of the same family on this host.
 
 use super::catalog::ModelShape;
-use super::roofline::Roofline;
 use super::{BatchShape, CostModel, OpTime};
 use crate::error::ConfigError;
 use serde::{Deserialize, Serialize};
@@ -190,13 +189,8 @@ pub struct CalibratedCost {
 }
 
 impl CalibratedCost {
-    /// `_roofline` is accepted so every cost model is built from the same inputs; the calibrated model
-    /// uses only measured coefficients.
-    pub fn load(
-        path: &Path,
-        model: &ModelShape,
-        _roofline: Roofline,
-    ) -> Result<CalibratedCost, ConfigError> {
+    /// The cost model of `model` (one GPU rank's shape) under the profile at `path`.
+    pub fn load(path: &Path, model: &ModelShape) -> Result<CalibratedCost, ConfigError> {
         Ok(CalibratedCost {
             profile: Profile::load(path)?,
             model: model.clone(),
