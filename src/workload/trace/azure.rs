@@ -108,18 +108,14 @@ pub fn parse(text: &str, path: &Path, shared_prefix_tokens: u32) -> Result<Trace
                 len: input - shared,
             });
         }
-        records.push(TraceRecord {
-            session: idx,
-            turn: 1,
-            arrival_s: Some(ts - t0),
-            gap_s: None,
-            priority: 0,
+        records.push(TraceRecord::single_turn(
+            idx,
+            ts - t0,
             prompt,
-            response_content: mix(NS_OUTPUT, idx),
-            output_tokens: output,
-            max_tokens: output,
-            line: n,
-        });
+            mix(NS_OUTPUT, idx),
+            output,
+            n,
+        ));
     }
     Ok(Trace {
         records,

@@ -50,6 +50,30 @@ pub struct TraceRecord {
 }
 
 impl TraceRecord {
+    /// A request of a trace without sessions: its own session, turn 1, generating exactly its recorded
+    /// output.
+    pub fn single_turn(
+        index: u64,
+        arrival_s: f64,
+        prompt: Vec<Segment>,
+        response_content: u64,
+        output_tokens: u32,
+        line: usize,
+    ) -> TraceRecord {
+        TraceRecord {
+            session: index,
+            turn: 1,
+            arrival_s: Some(arrival_s),
+            gap_s: None,
+            priority: 0,
+            prompt,
+            response_content,
+            output_tokens,
+            max_tokens: output_tokens,
+            line,
+        }
+    }
+
     pub fn input_tokens(&self) -> u64 {
         super::content::total_tokens(&self.prompt)
     }

@@ -88,18 +88,14 @@ pub fn parse(text: &str, path: &Path, block_tokens: u32) -> Result<Trace, Config
             })
             .collect();
         let idx = records.len() as u64;
-        records.push(TraceRecord {
-            session: idx,
-            turn: 1,
-            arrival_s: Some(l.timestamp / 1000.0),
-            gap_s: None,
-            priority: 0,
+        records.push(TraceRecord::single_turn(
+            idx,
+            l.timestamp / 1000.0,
             prompt,
-            response_content: mix(NS_OUTPUT, idx),
-            output_tokens: output,
-            max_tokens: output,
-            line: n,
-        });
+            mix(NS_OUTPUT, idx),
+            output,
+            n,
+        ));
     }
     Ok(Trace {
         records,
