@@ -250,7 +250,13 @@ impl<'a> World<'a> {
                 self.request_schedule(rid, now);
             }
             Event::Schedule(rid) => {
-                let horizon = self.queue.peek_time();
+                // A leap must end before the next event, and no later than the stop time: one by one, a
+                // step ending after `max_sim_time_s` never completes.
+                let stop = self.stop_at.map(|s| s + SimDuration(1));
+                let horizon = match (self.queue.peek_time(), stop) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 let rep = &mut self.replicas[rid as usize];
                 rep.schedule_pending = false;
                 if !rep.is_busy() && rep.has_work() {

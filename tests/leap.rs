@@ -85,3 +85,13 @@ fn leap_equals_step_on_a_trace_replay() {
     );
     assert!(both("mooncake", &cfg) > 100);
 }
+
+#[test]
+fn leap_equals_step_when_the_run_stops_early() {
+    // Steps that would end after max_sim_time_s never complete one by one; a leap must not run past it.
+    let cfg = config(
+        SMALL_CHAT,
+        &["output.max_sim_time_s=17.3", "workload.session_rate=2.0"],
+    );
+    assert!(both("stop", &cfg) > 10);
+}
