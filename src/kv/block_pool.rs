@@ -128,6 +128,7 @@ impl BlockPool {
     /// The caller must have checked `n <= num_free()`.
     pub fn allocate(&mut self, n: u32, out: &mut Vec<BlockId>) {
         assert!(n <= self.num_free, "allocate beyond the free queue");
+        out.reserve(n as usize);
         for _ in 0..n {
             let b = self.head;
             self.unlink(b);
@@ -179,6 +180,11 @@ impl BlockPool {
 
     /// Removes `b` from the map under `h`; the oldest duplicate, if any, becomes the one lookups find.
     fn unregister(&mut self, b: BlockId, h: u64) {
+        // Duplicates are rare: skip their map entirely when there are none.
+        if self.dups.is_empty() {
+            self.cached.remove(&h);
+            return;
+        }
         let first = self
             .cached
             .get_mut(&h)
