@@ -45,10 +45,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
 }
 
 fn run_command(a: &RunArgs) -> Result<(), Error> {
-    let mut cfg = Config::load(a.config.as_deref(), &a.set)?;
-    if let Some(seed) = a.seed {
-        cfg.seed = seed;
-    }
+    let cfg = load_config(&a.source)?;
     let outcome = run(
         &cfg,
         &RunOptions {

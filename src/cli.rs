@@ -63,10 +63,10 @@ pub enum WorkloadCommand {
 /// Where a config comes from.
 #[derive(clap::Args, Debug)]
 pub struct ConfigArgs {
-    /// Workload and system config (TOML); the embedded default without it.
+    /// Workload and system config (TOML); without it, the embedded default chat workload.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Override a config key (repeatable).
+    /// Override a config key, e.g. --set engine.prefix_caching=false (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Master random seed (overrides the config's `seed`).
@@ -84,15 +84,8 @@ pub enum FormatArg {
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Workload and system config (TOML). Without it, the embedded default chat workload runs.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Override a config key, e.g. --set engine.prefix_caching=false (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    /// Master random seed (overrides the config's `seed`).
-    #[arg(long)]
-    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub source: ConfigArgs,
     /// Output directory (default: results/<name>).
     #[arg(long)]
     pub out: Option<PathBuf>,

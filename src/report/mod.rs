@@ -439,11 +439,7 @@ fn write_paired(root: &Path, names: &[&str], seeds: &[u64]) -> Result<(usize, us
 
 struct PlotSpec<'a> {
     file: &'static str,
-    title: &'static str,
-    x: &'static str,
-    y: &'static str,
-    series: &'a [(String, Vec<(f64, f64)>)],
-    log_x: bool,
+    chart: plot::Chart<'a>,
 }
 
 /// Plots from the first seed: TTFT and E2E CDFs, KV usage, waiting queue and prefix hit rate over time.
@@ -523,49 +519,59 @@ fn write_plots(
     let plots = [
         PlotSpec {
             file: "ttft_cdf",
-            title: "Time to first token: CDF",
-            x: "time to first token (s, log scale)",
-            y: "fraction of requests",
-            series: &ttft,
-            log_x: true,
+            chart: plot::Chart {
+                title: "Time to first token: CDF",
+                x_desc: "time to first token (s, log scale)",
+                y_desc: "fraction of requests",
+                series: &ttft,
+                log_x: true,
+            },
         },
         PlotSpec {
             file: "e2e_cdf",
-            title: "End-to-end latency: CDF",
-            x: "end-to-end latency (s, log scale)",
-            y: "fraction of requests",
-            series: &e2e,
-            log_x: true,
+            chart: plot::Chart {
+                title: "End-to-end latency: CDF",
+                x_desc: "end-to-end latency (s, log scale)",
+                y_desc: "fraction of requests",
+                series: &e2e,
+                log_x: true,
+            },
         },
         PlotSpec {
             file: "kv_usage",
-            title: "KV-cache usage over time",
-            x: "virtual time (s)",
-            y: "KV usage (fraction of blocks pinned)",
-            series: &usage,
-            log_x: false,
+            chart: plot::Chart {
+                title: "KV-cache usage over time",
+                x_desc: "virtual time (s)",
+                y_desc: "KV usage (fraction of blocks pinned)",
+                series: &usage,
+                log_x: false,
+            },
         },
         PlotSpec {
             file: "queue",
-            title: "Waiting requests over time",
-            x: "virtual time (s)",
-            y: "requests waiting (all replicas)",
-            series: &queue,
-            log_x: false,
+            chart: plot::Chart {
+                title: "Waiting requests over time",
+                x_desc: "virtual time (s)",
+                y_desc: "requests waiting (all replicas)",
+                series: &queue,
+                log_x: false,
+            },
         },
         PlotSpec {
             file: "prefix_hit_rate",
-            title: "Prefix-cache hit rate over time",
-            x: "virtual time (s)",
-            y: "hit tokens / queried tokens (10-sample window)",
-            series: &hit,
-            log_x: false,
+            chart: plot::Chart {
+                title: "Prefix-cache hit rate over time",
+                x_desc: "virtual time (s)",
+                y_desc: "hit tokens / queried tokens (10-sample window)",
+                series: &hit,
+                log_x: false,
+            },
         },
     ];
     let mut written = Vec::new();
     for p in plots {
         let path = root.join(format!("{}.{ext}", p.file));
-        plot::lines(&path, format, p.title, p.x, p.y, p.series, p.log_x)?;
+        plot::lines(&path, format, &p.chart)?;
         written.push(path);
     }
     Ok(written)

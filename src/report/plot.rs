@@ -71,37 +71,25 @@ fn color(i: usize) -> RGBColor {
     C[i % C.len()]
 }
 
-type Series = (String, Vec<(f64, f64)>);
+/// One named line: (x, y) points.
+pub type Series = (String, Vec<(f64, f64)>);
 
 /// A line chart of several series. `log_x` puts x on a log scale (latency CDFs span decades).
-pub fn lines(
-    path: &Path,
-    format: Format,
-    title: &str,
-    x_desc: &str,
-    y_desc: &str,
-    series: &[Series],
-    log_x: bool,
-) -> Result<(), String> {
+pub struct Chart<'a> {
+    pub title: &'a str,
+    pub x_desc: &'a str,
+    pub y_desc: &'a str,
+    pub series: &'a [Series],
+    pub log_x: bool,
+}
+
+/// Draws `chart` to `path`.
+pub fn lines(path: &Path, format: Format, chart: &Chart) -> Result<(), String> {
     ensure_font()?;
     let size = (900, 560);
     match format {
-        Format::Svg => draw(
-            SVGBackend::new(path, size).into_drawing_area(),
-            title,
-            x_desc,
-            y_desc,
-            series,
-            log_x,
-        ),
-        Format::Png => draw(
-            BitMapBackend::new(path, size).into_drawing_area(),
-            title,
-            x_desc,
-            y_desc,
-            series,
-            log_x,
-        ),
+        Format::Svg => draw(SVGBackend::new(path, size).into_drawing_area(), chart),
+        Format::Png => draw(BitMapBackend::new(path, size).into_drawing_area(), chart),
     }
 }
 
@@ -130,14 +118,14 @@ fn bounds(series: &[Series], log_x: bool) -> (f64, f64, f64, f64) {
     (x0, x1, y0, y1 * 1.05)
 }
 
-fn draw<DB: DrawingBackend>(
-    root: DrawingArea<DB, Shift>,
-    title: &str,
-    x_desc: &str,
-    y_desc: &str,
-    series: &[Series],
-    log_x: bool,
-) -> Result<(), String> {
+fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -> Result<(), String> {
+    let Chart {
+        title,
+        x_desc,
+        y_desc,
+        series,
+        log_x,
+    } = *chart;
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| format!("plot {title}: {x:?}");
     root.fill(&WHITE).map_err(e)?;
     let (x0, x1, y0, y1) = bounds(series, log_x);
