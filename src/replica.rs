@@ -60,12 +60,6 @@ pub struct Replica {
     pub stats: ReplicaStats,
 }
 
-/// A request that left the replica at the end of a step (its `finish_reason` set).
-#[derive(Debug)]
-pub struct Completed {
-    pub request: Request,
-}
-
 /// A token emitted at the end of a step: (request, its previous token's time or None for the first).
 pub type TokenEvent = (RequestId, Option<SimTime>);
 
@@ -271,7 +265,7 @@ impl Replica {
         &mut self,
         now: SimTime,
         mut on_token: impl FnMut(&Request, Option<SimTime>),
-    ) -> Vec<Completed> {
+    ) -> Vec<Request> {
         let step = self.in_flight.take().expect("a step is in flight");
         debug_assert!(
             now > step.started,
@@ -319,7 +313,7 @@ impl Replica {
                 "invariant 4: causality of request {}",
                 r.id
             );
-            out.push(Completed { request: r });
+            out.push(r);
         }
         #[cfg(debug_assertions)]
         self.maybe_check_invariants();

@@ -237,9 +237,8 @@ impl<'a> World<'a> {
                 let metrics = &mut self.metrics;
                 let done = self.replicas[rid as usize]
                     .finish_step(now, |_, prev| metrics.on_token(now, prev));
-                for c in done {
-                    self.metrics.on_request_done(&c.request, Status::Finished)?;
-                    let r = &c.request;
+                for r in &done {
+                    self.metrics.on_request_done(r, Status::Finished)?;
                     if let Some(t) =
                         self.workload
                             .on_turn_complete(r.session, r.num_output_tokens, now)

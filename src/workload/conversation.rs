@@ -399,12 +399,4 @@ impl ConversationGenerator {
         let think = s.turns[s.next_turn - 1].think_time;
         Some(now + think)
     }
-
-    pub fn requests_released(&self) -> u64 {
-        self.next_request
-    }
-
-    pub fn active_sessions(&self) -> usize {
-        self.sessions.len()
-    }
 }

@@ -258,7 +258,6 @@ pub struct TraceWorkload {
     /// Per session, the index (into its records) of the next turn to release.
     next_turn: Vec<usize>,
     closed: bool,
-    time_scale: f64,
     max_model_len: u32,
     session_salt: bool,
     next_request: u64,
@@ -390,7 +389,6 @@ impl TraceWorkload {
             starts,
             next_start: 0,
             closed,
-            time_scale: scale,
             max_model_len,
             session_salt,
             next_request: 0,
@@ -409,10 +407,6 @@ impl TraceWorkload {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    pub fn time_scale(&self) -> f64 {
-        self.time_scale
     }
 
     fn release_record(&mut self, i: usize, now: SimTime) -> Release {
