@@ -36,7 +36,8 @@ impl ReplicaStats {
     fn add_ops(&mut self, ops: &[crate::cost::OpTime]) {
         for (i, o) in ops.iter().enumerate() {
             match self.op_seconds.get_mut(i) {
-                Some(e) if e.0 == o.op => e.1 += o.seconds,
+                // Operator names are static strings: compare addresses first, bytes only if they differ.
+                Some(e) if std::ptr::eq(e.0, o.op) || e.0 == o.op => e.1 += o.seconds,
                 _ => match self.op_seconds.iter_mut().find(|e| e.0 == o.op) {
                     Some(e) => e.1 += o.seconds,
                     None => self.op_seconds.push((o.op, o.seconds)),
@@ -155,7 +156,7 @@ impl Replica {
         self.stats.peak_usage = self.stats.peak_usage.max(usage);
         self.in_flight = Some(InFlight { plan, started: now });
         #[cfg(debug_assertions)]
-        self.maybe_check_invariants();
+        self.maybe_check_invariants(&[]);
         Some(dur)
     }
 
@@ -198,15 +199,21 @@ impl Replica {
             max_steps = max_steps.min(to_finish.saturating_sub(1));
             context += r.num_computed_tokens as u64 + 1;
         }
+        // The batch leaves the request table for the leap: the loop below touches every request every step,
+        // and a map lookup per request per step was most of its cost.
+        let mut batch: Vec<Request> = running
+            .iter()
+            .map(|id| self.requests.remove(id).expect("running request"))
+            .collect();
         let mut t = now;
         let mut steps = 0;
         let no_hit = CacheHit::default();
         while steps < max_steps {
             // Blocks this step allocates: one for each request whose computed tokens fill its blocks. If
             // the free queue cannot cover them all, the step would preempt: leave it to the normal path.
-            let need = running
+            let need = batch
                 .iter()
-                .filter(|id| self.requests[*id].num_computed_tokens % bs == 0)
+                .filter(|r| r.num_computed_tokens % bs == 0)
                 .count() as u32;
             if need > self.kv.pool().num_free() {
                 break;
@@ -225,13 +232,11 @@ impl Replica {
                 break;
             }
             // The step as `schedule` + `finish_step` would run it: allocate in order, advance, sample.
-            for id in &running {
-                let r = self.requests.get_mut(id).expect("running request");
+            for r in batch.iter_mut() {
                 let ok = self.kv.allocate_slots(r, 1, &no_hit);
                 debug_assert!(ok, "the free queue was checked");
             }
-            for id in &running {
-                let r = self.requests.get_mut(id).expect("running request");
+            for r in batch.iter_mut() {
                 r.num_computed_tokens += 1;
                 r.num_output_tokens += 1;
             }
@@ -246,15 +251,17 @@ impl Replica {
             t = end;
             steps += 1;
             #[cfg(debug_assertions)]
-            self.maybe_check_invariants();
+            self.maybe_check_invariants(&batch);
+        }
+        for mut r in batch {
+            if steps > 0 {
+                r.last_token = Some(t);
+                r.update_block_hashes(bs);
+            }
+            self.requests.insert(r.id, r);
         }
         if steps == 0 {
             return None;
-        }
-        for id in &running {
-            let r = self.requests.get_mut(id).expect("running request");
-            r.last_token = Some(t);
-            r.update_block_hashes(bs);
         }
         Some((steps, t))
     }
@@ -316,17 +323,17 @@ impl Replica {
             out.push(r);
         }
         #[cfg(debug_assertions)]
-        self.maybe_check_invariants();
+        self.maybe_check_invariants(&[]);
         out
     }
 
     /// Debug builds check the full invariants after every step on pools up to 1,024 blocks; larger pools
     /// every (blocks / 1,024)-th step, so the O(blocks) check costs about 1,024 block visits per step.
     #[cfg(debug_assertions)]
-    fn maybe_check_invariants(&self) {
+    fn maybe_check_invariants(&self, out: &[Request]) {
         let stride = (self.kv.pool().num_blocks() as u64 / 1024).max(1);
         if self.stats.steps % stride == 0 {
-            self.check_invariants();
+            self.check_invariants_with(out);
         }
     }
 
@@ -348,12 +355,17 @@ impl Replica {
     /// Invariants 2 and 6-adjacent bookkeeping: KV conservation, and every held block accounted to exactly
     /// the requests that hold it.
     pub fn check_invariants(&self) {
+        self.check_invariants_with(&[]);
+    }
+
+    /// As `check_invariants`, with `out` the requests taken out of the table for a leap.
+    fn check_invariants_with(&self, out: &[Request]) {
         let pool = self.kv.pool();
         if let Err(e) = pool.check_invariants() {
             panic!("invariant 2 violated on replica {}: {e}", self.id);
         }
         let mut refs = vec![0u32; pool.num_blocks() as usize];
-        for r in self.requests.values() {
+        for r in self.requests.values().chain(out) {
             for &b in &r.block_table {
                 refs[b as usize] += 1;
             }
@@ -373,7 +385,7 @@ impl Replica {
         }
         assert_eq!(
             self.scheduler.num_waiting() + self.scheduler.num_running(),
-            self.requests.len(),
+            self.requests.len() + out.len(),
             "invariant 1: a request is in no queue or two"
         );
     }

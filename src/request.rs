@@ -6,7 +6,7 @@
 use crate::event::{ReplicaId, SessionId};
 use crate::kv::BlockId;
 use crate::time::SimTime;
-use crate::workload::content::{extend_block_hashes, Segment};
+use crate::workload::content::{extend_block_hashes_tail, Segment};
 
 pub type RequestId = u64;
 
@@ -145,17 +145,41 @@ impl Request {
         self.prompt_tokens + self.num_output_tokens
     }
 
+    /// Debug builds: the hashes held (possibly carried over from the session's previous turn) are exactly
+    /// the hashes of this request's own tokens.
+    pub fn debug_check_block_hashes(&self, block_size: u32) {
+        if cfg!(debug_assertions) && !self.block_hashes.is_empty() {
+            let mut fresh = Vec::new();
+            let outputs = Segment {
+                content: self.output_content,
+                len: self.num_output_tokens,
+            };
+            extend_block_hashes_tail(&self.prompt, outputs, block_size, self.salt, &mut fresh);
+            assert_eq!(
+                fresh.get(..self.block_hashes.len()),
+                Some(&self.block_hashes[..]),
+                "request {}: block hashes are not its tokens' hashes",
+                self.id
+            );
+        }
+    }
+
     /// Brings `block_hashes` up to date with every full block of prompt + outputs.
     pub fn update_block_hashes(&mut self, block_size: u32) {
         let have = self.block_hashes.len() as u64 * block_size as u64;
         if (self.num_tokens() as u64) < have + block_size as u64 {
             return;
         }
-        let mut segs = self.prompt.clone();
-        segs.push(Segment {
+        let outputs = Segment {
             content: self.output_content,
             len: self.num_output_tokens,
-        });
-        extend_block_hashes(&segs, block_size, self.salt, &mut self.block_hashes);
+        };
+        extend_block_hashes_tail(
+            &self.prompt,
+            outputs,
+            block_size,
+            self.salt,
+            &mut self.block_hashes,
+        );
     }
 }

@@ -237,8 +237,10 @@ impl<'a> World<'a> {
                 let metrics = &mut self.metrics;
                 let done = self.replicas[rid as usize]
                     .finish_step(now, |_, prev| metrics.on_token(now, prev));
-                for r in &done {
-                    self.metrics.on_request_done(r, Status::Finished)?;
+                for mut r in done {
+                    self.metrics.on_request_done(&r, Status::Finished)?;
+                    self.workload
+                        .carry_block_hashes(r.session, std::mem::take(&mut r.block_hashes));
                     if let Some(t) =
                         self.workload
                             .on_turn_complete(r.session, r.num_output_tokens, now)

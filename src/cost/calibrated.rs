@@ -14,7 +14,7 @@
 //! a full-size model of the same family on this host.
 
 use super::catalog::ModelShape;
-use super::{BatchShape, CostModel, OpTime};
+use super::{BatchShape, CostModel, OpTimes};
 use crate::error::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -203,7 +203,7 @@ impl CostModel for CalibratedCost {
         "calibrated"
     }
 
-    fn breakdown(&self, b: &BatchShape) -> Vec<OpTime> {
+    fn breakdown(&self, b: &BatchShape) -> OpTimes {
         let p = &self.profile;
         let m = &self.model;
         let l = m.num_layers as f64;
@@ -214,8 +214,8 @@ impl CostModel for CalibratedCost {
             m.kv_dim() as f64,
             m.intermediate_size as f64,
         );
-        let mut out = Vec::new();
-        let mut push = |op, seconds| out.push(OpTime { op, seconds });
+        let mut out = OpTimes::default();
+        let mut push = |op, seconds| out.push(op, seconds);
         if t > 0.0 {
             push("qkv_proj", l * p.linear(h * (q + 2.0 * kv), t));
             push("o_proj", l * p.linear(q * h, t));

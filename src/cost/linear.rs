@@ -1,6 +1,6 @@
 //! A linear step-time model: simple enough to derive expected results by hand in tests.
 
-use super::{BatchShape, CostModel, OpTime};
+use super::{BatchShape, CostModel, OpTimes};
 use crate::config::LinearConfig;
 
 #[derive(Clone, Debug)]
@@ -13,25 +13,19 @@ impl CostModel for LinearCost {
         "linear"
     }
 
-    fn breakdown(&self, b: &BatchShape) -> Vec<OpTime> {
+    fn breakdown(&self, b: &BatchShape) -> OpTimes {
         let p = &self.p;
-        vec![
-            OpTime {
-                op: "step",
-                seconds: p.step_s,
-            },
-            OpTime {
-                op: "prefill_tokens",
-                seconds: p.prefill_token_s * b.prefill_tokens as f64,
-            },
-            OpTime {
-                op: "decode_seqs",
-                seconds: p.decode_seq_s * b.decode_seqs as f64,
-            },
-            OpTime {
-                op: "decode_context",
-                seconds: p.decode_context_token_s * b.decode_context_tokens as f64,
-            },
-        ]
+        let mut out = OpTimes::default();
+        out.push("step", p.step_s);
+        out.push(
+            "prefill_tokens",
+            p.prefill_token_s * b.prefill_tokens as f64,
+        );
+        out.push("decode_seqs", p.decode_seq_s * b.decode_seqs as f64);
+        out.push(
+            "decode_context",
+            p.decode_context_token_s * b.decode_context_tokens as f64,
+        );
+        out
     }
 }

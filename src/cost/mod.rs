@@ -63,6 +63,53 @@ pub struct OpTime {
     pub seconds: f64,
 }
 
+/// Most operator classes a breakdown may hold.
+pub const MAX_OPS: usize = 16;
+
+/// A step's per-operator times, kept inline: one breakdown is computed per engine step, millions per run,
+/// and a heap allocation each was a measurable share of a run.
+#[derive(Clone, Copy, Debug)]
+pub struct OpTimes {
+    len: usize,
+    items: [OpTime; MAX_OPS],
+}
+
+impl Default for OpTimes {
+    fn default() -> OpTimes {
+        OpTimes {
+            len: 0,
+            items: [OpTime {
+                op: "",
+                seconds: 0.0,
+            }; MAX_OPS],
+        }
+    }
+}
+
+impl OpTimes {
+    /// Appends an operator's time. Panics past `MAX_OPS` (a cost model with more classes must raise it).
+    pub fn push(&mut self, op: &'static str, seconds: f64) {
+        assert!(self.len < MAX_OPS, "more than MAX_OPS operator classes");
+        self.items[self.len] = OpTime { op, seconds };
+        self.len += 1;
+    }
+}
+
+impl std::ops::Deref for OpTimes {
+    type Target = [OpTime];
+    fn deref(&self) -> &[OpTime] {
+        &self.items[..self.len]
+    }
+}
+
+impl Extend<OpTime> for OpTimes {
+    fn extend<I: IntoIterator<Item = OpTime>>(&mut self, iter: I) {
+        for o in iter {
+            self.push(o.op, o.seconds);
+        }
+    }
+}
+
 /// A step-time model.
 ///
 /// Contract: `step_time` is a pure function of the shape (same shape, same duration), at least 1 ns for any
@@ -71,7 +118,7 @@ pub trait CostModel {
     /// A short name for outputs (`roofline`, `linear`).
     fn name(&self) -> &'static str;
     /// Per-operator times in seconds, overheads included.
-    fn breakdown(&self, shape: &BatchShape) -> Vec<OpTime>;
+    fn breakdown(&self, shape: &BatchShape) -> OpTimes;
     /// The step's duration.
     fn step_time(&self, shape: &BatchShape) -> SimDuration {
         let s: f64 = self.breakdown(shape).iter().map(|o| o.seconds).sum();

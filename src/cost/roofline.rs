@@ -6,7 +6,7 @@
 //! memory-bound and large ones compute-bound.
 
 use super::catalog::{HardwareSpec, ModelShape};
-use super::{BatchShape, CostModel, OpTime};
+use super::{BatchShape, CostModel, OpTimes};
 use crate::config::RooflineConfig;
 
 #[derive(Clone, Debug)]
@@ -58,14 +58,14 @@ impl CostModel for Roofline {
         "roofline"
     }
 
-    fn breakdown(&self, b: &BatchShape) -> Vec<OpTime> {
+    fn breakdown(&self, b: &BatchShape) -> OpTimes {
         let m = &self.model;
         let layers = m.num_layers as f64;
         let d = m.dtype_bytes as f64;
         let t = b.total_tokens() as f64;
         let h = m.hidden_size;
-        let mut ops = Vec::with_capacity(10);
-        let mut push = |op: &'static str, seconds: f64| ops.push(OpTime { op, seconds });
+        let mut ops = OpTimes::default();
+        let mut push = |op: &'static str, seconds: f64| ops.push(op, seconds);
         if t > 0.0 {
             let (hd, qd, kvd, i) = (
                 h as f64,

@@ -6,7 +6,7 @@
 
 use super::catalog::ModelShape;
 use super::roofline::Roofline;
-use super::{BatchShape, CostModel, OpTime};
+use super::{BatchShape, CostModel, OpTime, OpTimes};
 use crate::error::ConfigError;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -160,10 +160,10 @@ impl CostModel for TableCost {
         "table"
     }
 
-    fn breakdown(&self, b: &BatchShape) -> Vec<OpTime> {
+    fn breakdown(&self, b: &BatchShape) -> OpTimes {
         let layers = self.roofline.model.num_layers as f64;
         let t = b.total_tokens();
-        let mut out = Vec::with_capacity(self.ops.len() + 4);
+        let mut out = OpTimes::default();
         if t > 0 {
             let mut memo = self.memo.borrow_mut();
             let layer_ops = memo.entry(t).or_insert_with(|| {
@@ -175,10 +175,10 @@ impl CostModel for TableCost {
                     })
                     .collect()
             });
-            out.extend_from_slice(layer_ops);
+            out.extend(layer_ops.iter().copied());
         }
         // Attention, LM head and overheads: the roofline's.
-        out.extend(self.roofline.breakdown(b).into_iter().filter(|o| {
+        out.extend(self.roofline.breakdown(b).iter().copied().filter(|o| {
             matches!(
                 o.op,
                 "attn_prefill" | "attn_decode" | "lm_head" | "overhead"

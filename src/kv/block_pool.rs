@@ -6,23 +6,59 @@
 pub type BlockId = u32;
 const NIL: u32 = u32::MAX;
 
+use super::hash_index::HashIndex;
 use crate::fasthash::FastMap;
+
+#[derive(Clone, Copy, Debug)]
+struct Meta {
+    /// The block's hash while it is registered in `cached` (`hashed`).
+    hash: u64,
+    prev: u32,
+    next: u32,
+    ref_cnt: u32,
+    hashed: bool,
+}
+
+impl Default for Meta {
+    fn default() -> Meta {
+        Meta {
+            hash: 0,
+            prev: NIL,
+            next: NIL,
+            ref_cnt: 0,
+            hashed: false,
+        }
+    }
+}
+
+impl Meta {
+    #[inline]
+    fn hash(&self) -> Option<u64> {
+        self.hashed.then_some(self.hash)
+    }
+
+    #[inline]
+    fn take_hash(&mut self) -> Option<u64> {
+        let h = self.hash();
+        self.hashed = false;
+        h
+    }
+}
 
 /// The pool. Block 0 is the null block and is never handed out (K1).
 #[derive(Clone, Debug)]
 pub struct BlockPool {
-    ref_cnt: Vec<u32>,
-    /// The block's hash while it is registered in `cached`.
-    hash: Vec<Option<u64>>,
-    prev: Vec<u32>,
-    next: Vec<u32>,
+    /// Per-block state in one array of 24-byte records: a block operation touches one cache line, not four
+    /// (block ids are effectively random after warm-up, so each array access would be its own miss).
+    m: Vec<Meta>,
     head: u32,
     tail: u32,
     num_free: u32,
     /// Free blocks that still hold a hash (evictable cached blocks).
     num_free_cached: u32,
-    /// Hash -> the first registered block with that hash.
-    cached: FastMap<u64, BlockId>,
+    /// Hash -> the first registered block with that hash. Entries of evicted blocks stay behind, stale, until
+    /// overwritten or purged: an entry is live only while its block still holds that hash.
+    cached: HashIndex,
     /// Hash -> later duplicates, in registration order. No dedup (K8): identical blocks computed separately
     /// are all registered; duplicates are rare, so they live apart from the hot map.
     dups: FastMap<u64, std::collections::VecDeque<BlockId>>,
@@ -34,24 +70,19 @@ impl BlockPool {
     pub fn new(num_blocks: u32) -> BlockPool {
         assert!(num_blocks >= 2, "a pool needs the null block and one more");
         let n = num_blocks as usize;
-        let mut prev = vec![NIL; n];
-        let mut next = vec![NIL; n];
-        for b in 1..n {
-            prev[b] = if b > 1 { (b - 1) as u32 } else { NIL };
-            next[b] = if b + 1 < n { (b + 1) as u32 } else { NIL };
+        let mut m = vec![Meta::default(); n];
+        for (b, x) in m.iter_mut().enumerate().skip(1) {
+            x.prev = if b > 1 { (b - 1) as u32 } else { NIL };
+            x.next = if b + 1 < n { (b + 1) as u32 } else { NIL };
         }
-        let mut ref_cnt = vec![0; n];
-        ref_cnt[0] = 1; // the null block is permanently referenced
+        m[0].ref_cnt = 1; // the null block is permanently referenced
         BlockPool {
-            ref_cnt,
-            hash: vec![None; n],
-            prev,
-            next,
+            m,
             head: 1,
             tail: (n - 1) as u32,
             num_free: num_blocks - 1,
             num_free_cached: 0,
-            cached: FastMap::default(),
+            cached: HashIndex::with_max_live(n),
             dups: FastMap::default(),
             evictions: 0,
         }
@@ -59,7 +90,7 @@ impl BlockPool {
 
     /// Total blocks, the null block included.
     pub fn num_blocks(&self) -> u32 {
-        self.ref_cnt.len() as u32
+        self.m.len() as u32
     }
 
     /// Blocks in the free queue (empty or cached-but-evictable).
@@ -88,16 +119,18 @@ impl BlockPool {
     }
 
     pub fn ref_cnt(&self, b: BlockId) -> u32 {
-        self.ref_cnt[b as usize]
+        self.m[b as usize].ref_cnt
     }
 
     pub fn block_hash(&self, b: BlockId) -> Option<u64> {
-        self.hash[b as usize]
+        self.m[b as usize].hash()
     }
 
     /// The first registered block with this hash, if any (K6: "the first one found is used").
     pub fn lookup(&self, hash: u64) -> Option<BlockId> {
-        self.cached.get(&hash).copied()
+        self.cached
+            .get(hash)
+            .filter(|&b| self.m[b as usize].hash() == Some(hash))
     }
 
     /// The free queue from head to tail (tests and invariant checks).
@@ -106,7 +139,7 @@ impl BlockPool {
         let mut b = self.head;
         while b != NIL {
             out.push(b);
-            b = self.next[b as usize];
+            b = self.m[b as usize].next;
         }
         out
     }
@@ -114,13 +147,13 @@ impl BlockPool {
     /// K4: takes a reference on each block; a block at ref 0 leaves the free queue (the LRU refresh).
     pub fn touch(&mut self, blocks: &[BlockId]) {
         for &b in blocks {
-            if self.ref_cnt[b as usize] == 0 {
+            if self.m[b as usize].ref_cnt == 0 {
                 self.unlink(b);
-                if self.hash[b as usize].is_some() {
+                if self.m[b as usize].hashed {
                     self.num_free_cached -= 1;
                 }
             }
-            self.ref_cnt[b as usize] += 1;
+            self.m[b as usize].ref_cnt += 1;
         }
     }
 
@@ -132,12 +165,12 @@ impl BlockPool {
         for _ in 0..n {
             let b = self.head;
             self.unlink(b);
-            if let Some(h) = self.hash[b as usize].take() {
+            if let Some(h) = self.m[b as usize].take_hash() {
                 self.num_free_cached -= 1;
                 self.evictions += 1;
                 self.unregister(b, h);
             }
-            self.ref_cnt[b as usize] = 1;
+            self.m[b as usize].ref_cnt = 1;
             out.push(b);
         }
     }
@@ -146,12 +179,12 @@ impl BlockPool {
     /// Callers pass a request's blocks last block first.
     pub fn free<I: IntoIterator<Item = BlockId>>(&mut self, blocks: I) {
         for b in blocks {
-            let r = &mut self.ref_cnt[b as usize];
+            let r = &mut self.m[b as usize].ref_cnt;
             assert!(*r > 0, "invariant 2: ref count would go negative");
             *r -= 1;
             if *r == 0 {
                 self.push_tail(b);
-                if self.hash[b as usize].is_some() {
+                if self.m[b as usize].hashed {
                     self.num_free_cached += 1;
                 }
             }
@@ -161,40 +194,59 @@ impl BlockPool {
     /// K8: registers a held block under `hash`. Registering a block that already has a hash is a no-op.
     pub fn cache_block(&mut self, b: BlockId, hash: u64) {
         debug_assert!(
-            self.ref_cnt[b as usize] > 0,
+            self.m[b as usize].ref_cnt > 0,
             "only held blocks are registered"
         );
-        if self.hash[b as usize].is_some() {
+        if self.m[b as usize].hashed {
             return;
         }
-        self.hash[b as usize] = Some(hash);
-        match self.cached.entry(hash) {
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(b);
-            }
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.dups.entry(hash).or_default().push_back(b);
-            }
+        if self.cached.crowded() {
+            self.purge_stale();
+        }
+        // `b` takes its hash only after the insert: a stale entry of its own earlier registration under the
+        // same hash must read as stale and be overwritten, not make `b` a duplicate of itself.
+        let m = &self.m;
+        let live = |h: u64, x: BlockId| m[x as usize].hash() == Some(h);
+        if !self.cached.insert_unless_live(hash, b, live) {
+            self.dups.entry(hash).or_default().push_back(b);
+        }
+        self.m[b as usize].hash = hash;
+        self.m[b as usize].hashed = true;
+    }
+
+    /// Rebuilds the hash index from its live entries. Without duplicates those are simply every hashed
+    /// block, found by one sequential pass over the blocks (no random reads); with duplicates, the blocks
+    /// lookups find are kept as they are.
+    fn purge_stale(&mut self) {
+        let m = &self.m;
+        if self.dups.is_empty() {
+            let live = m
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| x.hashed)
+                .map(|(b, x)| (x.hash, b as BlockId));
+            self.cached.rebuild(live);
+        } else {
+            let live: Vec<(u64, BlockId)> = self
+                .cached
+                .iter()
+                .filter(|&(h, b)| m[b as usize].hash() == Some(h))
+                .collect();
+            self.cached.rebuild(live);
         }
     }
 
     /// Removes `b` from the map under `h`; the oldest duplicate, if any, becomes the one lookups find.
     fn unregister(&mut self, b: BlockId, h: u64) {
-        // Duplicates are rare: skip their map entirely when there are none.
-        if self.dups.is_empty() {
-            self.cached.remove(&h);
+        // Without duplicates the entry simply goes stale (the caller has cleared the block's hash).
+        if self.dups.is_empty() || !self.dups.contains_key(&h) {
             return;
         }
-        let first = self
-            .cached
-            .get_mut(&h)
-            .expect("a hashed block is in the map");
-        if *first == b {
+        let first = self.cached.get(h).expect("a hashed block is in the map");
+        if first == b {
             match self.dups.get_mut(&h).and_then(|d| d.pop_front()) {
-                Some(next) => *first = next,
-                None => {
-                    self.cached.remove(&h);
-                }
+                Some(next) => self.cached.set(h, next),
+                None => self.cached.remove(h),
             }
         } else {
             let d = self.dups.get_mut(&h).expect("a duplicate is listed");
@@ -208,7 +260,7 @@ impl BlockPool {
 
     /// Every block registered under `hash`, first (the one lookups find) to last.
     pub fn blocks_with_hash(&self, hash: u64) -> Vec<BlockId> {
-        let mut v: Vec<BlockId> = self.cached.get(&hash).copied().into_iter().collect();
+        let mut v: Vec<BlockId> = self.lookup(hash).into_iter().collect();
         if let Some(d) = self.dups.get(&hash) {
             v.extend(d.iter().copied());
         }
@@ -216,29 +268,29 @@ impl BlockPool {
     }
 
     fn unlink(&mut self, b: BlockId) {
-        let (p, n) = (self.prev[b as usize], self.next[b as usize]);
+        let (p, n) = (self.m[b as usize].prev, self.m[b as usize].next);
         if p == NIL {
             self.head = n;
         } else {
-            self.next[p as usize] = n;
+            self.m[p as usize].next = n;
         }
         if n == NIL {
             self.tail = p;
         } else {
-            self.prev[n as usize] = p;
+            self.m[n as usize].prev = p;
         }
-        self.prev[b as usize] = NIL;
-        self.next[b as usize] = NIL;
+        self.m[b as usize].prev = NIL;
+        self.m[b as usize].next = NIL;
         self.num_free -= 1;
     }
 
     fn push_tail(&mut self, b: BlockId) {
-        self.prev[b as usize] = self.tail;
-        self.next[b as usize] = NIL;
+        self.m[b as usize].prev = self.tail;
+        self.m[b as usize].next = NIL;
         if self.tail == NIL {
             self.head = b;
         } else {
-            self.next[self.tail as usize] = b;
+            self.m[self.tail as usize].next = b;
         }
         self.tail = b;
         self.num_free += 1;
@@ -255,7 +307,7 @@ impl BlockPool {
                 self.num_free
             ));
         }
-        let mut in_q = vec![false; self.ref_cnt.len()];
+        let mut in_q = vec![false; self.m.len()];
         for &b in &q {
             if in_q[b as usize] {
                 return Err(format!("block {b} twice in the free queue"));
@@ -263,19 +315,18 @@ impl BlockPool {
             in_q[b as usize] = true;
         }
         let mut free_cached = 0;
-        #[allow(clippy::needless_range_loop)] // b indexes three parallel arrays
-        for b in 1..self.ref_cnt.len() {
-            let zero = self.ref_cnt[b] == 0;
+        for (b, x) in self.m.iter().enumerate().skip(1) {
+            let zero = x.ref_cnt == 0;
             if zero != in_q[b] {
                 return Err(format!(
                     "block {b}: ref {} but in free queue = {}",
-                    self.ref_cnt[b], in_q[b]
+                    x.ref_cnt, in_q[b]
                 ));
             }
-            if zero && self.hash[b].is_some() {
+            if zero && x.hashed {
                 free_cached += 1;
             }
-            if let Some(h) = self.hash[b] {
+            if let Some(h) = x.hash() {
                 if !self.blocks_with_hash(h).contains(&(b as u32)) {
                     return Err(format!("block {b} has a hash but is not in the map"));
                 }
@@ -290,13 +341,29 @@ impl BlockPool {
         if self.num_used() + self.num_free != self.num_blocks() - 1 {
             return Err("used + free != usable blocks".into());
         }
-        let listed = self.cached.iter().map(|(h, b)| (*h, *b)).chain(
-            self.dups
-                .iter()
-                .flat_map(|(h, d)| d.iter().map(move |b| (*h, *b))),
-        );
+        let hashed = self.m.iter().filter(|x| x.hashed).count();
+        let live = self
+            .cached
+            .iter()
+            .filter(|&(h, b)| self.m[b as usize].hash() == Some(h))
+            .count();
+        let dups: usize = self.dups.values().map(|d| d.len()).sum();
+        if hashed != live + dups {
+            return Err(format!(
+                "{hashed} hashed blocks but {live} live map entries and {dups} duplicates"
+            ));
+        }
+        let listed = self
+            .cached
+            .iter()
+            .filter(|&(h, b)| self.m[b as usize].hash() == Some(h))
+            .chain(
+                self.dups
+                    .iter()
+                    .flat_map(|(h, d)| d.iter().map(move |b| (*h, *b))),
+            );
         for (h, b) in listed {
-            if self.hash[b as usize] != Some(h) {
+            if self.m[b as usize].hash() != Some(h) {
                 return Err(format!("map lists block {b} under a hash it does not hold"));
             }
         }

@@ -2,6 +2,7 @@
 //! scheduler calls (engine-semantics K5-K10, P1).
 
 pub mod block_pool;
+mod hash_index;
 pub mod sizing;
 
 pub use block_pool::{BlockId, BlockPool};
@@ -68,6 +69,7 @@ impl KvCacheManager {
             return CacheHit::default();
         }
         debug_assert_eq!(req.num_computed_tokens, 0);
+        req.debug_check_block_hashes(self.block_size);
         req.update_block_hashes(self.block_size);
         let cap = ((req.num_tokens().saturating_sub(1)) / self.block_size) as usize;
         let mut blocks = Vec::new();
@@ -95,6 +97,15 @@ impl KvCacheManager {
     /// a later request in the same step can hit them.
     pub fn allocate_slots(&mut self, req: &mut Request, num_new: u32, hit: &CacheHit) -> bool {
         let bs = self.block_size as u64;
+        // Most decode steps need no block and fill none: the general path below would change nothing.
+        if hit.blocks.is_empty() {
+            let upto = req.num_computed_tokens as u64 + num_new as u64;
+            let fills = self.caching
+                && (upto.min(req.num_tokens() as u64) / bs) as usize > req.num_cached_blocks;
+            if upto <= req.block_table.len() as u64 * bs && !fills {
+                return true;
+            }
+        }
         let computed = req.num_computed_tokens as u64 + hit.tokens as u64;
         let needed = (computed + num_new as u64).div_ceil(bs) as usize;
         let held = req.block_table.len() + hit.blocks.len();

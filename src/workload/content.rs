@@ -29,15 +29,52 @@ pub fn total_tokens(segments: &[Segment]) -> u64 {
 /// Extends `hashes` (the chained hashes of the first `hashes.len()` full blocks of `segments`) with the
 /// hashes of every further full block. Only full blocks are hashed (vLLM K5).
 ///
-/// Cost: O(new blocks + segments crossed), starting from a binary search over cumulative lengths.
+/// Cost: O(new blocks + segments crossed).
 pub fn extend_block_hashes(
     segments: &[Segment],
     block_size: u32,
     salt: u64,
     hashes: &mut Vec<u64>,
 ) {
+    extend_chain(
+        segments.len(),
+        |i| segments[i],
+        total_tokens(segments),
+        block_size,
+        salt,
+        hashes,
+    );
+}
+
+/// As [`extend_block_hashes`] over `prompt` followed by `tail` (a request's outputs so far), without
+/// building the concatenated list: this runs every time an output block fills.
+pub fn extend_block_hashes_tail(
+    prompt: &[Segment],
+    tail: Segment,
+    block_size: u32,
+    salt: u64,
+    hashes: &mut Vec<u64>,
+) {
+    let n = prompt.len();
+    extend_chain(
+        n + 1,
+        |i| if i < n { prompt[i] } else { tail },
+        total_tokens(prompt) + tail.len as u64,
+        block_size,
+        salt,
+        hashes,
+    );
+}
+
+fn extend_chain(
+    n: usize,
+    seg_at: impl Fn(usize) -> Segment,
+    total: u64,
+    block_size: u32,
+    salt: u64,
+    hashes: &mut Vec<u64>,
+) {
     let bs = block_size as u64;
-    let total = total_tokens(segments);
     let full = (total / bs) as usize;
     if hashes.len() >= full {
         return;
@@ -46,17 +83,19 @@ pub fn extend_block_hashes(
     let mut start = hashes.len() as u64 * bs;
     let mut seg = 0usize;
     let mut seg_start = 0u64;
-    while seg_start + segments[seg].len as u64 <= start {
-        seg_start += segments[seg].len as u64;
+    while seg_start + seg_at(seg).len as u64 <= start {
+        seg_start += seg_at(seg).len as u64;
         seg += 1;
     }
+    hashes.reserve(full - hashes.len());
     let mut parent = hashes.last().copied().unwrap_or_else(|| chain_seed(salt));
     while hashes.len() < full {
         let end = start + bs;
         let mut h = parent;
         let mut pos = start;
         while pos < end {
-            let s = segments[seg];
+            debug_assert!(seg < n);
+            let s = seg_at(seg);
             let seg_end = seg_start + s.len as u64;
             let piece_end = seg_end.min(end);
             let offset = pos - seg_start;

@@ -61,6 +61,9 @@ pub struct Session {
     history: Vec<PastTurn>,
     /// History turns dropped by truncation (the prefix changed at that point).
     pub truncated_turns: usize,
+    /// The last finished turn's block hashes: the next prompt starts with that turn's prompt and response,
+    /// so its hashes begin with these (unless truncation drops a turn first).
+    carried: Vec<u64>,
 }
 
 /// A request the generator hands to the world, with its hidden true output length.
@@ -235,6 +238,12 @@ impl Workload for ConversationGenerator {
         self.complete(id, output_tokens, now)
     }
 
+    fn carry_block_hashes(&mut self, id: SessionId, hashes: Vec<u64>) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.carried = hashes;
+        }
+    }
+
     fn sessions_started(&self) -> u64 {
         self.next_session
     }
@@ -299,6 +308,7 @@ impl ConversationGenerator {
             next_turn: 0,
             history: Vec::new(),
             truncated_turns: 0,
+            carried: Vec::new(),
         }
     }
 
@@ -336,6 +346,7 @@ impl ConversationGenerator {
             {
                 s.history.remove(0);
                 s.truncated_turns += 1;
+                s.carried.clear();
             }
         }
         let mut prompt = Vec::with_capacity(2 * s.history.len() + 3);
@@ -363,7 +374,7 @@ impl ConversationGenerator {
             (max_tokens_cfg as u64).min(max_model_len - prompt_tokens) as u32
         };
         let salt = if self.block_salted { id + 1 } else { 0 };
-        let request = Request::new(
+        let mut request = Request::new(
             rid,
             id,
             k as u32 + 1,
@@ -374,6 +385,7 @@ impl ConversationGenerator {
             max_tokens,
             salt,
         );
+        request.block_hashes = std::mem::take(&mut s.carried);
         let nr = NewRequest {
             request,
             true_output_tokens: spec.response_tokens,
