@@ -199,6 +199,9 @@ impl Replica {
             max_steps = max_steps.min(to_finish.saturating_sub(1));
             context += r.num_computed_tokens as u64 + 1;
         }
+        if max_steps == 0 {
+            return None;
+        }
         // The batch leaves the request table for the leap: the loop below touches every request every step,
         // and a map lookup per request per step was most of its cost.
         let mut batch: Vec<Request> = running

@@ -70,14 +70,14 @@ impl System {
     /// The roofline of one GPU of a replica (the model split tensor-parallel).
     pub fn roofline(&self, cfg: &Config) -> Result<Roofline, ConfigError> {
         let hw = &cfg.hardware;
-        Ok(Roofline {
-            model: self.model.per_rank(hw.tensor_parallel)?,
-            hw: self.hardware.clone(),
-            p: cfg.cost.roofline.clone(),
-            tp: hw.tensor_parallel,
-            interconnect_gbps: hw.interconnect_gbps,
-            allreduce_latency_s: hw.allreduce_latency_s,
-        })
+        Ok(Roofline::new(
+            self.model.per_rank(hw.tensor_parallel)?,
+            self.hardware.clone(),
+            cfg.cost.roofline.clone(),
+            hw.tensor_parallel,
+            hw.interconnect_gbps,
+            hw.allreduce_latency_s,
+        ))
     }
 
     /// Builds the configured cost model; profile and table files are read (and checked) here.

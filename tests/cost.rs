@@ -11,14 +11,14 @@ use std::path::Path;
 const VIDUR: &str = "../shared/profiles/vidur/compute";
 
 fn roofline(model: &str, hw: &str) -> Roofline {
-    Roofline {
-        model: ModelShape::load(model).unwrap(),
-        hw: HardwareSpec::load(hw).unwrap(),
-        p: RooflineConfig::default(),
-        tp: 1,
-        interconnect_gbps: 450.0,
-        allreduce_latency_s: 1e-5,
-    }
+    Roofline::new(
+        ModelShape::load(model).unwrap(),
+        HardwareSpec::load(hw).unwrap(),
+        RooflineConfig::default(),
+        1,
+        450.0,
+        1e-5,
+    )
 }
 
 #[test]

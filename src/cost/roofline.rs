@@ -8,6 +8,7 @@
 use super::catalog::{HardwareSpec, ModelShape};
 use super::{BatchShape, CostModel, OpTimes};
 use crate::config::RooflineConfig;
+use std::cell::RefCell;
 
 #[derive(Clone, Debug)]
 pub struct Roofline {
@@ -20,9 +21,32 @@ pub struct Roofline {
     /// All-reduce link bandwidth per GPU, GB/s, and fixed latency per all-reduce, s.
     pub interconnect_gbps: f64,
     pub allreduce_latency_s: f64,
+    /// The operators that depend only on the step's token count, for the last count seen: every step of a
+    /// decode run has the same count, and recomputing a dozen rooflines per step was a visible share of a
+    /// run. A pure cache: the values are exactly what `token_ops` returns.
+    memo: RefCell<Option<(u64, OpTimes)>>,
 }
 
 impl Roofline {
+    pub fn new(
+        model: ModelShape,
+        hw: HardwareSpec,
+        p: RooflineConfig,
+        tp: u32,
+        interconnect_gbps: f64,
+        allreduce_latency_s: f64,
+    ) -> Roofline {
+        Roofline {
+            model,
+            hw,
+            p,
+            tp,
+            interconnect_gbps,
+            allreduce_latency_s,
+            memo: RefCell::new(None),
+        }
+    }
+
     fn flops_per_s(&self) -> f64 {
         self.hw.peak_bf16_tflops * 1e12 * self.p.compute_efficiency
     }
@@ -51,18 +75,13 @@ impl Roofline {
         let (i, o) = (inp as f64, out as f64);
         self.op(2.0 * t * i * o, (i * o + t * (i + o)) * d)
     }
-}
 
-impl CostModel for Roofline {
-    fn name(&self) -> &'static str {
-        "roofline"
-    }
-
-    fn breakdown(&self, b: &BatchShape) -> OpTimes {
+    /// The GEMMs, element-wise operators and all-reduces of a step of `tokens` tokens.
+    fn token_ops(&self, tokens: u64) -> OpTimes {
         let m = &self.model;
         let layers = m.num_layers as f64;
         let d = m.dtype_bytes as f64;
-        let t = b.total_tokens() as f64;
+        let t = tokens as f64;
         let h = m.hidden_size;
         let mut ops = OpTimes::default();
         let mut push = |op: &'static str, seconds: f64| ops.push(op, seconds);
@@ -102,6 +121,33 @@ impl CostModel for Roofline {
                 push("allreduce", layers * 2.0 * one);
             }
         }
+        ops
+    }
+}
+
+impl CostModel for Roofline {
+    fn name(&self) -> &'static str {
+        "roofline"
+    }
+
+    fn breakdown(&self, b: &BatchShape) -> OpTimes {
+        let m = &self.model;
+        let layers = m.num_layers as f64;
+        let d = m.dtype_bytes as f64;
+        let h = m.hidden_size;
+        let tokens = b.total_tokens();
+        let mut ops = {
+            let mut memo = self.memo.borrow_mut();
+            match *memo {
+                Some((n, o)) if n == tokens => o,
+                _ => {
+                    let o = self.token_ops(tokens);
+                    *memo = Some((tokens, o));
+                    o
+                }
+            }
+        };
+        let mut push = |op: &'static str, seconds: f64| ops.push(op, seconds);
         let qk_width = (m.num_heads * m.head_dim) as f64;
         let kv_bytes_per_token = 2.0 * m.kv_dim() as f64 * d;
         if b.prefill_tokens > 0 {
@@ -155,16 +201,16 @@ mod tests {
         //  lm_head: bytes 256 x 1024 x 4 + 1024 x 4 = 1,052,672 -> 2.105344e-6.
         //  total = 4.21888e-6 + 2.4576e-8 + 2.113536e-6 + 1.699072e-5 + 6.6048e-8 + 6.5536e-8
         //          + 8.35584e-7 + 2.105344e-6 = 2.6420224e-5 s = 26,420 ns (rounded).
-        let r = Roofline {
-            model: ModelShape::load("tiny").unwrap(),
-            hw: HardwareSpec {
+        let r = Roofline::new(
+            ModelShape::load("tiny").unwrap(),
+            HardwareSpec {
                 name: "test".into(),
                 device_name: "test".into(),
                 peak_bf16_tflops: 100.0,
                 memory_bandwidth_gbps: 1000.0,
                 memory_gib: 1.0,
             },
-            p: RooflineConfig {
+            RooflineConfig {
                 compute_efficiency: 0.5,
                 memory_efficiency: 0.5,
                 elementwise_efficiency: 0.5,
@@ -172,10 +218,10 @@ mod tests {
                 step_overhead_s: 0.0,
                 layer_overhead_s: 0.0,
             },
-            tp: 1,
-            interconnect_gbps: 450.0,
-            allreduce_latency_s: 0.0,
-        };
+            1,
+            450.0,
+            0.0,
+        );
         let mut b = BatchShape::default();
         b.add(1, 100, true, true);
         assert_eq!(r.step_time(&b).0, 26_420);
@@ -183,14 +229,14 @@ mod tests {
 
     #[test]
     fn big_prefill_is_compute_bound_and_decode_memory_bound() {
-        let r = Roofline {
-            model: ModelShape::load("llama-3.1-8b").unwrap(),
-            hw: HardwareSpec::load("h100-sxm").unwrap(),
-            p: RooflineConfig::default(),
-            tp: 1,
-            interconnect_gbps: 450.0,
-            allreduce_latency_s: 1e-5,
-        };
+        let r = Roofline::new(
+            ModelShape::load("llama-3.1-8b").unwrap(),
+            HardwareSpec::load("h100-sxm").unwrap(),
+            RooflineConfig::default(),
+            1,
+            450.0,
+            1e-5,
+        );
         let mut dec = BatchShape::default();
         dec.add(1, 1000, true, true);
         let mut pre = BatchShape::default();

@@ -18,6 +18,18 @@ struct Slot {
     val: u32,
 }
 
+/// A prefetch hint for the cache line at `p` (no-op off x86-64).
+#[inline]
+pub fn prefetch_ptr<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; it never faults or reads into the program, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Map from 64-bit block hash to block id that may hold stale entries (see the module docs). Contract: the
 /// caller's `is_live(key, val)` is true for at most one block per key at a time, for no more than
 /// `max_live` entries at once, and an entry that went stale never becomes live again unless re-inserted.
@@ -65,6 +77,13 @@ impl HashIndex {
             }
             i = (i + 1) & self.mask;
         }
+    }
+
+    /// Hints the CPU to load `key`'s home slot: callers that know the next keys (a request's chain of block
+    /// hashes) prefetch a few ahead, so the table's cache misses overlap instead of queueing.
+    #[inline]
+    pub fn prefetch(&self, key: u64) {
+        prefetch_ptr(self.slots.as_ptr().wrapping_add(self.home(key)));
     }
 
     /// The block under `key`, live or stale: the caller checks.

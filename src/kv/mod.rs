@@ -26,6 +26,9 @@ pub struct CacheHit {
     pub tokens: u32,
 }
 
+/// How many blocks ahead the per-block loops prefetch (a few cache misses in flight at once).
+const PREFETCH_AHEAD: usize = 8;
+
 /// The KV manager of one replica.
 #[derive(Clone, Debug)]
 pub struct KvCacheManager {
@@ -73,7 +76,11 @@ impl KvCacheManager {
         req.update_block_hashes(self.block_size);
         let cap = ((req.num_tokens().saturating_sub(1)) / self.block_size) as usize;
         let mut blocks = Vec::new();
-        for &h in req.block_hashes.iter().take(cap) {
+        let chain = &req.block_hashes[..cap.min(req.block_hashes.len())];
+        for (i, &h) in chain.iter().enumerate() {
+            if let Some(&ahead) = chain.get(i + PREFETCH_AHEAD) {
+                self.pool.prefetch_hash(ahead);
+            }
             match self.pool.lookup(h) {
                 Some(b) => blocks.push(b),
                 None => break,
@@ -130,6 +137,10 @@ impl KvCacheManager {
             if full > req.num_cached_blocks {
                 req.update_block_hashes(self.block_size);
                 for i in req.num_cached_blocks..full {
+                    if i + PREFETCH_AHEAD < full {
+                        self.pool
+                            .prefetch_hash(req.block_hashes[i + PREFETCH_AHEAD]);
+                    }
                     self.pool
                         .cache_block(req.block_table[i], req.block_hashes[i]);
                 }
@@ -141,7 +152,7 @@ impl KvCacheManager {
 
     /// K3 / K10: releases every block of the request, last block first.
     pub fn free(&mut self, req: &mut Request) {
-        self.pool.free(req.block_table.iter().rev().copied());
+        self.pool.free_table(&req.block_table);
         req.block_table.clear();
         req.num_cached_blocks = 0;
     }
