@@ -391,9 +391,10 @@ pub fn human_summary(o: &RunOutcome) -> String {
     );
     let _ = writeln!(
         out,
-        "  wrote {} ({} events in {:.2} s wall)",
+        "  wrote {} ({} events, {} steps advanced by leaps, in {:.2} s wall)",
         o.out_dir.display(),
         o.events,
+        o.leapt_steps,
         o.wall_seconds
     );
     out

@@ -34,14 +34,21 @@ impl ReplicaStats {
     /// Adds a step's breakdown. A cost model lists its operators in the same order every step, so the
     /// position usually matches and no search is needed.
     fn add_ops(&mut self, ops: &[crate::cost::OpTime]) {
+        // Operator names are static strings, so a name is found by address first (the usual case: a step
+        // shape adds or drops an operator, shifting positions), by its bytes only when no address matches.
         for (i, o) in ops.iter().enumerate() {
-            match self.op_seconds.get_mut(i) {
-                // Operator names are static strings: compare addresses first, bytes only if they differ.
-                Some(e) if std::ptr::eq(e.0, o.op) || e.0 == o.op => e.1 += o.seconds,
-                _ => match self.op_seconds.iter_mut().find(|e| e.0 == o.op) {
-                    Some(e) => e.1 += o.seconds,
-                    None => self.op_seconds.push((o.op, o.seconds)),
-                },
+            let same = |e: &(&'static str, f64)| std::ptr::eq(e.0, o.op);
+            let at = match self.op_seconds.get(i) {
+                Some(e) if same(e) => Some(i),
+                _ => self
+                    .op_seconds
+                    .iter()
+                    .position(same)
+                    .or_else(|| self.op_seconds.iter().position(|e| e.0 == o.op)),
+            };
+            match at {
+                Some(j) => self.op_seconds[j].1 += o.seconds,
+                None => self.op_seconds.push((o.op, o.seconds)),
             }
         }
     }
@@ -115,7 +122,7 @@ impl Replica {
         req.update_block_hashes(self.kv.block_size());
         self.true_output.insert(req.id, true_output_tokens);
         self.scheduler.add_request(&req);
-        self.requests.insert(req.id, req);
+        self.requests.insert(req.id, Box::new(req));
     }
 
     /// Plans and starts a step at `now`; returns its duration, or None when nothing can run.
@@ -204,7 +211,7 @@ impl Replica {
         }
         // The batch leaves the request table for the leap: the loop below touches every request every step,
         // and a map lookup per request per step was most of its cost.
-        let mut batch: Vec<Request> = running
+        let mut batch: Vec<Box<Request>> = running
             .iter()
             .map(|id| self.requests.remove(id).expect("running request"))
             .collect();
@@ -323,7 +330,7 @@ impl Replica {
                 "invariant 4: causality of request {}",
                 r.id
             );
-            out.push(r);
+            out.push(*r);
         }
         #[cfg(debug_assertions)]
         self.maybe_check_invariants(&[]);
@@ -333,7 +340,7 @@ impl Replica {
     /// Debug builds check the full invariants after every step on pools up to 1,024 blocks; larger pools
     /// every (blocks / 1,024)-th step, so the O(blocks) check costs about 1,024 block visits per step.
     #[cfg(debug_assertions)]
-    fn maybe_check_invariants(&self, out: &[Request]) {
+    fn maybe_check_invariants(&self, out: &[Box<Request>]) {
         let stride = (self.kv.pool().num_blocks() as u64 / 1024).max(1);
         if self.stats.steps % stride == 0 {
             self.check_invariants_with(out);
@@ -347,6 +354,7 @@ impl Replica {
         let mut out: Vec<Request> = ids
             .into_iter()
             .filter_map(|id| self.requests.remove(&id))
+            .map(|r| *r)
             .collect();
         for r in &mut out {
             self.kv.free(r);
@@ -362,7 +370,7 @@ impl Replica {
     }
 
     /// As `check_invariants`, with `out` the requests taken out of the table for a leap.
-    fn check_invariants_with(&self, out: &[Request]) {
+    fn check_invariants_with(&self, out: &[Box<Request>]) {
         let pool = self.kv.pool();
         if let Err(e) = pool.check_invariants() {
             panic!("invariant 2 violated on replica {}: {e}", self.id);

@@ -62,7 +62,7 @@ impl H {
         );
         r.update_block_hashes(16);
         self.s.add_request(&r);
-        self.reqs.insert(id, r);
+        self.reqs.insert(id, Box::new(r));
     }
 
     fn step(&mut self) -> StepPlan {

@@ -15,7 +15,9 @@ use crate::kv::KvCacheManager;
 use crate::request::{Request, RequestId};
 
 /// The requests of one replica, by id.
-pub type RequestTable = FastMap<RequestId, Request>;
+/// Requests by id. Boxed: a decode leap moves its whole batch out of the table and back, and a request is
+/// a few hundred bytes.
+pub type RequestTable = FastMap<RequestId, Box<Request>>;
 
 /// What one step computes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
