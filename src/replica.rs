@@ -119,7 +119,10 @@ impl Replica {
     /// Queues a new request.
     pub fn enqueue(&mut self, mut req: Request, true_output_tokens: u32) {
         req.replica = self.id;
-        req.update_block_hashes(self.kv.block_size());
+        // Block hashes serve only the prefix cache: without it they are never computed.
+        if self.kv.caching() {
+            req.update_block_hashes(self.kv.block_size());
+        }
         self.true_output.insert(req.id, true_output_tokens);
         self.scheduler.add_request(&req);
         self.requests.insert(req.id, Box::new(req));
@@ -266,7 +269,9 @@ impl Replica {
         for mut r in batch {
             if steps > 0 {
                 r.last_token = Some(t);
-                r.update_block_hashes(bs);
+                if self.kv.caching() {
+                    r.update_block_hashes(bs);
+                }
             }
             self.requests.insert(r.id, r);
         }
@@ -311,7 +316,8 @@ impl Replica {
             };
             match reason {
                 Some(reason) => done.push((id, reason)),
-                None => r.update_block_hashes(bs),
+                None if self.kv.caching() => r.update_block_hashes(bs),
+                None => {}
             }
         }
         let ids: Vec<RequestId> = done.iter().map(|d| d.0).collect();
