@@ -23,6 +23,8 @@ struct Meta {
     qpos: u64,
     ref_cnt: u32,
     hashed: bool,
+    /// The watch epoch of the lookup whose hit holds this block (see `BlockPool::watch`).
+    watch: u16,
 }
 
 impl Default for Meta {
@@ -32,6 +34,7 @@ impl Default for Meta {
             qpos: NOT_QUEUED,
             ref_cnt: 0,
             hashed: false,
+            watch: 0,
         }
     }
 }
@@ -71,6 +74,10 @@ pub struct BlockPool {
     /// are all registered; duplicates are rare, so they live apart from the hot map.
     dups: FastMap<u64, VecDeque<BlockId>>,
     evictions: u64,
+    /// The watched lookup: its blocks carry `watch_epoch`; evicting one breaks the watch. Epochs wrap,
+    /// which can only break a watch spuriously (a block left from an older epoch), never miss an eviction.
+    watch_epoch: u16,
+    watch_broken: bool,
 }
 
 impl BlockPool {
@@ -92,6 +99,8 @@ impl BlockPool {
             cached: HashIndex::with_max_live(n),
             dups: FastMap::default(),
             evictions: 0,
+            watch_epoch: 0,
+            watch_broken: true,
         }
     }
 
@@ -138,6 +147,25 @@ impl BlockPool {
         self.cached
             .get(hash)
             .filter(|&b| self.m[b as usize].hash() == Some(hash))
+    }
+
+    /// Starts watching a new lookup (forgetting the previous one); add its blocks with `watch`.
+    pub fn watch_new(&mut self) {
+        self.watch_epoch = self.watch_epoch.wrapping_add(1);
+        self.watch_broken = false;
+    }
+
+    /// Adds blocks to the watched lookup.
+    pub fn watch(&mut self, blocks: &[BlockId]) {
+        for &b in blocks {
+            self.m[b as usize].watch = self.watch_epoch;
+        }
+    }
+
+    /// True while no watched block has been evicted since `watch_new`: every block of the watched lookup
+    /// still holds its hash and is still the block a lookup of that hash finds.
+    pub fn watch_intact(&self) -> bool {
+        !self.watch_broken
     }
 
     /// Prefetch hint for a coming `lookup(hash)` or `cache_block(_, hash)`.
@@ -190,6 +218,9 @@ impl BlockPool {
             if let Some(h) = self.m[b as usize].take_hash() {
                 self.num_free_cached -= 1;
                 self.evictions += 1;
+                if self.m[b as usize].watch == self.watch_epoch {
+                    self.watch_broken = true;
+                }
                 self.unregister(b, h);
             }
             self.m[b as usize].ref_cnt = 1;
