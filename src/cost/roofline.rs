@@ -23,7 +23,8 @@ pub struct Roofline {
     pub allreduce_latency_s: f64,
     /// The operators that depend only on the step's token count, for the last count seen: every step of a
     /// decode run has the same count, and recomputing a dozen rooflines per step was a visible share of a
-    /// run. A pure cache: the values are exactly what `token_ops` returns.
+    /// run. A pure cache: the values are exactly what `token_ops` returns, as long as the fields above are
+    /// not changed after `new` (nothing does; change them only on a fresh `Roofline::new`).
     memo: RefCell<Option<(u64, OpTimes)>>,
 }
 

@@ -11,7 +11,7 @@ pub type BlockId = u32;
 /// `Meta::qpos` of a block not in the free queue.
 const NOT_QUEUED: u64 = u64::MAX;
 
-use super::hash_index::HashIndex;
+use super::hash_index::{prefetch_ptr, HashIndex, PREFETCH_AHEAD};
 use crate::fasthash::FastMap;
 use std::collections::VecDeque;
 
@@ -177,7 +177,7 @@ impl BlockPool {
     /// Prefetch hint for a coming operation on block `b`.
     #[inline]
     pub fn prefetch_block(&self, b: BlockId) {
-        super::hash_index::prefetch_ptr(self.m.as_ptr().wrapping_add(b as usize));
+        prefetch_ptr(self.m.as_ptr().wrapping_add(b as usize));
     }
 
     /// The free queue from head to tail (tests and invariant checks).
@@ -194,7 +194,7 @@ impl BlockPool {
     /// K4: takes a reference on each block; a block at ref 0 leaves the free queue (the LRU refresh).
     pub fn touch(&mut self, blocks: &[BlockId]) {
         for (i, &b) in blocks.iter().enumerate() {
-            if let Some(&ahead) = blocks.get(i + 8) {
+            if let Some(&ahead) = blocks.get(i + PREFETCH_AHEAD) {
                 self.prefetch_block(ahead);
             }
             if self.m[b as usize].ref_cnt == 0 {
@@ -248,8 +248,8 @@ impl BlockPool {
     /// prefetching the blocks ahead.
     pub fn free_table(&mut self, table: &[BlockId]) {
         for i in (0..table.len()).rev() {
-            if i >= 8 {
-                self.prefetch_block(table[i - 8]);
+            if i >= PREFETCH_AHEAD {
+                self.prefetch_block(table[i - PREFETCH_AHEAD]);
             }
             self.free([table[i]]);
         }
@@ -300,7 +300,8 @@ impl BlockPool {
         }
     }
 
-    /// Removes `b` from the map under `h`; the oldest duplicate, if any, becomes the one lookups find.
+    /// Unregisters the evicted block `b` from hash `h`: the oldest duplicate, if any, becomes the one lookups
+    /// find; without duplicates the index entry is left to go stale.
     fn unregister(&mut self, b: BlockId, h: u64) {
         // Without duplicates the entry simply goes stale (the caller has cleared the block's hash).
         if self.dups.is_empty() || !self.dups.contains_key(&h) {
@@ -336,7 +337,7 @@ impl BlockPool {
     /// not.
     fn pop_head(&mut self) -> BlockId {
         loop {
-            if let Some(&ahead) = self.ring.get(8) {
+            if let Some(&ahead) = self.ring.get(PREFETCH_AHEAD) {
                 self.prefetch_block(ahead);
             }
             let b = self.ring.pop_front().expect("num_free > 0");

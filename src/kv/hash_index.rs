@@ -4,9 +4,10 @@
 //! per computed block, the hottest map traffic of a run (a profile put hashbrown's insert and remove at a
 //! third of all time, each a cache miss at a random slot). Eviction therefore does not touch the table: an
 //! entry whose block no longer holds its key is *stale*, the caller tells live from stale with a predicate
-//! (the block pool checks the block's current hash, an array read it makes anyway), inserts reuse stale
-//! slots, and a purge sweeps stale entries out when the table reaches half full. Block hashes are uniformly
-//! mixed 64-bit values; key and value share one 16-byte slot (one miss per probe, no control bytes).
+//! (the block pool checks the block's current hash, an array read it makes anyway), an insert overwrites its
+//! key's own stale entry, and a purge sweeps the other stale entries out when the table reaches half full.
+//! Each key has at most one slot; key and value share one 16-byte slot (one miss per probe, no control
+//! bytes); linear probing, and deletion (duplicates only) by backward shift, so no tombstones.
 
 use super::BlockId;
 
@@ -17,6 +18,10 @@ struct Slot {
     key: u64,
     val: u32,
 }
+
+/// How many entries ahead the per-block loops prefetch (table slots, block records): a few cache misses in
+/// flight at once.
+pub const PREFETCH_AHEAD: usize = 8;
 
 /// A prefetch hint for the cache line at `p` (no-op off x86-64).
 #[inline]

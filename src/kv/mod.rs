@@ -3,6 +3,7 @@
 
 pub mod block_pool;
 mod hash_index;
+use hash_index::PREFETCH_AHEAD;
 pub mod sizing;
 
 pub use block_pool::{BlockId, BlockPool};
@@ -25,9 +26,6 @@ pub struct CacheHit {
     pub blocks: Vec<BlockId>,
     pub tokens: u32,
 }
-
-/// How many blocks ahead the per-block loops prefetch (a few cache misses in flight at once).
-const PREFETCH_AHEAD: usize = 8;
 
 /// The KV manager of one replica.
 #[derive(Clone, Debug)]
@@ -206,8 +204,8 @@ mod tests {
         let none = kv.get_computed_blocks(&mut a);
         assert!(kv.allocate_slots(&mut a, 12, &none));
         assert_eq!(a.block_table, vec![1, 2, 3]);
+        // The first lookup counted 12 queried tokens and no hits.
         kv.free(&mut a); // queue: 4, 5, 3, 2, 1 (1-3 cached)
-                         // (The first lookup counted 12 queried tokens, no hits.)
 
         let mut b = req(2, 12);
         let hit = kv.get_computed_blocks(&mut b);
