@@ -269,7 +269,7 @@ fn workload_command(c: WorkloadCommand) -> Result<(), Error> {
                         WorkloadKind::Conversational => Trace {
                             records: generate_records(&cfg, sys.sizing.max_model_len),
                             has_sessions: true,
-                            skipped_rows: 0,
+                            failed_rows: 0,
                             content: "generated: shared system prompts and session history".into(),
                         },
                     };
@@ -341,9 +341,13 @@ pub fn human_summary(o: &RunOutcome) -> String {
         s.0["num_gpu_blocks"],
         s.0["cost_model"].as_str().unwrap_or("?"),
     );
+    let failed = match s.0["requests_failed"].as_u64() {
+        Some(n) if n > 0 => format!(", {n} recorded failures (not run)"),
+        _ => String::new(),
+    };
     let _ = writeln!(
         out,
-        "  requests   {} finished, {} rejected, {} unfinished, from {} sessions over {:.1} s of virtual time",
+        "  requests   {} finished, {} rejected, {} unfinished{failed}, from {} sessions over {:.1} s of virtual time",
         s.0["requests_finished"], s.0["requests_rejected"], s.0["requests_unfinished"], s.0["sessions"], f("duration_s")
     );
     let _ = writeln!(

@@ -18,6 +18,8 @@ pub enum Status {
     Rejected,
     /// Still in flight when the run stopped (`output.max_sim_time_s`).
     Unfinished,
+    /// Recorded as failed by the replayed trace (BurstGPT rows with 0 response tokens): not run.
+    Failed,
 }
 
 impl Status {
@@ -26,6 +28,7 @@ impl Status {
             Status::Finished => "finished",
             Status::Rejected => "rejected",
             Status::Unfinished => "unfinished",
+            Status::Failed => "failed",
         }
     }
 }

@@ -143,6 +143,7 @@ fn summarize(world: &mut World, sys: &System) -> Summary {
     s.set("requests_finished", m.finished);
     s.set("requests_rejected", m.rejected);
     s.set("requests_unfinished", m.unfinished);
+    s.set("requests_failed", m.failed);
     // B3: duration runs from the start (first arrival at t = 0) to the last completion.
     let dur = m.last_finish.as_secs_f64();
     s.set("duration_s", dur);

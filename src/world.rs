@@ -214,7 +214,7 @@ impl<'a> World<'a> {
         let m = &self.metrics;
         assert_eq!(
             self.counts.released,
-            m.finished + m.rejected + m.unfinished,
+            m.finished + m.rejected + m.unfinished + m.failed,
             "invariant 1: request conservation"
         );
         self.metrics.flush()
@@ -318,6 +318,15 @@ impl<'a> World<'a> {
             Some(Release::Rejected(nr)) => {
                 self.counts.released += 1;
                 self.metrics.on_request_done(&nr.request, Status::Rejected)
+            }
+            Some(Release::Failed(nr)) => {
+                self.counts.released += 1;
+                self.metrics.on_request_done(&nr.request, Status::Failed)?;
+                // The recorded user went on after the failure: the next turn follows its gap.
+                if let Some(t) = self.workload.on_turn_complete(nr.request.session, 0, now) {
+                    self.queue.push(t, Event::TurnRelease(nr.request.session));
+                }
+                Ok(())
             }
             Some(Release::Request(nr)) => {
                 self.counts.released += 1;

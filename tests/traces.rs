@@ -69,10 +69,13 @@ fn azure_real_files_rows_totals_and_exact_rows() {
 #[test]
 fn burstgpt_real_file_sessions_and_failures() {
     let t = read(TraceFormat::Burstgpt, "burstgpt/burstgpt3_first400.csv");
-    // 400 rows, one with 0 response tokens (skipped); the other 399 carry 246,941 request and 68,350
-    // response tokens.
-    assert_eq!(t.skipped_rows, 1);
-    assert_eq!(totals(&t), (399, 246_941, 68_350));
+    // 400 rows, one with 0 response (and 0 request) tokens: a failure, kept and marked; the other 399
+    // carry 246,941 request and 68,350 response tokens.
+    assert_eq!(t.failed_rows, 1);
+    assert_eq!(totals(&t), (400, 246_941, 68_350));
+    let failed: Vec<_> = t.records.iter().filter(|r| r.failed).collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!((failed[0].input_tokens(), failed[0].output_tokens), (0, 0));
     let r0 = &t.records[0];
     assert_eq!(
         (r0.input_tokens(), r0.output_tokens, r0.turn),
@@ -257,4 +260,51 @@ proptest! {
             r.first().map_or("0", |s| s.as_str()), r.get(1).map_or("1", |s| s.as_str()), r.get(2).map_or("", |s| s.as_str()))).collect();
         parse_any(TraceFormat::Mooncake, &json);
     }
+}
+
+#[test]
+fn burstgpt_failures_are_replayed_marked_and_their_session_goes_on() {
+    // s1: answered, failed, answered (extends the first), in closed loop (the default for sessions).
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("b.csv");
+    std::fs::write(
+        &path,
+        "Timestamp,Session ID,Elapsed time,Model,Request tokens,Response tokens,Total tokens,Log Type\n\
+         10,s1,2,GPT-4,100,50,150,Conversation log\n\
+         15,s1,1,GPT-4,160,0,160,Conversation log\n\
+         20,s1,3,GPT-4,170,40,210,Conversation log\n",
+    )
+    .unwrap();
+    let p = path.display().to_string();
+    let cfg = default_with(&[
+        "workload.kind=\"trace\"",
+        "workload.trace.format=\"burstgpt\"",
+        &format!("workload.trace.path={p:?}"),
+        "workload.duration_s=1e9",
+    ]);
+    let (_, out) = run_in(tmp.path(), "run", &cfg);
+    let rows = read_rows(&out.join("requests.csv"));
+    let status: Vec<&str> = rows.iter().map(|r| r["status"].as_str()).collect();
+    assert_eq!(status, ["finished", "failed", "finished"]);
+    let turns: Vec<&str> = rows.iter().map(|r| r["turn"].as_str()).collect();
+    assert_eq!(turns, ["1", "2", "3"]);
+    let failed = &rows[1];
+    assert_eq!(
+        failed["replica"], "",
+        "a failed request never reaches a replica"
+    );
+    assert_eq!(
+        (num(failed, "output_tokens"), failed["ttft_s"].as_str()),
+        (0.0, "")
+    );
+    // The session went on: its last turn (170 tokens, extending the first turn's 150) ran after the
+    // failed row's 4 s gap, and hit the first turn's cached prompt and answer.
+    assert_eq!(num(&rows[2], "prompt_tokens"), 170.0);
+    assert!(num(&rows[2], "arrival_s") >= num(failed, "arrival_s") + 4.0);
+    assert!(num(&rows[2], "cached_tokens") >= 144.0, "{:?}", rows[2]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["requests_failed"], 1);
+    assert_eq!(summary["requests_finished"], 2);
+    assert_eq!(summary["requests"], 3);
 }

@@ -93,6 +93,8 @@ pub struct Collector {
     pub itl: LogHistogram,
     pub finished: u64,
     pub rejected: u64,
+    /// Recorded failures replayed from a trace (never run).
+    pub failed: u64,
     pub unfinished: u64,
     pub good: u64,
     pub prompt_tokens: u64,
@@ -138,6 +140,7 @@ impl Collector {
             itl: LogHistogram::default(),
             finished: 0,
             rejected: 0,
+            failed: 0,
             unfinished: 0,
             good: 0,
             prompt_tokens: 0,
@@ -196,12 +199,14 @@ impl Collector {
             }
             Status::Rejected => self.rejected += 1,
             Status::Unfinished => self.unfinished += 1,
+            Status::Failed => self.failed += 1,
         }
         let row = [
             r.id.to_string(),
             r.session.to_string(),
             r.turn.to_string(),
-            if status == Status::Rejected {
+            // Rejected and recorded-failed requests never reach a replica.
+            if matches!(status, Status::Rejected | Status::Failed) {
                 String::new()
             } else {
                 r.replica.to_string()

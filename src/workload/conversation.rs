@@ -80,6 +80,9 @@ pub enum Release {
     Request(NewRequest),
     /// The prompt cannot fit the model's context even after truncation: a rejected request.
     Rejected(NewRequest),
+    /// A request the trace records as failed: it is recorded as such, does no engine work, and (closed loop)
+    /// its session goes on after the next turn's gap.
+    Failed(NewRequest),
 }
 
 struct Samplers {

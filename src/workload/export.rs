@@ -27,6 +27,7 @@ pub fn generate_records(cfg: &Config, max_model_len: u32) -> Vec<TraceRecord> {
             let (nr, rejected) = match r {
                 Release::Request(nr) => (nr, false),
                 Release::Rejected(nr) => (nr, true),
+                Release::Failed(_) => unreachable!("the generator records no failures"),
             };
             let q = &nr.request;
             out.push(TraceRecord {
@@ -40,6 +41,7 @@ pub fn generate_records(cfg: &Config, max_model_len: u32) -> Vec<TraceRecord> {
                 output_tokens: nr.true_output_tokens,
                 max_tokens: q.max_tokens,
                 line: out.len() + 2,
+                failed: false,
             });
             if rejected {
                 break;
@@ -65,7 +67,8 @@ pub struct WorkloadStats {
     pub sessions: usize,
     pub turns_mean: f64,
     pub turns_max: u32,
-    pub skipped_rows: u64,
+    /// Recorded failures (kept in a replay as `failed` rows, not run); not in the other counts.
+    pub failed_rows: u64,
     pub span_s: f64,
     pub rate_rps: f64,
     /// (mean, p50, p90, p99, max)
@@ -89,22 +92,27 @@ fn five(mut v: Vec<f64>) -> [f64; 5] {
 }
 
 pub fn stats(trace: &Trace, block_size: u32) -> WorkloadStats {
-    let r = &trace.records;
-    let nominal = nominal_arrivals(r);
+    // Recorded failures are counted apart: everything else describes the requests the engine would run.
+    let nominal_all = nominal_arrivals(&trace.records);
+    let (r, nominal): (Vec<&TraceRecord>, Vec<f64>) = trace
+        .records
+        .iter()
+        .zip(nominal_all)
+        .filter(|(x, _)| !x.failed)
+        .unzip();
     let lo = nominal.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = nominal.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let span = if r.is_empty() { 0.0 } else { hi - lo };
     let mut turns: std::collections::HashMap<u64, u32> = Default::default();
-    for x in r {
-        let t = turns.entry(x.session).or_default();
-        *t = (*t).max(x.turn);
+    for x in &r {
+        *turns.entry(x.session).or_default() += 1;
     }
     WorkloadStats {
         requests: r.len(),
         sessions: turns.len(),
         turns_mean: r.len() as f64 / turns.len().max(1) as f64,
         turns_max: turns.values().copied().max().unwrap_or(0),
-        skipped_rows: trace.skipped_rows,
+        failed_rows: trace.failed_rows,
         span_s: span,
         rate_rps: if span > 0.0 {
             (r.len() - 1) as f64 / span
@@ -113,18 +121,22 @@ pub fn stats(trace: &Trace, block_size: u32) -> WorkloadStats {
         },
         input: five(r.iter().map(|x| x.input_tokens() as f64).collect()),
         output: five(r.iter().map(|x| x.output_tokens as f64).collect()),
-        reuse_ratio: reuse_ratio(r, block_size),
+        reuse_ratio: reuse_ratio(&trace.records, block_size),
         content: trace.content.clone(),
     }
 }
 
 impl fmt::Display for WorkloadStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "requests        {} ({} rows skipped)",
-            self.requests, self.skipped_rows
-        )?;
+        write!(f, "requests        {}", self.requests)?;
+        if self.failed_rows > 0 {
+            write!(
+                f,
+                " (and {} recorded failures, replayed as `failed` rows, not run)",
+                self.failed_rows
+            )?;
+        }
+        writeln!(f)?;
         writeln!(
             f,
             "sessions        {} (turns per session: mean {:.2}, max {})",

@@ -120,7 +120,7 @@ pub fn parse(text: &str, path: &Path, shared_prefix_tokens: u32) -> Result<Trace
     Ok(Trace {
         records,
         has_sessions: false,
-        skipped_rows: 0,
+        failed_rows: 0,
         content: if shared_prefix_tokens > 0 {
             format!(
                 "invented: every prompt starts with one shared {shared_prefix_tokens}-token prefix (the Azure \

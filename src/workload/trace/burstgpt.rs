@@ -4,9 +4,10 @@
 //! The rows of a session are its turns. Turn k+1's prompt extends turn k's (its prompt and its response)
 //! when the token counts allow it (request tokens of k+1 >= request + response tokens of k); otherwise the
 //! history was cut and the prompt is new content. Rows with zero response tokens are failed requests: they
-//! are kept out of the replay, counted in `skipped_rows`, and the session continues with its next row. The
-//! closed-loop gap before a turn is its timestamp minus the previous turn's timestamp plus elapsed time,
-//! clamped at zero.
+//! are kept as records marked `failed` (replayed as `failed` rows of `requests.csv`, with no engine work),
+//! numbered as turns of their session, but a later turn extends the last *answered* turn, since a failure
+//! added nothing to the conversation. The closed-loop gap before a turn is its timestamp minus the previous
+//! row's timestamp plus elapsed time (a failed row's included: the user waited for it), clamped at zero.
 
 use super::{csv_columns, parse_err, Trace, TraceRecord};
 use crate::error::ConfigError;
@@ -18,10 +19,15 @@ use std::path::Path;
 const NS_NEW: u64 = 0x4247_0001;
 const NS_OUTPUT: u64 = 0x4247_0002;
 
+/// The last answered turn of a session (what a later prompt can extend).
 struct Prev {
     prompt: Vec<Segment>,
     prompt_len: u64,
     response: Segment,
+}
+
+/// The last row of a session, answered or failed (turn numbers and gaps).
+struct Last {
     end_s: f64,
     turn: u32,
 }
@@ -43,9 +49,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Trace, ConfigError> {
     let mut records = Vec::new();
     let mut session_index: HashMap<String, u64> = HashMap::new();
     let mut prev: HashMap<u64, Prev> = HashMap::new();
+    let mut last: HashMap<u64, Last> = HashMap::new();
     let mut t0 = None;
     let mut last_ts = f64::NEG_INFINITY;
-    let mut skipped = 0;
+    let mut failed = 0;
     for (i, row) in rdr.records().enumerate() {
         let n = i + 2;
         let row = row.map_err(|e| parse_err(path, n, format!("malformed CSV row: {e}")))?;
@@ -89,11 +96,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Trace, ConfigError> {
         };
         let req = tokens(c_req, "Request tokens")?;
         let resp = tokens(c_resp, "Response tokens")?;
-        if resp == 0 {
-            skipped += 1; // a failed request: no response to replay
-            continue;
-        }
-        if req == 0 {
+        if req == 0 && resp > 0 {
             return Err(parse_err(
                 path,
                 n,
@@ -112,8 +115,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Trace, ConfigError> {
                 .or_insert(next_index)
         };
         let idx = records.len() as u64;
-        let p = prev.get(&session);
-        let (prompt, gap_s, turn) = match p {
+        // (A failed row may record no request tokens at all: an empty prompt.)
+        let fresh = || {
+            (req > 0)
+                .then_some(Segment {
+                    content: mix(NS_NEW, idx),
+                    len: req,
+                })
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        let prompt = match prev.get(&session) {
             Some(p) if req as u64 >= p.prompt_len + p.response.len as u64 => {
                 let mut v = p.prompt.clone();
                 v.push(p.response);
@@ -124,39 +136,37 @@ pub fn parse(text: &str, path: &Path) -> Result<Trace, ConfigError> {
                         len: new as u32,
                     });
                 }
-                (v, Some((t - p.end_s).max(0.0)), p.turn + 1)
+                v
             }
-            Some(p) => (
-                vec![Segment {
-                    content: mix(NS_NEW, idx),
-                    len: req,
-                }],
-                Some((t - p.end_s).max(0.0)),
-                p.turn + 1,
-            ),
-            None => (
-                vec![Segment {
-                    content: mix(NS_NEW, idx),
-                    len: req,
-                }],
-                None,
-                1,
-            ),
+            _ => fresh(),
         };
-        let response = Segment {
-            content: mix(NS_OUTPUT, idx),
-            len: resp,
+        let (gap_s, turn) = match last.get(&session) {
+            Some(l) => (Some((t - l.end_s).max(0.0)), l.turn + 1),
+            None => (None, 1),
         };
-        prev.insert(
+        last.insert(
             session,
-            Prev {
-                prompt: prompt.clone(),
-                prompt_len: req as u64,
-                response,
+            Last {
                 end_s: t + elapsed,
                 turn,
             },
         );
+        let response = Segment {
+            content: mix(NS_OUTPUT, idx),
+            len: resp,
+        };
+        if resp == 0 {
+            failed += 1;
+        } else {
+            prev.insert(
+                session,
+                Prev {
+                    prompt: prompt.clone(),
+                    prompt_len: req as u64,
+                    response,
+                },
+            );
+        }
         records.push(TraceRecord {
             session,
             turn,
@@ -168,15 +178,16 @@ pub fn parse(text: &str, path: &Path) -> Result<Trace, ConfigError> {
             output_tokens: resp,
             max_tokens: resp,
             line: n,
+            failed: resp == 0,
         });
     }
     Ok(Trace {
         records,
         has_sessions: true,
-        skipped_rows: skipped,
+        failed_rows: failed,
         content: format!(
-            "session history: a turn extends its predecessor where the token counts allow; {skipped} failed \
-             rows (0 response tokens) not replayed"
+            "session history: a turn extends its predecessor where the token counts allow; {failed} failed \
+             rows (0 response tokens) replayed as `failed` rows, not run"
         ),
     })
 }
@@ -188,28 +199,33 @@ mod tests {
     const H: &str = "Timestamp,Session ID,Elapsed time,Model,Request tokens,Response tokens,Total tokens,Log Type\n";
 
     #[test]
-    fn turns_extend_where_counts_allow_and_failures_are_skipped() {
+    fn turns_extend_where_counts_allow_and_failures_are_kept_marked() {
         let text = format!(
             "{H}10,s1,2,GPT-4,100,50,150,Conversation log\n\
              11,s2,1,GPT-4,30,0,30,Conversation log\n\
+             15,s1,1,GPT-4,160,0,160,Conversation log\n\
              20,s1,3,GPT-4,170,40,210,Conversation log\n\
              30,s1,1,GPT-4,90,10,100,Conversation log\n"
         );
         let t = parse(&text, Path::new("b.csv")).unwrap();
-        assert_eq!(t.skipped_rows, 1);
+        assert_eq!(t.failed_rows, 2);
         let r = &t.records;
-        assert_eq!(r.len(), 3);
-        // Turn 2 = turn 1's 100 prompt tokens + its 50-token response + 20 new tokens.
-        assert_eq!(r[1].turn, 2);
-        assert_eq!(r[1].prompt[0], r[0].prompt[0]);
-        assert_eq!(r[1].prompt[1].content, r[0].response_content);
-        assert_eq!(r[1].prompt[1].len, 50);
-        assert_eq!(r[1].prompt[2].len, 20);
-        // Gap: 20 - (10 + 2) = 8 s after turn 1 completed.
-        assert_eq!(r[1].gap_s, Some(8.0));
-        // Turn 3 has fewer tokens than turn 2's context (the history was cut): new content.
-        assert_eq!(r[2].prompt.len(), 1);
-        assert_eq!(r[2].turn, 3);
+        assert_eq!(r.len(), 5);
+        assert!(!r[0].failed && r[1].failed && r[2].failed && !r[3].failed);
+        // s1's failed row is its turn 2; the next row is turn 3 and extends turn 1, the last answered one:
+        // turn 1's 100 prompt tokens + its 50-token response + 20 new tokens.
+        assert_eq!((r[2].turn, r[3].turn), (2, 3));
+        assert_eq!(r[3].prompt[0], r[0].prompt[0]);
+        assert_eq!(r[3].prompt[1].content, r[0].response_content);
+        assert_eq!(r[3].prompt[1].len, 50);
+        assert_eq!(r[3].prompt[2].len, 20);
+        // Gaps run from the previous row's end, the failed one's included: 15 - (10 + 2) = 3 s, then
+        // 20 - (15 + 1) = 4 s.
+        assert_eq!(r[2].gap_s, Some(3.0));
+        assert_eq!(r[3].gap_s, Some(4.0));
+        // Turn 4 has fewer tokens than turn 3's context (the history was cut): new content.
+        assert_eq!(r[4].prompt.len(), 1);
+        assert_eq!(r[4].turn, 4);
     }
 
     #[test]

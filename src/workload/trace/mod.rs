@@ -47,6 +47,9 @@ pub struct TraceRecord {
     pub max_tokens: u32,
     /// Line of the source file (1-based, header = line 1 for CSV).
     pub line: usize,
+    /// A request the trace records as failed (BurstGPT: 0 response tokens). It is replayed as a `failed`
+    /// row of `requests.csv` at its arrival, with no engine work, and its session goes on.
+    pub failed: bool,
 }
 
 impl TraceRecord {
@@ -71,6 +74,7 @@ impl TraceRecord {
             output_tokens,
             max_tokens: output_tokens,
             line,
+            failed: false,
         }
     }
 
@@ -85,8 +89,8 @@ pub struct Trace {
     pub records: Vec<TraceRecord>,
     /// True when the format carries session ids (closed-loop replay is possible).
     pub has_sessions: bool,
-    /// Rows present in the file but not replayed (BurstGPT failures), with the reason.
-    pub skipped_rows: u64,
+    /// Records of recorded failures (`TraceRecord::failed`), kept in the replay and marked.
+    pub failed_rows: u64,
     /// How prompts share content: stated in every run's summary.
     pub content: String,
 }
@@ -219,6 +223,9 @@ pub fn reuse_ratio(records: &[TraceRecord], block_size: u32) -> f64 {
     let (mut queried, mut hit) = (0u64, 0u64);
     for i in order {
         let r = &records[i];
+        if r.failed {
+            continue; // never run: neither queried nor cached
+        }
         let len = r.input_tokens();
         let mut hashes = Vec::new();
         extend_block_hashes(&r.prompt, block_size, 0, &mut hashes);
@@ -440,7 +447,9 @@ impl TraceWorkload {
             request,
             true_output_tokens: rec.output_tokens,
         };
-        if fits {
+        if rec.failed {
+            Release::Failed(nr)
+        } else if fits {
             Release::Request(nr)
         } else {
             Release::Rejected(nr)

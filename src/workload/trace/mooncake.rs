@@ -100,7 +100,7 @@ pub fn parse(text: &str, path: &Path, block_tokens: u32) -> Result<Trace, Config
     Ok(Trace {
         records,
         has_sessions: false,
-        skipped_rows: 0,
+        failed_rows: 0,
         content: format!("trace hash ids ({block_tokens} tokens per id)"),
     })
 }

@@ -59,6 +59,11 @@ pub fn write(records: &[TraceRecord], path: &Path) -> Result<(), OutputError> {
     let mut w = csv::Writer::from_path(path).map_err(err)?;
     w.write_record(COLUMNS).map_err(err)?;
     for r in records {
+        // The native format has no failure marker; only generated workloads (which record none) are written.
+        debug_assert!(
+            !r.failed,
+            "a recorded failure cannot be written as a native row"
+        );
         let t = |v: Option<f64>| v.map(|x| format!("{x:.9}")).unwrap_or_default();
         w.write_record([
             r.session.to_string(),
@@ -191,12 +196,13 @@ pub fn parse(text: &str, path: &Path) -> Result<Trace, ConfigError> {
             output_tokens,
             max_tokens,
             line: n,
+            failed: false,
         });
     }
     Ok(Trace {
         records,
         has_sessions: true,
-        skipped_rows: 0,
+        failed_rows: 0,
         content: "native trace content ids".into(),
     })
 }
@@ -228,6 +234,7 @@ mod tests {
                 output_tokens: 12,
                 max_tokens: 2048,
                 line: 2,
+                failed: false,
             },
             TraceRecord {
                 session: 0,
@@ -243,6 +250,7 @@ mod tests {
                 output_tokens: 1,
                 max_tokens: 1,
                 line: 3,
+                failed: false,
             },
         ];
         let dir = tempfile::tempdir().unwrap();
