@@ -119,10 +119,7 @@ impl Replica {
     /// Queues a new request.
     pub fn enqueue(&mut self, mut req: Request, true_output_tokens: u32) {
         req.replica = self.id;
-        // Block hashes serve only the prefix cache: without it they are never computed.
-        if self.kv.caching() {
-            req.update_block_hashes(self.kv.block_size());
-        }
+        self.kv.update_block_hashes(&mut req);
         self.true_output.insert(req.id, true_output_tokens);
         self.scheduler.add_request(&req);
         self.requests.insert(req.id, Box::new(req));
@@ -269,9 +266,7 @@ impl Replica {
         for mut r in batch {
             if steps > 0 {
                 r.last_token = Some(t);
-                if self.kv.caching() {
-                    r.update_block_hashes(bs);
-                }
+                self.kv.update_block_hashes(&mut r);
             }
             self.requests.insert(r.id, r);
         }
@@ -294,7 +289,6 @@ impl Replica {
             "invariant 3: a step takes at least 1 ns"
         );
         let mut done = Vec::new();
-        let bs = self.kv.block_size();
         for &(id, _) in &step.plan.scheduled {
             let r = self.requests.get_mut(&id).expect("scheduled request");
             if r.num_computed_tokens != r.num_tokens() {
@@ -316,8 +310,7 @@ impl Replica {
             };
             match reason {
                 Some(reason) => done.push((id, reason)),
-                None if self.kv.caching() => r.update_block_hashes(bs),
-                None => {}
+                None => self.kv.update_block_hashes(r),
             }
         }
         let ids: Vec<RequestId> = done.iter().map(|d| d.0).collect();

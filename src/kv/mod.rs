@@ -65,6 +65,14 @@ impl KvCacheManager {
         self.caching
     }
 
+    /// K5: brings the request's block hashes up to date with its tokens. Hashes serve only the prefix
+    /// cache: without it they are never computed.
+    pub fn update_block_hashes(&self, req: &mut Request) {
+        if self.caching {
+            req.update_block_hashes(self.block_size);
+        }
+    }
+
     /// K6 + P1: the longest run of cached leading blocks, stopping at the first miss, capped at
     /// floor((num_tokens - 1) / block_size) blocks so the last token is always recomputed. Call only when the
     /// request has computed nothing (new or preempted). Counts the query, as vLLM does, every time it runs.
