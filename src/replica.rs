@@ -386,10 +386,10 @@ impl Replica {
                 r.id
             );
         }
+        let counts = pool.ref_counts();
         for (b, &held) in refs.iter().enumerate().skip(1) {
             assert_eq!(
-                held,
-                pool.ref_cnt(b as u32),
+                held, counts[b],
                 "invariant 2: block {b} ref count differs from its holders"
             );
         }

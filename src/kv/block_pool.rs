@@ -1,6 +1,11 @@
 //! vLLM V1's block pool (engine-semantics K1-K4, K8, K11): ref-counted blocks, one free queue holding every
 //! block with ref count 0 (cached or empty), and a map from block hash to the cached blocks.
 //!
+//! Without the prefix cache the pool is *anonymous* (`BlockPool::anonymous`): no block ever holds content
+//! past its release, so which free block an allocation gets, and so the free queue's order, can change
+//! nothing observable. Free blocks are then a plain stack of ids and per-block records are not kept: on a
+//! cache-off run the queue's bookkeeping was a third of all time.
+//!
 //! The free queue is a ring of block ids in queue order with lazy removal: a block taken out of the middle
 //! (a hit, K4) only forgets its position, and its stale ring entry is skipped when it reaches the head, so
 //! removal is O(1) and popping the head reads the ring sequentially. (An intrusive linked list, the obvious
@@ -78,6 +83,9 @@ pub struct BlockPool {
     /// which can only break a watch spuriously (a block left from an older epoch), never miss an eviction.
     watch_epoch: u16,
     watch_broken: bool,
+    num_blocks: u32,
+    /// Some in an anonymous pool: the free blocks, in no meaningful order (`m`, `ring` and `cached` unused).
+    stack: Option<Vec<BlockId>>,
 }
 
 impl BlockPool {
@@ -101,12 +109,51 @@ impl BlockPool {
             evictions: 0,
             watch_epoch: 0,
             watch_broken: true,
+            num_blocks,
+            stack: None,
+        }
+    }
+
+    /// A pool for a replica without the prefix cache (see the module docs): every block is held by at
+    /// most one request, nothing is ever registered or touched, and blocks are told apart only so that
+    /// invariant checks can account for them.
+    pub fn anonymous(num_blocks: u32) -> BlockPool {
+        assert!(num_blocks >= 2, "a pool needs the null block and one more");
+        BlockPool {
+            m: Vec::new(),
+            ring: VecDeque::new(),
+            head_pos: 0,
+            num_free: num_blocks - 1,
+            num_free_cached: 0,
+            cached: HashIndex::with_max_live(0),
+            dups: FastMap::default(),
+            evictions: 0,
+            watch_epoch: 0,
+            watch_broken: true,
+            // Popped from the end: ascending ids first, as a fresh vLLM pool hands them out.
+            num_blocks,
+            stack: Some((1..num_blocks).rev().collect()),
+        }
+    }
+
+    /// Reference counts of all blocks, by id (the null block's is 1). In an anonymous pool a block is held
+    /// once or free.
+    pub fn ref_counts(&self) -> Vec<u32> {
+        match &self.stack {
+            None => self.m.iter().map(|x| x.ref_cnt).collect(),
+            Some(stack) => {
+                let mut r = vec![1u32; self.num_blocks() as usize];
+                for &b in stack {
+                    r[b as usize] = 0;
+                }
+                r
+            }
         }
     }
 
     /// Total blocks, the null block included.
     pub fn num_blocks(&self) -> u32 {
-        self.m.len() as u32
+        self.num_blocks
     }
 
     /// Blocks in the free queue (empty or cached-but-evictable).
@@ -134,16 +181,20 @@ impl BlockPool {
         1.0 - self.num_free as f64 / (self.num_blocks() - 1) as f64
     }
 
+    /// Not for anonymous pools (which hold no hits, the only reason to ask); see `ref_counts`.
     pub fn ref_cnt(&self, b: BlockId) -> u32 {
         self.m[b as usize].ref_cnt
     }
 
     pub fn block_hash(&self, b: BlockId) -> Option<u64> {
-        self.m[b as usize].hash()
+        self.m.get(b as usize).and_then(|x| x.hash())
     }
 
     /// The first registered block with this hash, if any (K6: "the first one found is used").
     pub fn lookup(&self, hash: u64) -> Option<BlockId> {
+        if self.stack.is_some() {
+            return None;
+        }
         self.cached
             .get(hash)
             .filter(|&b| self.m[b as usize].hash() == Some(hash))
@@ -182,6 +233,9 @@ impl BlockPool {
 
     /// The free queue from head to tail (tests and invariant checks).
     pub fn free_queue(&self) -> Vec<BlockId> {
+        if let Some(stack) = &self.stack {
+            return stack.iter().rev().copied().collect();
+        }
         let mut out = Vec::with_capacity(self.num_free as usize);
         for (i, &b) in self.ring.iter().enumerate() {
             if self.m[b as usize].qpos == self.head_pos + i as u64 {
@@ -193,6 +247,10 @@ impl BlockPool {
 
     /// K4: takes a reference on each block; a block at ref 0 leaves the free queue (the LRU refresh).
     pub fn touch(&mut self, blocks: &[BlockId]) {
+        assert!(
+            self.stack.is_none() || blocks.is_empty(),
+            "a hit in an anonymous pool"
+        );
         for (i, &b) in blocks.iter().enumerate() {
             if let Some(&ahead) = blocks.get(i + PREFETCH_AHEAD) {
                 self.prefetch_block(ahead);
@@ -211,6 +269,11 @@ impl BlockPool {
     /// The caller must have checked `n <= num_free()`.
     pub fn allocate(&mut self, n: u32, out: &mut Vec<BlockId>) {
         assert!(n <= self.num_free, "allocate beyond the free queue");
+        if let Some(stack) = &mut self.stack {
+            out.extend(stack.drain(stack.len() - n as usize..).rev());
+            self.num_free -= n;
+            return;
+        }
         out.reserve(n as usize);
         for _ in 0..n {
             let b = self.pop_head();
@@ -231,6 +294,12 @@ impl BlockPool {
     /// K3: drops one reference from each block, in the order given; blocks reaching 0 join the tail.
     /// Callers pass a request's blocks last block first.
     pub fn free<I: IntoIterator<Item = BlockId>>(&mut self, blocks: I) {
+        if let Some(stack) = &mut self.stack {
+            let before = stack.len();
+            stack.extend(blocks);
+            self.num_free += (stack.len() - before) as u32;
+            return;
+        }
         for b in blocks {
             let r = &mut self.m[b as usize].ref_cnt;
             assert!(*r > 0, "invariant 2: ref count would go negative");
@@ -247,6 +316,9 @@ impl BlockPool {
     /// K3 for one request: frees `table` last block first (what `free` does with the reversed table),
     /// prefetching the blocks ahead.
     pub fn free_table(&mut self, table: &[BlockId]) {
+        if self.stack.is_some() {
+            return self.free(table.iter().rev().copied());
+        }
         for i in (0..table.len()).rev() {
             if i >= PREFETCH_AHEAD {
                 self.prefetch_block(table[i - PREFETCH_AHEAD]);
@@ -257,6 +329,7 @@ impl BlockPool {
 
     /// K8: registers a held block under `hash`. Registering a block that already has a hash is a no-op.
     pub fn cache_block(&mut self, b: BlockId, hash: u64) {
+        assert!(self.stack.is_none(), "registering in an anonymous pool");
         debug_assert!(
             self.m[b as usize].ref_cnt > 0,
             "only held blocks are registered"
@@ -384,6 +457,19 @@ impl BlockPool {
     /// Invariant 2 in full: the free queue holds exactly the ref-0 blocks, counts agree, and the hash map
     /// and the per-block hashes agree. O(blocks); called after every step in debug builds.
     pub fn check_invariants(&self) -> Result<(), String> {
+        if let Some(stack) = &self.stack {
+            let mut seen = vec![false; self.num_blocks as usize];
+            for &b in stack {
+                if b == 0 || b >= self.num_blocks || std::mem::replace(&mut seen[b as usize], true)
+                {
+                    return Err(format!("block {b} free twice or out of range"));
+                }
+            }
+            if stack.len() as u32 != self.num_free || self.num_free_cached != 0 {
+                return Err("anonymous pool counts disagree".into());
+            }
+            return Ok(());
+        }
         let q = self.free_queue();
         if q.len() as u32 != self.num_free {
             return Err(format!(

@@ -41,7 +41,11 @@ pub struct KvCacheManager {
 impl KvCacheManager {
     pub fn new(num_blocks: u32, block_size: u32, caching: bool) -> KvCacheManager {
         KvCacheManager {
-            pool: BlockPool::new(num_blocks),
+            pool: if caching {
+                BlockPool::new(num_blocks)
+            } else {
+                BlockPool::anonymous(num_blocks)
+            },
             block_size,
             caching,
             stats: PrefixStats::default(),
@@ -200,6 +204,50 @@ mod tests {
             len: tokens,
         }];
         Request::new(id, id, 1, 0, SimTime::ZERO, prompt, 100 + id, 16, 0)
+    }
+
+    /// Without the prefix cache the anonymous pool (a stack of ids) and vLLM's free queue must be
+    /// indistinguishable: every allocation succeeds or fails alike and the counts agree, whatever the
+    /// sequence of growths and releases (a release frees a request's blocks, as a finish or a preemption).
+    #[test]
+    fn anonymous_pool_matches_the_free_queue_without_caching() {
+        use proptest::prelude::*;
+        proptest!(|(ops in proptest::collection::vec((0usize..6, 0u32..40, any::<bool>()), 1..300))| {
+            let mut queued = KvCacheManager { pool: BlockPool::new(40), ..KvCacheManager::new(40, 4, false) };
+            let mut anon = KvCacheManager::new(40, 4, false);
+            let mut qa: Vec<Request> = (0..6).map(|i| req(i, 60)).collect();
+            let mut qb = qa.clone();
+            for (i, n, release) in ops {
+                if release {
+                    queued.free(&mut qa[i]);
+                    anon.free(&mut qb[i]);
+                    qa[i].num_computed_tokens = 0;
+                    qb[i].num_computed_tokens = 0;
+                } else {
+                    let n = n.min(qa[i].num_tokens() - qa[i].num_computed_tokens);
+                    let a = queued.allocate_slots(&mut qa[i], n, &CacheHit::default());
+                    let b = anon.allocate_slots(&mut qb[i], n, &CacheHit::default());
+                    prop_assert_eq!(a, b);
+                    if a {
+                        qa[i].num_computed_tokens += n;
+                        qb[i].num_computed_tokens += n;
+                    }
+                    prop_assert_eq!(qa[i].block_table.len(), qb[i].block_table.len());
+                }
+                prop_assert_eq!(queued.pool().num_free(), anon.pool().num_free());
+                prop_assert_eq!(queued.pool().usage(), anon.pool().usage());
+                prop_assert!(anon.pool().check_invariants().is_ok());
+                // Held blocks are distinct, and exactly the ones not free.
+                let counts = anon.pool().ref_counts();
+                let held: usize = qb.iter().map(|r| r.block_table.len()).sum();
+                prop_assert_eq!(counts.iter().skip(1).filter(|&&c| c == 1).count(), held);
+                for r in &qb {
+                    for &b in &r.block_table {
+                        prop_assert_eq!(counts[b as usize], 1);
+                    }
+                }
+            }
+        });
     }
 
     /// A repeated lookup reuses the previous hit only while none of its blocks is evicted: evicting a block
