@@ -157,7 +157,14 @@ impl Request {
                 content: self.output_content,
                 len: self.num_output_tokens,
             };
-            extend_block_hashes_tail(&self.prompt, outputs, block_size, self.salt, &mut fresh);
+            extend_block_hashes_tail(
+                &self.prompt,
+                self.prompt_tokens,
+                outputs,
+                block_size,
+                self.salt,
+                &mut fresh,
+            );
             assert_eq!(
                 fresh.get(..self.block_hashes.len()),
                 Some(&self.block_hashes[..]),
@@ -179,6 +186,7 @@ impl Request {
         };
         extend_block_hashes_tail(
             &self.prompt,
+            self.prompt_tokens,
             outputs,
             block_size,
             self.salt,

@@ -3,6 +3,7 @@
 
 pub mod histogram;
 pub mod output;
+mod row;
 pub mod stats;
 
 use crate::config::SloConfig;
@@ -10,6 +11,7 @@ use crate::error::OutputError;
 use crate::request::{Request, Status};
 use crate::time::SimTime;
 use histogram::LogHistogram;
+use row::RowBuf;
 use serde_json::{Map, Value};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -71,12 +73,12 @@ pub struct Sample {
     pub preemptions: u64,
 }
 
-fn secs(t: SimTime) -> String {
-    format!("{:.6}", t.as_secs_f64())
-}
-
-fn opt_secs(t: Option<f64>) -> String {
-    t.map(|v| format!("{v:.6}")).unwrap_or_default()
+/// Nanoseconds written as seconds, or an empty field.
+fn opt_secs_ns(row: &mut RowBuf, ns: Option<u64>) {
+    match ns {
+        Some(v) => row.secs_ns(v),
+        None => row.empty(),
+    }
 }
 
 /// Collects per-request metrics and streams rows out.
@@ -102,6 +104,7 @@ pub struct Collector {
     pub cached_tokens: u64,
     pub prefilled_tokens: u64,
     pub last_finish: SimTime,
+    row: RowBuf,
 }
 
 fn csv_err(path: &Path) -> impl FnOnce(csv::Error) -> OutputError + '_ {
@@ -148,6 +151,7 @@ impl Collector {
             cached_tokens: 0,
             prefilled_tokens: 0,
             last_finish: SimTime::ZERO,
+            row: RowBuf::default(),
         })
     }
 
@@ -201,58 +205,66 @@ impl Collector {
             Status::Unfinished => self.unfinished += 1,
             Status::Failed => self.failed += 1,
         }
-        let row = [
-            r.id.to_string(),
-            r.session.to_string(),
-            r.turn.to_string(),
-            // Rejected and recorded-failed requests never reach a replica.
-            if matches!(status, Status::Rejected | Status::Failed) {
-                String::new()
-            } else {
-                r.replica.to_string()
-            },
-            status.as_str().to_string(),
-            r.finish_reason
-                .map(|f| f.as_str())
-                .unwrap_or("")
-                .to_string(),
-            secs(r.arrival),
-            r.first_scheduled.map(secs).unwrap_or_default(),
-            r.first_token.map(secs).unwrap_or_default(),
-            r.finish.map(secs).unwrap_or_default(),
-            r.prompt_tokens.to_string(),
-            r.num_cached_tokens.unwrap_or(0).to_string(),
-            r.prefilled_tokens.to_string(),
-            r.num_output_tokens.to_string(),
-            opt_secs(ttft),
-            opt_secs(tpot),
-            opt_secs(e2e),
-            opt_secs(queue),
-            r.preemptions.to_string(),
-            r.priority.to_string(),
-        ];
+        // Times and spans are integer nanoseconds, written in seconds (`RowBuf::secs_ns`); TPOT is a
+        // quotient, written from its float.
+        let row = &mut self.row;
+        let ns = |t: Option<SimTime>| t.map(|t| t.0);
+        let span = |t: Option<SimTime>| t.map(|t| t.since(r.arrival).0);
+        row.clear();
+        row.int(r.id);
+        row.int(r.session);
+        row.int(r.turn);
+        // Rejected and recorded-failed requests never reach a replica.
+        if matches!(status, Status::Rejected | Status::Failed) {
+            row.empty();
+        } else {
+            row.int(r.replica);
+        }
+        row.str(status.as_str());
+        row.str(r.finish_reason.map(|f| f.as_str()).unwrap_or(""));
+        for v in [
+            Some(r.arrival.0),
+            ns(r.first_scheduled),
+            ns(r.first_token),
+            ns(r.finish),
+        ] {
+            opt_secs_ns(row, v);
+        }
+        row.int(r.prompt_tokens);
+        row.int(r.num_cached_tokens.unwrap_or(0));
+        row.int(r.prefilled_tokens);
+        row.int(r.num_output_tokens);
+        opt_secs_ns(row, span(r.first_token));
+        match tpot {
+            Some(v) => row.f6(v),
+            None => row.empty(),
+        }
+        opt_secs_ns(row, span(r.finish));
+        opt_secs_ns(row, span(r.first_scheduled));
+        row.int(r.preemptions);
+        row.int(r.priority);
         self.requests
-            .write_record(&row)
+            .write_record(row.fields())
             .map_err(csv_err(&self.requests_path))
     }
 
     pub fn on_sample(&mut self, s: &Sample) -> Result<(), OutputError> {
-        let row = [
-            secs(s.time),
-            s.replica.to_string(),
-            s.waiting.to_string(),
-            s.running.to_string(),
-            s.batch_tokens.to_string(),
-            s.used_blocks.to_string(),
-            s.cached_free_blocks.to_string(),
-            s.empty_free_blocks.to_string(),
-            format!("{:.6}", s.usage),
-            s.prefix_queries.to_string(),
-            s.prefix_hits.to_string(),
-            s.preemptions.to_string(),
-        ];
+        let row = &mut self.row;
+        row.clear();
+        row.secs_ns(s.time.0);
+        row.int(s.replica);
+        row.int(s.waiting);
+        row.int(s.running);
+        row.int(s.batch_tokens);
+        row.int(s.used_blocks);
+        row.int(s.cached_free_blocks);
+        row.int(s.empty_free_blocks);
+        row.f6(s.usage);
+        row.int(s.prefix_queries);
+        row.int(s.prefix_hits);
+        row.int(s.preemptions);
         self.timeseries
-            .write_record(&row)
+            .write_record(row.fields())
             .map_err(csv_err(&self.timeseries_path))
     }
 

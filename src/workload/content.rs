@@ -46,20 +46,23 @@ pub fn extend_block_hashes(
     );
 }
 
-/// As [`extend_block_hashes`] over `prompt` followed by `tail` (a request's outputs so far), without
-/// building the concatenated list: this runs every time an output block fills.
+/// As [`extend_block_hashes`] over `prompt` (of `prompt_tokens` tokens) followed by `tail` (a request's
+/// outputs so far), without building the concatenated list: this runs every time an output block fills,
+/// so it costs O(new blocks + segments crossed from the end), not O(prompt segments).
 pub fn extend_block_hashes_tail(
     prompt: &[Segment],
+    prompt_tokens: u32,
     tail: Segment,
     block_size: u32,
     salt: u64,
     hashes: &mut Vec<u64>,
 ) {
+    debug_assert_eq!(total_tokens(prompt), prompt_tokens as u64);
     let n = prompt.len();
     extend_chain(
         n + 1,
         |i| if i < n { prompt[i] } else { tail },
-        total_tokens(prompt) + tail.len as u64,
+        prompt_tokens as u64 + tail.len as u64,
         block_size,
         salt,
         hashes,
@@ -79,13 +82,15 @@ fn extend_chain(
     if hashes.len() >= full {
         return;
     }
-    // Locate the segment holding the first token of the first block to hash.
+    // Locate the segment holding the first token of the first block to hash, walking back from the end:
+    // new blocks are near the end (a request's new outputs), and from the front this walk crossed every
+    // segment of a long conversation each time an output block filled.
     let mut start = hashes.len() as u64 * bs;
-    let mut seg = 0usize;
-    let mut seg_start = 0u64;
-    while seg_start + seg_at(seg).len as u64 <= start {
-        seg_start += seg_at(seg).len as u64;
-        seg += 1;
+    let mut seg = n - 1;
+    let mut seg_start = total - seg_at(seg).len as u64;
+    while seg_start > start {
+        seg -= 1;
+        seg_start -= seg_at(seg).len as u64;
     }
     hashes.reserve(full - hashes.len());
     let mut parent = hashes.last().copied().unwrap_or_else(|| chain_seed(salt));
