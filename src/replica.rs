@@ -217,7 +217,6 @@ impl Replica {
             .collect();
         let mut t = now;
         let mut steps = 0;
-        let no_hit = CacheHit::default();
         while steps < max_steps {
             // Blocks this step allocates: one for each request whose computed tokens fill its blocks. If
             // the free queue cannot cover them all, the step would preempt: leave it to the normal path.
@@ -243,7 +242,7 @@ impl Replica {
             }
             // The step as `schedule` + `finish_step` would run it: allocate in order, advance, sample.
             for r in batch.iter_mut() {
-                let ok = self.kv.allocate_slots(r, 1, &no_hit);
+                let ok = self.kv.allocate_slots(r, 1, CacheHit::default());
                 debug_assert!(ok, "the free queue was checked");
             }
             for r in batch.iter_mut() {

@@ -36,7 +36,13 @@ pub struct KvCacheManager {
     stats: PrefixStats,
     /// The last lookup: request and hit blocks (see `get_computed_blocks`).
     memo: Option<(crate::request::RequestId, Vec<BlockId>)>,
+    /// Emptied block lists kept for reuse (block tables of released requests, spent hits): a request's
+    /// table grows to hundreds of blocks, and allocating and growing one per request showed in profiles.
+    spare: Vec<Vec<BlockId>>,
 }
+
+/// Most block lists `KvCacheManager::spare` keeps.
+const MAX_SPARE: usize = 256;
 
 impl KvCacheManager {
     pub fn new(num_blocks: u32, block_size: u32, caching: bool) -> KvCacheManager {
@@ -50,6 +56,7 @@ impl KvCacheManager {
             caching,
             stats: PrefixStats::default(),
             memo: None,
+            spare: Vec::new(),
         }
     }
 
@@ -67,6 +74,18 @@ impl KvCacheManager {
 
     pub fn caching(&self) -> bool {
         self.caching
+    }
+
+    /// An empty block list, reused if one is spare.
+    fn take_spare(&mut self) -> Vec<BlockId> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    fn recycle(&mut self, mut v: Vec<BlockId>) {
+        if v.capacity() > 0 && self.spare.len() < MAX_SPARE {
+            v.clear();
+            self.spare.push(v);
+        }
     }
 
     /// K5: brings the request's block hashes up to date with its tokens. Hashes serve only the prefix
@@ -94,15 +113,15 @@ impl KvCacheManager {
         // all time. The last lookup's hit stays valid while none of its blocks has been evicted (the pool
         // watches them; nothing else takes a hash away or changes which block a lookup finds), so only
         // the blocks after it are looked up again.
-        let mut blocks = match self.memo.take() {
-            Some((id, b)) if id == req.id && self.pool.watch_intact() && b.len() <= chain.len() => {
-                b
+        let mut blocks = self.spare.pop().unwrap_or_default();
+        match &self.memo {
+            Some((id, b))
+                if *id == req.id && self.pool.watch_intact() && b.len() <= chain.len() =>
+            {
+                blocks.extend_from_slice(b)
             }
-            _ => {
-                self.pool.watch_new();
-                Vec::new()
-            }
-        };
+            _ => self.pool.watch_new(),
+        }
         let reused = blocks.len();
         for (i, &h) in chain.iter().enumerate().skip(reused) {
             if let Some(&ahead) = chain.get(i + PREFETCH_AHEAD) {
@@ -119,7 +138,10 @@ impl KvCacheManager {
             let fresh: Vec<BlockId> = chain.iter().map_while(|&h| self.pool.lookup(h)).collect();
             assert_eq!(blocks, fresh, "a reused lookup differs from a fresh one");
         }
-        self.memo = Some((req.id, blocks.clone()));
+        let memo = self.memo.get_or_insert_with(|| (req.id, Vec::new()));
+        memo.0 = req.id;
+        memo.1.clear();
+        memo.1.extend_from_slice(&blocks);
         let tokens = blocks.len() as u32 * self.block_size;
         if req.was_preempted {
             self.stats.preempted_queries += req.num_tokens() as u64;
@@ -136,7 +158,7 @@ impl KvCacheManager {
     /// (evictable cached blocks included) cannot supply the new blocks plus the hit blocks that must leave it.
     /// On success registers every block the step will fill in the prefix cache, before the forward pass, so
     /// a later request in the same step can hit them.
-    pub fn allocate_slots(&mut self, req: &mut Request, num_new: u32, hit: &CacheHit) -> bool {
+    pub fn allocate_slots(&mut self, req: &mut Request, num_new: u32, hit: CacheHit) -> bool {
         let bs = self.block_size as u64;
         // Most decode steps need no block and fill none: the general path below would change nothing.
         if hit.blocks.is_empty() {
@@ -157,12 +179,21 @@ impl KvCacheManager {
             .filter(|&&b| self.pool.ref_cnt(b) == 0)
             .count() as u32;
         if new_blocks + hits_leaving_queue > self.pool.num_free() {
+            self.recycle(hit.blocks);
             return false;
         }
         if !hit.blocks.is_empty() {
             self.pool.touch(&hit.blocks);
-            req.block_table.extend_from_slice(&hit.blocks);
+            if req.block_table.is_empty() {
+                let old = std::mem::replace(&mut req.block_table, hit.blocks);
+                self.recycle(old);
+            } else {
+                req.block_table.extend_from_slice(&hit.blocks);
+                self.recycle(hit.blocks);
+            }
             req.num_cached_blocks = req.block_table.len();
+        } else if req.block_table.capacity() == 0 {
+            req.block_table = self.take_spare();
         }
         self.pool.allocate(new_blocks, &mut req.block_table);
         if self.caching {
@@ -187,7 +218,8 @@ impl KvCacheManager {
     /// K3 / K10: releases every block of the request, last block first.
     pub fn free(&mut self, req: &mut Request) {
         self.pool.free_table(&req.block_table);
-        req.block_table.clear();
+        let table = std::mem::take(&mut req.block_table);
+        self.recycle(table);
         req.num_cached_blocks = 0;
     }
 }
@@ -225,8 +257,8 @@ mod tests {
                     qb[i].num_computed_tokens = 0;
                 } else {
                     let n = n.min(qa[i].num_tokens() - qa[i].num_computed_tokens);
-                    let a = queued.allocate_slots(&mut qa[i], n, &CacheHit::default());
-                    let b = anon.allocate_slots(&mut qb[i], n, &CacheHit::default());
+                    let a = queued.allocate_slots(&mut qa[i], n, CacheHit::default());
+                    let b = anon.allocate_slots(&mut qb[i], n, CacheHit::default());
                     prop_assert_eq!(a, b);
                     if a {
                         qa[i].num_computed_tokens += n;
@@ -258,7 +290,7 @@ mod tests {
         let mut kv = KvCacheManager::new(6, 4, true);
         let mut a = req(1, 12);
         let none = kv.get_computed_blocks(&mut a);
-        assert!(kv.allocate_slots(&mut a, 12, &none));
+        assert!(kv.allocate_slots(&mut a, 12, none));
         assert_eq!(a.block_table, vec![1, 2, 3]);
         // The first lookup counted 12 queried tokens and no hits.
         kv.free(&mut a); // queue: 4, 5, 3, 2, 1 (1-3 cached)

@@ -123,7 +123,7 @@ impl Scheduler for VllmScheduler {
             }
             loop {
                 let r = reqs.get_mut(&id).expect("running request in table");
-                if kv.allocate_slots(r, n, &CacheHit::default()) {
+                if kv.allocate_slots(r, n, CacheHit::default()) {
                     plan.scheduled.push((id, n));
                     budget -= n;
                     i += 1;
@@ -164,14 +164,15 @@ impl Scheduler for VllmScheduler {
                     break;
                 }
                 n = n.min(budget);
-                if !kv.allocate_slots(r, n, &hit) {
+                let hit_tokens = hit.tokens;
+                if !kv.allocate_slots(r, n, hit) {
                     break;
                 }
                 self.waiting.pop();
-                r.num_computed_tokens = hit.tokens;
+                r.num_computed_tokens = hit_tokens;
                 r.in_prefill = true;
                 if r.num_cached_tokens.is_none() {
-                    r.num_cached_tokens = Some(hit.tokens);
+                    r.num_cached_tokens = Some(hit_tokens);
                 }
                 self.running.push(id);
                 plan.scheduled.push((id, n));
