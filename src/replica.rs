@@ -1,7 +1,7 @@
 //! One serving instance: applies its scheduler's plan through the KV manager, asks the cost model for the
 //! step's duration, and advances requests when the step completes.
 
-use crate::cost::{BatchShape, CostModel};
+use crate::cost::{BatchShape, CostModel, OpTimes};
 use crate::event::ReplicaId;
 use crate::fasthash::FastMap;
 use crate::kv::{CacheHit, KvCacheManager};
@@ -187,7 +187,7 @@ impl Replica {
             return None;
         }
         let running: Vec<RequestId> = self.scheduler.steady_decode(&self.requests)?.to_vec();
-        let bs = self.kv.block_size();
+        let bs = self.kv.block_size() as u64;
         let b = running.len() as u64;
         let mut max_steps = u64::MAX;
         let mut context = 0u64;
@@ -217,12 +217,13 @@ impl Replica {
             .collect();
         let mut t = now;
         let mut steps = 0;
+        let mut ops = OpTimes::default();
         while steps < max_steps {
             // Blocks this step allocates: one for each request whose computed tokens fill its blocks. If
             // the free queue cannot cover them all, the step would preempt: leave it to the normal path.
             let need = batch
                 .iter()
-                .filter(|r| r.num_computed_tokens % bs == 0)
+                .filter(|r| r.num_computed_tokens as u64 + 1 > r.block_table.len() as u64 * bs)
                 .count() as u32;
             if need > self.kv.pool().num_free() {
                 break;
@@ -233,7 +234,11 @@ impl Replica {
                 sampled: b,
                 ..BatchShape::default()
             };
-            let ops = cost.breakdown(&shape);
+            // Only the contexts change from step to step: after the first, the cost model may re-price
+            // just what depends on them.
+            if !(steps > 0 && cost.reprice_decode_context(&mut ops, &shape)) {
+                ops = cost.breakdown(&shape);
+            }
             let dur =
                 SimDuration::from_secs_f64(ops.iter().map(|o| o.seconds).sum()).max(SimDuration(1));
             let end = t + dur;

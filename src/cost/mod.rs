@@ -87,6 +87,14 @@ impl Default for OpTimes {
 }
 
 impl OpTimes {
+    /// The time of the operator named `op` (matched by address: names are static strings), mutable.
+    pub fn get_mut(&mut self, op: &'static str) -> Option<&mut f64> {
+        self.items[..self.len]
+            .iter_mut()
+            .find(|o| std::ptr::eq(o.op, op))
+            .map(|o| &mut o.seconds)
+    }
+
     /// Appends an operator's time. Panics past `MAX_OPS` (a cost model with more classes must raise it).
     pub fn push(&mut self, op: &'static str, seconds: f64) {
         assert!(self.len < MAX_OPS, "more than MAX_OPS operator classes");
@@ -119,6 +127,14 @@ pub trait CostModel {
     fn name(&self) -> &'static str;
     /// Per-operator times in seconds, overheads included.
     fn breakdown(&self, shape: &BatchShape) -> OpTimes;
+    /// Re-prices, in place, a breakdown of a shape that differs from `shape` only in
+    /// `decode_context_tokens` (a run of decode steps, where contexts grow by one token per sequence per
+    /// step): on true, `ops` equals `breakdown(shape)` exactly; on false (the default) nothing was done and
+    /// the caller calls `breakdown`. A leap prices millions of such steps, so a model whose other operators
+    /// do not depend on the contexts saves recomputing and copying them.
+    fn reprice_decode_context(&self, _ops: &mut OpTimes, _shape: &BatchShape) -> bool {
+        false
+    }
     /// The step's duration.
     fn step_time(&self, shape: &BatchShape) -> SimDuration {
         let s: f64 = self.breakdown(shape).iter().map(|o| o.seconds).sum();

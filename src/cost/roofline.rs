@@ -78,6 +78,18 @@ impl Roofline {
     }
 
     /// The GEMMs, element-wise operators and all-reduces of a step of `tokens` tokens.
+    /// The decode attention operator: reads every decode sequence's context.
+    fn attn_decode(&self, b: &BatchShape) -> f64 {
+        let m = &self.model;
+        let d = m.dtype_bytes as f64;
+        let qk_width = (m.num_heads * m.head_dim) as f64;
+        let kv_bytes_per_token = 2.0 * m.kv_dim() as f64 * d;
+        let flops = 4.0 * qk_width * b.decode_context_tokens as f64;
+        let bytes = b.decode_context_tokens as f64 * kv_bytes_per_token
+            + b.decode_seqs as f64 * 2.0 * qk_width * d;
+        m.num_layers as f64 * self.op(flops, bytes)
+    }
+
     fn token_ops(&self, tokens: u64) -> OpTimes {
         let m = &self.model;
         let layers = m.num_layers as f64;
@@ -126,9 +138,27 @@ impl Roofline {
     }
 }
 
+/// Operator name of decode attention (found by address when re-pricing).
+const ATTN_DECODE: &str = "attn_decode";
+
 impl CostModel for Roofline {
     fn name(&self) -> &'static str {
         "roofline"
+    }
+
+    /// Decode attention is the only operator that reads `decode_context_tokens`.
+    fn reprice_decode_context(&self, ops: &mut OpTimes, shape: &BatchShape) -> bool {
+        if shape.decode_seqs == 0 {
+            return false;
+        }
+        let t = self.attn_decode(shape);
+        match ops.get_mut(ATTN_DECODE) {
+            Some(s) => {
+                *s = t;
+                true
+            }
+            None => false,
+        }
     }
 
     fn breakdown(&self, b: &BatchShape) -> OpTimes {
@@ -159,10 +189,7 @@ impl CostModel for Roofline {
             push("attn_prefill", layers * self.op(flops, bytes));
         }
         if b.decode_seqs > 0 {
-            let flops = 4.0 * qk_width * b.decode_context_tokens as f64;
-            let bytes = b.decode_context_tokens as f64 * kv_bytes_per_token
-                + b.decode_seqs as f64 * 2.0 * qk_width * d;
-            push("attn_decode", layers * self.op(flops, bytes));
+            push(ATTN_DECODE, self.attn_decode(b));
         }
         if b.sampled > 0 {
             let rows = b.sampled as f64;
@@ -248,5 +275,41 @@ mod tests {
         assert!(td > 0.005 && td < 0.008, "{td}");
         // 8192-token prefill: 2 x 8192 x 7.5e9 FLOPs at 594 TFLOP/s = about 0.2 s.
         assert!(tp > 0.15 && tp < 0.3, "{tp}");
+    }
+
+    proptest::proptest! {
+        /// The leap's re-pricing contract: a breakdown re-priced for other decode contexts is exactly
+        /// (bit for bit, operator by operator) the breakdown of the new shape, with or without prefill
+        /// chunks in the step; a shape without decode sequences is refused.
+        #[test]
+        fn repricing_decode_contexts_equals_a_fresh_breakdown(
+            seqs in 0u64..300, ctx in 0u64..5_000_000, grow in 0u64..100_000,
+            prefill in 0u32..4096, tp in 1u32..3,
+        ) {
+            let r = Roofline::new(
+                ModelShape::load("llama-3.1-8b").unwrap(),
+                HardwareSpec::load("h100-sxm").unwrap(),
+                RooflineConfig::default(),
+                tp,
+                450.0,
+                1e-5,
+            );
+            let mut a = BatchShape { decode_seqs: seqs, decode_context_tokens: ctx, sampled: seqs, ..BatchShape::default() };
+            if prefill > 0 {
+                a.add(prefill, prefill + 100, false, true);
+            }
+            let b = BatchShape { decode_context_tokens: ctx + grow, ..a };
+            let mut ops = r.breakdown(&a);
+            let done = r.reprice_decode_context(&mut ops, &b);
+            proptest::prop_assert_eq!(done, seqs > 0);
+            if done {
+                let fresh = r.breakdown(&b);
+                proptest::prop_assert_eq!(ops.len(), fresh.len());
+                for (x, y) in ops.iter().zip(fresh.iter()) {
+                    proptest::prop_assert_eq!(x.op, y.op);
+                    proptest::prop_assert_eq!(x.seconds.to_bits(), y.seconds.to_bits());
+                }
+            }
+        }
     }
 }
