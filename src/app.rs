@@ -78,6 +78,7 @@ fn compare_command(a: &CompareArgs) -> Result<(), Error> {
         } else {
             plot::Format::Svg
         },
+        jobs: a.jobs,
     })?;
     if let Err(e) = &o.plots {
         eprintln!("warning: plots not written: {e}");

@@ -109,6 +109,9 @@ pub struct CompareArgs {
     /// Repeat the comparison over this many workload seeds (seed, seed+1, ...) and report 95% CIs.
     #[arg(long, default_value_t = 1)]
     pub seeds: u32,
+    /// Runs at once, one thread each (default: one per core). Results do not depend on it.
+    #[arg(long, short = 'j', default_value_t = 0, hide_default_value = true)]
+    pub jobs: usize,
     /// Output directory (default: results/compare-<name>).
     #[arg(long)]
     pub out: Option<PathBuf>,

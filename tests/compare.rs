@@ -29,6 +29,7 @@ fn opts(dir: &Path, seeds: u32, varies: &[&str], format: plot::Format) -> Compar
         seed: None,
         out: Some(dir.join("cmp")),
         plot_format: format,
+        jobs: 0,
     }
 }
 
@@ -168,4 +169,53 @@ fn a_bad_vary_value_fails_before_writing() {
     .to_string();
     assert!(e.contains("prefix_caching"), "{e}");
     assert!(!tmp.path().join("cmp").exists());
+}
+
+/// Runs go in parallel (`jobs`); what they write must not depend on how many ran at once or in which order
+/// they finished: every file of the comparison, byte for byte, serial vs three threads over 2 seeds x 2
+/// variants.
+#[test]
+fn parallel_runs_write_the_same_bytes_as_serial_ones() {
+    fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    let rel = p.strip_prefix(root).unwrap().display().to_string();
+                    out.insert(rel, std::fs::read(&p).unwrap());
+                }
+            }
+        }
+        out
+    }
+    let run = |jobs: usize| {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut o = opts(
+            tmp.path(),
+            2,
+            &["engine.prefix_caching=true,false"],
+            plot::Format::Svg,
+        );
+        o.jobs = jobs;
+        let out = compare(&o).unwrap();
+        (files(&out.out_dir), out.summaries, tmp)
+    };
+    let (serial, s1, _t1) = run(1);
+    let (parallel, s3, _t3) = run(3);
+    assert!(serial.len() >= 4 * 4, "{} files", serial.len());
+    assert_eq!(
+        serial.keys().collect::<Vec<_>>(),
+        parallel.keys().collect::<Vec<_>>()
+    );
+    for (name, bytes) in &serial {
+        assert!(
+            bytes == &parallel[name],
+            "{name} differs between 1 and 3 jobs"
+        );
+    }
+    assert_eq!(s1, s3);
 }

@@ -142,6 +142,8 @@ pub struct CompareOptions {
     pub seed: Option<u64>,
     pub out: Option<PathBuf>,
     pub plot_format: plot::Format,
+    /// Runs at once (each on its own thread); 0 means one per available core. Outputs do not depend on it.
+    pub jobs: usize,
 }
 
 #[derive(Debug)]
@@ -190,23 +192,33 @@ pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
         .unwrap_or_else(|| Path::new("results").join(format!("compare-{}", configs[0].name)));
     let dir = RunDir::create(&out)?;
     let root = dir.file("");
+    // Every (seed, variant) run is independent and deterministic, so they run in parallel; results are
+    // gathered by position, and the first failing run in (seed, variant) order is the error reported.
+    let jobs: Vec<(u64, &Variant, &Config)> = seeds
+        .iter()
+        .flat_map(|&seed| vs.iter().zip(&configs).map(move |(v, c)| (seed, v, c)))
+        .collect();
+    let run_one = |&(seed, v, cfg): &(u64, &Variant, &Config)| {
+        let mut cfg = cfg.clone();
+        cfg.seed = seed;
+        run(
+            &cfg,
+            &RunOptions {
+                out: Some(variant_dir(&root, &seeds, seed, &v.name)),
+                progress: false,
+                no_leap: false,
+            },
+        )
+        .map(|r| r.summary)
+    };
+    let results = parallel_map(&jobs, o.jobs, run_one);
     let mut summaries = Vec::new();
-    for &seed in &seeds {
-        let mut row = Vec::new();
-        for (v, cfg) in vs.iter().zip(&configs) {
-            let mut cfg = cfg.clone();
-            cfg.seed = seed;
-            let vdir = variant_dir(&root, &seeds, seed, &v.name);
-            let r = run(
-                &cfg,
-                &RunOptions {
-                    out: Some(vdir),
-                    progress: false,
-                    no_leap: false,
-                },
-            )?;
-            row.push(r.summary);
-        }
+    let mut results = results.into_iter();
+    for _ in &seeds {
+        let row = results
+            .by_ref()
+            .take(vs.len())
+            .collect::<Result<Vec<_>, _>>()?;
         summaries.push(row);
     }
     // The comparison table(s).
@@ -241,6 +253,37 @@ pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
         unpaired,
         plots,
     })
+}
+
+/// `f` over `items` on up to `jobs` threads (0: one per available core), results in `items`' order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = if jobs == 0 { cores } else { jobs }.clamp(1, items.len().max(1));
+    if threads == 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<(usize, R)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        mine.push((i, f(item)));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a compare worker panicked"))
+            .collect()
+    });
+    out.sort_by_key(|&(i, _)| i);
+    out.into_iter().map(|(_, r)| r).collect()
 }
 
 fn variant_dir(root: &Path, seeds: &[u64], seed: u64, name: &str) -> PathBuf {
