@@ -6,18 +6,27 @@
 //! entry whose block no longer holds its key is *stale*, the caller tells live from stale with a predicate
 //! (the block pool checks the block's current hash, an array read it makes anyway), an insert overwrites its
 //! key's own stale entry, and a purge sweeps the other stale entries out when the table reaches half full.
-//! Each key has at most one slot; key and value share one 16-byte slot (one miss per probe, no control
-//! bytes); linear probing, and deletion (duplicates only) by backward shift, so no tombstones.
+//! Each key has at most one slot; key, value and the slot's generation share one 16-byte slot (one miss per
+//! probe, no separate control bytes); linear probing, and deletion (duplicates only) by backward shift, so
+//! no tombstones.
 
 use super::BlockId;
 
-const EMPTY: u32 = u32::MAX;
-
+/// A slot is occupied only if it carries the table's current generation: emptying the whole table (each
+/// purge) is one increment, not a 2 MB fill, which had been much of a purge's cost. Generation 0 is never
+/// current, so zeroed slots are empty.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     key: u64,
     val: u32,
+    gen: u32,
 }
+
+const VACANT: Slot = Slot {
+    key: 0,
+    val: 0,
+    gen: 0,
+};
 
 /// How many entries ahead the per-block loops prefetch (table slots, block records): a few cache misses in
 /// flight at once.
@@ -41,6 +50,8 @@ pub fn prefetch_ptr<T>(p: *const T) {
 #[derive(Clone, Debug)]
 pub struct HashIndex {
     slots: Vec<Slot>,
+    /// The generation of occupied slots (never 0).
+    gen: u32,
     shift: u32,
     mask: usize,
     /// Occupied slots, stale ones included.
@@ -54,7 +65,8 @@ impl HashIndex {
     pub fn with_max_live(max_live: usize) -> HashIndex {
         let cap = (max_live.max(4) * 4).next_power_of_two();
         HashIndex {
-            slots: vec![Slot { key: 0, val: EMPTY }; cap],
+            slots: vec![VACANT; cap],
+            gen: 1,
             shift: 64 - cap.trailing_zeros(),
             mask: cap - 1,
             len: 0,
@@ -68,13 +80,18 @@ impl HashIndex {
         (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize
     }
 
+    #[inline]
+    fn occupied(&self, s: &Slot) -> bool {
+        s.gen == self.gen
+    }
+
     /// The slot holding `key`, live or stale.
     #[inline]
     fn find(&self, key: u64) -> Option<usize> {
         let mut i = self.home(key);
         loop {
             let s = self.slots[i];
-            if s.val == EMPTY {
+            if !self.occupied(&s) {
                 return None;
             }
             if s.key == key {
@@ -112,13 +129,16 @@ impl HashIndex {
         val: BlockId,
         is_live: impl Fn(u64, BlockId) -> bool,
     ) -> bool {
-        debug_assert_ne!(val, EMPTY);
         assert!(self.len < self.max_len, "insert into a crowded hash index");
         let mut i = self.home(key);
         loop {
             let s = self.slots[i];
-            if s.val == EMPTY {
-                self.slots[i] = Slot { key, val };
+            if !self.occupied(&s) {
+                self.slots[i] = Slot {
+                    key,
+                    val,
+                    gen: self.gen,
+                };
                 self.len += 1;
                 return true;
             }
@@ -151,7 +171,7 @@ impl HashIndex {
         loop {
             j = (j + 1) & self.mask;
             let s = self.slots[j];
-            if s.val == EMPTY {
+            if !self.occupied(&s) {
                 break;
             }
             let home = self.home(s.key);
@@ -160,21 +180,30 @@ impl HashIndex {
                 hole = j;
             }
         }
-        self.slots[hole].val = EMPTY;
+        self.slots[hole] = VACANT;
     }
 
     /// Empties the table and inserts `live`, the caller's live entries (distinct keys, at most `max_live`):
     /// drops every stale entry. The pool calls it once per at least `slots/2 - max_live` insertions.
     pub fn rebuild(&mut self, live: impl IntoIterator<Item = (u64, BlockId)>) {
-        self.slots.fill(Slot { key: 0, val: EMPTY });
+        self.gen = self.gen.wrapping_add(1);
+        if self.gen == 0 {
+            // After 4 billion purges: generation 0 means vacant, so really empty the slots once.
+            self.slots.fill(VACANT);
+            self.gen = 1;
+        }
         self.len = 0;
         for (key, val) in live {
             assert!(self.len < self.max_len / 2, "hash index over capacity");
             let mut i = self.home(key);
-            while self.slots[i].val != EMPTY {
+            while self.occupied(&self.slots[i]) {
                 i = (i + 1) & self.mask;
             }
-            self.slots[i] = Slot { key, val };
+            self.slots[i] = Slot {
+                key,
+                val,
+                gen: self.gen,
+            };
             self.len += 1;
         }
     }
@@ -183,7 +212,7 @@ impl HashIndex {
     pub fn iter(&self) -> impl Iterator<Item = (u64, BlockId)> + '_ {
         self.slots
             .iter()
-            .filter(|s| s.val != EMPTY)
+            .filter(|s| self.occupied(s))
             .map(|s| (s.key, s.val))
     }
 }
@@ -193,6 +222,29 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashMap;
+
+    /// A purge empties the table by moving to the next generation; when the generation counter wraps, the
+    /// slots must really be emptied, or entries from 4 billion purges ago would come back.
+    #[test]
+    fn purge_across_the_generation_wrap_forgets_dropped_entries() {
+        let mut t = HashIndex::with_max_live(8);
+        for k in 0..6u64 {
+            assert!(t.insert_unless_live(k, k as u32 + 100, |_, _| true));
+        }
+        // Skip to the last generation before the wrap: the slots written in generation 1 read as vacant.
+        t.gen = u32::MAX;
+        assert_eq!(t.iter().count(), 0);
+        t.rebuild([(1, 101), (4, 104)]);
+        assert_eq!(t.gen, 1);
+        for k in 0..6u64 {
+            let want = [1, 4].contains(&k).then_some(k as u32 + 100);
+            assert_eq!(t.get(k), want, "key {k}");
+        }
+        assert_eq!(t.iter().count(), 2);
+        // One more ordinary purge.
+        t.rebuild([(4, 104)]);
+        assert_eq!((t.get(1), t.get(4), t.gen), (None, Some(104), 2));
+    }
 
     proptest! {
         /// Against std's HashMap with eager deletion: the same live answers after any sequence of inserts,
