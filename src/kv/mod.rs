@@ -42,7 +42,7 @@ pub struct KvCacheManager {
 }
 
 /// Most block lists `KvCacheManager::spare` keeps.
-const MAX_SPARE: usize = 256;
+const MAX_SPARE: usize = 64;
 
 impl KvCacheManager {
     pub fn new(num_blocks: u32, block_size: u32, caching: bool) -> KvCacheManager {
