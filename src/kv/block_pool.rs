@@ -130,8 +130,8 @@ impl BlockPool {
             evictions: 0,
             watch_epoch: 0,
             watch_broken: true,
-            // Popped from the end: ascending ids first, as a fresh vLLM pool hands them out.
             num_blocks,
+            // Popped from the end: ascending ids first, as a fresh vLLM pool hands them out.
             stack: Some((1..num_blocks).rev().collect()),
         }
     }

@@ -113,7 +113,7 @@ impl KvCacheManager {
         // all time. The last lookup's hit stays valid while none of its blocks has been evicted (the pool
         // watches them; nothing else takes a hash away or changes which block a lookup finds), so only
         // the blocks after it are looked up again.
-        let mut blocks = self.spare.pop().unwrap_or_default();
+        let mut blocks = self.take_spare();
         match &self.memo {
             Some((id, b))
                 if *id == req.id && self.pool.watch_intact() && b.len() <= chain.len() =>

@@ -194,7 +194,7 @@ pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
     let root = dir.file("");
     // Every (seed, variant) run is independent and deterministic, so they run in parallel; results are
     // gathered by position, and the first failing run in (seed, variant) order is the error reported.
-    let jobs: Vec<(u64, &Variant, &Config)> = seeds
+    let runs: Vec<(u64, &Variant, &Config)> = seeds
         .iter()
         .flat_map(|&seed| vs.iter().zip(&configs).map(move |(v, c)| (seed, v, c)))
         .collect();
@@ -211,7 +211,7 @@ pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
         )
         .map(|r| r.summary)
     };
-    let results = parallel_map(&jobs, o.jobs, run_one);
+    let results = parallel_map(&runs, o.jobs, run_one);
     let mut summaries = Vec::new();
     let mut results = results.into_iter();
     for _ in &seeds {
