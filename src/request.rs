@@ -153,18 +153,7 @@ impl Request {
     pub fn debug_check_block_hashes(&self, block_size: u32) {
         if cfg!(debug_assertions) && !self.block_hashes.is_empty() {
             let mut fresh = Vec::new();
-            let outputs = Segment {
-                content: self.output_content,
-                len: self.num_output_tokens,
-            };
-            extend_block_hashes_tail(
-                &self.prompt,
-                self.prompt_tokens,
-                outputs,
-                block_size,
-                self.salt,
-                &mut fresh,
-            );
+            self.extend_hashes(block_size, &mut fresh);
             assert_eq!(
                 fresh.get(..self.block_hashes.len()),
                 Some(&self.block_hashes[..]),
@@ -180,6 +169,13 @@ impl Request {
         if (self.num_tokens() as u64) < have + block_size as u64 {
             return;
         }
+        let mut hashes = std::mem::take(&mut self.block_hashes);
+        self.extend_hashes(block_size, &mut hashes);
+        self.block_hashes = hashes;
+    }
+
+    /// Extends `hashes` (this request's first `hashes.len()` block hashes) over prompt + outputs so far.
+    fn extend_hashes(&self, block_size: u32, hashes: &mut Vec<u64>) {
         let outputs = Segment {
             content: self.output_content,
             len: self.num_output_tokens,
@@ -190,7 +186,7 @@ impl Request {
             outputs,
             block_size,
             self.salt,
-            &mut self.block_hashes,
+            hashes,
         );
     }
 }
