@@ -2,6 +2,11 @@
 //! run, reporting wall time, simulated requests per wall-second, events and steps per second, and the
 //! child's peak RSS. Run with `cargo bench --bench sim` (`SERVESIM_BENCH_REPEATS=N` to change the 5 repeats;
 //! `SERVESIM_BENCH_ONLY=a,b` to pick scenarios). Nothing here asserts a time: the numbers are reported.
+//!
+//! `SERVESIM_BENCH_BASELINE=/path/to/an/older/servesim` measures a before/after side by side: each repeat
+//! runs the baseline and then this build, alternately, so that both see the same machine (a shared machine
+//! drifts by tens of percent within an hour), and a second table gives both medians, their ratio, and
+//! whether the two builds wrote the same bytes (requests.csv, summary.json, timeseries.csv).
 
 use std::path::Path;
 use std::process::Command;
@@ -38,8 +43,28 @@ fn chat(requests: u64, extra: &[&str]) -> Vec<String> {
 /// has the sweep.
 const RATE: f64 = 1.0;
 
-/// Runs one scenario; returns (wall s, max RSS KiB, summary JSON).
-fn run_once(bin: &str, args: &[String], out: &Path) -> (f64, u64, serde_json::Value) {
+/// FNV-1a over a run's output files, to tell whether two builds wrote the same bytes. Streamed through a
+/// small buffer: a child's peak RSS as `wait4` reports it starts from this process's RSS when it forks, so
+/// reading a whole requests.csv here would inflate every later measurement.
+fn digest(out: &Path) -> u64 {
+    use std::io::Read;
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut buf = [0u8; 1 << 16];
+    for f in ["requests.csv", "summary.json", "timeseries.csv"] {
+        let Ok(mut file) = std::fs::File::open(out.join(f)) else {
+            continue;
+        };
+        while let Ok(n @ 1..) = file.read(&mut buf) {
+            for &b in &buf[..n] {
+                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    h
+}
+
+/// Runs one scenario; returns (wall s, max RSS KiB, summary JSON, output digest).
+fn run_once(bin: &str, args: &[String], out: &Path) -> (f64, u64, serde_json::Value, u64) {
     let t = Instant::now();
     let mut child = Command::new(bin)
         .arg("run")
@@ -66,6 +91,7 @@ fn run_once(bin: &str, args: &[String], out: &Path) -> (f64, u64, serde_json::Va
         wall,
         usage.ru_maxrss as u64,
         serde_json::from_str(&summary).unwrap(),
+        digest(out),
     )
 }
 
@@ -81,6 +107,8 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
     let only = std::env::var("SERVESIM_BENCH_ONLY").ok();
+    let baseline = std::env::var("SERVESIM_BENCH_BASELINE").ok();
+    let mut side_by_side = Vec::new();
     let mooncake = "../shared/traces/mooncake/conversation_trace.jsonl";
     let scenarios = vec![
         Scenario {
@@ -151,15 +179,37 @@ fn main() {
         let mut walls = Vec::new();
         let mut rss = Vec::new();
         let mut last = serde_json::Value::Null;
+        let mut base_walls = Vec::new();
+        let mut same = true;
         for i in 0..s.repeats {
+            let base_digest = baseline.as_ref().map(|b| {
+                let out = tmp.join(format!("{}-{i}-baseline", s.key));
+                let (w, _, _, d) = run_once(b, &s.args, &out);
+                base_walls.push(w);
+                let _ = std::fs::remove_dir_all(&out);
+                d
+            });
             let out = tmp.join(format!("{}-{i}", s.key));
-            let (w, r, sum) = run_once(bin, &s.args, &out);
+            let (w, r, sum, d) = run_once(bin, &s.args, &out);
             walls.push(w);
             rss.push(r as f64);
             last = sum;
+            same &= base_digest.is_none_or(|b| b == d);
             let _ = std::fs::remove_dir_all(&out);
         }
         let wall = median(&mut walls);
+        if baseline.is_some() {
+            let base = median(&mut base_walls);
+            side_by_side.push(format!(
+                "| ({}) {} | {:.3} | {:.3} | {:.2}x | {} |",
+                s.key,
+                s.what,
+                base,
+                wall,
+                base / wall,
+                if same { "same bytes" } else { "DIFFERENT" }
+            ));
+        }
         let rss_mb = median(&mut rss) / 1024.0;
         let f = |k: &str| last[k].as_f64().unwrap_or(0.0);
         let reqs = f("requests");
@@ -175,6 +225,13 @@ fn main() {
             f("steps") / wall,
             rss_mb
         );
+    }
+    if let Some(b) = &baseline {
+        println!("\nSide by side with {b} (alternating runs, medians of wall seconds):\n");
+        println!("| scenario | baseline | this build | ratio | outputs |\n|---|---|---|---|---|");
+        for row in side_by_side {
+            println!("{row}");
+        }
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
