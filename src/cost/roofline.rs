@@ -77,7 +77,6 @@ impl Roofline {
         self.op(2.0 * t * i * o, (i * o + t * (i + o)) * d)
     }
 
-    /// The GEMMs, element-wise operators and all-reduces of a step of `tokens` tokens.
     /// The decode attention operator: reads every decode sequence's context.
     fn attn_decode(&self, b: &BatchShape) -> f64 {
         let m = &self.model;
@@ -90,6 +89,7 @@ impl Roofline {
         m.num_layers as f64 * self.op(flops, bytes)
     }
 
+    /// The GEMMs, element-wise operators and all-reduces of a step of `tokens` tokens.
     fn token_ops(&self, tokens: u64) -> OpTimes {
         let m = &self.model;
         let layers = m.num_layers as f64;

@@ -161,10 +161,12 @@ impl KvCacheManager {
     pub fn allocate_slots(&mut self, req: &mut Request, num_new: u32, hit: CacheHit) -> bool {
         let bs = self.block_size as u64;
         // Most decode steps need no block and fill none: the general path below would change nothing.
+        // (This runs for every request of every step: full / bs > c is tested as full >= (c + 1) bs, a
+        // multiplication instead of a 64-bit division.)
         if hit.blocks.is_empty() {
             let upto = req.num_computed_tokens as u64 + num_new as u64;
             let fills = self.caching
-                && (upto.min(req.num_tokens() as u64) / bs) as usize > req.num_cached_blocks;
+                && upto.min(req.num_tokens() as u64) >= (req.num_cached_blocks as u64 + 1) * bs;
             if upto <= req.block_table.len() as u64 * bs && !fills {
                 return true;
             }
