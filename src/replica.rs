@@ -155,7 +155,7 @@ impl Replica {
         let dur =
             SimDuration::from_secs_f64(ops.iter().map(|o| o.seconds).sum()).max(SimDuration(1));
         self.stats.add_ops(&ops);
-        let usage = self.kv.pool().usage();
+        let usage = self.kv.usage();
         self.stats.steps += 1;
         self.stats.busy += dur;
         self.stats.last_batch_tokens = plan.total_tokens();
@@ -223,9 +223,9 @@ impl Replica {
             // the free queue cannot cover them all, the step would preempt: leave it to the normal path.
             let need = batch
                 .iter()
-                .filter(|r| r.num_computed_tokens as u64 + 1 > r.block_table.len() as u64 * bs)
+                .filter(|r| r.num_computed_tokens as u64 + 1 > r.num_blocks_held() as u64 * bs)
                 .count() as u32;
-            if need > self.kv.pool().num_free() {
+            if need > self.kv.num_free() {
                 break;
             }
             let shape = BatchShape {
@@ -254,7 +254,7 @@ impl Replica {
                 r.num_computed_tokens += 1;
                 r.num_output_tokens += 1;
             }
-            let usage = self.kv.pool().usage();
+            let usage = self.kv.usage();
             self.stats.add_ops(&ops);
             self.stats.steps += 1;
             self.stats.busy += dur;
@@ -344,7 +344,7 @@ impl Replica {
     /// every (blocks / 1,024)-th step, so the O(blocks) check costs about 1,024 block visits per step.
     #[cfg(debug_assertions)]
     fn maybe_check_invariants(&self, out: &[Box<Request>]) {
-        let stride = (self.kv.pool().num_blocks() as u64 / 1024).max(1);
+        let stride = (self.kv.num_blocks() as u64 / 1024).max(1);
         if self.stats.steps % stride == 0 {
             self.check_invariants_with(out);
         }
@@ -374,27 +374,20 @@ impl Replica {
 
     /// As `check_invariants`, with `out` the requests taken out of the table for a leap.
     fn check_invariants_with(&self, out: &[Box<Request>]) {
-        let pool = self.kv.pool();
-        if let Err(e) = pool.check_invariants() {
+        let holders = self
+            .requests
+            .values()
+            .map(|r| &**r)
+            .chain(out.iter().map(|r| &**r));
+        if let Err(e) = self.kv.check_invariants(holders.clone()) {
             panic!("invariant 2 violated on replica {}: {e}", self.id);
         }
-        let mut refs = vec![0u32; pool.num_blocks() as usize];
-        for r in self.requests.values().chain(out) {
-            for &b in &r.block_table {
-                refs[b as usize] += 1;
-            }
+        for r in holders {
             assert!(
-                r.num_computed_tokens as usize
-                    <= r.block_table.len() * self.kv.block_size() as usize,
+                r.num_computed_tokens as u64
+                    <= r.num_blocks_held() as u64 * self.kv.block_size() as u64,
                 "request {} computed tokens without blocks",
                 r.id
-            );
-        }
-        let counts = pool.ref_counts();
-        for (b, &held) in refs.iter().enumerate().skip(1) {
-            assert_eq!(
-                held, counts[b],
-                "invariant 2: block {b} ref count differs from its holders"
             );
         }
         assert_eq!(

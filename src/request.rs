@@ -4,7 +4,7 @@
 //! (invariant 6); the replica's stop oracle, which models the model emitting EOS, holds the true length.
 
 use crate::event::{ReplicaId, SessionId};
-use crate::kv::BlockId;
+use crate::kv::{BlockId, PieceTable};
 use crate::time::SimTime;
 use crate::workload::content::{extend_block_hashes_tail, Segment};
 
@@ -76,9 +76,12 @@ pub struct Request {
     pub num_computed_tokens: u32,
     /// Chained hashes of every full block of prompt + outputs so far.
     pub block_hashes: Vec<u64>,
-    /// KV blocks held, in token order.
+    /// KV blocks held, in token order, when the replica's KV manager keeps per-block state (cache off, or
+    /// after a duplicate registration; see `kv::piece_pool`).
     pub block_table: Vec<BlockId>,
-    /// How many leading blocks of `block_table` are registered in the prefix cache.
+    /// KV blocks held, when the KV manager keeps pieces (the prefix cache on).
+    pub piece_table: PieceTable,
+    /// How many leading blocks held are registered in the prefix cache.
     pub num_cached_blocks: usize,
     /// True from admission until the step that samples a token: the request's chunks are prefill.
     pub in_prefill: bool,
@@ -129,6 +132,7 @@ impl Request {
             num_computed_tokens: 0,
             block_hashes: Vec::new(),
             block_table: Vec::new(),
+            piece_table: PieceTable::default(),
             num_cached_blocks: 0,
             in_prefill: false,
             was_preempted: false,
@@ -141,6 +145,11 @@ impl Request {
             prefilled_tokens: 0,
             preemptions: 0,
         }
+    }
+
+    /// KV blocks held.
+    pub fn num_blocks_held(&self) -> u32 {
+        self.block_table.len() as u32 + self.piece_table.blocks()
     }
 
     /// Prompt plus outputs so far (vLLM `num_tokens`).

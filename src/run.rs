@@ -198,7 +198,7 @@ fn summarize(world: &mut World, sys: &System) -> Summary {
         pq += st.preempted_queries;
         ph += st.preempted_hits;
         pre += r.stats.preemptions;
-        ev += r.kv().pool().evictions();
+        ev += r.kv().evictions();
         steps += r.stats.steps;
         usage_s += r.stats.usage_seconds;
         peak = peak.max(r.stats.peak_usage);

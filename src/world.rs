@@ -283,7 +283,7 @@ impl<'a> World<'a> {
             }
             Event::Sample => {
                 for rep in &self.replicas {
-                    let pool = rep.kv().pool();
+                    let pool = rep.kv();
                     let st = rep.kv().stats();
                     self.metrics.on_sample(&Sample {
                         time: now,

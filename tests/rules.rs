@@ -85,7 +85,9 @@ impl H {
             self.kv.free(&mut r);
             self.finished.push(id);
         }
-        self.kv.pool().check_invariants().unwrap();
+        self.kv
+            .check_invariants(self.reqs.values().map(|r| &**r))
+            .unwrap();
         plan
     }
 
@@ -185,7 +187,11 @@ fn s4_fcfs_preempts_last_running_and_skips_admission() {
     assert_eq!(h.s.waiting_ids(), vec![2, 3]);
     let b = h.r(2);
     assert_eq!(
-        (b.num_computed_tokens, b.preemptions, b.block_table.len()),
+        (
+            b.num_computed_tokens,
+            b.preemptions,
+            b.num_blocks_held() as usize
+        ),
         (0, 1, 0)
     );
     // B keeps its output token: on resume it recomputes prompt + output (33 tokens).
@@ -336,7 +342,7 @@ fn k10_preempted_request_recovers_its_surviving_cached_blocks() {
     assert_eq!(p.preempted, vec![2]);
     assert_eq!(p.scheduled, vec![(1, 1)]);
     assert!(h.finished.contains(&1));
-    assert_eq!(h.kv.pool().evictions(), 1);
+    assert_eq!(h.kv.evictions(), 1);
     let p = h.step();
     assert_eq!(p.scheduled, vec![(2, 17)]);
     let st = h.kv.stats();
@@ -399,10 +405,9 @@ fn stress_preemption_lifo_no_admission_conservation() {
             }
         }
         // KV conservation: used + free = usable, and used = blocks held by requests.
-        let held: usize = h.reqs.values().map(|r| r.block_table.len()).sum();
-        let pool = h.kv.pool();
-        assert_eq!(pool.num_used() + pool.num_free(), 39);
-        assert!(pool.num_used() as usize <= held);
+        let held: usize = h.reqs.values().map(|r| r.num_blocks_held() as usize).sum();
+        assert_eq!(h.kv.num_used() + h.kv.num_free(), 39);
+        assert!(h.kv.num_used() as usize <= held);
     }
     assert!(h.reqs.is_empty(), "all requests finish");
     assert_eq!(h.finished.len(), 30);

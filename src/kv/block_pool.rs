@@ -114,6 +114,45 @@ impl BlockPool {
         }
     }
 
+    /// A pool in a given state (the piece pool's hand-over, `PiecePool::to_block_pool`): each block's
+    /// reference count and hash by id (entry 0, the null block, is ignored), the free queue from head to
+    /// tail, and the evictions so far. The hashes must be distinct: a piece pool holds no duplicates.
+    pub fn restore(
+        num_blocks: u32,
+        blocks: &[(u32, Option<u64>)],
+        queue: &[BlockId],
+        evictions: u64,
+    ) -> BlockPool {
+        let mut p = BlockPool::new(num_blocks);
+        for (b, x) in p.m.iter_mut().enumerate().skip(1) {
+            let (r, h) = blocks[b];
+            *x = Meta {
+                hash: h.unwrap_or(0),
+                qpos: NOT_QUEUED,
+                ref_cnt: r,
+                hashed: h.is_some(),
+                watch: 0,
+            };
+        }
+        p.ring = queue.iter().copied().collect();
+        p.num_free = queue.len() as u32;
+        p.num_free_cached = 0;
+        for (i, &b) in queue.iter().enumerate() {
+            let x = &mut p.m[b as usize];
+            assert_eq!(x.ref_cnt, 0, "a queued block is held");
+            x.qpos = i as u64;
+            p.num_free_cached += x.hashed as u32;
+        }
+        let live =
+            p.m.iter()
+                .enumerate()
+                .filter(|(_, x)| x.hashed)
+                .map(|(b, x)| (x.hash, b as BlockId));
+        p.cached.rebuild(live);
+        p.evictions = evictions;
+        p
+    }
+
     /// A pool for a replica without the prefix cache (see the module docs): every block is held by at
     /// most one request, nothing is ever registered or touched, and blocks are told apart only so that
     /// invariant checks can account for them.
