@@ -215,18 +215,35 @@ impl Replica {
             .iter()
             .map(|id| self.requests.remove(id).expect("running request"))
             .collect();
+        // Between a request's block boundaries its steps change only its counters, so each request gets
+        // the step at which its next KV call does something (`kv_event_step`): only then is it touched,
+        // and its counters, advanced one per step, are brought up to date first. Every other call a
+        // one-by-one step would make is the KV manager's no-op fast path.
+        let base: Vec<(u32, u32)> = batch
+            .iter()
+            .map(|r| (r.num_computed_tokens, r.num_output_tokens))
+            .collect();
+        let caching = self.kv.caching();
+        let mut event: Vec<u64> = batch
+            .iter()
+            .map(|r| kv_event_step(r, bs, caching, 0))
+            .collect();
+        let mut next_event = event.iter().copied().min().unwrap_or(u64::MAX);
         let mut t = now;
         let mut steps = 0;
         let mut ops = OpTimes::default();
         while steps < max_steps {
             // Blocks this step allocates: one for each request whose computed tokens fill its blocks. If
             // the free queue cannot cover them all, the step would preempt: leave it to the normal path.
-            let need = batch
-                .iter()
-                .filter(|r| r.num_computed_tokens as u64 + 1 > r.num_blocks_held() as u64 * bs)
-                .count() as u32;
-            if need > self.kv.num_free() {
-                break;
+            if steps == next_event {
+                let need = batch
+                    .iter()
+                    .zip(&base)
+                    .filter(|(r, b)| (b.0 as u64 + steps) + 1 > r.num_blocks_held() as u64 * bs)
+                    .count() as u32;
+                if need > self.kv.num_free() {
+                    break;
+                }
             }
             let shape = BatchShape {
                 decode_seqs: b,
@@ -246,13 +263,18 @@ impl Replica {
                 break;
             }
             // The step as `schedule` + `finish_step` would run it: allocate in order, advance, sample.
-            for r in batch.iter_mut() {
-                let ok = self.kv.allocate_slots(r, 1, CacheHit::default());
-                debug_assert!(ok, "the free queue was checked");
-            }
-            for r in batch.iter_mut() {
-                r.num_computed_tokens += 1;
-                r.num_output_tokens += 1;
+            if steps == next_event {
+                next_event = u64::MAX;
+                for ((r, b), ev) in batch.iter_mut().zip(&base).zip(event.iter_mut()) {
+                    if *ev == steps {
+                        r.num_computed_tokens = b.0 + steps as u32;
+                        r.num_output_tokens = b.1 + steps as u32;
+                        let ok = self.kv.allocate_slots(r, 1, CacheHit::default());
+                        debug_assert!(ok, "the free queue was checked");
+                        *ev = kv_event_step(r, bs, caching, steps);
+                    }
+                    next_event = next_event.min(*ev);
+                }
             }
             let usage = self.kv.usage();
             self.stats.add_ops(&ops);
@@ -265,9 +287,17 @@ impl Replica {
             t = end;
             steps += 1;
             #[cfg(debug_assertions)]
-            self.maybe_check_invariants(&batch);
+            {
+                for (r, b) in batch.iter_mut().zip(&base) {
+                    r.num_computed_tokens = b.0 + steps as u32;
+                    r.num_output_tokens = b.1 + steps as u32;
+                }
+                self.maybe_check_invariants(&batch);
+            }
         }
-        for mut r in batch {
+        for (mut r, b) in batch.into_iter().zip(base) {
+            r.num_computed_tokens = b.0 + steps as u32;
+            r.num_output_tokens = b.1 + steps as u32;
             if steps > 0 {
                 r.last_token = Some(t);
                 self.kv.update_block_hashes(&mut r);
@@ -396,4 +426,20 @@ impl Replica {
             "invariant 1: a request is in no queue or two"
         );
     }
+}
+
+/// The leap step (counted from the leap's start) at which a decoding request's one-token `allocate_slots`
+/// next does something, given that it is at step `from` now: when the token computed in that step needs a
+/// new block, or (`caching`) fills one the prefix cache registers (`KvCacheManager::allocate_slots`'s fast path, solved
+/// for the step). The request's counters must be those of step `from`.
+fn kv_event_step(r: &Request, bs: u64, caching: bool, from: u64) -> u64 {
+    // In step from + k the request computes token number computed + k + 1.
+    let next = r.num_computed_tokens as u64 + 1;
+    let needs_block = r.num_blocks_held() as u64 * bs + 1;
+    let fills = if caching {
+        (r.num_cached_blocks as u64 + 1) * bs
+    } else {
+        u64::MAX
+    };
+    from + needs_block.min(fills).saturating_sub(next)
 }
