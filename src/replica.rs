@@ -52,6 +52,26 @@ impl ReplicaStats {
             }
         }
     }
+
+    /// Where each of `ops` (already added once) is accumulated, for `add_ops_at`.
+    fn op_slots(&self, ops: &[crate::cost::OpTime]) -> Vec<usize> {
+        ops.iter()
+            .map(|o| {
+                self.op_seconds
+                    .iter()
+                    .position(|e| std::ptr::eq(e.0, o.op))
+                    .expect("added before")
+            })
+            .collect()
+    }
+
+    /// `add_ops` for a breakdown with the same operators as the one `slots` was taken for (a leap's steps):
+    /// the same additions without the search.
+    fn add_ops_at(&mut self, ops: &[crate::cost::OpTime], slots: &[usize]) {
+        for (o, &j) in ops.iter().zip(slots) {
+            self.op_seconds[j].1 += o.seconds;
+        }
+    }
 }
 
 pub struct Replica {
@@ -232,6 +252,8 @@ impl Replica {
         let mut t = now;
         let mut steps = 0;
         let mut ops = OpTimes::default();
+        // Where the steps' operator times accumulate: re-pricing keeps the operators, so they are found once.
+        let mut slots: Vec<usize> = Vec::new();
         while steps < max_steps {
             // Blocks this step allocates: one for each request whose computed tokens fill its blocks. If
             // the free queue cannot cover them all, the step would preempt: leave it to the normal path.
@@ -255,6 +277,7 @@ impl Replica {
             // just what depends on them.
             if !(steps > 0 && cost.reprice_decode_context(&mut ops, &shape)) {
                 ops = cost.breakdown(&shape);
+                slots.clear();
             }
             let dur =
                 SimDuration::from_secs_f64(ops.iter().map(|o| o.seconds).sum()).max(SimDuration(1));
@@ -277,7 +300,12 @@ impl Replica {
                 }
             }
             let usage = self.kv.usage();
-            self.stats.add_ops(&ops);
+            if slots.is_empty() {
+                self.stats.add_ops(&ops);
+                slots = self.stats.op_slots(&ops);
+            } else {
+                self.stats.add_ops_at(&ops, &slots);
+            }
             self.stats.steps += 1;
             self.stats.busy += dur;
             self.stats.last_batch_tokens = b;

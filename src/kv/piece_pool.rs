@@ -290,13 +290,24 @@ impl PiecePool {
                     None => break,
                 }
             }
+            // The block at `pos` is in `found`; so are the following ones while their hashes agree: compare
+            // the rest of the piece in one pass.
+            let x = &self.pieces[found as usize];
+            let r = &self.runs[x.run as usize];
+            let (a, b) = ((pos - r.start) as usize, (x.hi - r.start) as usize);
+            let same = r.hashes[a..b]
+                .iter()
+                .zip(&chain[i..])
+                .take_while(|(u, v)| u == v)
+                .count();
+            debug_assert!(same >= 1);
             if found == cur {
-                hit.last_mut().expect("a current piece").1 += 1;
+                hit.last_mut().expect("a current piece").1 += same as u32;
             } else {
-                hit.push((found, 1));
+                hit.push((found, same as u32));
                 cur = found;
             }
-            i += 1;
+            i += same;
         }
     }
 
