@@ -34,6 +34,8 @@ use std::collections::VecDeque;
 pub type PieceId = u32;
 const NONE: PieceId = u32::MAX;
 const NOT_QUEUED: u64 = u64::MAX;
+/// Most hashes a dead run's slot keeps room for (see `kill`).
+const MAX_KEPT_HASHES: usize = 512;
 
 /// The blocks one request registered, in chain order: positions `start..start + hashes.len()`. Its live
 /// blocks are the pieces from `head` (whose first block is at `start`) along `next` links to `last`.
@@ -504,6 +506,11 @@ impl PiecePool {
         } else {
             // The run's head: nothing of the run is left. Its anchor goes stale.
             let r = &mut self.runs[x.run as usize];
+            // Run slots are reused; a long run's hashes are let go, so that the slots' capacity does not
+            // grow to hold the longest run each slot ever saw.
+            if r.hashes.capacity() > MAX_KEPT_HASHES {
+                r.hashes = Vec::new();
+            }
             r.hashes.clear();
             r.head = NONE;
             r.last = NONE;
