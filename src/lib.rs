@@ -23,6 +23,7 @@ pub mod engine;
 pub mod error;
 pub mod event;
 pub mod fasthash;
+pub mod idtable;
 pub mod kv;
 pub mod metrics;
 pub mod replica;

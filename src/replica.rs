@@ -3,7 +3,6 @@
 
 use crate::cost::{BatchShape, CostModel, OpTimes};
 use crate::event::ReplicaId;
-use crate::fasthash::FastMap;
 use crate::kv::{CacheHit, KvCacheManager};
 use crate::request::{Request, RequestId, StopReason};
 use crate::scheduler::{RequestTable, Scheduler, StepPlan};
@@ -80,7 +79,7 @@ pub struct Replica {
     kv: KvCacheManager,
     requests: RequestTable,
     /// The stop oracle: true output lengths, kept apart from the requests the scheduler sees.
-    true_output: FastMap<RequestId, u32>,
+    true_output: crate::idtable::IdTable<u32>,
     max_model_len: u32,
     in_flight: Option<InFlight>,
     /// A `Schedule` event is queued for this replica.
@@ -103,7 +102,7 @@ impl Replica {
             scheduler,
             kv,
             requests: RequestTable::default(),
-            true_output: FastMap::default(),
+            true_output: Default::default(),
             max_model_len,
             in_flight: None,
             schedule_pending: false,

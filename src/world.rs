@@ -235,8 +235,23 @@ impl<'a> World<'a> {
             }
             Event::StepDone(rid) => {
                 let metrics = &mut self.metrics;
-                let done = self.replicas[rid as usize]
-                    .finish_step(now, |_, prev| metrics.on_token(now, prev));
+                // Most tokens of a step follow their previous ones by the same gap (the previous step's):
+                // they are recorded together, as the histogram's integer sums do not depend on order.
+                let mut same_gap: Option<(SimTime, u64)> = None;
+                let done = self.replicas[rid as usize].finish_step(now, |_, prev| {
+                    let Some(p) = prev else { return };
+                    match &mut same_gap {
+                        Some((q, n)) if *q == p => *n += 1,
+                        _ => {
+                            if let Some((q, n)) = same_gap.replace((p, 1)) {
+                                metrics.on_tokens(now.since(q), n);
+                            }
+                        }
+                    }
+                });
+                if let Some((q, n)) = same_gap {
+                    self.metrics.on_tokens(now.since(q), n);
+                }
                 for mut r in done {
                     self.metrics.on_request_done(&r, Status::Finished)?;
                     self.workload

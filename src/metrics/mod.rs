@@ -155,14 +155,8 @@ impl Collector {
         })
     }
 
-    /// Records one emitted token's gap from the previous one (ITL pools every gap of every request, B2).
-    pub fn on_token(&mut self, now: SimTime, prev: Option<SimTime>) {
-        if let Some(p) = prev {
-            self.itl.record_ns(now.since(p).0);
-        }
-    }
-
-    /// Records `count` tokens that each followed their request's previous token by `gap`.
+    /// Records `count` tokens that each followed their request's previous token by `gap` (ITL pools every
+    /// gap of every request, B2).
     pub fn on_tokens(&mut self, gap: crate::time::SimDuration, count: u64) {
         self.itl.record_ns_n(gap.0, count);
     }

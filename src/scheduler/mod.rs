@@ -10,14 +10,13 @@
 pub mod vllm_v1;
 pub mod waiting;
 
-use crate::fasthash::FastMap;
 use crate::kv::KvCacheManager;
 use crate::request::{Request, RequestId};
 
 /// The requests of one replica, by id.
 /// Requests by id. Boxed: a decode leap moves its whole batch out of the table and back, and a request is
 /// a few hundred bytes.
-pub type RequestTable = FastMap<RequestId, Box<Request>>;
+pub type RequestTable = crate::idtable::IdTable<Box<Request>>;
 
 /// What one step computes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
