@@ -52,16 +52,15 @@ impl ReplicaStats {
         }
     }
 
-    /// Where each of `ops` (already added once) is accumulated, for `add_ops_at`.
-    fn op_slots(&self, ops: &[crate::cost::OpTime]) -> Vec<usize> {
-        ops.iter()
-            .map(|o| {
-                self.op_seconds
-                    .iter()
-                    .position(|e| std::ptr::eq(e.0, o.op))
-                    .expect("added before")
-            })
-            .collect()
+    /// Where each of `ops` (already added once) is accumulated, for `add_ops_at`, into `slots`.
+    fn op_slots(&self, ops: &[crate::cost::OpTime], slots: &mut Vec<usize>) {
+        slots.clear();
+        slots.extend(ops.iter().map(|o| {
+            self.op_seconds
+                .iter()
+                .position(|e| std::ptr::eq(e.0, o.op))
+                .expect("added before")
+        }));
     }
 
     /// `add_ops` for a breakdown with the same operators as the one `slots` was taken for (a leap's steps):
@@ -85,6 +84,19 @@ pub struct Replica {
     /// A `Schedule` event is queued for this replica.
     pub schedule_pending: bool,
     pub stats: ReplicaStats,
+    /// Buffers `leap` reuses: it runs once per run of steps, and allocating its lists each time showed.
+    leap_scratch: LeapScratch,
+}
+
+#[derive(Default)]
+struct LeapScratch {
+    running: Vec<RequestId>,
+    /// Each running request's (computed, output) tokens when the leap began.
+    base: Vec<(u32, u32)>,
+    /// Each running request's next KV event step (see `kv_event_step`).
+    event: Vec<u64>,
+    /// Where each operator's time accumulates (see `ReplicaStats::op_slots`).
+    slots: Vec<usize>,
 }
 
 /// A token emitted at the end of a step: (request, its previous token's time or None for the first).
@@ -107,6 +119,7 @@ impl Replica {
             in_flight: None,
             schedule_pending: false,
             stats: ReplicaStats::default(),
+            leap_scratch: LeapScratch::default(),
         }
     }
 
@@ -200,17 +213,40 @@ impl Replica {
         now: SimTime,
         horizon: Option<SimTime>,
         cost: &dyn CostModel,
-        mut on_gap: impl FnMut(SimDuration, u64),
+        on_gap: impl FnMut(SimDuration, u64),
     ) -> Option<(u64, SimTime)> {
         if self.in_flight.is_some() {
             return None;
         }
-        let running: Vec<RequestId> = self.scheduler.steady_decode(&self.requests)?.to_vec();
+        let mut scratch = std::mem::take(&mut self.leap_scratch);
+        scratch.running.clear();
+        scratch
+            .running
+            .extend_from_slice(self.scheduler.steady_decode(&self.requests)?);
+        let out = self.leap_with(&mut scratch, now, horizon, cost, on_gap);
+        self.leap_scratch = scratch;
+        out
+    }
+
+    fn leap_with(
+        &mut self,
+        scratch: &mut LeapScratch,
+        now: SimTime,
+        horizon: Option<SimTime>,
+        cost: &dyn CostModel,
+        mut on_gap: impl FnMut(SimDuration, u64),
+    ) -> Option<(u64, SimTime)> {
+        let LeapScratch {
+            running,
+            base,
+            event,
+            slots,
+        } = scratch;
         let bs = self.kv.block_size() as u64;
         let b = running.len() as u64;
         let mut max_steps = u64::MAX;
         let mut context = 0u64;
-        for id in &running {
+        for id in running.iter() {
             let r = &self.requests[id];
             // The last token of the previous step: every request must have sampled it at `now`.
             if r.last_token != Some(now) {
@@ -228,39 +264,34 @@ impl Replica {
         if max_steps == 0 {
             return None;
         }
-        // The batch leaves the request table for the leap: the loop below touches every request every step,
-        // and a map lookup per request per step was most of its cost.
-        let mut batch: Vec<Box<Request>> = running
-            .iter()
-            .map(|id| self.requests.remove(id).expect("running request"))
-            .collect();
         // Between a request's block boundaries its steps change only its counters, so each request gets
         // the step at which its next KV call does something (`kv_event_step`): only then is it touched,
-        // and its counters, advanced one per step, are brought up to date first. Every other call a
-        // one-by-one step would make is the KV manager's no-op fast path.
-        let base: Vec<(u32, u32)> = batch
-            .iter()
-            .map(|r| (r.num_computed_tokens, r.num_output_tokens))
-            .collect();
+        // and its counters, advanced one per step, are brought up to date first (and for all at the end).
+        // Every other call a one-by-one step would make is the KV manager's no-op fast path.
         let caching = self.kv.caching();
-        let mut event: Vec<u64> = batch
-            .iter()
-            .map(|r| kv_event_step(r, bs, caching, 0))
-            .collect();
+        base.clear();
+        event.clear();
+        for id in running.iter() {
+            let r = &self.requests[id];
+            base.push((r.num_computed_tokens, r.num_output_tokens));
+            event.push(kv_event_step(r, bs, caching, 0));
+        }
         let mut next_event = event.iter().copied().min().unwrap_or(u64::MAX);
         let mut t = now;
         let mut steps = 0;
         let mut ops = OpTimes::default();
         // Where the steps' operator times accumulate: re-pricing keeps the operators, so they are found once.
-        let mut slots: Vec<usize> = Vec::new();
+        slots.clear();
         while steps < max_steps {
             // Blocks this step allocates: one for each request whose computed tokens fill its blocks. If
             // the free queue cannot cover them all, the step would preempt: leave it to the normal path.
             if steps == next_event {
-                let need = batch
+                let need = running
                     .iter()
-                    .zip(&base)
-                    .filter(|(r, b)| (b.0 as u64 + steps) + 1 > r.num_blocks_held() as u64 * bs)
+                    .zip(base.iter())
+                    .filter(|(id, b)| {
+                        (b.0 as u64 + steps) + 1 > self.requests[*id].num_blocks_held() as u64 * bs
+                    })
                     .count() as u32;
                 if need > self.kv.num_free() {
                     break;
@@ -287,8 +318,9 @@ impl Replica {
             // The step as `schedule` + `finish_step` would run it: allocate in order, advance, sample.
             if steps == next_event {
                 next_event = u64::MAX;
-                for ((r, b), ev) in batch.iter_mut().zip(&base).zip(event.iter_mut()) {
+                for ((id, b), ev) in running.iter().zip(base.iter()).zip(event.iter_mut()) {
                     if *ev == steps {
+                        let r = self.requests.get_mut(id).expect("running request");
                         r.num_computed_tokens = b.0 + steps as u32;
                         r.num_output_tokens = b.1 + steps as u32;
                         let ok = self.kv.allocate_slots(r, 1, CacheHit::default());
@@ -301,9 +333,9 @@ impl Replica {
             let usage = self.kv.usage();
             if slots.is_empty() {
                 self.stats.add_ops(&ops);
-                slots = self.stats.op_slots(&ops);
+                self.stats.op_slots(&ops, slots);
             } else {
-                self.stats.add_ops_at(&ops, &slots);
+                self.stats.add_ops_at(&ops, slots);
             }
             self.stats.steps += 1;
             self.stats.busy += dur;
@@ -315,26 +347,35 @@ impl Replica {
             steps += 1;
             #[cfg(debug_assertions)]
             {
-                for (r, b) in batch.iter_mut().zip(&base) {
-                    r.num_computed_tokens = b.0 + steps as u32;
-                    r.num_output_tokens = b.1 + steps as u32;
-                }
-                self.maybe_check_invariants(&batch);
+                self.sync_leap(running, base, steps, None);
+                self.maybe_check_invariants(&[]);
             }
         }
-        for (mut r, b) in batch.into_iter().zip(base) {
-            r.num_computed_tokens = b.0 + steps as u32;
-            r.num_output_tokens = b.1 + steps as u32;
-            if steps > 0 {
-                r.last_token = Some(t);
-                self.kv.update_block_hashes(&mut r);
-            }
-            self.requests.insert(r.id, r);
-        }
+        self.sync_leap(running, base, steps, (steps > 0).then_some(t));
         if steps == 0 {
             return None;
         }
         Some((steps, t))
+    }
+
+    /// Brings the leap's requests' counters to `steps` steps past `base`; at the leap's end (`last`, the
+    /// last step's end) also their last token time and block hashes.
+    fn sync_leap(
+        &mut self,
+        running: &[RequestId],
+        base: &[(u32, u32)],
+        steps: u64,
+        last: Option<SimTime>,
+    ) {
+        for (id, b) in running.iter().zip(base) {
+            let r = self.requests.get_mut(id).expect("running request");
+            r.num_computed_tokens = b.0 + steps as u32;
+            r.num_output_tokens = b.1 + steps as u32;
+            if let Some(t) = last {
+                r.last_token = Some(t);
+                self.kv.update_block_hashes(r);
+            }
+        }
     }
 
     /// Completes the step in flight at `now`: requests that reached their full length sample a token (S7);
