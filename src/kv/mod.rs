@@ -349,11 +349,12 @@ impl KvCacheManager {
     /// (evictable cached blocks included) cannot supply the new blocks plus the hit blocks that must leave it.
     /// On success registers every block the step will fill in the prefix cache, before the forward pass, so
     /// a later request in the same step can hit them.
+    #[inline]
     pub fn allocate_slots(&mut self, req: &mut Request, num_new: u32, hit: CacheHit) -> bool {
         let bs = self.block_size as u64;
-        // Most decode steps need no block and fill none: the general path below would change nothing.
-        // (This runs for every request of every step: full / bs > c is tested as full >= (c + 1) bs, a
-        // multiplication instead of a 64-bit division.)
+        // Most decode steps need no block and fill none: the general path would change nothing. (This
+        // runs for every request of every step: full / bs > c is tested as full >= (c + 1) bs, a
+        // multiplication instead of a 64-bit division; and the general path is a call of its own.)
         if hit.is_empty() {
             let upto = req.num_computed_tokens as u64 + num_new as u64;
             let fills = self.caching
@@ -362,6 +363,12 @@ impl KvCacheManager {
                 return true;
             }
         }
+        self.allocate_general(req, num_new, hit)
+    }
+
+    /// `allocate_slots` past its fast path.
+    #[inline(never)]
+    fn allocate_general(&mut self, req: &mut Request, num_new: u32, hit: CacheHit) -> bool {
         if let Pool::Pieces(_) = self.pool {
             match self.allocate_pieces(req, num_new, hit) {
                 Ok(done) => return done,
@@ -429,7 +436,15 @@ impl KvCacheManager {
         pool.allocate(new_blocks);
         pool.add_empty(&mut req.piece_table, new_blocks);
         if full > c {
-            pool.register(&mut req.piece_table, c as u32, &req.block_hashes[c..full]);
+            // The run will reach at least the prompt's last full block (later chunks extend it), and
+            // decode adds a block every `bs` tokens: room for the prompt and a few of those.
+            let expect = ((req.prompt_tokens as u64 / bs) as usize + 8).saturating_sub(c);
+            pool.register(
+                &mut req.piece_table,
+                c as u32,
+                &req.block_hashes[c..full],
+                expect,
+            );
             req.num_cached_blocks = full;
         }
         self.recycle_hit(hit.hit);

@@ -241,6 +241,16 @@ impl PiecePool {
         self.anchors.get(h).filter(|&p| self.is_anchor(h, p, pos))
     }
 
+    /// Whether a live run starts with hash `h`, wherever it starts (`dup_possible`: a 64-bit collision
+    /// between positions must also hand over, or the new run's anchor could not be inserted).
+    fn anchored(&self, h: u64) -> bool {
+        self.anchors.get(h).is_some_and(|p| {
+            let x = &self.pieces[p as usize];
+            let r = &self.runs[x.run as usize];
+            x.alive && r.head == p && r.hashes.first() == Some(&h)
+        })
+    }
+
     fn is_anchor(&self, h: u64, p: PieceId, pos: u32) -> bool {
         let Some(x) = self.pieces.get(p as usize) else {
             return false;
@@ -343,11 +353,10 @@ impl PiecePool {
         if prev != NONE {
             let x = &self.pieces[prev as usize];
             if pos < x.hi {
-                return self.hash_at(x, pos) == h || self.anchor(h, pos).is_some();
+                return self.hash_at(x, pos) == h || self.anchored(h);
             }
             if x.next != NONE {
-                return self.hash_at(&self.pieces[x.next as usize], pos) == h
-                    || self.anchor(h, pos).is_some();
+                return self.hash_at(&self.pieces[x.next as usize], pos) == h || self.anchored(h);
             }
             let r = &self.runs[x.run as usize];
             if r.end() == pos && !r.end_touched {
@@ -355,7 +364,7 @@ impl PiecePool {
                 return false;
             }
         }
-        self.anchor(h, pos).is_some()
+        self.anchored(h)
     }
 
     /// The piece holding the table's last registered block (of `hit`'s last piece when the table is
@@ -521,8 +530,9 @@ impl PiecePool {
     /// K8: registers `hashes` (the hashes of chain positions `pos..pos + hashes.len()`) as the next blocks
     /// of the request's table, turning that many of its empty blocks into cached ones. The caller has
     /// checked `dup_possible` for the first of them (the others can have no holder: their previous
-    /// position's holder is the block registered just before).
-    pub fn register(&mut self, table: &mut PieceTable, pos: u32, hashes: &[u64]) {
+    /// position's holder is the block registered just before). `expect`: how many blocks the run is likely
+    /// to reach, room reserved when it starts.
+    pub fn register(&mut self, table: &mut PieceTable, pos: u32, hashes: &[u64], expect: usize) {
         let k = hashes.len() as u32;
         assert!(
             k <= table.unhashed,
@@ -553,6 +563,7 @@ impl PiecePool {
                 });
                 let r = &mut self.runs[run as usize];
                 r.start = pos;
+                r.hashes.reserve(expect.max(hashes.len()));
                 r.hashes.extend_from_slice(hashes);
                 r.end_touched = false;
                 r.head = p;
