@@ -195,7 +195,7 @@ impl Replica {
         self.stats.peak_usage = self.stats.peak_usage.max(usage);
         self.in_flight = Some(InFlight { plan, started: now });
         #[cfg(debug_assertions)]
-        self.maybe_check_invariants(&[]);
+        self.maybe_check_invariants();
         Some(dur)
     }
 
@@ -218,11 +218,10 @@ impl Replica {
         if self.in_flight.is_some() {
             return None;
         }
+        let running = self.scheduler.steady_decode(&self.requests)?;
         let mut scratch = std::mem::take(&mut self.leap_scratch);
         scratch.running.clear();
-        scratch
-            .running
-            .extend_from_slice(self.scheduler.steady_decode(&self.requests)?);
+        scratch.running.extend_from_slice(running);
         let out = self.leap_with(&mut scratch, now, horizon, cost, on_gap);
         self.leap_scratch = scratch;
         out
@@ -348,7 +347,7 @@ impl Replica {
             #[cfg(debug_assertions)]
             {
                 self.sync_leap(running, base, steps, None);
-                self.maybe_check_invariants(&[]);
+                self.maybe_check_invariants();
             }
         }
         self.sync_leap(running, base, steps, (steps > 0).then_some(t));
@@ -434,17 +433,17 @@ impl Replica {
             out.push(*r);
         }
         #[cfg(debug_assertions)]
-        self.maybe_check_invariants(&[]);
+        self.maybe_check_invariants();
         out
     }
 
     /// Debug builds check the full invariants after every step on pools up to 1,024 blocks; larger pools
     /// every (blocks / 1,024)-th step, so the O(blocks) check costs about 1,024 block visits per step.
     #[cfg(debug_assertions)]
-    fn maybe_check_invariants(&self, out: &[Box<Request>]) {
+    fn maybe_check_invariants(&self) {
         let stride = (self.kv.num_blocks() as u64 / 1024).max(1);
         if self.stats.steps % stride == 0 {
-            self.check_invariants_with(out);
+            self.check_invariants();
         }
     }
 
@@ -467,16 +466,7 @@ impl Replica {
     /// Invariants 2 and 6-adjacent bookkeeping: KV conservation, and every held block accounted to exactly
     /// the requests that hold it.
     pub fn check_invariants(&self) {
-        self.check_invariants_with(&[]);
-    }
-
-    /// As `check_invariants`, with `out` the requests taken out of the table for a leap.
-    fn check_invariants_with(&self, out: &[Box<Request>]) {
-        let holders = self
-            .requests
-            .values()
-            .map(|r| &**r)
-            .chain(out.iter().map(|r| &**r));
+        let holders = self.requests.values().map(|r| &**r);
         if let Err(e) = self.kv.check_invariants(holders.clone()) {
             panic!("invariant 2 violated on replica {}: {e}", self.id);
         }
@@ -490,7 +480,7 @@ impl Replica {
         }
         assert_eq!(
             self.scheduler.num_waiting() + self.scheduler.num_running(),
-            self.requests.len() + out.len(),
+            self.requests.len(),
             "invariant 1: a request is in no queue or two"
         );
     }
@@ -498,8 +488,8 @@ impl Replica {
 
 /// The leap step (counted from the leap's start) at which a decoding request's one-token `allocate_slots`
 /// next does something, given that it is at step `from` now: when the token computed in that step needs a
-/// new block, or (`caching`) fills one the prefix cache registers (`KvCacheManager::allocate_slots`'s fast path, solved
-/// for the step). The request's counters must be those of step `from`.
+/// new block, or (`caching`) fills one the prefix cache registers. This is `allocate_slots`' fast-path
+/// test solved for the step. The request's counters must be those of step `from`.
 fn kv_event_step(r: &Request, bs: u64, caching: bool, from: u64) -> u64 {
     // In step from + k the request computes token number computed + k + 1.
     let next = r.num_computed_tokens as u64 + 1;
