@@ -129,7 +129,9 @@ mod tests {
                 for k in 0..60 {
                     prop_assert_eq!(t.get(&k), m.get(&k));
                 }
-                prop_assert_eq!(t.values().copied().collect::<Vec<_>>(), m.values().copied().collect::<Vec<_>>());
+                let tv: Vec<u64> = t.values().copied().collect();
+                let mv: Vec<u64> = m.values().copied().collect();
+                prop_assert_eq!(tv, mv);
                 // The window spans exactly the ids held.
                 prop_assert!(t.slots.front().is_none_or(|s| s.is_some()));
                 prop_assert!(t.slots.back().is_none_or(|s| s.is_some()));

@@ -646,7 +646,8 @@ mod tests {
             cases: 600,
             ..ProptestConfig::default()
         };
-        proptest!(cfg, |(blocks in 8u32..40, aligned: bool, ops in proptest::collection::vec((0usize..5, 0u8..4, 1u32..24, any::<u8>()), 1..250))| {
+        let op = (0usize..5, 0u8..4, 1u32..24, any::<u8>());
+        proptest!(cfg, |(blocks in 8u32..40, aligned: bool, ops in proptest::collection::vec(op, 1..250))| {
             let mut a = KvCacheManager::new(blocks, 4, true);
             let mut b = KvCacheManager::per_block(blocks, 4, true);
             // Unaligned prompts and distinct outputs make duplicates rarer, so the piece pool runs longer.
@@ -668,7 +669,8 @@ mod tests {
                         prop_assert_eq!(ha.tokens, hb.tokens);
                         let t = ha.tokens;
                         let n = n.min(ra[i].num_tokens() - t);
-                        let (oa, ob) = (a.allocate_slots(&mut ra[i], n, ha), b.allocate_slots(&mut rb[i], n, hb));
+                        let oa = a.allocate_slots(&mut ra[i], n, ha);
+                        let ob = b.allocate_slots(&mut rb[i], n, hb);
                         prop_assert_eq!(oa, ob);
                         if oa {
                             for r in [&mut ra[i], &mut rb[i]] {
@@ -679,14 +681,16 @@ mod tests {
                     // A prefill chunk, or a decode step (sample a token, then compute it).
                     1 if ra[i].num_blocks_held() > 0 => {
                         let decode = ra[i].num_computed_tokens == ra[i].num_tokens();
-                        let n = if decode { 1 } else { n.min(ra[i].num_tokens() - ra[i].num_computed_tokens) };
+                        let left = ra[i].num_tokens() - ra[i].num_computed_tokens;
+                        let n = if decode { 1 } else { n.min(left) };
                         if decode {
                             for (kv, r) in [(&a, &mut ra[i]), (&b, &mut rb[i])] {
                                 r.num_output_tokens += 1;
                                 kv.update_block_hashes(r);
                             }
                         }
-                        let (oa, ob) = (a.allocate_slots(&mut ra[i], n, CacheHit::default()), b.allocate_slots(&mut rb[i], n, CacheHit::default()));
+                        let oa = a.allocate_slots(&mut ra[i], n, CacheHit::default());
+                        let ob = b.allocate_slots(&mut rb[i], n, CacheHit::default());
                         prop_assert_eq!(oa, ob);
                         for (ok, r) in [(oa, &mut ra[i]), (ob, &mut rb[i])] {
                             if ok {
@@ -741,8 +745,9 @@ mod tests {
         x.block_hashes.clear();
         x.update_block_hashes(4);
         let h = kv.get_computed_blocks(&mut x);
-        assert!(kv.allocate_slots(&mut x, 8, h)); // x holds 2 blocks
-                                                  // w shares the 3 cached blocks and needs 8 more: 8 new + 3 leaving the queue > 9 free; it waits.
+        // x holds 2 blocks. w shares the 3 cached blocks and needs 8 more: 8 new + 3 leaving the queue
+        // > 9 free, so it waits.
+        assert!(kv.allocate_slots(&mut x, 8, h));
         let mut w = req(2, 44);
         let h = kv.get_computed_blocks(&mut w);
         assert_eq!(h.tokens, 12);
@@ -815,7 +820,10 @@ mod tests {
     fn anonymous_pool_matches_the_free_queue_without_caching() {
         use proptest::prelude::*;
         proptest!(|(ops in proptest::collection::vec((0usize..6, 0u32..40, any::<bool>()), 1..300))| {
-            let mut queued = KvCacheManager { pool: Pool::Blocks(BlockPool::new(40)), ..KvCacheManager::new(40, 4, false) };
+            let mut queued = KvCacheManager {
+                pool: Pool::Blocks(BlockPool::new(40)),
+                ..KvCacheManager::new(40, 4, false)
+            };
             let mut anon = KvCacheManager::new(40, 4, false);
             let mut qa: Vec<Request> = (0..6).map(|i| req(i, 60)).collect();
             let mut qb = qa.clone();
