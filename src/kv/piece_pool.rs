@@ -118,6 +118,13 @@ struct Seg {
     end: u32,
 }
 
+/// Whether piece `p` is the live head of a run whose first hash is `h` (what makes an anchor entry live).
+fn live_head(pieces: &[Piece], runs: &[Run], h: u64, p: PieceId) -> bool {
+    let x = &pieces[p as usize];
+    let r = &runs[x.run as usize];
+    x.alive && r.head == p && r.hashes.first() == Some(&h)
+}
+
 /// A lookup's hit: (piece, blocks from the piece's start), in chain order.
 pub type PieceHit = Vec<(PieceId, u32)>;
 
@@ -244,11 +251,9 @@ impl PiecePool {
     /// Whether a live run starts with hash `h`, wherever it starts (`dup_possible`: a 64-bit collision
     /// between positions must also hand over, or the new run's anchor could not be inserted).
     fn anchored(&self, h: u64) -> bool {
-        self.anchors.get(h).is_some_and(|p| {
-            let x = &self.pieces[p as usize];
-            let r = &self.runs[x.run as usize];
-            x.alive && r.head == p && r.hashes.first() == Some(&h)
-        })
+        self.anchors
+            .get(h)
+            .is_some_and(|p| live_head(&self.pieces, &self.runs, h, p))
     }
 
     fn is_anchor(&self, h: u64, p: PieceId, pos: u32) -> bool {
@@ -443,6 +448,22 @@ impl PiecePool {
         y.next = s;
     }
 
+    /// Newly registered blocks `lo..hi` of `run`, held by their request alone, after piece `prev`.
+    fn fresh_piece(&self, run: u32, lo: u32, hi: u32, prev: PieceId) -> Piece {
+        Piece {
+            run,
+            lo,
+            hi,
+            ref_cnt: 1,
+            qpos: NOT_QUEUED,
+            prev,
+            next: NONE,
+            watch: self.watch_epoch.wrapping_sub(1), // not watched
+            watch_hi: 0,
+            alive: true,
+        }
+    }
+
     fn new_piece(&mut self, x: Piece) -> PieceId {
         match self.free_pieces.pop() {
             Some(p) => {
@@ -549,18 +570,7 @@ impl PiecePool {
                         (self.runs.len() - 1) as u32
                     }
                 };
-                let p = self.new_piece(Piece {
-                    run,
-                    lo: pos,
-                    hi: pos + k,
-                    ref_cnt: 1,
-                    qpos: NOT_QUEUED,
-                    prev: NONE,
-                    next: NONE,
-                    watch: self.watch_epoch.wrapping_sub(1),
-                    watch_hi: 0,
-                    alive: true,
-                });
+                let p = self.new_piece(self.fresh_piece(run, pos, pos + k, NONE));
                 let r = &mut self.runs[run as usize];
                 r.start = pos;
                 r.hashes.reserve(expect.max(hashes.len()));
@@ -573,11 +583,7 @@ impl PiecePool {
                 }
                 let (pieces, runs) = (&self.pieces, &self.runs);
                 // `p` may reuse the id a stale entry for this very hash names: that entry is not live.
-                let live = |h: u64, q: PieceId| {
-                    let x = &pieces[q as usize];
-                    let r = &runs[x.run as usize];
-                    q != p && x.alive && r.head == q && r.hashes.first() == Some(&h)
-                };
+                let live = |h: u64, q: PieceId| q != p && live_head(pieces, runs, h, q);
                 let fresh = self.anchors.insert_unless_live(hashes[0], p, live);
                 assert!(
                     fresh,
@@ -600,18 +606,7 @@ impl PiecePool {
                 if x.ref_cnt == 1 {
                     x.hi += k; // held by this request alone: the new blocks join it
                 } else {
-                    let p = self.new_piece(Piece {
-                        run,
-                        lo: pos,
-                        hi: pos + k,
-                        ref_cnt: 1,
-                        qpos: NOT_QUEUED,
-                        prev: last,
-                        next: NONE,
-                        watch: self.watch_epoch.wrapping_sub(1),
-                        watch_hi: 0,
-                        alive: true,
-                    });
+                    let p = self.new_piece(self.fresh_piece(run, pos, pos + k, last));
                     self.pieces[last as usize].next = p;
                     self.runs[run as usize].last = p;
                 }
