@@ -21,9 +21,10 @@
 //! run starts (`anchors`): one index probe per run where the per-block pool made one per block.
 //!
 //! Duplicates break prefix-closure, so this pool never holds one: `dup_possible` tells, before a
-//! registration changes anything, whether the block to be registered might duplicate a cached one (one
-//! probe: the previous position's holder decides), and the KV manager then converts the whole state into a
-//! per-block `BlockPool` and carries on there, exactly. None of the shipped workloads registers a
+//! registration changes anything, whether the block to be registered might duplicate a cached one (the
+//! previous position's holder decides: its run's next block, and at most one index probe for a run
+//! starting there), and the KV manager then converts the whole state into a per-block `BlockPool` and
+//! carries on there, exactly. None of the shipped workloads registers a
 //! duplicate; identical prompts whose length is a multiple of the block size do (the last block is always
 //! recomputed, K6).
 
