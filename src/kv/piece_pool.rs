@@ -853,3 +853,76 @@ impl PiecePool {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table holding `n` fresh blocks registered as `hashes` from position `pos`.
+    fn registered(p: &mut PiecePool, pos: u32, hashes: &[u64]) -> PieceTable {
+        let mut t = PieceTable::default();
+        let n = hashes.len() as u32;
+        p.allocate(n);
+        p.add_empty(&mut t, n);
+        let prev = NONE;
+        assert!(!p.dup_possible(prev, pos, hashes[0]));
+        p.register(&mut t, pos, hashes, n as usize);
+        t
+    }
+
+    /// Hit-and-release cycles with no allocation leave a stale queue entry each (the piece leaves the queue
+    /// and comes back at the tail), enough to force compactions; the queue must keep K3/K4's order: the
+    /// piece released last is evicted last.
+    #[test]
+    fn queue_compaction_keeps_the_order() {
+        let mut p = PiecePool::new(8);
+        let mut a = registered(&mut p, 0, &[10, 11]);
+        let mut b = registered(&mut p, 0, &[20, 21]);
+        p.free(&mut a);
+        p.free(&mut b); // queue: 3 empty, a (11, 10), b (21, 20)
+        for i in 0..60 {
+            let chain = if i % 2 == 0 { [10, 11] } else { [20, 21] };
+            let mut hit = PieceHit::new();
+            p.lookup(&chain, &mut hit);
+            assert_eq!(hit.iter().map(|x| x.1).sum::<u32>(), 2);
+            let mut t = PieceTable::default();
+            p.touch(&hit, &mut t);
+            p.free(&mut t);
+            p.check_invariants(std::iter::empty()).unwrap();
+        }
+        assert!(p.queue.len() <= 2 * 8 + 2, "compaction bounds the queue");
+        // The last cycle (i = 59) released b's blocks: after the 3 empty blocks, a goes first, from its
+        // last block; then b, from its last.
+        let hit_len = |p: &PiecePool, chain: &[u64]| {
+            let mut hit = PieceHit::new();
+            p.lookup(chain, &mut hit);
+            hit.iter().map(|x| x.1).sum::<u32>()
+        };
+        let mut taker = PieceTable::default();
+        for (n, want) in [(4, (1, 2)), (1, (0, 2)), (1, (0, 1))] {
+            p.allocate(n);
+            p.add_empty(&mut taker, n);
+            assert_eq!((hit_len(&p, &[10, 11]), hit_len(&p, &[20, 21])), want);
+            p.check_invariants([&taker].into_iter()).unwrap();
+        }
+        assert_eq!(p.evictions(), 3);
+    }
+
+    /// Many runs with distinct starts crowd the anchor index into purges; every live run must still be
+    /// found, every evicted one not.
+    #[test]
+    fn anchor_purges_keep_live_runs() {
+        let mut p = PiecePool::new(6); // 5 usable blocks; the index purges every few dozen runs
+        for i in 0..500u64 {
+            let mut t = registered(&mut p, 0, &[1000 + i]);
+            p.free(&mut t);
+            p.check_invariants(std::iter::empty()).unwrap();
+            for j in i.saturating_sub(8)..=i {
+                let mut hit = PieceHit::new();
+                p.lookup(&[1000 + j], &mut hit);
+                // 5 usable blocks: the last 5 runs are cached, older ones evicted.
+                assert_eq!(!hit.is_empty(), j + 5 > i, "run {j} after {i}");
+            }
+        }
+    }
+}
