@@ -119,6 +119,17 @@ struct Seg {
     end: u32,
 }
 
+impl Seg {
+    /// The pieces the segment holds, in chain order.
+    fn pieces<'a>(&self, pieces: &'a [Piece]) -> impl Iterator<Item = PieceId> + 'a {
+        let end = self.end;
+        std::iter::successors(Some(self.first), move |&p| {
+            Some(pieces[p as usize].next).filter(|&q| q != NONE)
+        })
+        .take_while(move |&p| pieces[p as usize].lo < end)
+    }
+}
+
 /// Whether piece `p` is the live head of a run whose first hash is `h` (what makes an anchor entry live).
 fn live_head(pieces: &[Piece], runs: &[Run], h: u64, p: PieceId) -> bool {
     let x = &pieces[p as usize];
@@ -143,14 +154,10 @@ impl Translation {
     /// Ids of the registered blocks a piece table holds, in table order.
     pub fn registered_blocks(&self, table: &PieceTable) -> Vec<BlockId> {
         let mut out = Vec::with_capacity(table.registered as usize);
-        for s in &table.segs {
-            let mut p = s.first;
-            while p != NONE && self.pieces[p as usize].lo < s.end {
-                let x = &self.pieces[p as usize];
-                let b = self.base[p as usize];
-                out.extend((0..x.hi - x.lo).map(|k| b + k));
-                p = x.next;
-            }
+        for p in table.segs.iter().flat_map(|s| s.pieces(&self.pieces)) {
+            let x = &self.pieces[p as usize];
+            let b = self.base[p as usize];
+            out.extend((0..x.hi - x.lo).map(|k| b + k));
         }
         out
     }
@@ -381,13 +388,7 @@ impl PiecePool {
         }
         match (table.own, table.segs.last()) {
             (Some(run), _) => self.runs[run as usize].last,
-            (None, Some(s)) => {
-                let mut p = s.first;
-                while self.pieces[p as usize].hi < s.end {
-                    p = self.pieces[p as usize].next;
-                }
-                p
-            }
+            (None, Some(s)) => s.pieces(&self.pieces).last().expect("a held segment"),
             (None, None) => NONE,
         }
     }
@@ -644,11 +645,7 @@ impl PiecePool {
         let mut ps = std::mem::take(&mut self.scratch);
         for s in table.segs.iter().rev() {
             ps.clear();
-            let mut p = s.first;
-            while p != NONE && self.pieces[p as usize].lo < s.end {
-                ps.push(p);
-                p = self.pieces[p as usize].next;
-            }
+            ps.extend(s.pieces(&self.pieces));
             for &p in ps.iter().rev() {
                 let x = &mut self.pieces[p as usize];
                 debug_assert!(x.ref_cnt > 0 && x.alive);
@@ -747,12 +744,8 @@ impl PiecePool {
     fn holder_counts<'a>(&self, tables: impl Iterator<Item = &'a PieceTable>) -> Vec<u32> {
         let mut refs = vec![0u32; self.pieces.len()];
         for t in tables {
-            for s in &t.segs {
-                let mut p = s.first;
-                while p != NONE && self.pieces[p as usize].lo < s.end {
-                    refs[p as usize] += 1;
-                    p = self.pieces[p as usize].next;
-                }
+            for p in t.segs.iter().flat_map(|s| s.pieces(&self.pieces)) {
+                refs[p as usize] += 1;
             }
         }
         refs
