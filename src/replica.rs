@@ -1,7 +1,7 @@
 //! One serving instance: applies its scheduler's plan through the KV manager, asks the cost model for the
 //! step's duration, and advances requests when the step completes.
 
-use crate::cost::{BatchShape, CostModel, OpTimes};
+use crate::cost::{seconds_to_fs, step_duration, total_seconds, BatchShape, CostModel, OpTime};
 use crate::event::ReplicaId;
 use crate::kv::{CacheHit, KvCacheManager};
 use crate::request::{Request, RequestId, StopReason};
@@ -22,53 +22,62 @@ pub struct ReplicaStats {
     pub busy: SimDuration,
     pub preemptions: u64,
     pub last_batch_tokens: u64,
-    /// Integral of KV usage over step time (usage x seconds), for the time-weighted mean.
-    pub usage_seconds: f64,
+    /// Used KV blocks integrated over step time (block-nanoseconds), exactly: the time-weighted mean usage
+    /// is this over (usable blocks x time).
+    pub used_block_ns: u128,
     pub peak_usage: f64,
-    /// Step time by operator class, summed over steps (the cost model's breakdown), in first-seen order.
-    pub op_seconds: Vec<(&'static str, f64)>,
+    /// Step time by operator class, summed over steps in integer femtoseconds (`cost::seconds_to_fs`), in
+    /// first-seen order. Integer sums do not depend on the order of the additions, so a leap adds each
+    /// operator that stays the same over its steps once, multiplied by the number of steps.
+    pub op_fs: Vec<(&'static str, u128)>,
 }
 
 impl ReplicaStats {
-    /// Adds a step's breakdown. A cost model lists its operators in the same order every step, so the
-    /// position usually matches and no search is needed.
-    fn add_ops(&mut self, ops: &[crate::cost::OpTime]) {
-        // Operator names are static strings, so a name is found by address first (the usual case: a step
-        // shape adds or drops an operator, shifting positions), by its bytes only when no address matches.
-        for (i, o) in ops.iter().enumerate() {
-            let same = |e: &(&'static str, f64)| std::ptr::eq(e.0, o.op);
-            let at = match self.op_seconds.get(i) {
-                Some(e) if same(e) => Some(i),
-                _ => self
-                    .op_seconds
-                    .iter()
-                    .position(same)
-                    .or_else(|| self.op_seconds.iter().position(|e| e.0 == o.op)),
-            };
-            match at {
-                Some(j) => self.op_seconds[j].1 += o.seconds,
-                None => self.op_seconds.push((o.op, o.seconds)),
-            }
-        }
-    }
-
-    /// Where each of `ops` (already added once) is accumulated, for `add_ops_at`, into `slots`.
-    fn op_slots(&self, ops: &[crate::cost::OpTime], slots: &mut Vec<usize>) {
-        slots.clear();
-        slots.extend(ops.iter().map(|o| {
-            self.op_seconds
+    /// Where `op` accumulates, added if new. A cost model lists its operators in the same order every
+    /// step, so position `hint` usually holds it; names are static strings, so they are found by address
+    /// first (a step shape adds or drops an operator, shifting positions), by their bytes only when no
+    /// address matches.
+    fn slot(&mut self, op: &'static str, hint: usize) -> usize {
+        let same = |e: &(&'static str, u128)| std::ptr::eq(e.0, op);
+        match self.op_fs.get(hint) {
+            Some(e) if same(e) => hint,
+            _ => self
+                .op_fs
                 .iter()
-                .position(|e| std::ptr::eq(e.0, o.op))
-                .expect("added before")
-        }));
+                .position(same)
+                .or_else(|| self.op_fs.iter().position(|e| e.0 == op))
+                .unwrap_or_else(|| {
+                    self.op_fs.push((op, 0));
+                    self.op_fs.len() - 1
+                }),
+        }
     }
 
-    /// `add_ops` for a breakdown with the same operators as the one `slots` was taken for (a leap's steps):
-    /// the same additions without the search.
-    fn add_ops_at(&mut self, ops: &[crate::cost::OpTime], slots: &[usize]) {
-        for (o, &j) in ops.iter().zip(slots) {
-            self.op_seconds[j].1 += o.seconds;
+    /// Adds a step's breakdown.
+    fn add_ops(&mut self, ops: &[OpTime]) {
+        for (i, o) in ops.iter().enumerate() {
+            let j = self.slot(o.op, i);
+            self.op_fs[j].1 += seconds_to_fs(o.seconds);
         }
+    }
+
+    /// Adds `steps` steps of a leap that all had the breakdown `ops` but for operator `var`, whose times
+    /// summed to `var_fs`.
+    fn add_leap_ops(&mut self, ops: &[OpTime], steps: u64, var: usize, var_fs: u128) {
+        for (i, o) in ops.iter().enumerate() {
+            let j = self.slot(o.op, i);
+            self.op_fs[j].1 += if i == var {
+                var_fs
+            } else {
+                steps as u128 * seconds_to_fs(o.seconds)
+            };
+        }
+    }
+
+    /// A step's time-weighted usage and peak, with `used` KV blocks (`usage` as a fraction).
+    fn add_usage(&mut self, used: u32, usage: f64, dur: SimDuration) {
+        self.used_block_ns += used as u128 * dur.0 as u128;
+        self.peak_usage = self.peak_usage.max(usage);
     }
 }
 
@@ -95,8 +104,6 @@ struct LeapScratch {
     base: Vec<(u32, u32)>,
     /// Each running request's next KV event step (see `kv_event_step`).
     event: Vec<u64>,
-    /// Where each operator's time accumulates (see `ReplicaStats::op_slots`).
-    slots: Vec<usize>,
 }
 
 /// A token emitted at the end of a step: (request, its previous token's time or None for the first).
@@ -184,15 +191,13 @@ impl Replica {
             shape.add(n, computed, decode, samples);
         }
         let ops = cost.breakdown(&shape);
-        let dur =
-            SimDuration::from_secs_f64(ops.iter().map(|o| o.seconds).sum()).max(SimDuration(1));
+        let dur = step_duration(total_seconds(&ops));
         self.stats.add_ops(&ops);
-        let usage = self.kv.usage();
         self.stats.steps += 1;
         self.stats.busy += dur;
         self.stats.last_batch_tokens = plan.total_tokens();
-        self.stats.usage_seconds += usage * dur.as_secs_f64();
-        self.stats.peak_usage = self.stats.peak_usage.max(usage);
+        self.stats
+            .add_usage(self.kv.num_used(), self.kv.usage(), dur);
         self.in_flight = Some(InFlight { plan, started: now });
         #[cfg(debug_assertions)]
         self.maybe_check_invariants();
@@ -239,7 +244,6 @@ impl Replica {
             running,
             base,
             event,
-            slots,
         } = scratch;
         let bs = self.kv.block_size() as u64;
         let b = running.len() as u64;
@@ -276,11 +280,27 @@ impl Replica {
             event.push(kv_event_step(r, bs, caching, 0));
         }
         let mut next_event = event.iter().copied().min().unwrap_or(u64::MAX);
+        let shape_at = |steps: u64| BatchShape {
+            decode_seqs: b,
+            decode_context_tokens: context + b * steps,
+            sampled: b,
+            ..BatchShape::default()
+        };
+        // Pricing. Only the contexts change from step to step, so when the cost model prices the one
+        // operator that reads them alone (`decode_context_time`), the others are summed once: a step's
+        // total is `before` (the operators ahead of it, summed from zero) plus its time plus each later
+        // operator, the same additions in the same order as `total_seconds` of a full breakdown. Their
+        // times are accumulated once at the end, as integers (`ReplicaStats::add_leap_ops`).
+        let mut ops = cost.breakdown(&shape_at(0));
+        let var = cost
+            .decode_context_time(&shape_at(0))
+            .and_then(|(op, _)| ops.iter().position(|o| o.op == op));
+        let before = var.map_or(0.0, |i| total_seconds(&ops[..i]));
+        let mut var_fs = 0u128;
+        let mut used = self.kv.num_used();
+        let mut usage = self.kv.usage();
         let mut t = now;
         let mut steps = 0;
-        let mut ops = OpTimes::default();
-        // Where the steps' operator times accumulate: re-pricing keeps the operators, so they are found once.
-        slots.clear();
         while steps < max_steps {
             // Blocks this step allocates: one for each request whose computed tokens fill its blocks. If
             // the free queue cannot cover them all, the step would preempt: leave it to the normal path.
@@ -296,20 +316,23 @@ impl Replica {
                     break;
                 }
             }
-            let shape = BatchShape {
-                decode_seqs: b,
-                decode_context_tokens: context + b * steps,
-                sampled: b,
-                ..BatchShape::default()
+            let shape = shape_at(steps);
+            let (seconds, var_time) = match var {
+                Some(i) => {
+                    let (_, v) = cost
+                        .decode_context_time(&shape)
+                        .expect("priced alone at the first step");
+                    let rest = ops[i + 1..].iter().fold(before + v, |s, o| s + o.seconds);
+                    (rest, v)
+                }
+                None => {
+                    if steps > 0 {
+                        ops = cost.breakdown(&shape);
+                    }
+                    (total_seconds(&ops), 0.0)
+                }
             };
-            // Only the contexts change from step to step: after the first, the cost model may re-price
-            // just what depends on them.
-            if !(steps > 0 && cost.reprice_decode_context(&mut ops, &shape)) {
-                ops = cost.breakdown(&shape);
-                slots.clear();
-            }
-            let dur =
-                SimDuration::from_secs_f64(ops.iter().map(|o| o.seconds).sum()).max(SimDuration(1));
+            let dur = step_duration(seconds);
             let end = t + dur;
             if horizon.is_some_and(|h| end >= h) {
                 break;
@@ -328,19 +351,16 @@ impl Replica {
                     }
                     next_event = next_event.min(*ev);
                 }
+                used = self.kv.num_used();
+                usage = self.kv.usage();
             }
-            let usage = self.kv.usage();
-            if slots.is_empty() {
-                self.stats.add_ops(&ops);
-                self.stats.op_slots(&ops, slots);
-            } else {
-                self.stats.add_ops_at(&ops, slots);
+            match var {
+                Some(_) => var_fs += seconds_to_fs(var_time),
+                None => self.stats.add_ops(&ops),
             }
             self.stats.steps += 1;
             self.stats.busy += dur;
-            self.stats.last_batch_tokens = b;
-            self.stats.usage_seconds += usage * dur.as_secs_f64();
-            self.stats.peak_usage = self.stats.peak_usage.max(usage);
+            self.stats.add_usage(used, usage, dur);
             on_gap(dur, b);
             t = end;
             steps += 1;
@@ -349,6 +369,12 @@ impl Replica {
                 self.sync_leap(running, base, steps, None);
                 self.maybe_check_invariants();
             }
+        }
+        if let (Some(i), true) = (var, steps > 0) {
+            self.stats.add_leap_ops(&ops, steps, i, var_fs);
+        }
+        if steps > 0 {
+            self.stats.last_batch_tokens = b;
         }
         self.sync_leap(running, base, steps, (steps > 0).then_some(t));
         if steps == 0 {

@@ -200,7 +200,8 @@ fn summarize(world: &mut World, sys: &System) -> Summary {
         pre += r.stats.preemptions;
         ev += r.kv().evictions();
         steps += r.stats.steps;
-        usage_s += r.stats.usage_seconds;
+        // Block-nanoseconds over usable blocks: usage-seconds.
+        usage_s += r.stats.used_block_ns as f64 / ((r.kv().num_blocks() - 1) as f64 * 1e9);
         peak = peak.max(r.stats.peak_usage);
     }
     s.set("prefix_cache_queries", q);
@@ -231,14 +232,14 @@ fn summarize(world: &mut World, sys: &System) -> Summary {
         (dur > 0.0).then(|| busy / (dur * cfg.cluster.replicas as f64)),
     );
     // Where the engine's time went, by operator class (seconds summed over steps and replicas).
-    let mut ops: std::collections::BTreeMap<&str, f64> = Default::default();
+    let mut ops: std::collections::BTreeMap<&str, u128> = Default::default();
     for r in &world.replicas {
-        for &(op, sec) in &r.stats.op_seconds {
-            *ops.entry(op).or_default() += sec;
+        for &(op, fs) in &r.stats.op_fs {
+            *ops.entry(op).or_default() += fs;
         }
     }
-    for (op, sec) in ops {
-        s.set(&format!("cost_{op}_s"), sec);
+    for (op, fs) in ops {
+        s.set(&format!("cost_{op}_s"), fs as f64 / 1e15);
     }
     s.set("events", world.counts.events);
     s

@@ -163,6 +163,13 @@ mod calibrated {
                 },
             ),
         ];
+        for (_, step) in &steps {
+            // A leap prices decode attention alone (`CostModel::decode_context_time`): exactly the
+            // breakdown's.
+            let shape = step.shape();
+            let priced = servesim::cost::check_decode_context_contract(&cost, &shape, 8 * 50);
+            assert_eq!(priced, Ok(shape.decode_seqs > 0), "{shape:?}");
+        }
         for (name, step) in steps {
             let measured = stack.time_step(&step, 5).unwrap();
             let predicted = cost.step_time(&step.shape()).as_secs_f64();

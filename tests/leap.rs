@@ -95,3 +95,14 @@ fn leap_equals_step_when_the_run_stops_early() {
     );
     assert!(both("stop", &cfg) > 10);
 }
+
+#[test]
+fn leap_equals_step_with_the_linear_and_table_cost_models() {
+    // A leap prices the context-dependent operator alone with every model that offers it
+    // (`CostModel::decode_context_time`); the roofline is covered above.
+    let linear = config(SMALL_CHAT, &["cost.kind=\"linear\""]);
+    assert!(both("linear", &linear) > 100);
+    let text = std::fs::read_to_string("workloads/vidur-compare.toml").unwrap();
+    let table = config(&text, &["workload.max_sessions=300"]);
+    assert!(both("table", &table) > 100);
+}

@@ -198,9 +198,28 @@ impl CalibratedCost {
     }
 }
 
+const ATTN_DECODE: &str = "attn_decode";
+
+impl CalibratedCost {
+    fn attn_decode(&self, b: &BatchShape) -> f64 {
+        let m = &self.model;
+        m.num_layers as f64
+            * self.profile.attn_decode.eval(&[
+                1.0,
+                b.decode_seqs as f64,
+                b.decode_context_tokens as f64 * m.q_dim() as f64,
+            ])
+    }
+}
+
 impl CostModel for CalibratedCost {
     fn name(&self) -> &'static str {
         "calibrated"
+    }
+
+    /// Decode attention is the only operator that reads `decode_context_tokens`.
+    fn decode_context_time(&self, shape: &BatchShape) -> Option<(&'static str, f64)> {
+        (shape.decode_seqs > 0).then(|| (ATTN_DECODE, self.attn_decode(shape)))
     }
 
     fn breakdown(&self, b: &BatchShape) -> OpTimes {
@@ -235,14 +254,7 @@ impl CostModel for CalibratedCost {
             );
         }
         if b.decode_seqs > 0 {
-            push(
-                "attn_decode",
-                l * p.attn_decode.eval(&[
-                    1.0,
-                    b.decode_seqs as f64,
-                    b.decode_context_tokens as f64 * q,
-                ]),
-            );
+            push(ATTN_DECODE, self.attn_decode(b));
         }
         if b.sampled > 0 {
             push(

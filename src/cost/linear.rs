@@ -22,10 +22,19 @@ impl CostModel for LinearCost {
             p.prefill_token_s * b.prefill_tokens as f64,
         );
         out.push("decode_seqs", p.decode_seq_s * b.decode_seqs as f64);
-        out.push(
-            "decode_context",
-            p.decode_context_token_s * b.decode_context_tokens as f64,
-        );
+        out.push(DECODE_CONTEXT, self.context_time(b));
         out
+    }
+
+    fn decode_context_time(&self, shape: &BatchShape) -> Option<(&'static str, f64)> {
+        Some((DECODE_CONTEXT, self.context_time(shape)))
+    }
+}
+
+const DECODE_CONTEXT: &str = "decode_context";
+
+impl LinearCost {
+    fn context_time(&self, b: &BatchShape) -> f64 {
+        self.p.decode_context_token_s * b.decode_context_tokens as f64
     }
 }

@@ -127,17 +127,132 @@ pub trait CostModel {
     fn name(&self) -> &'static str;
     /// Per-operator times in seconds, overheads included.
     fn breakdown(&self, shape: &BatchShape) -> OpTimes;
-    /// Re-prices, in place, a breakdown of a shape that differs from `shape` only in
-    /// `decode_context_tokens` (a run of decode steps, where contexts grow by one token per sequence per
-    /// step): on true, `ops` equals `breakdown(shape)` exactly; on false (the default) nothing was done and
-    /// the caller calls `breakdown`. A leap prices millions of such steps, so a model whose other operators
-    /// do not depend on the contexts saves recomputing and copying them.
-    fn reprice_decode_context(&self, _ops: &mut OpTimes, _shape: &BatchShape) -> bool {
-        false
+    /// For runs of decode steps, which differ from step to step only in `decode_context_tokens`: the one
+    /// operator whose time depends on that count, and its time for `shape`. Contract: on `Some((op, t))`,
+    /// `breakdown(shape)` lists `op` with time exactly `t`, and each of its other operators has the same
+    /// time in the breakdown of any shape that differs from `shape` only in `decode_context_tokens`. A
+    /// leap prices millions of steps, so it prices the rest once. None (the default): every step is priced
+    /// with `breakdown`.
+    fn decode_context_time(&self, _shape: &BatchShape) -> Option<(&'static str, f64)> {
+        None
     }
     /// The step's duration.
     fn step_time(&self, shape: &BatchShape) -> SimDuration {
-        let s: f64 = self.breakdown(shape).iter().map(|o| o.seconds).sum();
-        SimDuration::from_secs_f64(s).max(SimDuration(1))
+        step_duration(total_seconds(&self.breakdown(shape)))
+    }
+}
+
+/// The sum of a breakdown's times, added left to right from zero. Every step is priced through this (a
+/// leap adds the same terms in the same order, starting from a partial sum), so equal breakdowns give
+/// bit-equal durations.
+pub fn total_seconds(ops: &[OpTime]) -> f64 {
+    ops.iter().fold(0.0, |s, o| s + o.seconds)
+}
+
+/// A step's duration from its total seconds: rounded to nanoseconds, at least 1 ns.
+pub fn step_duration(seconds: f64) -> SimDuration {
+    SimDuration::from_secs_f64(seconds).max(SimDuration(1))
+}
+
+/// Seconds as integer femtoseconds, rounded (0 for negative or NaN). Operator times are summed over
+/// millions of steps as integers, so the sums do not depend on the order of the additions.
+pub fn seconds_to_fs(s: f64) -> u128 {
+    let x = s * 1e15;
+    if x.is_nan() || x <= 0.0 {
+        0
+    } else if x < u64::MAX as f64 {
+        crate::time::round_half_away(x) as u128
+    } else {
+        x.round() as u128
+    }
+}
+
+/// Checks `decode_context_time`'s contract at `shape` against `breakdown`, for cost-model tests: the time
+/// given for `shape` and for `shape` with `grow` more context tokens are those of fresh breakdowns, bit
+/// for bit, and every other operator is the same in both. Returns whether the model priced the
+/// operator alone (Some) at all, or what broke the contract.
+pub fn check_decode_context_contract(
+    model: &dyn CostModel,
+    shape: &BatchShape,
+    grow: u64,
+) -> Result<bool, String> {
+    let grown = BatchShape {
+        decode_context_tokens: shape.decode_context_tokens + grow,
+        ..*shape
+    };
+    let (Some((op, t)), Some((op2, t2))) = (
+        model.decode_context_time(shape),
+        model.decode_context_time(&grown),
+    ) else {
+        return Ok(false);
+    };
+    let (a, b) = (model.breakdown(shape), model.breakdown(&grown));
+    if op != op2 || a.len() != b.len() {
+        return Err(format!(
+            "{op} vs {op2}, {} vs {} operators",
+            a.len(),
+            b.len()
+        ));
+    }
+    let mut found = false;
+    for (x, y) in a.iter().zip(b.iter()) {
+        if x.op != y.op {
+            return Err(format!("operator {} became {}", x.op, y.op));
+        }
+        if x.op == op {
+            found = true;
+            if x.seconds.to_bits() != t.to_bits() || y.seconds.to_bits() != t2.to_bits() {
+                return Err(format!(
+                    "{op}: priced {t} and {t2}, breakdowns say {} and {}",
+                    x.seconds, y.seconds
+                ));
+            }
+        } else if x.seconds.to_bits() != y.seconds.to_bits() {
+            return Err(format!(
+                "{} changed with the context: {} -> {}",
+                x.op, x.seconds, y.seconds
+            ));
+        }
+    }
+    if found {
+        Ok(true)
+    } else {
+        Err(format!("{op} is not in the breakdown"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn femtoseconds_round_and_clamp() {
+        assert_eq!(seconds_to_fs(1.5e-6), 1_500_000_000);
+        assert_eq!(seconds_to_fs(0.0123), 12_300_000_000_000);
+        assert_eq!(seconds_to_fs(2.4e-15), 2);
+        assert_eq!(seconds_to_fs(2.6e-15), 3);
+        assert_eq!(seconds_to_fs(-1.0), 0);
+        assert_eq!(seconds_to_fs(f64::NAN), 0);
+        // Past u64 femtoseconds (5 hours in one operator): the wide path.
+        assert_eq!(seconds_to_fs(1e5), 100_000 * 1_000_000_000_000_000u128);
+    }
+
+    #[test]
+    fn linear_prices_decode_context_alone() {
+        let m = linear::LinearCost {
+            p: crate::config::LinearConfig::default(),
+        };
+        let mut s = BatchShape {
+            decode_seqs: 7,
+            decode_context_tokens: 12_345,
+            sampled: 7,
+            ..BatchShape::default()
+        };
+        assert_eq!(check_decode_context_contract(&m, &s, 7 * 40), Ok(true));
+        s.add(512, 2048, false, false);
+        assert_eq!(check_decode_context_contract(&m, &s, 7), Ok(true));
+        // The linear model lists its context term in every breakdown, even of an empty step.
+        let none = BatchShape::default();
+        assert_eq!(check_decode_context_contract(&m, &none, 7), Ok(true));
     }
 }

@@ -186,6 +186,11 @@ impl CostModel for TableCost {
         }));
         out
     }
+
+    /// Decode attention is the roofline's, and nothing else here reads the contexts.
+    fn decode_context_time(&self, shape: &BatchShape) -> Option<(&'static str, f64)> {
+        self.roofline.decode_context_time(shape)
+    }
 }
 
 #[cfg(test)]
