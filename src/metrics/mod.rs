@@ -14,6 +14,7 @@ use histogram::LogHistogram;
 use row::RowBuf;
 use serde_json::{Map, Value};
 use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 /// Column order of `requests.csv` (stable; documented in the README).
@@ -83,9 +84,9 @@ fn opt_secs_ns(row: &mut RowBuf, ns: Option<u64>) {
 
 /// Collects per-request metrics and streams rows out.
 pub struct Collector {
-    requests: csv::Writer<File>,
+    requests: BufWriter<File>,
     requests_path: PathBuf,
-    timeseries: csv::Writer<File>,
+    timeseries: BufWriter<File>,
     timeseries_path: PathBuf,
     slo: SloConfig,
     pub ttft: Vec<f64>,
@@ -114,22 +115,37 @@ fn csv_err(path: &Path) -> impl FnOnce(csv::Error) -> OutputError + '_ {
     }
 }
 
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
+    move |source| OutputError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A streamed CSV file (rows from `RowBuf::line`), created with its header.
+fn csv_file(
+    path: &Path,
+    columns: &[&str],
+    row: &mut RowBuf,
+) -> Result<BufWriter<File>, OutputError> {
+    let mut w = BufWriter::with_capacity(1 << 16, File::create(path).map_err(io_err(path))?);
+    row.clear();
+    for c in columns {
+        row.str(c);
+    }
+    w.write_all(row.line()).map_err(io_err(path))?;
+    Ok(w)
+}
+
 impl Collector {
     pub fn new(
         requests_path: PathBuf,
         timeseries_path: PathBuf,
         slo: SloConfig,
     ) -> Result<Collector, OutputError> {
-        let mut requests =
-            csv::Writer::from_path(&requests_path).map_err(csv_err(&requests_path))?;
-        requests
-            .write_record(REQUEST_COLUMNS)
-            .map_err(csv_err(&requests_path))?;
-        let mut timeseries =
-            csv::Writer::from_path(&timeseries_path).map_err(csv_err(&timeseries_path))?;
-        timeseries
-            .write_record(TIMESERIES_COLUMNS)
-            .map_err(csv_err(&timeseries_path))?;
+        let mut row = RowBuf::default();
+        let requests = csv_file(&requests_path, REQUEST_COLUMNS, &mut row)?;
+        let timeseries = csv_file(&timeseries_path, TIMESERIES_COLUMNS, &mut row)?;
         Ok(Collector {
             requests,
             requests_path,
@@ -151,7 +167,7 @@ impl Collector {
             cached_tokens: 0,
             prefilled_tokens: 0,
             last_finish: SimTime::ZERO,
-            row: RowBuf::default(),
+            row,
         })
     }
 
@@ -238,8 +254,8 @@ impl Collector {
         row.int(r.preemptions);
         row.int(r.priority);
         self.requests
-            .write_record(row.fields())
-            .map_err(csv_err(&self.requests_path))
+            .write_all(row.line())
+            .map_err(io_err(&self.requests_path))
     }
 
     pub fn on_sample(&mut self, s: &Sample) -> Result<(), OutputError> {
@@ -258,18 +274,16 @@ impl Collector {
         row.int(s.prefix_hits);
         row.int(s.preemptions);
         self.timeseries
-            .write_record(row.fields())
-            .map_err(csv_err(&self.timeseries_path))
+            .write_all(row.line())
+            .map_err(io_err(&self.timeseries_path))
     }
 
     /// Flushes the streamed files.
     pub fn flush(&mut self) -> Result<(), OutputError> {
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| OutputError::Io { path: p, source }
-        };
-        self.requests.flush().map_err(io(&self.requests_path))?;
-        self.timeseries.flush().map_err(io(&self.timeseries_path))
+        self.requests.flush().map_err(io_err(&self.requests_path))?;
+        self.timeseries
+            .flush()
+            .map_err(io_err(&self.timeseries_path))
     }
 }
 
