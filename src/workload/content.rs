@@ -105,8 +105,12 @@ fn extend_chain(
             let piece_end = seg_end.min(end);
             let offset = pos - seg_start;
             if piece_end > pos {
-                h = mix(h, s.content);
-                h = mix(h, (offset << 32) | (piece_end - pos));
+                // One mix per piece over (content, offset, length): the chain runs through every block
+                // of every prompt, and a mix is a serial chain of multiplies. The odd multiplier spreads
+                // the (offset, length) word over all 64 bits, so distinct pieces of one content differ
+                // everywhere; contents are themselves mixed ids.
+                let piece = (offset << 32) | (piece_end - pos);
+                h = mix(h, s.content ^ piece.wrapping_mul(0xd6e8_feb8_6659_fd93));
             }
             pos = piece_end;
             if pos == seg_end {
