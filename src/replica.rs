@@ -109,6 +109,15 @@ struct LeapScratch {
 /// A token emitted at the end of a step: (request, its previous token's time or None for the first).
 pub type TokenEvent = (RequestId, Option<SimTime>);
 
+/// What a leap did: `steps` steps, the last ending at `end`, whose last step finished `done` (empty when
+/// it finished no request), in the order `finish_step` returns them.
+#[derive(Debug)]
+pub struct Leapt {
+    pub steps: u64,
+    pub end: SimTime,
+    pub done: Vec<Request>,
+}
+
 impl Replica {
     pub fn new(
         id: ReplicaId,
@@ -206,20 +215,21 @@ impl Replica {
 
     /// Advances a run of pure-decode steps in a tight loop, exactly as stepping one by one would: starting at
     /// `now` with this replica idle, it takes the steps that (a) the scheduler guarantees are pure decode of
-    /// the same requests (`Scheduler::steady_decode`), (b) finish no request and preempt no one (the free
-    /// queue covers every new block the step needs), and (c) end strictly before `horizon` (the next event
-    /// anywhere), so nothing else could have happened in between. Each step allocates and registers KV
-    /// blocks through the KV manager in the scheduler's order and takes its duration from the cost model,
-    /// as a normal step does; only the events, plans and scheduler passes are skipped. Returns the number of
-    /// steps taken and when the last one ended (None if none qualifies); `on_gap` is told each step's
-    /// inter-token gap and how many tokens shared it.
+    /// the same requests (`Scheduler::steady_decode`), (b) preempt no one (the free queue covers every new
+    /// block the step needs), and (c) end strictly before `horizon` (the next event anywhere), so nothing
+    /// else could have happened in between; it stops after the first step that finishes a request, and
+    /// finishes those requests as `finish_step` would (the caller then does what it does after
+    /// `finish_step`, at the leap's end). Each step allocates and registers KV blocks through the KV
+    /// manager in the scheduler's order and takes its duration from the cost model, as a normal step does;
+    /// only the events, plans and scheduler passes are skipped. Returns what it did (None if no step
+    /// qualifies); `on_gap` is told each step's inter-token gap and how many tokens shared it.
     pub fn leap(
         &mut self,
         now: SimTime,
         horizon: Option<SimTime>,
         cost: &dyn CostModel,
         on_gap: impl FnMut(SimDuration, u64),
-    ) -> Option<(u64, SimTime)> {
+    ) -> Option<Leapt> {
         if self.in_flight.is_some() {
             return None;
         }
@@ -239,7 +249,7 @@ impl Replica {
         horizon: Option<SimTime>,
         cost: &dyn CostModel,
         mut on_gap: impl FnMut(SimDuration, u64),
-    ) -> Option<(u64, SimTime)> {
+    ) -> Option<Leapt> {
         let LeapScratch {
             running,
             base,
@@ -259,9 +269,10 @@ impl Replica {
             let end = truth
                 .min(r.max_tokens)
                 .min(self.max_model_len.saturating_sub(r.prompt_tokens));
-            // The step that completes a request is left to the normal path.
+            // The leap ends with the first step that completes a request (at least one step away: a
+            // request that had reached its end would have finished).
             let to_finish = end.saturating_sub(r.num_output_tokens) as u64;
-            max_steps = max_steps.min(to_finish.saturating_sub(1));
+            max_steps = max_steps.min(to_finish);
             context += r.num_computed_tokens as u64 + 1;
         }
         if max_steps == 0 {
@@ -373,14 +384,35 @@ impl Replica {
         if let (Some(i), true) = (var, steps > 0) {
             self.stats.add_leap_ops(&ops, steps, i, var_fs);
         }
-        if steps > 0 {
-            self.stats.last_batch_tokens = b;
-        }
-        self.sync_leap(running, base, steps, (steps > 0).then_some(t));
         if steps == 0 {
             return None;
         }
-        Some((steps, t))
+        self.stats.last_batch_tokens = b;
+        if steps < max_steps {
+            self.sync_leap(running, base, steps, Some(t));
+            return Some(Leapt {
+                steps,
+                end: t,
+                done: Vec::new(),
+            });
+        }
+        // The last step finished a request: its sampling, as `finish_step` does it.
+        self.sync_leap(running, base, steps, None);
+        let mut done = Vec::new();
+        for id in running.iter() {
+            let r = self.requests.get_mut(id).expect("running request");
+            r.last_token = Some(t);
+            match stop_reason(r, self.true_output[id], self.max_model_len) {
+                Some(reason) => done.push((*id, reason)),
+                None => self.kv.update_block_hashes(r),
+            }
+        }
+        let done = self.retire(done, t);
+        Some(Leapt {
+            steps,
+            end: t,
+            done,
+        })
     }
 
     /// Brings the leap's requests' counters to `steps` steps past `base`; at the leap's end (`last`, the
@@ -427,19 +459,16 @@ impl Replica {
             r.first_token.get_or_insert(now);
             r.last_token = Some(now);
             on_token(r, prev);
-            let truth = self.true_output[&id];
-            let reason = if r.num_output_tokens >= truth {
-                Some(StopReason::Eos)
-            } else if r.num_output_tokens >= r.max_tokens || r.num_tokens() >= self.max_model_len {
-                Some(StopReason::Length)
-            } else {
-                None
-            };
-            match reason {
+            match stop_reason(r, self.true_output[&id], self.max_model_len) {
                 Some(reason) => done.push((id, reason)),
                 None => self.kv.update_block_hashes(r),
             }
         }
+        self.retire(done, now)
+    }
+
+    /// Removes requests that finished at `now`, freeing their blocks; returns them in `done`'s order.
+    fn retire(&mut self, done: Vec<(RequestId, StopReason)>, now: SimTime) -> Vec<Request> {
         let ids: Vec<RequestId> = done.iter().map(|d| d.0).collect();
         self.scheduler.finish_requests(&ids);
         let mut out = Vec::with_capacity(done.len());
@@ -509,6 +538,18 @@ impl Replica {
             self.requests.len(),
             "invariant 1: a request is in no queue or two"
         );
+    }
+}
+
+/// Why a request that has just sampled a token stops, if it does: it reached its true output length
+/// (`truth`), its `max_tokens`, or the model's context length.
+fn stop_reason(r: &Request, truth: u32, max_model_len: u32) -> Option<StopReason> {
+    if r.num_output_tokens >= truth {
+        Some(StopReason::Eos)
+    } else if r.num_output_tokens >= r.max_tokens || r.num_tokens() >= max_model_len {
+        Some(StopReason::Length)
+    } else {
+        None
     }
 }
 

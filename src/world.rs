@@ -12,8 +12,8 @@ use crate::event::{Event, ReplicaId};
 use crate::kv::sizing::{size_engine_tp, EngineSizing};
 use crate::kv::KvCacheManager;
 use crate::metrics::{Collector, Sample};
-use crate::replica::Replica;
-use crate::request::Status;
+use crate::replica::{Leapt, Replica};
+use crate::request::{Request, Status};
 use crate::rng::RngStreams;
 use crate::router::{self, Router};
 use crate::scheduler::vllm_v1::{Limits, VllmScheduler};
@@ -252,18 +252,7 @@ impl<'a> World<'a> {
                 if let Some((q, n)) = same_gap {
                     self.metrics.on_tokens(now.since(q), n);
                 }
-                for mut r in done {
-                    self.metrics.on_request_done(&r, Status::Finished)?;
-                    self.workload
-                        .carry_block_hashes(r.session, std::mem::take(&mut r.block_hashes));
-                    if let Some(t) =
-                        self.workload
-                            .on_turn_complete(r.session, r.num_output_tokens, now)
-                    {
-                        self.queue.push(t, Event::TurnRelease(r.session));
-                    }
-                }
-                self.request_schedule(rid, now);
+                self.after_step(rid, now, done)?;
             }
             Event::Schedule(rid) => {
                 // A leap must end before the next event, and no later than the stop time: one by one, a
@@ -284,13 +273,19 @@ impl<'a> World<'a> {
                     } else {
                         None
                     };
-                    if let Some((steps, end)) = leapt {
+                    if let Some(Leapt { steps, end, done }) = leapt {
                         // Stepping one by one, these steps' StepDone and Schedule events would have run,
-                        // all but the last Schedule, which is queued now.
+                        // all but the last Schedule, which is queued now (by `after_step` when the last
+                        // step finished requests: their StepDone's work, done now with its time, `end`;
+                        // no event lies between, so nothing could see the difference).
                         self.queue.count_skipped(2 * steps - 1);
                         self.counts.leapt_steps += steps;
-                        rep.schedule_pending = true;
-                        self.queue.push(end, Event::Schedule(rid));
+                        if done.is_empty() {
+                            rep.schedule_pending = true;
+                            self.queue.push(end, Event::Schedule(rid));
+                        } else {
+                            self.after_step(rid, end, done)?;
+                        }
                     } else if let Some(d) = rep.start_step(now, self.cost.as_ref()) {
                         self.queue.push(now + d, Event::StepDone(rid));
                     }
@@ -355,6 +350,29 @@ impl<'a> World<'a> {
     }
 
     /// Queues a `Schedule` for an idle replica (once): it runs after every arrival at this instant.
+    /// What follows a step of replica `rid` that ended at `now` and finished `done`: their rows, their
+    /// sessions' next turns, and the replica's next schedule.
+    fn after_step(
+        &mut self,
+        rid: ReplicaId,
+        now: SimTime,
+        done: Vec<Request>,
+    ) -> Result<(), OutputError> {
+        for mut r in done {
+            self.metrics.on_request_done(&r, Status::Finished)?;
+            self.workload
+                .carry_block_hashes(r.session, std::mem::take(&mut r.block_hashes));
+            if let Some(t) = self
+                .workload
+                .on_turn_complete(r.session, r.num_output_tokens, now)
+            {
+                self.queue.push(t, Event::TurnRelease(r.session));
+            }
+        }
+        self.request_schedule(rid, now);
+        Ok(())
+    }
+
     fn request_schedule(&mut self, rid: ReplicaId, now: SimTime) {
         let rep = &mut self.replicas[rid as usize];
         if !rep.schedule_pending && !rep.is_busy() && rep.has_work() {
