@@ -43,28 +43,30 @@ fn chat(requests: u64, extra: &[&str]) -> Vec<String> {
 /// has the sweep.
 const RATE: f64 = 1.0;
 
-/// FNV-1a over a run's output files, to tell whether two builds wrote the same bytes. Streamed through a
-/// small buffer: a child's peak RSS as `wait4` reports it starts from this process's RSS when it forks, so
-/// reading a whole requests.csv here would inflate every later measurement.
-fn digest(out: &Path) -> u64 {
+/// The output files compared between builds.
+const COMPARED: [&str; 3] = ["requests.csv", "summary.json", "timeseries.csv"];
+
+/// FNV-1a over each of a run's compared output files, to tell whether two builds wrote the same bytes.
+/// Streamed through a small buffer: a child's peak RSS as `wait4` reports it starts from this process's
+/// RSS when it forks, so reading a whole requests.csv here would inflate every later measurement.
+fn digest(out: &Path) -> [u64; 3] {
     use std::io::Read;
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
     let mut buf = [0u8; 1 << 16];
-    for f in ["requests.csv", "summary.json", "timeseries.csv"] {
-        let Ok(mut file) = std::fs::File::open(out.join(f)) else {
-            continue;
-        };
-        while let Ok(n @ 1..) = file.read(&mut buf) {
-            for &b in &buf[..n] {
-                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    COMPARED.map(|f| {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        if let Ok(mut file) = std::fs::File::open(out.join(f)) {
+            while let Ok(n @ 1..) = file.read(&mut buf) {
+                for &b in &buf[..n] {
+                    h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+                }
             }
         }
-    }
-    h
+        h
+    })
 }
 
 /// Runs one scenario; returns (wall s, max RSS KiB, summary JSON, output digest).
-fn run_once(bin: &str, args: &[String], out: &Path) -> (f64, u64, serde_json::Value, u64) {
+fn run_once(bin: &str, args: &[String], out: &Path) -> (f64, u64, serde_json::Value, [u64; 3]) {
     let t = Instant::now();
     let mut child = Command::new(bin)
         .arg("run")
@@ -93,6 +95,26 @@ fn run_once(bin: &str, args: &[String], out: &Path) -> (f64, u64, serde_json::Va
         serde_json::from_str(&summary).unwrap(),
         digest(out),
     )
+}
+
+/// "same bytes", or which files differed.
+fn outputs_compared(same: &[bool; 3]) -> String {
+    if same.iter().all(|&x| x) {
+        return "same bytes".into();
+    }
+    let list = |want: bool| {
+        COMPARED
+            .iter()
+            .zip(same)
+            .filter(|(_, &s)| s == want)
+            .map(|(f, _)| *f)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match list(true) {
+        s if s.is_empty() => format!("{} DIFFER", list(false)),
+        s => format!("{s} same; {} DIFFER", list(false)),
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -180,7 +202,8 @@ fn main() {
         let mut rss = Vec::new();
         let mut last = serde_json::Value::Null;
         let mut base_walls = Vec::new();
-        let mut same = true;
+        // Per compared file: the same bytes in every repeat.
+        let mut same = [true; 3];
         for i in 0..s.repeats {
             let base_digest = baseline.as_ref().map(|b| {
                 let out = tmp.join(format!("{}-{i}-baseline", s.key));
@@ -194,7 +217,11 @@ fn main() {
             walls.push(w);
             rss.push(r as f64);
             last = sum;
-            same &= base_digest.is_none_or(|b| b == d);
+            if let Some(b) = base_digest {
+                for (k, ok) in same.iter_mut().enumerate() {
+                    *ok &= b[k] == d[k];
+                }
+            }
             let _ = std::fs::remove_dir_all(&out);
         }
         let wall = median(&mut walls);
@@ -207,7 +234,7 @@ fn main() {
                 base,
                 wall,
                 base / wall,
-                if same { "same bytes" } else { "DIFFERENT" }
+                outputs_compared(&same)
             ));
         }
         let rss_mb = median(&mut rss) / 1024.0;
