@@ -167,6 +167,13 @@ impl Replica {
     /// Queues a new request.
     pub fn enqueue(&mut self, mut req: Request, true_output_tokens: u32) {
         req.replica = self.id;
+        // Room for every block hash the request will have (its prompt's and its outputs'), so that the
+        // list, carried from turn to turn, is not regrown block by block. Capacity only: the oracle's
+        // length decides nothing here.
+        let bs = self.kv.block_size() as usize;
+        let blocks = (req.prompt_tokens as usize + true_output_tokens as usize) / bs;
+        req.block_hashes
+            .reserve(blocks.saturating_sub(req.block_hashes.len()));
         self.kv.update_block_hashes(&mut req);
         self.true_output.insert(req.id, true_output_tokens);
         self.scheduler.add_request(&req);

@@ -437,8 +437,9 @@ impl KvCacheManager {
         pool.add_empty(&mut req.piece_table, new_blocks);
         if full > c {
             // The run will reach at least the prompt's last full block (later chunks extend it), and
-            // decode adds a block every `bs` tokens: room for the prompt and a few of those.
-            let expect = ((req.prompt_tokens as u64 / bs) as usize + 8).saturating_sub(c);
+            // decode adds a block every `bs` tokens: room for the prompt and 24 of those (384 tokens at
+            // 16 a block; the default chat's responses average 224), so that most runs never regrow.
+            let expect = ((req.prompt_tokens as u64 / bs) as usize + 24).saturating_sub(c);
             pool.register(
                 &mut req.piece_table,
                 c as u32,
