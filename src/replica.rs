@@ -4,6 +4,7 @@
 use crate::cost::{seconds_to_fs, step_duration, total_seconds, BatchShape, CostModel, OpTime};
 use crate::event::ReplicaId;
 use crate::kv::{CacheHit, KvCacheManager};
+use crate::metrics::histogram::Batch;
 use crate::request::{Request, RequestId, StopReason};
 use crate::scheduler::{RequestTable, Scheduler, StepPlan};
 use crate::time::{SimDuration, SimTime};
@@ -104,7 +105,12 @@ struct LeapScratch {
     base: Vec<(u32, u32)>,
     /// Each running request's next KV event step (see `kv_event_step`).
     event: Vec<u64>,
+    /// The steps' inter-token gaps, handed over at the end.
+    gaps: Batch,
 }
+
+/// Steps a leap prices at once (`CostModel::decode_context_times`).
+const PRICE_AHEAD: usize = 32;
 
 /// A token emitted at the end of a step: (request, its previous token's time or None for the first).
 pub type TokenEvent = (RequestId, Option<SimTime>);
@@ -229,13 +235,14 @@ impl Replica {
     /// `finish_step`, at the leap's end). Each step allocates and registers KV blocks through the KV
     /// manager in the scheduler's order and takes its duration from the cost model, as a normal step does;
     /// only the events, plans and scheduler passes are skipped. Returns what it did (None if no step
-    /// qualifies); `on_gap` is told each step's inter-token gap and how many tokens shared it.
+    /// qualifies); `on_gaps` is given the steps' inter-token gaps (each step's, once per token it
+    /// sampled).
     pub fn leap(
         &mut self,
         now: SimTime,
         horizon: Option<SimTime>,
         cost: &dyn CostModel,
-        on_gap: impl FnMut(SimDuration, u64),
+        on_gaps: impl FnOnce(&Batch),
     ) -> Option<Leapt> {
         if self.in_flight.is_some() {
             return None;
@@ -244,7 +251,7 @@ impl Replica {
         let mut scratch = std::mem::take(&mut self.leap_scratch);
         scratch.running.clear();
         scratch.running.extend_from_slice(running);
-        let out = self.leap_with(&mut scratch, now, horizon, cost, on_gap);
+        let out = self.leap_with(&mut scratch, now, horizon, cost, on_gaps);
         self.leap_scratch = scratch;
         out
     }
@@ -255,13 +262,15 @@ impl Replica {
         now: SimTime,
         horizon: Option<SimTime>,
         cost: &dyn CostModel,
-        mut on_gap: impl FnMut(SimDuration, u64),
+        on_gaps: impl FnOnce(&Batch),
     ) -> Option<Leapt> {
         let LeapScratch {
             running,
             base,
             event,
+            gaps,
         } = scratch;
+        gaps.clear();
         let bs = self.kv.block_size() as u64;
         let b = running.len() as u64;
         let mut max_steps = u64::MAX;
@@ -314,9 +323,17 @@ impl Replica {
             .decode_context_time(&shape_at(0))
             .and_then(|(op, _)| ops.iter().position(|o| o.op == op));
         let before = var.map_or(0.0, |i| total_seconds(&ops[..i]));
+        // That operator's times, priced `PRICE_AHEAD` steps at a time from step `priced_from`.
+        let mut priced = [0.0f64; PRICE_AHEAD];
+        let mut priced_from = 0u64;
+        if var.is_some() {
+            cost.decode_context_times(&shape_at(0), b, &mut priced);
+        }
         let mut var_fs = 0u128;
+        // KV usage changes only where a step allocates: the usage integral adds used blocks x the steps'
+        // time since the last change (`dur_since`), exactly the per-step sum.
         let mut used = self.kv.num_used();
-        let mut usage = self.kv.usage();
+        let mut dur_since = 0u64;
         let mut t = now;
         let mut steps = 0;
         while steps < max_steps {
@@ -334,18 +351,19 @@ impl Replica {
                     break;
                 }
             }
-            let shape = shape_at(steps);
             let (seconds, var_time) = match var {
                 Some(i) => {
-                    let (_, v) = cost
-                        .decode_context_time(&shape)
-                        .expect("priced alone at the first step");
+                    if steps - priced_from == PRICE_AHEAD as u64 {
+                        priced_from = steps;
+                        cost.decode_context_times(&shape_at(steps), b, &mut priced);
+                    }
+                    let v = priced[(steps - priced_from) as usize];
                     let rest = ops[i + 1..].iter().fold(before + v, |s, o| s + o.seconds);
                     (rest, v)
                 }
                 None => {
                     if steps > 0 {
-                        ops = cost.breakdown(&shape);
+                        ops = cost.breakdown(&shape_at(steps));
                     }
                     (total_seconds(&ops), 0.0)
                 }
@@ -369,8 +387,13 @@ impl Replica {
                     }
                     next_event = next_event.min(*ev);
                 }
+                self.stats.used_block_ns += used as u128 * dur_since as u128;
+                dur_since = 0;
                 used = self.kv.num_used();
-                usage = self.kv.usage();
+                self.stats.peak_usage = self.stats.peak_usage.max(self.kv.usage());
+            }
+            if steps == 0 {
+                self.stats.peak_usage = self.stats.peak_usage.max(self.kv.usage());
             }
             match var {
                 Some(_) => var_fs += seconds_to_fs(var_time),
@@ -378,8 +401,8 @@ impl Replica {
             }
             self.stats.steps += 1;
             self.stats.busy += dur;
-            self.stats.add_usage(used, usage, dur);
-            on_gap(dur, b);
+            dur_since += dur.0;
+            gaps.record_ns_n(dur.0, b);
             t = end;
             steps += 1;
             #[cfg(debug_assertions)]
@@ -388,9 +411,11 @@ impl Replica {
                 self.maybe_check_invariants();
             }
         }
+        self.stats.used_block_ns += used as u128 * dur_since as u128;
         if let (Some(i), true) = (var, steps > 0) {
             self.stats.add_leap_ops(&ops, steps, i, var_fs);
         }
+        on_gaps(gaps);
         if steps == 0 {
             return None;
         }

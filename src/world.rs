@@ -267,8 +267,8 @@ impl<'a> World<'a> {
                 if !rep.is_busy() && rep.has_work() {
                     let metrics = &mut self.metrics;
                     let leapt = if self.leap {
-                        rep.leap(now, horizon, self.cost.as_ref(), |gap, n| {
-                            metrics.on_tokens(gap, n)
+                        rep.leap(now, horizon, self.cost.as_ref(), |gaps| {
+                            metrics.on_token_gaps(gaps)
                         })
                     } else {
                         None

@@ -136,6 +136,28 @@ pub trait CostModel {
     fn decode_context_time(&self, _shape: &BatchShape) -> Option<(&'static str, f64)> {
         None
     }
+    /// `decode_context_time` for consecutive steps: `out[k]` is the operator's time for `shape` with
+    /// `k x step_tokens` more context tokens, exactly as `decode_context_time` gives it; returns the
+    /// operator, or None (and `out` unspecified) where `decode_context_time` gives None. A model
+    /// overrides this to price a run of steps in one tight loop.
+    fn decode_context_times(
+        &self,
+        shape: &BatchShape,
+        step_tokens: u64,
+        out: &mut [f64],
+    ) -> Option<&'static str> {
+        let mut op = None;
+        for (k, o) in out.iter_mut().enumerate() {
+            let s = BatchShape {
+                decode_context_tokens: shape.decode_context_tokens + k as u64 * step_tokens,
+                ..*shape
+            };
+            let (name, t) = self.decode_context_time(&s)?;
+            *o = t;
+            op = Some(name);
+        }
+        op
+    }
     /// The step's duration.
     fn step_time(&self, shape: &BatchShape) -> SimDuration {
         step_duration(total_seconds(&self.breakdown(shape)))
@@ -214,11 +236,28 @@ pub fn check_decode_context_contract(
             ));
         }
     }
-    if found {
-        Ok(true)
-    } else {
-        Err(format!("{op} is not in the breakdown"))
+    if !found {
+        return Err(format!("{op} is not in the breakdown"));
     }
+    // The batched form: the same values, step by step.
+    let step = grow / 7 + 1;
+    let mut out = [0.0; 9];
+    if model.decode_context_times(shape, step, &mut out) != Some(op) {
+        return Err(format!("decode_context_times does not name {op}"));
+    }
+    for (k, v) in out.iter().enumerate() {
+        let s = BatchShape {
+            decode_context_tokens: shape.decode_context_tokens + k as u64 * step,
+            ..*shape
+        };
+        let one = model.decode_context_time(&s).map(|x| x.1.to_bits());
+        if one != Some(v.to_bits()) {
+            return Err(format!(
+                "decode_context_times[{k}] = {v}, one at a time {one:?}"
+            ));
+        }
+    }
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -180,6 +180,23 @@ impl CostModel for Roofline {
         (shape.decode_seqs > 0).then(|| (ATTN_DECODE, self.attn_decode(shape)))
     }
 
+    fn decode_context_times(
+        &self,
+        shape: &BatchShape,
+        step_tokens: u64,
+        out: &mut [f64],
+    ) -> Option<&'static str> {
+        if shape.decode_seqs == 0 {
+            return None;
+        }
+        let mut s = *shape;
+        for o in out.iter_mut() {
+            *o = self.attn_decode(&s);
+            s.decode_context_tokens += step_tokens;
+        }
+        Some(ATTN_DECODE)
+    }
+
     fn breakdown(&self, b: &BatchShape) -> OpTimes {
         let m = &self.model;
         let layers = m.num_layers as f64;

@@ -31,6 +31,65 @@ fn bucket_mid(i: usize) -> f64 {
     lo as f64 + ((1u64 << shift) as f64 - 1.0) / 2.0
 }
 
+/// A bucket's bounds [lo, hi) in nanoseconds (the inverse of `bucket`).
+fn bucket_bounds(i: usize) -> (u64, u64) {
+    let block = i >> SUB_BITS;
+    if block == 0 {
+        return (i as u64, i as u64 + 1);
+    }
+    let shift = (block - 1) as u32;
+    let sub = (i & ((1 << SUB_BITS) - 1)) as u64;
+    let lo = ((1u64 << SUB_BITS) | sub) << shift;
+    (lo, lo + (1u64 << shift))
+}
+
+/// Values recorded in a tight loop (a decode leap's steps) and added to a `LogHistogram` at once
+/// (`LogHistogram::merge`): the same counts and sums as recording each there, with a value's bucket found
+/// only when it leaves the previous value's (consecutive steps' gaps mostly share one).
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    n: u64,
+    zeros: u64,
+    sum_ns: u128,
+    sum_sq_ns: u128,
+    /// (bucket, count), a run per stretch of values in one bucket.
+    runs: Vec<(usize, u64)>,
+    /// The last run's bucket bounds, [lo, hi) ns (empty before the first).
+    lo: u64,
+    hi: u64,
+}
+
+impl Batch {
+    /// Records `count` values of `ns` nanoseconds each.
+    #[inline]
+    pub fn record_ns_n(&mut self, ns: u64, count: u64) {
+        if count == 0 {
+            return;
+        }
+        self.n += count;
+        self.sum_ns += ns as u128 * count as u128;
+        self.sum_sq_ns += (ns as u128 * ns as u128) * count as u128;
+        if self.lo <= ns && ns < self.hi {
+            self.runs.last_mut().expect("a run holds [lo, hi)").1 += count;
+        } else if ns == 0 {
+            self.zeros += count;
+        } else {
+            let i = bucket(ns);
+            (self.lo, self.hi) = bucket_bounds(i);
+            self.runs.push((i, count));
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.n = 0;
+        self.zeros = 0;
+        self.sum_ns = 0;
+        self.sum_sq_ns = 0;
+        self.runs.clear();
+        (self.lo, self.hi) = (0, 0);
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct LogHistogram {
     counts: Vec<u64>,
@@ -63,6 +122,20 @@ impl LogHistogram {
             self.counts.resize(idx + 1, 0);
         }
         self.counts[idx] += count;
+    }
+
+    /// Adds what `b` recorded, as if each value had been recorded here.
+    pub fn merge(&mut self, b: &Batch) {
+        self.n += b.n;
+        self.zeros += b.zeros;
+        self.sum_ns += b.sum_ns;
+        self.sum_sq_ns += b.sum_sq_ns;
+        for &(i, c) in &b.runs {
+            if i >= self.counts.len() {
+                self.counts.resize(i + 1, 0);
+            }
+            self.counts[i] += c;
+        }
     }
 
     pub fn count(&self) -> u64 {
@@ -107,6 +180,32 @@ impl LogHistogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A batch merged equals recording each value (counts, sums, so every statistic); bounds invert
+        /// `bucket`.
+        #[test]
+        fn batches_merge_as_single_records(
+            vals in proptest::collection::vec((0u64..3_000_000_000, 0u64..300), 0..200),
+            base in 0u64..100_000_000, step in 0u64..2_000,
+        ) {
+            let (mut a, mut b) = (LogHistogram::default(), LogHistogram::default());
+            let mut batch = Batch::default();
+            // Random values, then a slowly growing run like a leap's gaps.
+            let run = (0..200u64).map(|k| (base + k * step, 8));
+            for (ns, n) in vals.iter().copied().chain(run) {
+                a.record_ns_n(ns, n);
+                batch.record_ns_n(ns, n);
+                let (lo, hi) = bucket_bounds(bucket(ns.max(1)));
+                prop_assert!(lo <= ns.max(1) && ns.max(1) < hi);
+            }
+            b.merge(&batch);
+            prop_assert_eq!((a.n, a.zeros, a.sum_ns, a.sum_sq_ns), (b.n, b.zeros, b.sum_ns, b.sum_sq_ns));
+            let trim = |c: &[u64]| c.iter().rposition(|&x| x > 0).map_or(0, |i| i + 1);
+            prop_assert_eq!(&a.counts[..trim(&a.counts)], &b.counts[..trim(&b.counts)]);
+        }
+    }
 
     #[test]
     fn quantiles_within_a_tenth_of_a_percent() {

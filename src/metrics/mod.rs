@@ -177,6 +177,11 @@ impl Collector {
         self.itl.record_ns_n(gap.0, count);
     }
 
+    /// Inter-token gaps recorded in a batch (a decode leap's).
+    pub fn on_token_gaps(&mut self, gaps: &histogram::Batch) {
+        self.itl.merge(gaps);
+    }
+
     /// Writes a request's row and folds it into the summary statistics.
     pub fn on_request_done(&mut self, r: &Request, status: Status) -> Result<(), OutputError> {
         let ttft = r.first_token.map(|t| t.since(r.arrival).as_secs_f64());
