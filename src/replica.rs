@@ -323,11 +323,13 @@ impl Replica {
             .decode_context_time(&shape_at(0))
             .and_then(|(op, _)| ops.iter().position(|o| o.op == op));
         let before = var.map_or(0.0, |i| total_seconds(&ops[..i]));
-        // That operator's times, priced `PRICE_AHEAD` steps at a time from step `priced_from`.
+        // That operator's times, priced up to `PRICE_AHEAD` steps at a time (no further than `max_steps`:
+        // most leaps are short) from step `priced_from`.
         let mut priced = [0.0f64; PRICE_AHEAD];
+        let ahead = |from: u64| (max_steps - from).min(PRICE_AHEAD as u64) as usize;
         let mut priced_from = 0u64;
         if var.is_some() {
-            cost.decode_context_times(&shape_at(0), b, &mut priced);
+            cost.decode_context_times(&shape_at(0), b, &mut priced[..ahead(0)]);
         }
         let mut var_fs = 0u128;
         // KV usage changes only where a step allocates: the usage integral adds used blocks x the steps'
@@ -355,7 +357,8 @@ impl Replica {
                 Some(i) => {
                     if steps - priced_from == PRICE_AHEAD as u64 {
                         priced_from = steps;
-                        cost.decode_context_times(&shape_at(steps), b, &mut priced);
+                        let n = ahead(steps);
+                        cost.decode_context_times(&shape_at(steps), b, &mut priced[..n]);
                     }
                     let v = priced[(steps - priced_from) as usize];
                     let rest = ops[i + 1..].iter().fold(before + v, |s, o| s + o.seconds);
