@@ -112,9 +112,6 @@ struct LeapScratch {
 /// Steps a leap prices at once (`CostModel::decode_context_times`).
 const PRICE_AHEAD: usize = 32;
 
-/// A token emitted at the end of a step: (request, its previous token's time or None for the first).
-pub type TokenEvent = (RequestId, Option<SimTime>);
-
 /// What a leap did: `steps` steps, the last ending at `end`, whose last step finished `done` (empty when
 /// it finished no request), in the order `finish_step` returns them.
 #[derive(Debug)]

@@ -349,7 +349,6 @@ impl<'a> World<'a> {
         }
     }
 
-    /// Queues a `Schedule` for an idle replica (once): it runs after every arrival at this instant.
     /// What follows a step of replica `rid` that ended at `now` and finished `done`: their rows, their
     /// sessions' next turns, and the replica's next schedule.
     fn after_step(
@@ -373,6 +372,7 @@ impl<'a> World<'a> {
         Ok(())
     }
 
+    /// Queues a `Schedule` for an idle replica (once): it runs after every arrival at this instant.
     fn request_schedule(&mut self, rid: ReplicaId, now: SimTime) {
         let rep = &mut self.replicas[rid as usize];
         if !rep.schedule_pending && !rep.is_busy() && rep.has_work() {
