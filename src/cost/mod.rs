@@ -138,8 +138,8 @@ pub trait CostModel {
     }
     /// `decode_context_time` for consecutive steps: `out[k]` is the operator's time for `shape` with
     /// `k x step_tokens` more context tokens, exactly as `decode_context_time` gives it; returns the
-    /// operator, or None (and `out` unspecified) where `decode_context_time` gives None. A model
-    /// overrides this to price a run of steps in one tight loop.
+    /// operator, or None (and `out` unspecified) where `decode_context_time` gives None (for an empty
+    /// `out`, either). A model overrides this to price a run of steps in one tight loop.
     fn decode_context_times(
         &self,
         shape: &BatchShape,
