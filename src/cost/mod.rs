@@ -87,14 +87,6 @@ impl Default for OpTimes {
 }
 
 impl OpTimes {
-    /// The time of the operator named `op` (matched by address: names are static strings), mutable.
-    pub fn get_mut(&mut self, op: &'static str) -> Option<&mut f64> {
-        self.items[..self.len]
-            .iter_mut()
-            .find(|o| std::ptr::eq(o.op, op))
-            .map(|o| &mut o.seconds)
-    }
-
     /// Appends an operator's time. Panics past `MAX_OPS` (a cost model with more classes must raise it).
     pub fn push(&mut self, op: &'static str, seconds: f64) {
         assert!(self.len < MAX_OPS, "more than MAX_OPS operator classes");
