@@ -315,19 +315,16 @@ impl Replica {
         // total is `before` (the operators ahead of it, summed from zero) plus its time plus each later
         // operator, the same additions in the same order as `total_seconds` of a full breakdown. Their
         // times are accumulated once at the end, as integers (`ReplicaStats::add_leap_ops`).
+        // That operator's times are priced up to `PRICE_AHEAD` steps at a time (no further than
+        // `max_steps`: most leaps are short), from step `priced_from`.
         let mut ops = cost.breakdown(&shape_at(0));
-        let var = cost
-            .decode_context_time(&shape_at(0))
-            .and_then(|(op, _)| ops.iter().position(|o| o.op == op));
-        let before = var.map_or(0.0, |i| total_seconds(&ops[..i]));
-        // That operator's times, priced up to `PRICE_AHEAD` steps at a time (no further than `max_steps`:
-        // most leaps are short) from step `priced_from`.
         let mut priced = [0.0f64; PRICE_AHEAD];
         let ahead = |from: u64| (max_steps - from).min(PRICE_AHEAD as u64) as usize;
         let mut priced_from = 0u64;
-        if var.is_some() {
-            cost.decode_context_times(&shape_at(0), b, &mut priced[..ahead(0)]);
-        }
+        let var = cost
+            .decode_context_times(&shape_at(0), b, &mut priced[..ahead(0)])
+            .and_then(|op| ops.iter().position(|o| o.op == op));
+        let before = var.map_or(0.0, |i| total_seconds(&ops[..i]));
         let mut var_fs = 0u128;
         // KV usage changes only where a step allocates: the usage integral adds used blocks x the steps'
         // time since the last change (`dur_since`), exactly the per-step sum.

@@ -121,9 +121,11 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn rounding_matches_round(bits in proptest::prelude::any::<u64>(), small in 0u64..1 << 40, k in 0u32..4) {
-            // Any f64 below 2^64 (from raw bits), and ties and near-ties of small values.
+            // Any f64 below 2^64 (from raw bits); quarters (ties among them); the f64s just below a tie
+            // and just above an integer.
             let x = f64::from_bits(bits).abs();
-            for x in [x, small as f64 + k as f64 * 0.25, small as f64 + 0.5 - f64::EPSILON, f64::from_bits((small as f64).to_bits() + 1)] {
+            let tie = small as f64 + 0.5;
+            for x in [x, small as f64 + k as f64 * 0.25, f64::from_bits(tie.to_bits() - 1), f64::from_bits((small as f64).to_bits() + 1)] {
                 if x < u64::MAX as f64 {
                     proptest::prop_assert_eq!(round_half_away(x), x.round() as u64, "{}", x);
                 }

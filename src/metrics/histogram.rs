@@ -21,14 +21,8 @@ fn bucket(ns: u64) -> usize {
 
 /// The middle of a bucket, in nanoseconds.
 fn bucket_mid(i: usize) -> f64 {
-    let block = i >> SUB_BITS;
-    if block == 0 {
-        return i as f64;
-    }
-    let shift = (block - 1) as u32;
-    let sub = (i & ((1 << SUB_BITS) - 1)) as u64;
-    let lo = ((1u64 << SUB_BITS) | sub) << shift;
-    lo as f64 + ((1u64 << shift) as f64 - 1.0) / 2.0
+    let (lo, hi) = bucket_bounds(i);
+    lo as f64 + ((hi - lo) as f64 - 1.0) / 2.0
 }
 
 /// A bucket's bounds [lo, hi) in nanoseconds (the inverse of `bucket`).
