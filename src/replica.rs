@@ -94,6 +94,9 @@ pub struct Replica {
     /// A `Schedule` event is queued for this replica.
     pub schedule_pending: bool,
     pub stats: ReplicaStats,
+    /// The plan of the last finished step, emptied by the next `schedule`: its lists are reused, as a plan
+    /// grown push by push every step showed in profiles.
+    spare_plan: StepPlan,
     /// Buffers `leap` reuses: it runs once per run of steps, and allocating its lists each time showed.
     leap_scratch: LeapScratch,
 }
@@ -103,8 +106,10 @@ struct LeapScratch {
     running: Vec<RequestId>,
     /// Each running request's (computed, output) tokens when the leap began.
     base: Vec<(u32, u32)>,
-    /// Each running request's next KV event step (see `kv_event_step`).
+    /// Each running request's next KV event step and the step in which it next needs a new block (see
+    /// `kv_event_step`).
     event: Vec<u64>,
+    block_at: Vec<u64>,
     /// The steps' inter-token gaps, handed over at the end.
     gaps: Batch,
 }
@@ -138,6 +143,7 @@ impl Replica {
             in_flight: None,
             schedule_pending: false,
             stats: ReplicaStats::default(),
+            spare_plan: StepPlan::default(),
             leap_scratch: LeapScratch::default(),
         }
     }
@@ -186,9 +192,12 @@ impl Replica {
     /// Plans and starts a step at `now`; returns its duration, or None when nothing can run.
     pub fn start_step(&mut self, now: SimTime, cost: &dyn CostModel) -> Option<SimDuration> {
         debug_assert!(self.in_flight.is_none());
-        let plan = self.scheduler.schedule(&mut self.requests, &mut self.kv);
+        let mut plan = std::mem::take(&mut self.spare_plan);
+        self.scheduler
+            .schedule(&mut self.requests, &mut self.kv, &mut plan);
         self.stats.preemptions += plan.preempted.len() as u64;
         if plan.scheduled.is_empty() {
+            self.spare_plan = plan;
             // Only possible with no runnable work: a lone request always fits (sizing guarantees one
             // max_model_len sequence fits), so an empty plan with work held would be a deadlock.
             debug_assert!(
@@ -265,6 +274,7 @@ impl Replica {
             running,
             base,
             event,
+            block_at,
             gaps,
         } = scratch;
         gaps.clear();
@@ -298,10 +308,13 @@ impl Replica {
         let caching = self.kv.caching();
         base.clear();
         event.clear();
+        block_at.clear();
         for id in running.iter() {
             let r = &self.requests[id];
             base.push((r.num_computed_tokens, r.num_output_tokens));
-            event.push(kv_event_step(r, bs, caching, 0));
+            let (ev, blk) = kv_event_step(r, bs, caching, 0);
+            event.push(ev);
+            block_at.push(blk);
         }
         let mut next_event = event.iter().copied().min().unwrap_or(u64::MAX);
         let shape_at = |steps: u64| BatchShape {
@@ -336,13 +349,9 @@ impl Replica {
             // Blocks this step allocates: one for each request whose computed tokens fill its blocks. If
             // the free queue cannot cover them all, the step would preempt: leave it to the normal path.
             if steps == next_event {
-                let need = running
-                    .iter()
-                    .zip(base.iter())
-                    .filter(|(id, b)| {
-                        (b.0 as u64 + steps) + 1 > self.requests[*id].num_blocks_held() as u64 * bs
-                    })
-                    .count() as u32;
+                // A request's next block is due no earlier than its next event, so each `block_at` is
+                // at least `steps` here.
+                let need = block_at.iter().filter(|&&s| s == steps).count() as u32;
                 if need > self.kv.num_free() {
                     break;
                 }
@@ -373,14 +382,19 @@ impl Replica {
             // The step as `schedule` + `finish_step` would run it: allocate in order, advance, sample.
             if steps == next_event {
                 next_event = u64::MAX;
-                for ((id, b), ev) in running.iter().zip(base.iter()).zip(event.iter_mut()) {
+                for (((id, b), ev), blk) in running
+                    .iter()
+                    .zip(base.iter())
+                    .zip(event.iter_mut())
+                    .zip(block_at.iter_mut())
+                {
                     if *ev == steps {
                         let r = self.requests.get_mut(id).expect("running request");
                         r.num_computed_tokens = b.0 + steps as u32;
                         r.num_output_tokens = b.1 + steps as u32;
                         let ok = self.kv.allocate_slots(r, 1, CacheHit::default());
                         debug_assert!(ok, "the free queue was checked");
-                        *ev = kv_event_step(r, bs, caching, steps);
+                        (*ev, *blk) = kv_event_step(r, bs, caching, steps);
                     }
                     next_event = next_event.min(*ev);
                 }
@@ -493,6 +507,7 @@ impl Replica {
                 None => self.kv.update_block_hashes(r),
             }
         }
+        self.spare_plan = step.plan;
         self.retire(done, now)
     }
 
@@ -585,8 +600,9 @@ fn stop_reason(r: &Request, truth: u32, max_model_len: u32) -> Option<StopReason
 /// The leap step (counted from the leap's start) at which a decoding request's one-token `allocate_slots`
 /// next does something, given that it is at step `from` now: when the token computed in that step needs a
 /// new block, or (`caching`) fills one the prefix cache registers. This is `allocate_slots`' fast-path
-/// test solved for the step. The request's counters must be those of step `from`.
-fn kv_event_step(r: &Request, bs: u64, caching: bool, from: u64) -> u64 {
+/// test solved for the step. Also the step that needs a new block (no earlier than the first). The
+/// request's counters must be those of step `from`.
+fn kv_event_step(r: &Request, bs: u64, caching: bool, from: u64) -> (u64, u64) {
     // In step from + k the request computes token number computed + k + 1.
     let next = r.num_computed_tokens as u64 + 1;
     let needs_block = r.num_blocks_held() as u64 * bs + 1;
@@ -595,5 +611,8 @@ fn kv_event_step(r: &Request, bs: u64, caching: bool, from: u64) -> u64 {
     } else {
         u64::MAX
     };
-    from + needs_block.min(fills).saturating_sub(next)
+    (
+        from + needs_block.min(fills).saturating_sub(next),
+        from + needs_block.saturating_sub(next),
+    )
 }

@@ -66,7 +66,8 @@ impl H {
     }
 
     fn step(&mut self) -> StepPlan {
-        let plan = self.s.schedule(&mut self.reqs, &mut self.kv);
+        let mut plan = StepPlan::default();
+        self.s.schedule(&mut self.reqs, &mut self.kv, &mut plan);
         let mut done = Vec::new();
         for &(id, _) in &plan.scheduled {
             let r = self.reqs.get_mut(&id).unwrap();

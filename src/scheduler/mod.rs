@@ -13,8 +13,7 @@ pub mod waiting;
 use crate::kv::KvCacheManager;
 use crate::request::{Request, RequestId};
 
-/// The requests of one replica, by id.
-/// Requests by id. Boxed: a decode leap moves its whole batch out of the table and back, and a request is
+/// The requests of one replica, by id. Boxed: a decode leap moves its whole batch out of the table and back, and a request is
 /// a few hundred bytes.
 pub type RequestTable = crate::idtable::IdTable<Box<Request>>;
 
@@ -28,6 +27,12 @@ pub struct StepPlan {
 }
 
 impl StepPlan {
+    /// Empties the plan, keeping its buffers' capacity (a replica reuses one plan from step to step).
+    pub fn clear(&mut self) {
+        self.scheduled.clear();
+        self.preempted.clear();
+    }
+
     pub fn total_tokens(&self) -> u64 {
         self.scheduled.iter().map(|&(_, n)| n as u64).sum()
     }
@@ -42,8 +47,9 @@ impl StepPlan {
 pub trait Scheduler {
     /// A new request joins the waiting queue.
     fn add_request(&mut self, req: &Request);
-    /// Plans (and allocates for) one step.
-    fn schedule(&mut self, reqs: &mut RequestTable, kv: &mut KvCacheManager) -> StepPlan;
+    /// Plans (and allocates for) one step into `plan`, whose previous contents are discarded first (the
+    /// caller passes the same plan step after step, so that its lists are not allocated anew each step).
+    fn schedule(&mut self, reqs: &mut RequestTable, kv: &mut KvCacheManager, plan: &mut StepPlan);
     /// Removes finished requests from the running set (their blocks are freed by the caller).
     fn finish_requests(&mut self, finished: &[RequestId]);
     fn num_waiting(&self) -> usize;

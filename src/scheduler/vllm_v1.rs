@@ -107,8 +107,8 @@ impl Scheduler for VllmScheduler {
         self.waiting.push_back(req);
     }
 
-    fn schedule(&mut self, reqs: &mut RequestTable, kv: &mut KvCacheManager) -> StepPlan {
-        let mut plan = StepPlan::default();
+    fn schedule(&mut self, reqs: &mut RequestTable, kv: &mut KvCacheManager, plan: &mut StepPlan) {
+        plan.clear();
         let mut budget = self.limits.max_num_batched_tokens;
 
         // Phase A (S3/S4): running requests in admission order.
@@ -184,7 +184,6 @@ impl Scheduler for VllmScheduler {
         for &(id, n) in &plan.scheduled {
             reqs.get_mut(&id).expect("scheduled").num_computed_tokens += n;
         }
-        plan
     }
 
     fn finish_requests(&mut self, finished: &[RequestId]) {
