@@ -575,7 +575,13 @@ impl PiecePool {
                 let p = self.new_piece(self.fresh_piece(run, pos, pos + k, NONE));
                 let r = &mut self.runs[run as usize];
                 r.start = pos;
-                r.hashes.reserve(expect.max(hashes.len()));
+                // The slot's list is empty: a short one is replaced, as growing it would have the
+                // allocator copy its old contents.
+                let want = expect.max(hashes.len());
+                debug_assert!(r.hashes.is_empty());
+                if r.hashes.capacity() < want {
+                    r.hashes = Vec::with_capacity(want);
+                }
                 r.hashes.extend_from_slice(hashes);
                 r.end_touched = false;
                 r.head = p;
