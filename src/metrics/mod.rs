@@ -4,6 +4,7 @@
 pub mod histogram;
 pub mod output;
 mod row;
+mod row_thread;
 pub mod stats;
 
 use crate::config::SloConfig;
@@ -12,6 +13,7 @@ use crate::request::{Request, Status};
 use crate::time::SimTime;
 use histogram::LogHistogram;
 use row::RowBuf;
+use row_thread::{RequestRow, RowThread};
 use serde_json::{Map, Value};
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -74,18 +76,10 @@ pub struct Sample {
     pub preemptions: u64,
 }
 
-/// Nanoseconds written as seconds, or an empty field.
-fn opt_secs_ns(row: &mut RowBuf, ns: Option<u64>) {
-    match ns {
-        Some(v) => row.secs_ns(v),
-        None => row.empty(),
-    }
-}
-
 /// Collects per-request metrics and streams rows out.
 pub struct Collector {
-    requests: BufWriter<File>,
-    requests_path: PathBuf,
+    /// `requests.csv`, formatted and written on a thread of its own.
+    requests: RowThread,
     timeseries: BufWriter<File>,
     timeseries_path: PathBuf,
     slo: SloConfig,
@@ -105,6 +99,7 @@ pub struct Collector {
     pub cached_tokens: u64,
     pub prefilled_tokens: u64,
     pub last_finish: SimTime,
+    /// The time series' row buffer.
     row: RowBuf,
 }
 
@@ -145,10 +140,10 @@ impl Collector {
     ) -> Result<Collector, OutputError> {
         let mut row = RowBuf::default();
         let requests = csv_file(&requests_path, REQUEST_COLUMNS, &mut row)?;
+        let requests = RowThread::spawn(requests, requests_path)?;
         let timeseries = csv_file(&timeseries_path, TIMESERIES_COLUMNS, &mut row)?;
         Ok(Collector {
             requests,
-            requests_path,
             timeseries,
             timeseries_path,
             slo,
@@ -220,47 +215,7 @@ impl Collector {
             Status::Unfinished => self.unfinished += 1,
             Status::Failed => self.failed += 1,
         }
-        // Times and spans are integer nanoseconds, written in seconds (`RowBuf::secs_ns`); TPOT is a
-        // quotient, written from its float.
-        let row = &mut self.row;
-        let ns = |t: Option<SimTime>| t.map(|t| t.0);
-        let span = |t: Option<SimTime>| t.map(|t| t.since(r.arrival).0);
-        row.clear();
-        row.int(r.id);
-        row.int(r.session);
-        row.int(r.turn);
-        // Rejected and recorded-failed requests never reach a replica.
-        if matches!(status, Status::Rejected | Status::Failed) {
-            row.empty();
-        } else {
-            row.int(r.replica);
-        }
-        row.str(status.as_str());
-        row.str(r.finish_reason.map(|f| f.as_str()).unwrap_or(""));
-        for v in [
-            Some(r.arrival.0),
-            ns(r.first_scheduled),
-            ns(r.first_token),
-            ns(r.finish),
-        ] {
-            opt_secs_ns(row, v);
-        }
-        row.int(r.prompt_tokens);
-        row.int(r.num_cached_tokens.unwrap_or(0));
-        row.int(r.prefilled_tokens);
-        row.int(r.num_output_tokens);
-        opt_secs_ns(row, span(r.first_token));
-        match tpot {
-            Some(v) => row.f6(v),
-            None => row.empty(),
-        }
-        opt_secs_ns(row, span(r.finish));
-        opt_secs_ns(row, span(r.first_scheduled));
-        row.int(r.preemptions);
-        row.int(r.priority);
-        self.requests
-            .write_all(row.line())
-            .map_err(io_err(&self.requests_path))
+        self.requests.push(RequestRow::new(r, status, tpot))
     }
 
     pub fn on_sample(&mut self, s: &Sample) -> Result<(), OutputError> {
@@ -283,9 +238,9 @@ impl Collector {
             .map_err(io_err(&self.timeseries_path))
     }
 
-    /// Flushes the streamed files.
+    /// Writes out and closes `requests.csv` (no request rows may follow) and flushes the time series.
     pub fn flush(&mut self) -> Result<(), OutputError> {
-        self.requests.flush().map_err(io_err(&self.requests_path))?;
+        self.requests.finish()?;
         self.timeseries
             .flush()
             .map_err(io_err(&self.timeseries_path))
