@@ -181,8 +181,8 @@ impl Replica {
         // length decides nothing here.
         let bs = self.kv.block_size() as usize;
         let blocks = (req.prompt_tokens as usize + true_output_tokens as usize) / bs;
-        req.block_hashes
-            .reserve(blocks.saturating_sub(req.block_hashes.len()));
+        let have = req.block_hashes.len();
+        req.block_hashes.reserve(blocks.saturating_sub(have));
         self.kv.update_block_hashes(&mut req);
         self.true_output.insert(req.id, true_output_tokens);
         self.scheduler.add_request(&req);

@@ -6,7 +6,7 @@
 use crate::event::{ReplicaId, SessionId};
 use crate::kv::{BlockId, PieceTable};
 use crate::time::SimTime;
-use crate::workload::content::{extend_block_hashes_tail, Segment};
+use crate::workload::content::{extend_block_hashes_tail, HashChain, Segment};
 
 pub type RequestId = u64;
 
@@ -74,8 +74,9 @@ pub struct Request {
     // Engine progress.
     pub num_output_tokens: u32,
     pub num_computed_tokens: u32,
-    /// Chained hashes of every full block of prompt + outputs so far.
-    pub block_hashes: Vec<u64>,
+    /// Chained hashes of every full block of prompt + outputs so far (shared with the prefix-cache runs
+    /// holding some of them).
+    pub block_hashes: HashChain,
     /// KV blocks held, in token order, when the replica's KV manager keeps per-block state (cache off, or
     /// after a duplicate registration; see `kv::piece_pool`).
     pub block_table: Vec<BlockId>,
@@ -130,7 +131,7 @@ impl Request {
             salt,
             num_output_tokens: 0,
             num_computed_tokens: 0,
-            block_hashes: Vec::new(),
+            block_hashes: HashChain::default(),
             block_table: Vec::new(),
             piece_table: PieceTable::default(),
             num_cached_blocks: 0,
@@ -163,9 +164,10 @@ impl Request {
         if cfg!(debug_assertions) && !self.block_hashes.is_empty() {
             let mut fresh = Vec::new();
             self.extend_hashes(block_size, &mut fresh);
+            let held = self.block_hashes.hashes();
             assert_eq!(
-                fresh.get(..self.block_hashes.len()),
-                Some(&self.block_hashes[..]),
+                fresh.get(..held.len()),
+                Some(&held[..]),
                 "request {}: block hashes are not its tokens' hashes",
                 self.id
             );
@@ -178,9 +180,8 @@ impl Request {
         if (self.num_tokens() as u64) < have + block_size as u64 {
             return;
         }
-        let mut hashes = std::mem::take(&mut self.block_hashes);
-        self.extend_hashes(block_size, &mut hashes);
-        self.block_hashes = hashes;
+        self.block_hashes
+            .append(|hashes| self.extend_hashes(block_size, hashes));
     }
 
     /// Extends `hashes` (this request's first `hashes.len()` block hashes) over prompt + outputs so far.

@@ -20,7 +20,7 @@ fn hashes_with_output(r: &Request, out: u32) -> Vec<u64> {
     let mut r = r.clone();
     r.num_output_tokens = out;
     r.update_block_hashes(16);
-    r.block_hashes
+    r.block_hashes.to_vec()
 }
 
 #[test]

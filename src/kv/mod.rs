@@ -254,7 +254,9 @@ impl KvCacheManager {
         req.debug_check_block_hashes(self.block_size);
         req.update_block_hashes(self.block_size);
         let cap = ((req.num_tokens().saturating_sub(1)) / self.block_size) as usize;
-        let chain = &req.block_hashes[..cap.min(req.block_hashes.len())];
+        let owner = &req.block_hashes;
+        let held = owner.hashes();
+        let chain = &held[..cap.min(held.len())];
         // A waiting head that cannot be admitted is looked up again every step (vLLM does, and counts it),
         // as is a preempted request waiting to resume: in an overloaded run those repeats were a third of
         // all time. The last lookup's hit stays valid while none of its blocks has been evicted (the pool
@@ -275,12 +277,13 @@ impl KvCacheManager {
                     _ => pool.watch_new(),
                 }
                 let reused = hit.len();
-                pool.lookup(chain, &mut hit);
+                pool.lookup(Some(owner), chain, &mut hit);
                 pool.watch(&hit, reused.saturating_sub(1));
                 #[cfg(debug_assertions)]
                 {
+                    // Fresh, and comparing every hash (no shared-chain shortcut).
                     let mut fresh = PieceHit::new();
-                    pool.lookup(chain, &mut fresh);
+                    pool.lookup(None, chain, &mut fresh);
                     assert_eq!(hit, fresh, "a reused lookup differs from a fresh one");
                 }
                 let n = hit.iter().map(|x| x.1).sum::<u32>();
@@ -425,7 +428,7 @@ impl KvCacheManager {
         if full > c {
             req.update_block_hashes(self.block_size);
             let prev = pool.last_piece(&req.piece_table, ph);
-            if pool.dup_possible(prev, c as u32, req.block_hashes[c]) {
+            if pool.dup_possible(prev, c as u32, req.block_hashes.get(c)) {
                 return Err(hit);
             }
         }
@@ -436,15 +439,11 @@ impl KvCacheManager {
         pool.allocate(new_blocks);
         pool.add_empty(&mut req.piece_table, new_blocks);
         if full > c {
-            // The run will reach at least the prompt's last full block (later chunks extend it), and
-            // decode adds a block every `bs` tokens: room for the prompt and 24 of those (384 tokens at
-            // 16 a block; the default chat's responses average 224), so that most runs never regrow.
-            let expect = ((req.prompt_tokens as u64 / bs) as usize + 24).saturating_sub(c);
             pool.register(
                 &mut req.piece_table,
                 c as u32,
-                &req.block_hashes[c..full],
-                expect,
+                &req.block_hashes,
+                full as u32,
             );
             req.num_cached_blocks = full;
         }
@@ -496,12 +495,14 @@ impl KvCacheManager {
             let full = (upto / bs) as usize;
             if full > req.num_cached_blocks {
                 req.update_block_hashes(self.block_size);
+                let hashes = req.block_hashes.hashes();
                 for i in req.num_cached_blocks..full {
                     if i + PREFETCH_AHEAD < full {
-                        pool.prefetch_hash(req.block_hashes[i + PREFETCH_AHEAD]);
+                        pool.prefetch_hash(hashes[i + PREFETCH_AHEAD]);
                     }
-                    pool.cache_block(req.block_table[i], req.block_hashes[i]);
+                    pool.cache_block(req.block_table[i], hashes[i]);
                 }
+                drop(hashes);
                 req.num_cached_blocks = full;
             }
         }
@@ -743,7 +744,7 @@ mod tests {
         kv.free(&mut a); // 3 cached blocks in one piece
         let mut x = req(4, 8);
         x.prompt[0].content = 9;
-        x.block_hashes.clear();
+        x.block_hashes = Default::default();
         x.update_block_hashes(4);
         let h = kv.get_computed_blocks(&mut x);
         // x holds 2 blocks. w shares the 3 cached blocks and needs 8 more: 8 new + 3 leaving the queue
@@ -759,7 +760,7 @@ mod tests {
             Segment { content: 7, len: 4 },
             Segment { content: 8, len: 9 },
         ];
-        v.block_hashes.clear();
+        v.block_hashes = Default::default();
         v.update_block_hashes(4);
         let h = kv.get_computed_blocks(&mut v);
         assert_eq!(h.tokens, 4);
@@ -802,7 +803,7 @@ mod tests {
         );
         kv.check_invariants([&x, &y].into_iter()).unwrap();
         let pool = kv.block_pool().unwrap();
-        assert_eq!(pool.blocks_with_hash(y.block_hashes[3]).len(), 2);
+        assert_eq!(pool.blocks_with_hash(y.block_hashes.get(3)).len(), 2);
         // x's table is still in piece form until x comes back; freeing translates it.
         assert!(x.block_table.is_empty() && x.num_blocks_held() == 4);
         kv.free(&mut x);

@@ -30,20 +30,22 @@
 
 use super::block_pool::{BlockId, BlockPool};
 use super::hash_index::HashIndex;
+use crate::workload::content::HashChain;
 use std::collections::VecDeque;
 
 pub type PieceId = u32;
 const NONE: PieceId = u32::MAX;
 const NOT_QUEUED: u64 = u64::MAX;
-/// Most hashes a dead run's slot keeps room for (see `kill`).
-const MAX_KEPT_HASHES: usize = 512;
 
-/// The blocks one request registered, in chain order: positions `start..start + hashes.len()`. Its live
-/// blocks are the pieces from `head` (whose first block is at `start`) along `next` links to `last`.
+/// The blocks one request registered, in chain order: positions `start..start + len` of the request's
+/// hash chain, which the run shares (positions are the chain's own indices). Its live blocks are the
+/// pieces from `head` (whose first block is at `start`) along `next` links to `last`.
 #[derive(Clone, Debug, Default)]
 struct Run {
     start: u32,
-    hashes: Vec<u64>,
+    len: u32,
+    /// The registering request's chain (a dead run's slot holds an empty one).
+    chain: HashChain,
     head: PieceId,
     last: PieceId,
     /// A hit has reached the run's last registered block since the run last grew. Only then can another
@@ -54,7 +56,13 @@ struct Run {
 
 impl Run {
     fn end(&self) -> u32 {
-        self.start + self.hashes.len() as u32
+        self.start + self.len
+    }
+
+    /// The hash of the block at chain position `pos` (a position of the run).
+    fn hash(&self, pos: u32) -> u64 {
+        debug_assert!(self.start <= pos && pos < self.end());
+        self.chain.get(pos as usize)
     }
 }
 
@@ -134,7 +142,7 @@ impl Seg {
 fn live_head(pieces: &[Piece], runs: &[Run], h: u64, p: PieceId) -> bool {
     let x = &pieces[p as usize];
     let r = &runs[x.run as usize];
-    x.alive && r.head == p && r.hashes.first() == Some(&h)
+    x.alive && r.head == p && r.hash(r.start) == h
 }
 
 /// A lookup's hit: (piece, blocks from the piece's start), in chain order.
@@ -246,8 +254,7 @@ impl PiecePool {
 
     #[inline]
     fn hash_at(&self, x: &Piece, pos: u32) -> u64 {
-        let r = &self.runs[x.run as usize];
-        r.hashes[(pos - r.start) as usize]
+        self.runs[x.run as usize].hash(pos)
     }
 
     /// The head piece of a live run starting at `pos` with first hash `h`.
@@ -288,8 +295,10 @@ impl PiecePool {
     }
 
     /// K6: extends `hit`, the hit for `chain[..n]` where n is the blocks `hit` covers, while cached blocks
-    /// hold the chain's hashes.
-    pub fn lookup(&self, chain: &[u64], hit: &mut PieceHit) {
+    /// hold the chain's hashes. `owner`: the shared chain `chain` is a prefix of, if any; a run on that
+    /// very chain agrees with it on every common position without comparing them (a session's next turn
+    /// hitting its own history).
+    pub fn lookup(&self, owner: Option<&HashChain>, chain: &[u64], hit: &mut PieceHit) {
         let mut i: usize = hit.iter().map(|x| x.1 as usize).sum();
         let mut cur = hit.last().map_or(NONE, |x| x.0);
         while i < chain.len() {
@@ -319,12 +328,16 @@ impl PiecePool {
             // the rest of the piece in one pass.
             let x = &self.pieces[found as usize];
             let r = &self.runs[x.run as usize];
-            let (a, b) = ((pos - r.start) as usize, (x.hi - r.start) as usize);
-            let same = r.hashes[a..b]
-                .iter()
-                .zip(&chain[i..])
-                .take_while(|(u, v)| u == v)
-                .count();
+            let (a, b) = (pos as usize, x.hi as usize);
+            let same = if owner.is_some_and(|o| o.same(&r.chain)) {
+                (b - a).min(chain.len() - i)
+            } else {
+                r.chain.hashes()[a..b]
+                    .iter()
+                    .zip(&chain[i..])
+                    .take_while(|(u, v)| u == v)
+                    .count()
+            };
             debug_assert!(same >= 1);
             if found == cur {
                 hit.last_mut().expect("a current piece").1 += same as u32;
@@ -538,25 +551,22 @@ impl PiecePool {
         } else {
             // The run's head: nothing of the run is left. Its anchor goes stale.
             let r = &mut self.runs[x.run as usize];
-            // Run slots are reused; a long run's hashes are let go, so that the slots' capacity does not
-            // grow to hold the longest run each slot ever saw.
-            if r.hashes.capacity() > MAX_KEPT_HASHES {
-                r.hashes = Vec::new();
-            }
-            r.hashes.clear();
+            // Let the chain go: it may be the last handle on a finished session's hashes.
+            r.chain = HashChain::default();
+            r.len = 0;
             r.head = NONE;
             r.last = NONE;
             self.free_runs.push(x.run);
         }
     }
 
-    /// K8: registers `hashes` (the hashes of chain positions `pos..pos + hashes.len()`) as the next blocks
-    /// of the request's table, turning that many of its empty blocks into cached ones. The caller has
-    /// checked `dup_possible` for the first of them (the others can have no holder: their previous
-    /// position's holder is the block registered just before). `expect`: how many blocks the run is likely
-    /// to reach, room reserved when it starts.
-    pub fn register(&mut self, table: &mut PieceTable, pos: u32, hashes: &[u64], expect: usize) {
-        let k = hashes.len() as u32;
+    /// K8: registers chain positions `pos..end` of the request's `chain` as the next blocks of its table,
+    /// turning that many of its empty blocks into cached ones. The caller has checked `dup_possible` for
+    /// the first of them (the others can have no holder: their previous position's holder is the block
+    /// registered just before). A request registers from one chain throughout.
+    pub fn register(&mut self, table: &mut PieceTable, pos: u32, chain: &HashChain, end: u32) {
+        debug_assert!(pos < end && end as usize <= chain.len());
+        let k = end - pos;
         assert!(
             k <= table.unhashed,
             "registering blocks the request does not hold"
@@ -575,14 +585,8 @@ impl PiecePool {
                 let p = self.new_piece(self.fresh_piece(run, pos, pos + k, NONE));
                 let r = &mut self.runs[run as usize];
                 r.start = pos;
-                // The slot's list is empty: a short one is replaced, as growing it would have the
-                // allocator copy its old contents.
-                let want = expect.max(hashes.len());
-                debug_assert!(r.hashes.is_empty());
-                if r.hashes.capacity() < want {
-                    r.hashes = Vec::with_capacity(want);
-                }
-                r.hashes.extend_from_slice(hashes);
+                r.len = k;
+                r.chain = chain.share();
                 r.end_touched = false;
                 r.head = p;
                 r.last = p;
@@ -592,7 +596,9 @@ impl PiecePool {
                 let (pieces, runs) = (&self.pieces, &self.runs);
                 // `p` may reuse the id a stale entry for this very hash names: that entry is not live.
                 let live = |h: u64, q: PieceId| q != p && live_head(pieces, runs, h, q);
-                let fresh = self.anchors.insert_unless_live(hashes[0], p, live);
+                let fresh = self
+                    .anchors
+                    .insert_unless_live(chain.get(pos as usize), p, live);
                 assert!(
                     fresh,
                     "a duplicate run start (dup_possible was not checked)"
@@ -606,7 +612,8 @@ impl PiecePool {
             Some(run) => {
                 let r = &mut self.runs[run as usize];
                 debug_assert_eq!(r.end(), pos);
-                r.hashes.extend_from_slice(hashes);
+                debug_assert!(r.chain.same(chain), "a request registers from one chain");
+                r.len += k;
                 r.end_touched = false;
                 let last = r.last;
                 let x = &mut self.pieces[last as usize];
@@ -629,7 +636,7 @@ impl PiecePool {
             .runs
             .iter()
             .filter(|r| r.head != NONE)
-            .map(|r| (r.hashes[0], r.head));
+            .map(|r| (r.hash(r.start), r.head));
         self.anchors.rebuild(live);
     }
 
@@ -845,7 +852,7 @@ impl PiecePool {
             if prev != r.last {
                 return Err(format!("run {ri}: last piece is not {}", r.last));
             }
-            if self.anchor(r.hashes[0], r.start) != Some(r.head) {
+            if self.anchor(r.hash(r.start), r.start) != Some(r.head) {
                 return Err(format!("run {ri}: its start is not found"));
             }
         }
@@ -857,15 +864,14 @@ impl PiecePool {
 mod tests {
     use super::*;
 
-    /// A table holding `n` fresh blocks registered as `hashes` from position `pos`.
-    fn registered(p: &mut PiecePool, pos: u32, hashes: &[u64]) -> PieceTable {
+    /// A table holding fresh blocks registered as `hashes` (the whole chain, from position 0).
+    fn registered(p: &mut PiecePool, hashes: &[u64]) -> PieceTable {
         let mut t = PieceTable::default();
         let n = hashes.len() as u32;
         p.allocate(n);
         p.add_empty(&mut t, n);
-        let prev = NONE;
-        assert!(!p.dup_possible(prev, pos, hashes[0]));
-        p.register(&mut t, pos, hashes, n as usize);
+        assert!(!p.dup_possible(NONE, 0, hashes[0]));
+        p.register(&mut t, 0, &HashChain::from(hashes.to_vec()), n);
         t
     }
 
@@ -875,14 +881,14 @@ mod tests {
     #[test]
     fn queue_compaction_keeps_the_order() {
         let mut p = PiecePool::new(8);
-        let mut a = registered(&mut p, 0, &[10, 11]);
-        let mut b = registered(&mut p, 0, &[20, 21]);
+        let mut a = registered(&mut p, &[10, 11]);
+        let mut b = registered(&mut p, &[20, 21]);
         p.free(&mut a);
         p.free(&mut b); // queue: 3 empty, a (11, 10), b (21, 20)
         for i in 0..60 {
             let chain = if i % 2 == 0 { [10, 11] } else { [20, 21] };
             let mut hit = PieceHit::new();
-            p.lookup(&chain, &mut hit);
+            p.lookup(None, &chain, &mut hit);
             assert_eq!(hit.iter().map(|x| x.1).sum::<u32>(), 2);
             let mut t = PieceTable::default();
             p.touch(&hit, &mut t);
@@ -894,7 +900,7 @@ mod tests {
         // last block; then b, from its last.
         let hit_len = |p: &PiecePool, chain: &[u64]| {
             let mut hit = PieceHit::new();
-            p.lookup(chain, &mut hit);
+            p.lookup(None, chain, &mut hit);
             hit.iter().map(|x| x.1).sum::<u32>()
         };
         let mut taker = PieceTable::default();
@@ -913,12 +919,12 @@ mod tests {
     fn anchor_purges_keep_live_runs() {
         let mut p = PiecePool::new(6); // 5 usable blocks; the index purges every few dozen runs
         for i in 0..500u64 {
-            let mut t = registered(&mut p, 0, &[1000 + i]);
+            let mut t = registered(&mut p, &[1000 + i]);
             p.free(&mut t);
             p.check_invariants(std::iter::empty()).unwrap();
             for j in i.saturating_sub(8)..=i {
                 let mut hit = PieceHit::new();
-                p.lookup(&[1000 + j], &mut hit);
+                p.lookup(None, &[1000 + j], &mut hit);
                 // 5 usable blocks: the last 5 runs are cached, older ones evicted.
                 assert_eq!(!hit.is_empty(), j + 5 > i, "run {j} after {i}");
             }

@@ -7,6 +7,87 @@
 //! (up to 64-bit hash collisions). Memory is O(segments) per request plus one u64 per full block.
 
 use crate::rng::mix;
+use std::cell::{Ref, RefCell};
+use std::rc::Rc;
+
+/// A token sequence's chained block hashes, shareable: a request appends to its chain as blocks fill, and
+/// the prefix-cache runs that registered some of its blocks read their positions from the same list
+/// (`share`), where they used to copy them (a tenth of the allocation path). A session's turns carry the
+/// chain on, since each turn's tokens extend the previous turn's.
+///
+/// Contract: append-only. Positions once written never change or go away (`append` checks it in debug
+/// builds), so a reader's positions stay valid however the chain grows. `clone` copies the hashes into a
+/// chain of its own, so a cloned request extending its chain never extends the original's; `share` is the
+/// only way to a second handle on the same chain.
+///
+/// Memory: a chain lives while its session's current request holds it or a cached run holds a block of
+/// it, so it is bounded by what is cached and in flight (a run keeps its whole chain: at most
+/// `max_model_len / block_size` hashes), not by the run's length.
+#[derive(Debug, Default)]
+pub struct HashChain(Rc<RefCell<Vec<u64>>>);
+
+impl Clone for HashChain {
+    fn clone(&self) -> Self {
+        HashChain::from(self.0.borrow().clone())
+    }
+}
+
+impl From<Vec<u64>> for HashChain {
+    fn from(v: Vec<u64>) -> Self {
+        HashChain(Rc::new(RefCell::new(v)))
+    }
+}
+
+impl HashChain {
+    /// A second handle on this chain.
+    pub fn share(&self) -> HashChain {
+        HashChain(Rc::clone(&self.0))
+    }
+
+    /// Whether both handles are on one chain (then their common positions hold the same hashes).
+    pub fn same(&self, other: &HashChain) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The hash of block `i` (which must exist).
+    pub fn get(&self, i: usize) -> u64 {
+        self.0.borrow()[i]
+    }
+
+    /// The hashes, borrowed (no `append` while the borrow lives).
+    pub fn hashes(&self) -> Ref<'_, [u64]> {
+        Ref::map(self.0.borrow(), |v| &v[..])
+    }
+
+    /// A copy of the hashes.
+    pub fn to_vec(&self) -> Vec<u64> {
+        self.0.borrow().clone()
+    }
+
+    /// Room for `additional` more hashes.
+    pub fn reserve(&self, additional: usize) {
+        self.0.borrow_mut().reserve(additional);
+    }
+
+    /// Appends hashes through `f`, which may only push.
+    pub fn append(&self, f: impl FnOnce(&mut Vec<u64>)) {
+        let mut v = self.0.borrow_mut();
+        let (n, last) = (v.len(), v.last().copied());
+        f(&mut v);
+        debug_assert!(
+            v.len() >= n && (n == 0 || v.get(n - 1).copied() == last),
+            "a hash chain is append-only"
+        );
+    }
+}
 
 /// A run of `len` tokens of the content named `content`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -140,6 +221,29 @@ mod tests {
 
     fn seg(c: u64, len: u32) -> Segment {
         Segment { content: c, len }
+    }
+
+    /// `share` is a second handle on one chain; `clone` is a chain of its own, so a cloned request
+    /// extending its hashes never extends the original's (which the prefix cache's runs may read).
+    #[test]
+    fn share_shares_and_clone_copies() {
+        let a = HashChain::from(vec![1, 2]);
+        let shared = a.share();
+        let copy = a.clone();
+        shared.append(|v| v.push(3));
+        copy.append(|v| v.push(9));
+        assert_eq!(a.to_vec(), [1, 2, 3]);
+        assert_eq!(copy.to_vec(), [1, 2, 9]);
+        assert!(a.same(&shared) && !a.same(&copy));
+        assert_eq!((a.len(), a.get(2)), (3, 3));
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "append-only")]
+    fn a_chain_cannot_be_rewritten() {
+        let a = HashChain::from(vec![1, 2]);
+        a.append(|v| v[1] = 5);
     }
 
     #[test]

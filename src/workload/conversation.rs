@@ -15,7 +15,7 @@ use crate::fasthash::FastMap;
 use crate::request::Request;
 use crate::rng::{mix, RngStreams, StreamRng};
 use crate::time::{SimDuration, SimTime};
-use crate::workload::content::Segment;
+use crate::workload::content::{HashChain, Segment};
 use crate::workload::dist::Sampler;
 use crate::workload::Workload;
 use rand::Rng;
@@ -63,7 +63,7 @@ pub struct Session {
     pub truncated_turns: usize,
     /// The last finished turn's block hashes: the next prompt starts with that turn's prompt and response,
     /// so its hashes begin with these (unless truncation drops a turn first).
-    carried: Vec<u64>,
+    carried: HashChain,
 }
 
 /// A request the generator hands to the world, with its hidden true output length.
@@ -241,7 +241,7 @@ impl Workload for ConversationGenerator {
         self.complete(id, output_tokens, now)
     }
 
-    fn carry_block_hashes(&mut self, id: SessionId, hashes: Vec<u64>) {
+    fn carry_block_hashes(&mut self, id: SessionId, hashes: HashChain) {
         if let Some(s) = self.sessions.get_mut(&id) {
             s.carried = hashes;
         }
@@ -311,7 +311,7 @@ impl ConversationGenerator {
             next_turn: 0,
             history: Vec::new(),
             truncated_turns: 0,
-            carried: Vec::new(),
+            carried: HashChain::default(),
         }
     }
 
@@ -349,7 +349,8 @@ impl ConversationGenerator {
             {
                 s.history.remove(0);
                 s.truncated_turns += 1;
-                s.carried.clear();
+                // A new chain: the old one's runs in the cache still read it.
+                s.carried = HashChain::default();
             }
         }
         let mut prompt = Vec::with_capacity(2 * s.history.len() + 3);

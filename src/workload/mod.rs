@@ -31,7 +31,7 @@ pub trait Workload {
     /// Hands back a finished turn's chained block hashes (prompt + outputs, full blocks), called just before
     /// `on_turn_complete`. A workload whose next turn's prompt starts with exactly these tokens may seed the
     /// next request with them instead of rehashing its whole context; the default drops them.
-    fn carry_block_hashes(&mut self, _id: SessionId, _hashes: Vec<u64>) {}
+    fn carry_block_hashes(&mut self, _id: SessionId, _hashes: content::HashChain) {}
     fn sessions_started(&self) -> u64;
     /// How prompts share content (stated in the summary, since traces without content get invented
     /// sharing or none).
