@@ -180,8 +180,9 @@ impl Request {
         if (self.num_tokens() as u64) < have + block_size as u64 {
             return;
         }
-        self.block_hashes
-            .append(|hashes| self.extend_hashes(block_size, hashes));
+        let mut chain = std::mem::take(&mut self.block_hashes);
+        chain.append(|hashes| self.extend_hashes(block_size, hashes));
+        self.block_hashes = chain;
     }
 
     /// Extends `hashes` (this request's first `hashes.len()` block hashes) over prompt + outputs so far.

@@ -8,6 +8,7 @@
 
 use crate::rng::mix;
 use std::cell::{Ref, RefCell};
+use std::ops::Deref;
 use std::rc::Rc;
 
 /// A token sequence's chained block hashes, shareable: a request appends to its chain as blocks fill, and
@@ -24,33 +25,55 @@ use std::rc::Rc;
 /// it, so it is bounded by what is cached and in flight (a run keeps its whole chain: at most
 /// `max_model_len / block_size` hashes), not by the run's length.
 #[derive(Debug, Default)]
-pub struct HashChain(Rc<RefCell<Vec<u64>>>);
+pub struct HashChain(Option<Rc<RefCell<Vec<u64>>>>);
 
 impl Clone for HashChain {
     fn clone(&self) -> Self {
-        HashChain::from(self.0.borrow().clone())
+        HashChain::from(self.to_vec())
     }
 }
 
 impl From<Vec<u64>> for HashChain {
     fn from(v: Vec<u64>) -> Self {
-        HashChain(Rc::new(RefCell::new(v)))
+        HashChain(Some(Rc::new(RefCell::new(v))))
+    }
+}
+
+/// A chain's hashes, borrowed (`HashChain::hashes`).
+pub enum Hashes<'a> {
+    /// A chain never appended to: nothing allocated, nothing borrowed.
+    Empty,
+    Held(Ref<'a, [u64]>),
+}
+
+impl Deref for Hashes<'_> {
+    type Target = [u64];
+    fn deref(&self) -> &[u64] {
+        match self {
+            Hashes::Empty => &[],
+            Hashes::Held(r) => r,
+        }
     }
 }
 
 impl HashChain {
-    /// A second handle on this chain.
+    /// A second handle on this chain. (A chain never appended to allocates nothing and so is not shared:
+    /// appending to one handle does not show in the other. No reader needs that: readers read positions
+    /// that exist.)
     pub fn share(&self) -> HashChain {
-        HashChain(Rc::clone(&self.0))
+        HashChain(self.0.clone())
     }
 
     /// Whether both handles are on one chain (then their common positions hold the same hashes).
     pub fn same(&self, other: &HashChain) -> bool {
-        Rc::ptr_eq(&self.0, &other.0)
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Rc::ptr_eq(a, b),
+            _ => false,
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.0.borrow().len()
+        self.0.as_ref().map_or(0, |c| c.borrow().len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -59,27 +82,38 @@ impl HashChain {
 
     /// The hash of block `i` (which must exist).
     pub fn get(&self, i: usize) -> u64 {
-        self.0.borrow()[i]
+        self.hashes()[i]
     }
 
     /// The hashes, borrowed (no `append` while the borrow lives).
-    pub fn hashes(&self) -> Ref<'_, [u64]> {
-        Ref::map(self.0.borrow(), |v| &v[..])
+    pub fn hashes(&self) -> Hashes<'_> {
+        match &self.0 {
+            None => Hashes::Empty,
+            Some(c) => Hashes::Held(Ref::map(c.borrow(), |v| &v[..])),
+        }
     }
 
     /// A copy of the hashes.
     pub fn to_vec(&self) -> Vec<u64> {
-        self.0.borrow().clone()
+        self.hashes().to_vec()
+    }
+
+    fn list(&mut self) -> std::cell::RefMut<'_, Vec<u64>> {
+        self.0
+            .get_or_insert_with(|| Rc::new(RefCell::new(Vec::new())))
+            .borrow_mut()
     }
 
     /// Room for `additional` more hashes.
-    pub fn reserve(&self, additional: usize) {
-        self.0.borrow_mut().reserve(additional);
+    pub fn reserve(&mut self, additional: usize) {
+        if additional > 0 {
+            self.list().reserve(additional);
+        }
     }
 
     /// Appends hashes through `f`, which may only push.
-    pub fn append(&self, f: impl FnOnce(&mut Vec<u64>)) {
-        let mut v = self.0.borrow_mut();
+    pub fn append(&mut self, f: impl FnOnce(&mut Vec<u64>)) {
+        let mut v = self.list();
         let (n, last) = (v.len(), v.last().copied());
         f(&mut v);
         debug_assert!(
@@ -228,21 +262,23 @@ mod tests {
     #[test]
     fn share_shares_and_clone_copies() {
         let a = HashChain::from(vec![1, 2]);
-        let shared = a.share();
-        let copy = a.clone();
+        let mut shared = a.share();
+        let mut copy = a.clone();
         shared.append(|v| v.push(3));
         copy.append(|v| v.push(9));
         assert_eq!(a.to_vec(), [1, 2, 3]);
         assert_eq!(copy.to_vec(), [1, 2, 9]);
         assert!(a.same(&shared) && !a.same(&copy));
         assert_eq!((a.len(), a.get(2)), (3, 3));
+        let empty = HashChain::default();
+        assert!(empty.is_empty() && empty.hashes().is_empty() && !empty.same(&empty.share()));
     }
 
     #[test]
     #[cfg(debug_assertions)]
     #[should_panic(expected = "append-only")]
     fn a_chain_cannot_be_rewritten() {
-        let a = HashChain::from(vec![1, 2]);
+        let mut a = HashChain::from(vec![1, 2]);
         a.append(|v| v[1] = 5);
     }
 
