@@ -1,7 +1,8 @@
 //! Simulator speed and memory: fixed scenarios run through the release `servesim` binary, one process per
 //! run, reporting wall time, simulated requests per wall-second, events and steps per second, and the
-//! child's peak RSS. Run with `cargo bench --bench sim` (`SERVESIM_BENCH_REPEATS=N` to change the 5 repeats;
-//! `SERVESIM_BENCH_ONLY=a,b` to pick scenarios). Nothing here asserts a time: the numbers are reported.
+//! child's peak RSS. Run with `cargo bench --bench sim` (`SERVESIM_BENCH_REPEATS=N` to change the 5 repeats,
+//! of which the long scenarios (d), (s300k) and (a-noleap) take at most 3; `SERVESIM_BENCH_ONLY=a,b` to
+//! pick scenarios). Nothing here asserts a time: the numbers are reported.
 //!
 //! `SERVESIM_BENCH_BASELINE=/path/to/an/older/servesim` measures a before/after side by side: each repeat
 //! runs the baseline and then this build, alternately, so that both see the same machine (a shared machine
@@ -163,19 +164,20 @@ fn main() {
             key: "d",
             what: "1M requests, default chat, 1 replica, cache on",
             args: chat(1_000_000, &[]),
-            repeats: 1,
+            // A median of three: one run of (d) moved by a tenth with the shared host's speed.
+            repeats: repeats.min(3),
         },
         Scenario {
             key: "s10k",
             what: "scaling: 10k requests of (a)",
             args: chat(10_000, &[]),
-            repeats: 1,
+            repeats,
         },
         Scenario {
             key: "s300k",
             what: "scaling: 300k requests of (a)",
             args: chat(300_000, &[]),
-            repeats: 1,
+            repeats: repeats.min(3),
         },
         Scenario {
             key: "a-noleap",
@@ -185,7 +187,7 @@ fn main() {
                 a.push("--no-leap".into());
                 a
             },
-            repeats: 1,
+            repeats: repeats.min(3),
         },
     ];
     let tmp = std::env::temp_dir().join(format!("servesim-bench-{}", std::process::id()));
