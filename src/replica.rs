@@ -106,9 +106,10 @@ struct LeapScratch {
     running: Vec<RequestId>,
     /// Each running request's (computed, output) tokens when the leap began.
     base: Vec<(u32, u32)>,
-    /// Each running request's next KV event step and the step in which it next needs a new block (see
-    /// `kv_event_step`).
+    /// Each running request's next KV event step (see `kv_event_step`).
     event: Vec<u64>,
+    /// Each running request's next step that needs a new block (no earlier than its next event): a step's
+    /// block needs are counted from these, without looking the requests up.
     block_at: Vec<u64>,
     /// The steps' inter-token gaps, handed over at the end.
     gaps: Batch,
@@ -352,6 +353,18 @@ impl Replica {
                 // A request's next block is due no earlier than its next event, so each `block_at` is
                 // at least `steps` here.
                 let need = block_at.iter().filter(|&&s| s == steps).count() as u32;
+                debug_assert_eq!(
+                    need as usize,
+                    running
+                        .iter()
+                        .zip(base.iter())
+                        .filter(|(id, b)| {
+                            let held = self.requests[*id].num_blocks_held() as u64;
+                            (b.0 as u64 + steps) + 1 > held * bs
+                        })
+                        .count(),
+                    "block needs counted from `block_at`"
+                );
                 if need > self.kv.num_free() {
                     break;
                 }
@@ -600,8 +613,8 @@ fn stop_reason(r: &Request, truth: u32, max_model_len: u32) -> Option<StopReason
 /// The leap step (counted from the leap's start) at which a decoding request's one-token `allocate_slots`
 /// next does something, given that it is at step `from` now: when the token computed in that step needs a
 /// new block, or (`caching`) fills one the prefix cache registers. This is `allocate_slots`' fast-path
-/// test solved for the step. Also the step that needs a new block (no earlier than the first). The
-/// request's counters must be those of step `from`.
+/// test solved for the step. Returns that step and the step whose token needs a new block (no earlier).
+/// The request's counters must be those of step `from`.
 fn kv_event_step(r: &Request, bs: u64, caching: bool, from: u64) -> (u64, u64) {
     // In step from + k the request computes token number computed + k + 1.
     let next = r.num_computed_tokens as u64 + 1;

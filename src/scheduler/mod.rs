@@ -13,8 +13,8 @@ pub mod waiting;
 use crate::kv::KvCacheManager;
 use crate::request::{Request, RequestId};
 
-/// The requests of one replica, by id. Boxed: a decode leap moves its whole batch out of the table and back, and a request is
-/// a few hundred bytes.
+/// The requests of one replica, by id. Boxed: a decode leap moves its whole batch out of the table and
+/// back, and a request is a few hundred bytes.
 pub type RequestTable = crate::idtable::IdTable<Box<Request>>;
 
 /// What one step computes.
