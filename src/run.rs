@@ -7,7 +7,6 @@ use crate::metrics::stats::describe;
 use crate::metrics::{Collector, Summary};
 use crate::world::{System, World};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Instant;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -165,36 +164,16 @@ fn summarize(world: &mut World, sys: &System) -> Summary {
     s.set_opt("slo_tpot_s", cfg.slo.tpot_s);
     s.set_opt("slo_e2e_s", cfg.slo.e2e_s);
     // Exact statistics sort each list (a million values in the largest benchmark): the four sorts run
-    // side by side, or here if no thread can be had. Each result is the same wherever it is computed.
+    // side by side. Each result is the same whichever thread computes it.
     let lists = [
         ("ttft", &mut m.ttft),
         ("tpot", &mut m.tpot),
         ("e2e", &mut m.e2e),
         ("queue", &mut m.queue),
     ];
-    // A list whose thread could not start is described here: the cell still holds it.
-    let cells = lists.map(|(name, values)| (name, Mutex::new(Some(values))));
     let described = std::thread::scope(|scope| {
-        let jobs: Vec<_> = cells
-            .iter()
-            .map(|(name, cell)| {
-                let job = std::thread::Builder::new()
-                    .spawn_scoped(scope, move || cell.lock().ok()?.take().map(|v| describe(v)))
-                    .ok();
-                (*name, cell, job)
-            })
-            .collect();
-        jobs.into_iter()
-            .map(|(name, cell, job)| {
-                let d = job
-                    .and_then(|h| h.join().ok().flatten())
-                    .unwrap_or_else(|| {
-                        let mut values = cell.lock().expect("no thread panicked holding it");
-                        describe(values.take().expect("a list is described once"))
-                    });
-                (name, d)
-            })
-            .collect::<Vec<_>>()
+        let jobs = lists.map(|(name, values)| (name, scope.spawn(|| describe(values))));
+        jobs.map(|(name, job)| (name, job.join().expect("describe does not panic")))
     });
     for (name, d) in described {
         s.set_opt(&format!("{name}_mean_s"), d.mean);
