@@ -16,8 +16,9 @@ use std::rc::Rc;
 /// (`share`), where they used to copy them (a tenth of the allocation path). A session's turns carry the
 /// chain on, since each turn's tokens extend the previous turn's.
 ///
-/// Contract: append-only. Positions once written never change or go away (`append` checks it in debug
-/// builds), so a reader's positions stay valid however the chain grows. `clone` copies the hashes into a
+/// Contract: append-only. Positions once written never change or go away (`append` checks in debug
+/// builds that the chain did not shrink and kept its last hash), so a reader's positions stay valid
+/// however the chain grows. `clone` copies the hashes into a
 /// chain of its own, so a cloned request extending its chain never extends the original's; `share` is the
 /// only way to a second handle on the same chain.
 ///
