@@ -132,7 +132,7 @@ fn main() {
     let only = std::env::var("SERVESIM_BENCH_ONLY").ok();
     let baseline = std::env::var("SERVESIM_BENCH_BASELINE").ok();
     let mut side_by_side = Vec::new();
-    let mooncake = "../shared/traces/mooncake/conversation_trace.jsonl";
+    let mooncake = "data/traces/mooncake/conversation_trace.jsonl";
     let scenarios = vec![
         Scenario {
             key: "a",

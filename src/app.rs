@@ -7,6 +7,7 @@ use crate::cli::{
 use crate::config::{Config, TraceConfig, TraceFormat, WorkloadKind};
 use crate::cost::catalog::{hardware_names, model_names, HardwareSpec, ModelShape};
 use crate::error::{ConfigError, Error, OutputError};
+use crate::metrics::output::write_file_atomically;
 use crate::report::{compare, plot, CompareOptions, Vary};
 use crate::run::{run, RunOptions, RunOutcome};
 use crate::workload::export::{generate_records, stats};
@@ -14,9 +15,12 @@ use crate::workload::trace::{self, native, Trace};
 use crate::world::System;
 use clap::Parser;
 use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::Path;
 
 /// Runs the CLI and returns the process exit code (0 ok, 2 bad input, 1 failure while writing).
 pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
+    crate::metrics::output::install_signal_cleanup();
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -26,10 +30,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
     };
     let result = match cli.command {
         Command::Run(a) => run_command(&a),
-        Command::Catalog { what } => {
-            print_catalog(what);
-            Ok(())
-        }
+        Command::Catalog { what } => emit(&catalog_table(what)),
         Command::Workload { command } => workload_command(command),
         Command::Compare(a) => compare_command(&a),
         Command::Calibrate(a) => calibrate_command(&a),
@@ -37,11 +38,40 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
     };
     match result {
         Ok(()) => 0,
+        // The reader went away (`servesim ... | head -1`): what it read is all it wanted.
+        Err(Error::Stdout(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
         Err(e) => {
-            eprintln!("error: {e}");
+            warn(&format!("error: {e}"));
             e.exit_code()
         }
     }
+}
+
+/// Writes a command's report to standard output. A failure (a closed pipe, a full device) comes back as
+/// [`Error::Stdout`]; no `print!`, which would panic.
+fn emit(text: &str) -> Result<(), Error> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(Error::Stdout)
+}
+
+/// A CSV written to standard output failed: report it as [`Error::Stdout`], so that a closed pipe ends
+/// the command quietly.
+fn stdout_error(e: OutputError) -> Error {
+    if let OutputError::Csv { source, .. } = &e {
+        if let csv::ErrorKind::Io(io) = source.kind() {
+            return Error::Stdout(std::io::Error::new(io.kind(), io.to_string()));
+        }
+    }
+    e.into()
+}
+
+/// A line on standard error, best effort: when stderr itself cannot be written there is no one to tell.
+fn warn(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 fn run_command(a: &RunArgs) -> Result<(), Error> {
@@ -52,10 +82,11 @@ fn run_command(a: &RunArgs) -> Result<(), Error> {
             out: a.out.clone(),
             progress: !a.quiet,
             no_leap: a.no_leap,
+            variant: String::new(),
         },
     )?;
     if !a.quiet {
-        print!("{}", human_summary(&outcome));
+        emit(&human_summary(&outcome))?;
     }
     Ok(())
 }
@@ -81,18 +112,18 @@ fn compare_command(a: &CompareArgs) -> Result<(), Error> {
         jobs: a.jobs,
     })?;
     if let Err(e) = &o.plots {
-        eprintln!("warning: plots not written: {e}");
+        warn(&format!("warning: plots not written: {e}"));
     }
     if !a.quiet {
-        println!(
-            "servesim compare: {} variants x {} seed(s); {} requests paired, {} unpaired",
+        emit(&format!(
+            "servesim compare: {} variants x {} seed(s); {} requests paired, {} unpaired\n{}wrote {}\n",
             o.variants.len(),
             o.seeds.len(),
             o.paired,
-            o.unpaired
-        );
-        print!("{}", o.table);
-        println!("wrote {}", o.out_dir.display());
+            o.unpaired,
+            o.table,
+            o.out_dir.display()
+        ))?;
     }
     Ok(())
 }
@@ -121,16 +152,21 @@ fn calibrate_command(a: &CalibrateArgs) -> Result<(), Error> {
         progress: !a.quiet,
     })?;
     if !a.quiet {
-        println!(
+        let mut out_text = String::new();
+        let w = &mut out_text;
+        let _ = writeln!(
+            w,
             "calibrated {} (widths / {scale}) on {} with {} thread(s), candle {}, in {:.1} s",
             a.model, p.host.cpu, p.host.threads, p.host.candle_version, p.host.seconds
         );
-        println!(
+        let _ = writeln!(
+            w,
             "{:<16} {:>7} {:>9} {:>14} {:>11}",
             "operator", "fitted", "held out", "median error", "max error"
         );
         for e in &p.errors {
-            println!(
+            let _ = writeln!(
+                w,
                 "{:<16} {:>7} {:>9} {:>13.1}% {:>10.1}%",
                 e.op,
                 e.fitted_points,
@@ -139,16 +175,19 @@ fn calibrate_command(a: &CalibrateArgs) -> Result<(), Error> {
                 100.0 * e.max_rel_error
             );
         }
-        println!(
+        let _ = writeln!(
+            w,
             "all held-out points: median {:.1}%, max {:.1}%",
             100.0 * p.median_rel_error,
             100.0 * p.max_rel_error
         );
-        println!(
+        let _ = writeln!(
+            w,
             "wrote {} (use: --set cost.kind=calibrated --set cost.profile={})",
             out.display(),
             out.display()
         );
+        emit(&out_text)?;
     }
     Ok(())
 }
@@ -175,7 +214,10 @@ fn roofline_check_command(a: &RooflineCheckArgs) -> Result<(), Error> {
     let roof = sys.roofline(&cfg)?;
     let table = crate::cost::table::read_mlp_table(&a.table, &sys.model, 1)?;
     let rows = crate::cost::table::roofline_vs_table(&table, &roof, &[1, 8, 64, 512, 2048, 4096]);
-    println!(
+    let mut out_text = String::new();
+    let w = &mut out_text;
+    let _ = writeln!(
+        w,
         "roofline vs measured, per layer: {} on {} (compute eff {}, memory eff {}); table {}",
         a.model,
         a.hardware,
@@ -183,12 +225,14 @@ fn roofline_check_command(a: &RooflineCheckArgs) -> Result<(), Error> {
         cfg.cost.roofline.memory_efficiency,
         a.table.display()
     );
-    println!(
+    let _ = writeln!(
+        w,
         "{:<10} {:>7} {:>12} {:>12} {:>8}",
         "operator", "tokens", "measured_ms", "roofline_ms", "ratio"
     );
     for r in &rows {
-        println!(
+        let _ = writeln!(
+            w,
             "{:<10} {:>7} {:>12.4} {:>12.4} {:>8.2}",
             r.op,
             r.tokens,
@@ -197,12 +241,13 @@ fn roofline_check_command(a: &RooflineCheckArgs) -> Result<(), Error> {
             r.roofline_s / r.measured_s
         );
     }
-    Ok(())
+    emit(&out_text)
 }
 
 fn load_config(a: &ConfigArgs) -> Result<Config, ConfigError> {
     let mut cfg = Config::load(a.config.as_deref(), &a.set)?;
     if let Some(seed) = a.seed {
+        crate::config::check_seed(seed, "--seed")?;
         cfg.seed = seed;
     }
     Ok(cfg)
@@ -221,20 +266,28 @@ fn workload_command(c: WorkloadCommand) -> Result<(), Error> {
             }
             let sys = System::resolve(&cfg)?;
             let records = generate_records(&cfg, sys.sizing.max_model_len);
+            if out.as_os_str() == "-" {
+                native::write(&records, std::io::stdout().lock(), Path::new("-"))
+                    .map_err(stdout_error)?;
+                warn(&format!(
+                    "wrote {} requests to standard output",
+                    records.len()
+                ));
+                return Ok(());
+            }
             // Written beside the target and renamed, so a failure leaves no partial file.
-            let tmp = out.with_extension(format!("partial-{}", std::process::id()));
-            let written = native::write(&records, &tmp).and_then(|()| {
-                std::fs::rename(&tmp, &out).map_err(|source| OutputError::Io {
+            write_file_atomically(&out, |tmp| {
+                let f = std::fs::File::create(tmp).map_err(|source| OutputError::Io {
                     path: out.clone(),
                     source,
-                })
-            });
-            if written.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            written?;
-            println!("wrote {} requests to {}", records.len(), out.display());
-            Ok(())
+                })?;
+                native::write(&records, std::io::BufWriter::new(f), &out)
+            })?;
+            emit(&format!(
+                "wrote {} requests to {}\n",
+                records.len(),
+                out.display()
+            ))
         }
         WorkloadCommand::Stats {
             file,
@@ -242,6 +295,13 @@ fn workload_command(c: WorkloadCommand) -> Result<(), Error> {
             block_tokens,
             source,
         } => {
+            if block_tokens == 0 {
+                return Err(ConfigError::invalid(
+                    "--block-tokens",
+                    "must be at least 1 (Mooncake traces use 512 tokens per hash id)",
+                )
+                .into());
+            }
             let (trace, what) = match file {
                 Some(path) => {
                     let format = match format {
@@ -281,23 +341,27 @@ fn workload_command(c: WorkloadCommand) -> Result<(), Error> {
                     (trace, format!("workload of {name}"))
                 }
             };
-            println!("workload stats: {what}");
-            print!("{}", stats(&trace, 16));
-            Ok(())
+            emit(&format!("workload stats: {what}\n{}", stats(&trace, 16)))
         }
     }
 }
 
-fn print_catalog(what: CatalogKind) {
+/// The `servesim catalog` table.
+fn catalog_table(what: CatalogKind) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let w = &mut out;
     match what {
         CatalogKind::Models => {
-            println!(
+            let _ = writeln!(
+                w,
                 "{:<16} {:>9} {:>7} {:>6} {:>6} {:>8} {:>10} {:>9}",
                 "name", "params_B", "layers", "heads", "kv", "hidden", "kv_B/token", "max_len"
             );
             for n in model_names() {
                 let m = ModelShape::load(n).expect("catalog models load (tested)");
-                println!(
+                let _ = writeln!(
+                    w,
                     "{:<16} {:>9.2} {:>7} {:>6} {:>6} {:>8} {:>10} {:>9}",
                     n,
                     m.total_params() as f64 / 1e9,
@@ -311,19 +375,22 @@ fn print_catalog(what: CatalogKind) {
             }
         }
         CatalogKind::Hardware => {
-            println!(
+            let _ = writeln!(
+                w,
                 "{:<12} {:>12} {:>10} {:>11}  device",
                 "name", "bf16_TFLOPs", "mem_GB/s", "memory_GiB"
             );
             for n in hardware_names() {
                 let h = HardwareSpec::load(&n).expect("catalog hardware loads (tested)");
-                println!(
+                let _ = writeln!(
+                    w,
                     "{:<12} {:>12.1} {:>10.0} {:>11.2}  {}",
                     n, h.peak_bf16_tflops, h.memory_bandwidth_gbps, h.memory_gib, h.device_name
                 );
             }
         }
     }
+    out
 }
 
 /// A short human-readable summary of a run.

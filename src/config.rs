@@ -500,10 +500,7 @@ impl Config {
         let owned;
         let src = match path {
             Some(p) => {
-                owned = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                    path: p.to_path_buf(),
-                    source,
-                })?;
+                owned = crate::input::read_text(crate::input::InputKind::Config, p)?;
                 Source {
                     origin: &p.display().to_string(),
                     text: &owned,
@@ -521,6 +518,8 @@ impl Config {
 
     /// Checks what the schema cannot: ranges, consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        check_name(&self.name)?;
+        check_seed(self.seed, "seed")?;
         let w = &self.workload;
         if !(w.session_rate.is_finite() && w.session_rate > 0.0) {
             return Err(ConfigError::invalid(
@@ -536,6 +535,9 @@ impl Config {
                 "workload.burstiness",
                 format!("must be a positive gamma shape, got {}", w.burstiness),
             ));
+        }
+        if w.kind == WorkloadKind::Conversational {
+            check_arrivals(w)?;
         }
         if w.kind == WorkloadKind::Trace {
             if w.trace.path.is_empty() {
@@ -604,6 +606,17 @@ impl Config {
             ("workload.priority", &w.priority),
         ] {
             d.validate().map_err(|m| ConfigError::invalid(key, m))?;
+        }
+        // A session's script holds every turn from its start, so the turn count bounds its memory.
+        if w.turns.max_value() > MAX_TURNS as f64 {
+            return Err(ConfigError::invalid(
+                "workload.turns",
+                format!(
+                    "can draw up to {} turns per session; at most {MAX_TURNS} are allowed (real chat sessions \
+                     have at most a few hundred): lower it, or give the distribution max = {MAX_TURNS} or less",
+                    w.turns.max_value()
+                ),
+            ));
         }
         for (k, p) in [
             ("workload.doc_probability", Some(w.doc_probability)),
@@ -759,6 +772,111 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The most turns one session may have.
+pub const MAX_TURNS: u32 = 10_000;
+
+/// The most sessions a generated workload may plan (`session_rate` x `duration_s` when no other bound is
+/// smaller): a billion sessions take hours even at servesim's speed.
+pub const MAX_PLANNED_SESSIONS: f64 = 1e9;
+
+/// The largest share of session gaps allowed to round to 0 ns on the integer-nanosecond clock.
+pub const MAX_ZERO_GAP_SHARE: f64 = 0.99;
+
+/// Refuses arrival processes the integer-nanosecond clock cannot follow (nearly every gap rounding to
+/// 0 ns, so virtual time would never reach `duration_s`), and workloads too large to finish.
+fn check_arrivals(w: &WorkloadConfig) -> Result<(), ConfigError> {
+    use statrs::distribution::{ContinuousCDF, Gamma};
+    // A gap shorter than half a nanosecond rounds to 0 (`SimDuration::from_secs_f64`). Gaps are gamma
+    // with shape k and mean 1/rate (exponential: k = 1), so the share is the gamma CDF at 0.5 ns.
+    let k = match w.arrival {
+        ArrivalProcess::Poisson => 1.0,
+        ArrivalProcess::Gamma => w.burstiness,
+    };
+    let zero_share = Gamma::new(k, k * w.session_rate)
+        .map(|g| g.cdf(0.5e-9))
+        .ok()
+        .filter(|p| p.is_finite())
+        .unwrap_or(1.0);
+    if zero_share > MAX_ZERO_GAP_SHARE {
+        let key = if w.arrival == ArrivalProcess::Gamma && k < 1e-3 {
+            "workload.burstiness"
+        } else {
+            "workload.session_rate"
+        };
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "with session_rate = {} and {} arrivals{}, {:.4}% of gaps between sessions would be shorter \
+                 than the clock's 1 ns resolution (the limit is {}%), so virtual time could not advance; \
+                 lower session_rate or raise burstiness",
+                w.session_rate,
+                if w.arrival == ArrivalProcess::Gamma { "gamma" } else { "Poisson" },
+                if w.arrival == ArrivalProcess::Gamma {
+                    format!(" of burstiness {k}")
+                } else {
+                    String::new()
+                },
+                100.0 * zero_share,
+                100.0 * MAX_ZERO_GAP_SHARE
+            ),
+        ));
+    }
+    let by_time = w.duration_s.map_or(f64::INFINITY, |d| d * w.session_rate);
+    let planned = by_time
+        .min(w.max_sessions.map_or(f64::INFINITY, |m| m as f64))
+        .min(w.max_requests.map_or(f64::INFINITY, |m| m as f64));
+    if planned.is_finite() && planned > MAX_PLANNED_SESSIONS {
+        return Err(ConfigError::invalid(
+            "workload.duration_s",
+            format!(
+                "session_rate x duration_s = {planned:.3e} sessions, more than {MAX_PLANNED_SESSIONS:e}; \
+                 shorten duration_s or set max_sessions or max_requests"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The largest seed: `resolved.toml` records the seed as a TOML integer, which is a signed 64-bit number.
+pub const MAX_SEED: u64 = i64::MAX as u64;
+
+/// Checks that `seed` (set by `key`: `seed`, `--seed`, ...) can be recorded in `resolved.toml`.
+pub fn check_seed(seed: u64, key: &str) -> Result<(), ConfigError> {
+    if seed > MAX_SEED {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "{seed} is too large: seeds go up to {MAX_SEED} (2^63 - 1), the largest TOML integer, so that \
+                 resolved.toml can record them"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that the run name is a plain file name: it names the output directory `results/<name>`, so a
+/// separator, `.` or `..` would write outside `results/` or over it.
+fn check_name(name: &str) -> Result<(), ConfigError> {
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains(['/', '\\'])
+        || name.chars().any(char::is_control)
+        || name.len() > 200;
+    if bad {
+        let shown: String = name.chars().take(80).collect();
+        return Err(ConfigError::invalid(
+            "name",
+            format!(
+                "{shown:?} is not a plain file name; the run name names its output directory results/<name>, \
+                 so it must be 1-200 characters without `/`, `\\` or control characters, and not `.` or `..` \
+                 (use --out to write elsewhere)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Source<'_> {

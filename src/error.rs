@@ -6,8 +6,10 @@ use thiserror::Error;
 /// Errors from user input: configuration files, overrides, catalogs, traces. They exit with code 2.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    /// An input file that cannot be opened or read; `what` says which kind ("trace file", ...).
+    #[error("cannot read {what} {path}: {source}")]
     Read {
+        what: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
@@ -19,11 +21,13 @@ pub enum ConfigError {
     /// A value that parsed but makes no sense.
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
-    #[error("{key} = \"{name}\" is not in the catalog; known: {known}. Pick one of those or give a path")]
+    #[error("{key} = \"{name}\" is not in the catalog; known: {known}. To fix: {hint}")]
     UnknownCatalogEntry {
         key: String,
         name: String,
         known: String,
+        /// What to do instead (catalog-specific).
+        hint: &'static str,
     },
 }
 
@@ -48,6 +52,9 @@ pub enum OutputError {
     Csv { path: PathBuf, source: csv::Error },
     #[error("output directory {path} exists and is not a servesim run directory (no resolved.toml); choose another --out or remove it")]
     NotARunDir { path: PathBuf },
+    /// An output location servesim will not write to (it would destroy something not its own).
+    #[error("will not write to {path}: {reason}")]
+    Refused { path: PathBuf, reason: String },
 }
 
 /// Any error servesim reports.
@@ -57,14 +64,22 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Output(#[from] OutputError),
+    /// Standard output could not be written. A closed pipe (`servesim ... | head -1`) is not a failure:
+    /// the command ends quietly with exit code 0.
+    #[error("cannot write to standard output: {0}")]
+    Stdout(std::io::Error),
 }
 
 impl Error {
-    /// The process exit code: 2 for bad input (the user can fix it), 1 for failures while writing.
+    /// The process exit code: 2 for bad input (the user can fix it; an output location that servesim
+    /// refuses is one), 1 for failures while writing.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) => 2,
+            Error::Output(OutputError::NotARunDir { .. } | OutputError::Refused { .. }) => 2,
             Error::Output(_) => 1,
+            Error::Stdout(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+            Error::Stdout(_) => 1,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! One simulation run from a config to its output directory.
 
-use crate::config::Config;
+use crate::config::{Config, WorkloadKind};
+use crate::cost::OPERATOR_CLASSES;
 use crate::error::{Error, OutputError};
 use crate::metrics::output::RunDir;
 use crate::metrics::stats::describe;
@@ -20,6 +21,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// Step one by one instead of leaping over runs of pure-decode steps (same outputs, slower).
     pub no_leap: bool,
+    /// The variant's label in a comparison (its directory name), recorded in the summary's `variant`;
+    /// empty for a plain run.
+    pub variant: String,
 }
 
 /// What a finished run produced.
@@ -63,7 +67,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
     );
     world.run()?;
     let wall_seconds = wall.elapsed().as_secs_f64();
-    let summary = summarize(&mut world, &system);
+    let summary = summarize(&mut world, &system, &opts.variant);
     write(&dir.file("summary.json"), &summary.to_json())?;
     summary.write_csv(&dir.file("summary.csv"))?;
     write(&dir.file("resolved.toml"), &resolved_toml(cfg, &system))?;
@@ -118,16 +122,37 @@ pub fn resolved_toml(cfg: &Config, sys: &System) -> String {
     )
 }
 
-fn summarize(world: &mut World, sys: &System) -> Summary {
+fn summarize(world: &mut World, sys: &System, variant: &str) -> Summary {
     let cfg = world.config().clone();
     let mut s = Summary::default();
     s.set("name", cfg.name.clone());
+    s.set("variant", variant);
     s.set("seed", cfg.seed);
     s.set("servesim_version", VERSION);
     s.set("model", cfg.model.name.clone());
     s.set("hardware", cfg.hardware.name.clone());
     s.set("cost_model", world.cost_model_name());
     s.set("replicas", cfg.cluster.replicas);
+    s.set(
+        "router",
+        serde_json::to_value(cfg.cluster.router).expect("an enum serialises"),
+    );
+    s.set("tensor_parallel", cfg.hardware.tensor_parallel);
+    s.set(
+        "policy",
+        serde_json::to_value(cfg.engine.policy).expect("an enum serialises"),
+    );
+    s.set(
+        "workload_kind",
+        serde_json::to_value(cfg.workload.kind).expect("an enum serialises"),
+    );
+    // The offered load: sessions per second for a generated workload, empty for a trace replay.
+    s.set_opt(
+        "session_rate",
+        (cfg.workload.kind == WorkloadKind::Conversational).then_some(cfg.workload.session_rate),
+    );
+    s.set("block_size", cfg.engine.block_size);
+    s.set("max_model_len", sys.sizing.max_model_len);
     s.set("num_gpu_blocks", sys.sizing.num_gpu_blocks);
     s.set("max_num_batched_tokens", sys.sizing.max_num_batched_tokens);
     s.set("max_num_seqs", sys.sizing.max_num_seqs);
@@ -150,10 +175,13 @@ fn summarize(world: &mut World, sys: &System) -> Summary {
     s.set("sim_end_s", world.counts.end.as_secs_f64());
     let per_s = |x: f64| if dur > 0.0 { Some(x / dur) } else { None };
     s.set_opt("request_throughput_rps", per_s(m.finished as f64));
-    s.set_opt("output_throughput_tps", per_s(m.output_tokens as f64));
+    s.set_opt(
+        "output_throughput_tps",
+        per_s(m.finished_output_tokens as f64),
+    );
     s.set_opt(
         "total_token_throughput_tps",
-        per_s((m.prompt_tokens + m.output_tokens) as f64),
+        per_s((m.finished_prompt_tokens + m.finished_output_tokens) as f64),
     );
     let slo_set = cfg.slo.ttft_s.is_some() || cfg.slo.tpot_s.is_some() || cfg.slo.e2e_s.is_some();
     s.set_opt(
@@ -238,13 +266,19 @@ fn summarize(world: &mut World, sys: &System) -> Summary {
         (dur > 0.0).then(|| busy / (dur * cfg.cluster.replicas as f64)),
     );
     // Where the engine's time went, by operator class (seconds summed over steps and replicas).
+    // Every class is listed, zero where absent, so that summaries of any runs stack into one table.
     let mut ops: std::collections::BTreeMap<&str, u128> = Default::default();
     for r in &world.replicas {
         for &(op, fs) in &r.stats.op_fs {
+            debug_assert!(
+                OPERATOR_CLASSES.contains(&op),
+                "operator class {op} is missing from cost::OPERATOR_CLASSES"
+            );
             *ops.entry(op).or_default() += fs;
         }
     }
-    for (op, fs) in ops {
+    for op in OPERATOR_CLASSES {
+        let fs = ops.get(op).copied().unwrap_or(0);
         s.set(&format!("cost_{op}_s"), fs as f64 / 1e15);
     }
     s.set("events", world.counts.events);

@@ -39,6 +39,7 @@ impl System {
         let hardware =
             HardwareSpec::load_with(&cfg.hardware.name, cfg.hardware.catalog.as_deref())?;
         let sizing = size_engine_tp(&cfg.engine, &model, &hardware, cfg.hardware.tensor_parallel)?;
+        crate::memory::check_fits(cfg, sizing.num_gpu_blocks, None)?;
         Ok(System {
             model,
             hardware,
@@ -82,6 +83,19 @@ impl System {
 
     /// Builds the configured cost model; profile and table files are read (and checked) here.
     pub fn cost_model(&self, cfg: &Config) -> Result<Box<dyn CostModel>, ConfigError> {
+        let datasheet = matches!(cfg.cost.kind, CostKind::Roofline | CostKind::Table);
+        if datasheet && self.model.dtype_bytes != 2 {
+            return Err(ConfigError::invalid(
+                "cost.kind",
+                format!(
+                    "the {} cost model prices 16-bit (bf16/fp16) weights at the GPU's bf16 peak, and model \
+                     {} is {}-bit; use a bf16 config, or cost.kind = \"calibrated\" or \"linear\"",
+                    if cfg.cost.kind == CostKind::Roofline { "roofline" } else { "table" },
+                    self.model.name,
+                    8 * self.model.dtype_bytes
+                ),
+            ));
+        }
         Ok(match cfg.cost.kind {
             CostKind::Roofline => Box::new(self.roofline(cfg)?),
             CostKind::Linear => Box::new(LinearCost {
@@ -113,6 +127,8 @@ pub struct RunCounts {
     pub leapt_steps: u64,
     pub released: u64,
     pub events: u64,
+    /// The time of the last event other than a time-series sample: the end of the last activity, so that
+    /// nothing computed from it depends on `output.timeseries_interval_s`.
     pub end: SimTime,
     pub stopped_early: bool,
 }
@@ -126,6 +142,10 @@ pub struct World<'a> {
     cost: Box<dyn CostModel>,
     pub metrics: Collector,
     sample_interval: SimDuration,
+    /// True when an event other than a sample ran since the last sample.
+    active_since_sample: bool,
+    /// True while sampling is suspended over an idle stretch (see `Event::Sample`).
+    sampling_suspended: bool,
     stop_at: Option<SimTime>,
     pub counts: RunCounts,
     progress: Progress,
@@ -175,6 +195,8 @@ impl<'a> World<'a> {
             cost,
             metrics,
             sample_interval: SimDuration::from_secs_f64(cfg.output.timeseries_interval_s),
+            active_since_sample: true,
+            sampling_suspended: false,
             stop_at: cfg
                 .output
                 .max_sim_time_s
@@ -197,13 +219,26 @@ impl<'a> World<'a> {
                 break;
             }
             let (now, ev) = self.queue.pop().expect("peeked");
+            if !matches!(ev, Event::Sample) {
+                self.counts.end = now;
+                self.active_since_sample = true;
+                if self.sampling_suspended {
+                    // The first sample time on the grid at or after now; it runs after this instant's
+                    // other events (samples come last in the same-instant order).
+                    self.sampling_suspended = false;
+                    let k = now.0.div_ceil(self.sample_interval.0);
+                    self.queue.push(
+                        SimTime(k.saturating_mul(self.sample_interval.0)),
+                        Event::Sample,
+                    );
+                }
+            }
             self.dispatch(now, ev)?;
             #[cfg(debug_assertions)]
             self.check_work_conservation();
             self.progress.tick(now, self.queue.events_processed());
         }
         self.counts.events = self.queue.events_processed();
-        self.counts.end = self.queue.now();
         self.progress.finish();
         // Whatever is still held when the run stops is reported as unfinished.
         for i in 0..self.replicas.len() {
@@ -280,6 +315,8 @@ impl<'a> World<'a> {
                         // no event lies between, so nothing could see the difference).
                         self.queue.count_skipped(2 * steps - 1);
                         self.counts.leapt_steps += steps;
+                        // The leap's last step ended at `end`: the last activity, as its StepDone would be.
+                        self.counts.end = self.counts.end.max(end);
                         if done.is_empty() {
                             rep.schedule_pending = true;
                             self.queue.push(end, Event::Schedule(rid));
@@ -292,6 +329,15 @@ impl<'a> World<'a> {
                 }
             }
             Event::Sample => {
+                // Over an idle stretch (nothing ran since the last sample and no replica holds work) the
+                // rows would repeat the last ones: none are written and sampling resumes with the next
+                // event, so the time series costs in proportion to activity, not to virtual time.
+                let idle = self.replicas.iter().all(|r| !r.has_work() && !r.is_busy());
+                if idle && !self.active_since_sample {
+                    self.sampling_suspended = true;
+                    return Ok(());
+                }
+                self.active_since_sample = false;
                 for rep in &self.replicas {
                     let pool = rep.kv();
                     let st = rep.kv().stats();

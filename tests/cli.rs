@@ -170,7 +170,7 @@ fn output_dir_that_is_not_a_run_is_not_overwritten() {
         .args(["run", "--set", "workload.duration_s=5", "--out"])
         .arg(&precious)
         .assert()
-        .code(1)
+        .code(2)
         .stderr(contains("not a servesim run directory"));
     assert!(Path::new(&precious.join("thesis.tex")).exists());
 }

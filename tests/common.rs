@@ -46,6 +46,7 @@ pub fn run_in(dir: &Path, name: &str, cfg: &Config) -> (RunOutcome, PathBuf) {
             out: Some(out.clone()),
             progress: false,
             no_leap: false,
+            variant: String::new(),
         },
     )
     .unwrap_or_else(|e| panic!("run {name}: {e}"));

@@ -8,7 +8,7 @@ use servesim::cost::roofline::Roofline;
 use servesim::cost::table::{read_mlp_table, roofline_vs_table};
 use std::path::Path;
 
-const VIDUR: &str = "../shared/profiles/vidur/compute";
+const VIDUR: &str = "data/profiles/vidur/compute";
 
 fn roofline(model: &str, hw: &str) -> Roofline {
     Roofline::new(
@@ -74,6 +74,7 @@ fn table_cost_model_runs_and_rejects_a_table_for_another_model() {
             out: Some(tmp.path().join("bad")),
             progress: false,
             no_leap: false,
+            variant: String::new(),
         },
     )
     .unwrap_err()

@@ -14,6 +14,7 @@ fn both(name: &str, cfg: &Config) -> u64 {
                 out: Some(tmp.path().join(dir)),
                 progress: false,
                 no_leap,
+                variant: String::new(),
             },
         )
         .unwrap()
@@ -80,7 +81,7 @@ fn leap_equals_step_with_replicas_priorities_and_no_cache() {
 fn leap_equals_step_on_a_trace_replay() {
     let cfg = config(
         "name = \"mc\"\n[workload]\nkind = \"trace\"\nmax_requests = 400\n\
-         trace = { format = \"mooncake\", path = \"../shared/traces/mooncake/conversation_trace.jsonl\" }\n",
+         trace = { format = \"mooncake\", path = \"data/traces/mooncake/conversation_trace.jsonl\" }\n",
         &[],
     );
     assert!(both("mooncake", &cfg) > 100);

@@ -5,7 +5,7 @@
 use crate::common::*;
 use std::collections::HashSet;
 
-const TRACE: &str = "../shared/traces/mooncake/conversation_trace.jsonl";
+const TRACE: &str = "data/traces/mooncake/conversation_trace.jsonl";
 
 /// The oracle, from the trace format alone: each hash id covers 512 tokens, i.e. 32 blocks of 16; block b
 /// of a request is identified by (the hash ids up to and including its 512-token block, b mod 32). A request

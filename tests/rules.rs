@@ -352,17 +352,25 @@ fn k10_preempted_request_recovers_its_surviving_cached_blocks() {
 }
 
 #[test]
-fn p1_a_head_that_fails_allocation_is_counted_again() {
-    // 4 usable blocks; A (48 tokens, 3 blocks) runs; B (32 tokens) needs 2 blocks, 1 is free: B's lookup is
-    // counted (32 queried tokens) and fails, and again next step: 64 queried tokens for B so far.
+fn p1_a_lookup_is_counted_once_at_admission() {
+    // Current vLLM (PR #48860): a lookup is recorded when its request is admitted, not each step a blocked
+    // head is looked up again. 4 usable blocks; A (47 tokens, 2 outputs) takes 3 blocks in step 1 and
+    // finishes in step 2. B (32 tokens, 2 blocks) arrives after step 1: in step 2 only 1 block is free, so
+    // B is looked up and blocked, counting nothing; in step 3 A's blocks are back and B is admitted,
+    // counting its 32 queried tokens once. Under the older rule B would have counted 64 by then.
     let mut h = H::new(5, limits(1000, 16));
-    h.add(1, &[(1, 47)], 100);
+    h.add(1, &[(1, 47)], 2);
     h.step();
     let q0 = h.kv.stats().queries;
+    assert_eq!(q0, 47);
     h.add(2, &[(2, 32)], 1);
-    h.step();
-    h.step();
-    assert_eq!(h.kv.stats().queries - q0, 64);
+    let p = h.step();
+    assert_eq!(p.scheduled, vec![(1, 1)]);
+    assert!(h.finished.contains(&1));
+    assert_eq!(h.kv.stats().queries, q0, "a blocked head counts nothing");
+    let p = h.step();
+    assert_eq!(p.scheduled, vec![(2, 32)]);
+    assert_eq!(h.kv.stats().queries - q0, 32);
 }
 
 #[test]

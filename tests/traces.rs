@@ -6,7 +6,7 @@ use servesim::config::{ReplayMode, TraceConfig, TraceFormat};
 use servesim::workload::trace::{self, TraceWorkload};
 use std::path::Path;
 
-const T: &str = "../shared/traces";
+const T: &str = "data/traces";
 
 fn read(format: TraceFormat, file: &str) -> trace::Trace {
     trace::read(&TraceConfig {

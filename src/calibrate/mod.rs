@@ -13,6 +13,7 @@ use crate::cost::calibrated::{
 };
 use crate::cost::catalog::ModelShape;
 use crate::error::{ConfigError, Error, OutputError};
+use crate::metrics::output::write_file_atomically;
 use crate::metrics::stats::percentile;
 use candle_core::{DType, Device, Tensor, D};
 use std::path::PathBuf;
@@ -368,9 +369,6 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
     bar.finish_and_clear();
     let profile = fit_profile(raw, &full, o, threads, started.elapsed().as_secs_f64())?;
     let text = toml::to_string(&profile).expect("a profile serialises");
-    let tmp = o
-        .out
-        .with_extension(format!("partial-{}", std::process::id()));
     if let Some(dir) = o.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| OutputError::Io {
             path: dir.to_path_buf(),
@@ -388,15 +386,12 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
         100.0 * profile.median_rel_error,
         100.0 * profile.max_rel_error
     );
-    std::fs::write(&tmp, header + &text)
-        .and_then(|()| std::fs::rename(&tmp, &o.out))
-        .map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            OutputError::Io {
-                path: o.out.clone(),
-                source,
-            }
-        })?;
+    write_file_atomically(&o.out, |tmp| {
+        std::fs::write(tmp, header + &text).map_err(|source| OutputError::Io {
+            path: o.out.clone(),
+            source,
+        })
+    })?;
     Ok(profile)
 }
 

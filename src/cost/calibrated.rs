@@ -146,10 +146,7 @@ pub struct Profile {
 
 impl Profile {
     pub fn load(path: &Path) -> Result<Profile, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::input::read_text(crate::input::InputKind::Profile, path)?;
         let p: Profile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             origin: path.display().to_string(),
             message: format!("not a servesim calibration profile: {e}"),

@@ -34,7 +34,31 @@ struct HfConfig {
     #[serde(default)]
     tie_word_embeddings: bool,
     torch_dtype: Option<String>,
+    /// Newer Hugging Face configs name the dtype `dtype`.
+    dtype: Option<String>,
+    // Fields that change the answer and that servesim does not model yet: a config holding one is refused
+    // rather than priced as a dense, full-attention, unquantized model.
+    num_local_experts: Option<serde_json::Value>,
+    num_experts: Option<serde_json::Value>,
+    n_routed_experts: Option<serde_json::Value>,
+    sliding_window: Option<serde_json::Value>,
+    use_sliding_window: Option<bool>,
+    quantization_config: Option<serde_json::Value>,
 }
+
+/// Largest accepted dimensions of a model shape. The biggest published dense models are far inside them
+/// (126 layers, hidden 16,384, MLP 53,248, 128 heads, vocabularies of 262k), and within them every size
+/// product servesim forms fits in 64 bits.
+const SHAPE_LIMITS: &[(&str, u64)] = &[
+    ("hidden_size", 1 << 17),
+    ("intermediate_size", 1 << 20),
+    ("num_hidden_layers", 1 << 10),
+    ("num_attention_heads", 1 << 12),
+    ("num_key_value_heads", 1 << 12),
+    ("head_dim", 1 << 12),
+    ("vocab_size", 1 << 23),
+    ("max_position_embeddings", u32::MAX as u64),
+];
 
 impl ModelShape {
     /// Parses a Hugging Face `config.json`. `origin` names the file in errors.
@@ -46,29 +70,89 @@ impl ModelShape {
                  num_hidden_layers, num_attention_heads, vocab_size, max_position_embeddings"
             ),
         })?;
-        let dtype_bytes = match c.torch_dtype.as_deref().unwrap_or("bfloat16") {
+        let refuse = |message: String| ConfigError::Parse {
+            origin: origin.to_string(),
+            message,
+        };
+        for (field, v) in [
+            ("num_local_experts", &c.num_local_experts),
+            ("num_experts", &c.num_experts),
+            ("n_routed_experts", &c.n_routed_experts),
+        ] {
+            if let Some(v) = v.as_ref().filter(|v| !v.is_null() && v.as_u64() != Some(1)) {
+                return Err(refuse(format!(
+                    "{field} = {} makes this a mixture-of-experts model, which servesim does not model yet \
+                     (it would be priced and sized as a dense model); use a dense model's config",
+                    crate::input::shorten(&v.to_string(), 40)
+                )));
+            }
+        }
+        if let Some(w) = c.sliding_window.as_ref().filter(|w| !w.is_null()) {
+            let window_short = w.as_u64().is_none_or(|w| w < c.max_position_embeddings);
+            if c.use_sliding_window != Some(false) && window_short {
+                return Err(refuse(format!(
+                    "sliding_window = {} limits attention to a window, which servesim does not model yet \
+                     (it would keep and read the whole context); use a full-attention model's config, or \
+                     set sliding_window to null if the engine serves it with full attention",
+                    crate::input::shorten(&w.to_string(), 40)
+                )));
+            }
+        }
+        if let Some(q) = &c.quantization_config {
+            return Err(refuse(format!(
+                "quantization_config ({}) makes this a quantized model, which servesim does not model yet \
+                 (it would be priced with 16-bit weights); use an unquantized config",
+                crate::input::shorten(&q.to_string(), 60)
+            )));
+        }
+        let dtype = match (c.torch_dtype.as_deref(), c.dtype.as_deref()) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(refuse(format!(
+                    "torch_dtype \"{a}\" and dtype \"{b}\" disagree; keep one"
+                )))
+            }
+            (a, b) => a.or(b).unwrap_or("bfloat16"),
+        };
+        let dtype_bytes = match dtype {
             "bfloat16" | "float16" => 2,
             "float32" => 4,
-            "float8" | "float8_e4m3fn" | "int8" => 1,
             other => {
-                return Err(ConfigError::Parse {
-                    origin: origin.to_string(),
-                    message: format!(
-                        "torch_dtype \"{other}\" is not supported; use bfloat16, float16, float32 or float8"
-                    ),
-                })
+                return Err(refuse(format!(
+                    "dtype \"{}\" is not supported; use bfloat16, float16 or float32 (quantized models are \
+                     not modelled yet)",
+                    crate::input::shorten(other, 40)
+                )))
             }
         };
-        let heads = c.num_attention_heads;
-        let bad = |field: &str| ConfigError::Parse {
-            origin: origin.to_string(),
-            message: format!("{field} must be positive"),
-        };
-        if heads == 0 {
-            return Err(bad("num_attention_heads"));
+        for (field, v) in [
+            ("hidden_size", Some(c.hidden_size)),
+            ("intermediate_size", Some(c.intermediate_size)),
+            ("num_hidden_layers", Some(c.num_hidden_layers)),
+            ("num_attention_heads", Some(c.num_attention_heads)),
+            ("num_key_value_heads", c.num_key_value_heads),
+            ("head_dim", c.head_dim),
+            ("vocab_size", Some(c.vocab_size)),
+            ("max_position_embeddings", Some(c.max_position_embeddings)),
+        ] {
+            let max = SHAPE_LIMITS
+                .iter()
+                .find(|(f, _)| *f == field)
+                .map_or(u64::MAX, |l| l.1);
+            if let Some(v) = v {
+                if v == 0 || v > max {
+                    return Err(refuse(format!(
+                        "{field} = {v} is out of range: it must be between 1 and {max}"
+                    )));
+                }
+            }
         }
-        if c.hidden_size == 0 || c.num_hidden_layers == 0 || c.vocab_size == 0 {
-            return Err(bad("hidden_size, num_hidden_layers and vocab_size"));
+        let heads = c.num_attention_heads;
+        let head_dim = c.head_dim.unwrap_or(c.hidden_size / heads);
+        if head_dim == 0 {
+            return Err(refuse(format!(
+                "hidden_size / num_attention_heads = {} / {heads} rounds to a head_dim of 0; set head_dim",
+                c.hidden_size
+            )));
         }
         let kv = c.num_key_value_heads.unwrap_or(heads);
         if kv == 0 || heads % kv != 0 {
@@ -86,7 +170,7 @@ impl ModelShape {
             num_layers: c.num_hidden_layers,
             num_heads: heads,
             num_kv_heads: kv,
-            head_dim: c.head_dim.unwrap_or(c.hidden_size / heads),
+            head_dim,
             vocab_size: c.vocab_size,
             max_position_embeddings: c.max_position_embeddings,
             tie_word_embeddings: c.tie_word_embeddings,
@@ -100,15 +184,14 @@ impl ModelShape {
             return ModelShape::from_hf_json(name, text, &format!("catalog model {name}"));
         }
         let path = Path::new(name);
-        if path.is_file() {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        // A name that looks like a path is read as one, so a missing file is reported as missing.
+        if path.is_file() || name.contains(['/', '\\']) || name.ends_with(".json") {
+            let text = crate::input::read_text(crate::input::InputKind::ModelConfig, path)?;
             return ModelShape::from_hf_json(name, &text, name);
         }
         Err(ConfigError::UnknownCatalogEntry {
             key: "model.name".into(),
+            hint: "pick one of those or give the path of a Hugging Face config.json",
             name: name.into(),
             known: model_names().join(", "),
         })
@@ -259,24 +342,27 @@ impl HardwareSpec {
     pub fn load_with(name: &str, extra: Option<&str>) -> Result<HardwareSpec, ConfigError> {
         let mut cat = hardware_catalog();
         if let Some(path) = extra {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.into(),
-                source,
-            })?;
+            let text =
+                crate::input::read_text(crate::input::InputKind::HardwareCatalog, Path::new(path))?;
             let more: BTreeMap<String, HardwareSpec> =
                 toml::from_str(&text).map_err(|e| ConfigError::Parse {
                     origin: path.to_string(),
                     message: e.to_string(),
                 })?;
             for (k, h) in &more {
-                if !(h.peak_bf16_tflops > 0.0
-                    && h.memory_bandwidth_gbps > 0.0
-                    && h.memory_gib > 0.0)
-                {
-                    return Err(ConfigError::invalid(
-                        format!("{path}: [{k}]"),
-                        "peak_bf16_tflops, memory_bandwidth_gbps and memory_gib must be positive",
-                    ));
+                for (field, v, max) in [
+                    ("peak_bf16_tflops", h.peak_bf16_tflops, 1e6),
+                    ("memory_bandwidth_gbps", h.memory_bandwidth_gbps, 1e7),
+                    ("memory_gib", h.memory_gib, 1e5),
+                ] {
+                    if !(v > 0.0 && v <= max) {
+                        return Err(ConfigError::invalid(
+                            format!("{path}: [{k}] {field}"),
+                            format!(
+                                "must be a positive number up to {max:e} (far beyond any accelerator), got {v}"
+                            ),
+                        ));
+                    }
                 }
             }
             cat.extend(more);
@@ -288,6 +374,8 @@ impl HardwareSpec {
             }),
             None => Err(ConfigError::UnknownCatalogEntry {
                 key: "hardware.name".into(),
+                hint: "pick one of those, or describe your GPU in a TOML file (the format of \
+                       catalog/hardware.toml) and name that file in hardware.catalog",
                 name: name.into(),
                 known: cat.keys().cloned().collect::<Vec<_>>().join(", "),
             }),

@@ -63,6 +63,36 @@ pub struct OpTime {
     pub seconds: f64,
 }
 
+/// Every operator class a cost model may report, in the order the summary lists them (`cost_<op>_s`,
+/// zero where a model has no such operator, so summaries of different models stack into one table).
+/// The roofline and calibrated models use the first twelve; the table model Vidur's seven layer operators
+/// (the last seven) with attention, LM head and overhead from the roofline; the linear model its own four.
+pub const OPERATOR_CLASSES: &[&str] = &[
+    "qkv_proj",
+    "attn_rope",
+    "o_proj",
+    "mlp_up",
+    "mlp_act",
+    "mlp_down",
+    "norms",
+    "attn_prefill",
+    "attn_decode",
+    "lm_head",
+    "allreduce",
+    "overhead",
+    "step",
+    "prefill_tokens",
+    "decode_seqs",
+    "decode_context",
+    "input_layernorm",
+    "attn_pre_proj",
+    "attn_post_proj",
+    "post_attention_layernorm",
+    "mlp_up_proj",
+    "mlp_down_proj",
+    "add",
+];
+
 /// Most operator classes a breakdown may hold.
 pub const MAX_OPS: usize = 16;
 

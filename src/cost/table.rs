@@ -55,10 +55,8 @@ pub fn read_mlp_table(
         origin: format!("{origin} line {line}"),
         message: m,
     };
-    let mut rdr = csv::Reader::from_path(path).map_err(|e| ConfigError::Parse {
-        origin: origin.clone(),
-        message: format!("cannot read the table: {e}"),
-    })?;
+    let text = crate::input::read_text(crate::input::InputKind::Table, path)?;
+    let mut rdr = csv::Reader::from_reader(text.as_bytes());
     let h = rdr.headers().map_err(|e| bad(1, e.to_string()))?.clone();
     let col = |name: &str| {
         h.iter().position(|x| x == name).ok_or_else(|| {

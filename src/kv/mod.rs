@@ -245,7 +245,8 @@ impl KvCacheManager {
 
     /// K6 + P1: the longest run of cached leading blocks, stopping at the first miss, capped at
     /// floor((num_tokens - 1) / block_size) blocks so the last token is always recomputed. Call only when the
-    /// request has computed nothing (new or preempted). Counts the query, as vLLM does, every time it runs.
+    /// request has computed nothing (new or preempted). Counts nothing: the scheduler records the lookup
+    /// with [`KvCacheManager::record_admission`] when the request is admitted.
     pub fn get_computed_blocks(&mut self, req: &mut Request) -> CacheHit {
         if !self.caching {
             return CacheHit::default();
@@ -337,14 +338,24 @@ impl KvCacheManager {
         }
         self.memo = Some((req.id, kept));
         let tokens = blocks * self.block_size;
+        CacheHit { hit, tokens }
+    }
+
+    /// P1, current vLLM (PR #48860): records a lookup's queried and hit tokens once, when the request it
+    /// was made for is admitted (its `allocate_slots` succeeded). A waiting head looked up again while it
+    /// cannot be admitted is not counted again. Lookups of previously preempted requests go to the
+    /// `preempted_*` counters, which vLLM does not export. Nothing is counted with caching off.
+    pub fn record_admission(&mut self, req: &Request, hit_tokens: u32) {
+        if !self.caching {
+            return;
+        }
         if req.was_preempted {
             self.stats.preempted_queries += req.num_tokens() as u64;
-            self.stats.preempted_hits += tokens as u64;
+            self.stats.preempted_hits += hit_tokens as u64;
         } else {
             self.stats.queries += req.num_tokens() as u64;
-            self.stats.hits += tokens as u64;
+            self.stats.hits += hit_tokens as u64;
         }
-        CacheHit { hit, tokens }
     }
 
     /// K7 + K8: makes room for `num_new` more tokens after the computed ones and the cache hit (`hit` is
@@ -675,6 +686,8 @@ mod tests {
                         let ob = b.allocate_slots(&mut rb[i], n, hb);
                         prop_assert_eq!(oa, ob);
                         if oa {
+                            a.record_admission(&ra[i], t);
+                            b.record_admission(&rb[i], t);
                             for r in [&mut ra[i], &mut rb[i]] {
                                 r.num_computed_tokens = t + n;
                             }
@@ -889,7 +902,6 @@ mod tests {
             if per_block {
                 assert_eq!(a.block_table, vec![1, 2, 3]);
             }
-            // The first lookup counted 12 queried tokens and no hits.
             kv.free(&mut a); // queue: 4, 5, 3, 2, 1 (1-3 cached)
 
             let mut b = req(2, 12);
@@ -907,9 +919,10 @@ mod tests {
             take(&mut kv, 1); // 2: inside the hit
             assert_eq!(kv.get_computed_blocks(&mut b).tokens, 4);
             assert_eq!(kv.evictions(), 2);
-            // Each lookup counted, as vLLM counts them.
-            assert_eq!(kv.stats().queries, 12 + 12 + 12 + 12);
-            assert_eq!(kv.stats().hits, 8 + 8 + 4);
+            // Lookups count nothing until admission (P1, current vLLM).
+            assert_eq!(kv.stats().queries, 0);
+            kv.record_admission(&b, 4);
+            assert_eq!((kv.stats().queries, kv.stats().hits), (12, 4));
         }
     }
 }

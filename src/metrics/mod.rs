@@ -94,10 +94,16 @@ pub struct Collector {
     pub failed: u64,
     pub unfinished: u64,
     pub good: u64,
+    /// Token sums over every row of `requests.csv` (whatever its status): the summary's `prompt_tokens`,
+    /// `output_tokens`, `prompt_tokens_cached` and `prefill_tokens_computed`.
     pub prompt_tokens: u64,
     pub output_tokens: u64,
     pub cached_tokens: u64,
     pub prefilled_tokens: u64,
+    /// Prompt and output tokens of finished requests only, the basis of the throughputs (`vllm bench
+    /// serve` counts completed requests, B1).
+    pub finished_prompt_tokens: u64,
+    pub finished_output_tokens: u64,
     pub last_finish: SimTime,
     /// The time series' row buffer.
     row: RowBuf,
@@ -161,6 +167,8 @@ impl Collector {
             output_tokens: 0,
             cached_tokens: 0,
             prefilled_tokens: 0,
+            finished_prompt_tokens: 0,
+            finished_output_tokens: 0,
             last_finish: SimTime::ZERO,
             row,
         })
@@ -189,13 +197,15 @@ impl Collector {
             }
             _ => None,
         };
+        self.prompt_tokens += r.prompt_tokens as u64;
+        self.output_tokens += r.num_output_tokens as u64;
+        self.cached_tokens += r.num_cached_tokens.unwrap_or(0) as u64;
+        self.prefilled_tokens += r.prefilled_tokens;
         match status {
             Status::Finished => {
                 self.finished += 1;
-                self.prompt_tokens += r.prompt_tokens as u64;
-                self.output_tokens += r.num_output_tokens as u64;
-                self.cached_tokens += r.num_cached_tokens.unwrap_or(0) as u64;
-                self.prefilled_tokens += r.prefilled_tokens;
+                self.finished_prompt_tokens += r.prompt_tokens as u64;
+                self.finished_output_tokens += r.num_output_tokens as u64;
                 self.ttft.extend(ttft);
                 self.e2e.extend(e2e);
                 self.queue.extend(queue);

@@ -1,13 +1,149 @@
-//! The run directory: outputs are written under a temporary name and renamed into place only when the run
-//! completed, so a failed run leaves nothing half-written behind.
+//! Where outputs land, and the rules that keep a run from destroying anything that is not its own.
+//!
+//! - A run writes under a temporary directory `.NAME.partial-PID` beside its target and renames it into
+//!   place only when the run completed, so a failed run leaves nothing half-written behind.
+//! - An existing target is replaced only when it is a servesim output directory: it holds `resolved.toml`
+//!   and every entry in it is a file servesim writes ([`OUTPUT_FILES`]) or a folder that is itself such
+//!   a directory (a comparison's variants and seeds). Anything else is named in the error and nothing is
+//!   touched. The target can never be the working directory or one of its ancestors, nor a symbolic link.
+//! - Single files (`workload export`, `calibrate`) are written as `.FILE.partial-PID` and renamed over
+//!   the target only when the target is absent or a regular file.
+//! - Every temporary path is registered while it exists; [`install_signal_cleanup`] removes them on
+//!   SIGINT, SIGTERM or SIGHUP before exiting with 128 + the signal number. Temporary paths left by a
+//!   process that no longer exists (killed with SIGKILL, a power cut) are removed by the next run that
+//!   writes beside them.
 
 use crate::error::OutputError;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-pub struct RunDir {
-    final_path: PathBuf,
-    tmp: PathBuf,
-    committed: bool,
+/// Every file name servesim writes into an output directory: a run's five files, a comparison's tables
+/// and its plots (SVG or PNG).
+pub const OUTPUT_FILES: &[&str] = &[
+    "requests.csv",
+    "summary.json",
+    "summary.csv",
+    "timeseries.csv",
+    "resolved.toml",
+    "comparison.csv",
+    "comparison_seeds.csv",
+    "paired_requests.csv",
+    "ttft_cdf.svg",
+    "e2e_cdf.svg",
+    "kv_usage.svg",
+    "queue.svg",
+    "prefix_hit_rate.svg",
+    "ttft_cdf.png",
+    "e2e_cdf.png",
+    "kv_usage.png",
+    "queue.png",
+    "prefix_hit_rate.png",
+];
+
+/// How deep a servesim output tree goes: a comparison holds `seed-S/VARIANT/` folders.
+const MAX_OUTPUT_DEPTH: usize = 3;
+
+/// Temporary paths that exist now and must go if the process is interrupted.
+static TEMPORARY: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn temporaries() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    // A panic while the lock is held cannot leave the list inconsistent (push and retain only).
+    TEMPORARY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn register(path: &Path) {
+    temporaries().push(path.to_path_buf());
+}
+
+fn unregister(path: &Path) {
+    temporaries().retain(|p| p != path);
+}
+
+fn remove_path(path: &Path) {
+    // A writer thread may still be creating files inside while this runs; retry a few times.
+    for _ in 0..5 {
+        let r = if path.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        if r.is_ok() || !path.exists() {
+            return;
+        }
+    }
+}
+
+/// Removes every registered temporary path (run from the signal thread, then the process exits).
+fn remove_temporaries() {
+    let list = temporaries();
+    for p in list.iter() {
+        remove_path(p);
+    }
+    // The lock stays held until exit so that no commit renames a half-removed directory into place.
+    std::mem::forget(list);
+}
+
+/// Installs the handler that removes temporary outputs on SIGINT, SIGTERM or SIGHUP and exits with
+/// 130, 143 or 129. Call once, from the binary (the tests' harness keeps its own signal handling).
+pub fn install_signal_cleanup() {
+    #[cfg(unix)]
+    {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+            return;
+        };
+        let _ = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    remove_temporaries();
+                    std::process::exit(128 + sig);
+                }
+            });
+    }
+}
+
+/// True when process `pid` may still exist (so its temporary output must be left alone).
+fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+/// Removes `.NAME.partial-PID` and `.NAME.old-PID` entries in `parent` whose process is gone.
+fn remove_stale(parent: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(file) = file.to_str() else { continue };
+        let Some(rest) = file
+            .strip_prefix('.')
+            .and_then(|f| f.strip_prefix(name))
+            .and_then(|f| {
+                f.strip_prefix(".partial-")
+                    .or_else(|| f.strip_prefix(".old-"))
+            })
+        else {
+            continue;
+        };
+        match rest.parse::<u32>() {
+            Ok(pid) if pid != std::process::id() && !process_alive(pid) => remove_path(&e.path()),
+            _ => {}
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
@@ -17,28 +153,134 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
     }
 }
 
-impl RunDir {
-    /// Prepares a temporary directory beside `final_path`.
-    pub fn create(final_path: &Path) -> Result<RunDir, OutputError> {
-        if final_path.exists() && !final_path.join("resolved.toml").is_file() {
-            return Err(OutputError::NotARunDir {
-                path: final_path.to_path_buf(),
-            });
+fn refused(path: &Path, reason: impl Into<String>) -> OutputError {
+    OutputError::Refused {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// The parent directory of `path` and its last component.
+fn split(path: &Path) -> Result<(PathBuf, String), OutputError> {
+    let name = match path.file_name().and_then(|n| n.to_str()) {
+        Some(n) => n.to_string(),
+        None => {
+            return Err(refused(
+                path,
+                "it does not end in a plain name (it is `.`, `..`, a root or not UTF-8); name the directory itself",
+            ))
         }
-        let parent = match final_path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
+    };
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((parent, name))
+}
+
+/// Checks that `dir` may be replaced: a servesim output directory all of whose entries servesim wrote.
+/// Returns the first foreign entry's error otherwise.
+fn check_replaceable(target: &Path) -> Result<(), OutputError> {
+    let meta = std::fs::symlink_metadata(target).map_err(io(target))?;
+    if meta.file_type().is_symlink() {
+        return Err(refused(
+            target,
+            "it is a symbolic link; give the directory it points to, or another --out",
+        ));
+    }
+    if !meta.is_dir() {
+        return Err(refused(
+            target,
+            "it exists and is not a directory; choose another --out or remove it",
+        ));
+    }
+    if let (Ok(cwd), Ok(t)) = (std::env::current_dir(), target.canonicalize()) {
+        if let Ok(cwd) = cwd.canonicalize() {
+            if cwd.starts_with(&t) {
+                return Err(refused(
+                    target,
+                    "it is the working directory or one of its ancestors; give a directory of its own, e.g. --out results/NAME",
+                ));
+            }
+        }
+    }
+    if !target.join("resolved.toml").is_file() {
+        return Err(OutputError::NotARunDir {
+            path: target.to_path_buf(),
+        });
+    }
+    check_entries(target, target, 0)
+}
+
+fn check_entries(root: &Path, dir: &Path, depth: usize) -> Result<(), OutputError> {
+    let foreign = |p: &Path, what: &str| {
+        refused(
+            root,
+            format!(
+                "it holds {} ({what}), which servesim did not write; it replaces only its own output \
+                 directories. Move that away or choose another --out",
+                p.display()
+            ),
+        )
+    };
+    for e in std::fs::read_dir(dir).map_err(io(dir))? {
+        let e = e.map_err(io(dir))?;
+        let p = e.path();
+        let ty = e.file_type().map_err(io(&p))?;
+        let name = e.file_name();
+        let known = name.to_str().is_some_and(|n| OUTPUT_FILES.contains(&n));
+        if ty.is_file() && known {
+            continue;
+        }
+        if ty.is_dir() && depth + 1 < MAX_OUTPUT_DEPTH {
+            let is_stale_tmp = name.to_str().is_some_and(|n| n.starts_with('.'));
+            if is_stale_tmp {
+                return Err(foreign(&p, "a hidden folder"));
+            }
+            check_entries(root, &p, depth + 1)?;
+            continue;
+        }
+        let what = if ty.is_symlink() {
+            "a symbolic link"
+        } else if ty.is_dir() {
+            "a folder deeper than servesim writes"
+        } else if ty.is_file() {
+            "a file of another name"
+        } else {
+            "not a regular file"
         };
+        return Err(foreign(&p, what));
+    }
+    Ok(())
+}
+
+/// A run's output directory while it is being written.
+pub struct RunDir {
+    final_path: PathBuf,
+    tmp: PathBuf,
+    committed: bool,
+}
+
+impl RunDir {
+    /// Checks that `final_path` may be written (see the module docs), removes stale temporary directories
+    /// beside it, and creates the temporary directory. Refusals come back as [`OutputError::Refused`] or
+    /// [`OutputError::NotARunDir`] (exit code 2) before anything is touched.
+    pub fn create(final_path: &Path) -> Result<RunDir, OutputError> {
+        let (parent, name) = split(final_path)?;
+        if std::fs::symlink_metadata(final_path).is_ok() {
+            check_replaceable(final_path)?;
+        }
         std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-        let name = final_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "run".into());
+        remove_stale(&parent, &name);
         let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
-        std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+        register(&tmp);
+        if let Err(e) = std::fs::create_dir(&tmp) {
+            unregister(&tmp);
+            return Err(io(&tmp)(e));
+        }
         Ok(RunDir {
             final_path: final_path.to_path_buf(),
             tmp,
@@ -55,13 +297,36 @@ impl RunDir {
         &self.final_path
     }
 
-    /// Moves the finished outputs into place, replacing an earlier run of the same name.
+    /// Moves the finished outputs into place, replacing an earlier servesim output of the same name (checked
+    /// again here: the run may have lasted long enough for someone to put a file into it).
     pub fn commit(mut self) -> Result<PathBuf, OutputError> {
-        if self.final_path.exists() {
-            std::fs::remove_dir_all(&self.final_path).map_err(io(&self.final_path))?;
+        let exists = std::fs::symlink_metadata(&self.final_path).is_ok();
+        if exists {
+            check_replaceable(&self.final_path)?;
         }
-        std::fs::rename(&self.tmp, &self.final_path).map_err(io(&self.final_path))?;
+        // Held across the renames: an interrupt cannot remove the new outputs half-way into place.
+        let mut list = temporaries();
+        let (parent, name) = split(&self.final_path)?;
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        if exists {
+            list.push(old.clone());
+            std::fs::rename(&self.final_path, &old).map_err(io(&self.final_path))?;
+        }
+        if let Err(e) = std::fs::rename(&self.tmp, &self.final_path) {
+            if exists {
+                let _ = std::fs::rename(&old, &self.final_path);
+            }
+            list.retain(|p| p != &old);
+            return Err(io(&self.final_path)(e));
+        }
+        list.retain(|p| p != &self.tmp);
+        drop(list);
         self.committed = true;
+        if exists {
+            let removed = std::fs::remove_dir_all(&old);
+            unregister(&old);
+            removed.map_err(io(&old))?;
+        }
         Ok(self.final_path.clone())
     }
 }
@@ -70,6 +335,127 @@ impl Drop for RunDir {
     fn drop(&mut self) {
         if !self.committed {
             let _ = std::fs::remove_dir_all(&self.tmp);
+            unregister(&self.tmp);
         }
+    }
+}
+
+/// Writes one output file atomically: `write` fills a temporary file beside `target`, which is then
+/// renamed over it. `target` must be absent or a regular file (never a device, a FIFO or a directory);
+/// nothing is left behind on failure or interrupt.
+pub fn write_file_atomically(
+    target: &Path,
+    write: impl FnOnce(&Path) -> Result<(), OutputError>,
+) -> Result<(), OutputError> {
+    let (parent, name) = split(target)?;
+    if let Ok(meta) = std::fs::metadata(target) {
+        if !meta.is_file() {
+            return Err(refused(
+                target,
+                "it exists and is not a regular file (a device, pipe or directory); give a file path, or - for standard output where offered",
+            ));
+        }
+    }
+    remove_stale(&parent, &name);
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    register(&tmp);
+    let done = write(&tmp).and_then(|()| std::fs::rename(&tmp, target).map_err(io(target)));
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    unregister(&tmp);
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_directory_with_a_foreign_file_is_refused_and_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("run");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("resolved.toml"), "").unwrap();
+        std::fs::write(d.join("notes.txt"), "mine").unwrap();
+        let e = RunDir::create(&d).err().unwrap();
+        assert!(matches!(e, OutputError::Refused { .. }));
+        assert!(e.to_string().contains("notes.txt"), "{e}");
+        assert_eq!(files(&d), ["notes.txt", "resolved.toml"]);
+        assert_eq!(files(tmp.path()), ["run"]);
+    }
+
+    #[test]
+    fn a_servesim_directory_is_replaced_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("cmp");
+        std::fs::create_dir_all(d.join("seed-1/a")).unwrap();
+        std::fs::write(d.join("resolved.toml"), "").unwrap();
+        std::fs::write(d.join("seed-1/a/requests.csv"), "").unwrap();
+        let r = RunDir::create(&d).unwrap();
+        std::fs::write(r.file("resolved.toml"), "new").unwrap();
+        r.commit().unwrap();
+        assert_eq!(files(&d), ["resolved.toml"]);
+        assert_eq!(files(tmp.path()), ["cmp"]);
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_processes_are_removed_live_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        // PID 4194304 is above Linux's largest (pid_max is at most 2^22), so no process has it.
+        let dead = tmp.path().join(".x.partial-4194304");
+        let old = tmp.path().join(".x.old-4194304");
+        let other = tmp.path().join(".y.partial-4194304");
+        for p in [&dead, &old, &other] {
+            std::fs::create_dir(p).unwrap();
+        }
+        // The parent process (the test harness' launcher) is alive.
+        let parent_live = tmp.path().join(format!(
+            ".x.partial-{}",
+            std::os::unix::process::parent_id()
+        ));
+        std::fs::create_dir(&parent_live).unwrap();
+        let r = RunDir::create(&tmp.path().join("x")).unwrap();
+        assert!(!dead.exists() && !old.exists());
+        assert!(
+            other.exists(),
+            "another name's temporary is not ours to judge"
+        );
+        assert!(parent_live.exists(), "a live process's temporary is kept");
+        let own = r.file("");
+        assert!(own.is_dir());
+        drop(r);
+        assert!(
+            !own.exists(),
+            "an uncommitted run removes its temporary directory"
+        );
+    }
+
+    #[test]
+    fn write_file_atomically_refuses_non_regular_targets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = write_file_atomically(tmp.path(), |_| Ok(())).unwrap_err();
+        assert!(matches!(e, OutputError::Refused { .. }), "{e}");
+        let e = write_file_atomically(Path::new("/dev/null"), |_| Ok(())).unwrap_err();
+        assert!(matches!(e, OutputError::Refused { .. }), "{e}");
+        let f = tmp.path().join("t.csv");
+        write_file_atomically(&f, |p| {
+            std::fs::write(p, "a").map_err(|source| OutputError::Io {
+                path: p.into(),
+                source,
+            })
+        })
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "a");
+        assert_eq!(files(tmp.path()), ["t.csv"]);
     }
 }

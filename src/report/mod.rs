@@ -39,6 +39,9 @@ pub const METRICS: &[&str] = &[
     "duration_s",
 ];
 
+/// The most runs (variants x seeds) one comparison makes.
+pub const MAX_RUNS: u64 = 10_000;
+
 /// One `--vary key=v1,v2,...`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Vary {
@@ -77,6 +80,27 @@ impl Vary {
         }
         if values.len() < 2 {
             return Err(bad("give at least two values to compare"));
+        }
+        // Values are compared as TOML reads them, so `1` and ` 1` or `"a"` and `a` are the same value.
+        let parsed: Vec<toml::Value> = values
+            .iter()
+            .map(|v| {
+                toml::from_str::<toml::Table>(&format!("v = {v}"))
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+                    .unwrap_or_else(|| toml::Value::String(v.clone()))
+            })
+            .collect();
+        for (i, a) in parsed.iter().enumerate() {
+            if let Some(j) = parsed[..i].iter().position(|b| b == a) {
+                return Err(bad(&format!(
+                    "value {} ({}) repeats value {} ({}); give each value once",
+                    i + 1,
+                    values[i],
+                    j + 1,
+                    values[j]
+                )));
+            }
         }
         Ok(Vary {
             key: key.trim().to_string(),
@@ -171,7 +195,46 @@ pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
     if o.seeds == 0 {
         return Err(ConfigError::invalid("--seeds", "must be at least 1").into());
     }
+    for (i, v) in o.varies.iter().enumerate() {
+        if o.varies[..i].iter().any(|w| w.key == v.key) {
+            return Err(ConfigError::invalid(
+                format!("--vary {}", v.key),
+                "the key is varied twice; give all its values in one --vary",
+            )
+            .into());
+        }
+    }
+    let grid = o
+        .varies
+        .iter()
+        .fold(1u64, |n, v| n.saturating_mul(v.values.len() as u64));
+    let runs_total = grid.saturating_mul(o.seeds as u64);
+    if runs_total > MAX_RUNS {
+        return Err(ConfigError::invalid(
+            "--seeds / --vary",
+            format!(
+                "{grid} variants x {} seeds = {runs_total} runs, more than {MAX_RUNS}; compare fewer values or seeds",
+                o.seeds
+            ),
+        )
+        .into());
+    }
     let vs = variants(&o.varies);
+    for (i, v) in vs.iter().enumerate() {
+        if let Some(w) = vs[..i].iter().find(|w| w.name == v.name) {
+            return Err(ConfigError::invalid(
+                "--vary",
+                format!(
+                    "variants `{}` and `{}` would share the directory name {}; give values that differ in \
+                     letters, digits or ._=-",
+                    w.overrides.join(" "),
+                    v.overrides.join(" "),
+                    v.name
+                ),
+            )
+            .into());
+        }
+    }
     // Resolve every variant first: a bad value fails before anything is written.
     let mut configs = Vec::new();
     for v in &vs {
@@ -179,13 +242,16 @@ pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
         all.extend(v.overrides.iter().cloned());
         let mut cfg = Config::load(o.config.as_deref(), &all)?;
         if let Some(s) = o.seed {
+            crate::config::check_seed(s, "--seed")?;
             cfg.seed = s;
         }
         System::resolve(&cfg)?;
         configs.push(cfg);
     }
     let base_seed = configs[0].seed;
-    let seeds: Vec<u64> = (0..o.seeds as u64).map(|i| base_seed + i).collect();
+    let last_seed = base_seed.saturating_add(o.seeds as u64 - 1);
+    crate::config::check_seed(last_seed, "--seeds")?;
+    let seeds: Vec<u64> = (base_seed..=last_seed).collect();
     let out = o
         .out
         .clone()
@@ -207,6 +273,7 @@ pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
                 out: Some(variant_dir(&root, &seeds, seed, &v.name)),
                 progress: false,
                 no_leap: false,
+                variant: v.name.clone(),
             },
         )
         .map(|r| r.summary)

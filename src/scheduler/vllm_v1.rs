@@ -151,7 +151,8 @@ impl Scheduler for VllmScheduler {
             while budget > 0 && (self.running.len() as u32) < self.limits.max_num_seqs {
                 let Some(id) = self.waiting.peek() else { break };
                 let r = reqs.get_mut(&id).expect("waiting request in table");
-                let hit = if r.num_computed_tokens == 0 {
+                let looked_up = r.num_computed_tokens == 0;
+                let hit = if looked_up {
                     kv.get_computed_blocks(r)
                 } else {
                     CacheHit::default()
@@ -169,6 +170,9 @@ impl Scheduler for VllmScheduler {
                     break;
                 }
                 self.waiting.pop();
+                if looked_up {
+                    kv.record_admission(r, hit_tokens);
+                }
                 r.num_computed_tokens = hit_tokens;
                 r.in_prefill = true;
                 if r.num_cached_tokens.is_none() {
@@ -207,7 +211,7 @@ impl Scheduler for VllmScheduler {
     }
 
     fn steady_decode(&self, reqs: &RequestTable) -> Option<&[RequestId]> {
-        // Phase B would run (and count prefix queries) whenever something waits, so nothing may wait.
+        // Phase B would run (and might admit) whenever something waits, so nothing may wait.
         if !self.waiting.is_empty()
             || self.running.is_empty()
             || self.running.len() as u64 > self.limits.max_num_batched_tokens as u64

@@ -130,6 +130,19 @@ impl Dist {
         }
     }
 
+    /// The largest value a draw can take: the clamp's `max`, the constant, the uniform's or Zipf's upper
+    /// end; infinity for an unclamped exponential, lognormal or gamma.
+    pub fn max_value(&self) -> f64 {
+        match *self {
+            Dist::Constant { value } => value,
+            Dist::Uniform { max, .. } => max,
+            Dist::Exponential { max, .. }
+            | Dist::Lognormal { max, .. }
+            | Dist::Gamma { max, .. } => max.unwrap_or(f64::INFINITY),
+            Dist::Zipf { max, .. } => max as f64,
+        }
+    }
+
     /// Builds a sampler. Call only after `validate` succeeded.
     pub fn sampler(&self) -> Sampler {
         let inner = match *self {

@@ -130,25 +130,15 @@ pub(crate) fn csv_columns<'a>(
 /// Reads a trace in the given format.
 pub fn read(cfg: &TraceConfig) -> Result<Trace, ConfigError> {
     let path = Path::new(&cfg.path);
-    let text = std::fs::read(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let text = String::from_utf8(text).map_err(|e| {
-        parse_err(
-            path,
-            1,
-            format!(
-                "not UTF-8 text (byte {}); is this the right file?",
-                e.utf8_error().valid_up_to()
-            ),
-        )
-    })?;
+    let text = crate::input::read_text(crate::input::InputKind::Trace, path)?;
     parse(&text, path, cfg)
 }
 
 /// Parses trace text already in memory (tests and fuzzing use this).
 pub fn parse(text: &str, path: &Path, cfg: &TraceConfig) -> Result<Trace, ConfigError> {
+    // A byte-order mark is dropped whatever the format (spreadsheet exports write one).
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    crate::input::check_line_lengths(text, path)?;
     let trace = match cfg.format {
         TraceFormat::Mooncake => mooncake::parse(text, path, cfg.block_tokens)?,
         TraceFormat::Azure => azure::parse(text, path, cfg.shared_prefix_tokens)?,
@@ -167,10 +157,7 @@ pub fn parse(text: &str, path: &Path, cfg: &TraceConfig) -> Result<Trace, Config
 
 /// Guesses a trace file's format from its first line.
 pub fn detect_format(path: &Path) -> Result<TraceFormat, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = crate::input::read_text(crate::input::InputKind::Trace, path)?;
     let first = text
         .lines()
         .next()

@@ -49,14 +49,18 @@ fn parse_prompt(s: &str) -> Option<Vec<Segment>> {
         .collect()
 }
 
-/// Writes records in the native format. Times are written with nanosecond precision, so a replay
-/// reproduces them exactly.
-pub fn write(records: &[TraceRecord], path: &Path) -> Result<(), OutputError> {
+/// Writes records in the native format to `out`; `path` names it in errors. Times are written with
+/// nanosecond precision, so a replay reproduces them exactly.
+pub fn write(
+    records: &[TraceRecord],
+    out: impl std::io::Write,
+    path: &Path,
+) -> Result<(), OutputError> {
     let err = |source| OutputError::Csv {
         path: path.to_path_buf(),
         source,
     };
-    let mut w = csv::Writer::from_path(path).map_err(err)?;
+    let mut w = csv::Writer::from_writer(out);
     w.write_record(COLUMNS).map_err(err)?;
     for r in records {
         // The native format has no failure marker; only generated workloads (which record none) are written.
@@ -255,7 +259,7 @@ mod tests {
         ];
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.csv");
-        write(&recs, &p).unwrap();
+        write(&recs, std::fs::File::create(&p).unwrap(), &p).unwrap();
         let back = parse(&std::fs::read_to_string(&p).unwrap(), &p).unwrap();
         assert_eq!(back.records, recs);
     }
