@@ -60,10 +60,16 @@ fn emit(text: &str) -> Result<(), Error> {
 /// A CSV written to standard output failed: report it as [`Error::Stdout`], so that a closed pipe ends
 /// the command quietly.
 fn stdout_error(e: OutputError) -> Error {
-    if let OutputError::Csv { source, .. } = &e {
-        if let csv::ErrorKind::Io(io) = source.kind() {
-            return Error::Stdout(std::io::Error::new(io.kind(), io.to_string()));
+    match &e {
+        OutputError::Csv { source, .. } => {
+            if let csv::ErrorKind::Io(io) = source.kind() {
+                return Error::Stdout(std::io::Error::new(io.kind(), io.to_string()));
+            }
         }
+        OutputError::Io { source, .. } => {
+            return Error::Stdout(std::io::Error::new(source.kind(), source.to_string()))
+        }
+        _ => {}
     }
     e.into()
 }

@@ -897,9 +897,59 @@ impl Source<'_> {
             let origin = format!("{} with --set {}", self.origin, overrides.join(" --set "));
             from_value(toml::Value::Table(table), &origin)?
         };
-        cfg.validate()?;
+        cfg.validate().map_err(|e| self.locate(e, overrides))?;
         Ok(cfg)
     }
+
+    /// Adds where a range error's key was set: the last `--set` that names it, or its line in the file.
+    fn locate(&self, e: ConfigError, overrides: &[String]) -> ConfigError {
+        let ConfigError::Invalid { key, message } = e else {
+            return e;
+        };
+        // "a.b / c.d" names two keys: the first locates it; "x[3].y" is the table path x.y.
+        let first = key.split(" / ").next().unwrap_or(&key);
+        let path: String = first
+            .split('.')
+            .map(|p| p.split('[').next().unwrap_or(p))
+            .collect::<Vec<_>>()
+            .join(".");
+        let related = |k: &str| {
+            k == path || path.starts_with(&format!("{k}.")) || k.starts_with(&format!("{path}."))
+        };
+        let by_override = overrides
+            .iter()
+            .rev()
+            .find(|o| o.split_once('=').is_some_and(|(k, _)| related(k.trim())));
+        let place = match by_override {
+            Some(o) => Some(format!("set by --set {o}")),
+            None => key_line(self.text, &path).map(|n| format!("set at {} line {n}", self.origin)),
+        };
+        ConfigError::Invalid {
+            key: match place {
+                Some(p) => format!("{key} ({p})"),
+                None => key,
+            },
+            message,
+        }
+    }
+}
+
+/// The line of `text` where the dotted key `path` is written, if it is.
+fn key_line(text: &str, path: &str) -> Option<usize> {
+    use toml_edit::TableLike;
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut table: &dyn TableLike = doc.as_table();
+    let mut span = None;
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let (k, item) = table.get_key_value(part)?;
+        span = k.span().or_else(|| item.span());
+        if parts.peek().is_some() {
+            table = item.as_table_like()?;
+        }
+    }
+    let start = span?.start;
+    Some(text.get(..start)?.matches('\n').count() + 1)
 }
 
 fn from_toml_str<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
@@ -1031,6 +1081,91 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("workload.session_rate"), "{e}");
+    }
+
+    #[test]
+    fn range_errors_say_where_the_key_was_set() {
+        // Line 3 of the file sets the rate.
+        let e = parse("[workload]\nduration_s = 10.0\nsession_rate = -2\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("workload.session_rate (set at test.toml line 3)"),
+            "{e}"
+        );
+        // An inline table's key: line 2.
+        let e = parse(
+            "[workload]\nturns = { dist = \"constant\", value = 20000 }\nduration_s = 1.0\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("workload.turns (set at test.toml line 2)"),
+            "{e}"
+        );
+        // An override wins over the file.
+        let e = parse(
+            "[workload]\nduration_s = 10.0\n",
+            &["workload.session_rate=-1"],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("(set by --set workload.session_rate=-1)"), "{e}");
+        // A key under a table header: line 2.
+        let e = parse(
+            "[engine]\nblock_size = 0\n[workload]\nduration_s = 1.0\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("engine.block_size (set at test.toml line 2)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn run_names_must_be_plain_file_names() {
+        for bad in ["..", ".", "../../x", "a/b", "a\\b", ""] {
+            let e = parse(
+                &format!("name = {bad:?}\n[workload]\nduration_s = 1.0\n"),
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.starts_with("name (set at test.toml line 1)"),
+                "{bad}: {e}"
+            );
+        }
+        parse("name = \"my-run.v2\"\n[workload]\nduration_s = 1.0\n", &[]).unwrap();
+    }
+
+    #[test]
+    fn arrival_rates_the_clock_cannot_follow_are_refused() {
+        // Poisson at 1e10/s: P(gap < 0.5 ns) = 1 - exp(-1e10 x 0.5e-9) = 1 - e^-5 = 99.3% > 99%.
+        let e = parse("[workload]\nduration_s = 1.0\nsession_rate = 1e10\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("workload.session_rate") && e.contains("1 ns"),
+            "{e}"
+        );
+        // At 1e9/s: 1 - e^-0.5 = 39% round to 0 ns; allowed, but 1e9 x 10 s = 1e10 sessions is too many.
+        let e = parse("[workload]\nduration_s = 10.0\nsession_rate = 1e9\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sessions, more than"), "{e}");
+        parse("[workload]\nmax_sessions = 5\nsession_rate = 1e9\n", &[]).unwrap();
+        // Gamma of shape 1e-300: every gap rounds to 0.
+        let e = parse(
+            "[workload]\nduration_s = 1.0\narrival = \"gamma\"\nburstiness = 1e-300\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("workload.burstiness"), "{e}");
     }
 
     #[test]

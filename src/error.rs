@@ -3,6 +3,14 @@
 use std::path::PathBuf;
 use thiserror::Error;
 
+/// The most characters of one user-supplied text an error message repeats: a message echoes what was
+/// wrong, never a whole 150 MB field.
+pub const MAX_ECHO_CHARS: usize = 1000;
+
+fn cap(s: &str) -> String {
+    crate::input::shorten(s, MAX_ECHO_CHARS)
+}
+
 /// Errors from user input: configuration files, overrides, catalogs, traces. They exit with code 2.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -14,14 +22,21 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// A TOML syntax or schema error; `message` carries the key path and, for files, the line and column.
-    #[error("{origin}: {message}")]
+    #[error("{}: {}", cap(origin), cap(message))]
     Parse { origin: String, message: String },
-    #[error("--set {arg}: {message}. Write overrides as key.path=value, e.g. --set engine.prefix_caching=false")]
+    #[error(
+        "--set {}: {}. Write overrides as key.path=value, e.g. --set engine.prefix_caching=false",
+        cap(arg),
+        cap(message)
+    )]
     BadOverride { arg: String, message: String },
     /// A value that parsed but makes no sense.
-    #[error("{key}: {message}")]
+    #[error("{}: {}", cap(key), cap(message))]
     Invalid { key: String, message: String },
-    #[error("{key} = \"{name}\" is not in the catalog; known: {known}. To fix: {hint}")]
+    #[error(
+        "{key} = \"{}\" is not in the catalog; known: {known}. To fix: {hint}",
+        cap(name)
+    )]
     UnknownCatalogEntry {
         key: String,
         name: String,

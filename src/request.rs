@@ -116,7 +116,13 @@ impl Request {
         max_tokens: u32,
         salt: u64,
     ) -> Request {
-        let prompt_tokens = prompt.iter().map(|s| s.len).sum();
+        // Only a rejected prompt can exceed u32::MAX tokens (an admitted one is below max_model_len): it
+        // is recorded as u32::MAX.
+        let prompt_tokens = prompt
+            .iter()
+            .map(|s| s.len as u64)
+            .sum::<u64>()
+            .min(u32::MAX as u64) as u32;
         Request {
             id,
             session,

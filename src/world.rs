@@ -7,7 +7,7 @@ use crate::cost::roofline::Roofline;
 use crate::cost::table::{read_mlp_table, TableCost};
 use crate::cost::CostModel;
 use crate::engine::EventQueue;
-use crate::error::{ConfigError, OutputError};
+use crate::error::{ConfigError, Error, OutputError};
 use crate::event::{Event, ReplicaId};
 use crate::kv::sizing::{size_engine_tp, EngineSizing};
 use crate::kv::KvCacheManager;
@@ -120,6 +120,12 @@ impl System {
     }
 }
 
+/// The latest virtual time a run may reach: 2^62 ns, about 146 years, a quarter of the clock's range, so
+/// that no sum of times inside a run can saturate it.
+pub const HORIZON: SimTime = SimTime(1 << 62);
+
+const SECONDS_PER_YEAR: f64 = 365.25 * 86_400.0;
+
 /// Counts the run loop keeps beyond the metrics.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunCounts {
@@ -207,8 +213,10 @@ impl<'a> World<'a> {
         }
     }
 
-    /// Runs to the end: every released request finished, or `max_sim_time_s` reached.
-    pub fn run(&mut self) -> Result<(), OutputError> {
+    /// Runs to the end: every released request finished, or `max_sim_time_s` reached. Virtual time past
+    /// [`HORIZON`] is an input error (a step, think time or trace gap of centuries), reported before the
+    /// clock could saturate.
+    pub fn run(&mut self) -> Result<(), Error> {
         if let Some((id, t)) = self.workload.next_session_start() {
             self.queue.push(t, Event::SessionStart(id));
         }
@@ -217,6 +225,21 @@ impl<'a> World<'a> {
             if self.stop_at.is_some_and(|s| t > s) {
                 self.counts.stopped_early = true;
                 break;
+            }
+            if t >= HORIZON {
+                return Err(ConfigError::invalid(
+                    "virtual time",
+                    format!(
+                        "the run reached {:.3e} s ({:.0} years) of virtual time, past the clock's horizon of \
+                         {:.0} years: a step time, think time or trace gap is far too long. Check \
+                         cost.roofline.step_overhead_s and the other cost.* times, workload.think_time_s, \
+                         workload.trace.speedup; or stop earlier with output.max_sim_time_s",
+                        t.as_secs_f64(),
+                        t.as_secs_f64() / SECONDS_PER_YEAR,
+                        HORIZON.as_secs_f64() / SECONDS_PER_YEAR
+                    ),
+                )
+                .into());
             }
             let (now, ev) = self.queue.pop().expect("peeked");
             if !matches!(ev, Event::Sample) {
@@ -252,7 +275,7 @@ impl<'a> World<'a> {
             m.finished + m.rejected + m.unfinished + m.failed,
             "invariant 1: request conservation"
         );
-        self.metrics.flush()
+        Ok(self.metrics.flush()?)
     }
 
     fn dispatch(&mut self, now: SimTime, ev: Event) -> Result<(), OutputError> {
@@ -329,11 +352,12 @@ impl<'a> World<'a> {
                 }
             }
             Event::Sample => {
-                // Over an idle stretch (nothing ran since the last sample and no replica holds work) the
-                // rows would repeat the last ones: none are written and sampling resumes with the next
-                // event, so the time series costs in proportion to activity, not to virtual time.
-                let idle = self.replicas.iter().all(|r| !r.has_work() && !r.is_busy());
-                if idle && !self.active_since_sample {
+                // Every value a row holds changes only at an event. When none ran since the last sample
+                // (an idle stretch, or one long step in flight) the rows would repeat the last ones but
+                // for their time: none are written, and sampling resumes at the first interval boundary
+                // at or after the next event, so the time series costs in proportion to activity, not
+                // to virtual time.
+                if !self.active_since_sample {
                     self.sampling_suspended = true;
                     return Ok(());
                 }

@@ -10,6 +10,7 @@ mod kv_property;
 mod leap;
 mod mooncake;
 mod queueing;
+mod robustness;
 mod rules;
 mod runs;
 mod traces;

@@ -114,7 +114,8 @@ pub fn size_engine_tp(
                     "model.name / hardware.name",
                     format!(
                         "the model does not fit: weights {:.2} GiB + activations {:.2} GiB exceed {:.2} GiB \
-                         ({} x gpu_memory_utilization {}); use a GPU with more memory, a smaller model, or raise \
+                         ({} x gpu_memory_utilization {}); split it over more GPUs with \
+                         hardware.tensor_parallel, use a GPU with more memory or a smaller model, or raise \
                          engine.gpu_memory_utilization",
                         weights / GIB,
                         activation_gib,
@@ -134,15 +135,36 @@ pub fn size_engine_tp(
     // because such a request could never be admitted and would block the queue forever.
     let need = (max_model_len as u64).div_ceil(e.block_size as u64) + 1;
     if (num_blocks as u64) < need {
+        let usable = num_blocks.saturating_sub(1) as u64;
+        let usable_tokens = usable * e.block_size as u64;
+        let more = if e.num_gpu_blocks.is_some() {
+            format!("raise engine.num_gpu_blocks to at least {need}")
+        } else {
+            "give the KV cache more memory (hardware.tensor_parallel, a GPU with more memory, or a higher \
+             engine.gpu_memory_utilization)"
+                .to_string()
+        };
+        // Below two tokens no sequence fits at all, and lowering max_model_len cannot help.
+        let (key, fix) = if usable_tokens < 2 {
+            (
+                if e.num_gpu_blocks.is_some() {
+                    "engine.num_gpu_blocks"
+                } else {
+                    "model.name / hardware.name"
+                },
+                more,
+            )
+        } else {
+            (
+                "engine.max_model_len",
+                format!("lower engine.max_model_len to at most {usable_tokens}, or {more}"),
+            )
+        };
         return Err(ConfigError::invalid(
-            "engine.max_model_len",
+            key,
             format!(
-                "the KV cache has {} usable blocks ({} tokens), fewer than one max_model_len ({}) sequence \
-                 needs; lower engine.max_model_len to at most {}, or give the KV cache more memory",
-                num_blocks.saturating_sub(1),
-                num_blocks.saturating_sub(1) as u64 * e.block_size as u64,
-                max_model_len,
-                num_blocks.saturating_sub(1) as u64 * e.block_size as u64
+                "the KV cache has {usable} usable blocks ({usable_tokens} tokens), fewer than one \
+                 max_model_len ({max_model_len}) sequence needs; {fix}"
             ),
         ));
     }

@@ -21,7 +21,15 @@ pub fn parse_wall_clock(s: &str) -> Option<f64> {
         d.next()?.parse().ok()?,
         d.next()?.parse().ok()?,
     );
-    if d.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if d.next().is_some() || !(1..=month_days).contains(&day) {
         return None;
     }
     let mut t = time.split(':');
@@ -147,6 +155,14 @@ mod tests {
             19_677.0 * 86_400.0
         );
         assert!(parse_wall_clock("2023-13-01 00:00:00").is_none());
+        // Days past the month's end are errors, not the next month (2023-02-31 is not March 3).
+        assert!(parse_wall_clock("2023-02-31 00:00:00").is_none());
+        assert!(parse_wall_clock("2023-02-29 00:00:00").is_none());
+        assert!(parse_wall_clock("2023-04-31 00:00:00").is_none());
+        // 2024 and 2000 are leap years (divisible by 4, and 2000 by 400); 1900 is not.
+        assert!(parse_wall_clock("2024-02-29 00:00:00").is_some());
+        assert!(parse_wall_clock("2000-02-29 00:00:00").is_some());
+        assert!(parse_wall_clock("1900-02-29 00:00:00").is_none());
         assert!(parse_wall_clock("yesterday").is_none());
     }
 

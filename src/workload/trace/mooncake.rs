@@ -29,6 +29,16 @@ pub fn parse(text: &str, path: &Path, block_tokens: u32) -> Result<Trace, Config
         if line.trim().is_empty() {
             continue;
         }
+        // serde would also read a JSON array as the record's fields in order: only objects are records.
+        if !line.trim_start().starts_with('{') {
+            return Err(parse_err(
+                path,
+                n,
+                "not a Mooncake record: each line must be a JSON object with timestamp, input_length, \
+                 output_length and hash_ids"
+                    .into(),
+            ));
+        }
         let l: Line = serde_json::from_str(line)
             .map_err(|e| parse_err(path, n, format!("not a Mooncake record: {e}")))?;
         if !(l.timestamp.is_finite() && l.timestamp >= 0.0) {
@@ -108,6 +118,24 @@ pub fn parse(text: &str, path: &Path, block_tokens: u32) -> Result<Trace, Config
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_array_is_not_a_record() {
+        // The same four values as an array: serde would map them to the fields in order.
+        let e = parse("[0, 10, 5, [1]]\n", Path::new("m.jsonl"), 512)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m.jsonl line 1") && e.contains("JSON object"),
+            "{e}"
+        );
+        let ok = parse(
+            "{\"timestamp\": 0, \"input_length\": 10, \"output_length\": 5, \"hash_ids\": [1]}\n",
+            Path::new("m.jsonl"),
+            512,
+        );
+        assert_eq!(ok.unwrap().records.len(), 1);
+    }
 
     fn p(text: &str) -> Result<Trace, ConfigError> {
         parse(text, Path::new("t.jsonl"), 512)
