@@ -148,6 +148,7 @@ fn calibrate_command(a: &CalibrateArgs) -> Result<(), Error> {
             a.model.replace(['/', '\\'], "_")
         ))
     });
+    crate::metrics::output::check_file_target(&out)?;
     let p = calibrate(&CalibrateOptions {
         model: a.model.clone(),
         scale,
@@ -262,6 +263,9 @@ fn load_config(a: &ConfigArgs) -> Result<Config, ConfigError> {
 fn workload_command(c: WorkloadCommand) -> Result<(), Error> {
     match c {
         WorkloadCommand::Export { source, out } => {
+            if out.as_os_str() != "-" {
+                crate::metrics::output::check_file_target(&out)?;
+            }
             let cfg = load_config(&source)?;
             if cfg.workload.kind != WorkloadKind::Conversational {
                 return Err(ConfigError::invalid(

@@ -42,7 +42,7 @@ pub enum WorkloadCommand {
     Export {
         #[command(flatten)]
         source: ConfigArgs,
-        /// The trace file to write.
+        /// The trace file to write (a regular file), or - for standard output.
         #[arg(long)]
         out: PathBuf,
     },

@@ -340,13 +340,9 @@ impl Drop for RunDir {
     }
 }
 
-/// Writes one output file atomically: `write` fills a temporary file beside `target`, which is then
-/// renamed over it. `target` must be absent or a regular file (never a device, a FIFO or a directory);
-/// nothing is left behind on failure or interrupt.
-pub fn write_file_atomically(
-    target: &Path,
-    write: impl FnOnce(&Path) -> Result<(), OutputError>,
-) -> Result<(), OutputError> {
+/// Checks that `target` may be written as a file (absent or a regular file); returns its parent and name.
+/// Commands that work long before writing call it first, so a refusal costs nothing.
+pub fn check_file_target(target: &Path) -> Result<(PathBuf, String), OutputError> {
     let (parent, name) = split(target)?;
     if let Ok(meta) = std::fs::metadata(target) {
         if !meta.is_file() {
@@ -356,6 +352,17 @@ pub fn write_file_atomically(
             ));
         }
     }
+    Ok((parent, name))
+}
+
+/// Writes one output file atomically: `write` fills a temporary file beside `target`, which is then
+/// renamed over it. `target` must be absent or a regular file (never a device, a FIFO or a directory);
+/// nothing is left behind on failure or interrupt.
+pub fn write_file_atomically(
+    target: &Path,
+    write: impl FnOnce(&Path) -> Result<(), OutputError>,
+) -> Result<(), OutputError> {
+    let (parent, name) = check_file_target(target)?;
     remove_stale(&parent, &name);
     let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
     register(&tmp);
