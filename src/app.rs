@@ -18,7 +18,9 @@ use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// Runs the CLI and returns the process exit code (0 ok, 2 bad input, 1 failure while writing).
+/// Runs the CLI and returns the process exit code (0 ok, 2 bad input, 1 failure while writing). An
+/// interrupt (SIGINT, SIGTERM, SIGHUP) removes the temporary outputs and exits with 128 + the signal from
+/// the signal thread this installs.
 pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
     crate::metrics::output::install_signal_cleanup();
     let cli = match Cli::try_parse_from(args) {
@@ -358,7 +360,6 @@ fn workload_command(c: WorkloadCommand) -> Result<(), Error> {
 
 /// The `servesim catalog` table.
 fn catalog_table(what: CatalogKind) -> String {
-    use std::fmt::Write;
     let mut out = String::new();
     let w = &mut out;
     match what {

@@ -770,6 +770,23 @@ impl Config {
                 format!("must be at least 0.001 s, got {ts}"),
             ));
         }
+        // Times a run reaches must stay inside the clock's horizon.
+        let horizon_s = crate::time::HORIZON.as_secs_f64();
+        for (k, v) in [
+            ("output.timeseries_interval_s", Some(ts)),
+            ("output.max_sim_time_s", self.output.max_sim_time_s),
+            ("workload.duration_s", self.workload.duration_s),
+        ] {
+            if let Some(v) = v.filter(|&v| v > horizon_s) {
+                return Err(ConfigError::invalid(
+                    k,
+                    format!(
+                        "{v:e} s is past the clock's horizon of {horizon_s:.4e} s (146 years of virtual \
+                         time); give a shorter time"
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -823,16 +840,34 @@ fn check_arrivals(w: &WorkloadConfig) -> Result<(), ConfigError> {
             ),
         ));
     }
-    let by_time = w.duration_s.map_or(f64::INFINITY, |d| d * w.session_rate);
-    let planned = by_time
-        .min(w.max_sessions.map_or(f64::INFINITY, |m| m as f64))
-        .min(w.max_requests.map_or(f64::INFINITY, |m| m as f64));
-    if planned.is_finite() && planned > MAX_PLANNED_SESSIONS {
-        return Err(ConfigError::invalid(
+    // The bound that binds names the key to change.
+    let bounds = [
+        (
             "workload.duration_s",
+            w.duration_s.map(|d| d * w.session_rate),
+            "shorten duration_s",
+        ),
+        (
+            "workload.max_sessions",
+            w.max_sessions.map(|m| m as f64),
+            "lower max_sessions",
+        ),
+        (
+            "workload.max_requests",
+            w.max_requests.map(|m| m as f64),
+            "lower max_requests",
+        ),
+    ];
+    let binding = bounds
+        .iter()
+        .filter_map(|(k, v, fix)| v.map(|v| (k, v, fix)))
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    if let Some((key, planned, fix)) = binding.filter(|b| b.1 > MAX_PLANNED_SESSIONS) {
+        return Err(ConfigError::invalid(
+            *key,
             format!(
-                "session_rate x duration_s = {planned:.3e} sessions, more than {MAX_PLANNED_SESSIONS:e}; \
-                 shorten duration_s or set max_sessions or max_requests"
+                "the workload plans up to {planned:.3e} sessions, more than {MAX_PLANNED_SESSIONS:e}; {fix} \
+                 (session_rate x duration_s, max_sessions and max_requests each bound it)"
             ),
         ));
     }
@@ -906,9 +941,12 @@ impl Source<'_> {
         let ConfigError::Invalid { key, message } = e else {
             return e;
         };
-        // "a.b / c.d" names two keys: the first locates it; "x[3].y" is the table path x.y.
-        let first = key.split(" / ").next().unwrap_or(&key);
-        let path: String = first
+        // "a.b / c.d" names two keys, and which one was set is not known: no location. "x[3].y" is the
+        // table path x.y.
+        if key.contains(" / ") {
+            return ConfigError::Invalid { key, message };
+        }
+        let path: String = key
             .split('.')
             .map(|p| p.split('[').next().unwrap_or(p))
             .collect::<Vec<_>>()
@@ -1156,7 +1194,14 @@ mod tests {
         let e = parse("[workload]\nduration_s = 10.0\nsession_rate = 1e9\n", &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("sessions, more than"), "{e}");
+        assert!(
+            e.contains("workload.duration_s") && e.contains("more than 1e9"),
+            "{e}"
+        );
+        let e = parse("[workload]\nmax_sessions = 2000000000\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("workload.max_sessions"), "{e}");
         parse("[workload]\nmax_sessions = 5\nsession_rate = 1e9\n", &[]).unwrap();
         // Gamma of shape 1e-300: every gap rounds to 0.
         let e = parse(

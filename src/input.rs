@@ -37,9 +37,9 @@ impl InputKind {
 
     fn max_bytes(self) -> u64 {
         match self {
-            // A trace is held in memory with its parsed records (about three times its text): at most a
-            // quarter of this machine's memory.
-            InputKind::Trace => crate::memory::physical_bytes().map_or(u64::MAX, |m| m / 4),
+            // A trace is held in memory with its parsed records: a Mooncake hash id of 2 characters
+            // becomes 24 bytes, so up to 12 times its text. At most a sixteenth of this machine's memory.
+            InputKind::Trace => crate::memory::physical_bytes().map_or(u64::MAX, |m| m / 16),
             _ => MAX_SMALL_FILE_BYTES,
         }
     }
@@ -81,10 +81,15 @@ pub fn read_text(kind: InputKind, path: &Path) -> Result<String, ConfigError> {
             kind,
             path,
             format!(
-                "it is {} MiB, more than the {} MiB this machine can read for it; cut it (e.g. with head) \
-                 or run on a machine with more memory",
-                meta.len() >> 20,
-                max >> 20
+                "it is {} bytes, more than the limit of {} bytes for a {}{}; cut it (e.g. with head)",
+                meta.len(),
+                max,
+                kind.describe(),
+                if kind == InputKind::Trace {
+                    " (a sixteenth of this machine's memory)"
+                } else {
+                    ""
+                }
             ),
         ));
     }

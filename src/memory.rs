@@ -20,8 +20,19 @@ pub const BYTES_PER_REPLICA: u64 = 64 << 10;
 /// The share of physical memory a run may plan to use.
 const USABLE_SHARE: f64 = 0.75;
 
-/// Physical memory of this machine in bytes, when the platform says.
+/// The memory this process may use, in bytes, when the platform says: physical memory, or the cgroup's
+/// `memory.max` when a container sets a lower one.
 pub fn physical_bytes() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    match (machine_bytes(), cgroup) {
+        (Some(m), Some(c)) => Some(m.min(c)),
+        (m, c) => m.or(c),
+    }
+}
+
+fn machine_bytes() -> Option<u64> {
     #[cfg(unix)]
     {
         // SAFETY: sysconf reads a system constant and has no preconditions.
@@ -53,10 +64,20 @@ pub fn check_fits(
     num_gpu_blocks: u32,
     physical: Option<u64>,
 ) -> Result<(), ConfigError> {
+    check_fits_parallel(cfg, num_gpu_blocks, 1, physical)
+}
+
+/// As [`check_fits`], for `parallel` such runs at once (`compare -j`): each gets its share of memory.
+pub fn check_fits_parallel(
+    cfg: &Config,
+    num_gpu_blocks: u32,
+    parallel: usize,
+    physical: Option<u64>,
+) -> Result<(), ConfigError> {
     let Some(physical) = physical.or_else(physical_bytes) else {
         return Ok(());
     };
-    let need = estimate_kv_bytes(cfg, num_gpu_blocks);
+    let need = estimate_kv_bytes(cfg, num_gpu_blocks).saturating_mul(parallel.max(1) as u64);
     let usable = (physical as f64 * USABLE_SHARE) as u64;
     if need <= usable {
         return Ok(());
@@ -70,14 +91,20 @@ pub fn check_fits(
         "cluster.replicas / engine.num_gpu_blocks",
         format!(
             "the run would hold about {} MiB of KV bookkeeping ({} replica(s) x {num_gpu_blocks} blocks x {} \
-             bytes), more than the {} MiB this machine can give it ({:.0}% of {} MiB); lower \
-             cluster.replicas or {blocks_key}",
+             bytes{}), more than the {} MiB this machine can give it ({:.0}% of {} MiB); lower \
+             cluster.replicas or {blocks_key}{}",
             need >> 20,
             cfg.cluster.replicas,
             BYTES_PER_BLOCK,
+            if parallel > 1 {
+                format!(", x {parallel} runs at once")
+            } else {
+                String::new()
+            },
             usable >> 20,
             USABLE_SHARE * 100.0,
-            physical >> 20
+            physical >> 20,
+            if parallel > 1 { ", or run fewer at once (-j)" } else { "" }
         ),
     ))
 }

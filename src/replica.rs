@@ -14,6 +14,9 @@ use crate::time::{SimDuration, SimTime};
 struct InFlight {
     plan: StepPlan,
     started: SimTime,
+    /// When the step ends, and the blocks in use while it runs (for `trim_after`).
+    ends: SimTime,
+    used: u32,
 }
 
 /// Counters a replica keeps for the summary.
@@ -227,7 +230,12 @@ impl Replica {
         self.stats.last_batch_tokens = plan.total_tokens();
         self.stats
             .add_usage(self.kv.num_used(), self.kv.usage(), dur);
-        self.in_flight = Some(InFlight { plan, started: now });
+        self.in_flight = Some(InFlight {
+            plan,
+            started: now,
+            ends: now + dur,
+            used: self.kv.num_used(),
+        });
         #[cfg(debug_assertions)]
         self.maybe_check_invariants();
         Some(dur)
@@ -560,6 +568,22 @@ impl Replica {
     }
 
     /// Removes every request still held (end of a truncated run), releasing their blocks.
+    /// A run stopped at `stop` with this replica's step in flight: takes back the part of the step's busy
+    /// time and block usage (counted in full when it started) that lies after `stop`, so time-weighted
+    /// means cover exactly [0, stop].
+    pub fn trim_after(&mut self, stop: SimTime) {
+        if let Some(f) = &self.in_flight {
+            if f.ends > stop {
+                let cut = f.ends.since(stop.max(f.started));
+                self.stats.busy = SimDuration(self.stats.busy.0.saturating_sub(cut.0));
+                self.stats.used_block_ns = self
+                    .stats
+                    .used_block_ns
+                    .saturating_sub(f.used as u128 * cut.0 as u128);
+            }
+        }
+    }
+
     pub fn drain(&mut self) -> Vec<Request> {
         let ids = self.scheduler.all_requests();
         self.scheduler.finish_requests(&ids);

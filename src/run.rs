@@ -221,7 +221,8 @@ fn summarize(world: &mut World, sys: &System, variant: &str) -> Summary {
     s.set("prefill_tokens_computed", m.prefilled_tokens);
     s.set_opt(
         "prefill_tokens_saved_frac",
-        (m.prompt_tokens > 0).then(|| m.cached_tokens as f64 / m.prompt_tokens as f64),
+        (m.admitted_prompt_tokens > 0)
+            .then(|| m.cached_tokens as f64 / m.admitted_prompt_tokens as f64),
     );
     let (mut q, mut h, mut pq, mut ph, mut pre, mut ev, mut steps) = (0, 0, 0, 0, 0, 0, 0);
     let (mut usage_s, mut peak) = (0.0, 0.0f64);

@@ -17,6 +17,10 @@ pub struct SimDuration(pub u64);
 
 const NS_PER_S: f64 = 1e9;
 
+/// The latest virtual time a run may reach: 2^62 ns, about 146 years, a quarter of the clock's range, so
+/// that no sum of times inside a run can saturate it.
+pub const HORIZON: SimTime = SimTime(1 << 62);
+
 impl SimTime {
     pub const ZERO: SimTime = SimTime(0);
 

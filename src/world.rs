@@ -120,9 +120,7 @@ impl System {
     }
 }
 
-/// The latest virtual time a run may reach: 2^62 ns, about 146 years, a quarter of the clock's range, so
-/// that no sum of times inside a run can saturate it.
-pub const HORIZON: SimTime = SimTime(1 << 62);
+pub use crate::time::HORIZON;
 
 const SECONDS_PER_YEAR: f64 = 365.25 * 86_400.0;
 
@@ -222,8 +220,13 @@ impl<'a> World<'a> {
         }
         self.queue.push(SimTime::ZERO, Event::Sample);
         while let Some(t) = self.queue.peek_time() {
-            if self.stop_at.is_some_and(|s| t > s) {
+            if let Some(stop) = self.stop_at.filter(|&s| t > s) {
                 self.counts.stopped_early = true;
+                // Time-weighted means then cover exactly [0, stop].
+                self.counts.end = stop;
+                for r in &mut self.replicas {
+                    r.trim_after(stop);
+                }
                 break;
             }
             if t >= HORIZON {
@@ -231,9 +234,10 @@ impl<'a> World<'a> {
                     "virtual time",
                     format!(
                         "the run reached {:.3e} s ({:.0} years) of virtual time, past the clock's horizon of \
-                         {:.0} years: a step time, think time or trace gap is far too long. Check \
-                         cost.roofline.step_overhead_s and the other cost.* times, workload.think_time_s, \
-                         workload.trace.speedup; or stop earlier with output.max_sim_time_s",
+                         {:.0} years: a step time, think time, session start or trace gap is far too \
+                         late. Check cost.roofline.step_overhead_s and the other cost.* times, \
+                         workload.think_time_s, workload.duration_s, workload.trace.speedup; or stop \
+                         earlier with output.max_sim_time_s",
                         t.as_secs_f64(),
                         t.as_secs_f64() / SECONDS_PER_YEAR,
                         HORIZON.as_secs_f64() / SECONDS_PER_YEAR
@@ -250,10 +254,10 @@ impl<'a> World<'a> {
                     // other events (samples come last in the same-instant order).
                     self.sampling_suspended = false;
                     let k = now.0.div_ceil(self.sample_interval.0);
-                    self.queue.push(
-                        SimTime(k.saturating_mul(self.sample_interval.0)),
-                        Event::Sample,
-                    );
+                    let at = SimTime(k.saturating_mul(self.sample_interval.0));
+                    if at < HORIZON {
+                        self.queue.push(at, Event::Sample);
+                    }
                 }
             }
             self.dispatch(now, ev)?;
@@ -384,8 +388,9 @@ impl<'a> World<'a> {
                         preemptions: rep.stats.preemptions,
                     })?;
                 }
-                if !self.queue.is_empty() {
-                    self.queue.push(now + self.sample_interval, Event::Sample);
+                let next = now + self.sample_interval;
+                if !self.queue.is_empty() && next < HORIZON {
+                    self.queue.push(next, Event::Sample);
                 }
             }
         }

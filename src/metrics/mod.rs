@@ -104,6 +104,9 @@ pub struct Collector {
     /// serve` counts completed requests, B1).
     pub finished_prompt_tokens: u64,
     pub finished_output_tokens: u64,
+    /// Prompt tokens of requests that were admitted at least once (their prefix lookup ran): the
+    /// denominator of `prefill_tokens_saved_frac`, which a rejected or never-scheduled prompt would skew.
+    pub admitted_prompt_tokens: u64,
     pub last_finish: SimTime,
     /// The time series' row buffer.
     row: RowBuf,
@@ -169,6 +172,7 @@ impl Collector {
             prefilled_tokens: 0,
             finished_prompt_tokens: 0,
             finished_output_tokens: 0,
+            admitted_prompt_tokens: 0,
             last_finish: SimTime::ZERO,
             row,
         })
@@ -201,6 +205,9 @@ impl Collector {
         self.output_tokens += r.num_output_tokens as u64;
         self.cached_tokens += r.num_cached_tokens.unwrap_or(0) as u64;
         self.prefilled_tokens += r.prefilled_tokens;
+        if r.num_cached_tokens.is_some() {
+            self.admitted_prompt_tokens += r.prompt_tokens as u64;
+        }
         match status {
             Status::Finished => {
                 self.finished += 1;

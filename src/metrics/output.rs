@@ -1,17 +1,18 @@
 //! Where outputs land, and the rules that keep a run from destroying anything that is not its own.
 //!
-//! - A run writes under a temporary directory `.NAME.partial-PID` beside its target and renames it into
-//!   place only when the run completed, so a failed run leaves nothing half-written behind.
+//! - A run writes under a temporary directory `.NAME.servesim-partial-PID` beside its target and renames
+//!   it into place only when the run completed, so a failed run leaves nothing half-written behind.
 //! - An existing target is replaced only when it is a servesim output directory: it holds `resolved.toml`
 //!   and every entry in it is a file servesim writes ([`OUTPUT_FILES`]) or a folder that is itself such
 //!   a directory (a comparison's variants and seeds). Anything else is named in the error and nothing is
 //!   touched. The target can never be the working directory or one of its ancestors, nor a symbolic link.
-//! - Single files (`workload export`, `calibrate`) are written as `.FILE.partial-PID` and renamed over
+//! - Single files (`workload export`, `calibrate`) are written as `.FILE.servesim-partial-PID` and renamed over
 //!   the target only when the target is absent or a regular file.
-//! - Every temporary path is registered while it exists; [`install_signal_cleanup`] removes them on
-//!   SIGINT, SIGTERM or SIGHUP before exiting with 128 + the signal number. Temporary paths left by a
-//!   process that no longer exists (killed with SIGKILL, a power cut) are removed by the next run that
-//!   writes beside them.
+//! - Every temporary path is registered while it exists, and so is every folder created to hold one;
+//!   [`install_signal_cleanup`] removes them on SIGINT, SIGTERM or SIGHUP, then lets the signal end the
+//!   process (a shell sees 130, 143 or 129). Temporary paths left by a process that no longer exists
+//!   (killed with SIGKILL, a power cut) are removed by the next run that writes beside them; only names
+//!   of servesim's own pattern are touched.
 
 use crate::error::OutputError;
 use std::path::{Path, PathBuf};
@@ -43,20 +44,25 @@ pub const OUTPUT_FILES: &[&str] = &[
 /// How deep a servesim output tree goes: a comparison holds `seed-S/VARIANT/` folders.
 const MAX_OUTPUT_DEPTH: usize = 3;
 
-/// Temporary paths that exist now and must go if the process is interrupted.
-static TEMPORARY: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// A path to remove if the process is interrupted.
+#[derive(Clone, Debug, PartialEq)]
+enum Temporary {
+    /// A temporary output, removed with everything in it.
+    Tree(PathBuf),
+    /// A folder created to hold one, removed only if empty (after the trees).
+    Folder(PathBuf),
+}
 
-fn temporaries() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+/// Temporary paths that exist now and must go if the process is interrupted.
+static TEMPORARY: Mutex<Vec<Temporary>> = Mutex::new(Vec::new());
+
+fn temporaries() -> std::sync::MutexGuard<'static, Vec<Temporary>> {
     // A panic while the lock is held cannot leave the list inconsistent (push and retain only).
     TEMPORARY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn register(path: &Path) {
-    temporaries().push(path.to_path_buf());
-}
-
-fn unregister(path: &Path) {
-    temporaries().retain(|p| p != path);
+fn unregister(t: &Temporary) {
+    temporaries().retain(|p| p != t);
 }
 
 fn remove_path(path: &Path) {
@@ -70,21 +76,31 @@ fn remove_path(path: &Path) {
         if r.is_ok() || !path.exists() {
             return;
         }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
-/// Removes every registered temporary path (run from the signal thread, then the process exits).
+/// Removes every registered temporary path: trees first, then the folders made for them (deepest first,
+/// each only if empty). Run from the signal thread; the process ends right after.
 fn remove_temporaries() {
     let list = temporaries();
-    for p in list.iter() {
-        remove_path(p);
+    for t in list.iter() {
+        if let Temporary::Tree(p) = t {
+            remove_path(p);
+        }
     }
-    // The lock stays held until exit so that no commit renames a half-removed directory into place.
+    for t in list.iter() {
+        if let Temporary::Folder(p) = t {
+            let _ = std::fs::remove_dir(p);
+        }
+    }
+    // The lock stays held until exit, so that no run creates or commits anything meanwhile.
     std::mem::forget(list);
 }
 
-/// Installs the handler that removes temporary outputs on SIGINT, SIGTERM or SIGHUP and exits with
-/// 130, 143 or 129. Call once, from the binary (the tests' harness keeps its own signal handling).
+/// Installs the handler that removes temporary outputs on SIGINT, SIGTERM or SIGHUP and then lets the
+/// signal end the process, so a shell sees 130, 143 or 129 and a loop around servesim stops too. Call
+/// once, from the binary (the tests' harness keeps its own signal handling).
 pub fn install_signal_cleanup() {
     #[cfg(unix)]
     {
@@ -97,10 +113,17 @@ pub fn install_signal_cleanup() {
             .spawn(move || {
                 if let Some(sig) = signals.forever().next() {
                     remove_temporaries();
+                    let _ = signal_hook::low_level::emulate_default_handler(sig);
                     std::process::exit(128 + sig);
                 }
             });
     }
+}
+
+/// The temporary name of `name`'s output while process `pid` writes it: servesim's own pattern, which
+/// no user file is likely to have and which the stale-temporary cleanup matches exactly.
+fn temporary_name(name: &str, what: &str, pid: u32) -> String {
+    format!(".{name}.servesim-{what}-{pid}")
 }
 
 /// True when process `pid` may still exist (so its temporary output must be left alone).
@@ -121,27 +144,35 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// Removes `.NAME.partial-PID` and `.NAME.old-PID` entries in `parent` whose process is gone.
-fn remove_stale(parent: &Path, name: &str) {
+/// Removes the temporaries of `name` in `parent` (`.NAME.servesim-partial-PID`, and with `dirs`
+/// `.NAME.servesim-old-PID`) whose process is gone.
+fn remove_stale(parent: &Path, name: &str, dirs: bool) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
+    };
+    let kinds: &[&str] = if dirs {
+        &["partial", "old"]
+    } else {
+        &["partial"]
     };
     for e in entries.flatten() {
         let file = e.file_name();
         let Some(file) = file.to_str() else { continue };
-        let Some(rest) = file
-            .strip_prefix('.')
-            .and_then(|f| f.strip_prefix(name))
-            .and_then(|f| {
-                f.strip_prefix(".partial-")
-                    .or_else(|| f.strip_prefix(".old-"))
-            })
-        else {
-            continue;
-        };
-        match rest.parse::<u32>() {
-            Ok(pid) if pid != std::process::id() && !process_alive(pid) => remove_path(&e.path()),
-            _ => {}
+        for what in kinds {
+            let prefix = temporary_name(name, what, 0);
+            let prefix = &prefix[..prefix.len() - 1];
+            let Some(pid) = file
+                .strip_prefix(prefix)
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if file == temporary_name(name, what, pid)
+                && pid != std::process::id()
+                && !process_alive(pid)
+            {
+                remove_path(&e.path());
+            }
         }
     }
 }
@@ -258,7 +289,36 @@ fn check_entries(root: &Path, dir: &Path, depth: usize) -> Result<(), OutputErro
 pub struct RunDir {
     final_path: PathBuf,
     tmp: PathBuf,
+    /// Folders created to hold the output (outermost first), removed again if the run fails.
+    made: Vec<PathBuf>,
     committed: bool,
+}
+
+/// Creates `dir` and any missing folders above it; returns those it created, outermost first.
+fn create_folders(dir: &Path) -> Result<Vec<PathBuf>, OutputError> {
+    let mut missing = Vec::new();
+    let mut d = Some(dir);
+    while let Some(p) = d.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(p.to_path_buf());
+        d = p.parent();
+    }
+    missing.reverse();
+    for (i, p) in missing.iter().enumerate() {
+        if let Err(e) = std::fs::create_dir(p) {
+            if !p.is_dir() {
+                remove_folders(&missing[..i]);
+                return Err(io(p)(e));
+            }
+        }
+    }
+    Ok(missing)
+}
+
+/// Removes folders `create_folders` made, innermost first, each only if empty.
+fn remove_folders(made: &[PathBuf]) {
+    for p in made.iter().rev() {
+        let _ = std::fs::remove_dir(p);
+    }
 }
 
 impl RunDir {
@@ -270,20 +330,26 @@ impl RunDir {
         if std::fs::symlink_metadata(final_path).is_ok() {
             check_replaceable(final_path)?;
         }
-        std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-        remove_stale(&parent, &name);
-        let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+        // Held while anything is created, so an interrupt sees either nothing or all of it registered.
+        let mut list = temporaries();
+        let made = create_folders(&parent)?;
+        list.extend(made.iter().rev().cloned().map(Temporary::Folder));
+        remove_stale(&parent, &name, true);
+        let tmp = parent.join(temporary_name(&name, "partial", std::process::id()));
         if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+            let _ = std::fs::remove_dir_all(&tmp);
         }
-        register(&tmp);
         if let Err(e) = std::fs::create_dir(&tmp) {
-            unregister(&tmp);
+            list.retain(|t| !matches!(t, Temporary::Folder(p) if made.contains(p)));
+            drop(list);
+            remove_folders(&made);
             return Err(io(&tmp)(e));
         }
+        list.push(Temporary::Tree(tmp.clone()));
         Ok(RunDir {
             final_path: final_path.to_path_buf(),
             tmp,
+            made,
             committed: false,
         })
     }
@@ -301,30 +367,45 @@ impl RunDir {
     /// again here: the run may have lasted long enough for someone to put a file into it).
     pub fn commit(mut self) -> Result<PathBuf, OutputError> {
         let exists = std::fs::symlink_metadata(&self.final_path).is_ok();
+        let (parent, name) = split(&self.final_path)?;
         if exists {
-            check_replaceable(&self.final_path)?;
+            if let Err(e) = check_replaceable(&self.final_path) {
+                // The run is done: keep its outputs where the user can find them.
+                let kept = parent.join(format!("{name}.servesim-new-{}", std::process::id()));
+                return Err(match std::fs::rename(&self.tmp, &kept) {
+                    Ok(()) => {
+                        self.committed = true;
+                        unregister(&Temporary::Tree(self.tmp.clone()));
+                        refused(
+                            &self.final_path,
+                            format!("{e}; this run's outputs are kept in {}", kept.display()),
+                        )
+                    }
+                    Err(_) => e,
+                });
+            }
         }
         // Held across the renames: an interrupt cannot remove the new outputs half-way into place.
         let mut list = temporaries();
-        let (parent, name) = split(&self.final_path)?;
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        let old = parent.join(temporary_name(&name, "old", std::process::id()));
         if exists {
-            list.push(old.clone());
+            list.push(Temporary::Tree(old.clone()));
             std::fs::rename(&self.final_path, &old).map_err(io(&self.final_path))?;
         }
         if let Err(e) = std::fs::rename(&self.tmp, &self.final_path) {
             if exists {
                 let _ = std::fs::rename(&old, &self.final_path);
             }
-            list.retain(|p| p != &old);
+            list.retain(|p| p != &Temporary::Tree(old.clone()));
             return Err(io(&self.final_path)(e));
         }
-        list.retain(|p| p != &self.tmp);
+        let made: Vec<Temporary> = self.made.iter().cloned().map(Temporary::Folder).collect();
+        list.retain(|p| p != &Temporary::Tree(self.tmp.clone()) && !made.contains(p));
         drop(list);
         self.committed = true;
         if exists {
             let removed = std::fs::remove_dir_all(&old);
-            unregister(&old);
+            unregister(&Temporary::Tree(old.clone()));
             removed.map_err(io(&old))?;
         }
         Ok(self.final_path.clone())
@@ -335,7 +416,9 @@ impl Drop for RunDir {
     fn drop(&mut self) {
         if !self.committed {
             let _ = std::fs::remove_dir_all(&self.tmp);
-            unregister(&self.tmp);
+            let made: Vec<Temporary> = self.made.iter().cloned().map(Temporary::Folder).collect();
+            temporaries().retain(|p| p != &Temporary::Tree(self.tmp.clone()) && !made.contains(p));
+            remove_folders(&self.made);
         }
     }
 }
@@ -363,14 +446,15 @@ pub fn write_file_atomically(
     write: impl FnOnce(&Path) -> Result<(), OutputError>,
 ) -> Result<(), OutputError> {
     let (parent, name) = check_file_target(target)?;
-    remove_stale(&parent, &name);
-    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    register(&tmp);
+    remove_stale(&parent, &name, false);
+    let tmp = parent.join(temporary_name(&name, "partial", std::process::id()));
+    let t = Temporary::Tree(tmp.clone());
+    temporaries().push(t.clone());
     let done = write(&tmp).and_then(|()| std::fs::rename(&tmp, target).map_err(io(target)));
     if done.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    unregister(&tmp);
+    unregister(&t);
     done
 }
 
@@ -419,20 +503,26 @@ mod tests {
     fn stale_temporaries_of_dead_processes_are_removed_live_ones_kept() {
         let tmp = tempfile::tempdir().unwrap();
         // PID 4194304 is above Linux's largest (pid_max is at most 2^22), so no process has it.
-        let dead = tmp.path().join(".x.partial-4194304");
-        let old = tmp.path().join(".x.old-4194304");
-        let other = tmp.path().join(".y.partial-4194304");
+        let dead = tmp.path().join(".x.servesim-partial-4194304");
+        let old = tmp.path().join(".x.servesim-old-4194304");
+        let other = tmp.path().join(".y.servesim-partial-4194304");
+        // A user's own hidden backups that merely look alike are never touched.
+        let users = tmp.path().join(".x.old-20240501");
+        let users2 = tmp.path().join(".x.servesim-partial-4194304x");
+        std::fs::create_dir(&users).unwrap();
+        std::fs::create_dir(&users2).unwrap();
         for p in [&dead, &old, &other] {
             std::fs::create_dir(p).unwrap();
         }
         // The parent process (the test harness' launcher) is alive.
         let parent_live = tmp.path().join(format!(
-            ".x.partial-{}",
+            ".x.servesim-partial-{}",
             std::os::unix::process::parent_id()
         ));
         std::fs::create_dir(&parent_live).unwrap();
         let r = RunDir::create(&tmp.path().join("x")).unwrap();
         assert!(!dead.exists() && !old.exists());
+        assert!(users.exists() && users2.exists());
         assert!(
             other.exists(),
             "another name's temporary is not ours to judge"

@@ -237,6 +237,7 @@ pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
     }
     // Resolve every variant first: a bad value fails before anything is written.
     let mut configs = Vec::new();
+    let mut sizes = Vec::new();
     for v in &vs {
         let mut all = o.set.clone();
         all.extend(v.overrides.iter().cloned());
@@ -245,8 +246,14 @@ pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
             crate::config::check_seed(s, "--seed")?;
             cfg.seed = s;
         }
-        System::resolve(&cfg)?;
+        let sys = System::resolve(&cfg)?;
+        sizes.push(sys.sizing.num_gpu_blocks);
         configs.push(cfg);
+    }
+    // Runs go in parallel: each must fit beside the others.
+    let parallel = effective_jobs(o.jobs, vs.len() * o.seeds as usize);
+    for (cfg, &blocks) in configs.iter().zip(&sizes) {
+        crate::memory::check_fits_parallel(cfg, blocks, parallel, None)?;
     }
     let base_seed = configs[0].seed;
     let last_seed = base_seed.saturating_add(o.seeds as u64 - 1);
@@ -322,10 +329,15 @@ pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
     })
 }
 
+/// The threads `jobs` gives `items` runs (0: one per available core), at most one per run.
+fn effective_jobs(jobs: usize, items: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if jobs == 0 { cores } else { jobs }.clamp(1, items.max(1))
+}
+
 /// `f` over `items` on up to `jobs` threads (0: one per available core), results in `items`' order.
 fn parallel_map<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = if jobs == 0 { cores } else { jobs }.clamp(1, items.len().max(1));
+    let threads = effective_jobs(jobs, items.len());
     if threads == 1 {
         return items.iter().map(f).collect();
     }
@@ -351,6 +363,19 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R 
     });
     out.sort_by_key(|&(i, _)| i);
     out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// A time series drawn as the step function it is: each value holds until the next row (rows are left out
+/// while nothing changes), so a point at the next row's time with the previous value precedes each row.
+fn steps(points: impl IntoIterator<Item = (f64, f64)>) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    for (t, y) in points {
+        if let Some(&(_, prev)) = out.last() {
+            out.push((t, prev));
+        }
+        out.push((t, y));
+    }
+    out
 }
 
 fn variant_dir(root: &Path, seeds: &[u64], seed: u64, name: &str) -> PathBuf {
@@ -610,9 +635,9 @@ fn write_plots(
         let replicas = (ts.len() / by_t.len().max(1)).max(1) as f64;
         usage.push((
             n.to_string(),
-            by_t.values().map(|v| (v[0], v[2] / replicas)).collect(),
+            steps(by_t.values().map(|v| (v[0], v[2] / replicas))),
         ));
-        queue.push((n.to_string(), by_t.values().map(|v| (v[0], v[1])).collect()));
+        queue.push((n.to_string(), steps(by_t.values().map(|v| (v[0], v[1])))));
         // Hit rate per 10-sample window, from the cumulative counters (as a Prometheus rate() would).
         let pts: Vec<[f64; 5]> = by_t.values().copied().collect();
         let mut h = Vec::new();
@@ -762,6 +787,15 @@ fn short(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_series_plot_as_steps() {
+        let s = steps([(0.0, 1.0), (5.0, 3.0), (6.0, 2.0)]);
+        assert_eq!(
+            s,
+            [(0.0, 1.0), (5.0, 1.0), (5.0, 3.0), (6.0, 3.0), (6.0, 2.0)]
+        );
+    }
 
     #[test]
     fn vary_splits_outside_braces() {
