@@ -486,6 +486,75 @@ mod tests {
     }
 
     #[test]
+    fn links_deep_folders_and_hidden_folders_are_foreign() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = |setup: &dyn Fn(&Path)| {
+            let d = tmp.path().join("run");
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("resolved.toml"), "").unwrap();
+            setup(&d);
+            RunDir::create(&d).err().map(|e| e.to_string())
+        };
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let e = run(&|d| std::os::unix::fs::symlink(&outside, d.join("requests.csv")).unwrap());
+        assert!(e.unwrap().contains("a symbolic link"));
+        let e = run(&|d| std::fs::create_dir_all(d.join("seed-1/a/b")).unwrap());
+        assert!(e.unwrap().contains("deeper than servesim writes"));
+        let e = run(&|d| std::fs::create_dir(d.join(".git")).unwrap());
+        assert!(e.unwrap().contains("a hidden folder"));
+        assert!(run(&|d| std::fs::create_dir_all(d.join("seed-1/a")).unwrap()).is_none());
+        // The target itself a link to a run directory: refused, the link and its target kept.
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(tmp.path().join("run"), &link).unwrap();
+        let e = RunDir::create(&link).err().unwrap().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(tmp.path().join("run/resolved.toml").exists());
+    }
+
+    #[test]
+    fn a_target_changed_during_the_run_keeps_the_new_outputs_aside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("run");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("resolved.toml"), "old").unwrap();
+        let r = RunDir::create(&d).unwrap();
+        std::fs::write(r.file("resolved.toml"), "new").unwrap();
+        // Someone adds a file of their own while the run goes on.
+        std::fs::write(d.join("notes.txt"), "mine").unwrap();
+        let e = r.commit().unwrap_err().to_string();
+        let kept = format!("run.servesim-new-{}", std::process::id());
+        assert!(e.contains("notes.txt") && e.contains(&kept), "{e}");
+        assert_eq!(files(&d), ["notes.txt", "resolved.toml"]);
+        assert_eq!(
+            std::fs::read_to_string(d.join("resolved.toml")).unwrap(),
+            "old"
+        );
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join(&kept).join("resolved.toml")).unwrap(),
+            "new"
+        );
+    }
+
+    #[test]
+    fn folders_made_for_a_failed_run_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = RunDir::create(&tmp.path().join("a/b/run")).unwrap();
+        assert!(tmp.path().join("a/b").is_dir());
+        drop(r);
+        assert!(files(tmp.path()).is_empty(), "{:?}", files(tmp.path()));
+        // Kept once the run commits.
+        let r = RunDir::create(&tmp.path().join("a/b/run")).unwrap();
+        r.commit().unwrap();
+        assert!(tmp.path().join("a/b/run").is_dir());
+        // Nothing of this run is left registered (other tests' entries may be, meanwhile).
+        assert!(!temporaries().iter().any(|t| match t {
+            Temporary::Tree(p) | Temporary::Folder(p) => p.starts_with(tmp.path()),
+        }));
+    }
+
+    #[test]
     fn a_servesim_directory_is_replaced_whole() {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path().join("cmp");
