@@ -79,7 +79,10 @@ impl ModelShape {
             ("num_experts", &c.num_experts),
             ("n_routed_experts", &c.n_routed_experts),
         ] {
-            if let Some(v) = v.as_ref().filter(|v| !v.is_null() && v.as_u64() != Some(1)) {
+            if let Some(v) = v
+                .as_ref()
+                .filter(|v| !(v.is_null() || v.as_u64().is_some_and(|n| n <= 1)))
+            {
                 return Err(refuse(format!(
                     "{field} = {} makes this a mixture-of-experts model, which servesim does not model yet \
                      (it would be priced and sized as a dense model); use a dense model's config",
