@@ -338,7 +338,15 @@ fn workload_command(c: WorkloadCommand) -> Result<(), Error> {
                     let cfg = load_config(&source)?;
                     let sys = System::resolve(&cfg)?;
                     let trace = match cfg.workload.kind {
-                        WorkloadKind::Trace => trace::read(&cfg.workload.trace)?,
+                        // What the run replays: the window and bounds applied.
+                        WorkloadKind::Trace => trace::TraceWorkload::load(
+                            &cfg.workload.trace,
+                            cfg.workload.duration_s,
+                            cfg.workload.max_requests,
+                            sys.sizing.max_model_len,
+                            cfg.engine.prefix_cache_scope == crate::config::CacheScope::Session,
+                        )?
+                        .into_trace(),
                         WorkloadKind::Conversational => Trace {
                             records: generate_records(&cfg, sys.sizing.max_model_len),
                             has_sessions: true,
@@ -413,7 +421,7 @@ pub fn human_summary(o: &RunOutcome) -> String {
     use std::fmt::Write;
     let _ = writeln!(
         out,
-        "servesim run: {} on {} ({} replica(s), {} KV blocks), cost model {}",
+        "servesim run: {} on {} ({} replica(s), {} KV blocks each), cost model {}",
         s.0["model"].as_str().unwrap_or("?"),
         s.0["hardware"].as_str().unwrap_or("?"),
         s.0["replicas"],

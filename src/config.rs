@@ -905,9 +905,9 @@ fn check_name(name: &str) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(
             "name",
             format!(
-                "{shown:?} is not a plain file name; the run name names its output directory results/<name>, \
-                 so it must be 1-200 characters without `/`, `\\` or control characters, and not `.` or `..` \
-                 (use --out to write elsewhere)"
+                "{shown:?} is not a plain file name; the run name names its output directory results/<name> \
+                 (and compare's results/compare-<name>), so it must be 1-200 characters without `/`, `\\` or \
+                 control characters, and not `.` or `..`: choose a name such as my-run-v2"
             ),
         ));
     }

@@ -745,7 +745,11 @@ fn error_messages_name_the_file_kind_where_it_was_set_and_the_fix() {
             "--set",
             "workload.trace.path=\"no/such.jsonl\"",
         ],
-        &["cannot read trace file no/such.jsonl"],
+        &[
+            "workload.trace.path",
+            "cannot read trace file no/such.jsonl",
+            "working directory",
+        ],
     );
     refused(
         &["--set", "hardware.catalog=\"no/such.toml\""],
@@ -797,6 +801,38 @@ fn error_messages_name_the_file_kind_where_it_was_set_and_the_fix() {
         "{} bytes of error",
         out.stderr.len()
     );
+}
+
+#[test]
+fn workload_stats_describes_what_the_run_replays() {
+    // The shipped Mooncake workload replays a 600 s window of the hour: stats must count that window.
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "--config",
+        "workloads/mooncake-conversation.toml",
+        "--set",
+        "workload.duration_s=60",
+    ];
+    let out = servesim()
+        .args(["workload", "stats"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text.lines().find(|l| l.starts_with("requests")).unwrap();
+    let stated: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let r = tmp.path().join("r");
+    servesim()
+        .args(["run", "-q"])
+        .args(args)
+        .arg("--out")
+        .arg(&r)
+        .assert()
+        .success();
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(r.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(s["requests"].as_u64().unwrap(), stated, "{text}");
+    assert!(stated < 12_031, "the window was not applied: {text}");
 }
 
 #[test]

@@ -724,45 +724,68 @@ fn diff(v: &str, base: &str) -> String {
 }
 
 fn render_table(names: &[&str], sums: &[Vec<Summary>]) -> String {
-    let mut out = String::new();
-    let width = names.iter().map(|n| n.len()).max().unwrap_or(8).max(14) + 2;
-    let _ = write!(out, "{:<26}", "metric");
-    for n in names {
-        let _ = write!(out, "{n:>width$}");
-    }
-    out.push('\n');
     let multi = sums.len() > 1;
-    for m in METRICS {
-        let _ = write!(out, "{m:<26}");
-        let base = mean_ci95(
-            &sums
-                .iter()
-                .filter_map(|s| val(&s[0], m))
-                .collect::<Vec<_>>(),
-        )
-        .0;
-        for vi in 0..names.len() {
-            let (mean, h) = mean_ci95(
+    // Every cell first, so each column is as wide as its widest cell (a mean with its CI and a delta).
+    let rows: Vec<Vec<String>> = METRICS
+        .iter()
+        .map(|m| {
+            let base = mean_ci95(
                 &sums
                     .iter()
-                    .filter_map(|s| val(&s[vi], m))
+                    .filter_map(|s| val(&s[0], m))
                     .collect::<Vec<_>>(),
-            );
-            let cell = if !mean.is_finite() {
-                "-".to_string()
-            } else if vi == 0 || base == 0.0 || !base.is_finite() {
-                match (multi, h) {
-                    (true, Some(h)) => format!("{} ±{}", short(mean), short(h)),
-                    _ => short(mean),
-                }
-            } else {
-                let pct = 100.0 * (mean - base) / base.abs();
-                match (multi, h) {
-                    (true, Some(h)) => format!("{} ±{} ({pct:+.0}%)", short(mean), short(h)),
-                    _ => format!("{} ({pct:+.1}%)", short(mean)),
-                }
-            };
-            let _ = write!(out, "{cell:>width$}");
+            )
+            .0;
+            (0..names.len())
+                .map(|vi| {
+                    let (mean, h) = mean_ci95(
+                        &sums
+                            .iter()
+                            .filter_map(|s| val(&s[vi], m))
+                            .collect::<Vec<_>>(),
+                    );
+                    if !mean.is_finite() {
+                        "-".to_string()
+                    } else if vi == 0 || base == 0.0 || !base.is_finite() {
+                        match (multi, h) {
+                            (true, Some(h)) => format!("{} ±{}", short(mean), short(h)),
+                            _ => short(mean),
+                        }
+                    } else {
+                        let pct = 100.0 * (mean - base) / base.abs();
+                        match (multi, h) {
+                            (true, Some(h)) => {
+                                format!("{} ±{} ({pct:+.0}%)", short(mean), short(h))
+                            }
+                            _ => format!("{} ({pct:+.1}%)", short(mean)),
+                        }
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let widths: Vec<usize> = (0..names.len())
+        .map(|vi| {
+            rows.iter()
+                .map(|r| r[vi].chars().count())
+                .chain([names[vi].chars().count(), 12])
+                .max()
+                .unwrap_or(12)
+                + 2
+        })
+        .collect();
+    let mut out = String::new();
+    let _ = write!(out, "{:<26}", "metric");
+    for (n, w) in names.iter().zip(&widths) {
+        let _ = write!(out, "{n:>w$}");
+    }
+    out.push('\n');
+    for (m, row) in METRICS.iter().zip(&rows) {
+        let _ = write!(out, "{m:<26}");
+        for (cell, w) in row.iter().zip(&widths) {
+            // Right-aligned by characters (`±` is one character of two bytes).
+            let pad = w.saturating_sub(cell.chars().count());
+            let _ = write!(out, "{}{cell}", " ".repeat(pad));
         }
         out.push('\n');
     }

@@ -130,7 +130,30 @@ pub(crate) fn csv_columns<'a>(
 /// Reads a trace in the given format.
 pub fn read(cfg: &TraceConfig) -> Result<Trace, ConfigError> {
     let path = Path::new(&cfg.path);
-    let text = crate::input::read_text(crate::input::InputKind::Trace, path)?;
+    let text =
+        crate::input::read_text(crate::input::InputKind::Trace, path).map_err(|e| match e {
+            // A relative path is read from the working directory, which a user running a shipped config
+            // from elsewhere may not expect.
+            ConfigError::Read { source, .. } => ConfigError::invalid(
+                "workload.trace.path",
+                format!(
+                    "cannot read trace file {}: {source}{}",
+                    path.display(),
+                    if path.is_relative() {
+                        format!(
+                        " (a relative path is read from the working directory, {}; run from the \
+                         directory the path is relative to, or give an absolute path)",
+                        std::env::current_dir()
+                            .map(|d| d.display().to_string())
+                            .unwrap_or_else(|_| "unknown".into())
+                    )
+                    } else {
+                        String::new()
+                    }
+                ),
+            ),
+            other => other,
+        })?;
     parse(&text, path, cfg)
 }
 
@@ -256,6 +279,10 @@ pub struct TraceWorkload {
     session_salt: bool,
     next_request: u64,
     content: String,
+    has_sessions: bool,
+    /// The replay's time origin (nominal seconds) and the factor its times are scaled by.
+    origin: f64,
+    scale: f64,
 }
 
 impl TraceWorkload {
@@ -387,7 +414,37 @@ impl TraceWorkload {
             session_salt,
             next_request: 0,
             content: trace.content,
+            has_sessions: trace.has_sessions,
+            origin,
+            scale,
         })
+    }
+
+    /// The records this replay releases (the window, bounds and closed-loop cuts applied), in trace order,
+    /// with recorded times shifted to the replay's start and scaled as the replay scales them: what
+    /// `workload stats --config` describes, so it describes what `run` replays.
+    pub fn into_trace(self) -> Trace {
+        let mut kept = vec![false; self.records.len()];
+        for &i in self.sessions.iter().flatten() {
+            kept[i] = true;
+        }
+        let (origin, scale) = (self.origin, self.scale);
+        let out: Vec<TraceRecord> = self
+            .records
+            .into_iter()
+            .zip(kept)
+            .filter(|(_, k)| *k)
+            .map(|(mut r, _)| {
+                r.arrival_s = r.arrival_s.map(|a| ((a - origin) * scale).max(0.0));
+                r
+            })
+            .collect();
+        Trace {
+            failed_rows: out.iter().filter(|r| r.failed).count() as u64,
+            records: out,
+            has_sessions: self.has_sessions,
+            content: self.content,
+        }
     }
 
     /// Requests the replay will release.
