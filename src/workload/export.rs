@@ -64,7 +64,10 @@ pub fn generate_records(cfg: &Config, max_model_len: u32) -> Vec<TraceRecord> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkloadStats {
     pub requests: usize,
+    /// Sessions with at least one request to run.
     pub sessions: usize,
+    /// Sessions whose every row is a recorded failure (a run counts them among its `sessions`).
+    pub failed_only_sessions: usize,
     pub turns_mean: f64,
     pub turns_max: u32,
     /// Recorded failures (kept in a replay as `failed` rows, not run); not in the other counts.
@@ -107,9 +110,17 @@ pub fn stats(trace: &Trace, block_size: u32) -> WorkloadStats {
     for x in &r {
         *turns.entry(x.session).or_default() += 1;
     }
+    let failed_only_sessions = trace
+        .records
+        .iter()
+        .filter(|x| x.failed && !turns.contains_key(&x.session))
+        .map(|x| x.session)
+        .collect::<std::collections::HashSet<u64>>()
+        .len();
     WorkloadStats {
         requests: r.len(),
         sessions: turns.len(),
+        failed_only_sessions,
         turns_mean: r.len() as f64 / turns.len().max(1) as f64,
         turns_max: turns.values().copied().max().unwrap_or(0),
         failed_rows: trace.failed_rows,
@@ -137,11 +148,19 @@ impl fmt::Display for WorkloadStats {
             )?;
         }
         writeln!(f)?;
-        writeln!(
+        write!(
             f,
             "sessions        {} (turns per session: mean {:.2}, max {})",
             self.sessions, self.turns_mean, self.turns_max
         )?;
+        if self.failed_only_sessions > 0 {
+            write!(
+                f,
+                " and {} of recorded failures only",
+                self.failed_only_sessions
+            )?;
+        }
+        writeln!(f)?;
         writeln!(
             f,
             "span            {:.1} s (nominal arrivals), rate {:.3} req/s",
