@@ -11,7 +11,9 @@
 //!   [`kv`] manager (block pool + prefix cache), the [`cost`] model prices it, and at the step's end tokens
 //!   are emitted and finished requests leave.
 //! - [`metrics`]: the per-request CSV, the time series and the summary; [`run`] ties a config to an output
-//!   directory. [`config`] holds every default; [`rng`] the named random streams.
+//!   directory ([`metrics::output`]: the rules that keep a run from destroying anything not its own).
+//!   [`config`] holds every default and range; [`input`] reads user files safely; [`memory`] refuses a
+//!   run that cannot fit; [`rng`] the named random streams.
 
 pub mod app;
 #[cfg(feature = "calibrate")]
