@@ -293,11 +293,28 @@ pub enum CacheScope {
     Session,
 }
 
+/// Which engine family a replica runs (its scheduler and the KV store it drives); chosen in
+/// `system.rs`, as `cost.kind` chooses the cost model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// vLLM V1: continuous batching with chunked prefill and recompute preemption over a paged block pool
+    /// with a prefix cache (the rules in the README).
+    Vllm,
+}
+
+impl EngineKind {
+    /// Every kind, for tests that must cover each (the leap equality tests).
+    pub const ALL: &'static [EngineKind] = &[EngineKind::Vllm];
+}
+
 /// One serving instance, with vLLM V1's knobs and defaults. `None` means "derive as vLLM does"; the resolved
 /// config written with each run states the value used.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
+    /// The engine family (default `vllm`).
+    pub kind: EngineKind,
     pub policy: SchedulingPolicy,
     pub max_num_batched_tokens: Option<u32>,
     pub max_num_seqs: Option<u32>,
@@ -318,6 +335,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
+            kind: EngineKind::Vllm,
             policy: SchedulingPolicy::Fcfs,
             max_num_batched_tokens: None,
             max_num_seqs: None,

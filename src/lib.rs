@@ -9,7 +9,9 @@
 //!   [`router`] to a [`replica`].
 //! - [`replica`]: runs engine steps: its [`scheduler`] (vLLM V1's rules) plans a step through the
 //!   [`kv`] manager (block pool + prefix cache), the [`cost`] model prices it, and at the step's end tokens
-//!   are emitted and finished requests leave.
+//!   are emitted and finished requests leave. Runs of pure-decode steps are advanced at once under the
+//!   leap contract written at the top of [`replica`]: read it before adding a scheduler, a KV store, a
+//!   cost model or a statistic.
 //! - [`metrics`]: the per-request CSV, the time series and the summary; [`run`] ties a config to an output
 //!   directory ([`metrics::output`]: the rules that keep a run from destroying anything not its own).
 //!   [`config`] holds every default and range; [`input`] reads user files safely; [`memory`] refuses a
@@ -37,6 +39,7 @@ pub mod rng;
 pub mod router;
 pub mod run;
 pub mod scheduler;
+pub mod system;
 pub mod time;
 pub mod workload;
 pub mod world;

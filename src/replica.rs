@@ -1,5 +1,42 @@
 //! One serving instance: applies its scheduler's plan through the KV manager, asks the cost model for the
 //! step's duration, and advances requests when the step completes.
+//!
+//! # The leap contract
+//!
+//! [`Replica::leap`] advances a run of pure-decode steps in one call instead of one `Schedule` and one
+//! `StepDone` event per step. `--no-leap` steps one by one, and every output must be byte-identical either
+//! way (`tests/leap.rs`). A leap of k steps is exact only while all of these hold; whoever adds a
+//! scheduler, a KV store, a cost model or a statistic must keep them, or make the leap decline:
+//!
+//! 1. **Scheduler.** While nothing is added, finished or allocated, every `schedule` would pick the same
+//!    requests, one token each, in the same order, and change no other state ([`Scheduler::steady_decode`]
+//!    says so, or returns None, its default, and the replica steps one by one). A policy with per-step state
+//!    (an adaptive batch size, a decaying ratio, a random draw) must return None.
+//! 2. **KV calls.** Between KV events, `KvCacheManager::allocate_slots(r, 1)` is a no-op (its fast path);
+//!    `kv_event_step` below predicts exactly the steps where it is not, and must change with that fast
+//!    path. At those steps allocation happens in the scheduler's order and fails exactly when the free queue
+//!    is short (`need > num_free`), where the leap stops and the scheduler takes over.
+//! 3. **Counters and hashes in between.** Request counters are brought up to date only at KV events and
+//!    at the end (`sync_leap`), block hashes only at the end: `allocate_slots` updates the hashes itself
+//!    when it registers a block.
+//! 4. **Pricing.** Step times are added in the same order as one by one (`cost::total_seconds` is a left
+//!    fold, which the leap reproduces as `before + v + rest`); the cost model honours
+//!    `CostModel::decode_context_times`' contract (tested by `check_decode_context_contract`); every
+//!    duration is rounded by `cost::step_duration`.
+//! 5. **Statistics.** Only order-free integer sums: operator femtoseconds (`ReplicaStats::op_fs`), the
+//!    inter-token histogram, the `used_block_ns` integral. KV usage changes only at allocation steps.
+//! 6. **Time.** Every running request sampled its last token at `now`; the leap ends strictly before the
+//!    next queued event anywhere (a time-series sample included) and at most 1 ns past the stop time.
+//! 7. **Events.** A leap stands in for exactly 2k - 1 events (`EventQueue::count_skipped`), because the
+//!    event count is reported; its last `Schedule`, or its finished requests' work, happens at the leap's
+//!    end, with the leap's end as the run's last activity.
+//! 8. **Time series.** `batch_tokens` of a sample comes from `ReplicaStats::last_batch_tokens`, which the
+//!    leap sets as the last step would.
+//! 9. **Randomness.** No random draw happens inside a step (routing draws at arrival, an event).
+//!
+//! Debug builds check 2 and 3 against a full scan at every leap step (`sync_leap` and the invariant
+//! checks); the leap tests check the whole on workloads with prefix hits, preemption, several replicas,
+//! priorities, trace replay and every cost model.
 
 use crate::cost::{seconds_to_fs, step_duration, total_seconds, BatchShape, CostModel, OpTime};
 use crate::event::ReplicaId;

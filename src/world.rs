@@ -1,124 +1,21 @@
-//! The world owns everything in a run and dispatches each event with one `match`.
+//! The world owns everything in a run and dispatches each event with one `match`. It knows the loop,
+//! not how the parts are built: [`crate::system`] wires them from the config.
 
-use crate::config::{CacheScope, Config, CostKind, WorkloadKind};
-use crate::cost::catalog::{HardwareSpec, ModelShape};
-use crate::cost::linear::LinearCost;
-use crate::cost::roofline::Roofline;
-use crate::cost::table::{read_mlp_table, TableCost};
+use crate::config::Config;
 use crate::cost::CostModel;
 use crate::engine::EventQueue;
 use crate::error::{ConfigError, Error, OutputError};
 use crate::event::{Event, ReplicaId};
-use crate::kv::sizing::{size_engine_tp, EngineSizing};
-use crate::kv::KvCacheManager;
 use crate::metrics::{Collector, Sample};
 use crate::replica::{Leapt, Replica};
 use crate::request::{Request, Status};
-use crate::rng::RngStreams;
 use crate::router::{self, Router};
-use crate::scheduler::vllm_v1::{Limits, VllmScheduler};
+pub use crate::system::System;
 use crate::time::{SimDuration, SimTime};
-use crate::workload::conversation::{ConversationGenerator, Release};
-use crate::workload::trace::TraceWorkload;
+use crate::workload::conversation::Release;
 use crate::workload::Workload;
 use std::io::IsTerminal;
 use std::time::Instant;
-
-/// The system a config describes, resolved: model, hardware, engine sizing. Resolving is where impossible
-/// configurations are caught, before any output is created.
-#[derive(Clone, Debug)]
-pub struct System {
-    pub model: ModelShape,
-    pub hardware: HardwareSpec,
-    pub sizing: EngineSizing,
-}
-
-impl System {
-    pub fn resolve(cfg: &Config) -> Result<System, ConfigError> {
-        let model = ModelShape::load(&cfg.model.name)?;
-        let hardware =
-            HardwareSpec::load_with(&cfg.hardware.name, cfg.hardware.catalog.as_deref())?;
-        let sizing = size_engine_tp(&cfg.engine, &model, &hardware, cfg.hardware.tensor_parallel)?;
-        crate::memory::check_fits(cfg, sizing.num_gpu_blocks, None)?;
-        Ok(System {
-            model,
-            hardware,
-            sizing,
-        })
-    }
-
-    /// Builds the workload; trace files are read (and checked) here, before any output exists.
-    pub fn workload(&self, cfg: &Config) -> Result<Box<dyn Workload>, ConfigError> {
-        let w = &cfg.workload;
-        let salted = cfg.engine.prefix_cache_scope == CacheScope::Session;
-        Ok(match w.kind {
-            WorkloadKind::Conversational => Box::new(ConversationGenerator::new(
-                w,
-                RngStreams::new(cfg.seed),
-                self.sizing.max_model_len,
-                salted,
-            )),
-            WorkloadKind::Trace => Box::new(TraceWorkload::load(
-                &w.trace,
-                w.duration_s,
-                w.max_requests,
-                self.sizing.max_model_len,
-                salted,
-            )?),
-        })
-    }
-
-    /// The roofline of one GPU of a replica (the model split tensor-parallel).
-    pub fn roofline(&self, cfg: &Config) -> Result<Roofline, ConfigError> {
-        let hw = &cfg.hardware;
-        Ok(Roofline::new(
-            self.model.per_rank(hw.tensor_parallel)?,
-            self.hardware.clone(),
-            cfg.cost.roofline.clone(),
-            hw.tensor_parallel,
-            hw.interconnect_gbps,
-            hw.allreduce_latency_s,
-        ))
-    }
-
-    /// Builds the configured cost model; profile and table files are read (and checked) here.
-    pub fn cost_model(&self, cfg: &Config) -> Result<Box<dyn CostModel>, ConfigError> {
-        let datasheet = matches!(cfg.cost.kind, CostKind::Roofline | CostKind::Table);
-        if datasheet && self.model.dtype_bytes != 2 {
-            return Err(ConfigError::invalid(
-                "cost.kind",
-                format!(
-                    "the {} cost model prices 16-bit (bf16/fp16) weights at the GPU's bf16 peak, and model \
-                     {} is {}-bit; use a bf16 config, or cost.kind = \"calibrated\" or \"linear\"",
-                    if cfg.cost.kind == CostKind::Roofline { "roofline" } else { "table" },
-                    self.model.name,
-                    8 * self.model.dtype_bytes
-                ),
-            ));
-        }
-        Ok(match cfg.cost.kind {
-            CostKind::Roofline => Box::new(self.roofline(cfg)?),
-            CostKind::Linear => Box::new(LinearCost {
-                p: cfg.cost.linear.clone(),
-            }),
-            CostKind::Table => Box::new(TableCost::new(
-                read_mlp_table(
-                    std::path::Path::new(&cfg.cost.table.mlp),
-                    &self.model,
-                    cfg.hardware.tensor_parallel,
-                )?,
-                self.roofline(cfg)?,
-            )),
-            CostKind::Calibrated => {
-                let path = cfg.cost.profile.as_deref().unwrap_or_default();
-                Box::new(crate::cost::calibrated::CalibratedCost::load(
-                    std::path::Path::new(path),
-                    &self.model.per_rank(cfg.hardware.tensor_parallel)?,
-                )?)
-            }
-        })
-    }
-}
 
 pub use crate::time::HORIZON;
 
@@ -167,28 +64,8 @@ impl<'a> World<'a> {
         show_progress: bool,
         leap: bool,
     ) -> World<'a> {
-        let s = &sys.sizing;
         let replicas = (0..cfg.cluster.replicas)
-            .map(|id| {
-                let limits = Limits {
-                    max_num_batched_tokens: s.max_num_batched_tokens,
-                    max_num_seqs: s.max_num_seqs,
-                    max_model_len: s.max_model_len,
-                    enable_chunked_prefill: cfg.engine.enable_chunked_prefill,
-                    long_prefill_token_threshold: cfg.engine.long_prefill_token_threshold,
-                    policy: cfg.engine.policy,
-                };
-                Replica::new(
-                    id,
-                    Box::new(VllmScheduler::new(limits)),
-                    KvCacheManager::new(
-                        s.num_gpu_blocks,
-                        cfg.engine.block_size,
-                        cfg.engine.prefix_caching,
-                    ),
-                    s.max_model_len,
-                )
-            })
+            .map(|id| sys.replica(cfg, id))
             .collect();
         World {
             cfg,

@@ -2,7 +2,7 @@
 //! workloads with prefix hits, preemption, several replicas, priorities and trace replay.
 
 use crate::common::*;
-use servesim::config::Config;
+use servesim::config::{Config, EngineKind};
 use servesim::run::{run, RunOptions};
 
 fn both(name: &str, cfg: &Config) -> u64 {
@@ -33,6 +33,36 @@ fn both(name: &str, cfg: &Config) -> u64 {
         assert!(x == y, "{name}: {f} differs between leaping and stepping");
     }
     a.leapt_steps
+}
+
+/// Every engine kind, each on a workload with prefix hits and one with preemption. A new kind must be
+/// added to `EngineKind::ALL` and given its name here (the match is exhaustive, so the build fails until
+/// it is): the leap contract (`replica.rs`) then holds for it, or its `steady_decode` declines to leap.
+#[test]
+fn leap_equals_step_for_every_engine_kind() {
+    for &kind in EngineKind::ALL {
+        let name = match kind {
+            EngineKind::Vllm => "vllm",
+        };
+        let set = format!("engine.kind=\"{name}\"");
+        both(
+            name,
+            &config(SMALL_CHAT, &[&set, "workload.duration_s=20.0"]),
+        );
+        both(
+            name,
+            &config(
+                SMALL_CHAT,
+                &[
+                    &set,
+                    "workload.duration_s=20.0",
+                    "engine.num_gpu_blocks=2100",
+                    "workload.doc_probability=0.3",
+                    "workload.session_rate=6.0",
+                ],
+            ),
+        );
+    }
 }
 
 #[test]

@@ -20,8 +20,9 @@ use piece_pool::{PieceHit, PiecePool, Translation};
 
 use crate::request::{Request, RequestId};
 
-/// Prefix-cache counters, counted as vLLM counts them (P1): in tokens, per lookup; lookups for requests that
-/// were preempted before go to the `preempted_*` counters, which vLLM does not export.
+/// Prefix-cache counters, counted as current vLLM counts them (P1, PR #48860): in tokens, once per admitted
+/// request (see [`KvCacheManager::record_admission`]); lookups for requests that were preempted before go to
+/// the `preempted_*` counters, which vLLM does not export.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PrefixStats {
     pub queries: u64,
@@ -363,6 +364,10 @@ impl KvCacheManager {
     /// (evictable cached blocks included) cannot supply the new blocks plus the hit blocks that must leave it.
     /// On success registers every block the step will fill in the prefix cache, before the forward pass, so
     /// a later request in the same step can hit them.
+    ///
+    /// Its fast path (a step that needs no block and fills none) is mirrored by `replica::kv_event_step`,
+    /// which predicts the steps of a decode leap where this call does something: change them together (the
+    /// leap contract in `replica.rs`).
     #[inline]
     pub fn allocate_slots(&mut self, req: &mut Request, num_new: u32, hit: CacheHit) -> bool {
         let bs = self.block_size as u64;

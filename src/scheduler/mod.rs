@@ -6,6 +6,10 @@
 //! allocations through the replica's [`KvCacheManager`] as it decides, exactly as vLLM's scheduler calls
 //! `allocate_slots`. It never sees a request's true output length (invariant 6): requests carry only
 //! `max_tokens`.
+//!
+//! A new policy is correct before it is fast: [`Scheduler::steady_decode`] defaults to None, and the
+//! replica then steps one by one. To let the replica leap over runs of decode steps, implement it under
+//! the leap contract written at the top of `replica.rs`.
 
 pub mod vllm_v1;
 pub mod waiting;
@@ -13,8 +17,8 @@ pub mod waiting;
 use crate::kv::KvCacheManager;
 use crate::request::{Request, RequestId};
 
-/// The requests of one replica, by id. Boxed: a decode leap moves its whole batch out of the table and
-/// back, and a request is a few hundred bytes.
+/// The requests of one replica, by id. Boxed, so that a table slot stays 8 bytes while a request is a
+/// few hundred.
 pub type RequestTable = crate::idtable::IdTable<Box<Request>>;
 
 /// What one step computes.
@@ -60,6 +64,9 @@ pub trait Scheduler {
     /// running request needs exactly one token, and one step's budget covers them all. Contract: while no
     /// request is added, finishes, or needs a KV block allocated or registered, every `schedule` call would
     /// schedule exactly these requests, one token each, in this order, and change nothing else. None when
-    /// that does not hold. (Used to advance runs of such steps at once, exactly.)
-    fn steady_decode(&self, reqs: &RequestTable) -> Option<&[RequestId]>;
+    /// that does not hold. (Used to advance runs of such steps at once, exactly: see the leap contract in
+    /// `replica.rs`.) The default, None, always steps one by one.
+    fn steady_decode(&self, _reqs: &RequestTable) -> Option<&[RequestId]> {
+        None
+    }
 }

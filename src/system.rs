@@ -1,0 +1,157 @@
+//! Wiring: turns a config into the parts of a run (model, hardware, engine sizing, workload, cost model,
+//! and each replica with its scheduler and KV store), apart from the loop that runs them (`world.rs`).
+//!
+//! Every choice of a kind is made here, in one `match` per slot: `engine.kind` picks the scheduler (the
+//! engine family), `cost.kind` the cost model, `workload.kind` the workload, `cluster.router` the router
+//! (`router::build`). To add an engine: write its scheduler as one file under `scheduler/`, add its
+//! `EngineKind` arm in `config.rs`, and build it in [`System::scheduler`]; the compiler then points at
+//! every `match` over the kinds, the leap tests included.
+
+use crate::config::{CacheScope, Config, CostKind, EngineKind, WorkloadKind};
+use crate::cost::catalog::{HardwareSpec, ModelShape};
+use crate::cost::linear::LinearCost;
+use crate::cost::roofline::Roofline;
+use crate::cost::table::{read_mlp_table, TableCost};
+use crate::cost::CostModel;
+use crate::error::ConfigError;
+use crate::event::ReplicaId;
+use crate::kv::sizing::{size_engine_tp, EngineSizing};
+use crate::kv::KvCacheManager;
+use crate::replica::Replica;
+use crate::rng::RngStreams;
+use crate::scheduler::vllm_v1::{Limits, VllmScheduler};
+use crate::scheduler::Scheduler;
+use crate::workload::conversation::ConversationGenerator;
+use crate::workload::trace::TraceWorkload;
+use crate::workload::Workload;
+
+/// The system a config describes, resolved: model, hardware, engine sizing. Resolving is where impossible
+/// configurations are caught, before any output is created.
+#[derive(Clone, Debug)]
+pub struct System {
+    pub model: ModelShape,
+    pub hardware: HardwareSpec,
+    pub sizing: EngineSizing,
+}
+
+impl System {
+    pub fn resolve(cfg: &Config) -> Result<System, ConfigError> {
+        let model = ModelShape::load(&cfg.model.name)?;
+        let hardware =
+            HardwareSpec::load_with(&cfg.hardware.name, cfg.hardware.catalog.as_deref())?;
+        let sizing = size_engine_tp(&cfg.engine, &model, &hardware, cfg.hardware.tensor_parallel)?;
+        crate::memory::check_fits(cfg, sizing.num_gpu_blocks, None)?;
+        Ok(System {
+            model,
+            hardware,
+            sizing,
+        })
+    }
+
+    /// Builds the workload; trace files are read (and checked) here, before any output exists.
+    pub fn workload(&self, cfg: &Config) -> Result<Box<dyn Workload>, ConfigError> {
+        let w = &cfg.workload;
+        let salted = cfg.engine.prefix_cache_scope == CacheScope::Session;
+        Ok(match w.kind {
+            WorkloadKind::Conversational => Box::new(ConversationGenerator::new(
+                w,
+                RngStreams::new(cfg.seed),
+                self.sizing.max_model_len,
+                salted,
+            )),
+            WorkloadKind::Trace => Box::new(TraceWorkload::load(
+                &w.trace,
+                w.duration_s,
+                w.max_requests,
+                self.sizing.max_model_len,
+                salted,
+            )?),
+        })
+    }
+
+    /// The roofline of one GPU of a replica (the model split tensor-parallel).
+    pub fn roofline(&self, cfg: &Config) -> Result<Roofline, ConfigError> {
+        let hw = &cfg.hardware;
+        Ok(Roofline::new(
+            self.model.per_rank(hw.tensor_parallel)?,
+            self.hardware.clone(),
+            cfg.cost.roofline.clone(),
+            hw.tensor_parallel,
+            hw.interconnect_gbps,
+            hw.allreduce_latency_s,
+        ))
+    }
+
+    /// Builds the configured cost model; profile and table files are read (and checked) here.
+    pub fn cost_model(&self, cfg: &Config) -> Result<Box<dyn CostModel>, ConfigError> {
+        let datasheet = matches!(cfg.cost.kind, CostKind::Roofline | CostKind::Table);
+        if datasheet && self.model.dtype_bytes != 2 {
+            return Err(ConfigError::invalid(
+                "cost.kind",
+                format!(
+                    "the {} cost model prices 16-bit (bf16/fp16) weights at the GPU's bf16 peak, and model \
+                     {} is {}-bit; use a bf16 config, or cost.kind = \"calibrated\" or \"linear\"",
+                    if cfg.cost.kind == CostKind::Roofline { "roofline" } else { "table" },
+                    self.model.name,
+                    8 * self.model.dtype_bytes
+                ),
+            ));
+        }
+        Ok(match cfg.cost.kind {
+            CostKind::Roofline => Box::new(self.roofline(cfg)?),
+            CostKind::Linear => Box::new(LinearCost {
+                p: cfg.cost.linear.clone(),
+            }),
+            CostKind::Table => Box::new(TableCost::new(
+                read_mlp_table(
+                    std::path::Path::new(&cfg.cost.table.mlp),
+                    &self.model,
+                    cfg.hardware.tensor_parallel,
+                )?,
+                self.roofline(cfg)?,
+            )),
+            CostKind::Calibrated => {
+                let path = cfg.cost.profile.as_deref().unwrap_or_default();
+                Box::new(crate::cost::calibrated::CalibratedCost::load(
+                    std::path::Path::new(path),
+                    &self.model.per_rank(cfg.hardware.tensor_parallel)?,
+                )?)
+            }
+        })
+    }
+
+    /// The scheduler of one replica, of the configured engine kind.
+    pub fn scheduler(&self, cfg: &Config) -> Box<dyn Scheduler> {
+        let s = &self.sizing;
+        match cfg.engine.kind {
+            EngineKind::Vllm => Box::new(VllmScheduler::new(Limits {
+                max_num_batched_tokens: s.max_num_batched_tokens,
+                max_num_seqs: s.max_num_seqs,
+                max_model_len: s.max_model_len,
+                enable_chunked_prefill: cfg.engine.enable_chunked_prefill,
+                long_prefill_token_threshold: cfg.engine.long_prefill_token_threshold,
+                policy: cfg.engine.policy,
+            })),
+        }
+    }
+
+    /// The KV store of one replica: vLLM's paged pool, with its prefix cache when enabled.
+    pub fn kv_store(&self, cfg: &Config) -> KvCacheManager {
+        KvCacheManager::new(
+            self.sizing.num_gpu_blocks,
+            cfg.engine.block_size,
+            cfg.engine.prefix_caching,
+        )
+    }
+
+    /// Replica `id`, empty and idle: the factory a run calls at its start (and cluster events may call
+    /// mid-run).
+    pub fn replica(&self, cfg: &Config, id: ReplicaId) -> Replica {
+        Replica::new(
+            id,
+            self.scheduler(cfg),
+            self.kv_store(cfg),
+            self.sizing.max_model_len,
+        )
+    }
+}
