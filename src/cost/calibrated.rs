@@ -15,6 +15,7 @@
 
 use super::catalog::ModelShape;
 use super::{BatchShape, CostModel, OpTimes};
+use crate::cost::op;
 use crate::error::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -195,7 +196,7 @@ impl CalibratedCost {
     }
 }
 
-const ATTN_DECODE: &str = "attn_decode";
+const ATTN_DECODE: &str = op::ATTN_DECODE;
 
 impl CalibratedCost {
     fn attn_decode(&self, b: &BatchShape) -> f64 {
@@ -233,20 +234,20 @@ impl CostModel for CalibratedCost {
         let mut out = OpTimes::default();
         let mut push = |op, seconds| out.push(op, seconds);
         if t > 0.0 {
-            push("qkv_proj", l * p.linear(h * (q + 2.0 * kv), t));
-            push("o_proj", l * p.linear(q * h, t));
-            push("mlp_up", l * p.linear(h * 2.0 * i, t));
-            push("mlp_act", l * p.silu_mul.eval(t * i));
-            push("mlp_down", l * p.linear(i * h, t));
+            push(op::QKV_PROJ, l * p.linear(h * (q + 2.0 * kv), t));
+            push(op::O_PROJ, l * p.linear(q * h, t));
+            push(op::MLP_UP, l * p.linear(h * 2.0 * i, t));
+            push(op::MLP_ACT, l * p.silu_mul.eval(t * i));
+            push(op::MLP_DOWN, l * p.linear(i * h, t));
             push(
-                "norms",
+                op::NORMS,
                 l * 2.0 * (p.rmsnorm.eval(t * h) + p.add.eval(t * h)),
             );
         }
         if b.prefill_seqs > 0 {
             let rect = b.prefill_attn_rect as f64;
             push(
-                "attn_prefill",
+                op::ATTN_PREFILL,
                 l * p.attn_prefill.eval(&[b.prefill_seqs as f64, rect * q]),
             );
         }
@@ -255,7 +256,7 @@ impl CostModel for CalibratedCost {
         }
         if b.sampled > 0 {
             push(
-                "lm_head",
+                op::LM_HEAD,
                 p.linear(h * m.vocab_size as f64, b.sampled as f64),
             );
         }

@@ -2,6 +2,7 @@
 
 use super::{BatchShape, CostModel, OpTimes};
 use crate::config::LinearConfig;
+use crate::cost::op;
 
 #[derive(Clone, Debug)]
 pub struct LinearCost {
@@ -16,12 +17,12 @@ impl CostModel for LinearCost {
     fn breakdown(&self, b: &BatchShape) -> OpTimes {
         let p = &self.p;
         let mut out = OpTimes::default();
-        out.push("step", p.step_s);
+        out.push(op::STEP, p.step_s);
         out.push(
-            "prefill_tokens",
+            op::PREFILL_TOKENS,
             p.prefill_token_s * b.prefill_tokens as f64,
         );
-        out.push("decode_seqs", p.decode_seq_s * b.decode_seqs as f64);
+        out.push(op::DECODE_SEQS, p.decode_seq_s * b.decode_seqs as f64);
         out.push(DECODE_CONTEXT, self.context_time(b));
         out
     }
@@ -31,7 +32,7 @@ impl CostModel for LinearCost {
     }
 }
 
-const DECODE_CONTEXT: &str = "decode_context";
+const DECODE_CONTEXT: &str = op::DECODE_CONTEXT;
 
 impl LinearCost {
     fn context_time(&self, b: &BatchShape) -> f64 {

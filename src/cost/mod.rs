@@ -63,34 +63,62 @@ pub struct OpTime {
     pub seconds: f64,
 }
 
+/// Operator class names, defined once; cost models push these, and the summary reports each as
+/// `cost_<name>_s`.
+pub mod op {
+    pub const QKV_PROJ: &str = "qkv_proj";
+    pub const ATTN_ROPE: &str = "attn_rope";
+    pub const O_PROJ: &str = "o_proj";
+    pub const MLP_UP: &str = "mlp_up";
+    pub const MLP_ACT: &str = "mlp_act";
+    pub const MLP_DOWN: &str = "mlp_down";
+    pub const NORMS: &str = "norms";
+    pub const ATTN_PREFILL: &str = "attn_prefill";
+    pub const ATTN_DECODE: &str = "attn_decode";
+    pub const LM_HEAD: &str = "lm_head";
+    pub const ALLREDUCE: &str = "allreduce";
+    pub const OVERHEAD: &str = "overhead";
+    pub const STEP: &str = "step";
+    pub const PREFILL_TOKENS: &str = "prefill_tokens";
+    pub const DECODE_SEQS: &str = "decode_seqs";
+    pub const DECODE_CONTEXT: &str = "decode_context";
+    pub const INPUT_LAYERNORM: &str = "input_layernorm";
+    pub const ATTN_PRE_PROJ: &str = "attn_pre_proj";
+    pub const ATTN_POST_PROJ: &str = "attn_post_proj";
+    pub const POST_ATTENTION_LAYERNORM: &str = "post_attention_layernorm";
+    pub const MLP_UP_PROJ: &str = "mlp_up_proj";
+    pub const MLP_DOWN_PROJ: &str = "mlp_down_proj";
+    pub const ADD: &str = "add";
+}
+
 /// Every operator class a cost model may report, in the order the summary lists them (`cost_<op>_s`,
 /// zero where a model has no such operator, so summaries of different models stack into one table).
 /// The roofline and calibrated models use the first twelve; the table model Vidur's seven layer operators
 /// (the last seven) with attention, LM head and overhead from the roofline; the linear model its own four.
 pub const OPERATOR_CLASSES: &[&str] = &[
-    "qkv_proj",
-    "attn_rope",
-    "o_proj",
-    "mlp_up",
-    "mlp_act",
-    "mlp_down",
-    "norms",
-    "attn_prefill",
-    "attn_decode",
-    "lm_head",
-    "allreduce",
-    "overhead",
-    "step",
-    "prefill_tokens",
-    "decode_seqs",
-    "decode_context",
-    "input_layernorm",
-    "attn_pre_proj",
-    "attn_post_proj",
-    "post_attention_layernorm",
-    "mlp_up_proj",
-    "mlp_down_proj",
-    "add",
+    op::QKV_PROJ,
+    op::ATTN_ROPE,
+    op::O_PROJ,
+    op::MLP_UP,
+    op::MLP_ACT,
+    op::MLP_DOWN,
+    op::NORMS,
+    op::ATTN_PREFILL,
+    op::ATTN_DECODE,
+    op::LM_HEAD,
+    op::ALLREDUCE,
+    op::OVERHEAD,
+    op::STEP,
+    op::PREFILL_TOKENS,
+    op::DECODE_SEQS,
+    op::DECODE_CONTEXT,
+    op::INPUT_LAYERNORM,
+    op::ATTN_PRE_PROJ,
+    op::ATTN_POST_PROJ,
+    op::POST_ATTENTION_LAYERNORM,
+    op::MLP_UP_PROJ,
+    op::MLP_DOWN_PROJ,
+    op::ADD,
 ];
 
 /// Most operator classes a breakdown may hold.

@@ -8,6 +8,7 @@
 use super::catalog::{HardwareSpec, ModelShape};
 use super::{BatchShape, CostModel, OpTimes};
 use crate::config::RooflineConfig;
+use crate::cost::op;
 use std::cell::RefCell;
 
 #[derive(Clone, Debug)]
@@ -135,24 +136,27 @@ impl Roofline {
                 m.intermediate_size as f64,
             );
             push(
-                "qkv_proj",
+                op::QKV_PROJ,
                 layers * self.linear(t, h, m.q_dim() + 2 * m.kv_dim()),
             );
             // Rotary embedding reads and writes Q and K.
             push(
-                "attn_rope",
+                op::ATTN_ROPE,
                 layers * self.elementwise(2.0 * t * (qd + kvd) * d, 1.0),
             );
-            push("o_proj", layers * self.linear(t, m.q_dim(), h));
+            push(op::O_PROJ, layers * self.linear(t, m.q_dim(), h));
             // Gate and up share the input (one fused GEMM); SiLU-and-multiply reads both, writes one.
             push(
-                "mlp_up",
+                op::MLP_UP,
                 layers * self.linear(t, h, 2 * m.intermediate_size),
             );
-            push("mlp_act", layers * self.elementwise(3.0 * t * i * d, 1.0));
-            push("mlp_down", layers * self.linear(t, m.intermediate_size, h));
+            push(op::MLP_ACT, layers * self.elementwise(3.0 * t * i * d, 1.0));
+            push(
+                op::MLP_DOWN,
+                layers * self.linear(t, m.intermediate_size, h),
+            );
             // Two RMSNorms and two residual adds per layer: each reads and writes t x h.
-            push("norms", layers * self.elementwise(8.0 * t * hd * d, 4.0));
+            push(op::NORMS, layers * self.elementwise(8.0 * t * hd * d, 4.0));
             if self.tp > 1 {
                 // Two all-reduces of t x h activations per layer (after attention and after the MLP), ring
                 // algorithm: 2 (tp - 1) / tp of the bytes cross each link.
@@ -160,7 +164,7 @@ impl Roofline {
                 let tp = self.tp as f64;
                 let one = 2.0 * (tp - 1.0) / tp * bytes / (self.interconnect_gbps * 1e9)
                     + self.allreduce_latency_s;
-                push("allreduce", layers * 2.0 * one);
+                push(op::ALLREDUCE, layers * 2.0 * one);
             }
         }
         ops
@@ -168,7 +172,7 @@ impl Roofline {
 }
 
 /// Operator name of decode attention (found by address when re-pricing).
-const ATTN_DECODE: &str = "attn_decode";
+const ATTN_DECODE: &str = op::ATTN_DECODE;
 
 impl CostModel for Roofline {
     fn name(&self) -> &'static str {
@@ -222,7 +226,7 @@ impl CostModel for Roofline {
             let flops = 4.0 * qk_width * b.prefill_attn_pairs as f64;
             let bytes = b.prefill_context_tokens as f64 * kv_bytes_per_token
                 + b.prefill_tokens as f64 * 2.0 * qk_width * d;
-            push("attn_prefill", layers * self.op(flops, bytes));
+            push(op::ATTN_PREFILL, layers * self.op(flops, bytes));
         }
         if b.decode_seqs > 0 {
             push(ATTN_DECODE, self.attn_decode(b));
@@ -231,12 +235,12 @@ impl CostModel for Roofline {
             let rows = b.sampled as f64;
             let (hh, v) = (h as f64, m.vocab_size as f64);
             push(
-                "lm_head",
+                op::LM_HEAD,
                 self.op(2.0 * rows * hh * v, hh * v * d + rows * v * 4.0),
             );
         }
         push(
-            "overhead",
+            op::OVERHEAD,
             self.p.step_overhead_s + layers * self.p.layer_overhead_s,
         );
         ops

@@ -7,21 +7,22 @@
 use super::catalog::ModelShape;
 use super::roofline::Roofline;
 use super::{BatchShape, CostModel, OpTime, OpTimes};
+use crate::cost::op;
 use crate::error::ConfigError;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Per-layer operators in the table, with how many times each runs per layer.
 const LAYER_OPS: &[(&str, f64)] = &[
-    ("input_layernorm", 1.0),
-    ("attn_pre_proj", 1.0),
-    ("attn_rope", 1.0),
-    ("attn_post_proj", 1.0),
-    ("post_attention_layernorm", 1.0),
-    ("mlp_up_proj", 1.0),
-    ("mlp_act", 1.0),
-    ("mlp_down_proj", 1.0),
-    ("add", 2.0),
+    (op::INPUT_LAYERNORM, 1.0),
+    (op::ATTN_PRE_PROJ, 1.0),
+    (op::ATTN_ROPE, 1.0),
+    (op::ATTN_POST_PROJ, 1.0),
+    (op::POST_ATTENTION_LAYERNORM, 1.0),
+    (op::MLP_UP_PROJ, 1.0),
+    (op::MLP_ACT, 1.0),
+    (op::MLP_DOWN_PROJ, 1.0),
+    (op::ADD, 2.0),
 ];
 
 /// One operator's time (seconds) at measured token counts.
@@ -179,7 +180,7 @@ impl CostModel for TableCost {
         out.extend(self.roofline.breakdown(b).iter().copied().filter(|o| {
             matches!(
                 o.op,
-                "attn_prefill" | "attn_decode" | "lm_head" | "overhead"
+                op::ATTN_PREFILL | op::ATTN_DECODE | op::LM_HEAD | op::OVERHEAD
             )
         }));
         out
@@ -225,15 +226,15 @@ pub fn roofline_vs_table(
     tokens: &[u64],
 ) -> Vec<CheckRow> {
     let pairs: [(&'static str, &[&str], &[f64]); 7] = [
-        ("qkv_proj", &["attn_pre_proj"], &[1.0]),
-        ("attn_rope", &["attn_rope"], &[1.0]),
-        ("o_proj", &["attn_post_proj"], &[1.0]),
-        ("mlp_up", &["mlp_up_proj"], &[1.0]),
-        ("mlp_act", &["mlp_act"], &[1.0]),
-        ("mlp_down", &["mlp_down_proj"], &[1.0]),
+        (op::QKV_PROJ, &[op::ATTN_PRE_PROJ], &[1.0]),
+        (op::ATTN_ROPE, &[op::ATTN_ROPE], &[1.0]),
+        (op::O_PROJ, &[op::ATTN_POST_PROJ], &[1.0]),
+        (op::MLP_UP, &[op::MLP_UP_PROJ], &[1.0]),
+        (op::MLP_ACT, &[op::MLP_ACT], &[1.0]),
+        (op::MLP_DOWN, &[op::MLP_DOWN_PROJ], &[1.0]),
         (
-            "norms",
-            &["input_layernorm", "post_attention_layernorm", "add"],
+            op::NORMS,
+            &[op::INPUT_LAYERNORM, op::POST_ATTENTION_LAYERNORM, op::ADD],
             &[1.0, 1.0, 2.0],
         ),
     ];
