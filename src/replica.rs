@@ -43,8 +43,19 @@ use crate::event::ReplicaId;
 use crate::kv::{CacheHit, KvCacheManager};
 use crate::metrics::histogram::Batch;
 use crate::request::{Request, RequestId, StopReason};
-use crate::scheduler::{RequestTable, Scheduler, StepPlan};
+use crate::scheduler::{Next, RequestTable, Scheduler, StepPlan};
 use crate::time::{SimDuration, SimTime};
+
+/// What [`Replica::start_step`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepStart {
+    /// A step started; it ends after this long.
+    Started(SimDuration),
+    /// Nothing runs until a request arrives.
+    Idle,
+    /// Nothing runs now; schedule again at this time.
+    WakeAt(SimTime),
+}
 
 /// A step in flight.
 #[derive(Debug)]
@@ -133,6 +144,8 @@ pub struct Replica {
     in_flight: Option<InFlight>,
     /// A `Schedule` event is queued for this replica.
     pub schedule_pending: bool,
+    /// The scheduler holds requests but said it runs nothing until another arrives (invariant 5).
+    pub waits_for_arrival: bool,
     pub stats: ReplicaStats,
     /// The plan of the last finished step, emptied by the next `schedule`: its lists are reused, as a plan
     /// grown push by push every step showed in profiles.
@@ -183,6 +196,7 @@ impl Replica {
             max_model_len,
             in_flight: None,
             schedule_pending: false,
+            waits_for_arrival: false,
             stats: ReplicaStats::default(),
             spare_plan: StepPlan::default(),
             leap_scratch: LeapScratch::default(),
@@ -217,6 +231,7 @@ impl Replica {
     /// Queues a new request.
     pub fn enqueue(&mut self, mut req: Request, true_output_tokens: u32) {
         req.replica = self.id;
+        self.waits_for_arrival = false;
         // Room for every block hash the request will have (its prompt's and its outputs'), so that the
         // list, carried from turn to turn, is not regrown block by block. Capacity only: the oracle's
         // length decides nothing here.
@@ -230,23 +245,36 @@ impl Replica {
         self.requests.insert(req.id, Box::new(req));
     }
 
-    /// Plans and starts a step at `now`; returns its duration, or None when nothing can run.
-    pub fn start_step(&mut self, now: SimTime, cost: &dyn CostModel) -> Option<SimDuration> {
+    /// Plans and starts a step at `now`: its duration, or why nothing runs (the scheduler waits for an
+    /// arrival, or until a time).
+    pub fn start_step(&mut self, now: SimTime, cost: &dyn CostModel) -> StepStart {
         debug_assert!(self.in_flight.is_none());
         let mut plan = std::mem::take(&mut self.spare_plan);
-        self.scheduler
-            .schedule(&mut self.requests, &mut self.kv, &mut plan);
+        let next = self
+            .scheduler
+            .schedule(now, &mut self.requests, &mut self.kv, &mut plan);
         self.stats.preemptions += plan.preempted.len() as u64;
-        if plan.scheduled.is_empty() {
+        debug_assert_eq!(
+            next == Next::Run,
+            !plan.scheduled.is_empty(),
+            "a scheduler returns Run exactly when it schedules something"
+        );
+        if next != Next::Run {
             self.spare_plan = plan;
-            // Only possible with no runnable work: a lone request always fits (sizing guarantees one
-            // max_model_len sequence fits), so an empty plan with work held would be a deadlock.
+            self.waits_for_arrival = next == Next::Idle && self.has_work();
             debug_assert!(
-                self.requests.is_empty(),
+                !self.waits_for_arrival || self.scheduler.may_idle_with_work(),
                 "invariant 5: work held but nothing schedulable"
             );
-            return None;
+            return match next {
+                Next::WakeAt(t) => {
+                    debug_assert!(t > now, "a wake time must be later than now");
+                    StepStart::WakeAt(t)
+                }
+                _ => StepStart::Idle,
+            };
         }
+        self.waits_for_arrival = false;
         let mut shape = BatchShape::default();
         for &(id, n) in &plan.scheduled {
             let r = self.requests.get_mut(&id).expect("scheduled request");
@@ -258,6 +286,9 @@ impl Replica {
                 r.prefilled_tokens += n as u64;
             }
             shape.add(n, computed, decode, samples);
+        }
+        if plan.padding > 0 {
+            shape.add(plan.padding, plan.padding, false, false);
         }
         let ops = cost.breakdown(&shape);
         let dur = step_duration(total_seconds(&ops));
@@ -275,7 +306,7 @@ impl Replica {
         });
         #[cfg(debug_assertions)]
         self.maybe_check_invariants();
-        Some(dur)
+        StepStart::Started(dur)
     }
 
     /// Advances a run of pure-decode steps in a tight loop, exactly as stepping one by one would: starting at

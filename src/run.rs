@@ -56,9 +56,12 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
         dir.file("timeseries.csv"),
         cfg.slo.clone(),
     )?;
+    let replicas = (0..cfg.cluster.replicas)
+        .map(|id| system.replica(cfg, id))
+        .collect();
     let mut world = World::new(
         cfg,
-        &system,
+        replicas,
         workload,
         cost,
         metrics,

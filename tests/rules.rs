@@ -67,7 +67,8 @@ impl H {
 
     fn step(&mut self) -> StepPlan {
         let mut plan = StepPlan::default();
-        self.s.schedule(&mut self.reqs, &mut self.kv, &mut plan);
+        self.s
+            .schedule(SimTime::ZERO, &mut self.reqs, &mut self.kv, &mut plan);
         let mut done = Vec::new();
         for &(id, _) in &plan.scheduled {
             let r = self.reqs.get_mut(&id).unwrap();

@@ -16,6 +16,20 @@ pub mod waiting;
 
 use crate::kv::KvCacheManager;
 use crate::request::{Request, RequestId};
+use crate::time::SimTime;
+
+/// What a scheduling pass decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// The plan holds a step to run now.
+    Run,
+    /// Nothing to run until a request arrives (the plan is empty). A policy that holds requests it will
+    /// not run until more arrive (a batch that must fill) says so with this too.
+    Idle,
+    /// Nothing to run now, but schedule again at this time (later than now) even if nothing arrives: a
+    /// batch timeout, an adaptive interval. The plan is empty.
+    WakeAt(SimTime),
+}
 
 /// The requests of one replica, by id. Boxed, so that a table slot stays 8 bytes while a request is a
 /// few hundred.
@@ -28,6 +42,9 @@ pub struct StepPlan {
     pub scheduled: Vec<(RequestId, u32)>,
     /// Requests preempted while planning this step, in preemption order.
     pub preempted: Vec<RequestId>,
+    /// Tokens computed for no request (a request-level batch padded to its longest prompt), priced as a
+    /// prefill chunk of this many tokens; 0 for continuous batching.
+    pub padding: u32,
 }
 
 impl StepPlan {
@@ -35,6 +52,7 @@ impl StepPlan {
     pub fn clear(&mut self) {
         self.scheduled.clear();
         self.preempted.clear();
+        self.padding = 0;
     }
 
     pub fn total_tokens(&self) -> u64 {
@@ -51,9 +69,17 @@ impl StepPlan {
 pub trait Scheduler {
     /// A new request joins the waiting queue.
     fn add_request(&mut self, req: &Request);
-    /// Plans (and allocates for) one step into `plan`, whose previous contents are discarded first (the
-    /// caller passes the same plan step after step, so that its lists are not allocated anew each step).
-    fn schedule(&mut self, reqs: &mut RequestTable, kv: &mut KvCacheManager, plan: &mut StepPlan);
+    /// Plans (and allocates for) one step at `now` into `plan`, whose previous contents are discarded first
+    /// (the caller passes the same plan step after step, so that its lists are not allocated anew each
+    /// step). Returns [`Next::Run`] exactly when the plan schedules something; otherwise whether to wait
+    /// for an arrival or until a given time.
+    fn schedule(
+        &mut self,
+        now: SimTime,
+        reqs: &mut RequestTable,
+        kv: &mut KvCacheManager,
+        plan: &mut StepPlan,
+    ) -> Next;
     /// Removes finished requests from the running set (their blocks are freed by the caller).
     fn finish_requests(&mut self, finished: &[RequestId]);
     fn num_waiting(&self) -> usize;
@@ -66,7 +92,15 @@ pub trait Scheduler {
     /// schedule exactly these requests, one token each, in this order, and change nothing else. None when
     /// that does not hold. (Used to advance runs of such steps at once, exactly: see the leap contract in
     /// `replica.rs`.) The default, None, always steps one by one.
+    ///
+    /// (See also [`Scheduler::may_idle_with_work`].)
     fn steady_decode(&self, _reqs: &RequestTable) -> Option<&[RequestId]> {
         None
+    }
+    /// True for a policy that may answer [`Next::Idle`] while it holds requests (a batch that waits to
+    /// fill, with no timeout). For the others (the default) that would be a deadlock, which debug builds
+    /// report (invariant 5).
+    fn may_idle_with_work(&self) -> bool {
+        false
     }
 }

@@ -3,10 +3,11 @@
 //! preemption with recompute, and an all-or-nothing, head-of-line-blocking admission of the waiting queue.
 
 use super::waiting::WaitingQueue;
-use super::{RequestTable, Scheduler, StepPlan};
+use super::{Next, RequestTable, Scheduler, StepPlan};
 use crate::config::SchedulingPolicy;
 use crate::kv::{CacheHit, KvCacheManager};
 use crate::request::{Request, RequestId};
+use crate::time::SimTime;
 use std::collections::VecDeque;
 
 /// The limits of one engine (resolved as vLLM resolves them, see `kv::sizing`).
@@ -107,7 +108,13 @@ impl Scheduler for VllmScheduler {
         self.waiting.push_back(req);
     }
 
-    fn schedule(&mut self, reqs: &mut RequestTable, kv: &mut KvCacheManager, plan: &mut StepPlan) {
+    fn schedule(
+        &mut self,
+        _now: SimTime,
+        reqs: &mut RequestTable,
+        kv: &mut KvCacheManager,
+        plan: &mut StepPlan,
+    ) -> Next {
         plan.clear();
         let mut budget = self.limits.max_num_batched_tokens;
 
@@ -187,6 +194,13 @@ impl Scheduler for VllmScheduler {
         // S6: computed advances at once, before the forward pass.
         for &(id, n) in &plan.scheduled {
             reqs.get_mut(&id).expect("scheduled").num_computed_tokens += n;
+        }
+        // vLLM never waits for anything but an arrival; in a run it then holds nothing (sizing guarantees
+        // a lone max_model_len sequence fits), which the replica checks.
+        if plan.scheduled.is_empty() {
+            Next::Idle
+        } else {
+            Next::Run
         }
     }
 
