@@ -7,9 +7,15 @@
 //! `allocate_slots`. It never sees a request's true output length (invariant 6): requests carry only
 //! `max_tokens`.
 //!
-//! A new policy is correct before it is fast: [`Scheduler::steady_decode`] defaults to None, and the
-//! replica then steps one by one. To let the replica leap over runs of decode steps, implement it under
-//! the leap contract written at the top of `replica.rs`.
+//! A policy may also wait: `schedule` answers [`Next::Idle`] (until an arrival) or [`Next::WakeAt`] (a
+//! batch timeout), and the world schedules it again then.
+//!
+//! To add a policy (an engine family): one file here implementing [`Scheduler`], one `EngineKind` arm in
+//! `config.rs`, and its construction in `System::scheduler` (`system.rs`); the exhaustive match in
+//! `tests/leap.rs` then fails to compile until the leap tests cover it. A new policy is correct before
+//! it is fast: [`Scheduler::steady_decode`] defaults to None, and the replica then steps one by one. To
+//! let the replica leap over runs of decode steps, implement it under the leap contract written at the
+//! top of `replica.rs`.
 
 pub mod vllm_v1;
 pub mod waiting;
