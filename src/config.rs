@@ -18,7 +18,7 @@ pub const DEFAULT_CONFIG_NAME: &str = "workloads/chat.toml (embedded)";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Run name: the output directory is results/<name> unless --out says otherwise.
+    /// Run name: the output directory is `results/<name>` unless --out says otherwise.
     pub name: String,
     /// Master seed for every random stream.
     pub seed: u64,

@@ -174,7 +174,7 @@ pub struct CompareOptions {
 pub struct CompareOutcome {
     pub out_dir: PathBuf,
     pub table: String,
-    /// [seed][variant]
+    /// Indexed by seed, then variant.
     pub summaries: Vec<Vec<Summary>>,
     pub variants: Vec<Variant>,
     pub seeds: Vec<u64>,
