@@ -78,7 +78,9 @@ pub trait Scheduler {
     /// Plans (and allocates for) one step at `now` into `plan`, whose previous contents are discarded first
     /// (the caller passes the same plan step after step, so that its lists are not allocated anew each
     /// step). Returns [`Next::Run`] exactly when the plan schedules something; otherwise whether to wait
-    /// for an arrival or until a given time.
+    /// for an arrival or until a given time. A wake is a floor, not a promise of silence: the replica may
+    /// also be asked at an arrival, at a step's end, or at an earlier wake, and the policy answers from its
+    /// state each time.
     fn schedule(
         &mut self,
         now: SimTime,
