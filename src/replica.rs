@@ -652,6 +652,23 @@ impl Replica {
         }
     }
 
+    /// Removes request `id` between steps (a client timeout, a cancelled request): the scheduler drops it
+    /// and its KV blocks are freed. Returns it, or None when this replica does not hold it or a step is in
+    /// flight (abort then at the step's end).
+    pub fn abort(&mut self, id: RequestId) -> Option<Request> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        let held = self.requests.get(&id)?;
+        if !self.scheduler.abort(held) {
+            return None;
+        }
+        let mut r = *self.requests.remove(&id).expect("held");
+        self.kv.free(&mut r);
+        self.true_output.remove(&id);
+        Some(r)
+    }
+
     pub fn drain(&mut self) -> Vec<Request> {
         let ids = self.scheduler.all_requests();
         self.scheduler.finish_requests(&ids);
@@ -720,4 +737,56 @@ fn kv_event_step(r: &Request, bs: u64, caching: bool, from: u64) -> (u64, u64) {
         from + needs_block.min(fills).saturating_sub(next),
         from + needs_block.saturating_sub(next),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SchedulingPolicy;
+    use crate::cost::linear::LinearCost;
+    use crate::scheduler::vllm_v1::{Limits, VllmScheduler};
+    use crate::workload::content::Segment;
+
+    fn request(id: RequestId, tokens: u32) -> Request {
+        let prompt = vec![Segment {
+            content: id,
+            len: tokens,
+        }];
+        Request::new(id, id, 1, 0, SimTime::ZERO, prompt, 1000 + id, 8, 0)
+    }
+
+    #[test]
+    fn abort_frees_blocks_and_waits_for_a_step_to_end() {
+        let limits = Limits {
+            max_num_batched_tokens: 1000,
+            max_num_seqs: 16,
+            max_model_len: 1000,
+            enable_chunked_prefill: true,
+            long_prefill_token_threshold: 0,
+            policy: SchedulingPolicy::Fcfs,
+        };
+        let kv = KvCacheManager::new(11, 16, true);
+        let mut r = Replica::new(0, Box::new(VllmScheduler::new(limits)), kv, 1000);
+        r.enqueue(request(1, 40), 8);
+        r.enqueue(request(2, 40), 8);
+        let cost = LinearCost {
+            p: crate::config::LinearConfig::default(),
+        };
+        let StepStart::Started(d) = r.start_step(SimTime::ZERO, &cost) else {
+            panic!("a step starts")
+        };
+        // In flight: no abort now.
+        assert!(r.abort(1).is_none());
+        r.finish_step(SimTime::ZERO + d, |_, _| {});
+        // 40 + 1 tokens each: 3 blocks each of the 10 usable.
+        assert_eq!(r.kv().num_free(), 10 - 6);
+        let a = r.abort(1).expect("held");
+        assert_eq!(a.id, 1);
+        assert_eq!(r.kv().num_free(), 10 - 3);
+        assert_eq!((r.num_running(), r.num_waiting()), (1, 0));
+        assert!(r.abort(1).is_none() && r.abort(99).is_none());
+        assert!(r.abort(2).is_some());
+        assert!(!r.has_work());
+        assert_eq!(r.kv().num_free(), 10);
+    }
 }

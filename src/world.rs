@@ -486,6 +486,12 @@ mod tests {
         fn finish_requests(&mut self, finished: &[RequestId]) {
             self.running.retain(|id| !finished.contains(id));
         }
+        fn abort(&mut self, req: &Request) -> bool {
+            let n = self.waiting.len() + self.running.len();
+            self.waiting.retain(|&id| id != req.id);
+            self.running.retain(|&id| id != req.id);
+            self.waiting.len() + self.running.len() < n
+        }
         fn num_waiting(&self) -> usize {
             self.waiting.len()
         }

@@ -423,3 +423,34 @@ fn stress_preemption_lifo_no_admission_conservation() {
     assert_eq!(h.finished.len(), 30);
     assert!(preemptions > 10, "the scenario must preempt: {preemptions}");
 }
+
+#[test]
+fn abort_removes_a_running_or_waiting_request_and_frees_its_blocks() {
+    // 10 usable blocks of 16. A (40 tokens) runs after step 1 with 3 blocks; B (200 tokens, 13 blocks)
+    // cannot be admitted, so it waits. Aborting A frees its 3 blocks and leaves the running set empty;
+    // aborting B empties the waiting queue; a third abort of either finds nothing.
+    for policy in [SchedulingPolicy::Fcfs, SchedulingPolicy::Priority] {
+        let mut h = H::new(
+            11,
+            Limits {
+                policy,
+                ..limits(1000, 16)
+            },
+        );
+        h.add(1, &[(1, 40)], 50);
+        h.add(2, &[(2, 200)], 50);
+        assert_eq!(h.step().scheduled, vec![(1, 40)]);
+        assert_eq!((h.s.num_running(), h.s.num_waiting()), (1, 1));
+        assert_eq!(h.kv.num_free(), 10 - 3);
+        let a = h.reqs.remove(&1).unwrap();
+        assert!(h.s.abort(&a));
+        let mut a = *a;
+        h.kv.free(&mut a);
+        assert_eq!(h.kv.num_free(), 10);
+        let b = h.reqs.remove(&2).unwrap();
+        assert!(h.s.abort(&b));
+        assert_eq!((h.s.num_running(), h.s.num_waiting()), (0, 0));
+        assert!(!h.s.abort(&a) && !h.s.abort(&b));
+        assert!(h.step().scheduled.is_empty());
+    }
+}

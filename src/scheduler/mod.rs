@@ -90,6 +90,9 @@ pub trait Scheduler {
     ) -> Next;
     /// Removes finished requests from the running set (their blocks are freed by the caller).
     fn finish_requests(&mut self, finished: &[RequestId]);
+    /// Drops request `req` from whichever queue holds it (a client timeout, a cancelled request); its
+    /// blocks are freed by the caller. False when the policy does not hold it. Call only between steps.
+    fn abort(&mut self, req: &Request) -> bool;
     fn num_waiting(&self) -> usize;
     fn num_running(&self) -> usize;
     /// Every request held, waiting first then running (end-of-run accounting).

@@ -204,6 +204,16 @@ impl Scheduler for VllmScheduler {
         }
     }
 
+    fn abort(&mut self, req: &Request) -> bool {
+        match self.running.iter().position(|&id| id == req.id) {
+            Some(i) => {
+                self.running.remove(i);
+                true
+            }
+            None => self.waiting.remove(req),
+        }
+    }
+
     fn finish_requests(&mut self, finished: &[RequestId]) {
         if !finished.is_empty() {
             self.running.retain(|id| !finished.contains(id));

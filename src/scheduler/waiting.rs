@@ -45,6 +45,17 @@ impl WaitingQueue {
         }
     }
 
+    /// Removes `r` wherever it waits (an abort); false when it is not here.
+    pub fn remove(&mut self, r: &Request) -> bool {
+        match self {
+            WaitingQueue::Fcfs(q) => match q.iter().position(|&id| id == r.id) {
+                Some(i) => q.remove(i).is_some(),
+                None => false,
+            },
+            WaitingQueue::Priority(s) => s.remove(&(r.priority, r.arrival, r.id)),
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self {
             WaitingQueue::Fcfs(q) => q.len(),
