@@ -6,7 +6,8 @@ use crate::error::{Error, OutputError};
 use crate::metrics::output::RunDir;
 use crate::metrics::stats::describe;
 use crate::metrics::{Collector, Summary};
-use crate::world::{System, World};
+use crate::system::System;
+use crate::world::World;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

@@ -10,14 +10,13 @@ use crate::metrics::{Collector, Sample};
 use crate::replica::{Leapt, Replica, StepStart};
 use crate::request::{Request, Status};
 use crate::router::{self, Router};
-pub use crate::system::System;
 use crate::time::{SimDuration, SimTime};
 use crate::workload::conversation::Release;
 use crate::workload::Workload;
 use std::io::IsTerminal;
 use std::time::Instant;
 
-pub use crate::time::HORIZON;
+use crate::time::HORIZON;
 
 const SECONDS_PER_YEAR: f64 = 365.25 * 86_400.0;
 
@@ -57,7 +56,7 @@ pub struct World<'a> {
 }
 
 impl<'a> World<'a> {
-    /// A run of `replicas` (built by [`System::replica`], ids 0..n in order) fed by `workload`.
+    /// A run of `replicas` (built by [`crate::system::System::replica`], ids 0..n in order) fed by `workload`.
     pub fn new(
         cfg: &'a Config,
         replicas: Vec<Replica>,
@@ -438,6 +437,7 @@ mod tests {
     use crate::kv::{CacheHit, KvCacheManager};
     use crate::request::RequestId;
     use crate::scheduler::{Next, RequestTable, Scheduler, StepPlan};
+    use crate::system::System;
 
     /// A toy request-level batcher: a batch starts when two requests wait or the oldest has waited
     /// `timeout`, and runs to completion (whole prompts in one step, then one token per step) while

@@ -415,6 +415,33 @@ const LINEAR: [&str; 10] = [
     "engine.num_gpu_blocks=10",
 ];
 
+/// Runs the Mooncake trace at `path` with the LINEAR cost model and `extra` arguments into `out`.
+fn linear_trace_run(path: &str, extra: &[&str], out: &Path) {
+    servesim()
+        .args(["run", "-q"])
+        .args(LINEAR)
+        .args(mooncake_args(path))
+        .args(extra)
+        .arg("--out")
+        .arg(out)
+        .assert()
+        .success();
+}
+
+/// The `time_s` column of a run's time series.
+fn sample_times(out: &Path) -> Vec<String> {
+    let ts = std::fs::read_to_string(out.join("timeseries.csv")).unwrap();
+    ts.lines()
+        .skip(1)
+        .map(|r| r.split(',').next().unwrap().to_string())
+        .collect()
+}
+
+/// A run's summary.json.
+fn summary(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
+}
+
 fn mooncake_args(path: &str) -> Vec<String> {
     [
         "workload.kind=\"trace\"",
@@ -438,23 +465,10 @@ fn the_time_series_costs_activity_not_virtual_time() {
          {\"timestamp\": 1e12, \"input_length\": 31, \"output_length\": 1, \"hash_ids\": [2]}\n",
     );
     let out = tmp.path().join("r");
-    servesim()
-        .args(["run", "-q"])
-        .args(LINEAR)
-        .args(mooncake_args(&p))
-        .args(["--set", "workload.duration_s=2e9"])
-        .arg("--out")
-        .arg(&out)
-        .assert()
-        .success();
-    let ts = std::fs::read_to_string(out.join("timeseries.csv")).unwrap();
+    linear_trace_run(&p, &["--set", "workload.duration_s=2e9"], &out);
     // Each burst writes its rows (at 0 s and 1 s, at 1e9 s and 1e9 + 1 s), the idle stretch between
     // none: one row per interval would be 1e9 rows.
-    let rows: Vec<&str> = ts
-        .lines()
-        .skip(1)
-        .map(|r| r.split(',').next().unwrap())
-        .collect();
+    let rows = sample_times(&out);
     assert_eq!(
         rows,
         [
@@ -466,22 +480,8 @@ fn the_time_series_costs_activity_not_virtual_time() {
     );
     // A long step in flight changes nothing either: 100 s steps, one row per step boundary, not per second.
     let out = tmp.path().join("long");
-    servesim()
-        .args(["run", "-q"])
-        .args(LINEAR)
-        .args(mooncake_args(&p))
-        .args(["--set", "cost.linear.step_s=100"])
-        .arg("--out")
-        .arg(&out)
-        .assert()
-        .success();
-    let ts = std::fs::read_to_string(out.join("timeseries.csv")).unwrap();
-    let rows: Vec<&str> = ts
-        .lines()
-        .skip(1)
-        .map(|r| r.split(',').next().unwrap())
-        .collect();
-    assert_eq!(rows, ["0.000000", "100.000000"]);
+    linear_trace_run(&p, &["--set", "cost.linear.step_s=100"], &out);
+    assert_eq!(sample_times(&out), ["0.000000", "100.000000"]);
 }
 
 #[test]
@@ -875,18 +875,9 @@ fn time_weighted_means_do_not_depend_on_the_sampling_interval() {
     let expected = 0.04 / (9.0 * 1.01);
     for interval in ["0.001", "1", "100"] {
         let out = tmp.path().join(format!("r{interval}"));
-        servesim()
-            .args(["run", "-q"])
-            .args(LINEAR)
-            .args(mooncake_args(&p))
-            .args(["--set", &format!("output.timeseries_interval_s={interval}")])
-            .arg("--out")
-            .arg(&out)
-            .assert()
-            .success();
-        let s: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
-                .unwrap();
+        let set = format!("output.timeseries_interval_s={interval}");
+        linear_trace_run(&p, &["--set", &set], &out);
+        let s = summary(&out);
         let mean = s["kv_cache_usage_perc_mean"].as_f64().unwrap();
         assert!(
             (mean - expected).abs() < 1e-12,
@@ -913,22 +904,14 @@ fn a_run_stopped_early_averages_over_the_time_until_the_stop() {
         "{\"timestamp\": 0, \"input_length\": 31, \"output_length\": 1, \"hash_ids\": [1]}\n",
     );
     let out = tmp.path().join("r");
-    servesim()
-        .args(["run", "-q"])
-        .args(LINEAR)
-        .args(mooncake_args(&p))
-        .args([
-            "--set",
-            "cost.linear.step_s=100",
-            "--set",
-            "output.max_sim_time_s=50",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .assert()
-        .success();
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let stop = [
+        "--set",
+        "cost.linear.step_s=100",
+        "--set",
+        "output.max_sim_time_s=50",
+    ];
+    linear_trace_run(&p, &stop, &out);
+    let s = summary(&out);
     let mean = s["kv_cache_usage_perc_mean"].as_f64().unwrap();
     assert!((mean - 2.0 / 9.0).abs() < 1e-12, "{mean}");
     assert_eq!(s["sim_end_s"].as_f64().unwrap(), 50.0);

@@ -158,15 +158,14 @@ fn remove_stale(parent: &Path, name: &str, dirs: bool) {
     for e in entries.flatten() {
         let file = e.file_name();
         let Some(file) = file.to_str() else { continue };
+        // The PID is what follows the last `-`; the whole name must then be exactly ours.
+        let Some(pid) = file
+            .rsplit_once('-')
+            .and_then(|(_, p)| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
         for what in kinds {
-            let prefix = temporary_name(name, what, 0);
-            let prefix = &prefix[..prefix.len() - 1];
-            let Some(pid) = file
-                .strip_prefix(prefix)
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
             if file == temporary_name(name, what, pid)
                 && pid != std::process::id()
                 && !process_alive(pid)

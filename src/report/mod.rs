@@ -9,7 +9,7 @@ use crate::error::{ConfigError, Error, OutputError};
 use crate::metrics::output::RunDir;
 use crate::metrics::Summary;
 use crate::run::{run, RunOptions};
-use crate::world::System;
+use crate::system::System;
 use ci::mean_ci95;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
