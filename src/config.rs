@@ -298,14 +298,43 @@ pub enum CacheScope {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineKind {
-    /// vLLM V1: continuous batching with chunked prefill and recompute preemption over a paged block pool
-    /// with a prefix cache (the rules in the README).
+    /// vLLM V1: continuous batching with chunked prefill and recompute preemption (the rules in the
+    /// README).
     Vllm,
+    /// Test-only (the `toys` feature): one request at a time in arrival order, its whole prompt in one
+    /// step (`scheduler/toy_fifo.rs`). Models no engine; it proves the scheduler slot.
+    #[cfg(feature = "toys")]
+    #[serde(rename = "toy_fifo")]
+    ToyFifo,
 }
 
 impl EngineKind {
     /// Every kind, for tests that must cover each (the leap equality tests).
+    #[cfg(not(feature = "toys"))]
     pub const ALL: &'static [EngineKind] = &[EngineKind::Vllm];
+    #[cfg(feature = "toys")]
+    pub const ALL: &'static [EngineKind] = &[EngineKind::Vllm, EngineKind::ToyFifo];
+}
+
+/// Which KV store a replica keeps (`engine.kv_cache`); the scheduler owns it, chosen in `system.rs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvKind {
+    /// vLLM's paged block pool, with its prefix cache when `prefix_caching` is on (K5-K11, P1).
+    Paged,
+    /// Test-only (the `toys` feature): keeps no KV, so every decode token recomputes its whole context
+    /// (`kv/toy_recompute.rs`). Models no engine; it proves the store slot.
+    #[cfg(feature = "toys")]
+    #[serde(rename = "toy_recompute")]
+    ToyRecompute,
+}
+
+impl KvKind {
+    /// Every kind, for tests that must cover each (the leap equality tests).
+    #[cfg(not(feature = "toys"))]
+    pub const ALL: &'static [KvKind] = &[KvKind::Paged];
+    #[cfg(feature = "toys")]
+    pub const ALL: &'static [KvKind] = &[KvKind::Paged, KvKind::ToyRecompute];
 }
 
 /// One serving instance, with vLLM V1's knobs and defaults. `None` means "derive as vLLM does"; the resolved
@@ -315,6 +344,8 @@ impl EngineKind {
 pub struct EngineConfig {
     /// The engine family (default `vllm`).
     pub kind: EngineKind,
+    /// The KV store (default `paged`).
+    pub kv_cache: KvKind,
     pub policy: SchedulingPolicy,
     pub max_num_batched_tokens: Option<u32>,
     pub max_num_seqs: Option<u32>,
@@ -336,6 +367,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             kind: EngineKind::Vllm,
+            kv_cache: KvKind::Paged,
             policy: SchedulingPolicy::Fcfs,
             max_num_batched_tokens: None,
             max_num_seqs: None,

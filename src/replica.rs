@@ -12,13 +12,16 @@
 //!    requests, one token each, in the same order, and change no other state ([`Scheduler::steady_decode`]
 //!    says so, or returns None, its default, and the replica steps one by one). A policy with per-step state
 //!    (an adaptive batch size, a decaying ratio, a random draw) must return None.
-//! 2. **KV calls.** Between KV events, `KvCacheManager::allocate_slots(r, 1)` is a no-op (its fast path);
-//!    `kv_event_step` below predicts exactly the steps where it is not, and must change with that fast
-//!    path. At those steps allocation happens in the scheduler's order and fails exactly when the free queue
-//!    is short (`need > num_free`), where the leap stops and the scheduler takes over.
+//! 2. **KV calls.** Between KV events, the store's `allocate_slots(r, 1)` is a no-op; its
+//!    [`KvStore::decode_event`] predicts exactly the steps where it is not (the paged store's sits beside
+//!    the fast path it mirrors, in `kv/paged.rs`), or returns None, its default, and the replica steps one
+//!    by one. At those steps allocation happens in the scheduler's order and fails exactly when
+//!    [`KvStore::leap_fits`] says so, where the leap stops and the scheduler takes over. The store's
+//!    per-step hooks are not called inside a leap: `on_token` runs once at its end, `after_step` never, and
+//!    decode tokens are priced as decode (a store that recomputes the context declines).
 //! 3. **Counters and hashes in between.** Request counters are brought up to date only at KV events and
-//!    at the end (`sync_leap`), block hashes only at the end: `allocate_slots` updates the hashes itself
-//!    when it registers a block.
+//!    at the end (`sync_leap`), block hashes only at the end (`KvStore::on_token`): the paged store's
+//!    `allocate_slots` updates the hashes itself when it registers a block.
 //! 4. **Pricing.** Step times are added in the same order as one by one (`cost::total_seconds` is a left
 //!    fold, which the leap reproduces as `before + v + rest`); the cost model honours
 //!    `CostModel::decode_context_times`' contract (tested by `check_decode_context_contract`); every
@@ -40,7 +43,8 @@
 
 use crate::cost::{seconds_to_fs, step_duration, total_seconds, BatchShape, CostModel, OpTime};
 use crate::event::ReplicaId;
-use crate::kv::{CacheHit, KvCacheManager};
+use crate::event::SessionId;
+use crate::kv::{CacheHit, KvStore};
 use crate::metrics::histogram::Batch;
 use crate::request::{Request, RequestId, StopReason};
 use crate::scheduler::{Next, RequestTable, Scheduler, StepPlan};
@@ -135,8 +139,8 @@ impl ReplicaStats {
 
 pub struct Replica {
     pub id: ReplicaId,
+    /// The batching policy, which owns the KV store.
     scheduler: Box<dyn Scheduler>,
-    kv: KvCacheManager,
     requests: RequestTable,
     /// The stop oracle: true output lengths, kept apart from the requests the scheduler sees.
     true_output: crate::idtable::IdTable<u32>,
@@ -159,7 +163,7 @@ struct LeapScratch {
     running: Vec<RequestId>,
     /// Each running request's (computed, output) tokens when the leap began.
     base: Vec<(u32, u32)>,
-    /// Each running request's next KV event step (see `kv_event_step`).
+    /// Each running request's next KV event step (see `KvStore::decode_event`).
     event: Vec<u64>,
     /// Each running request's next step that needs a new block (no earlier than its next event): a step's
     /// block needs are counted from these, without looking the requests up.
@@ -181,16 +185,10 @@ pub struct Leapt {
 }
 
 impl Replica {
-    pub fn new(
-        id: ReplicaId,
-        scheduler: Box<dyn Scheduler>,
-        kv: KvCacheManager,
-        max_model_len: u32,
-    ) -> Replica {
+    pub fn new(id: ReplicaId, scheduler: Box<dyn Scheduler>, max_model_len: u32) -> Replica {
         Replica {
             id,
             scheduler,
-            kv,
             requests: RequestTable::default(),
             true_output: Default::default(),
             max_model_len,
@@ -203,8 +201,9 @@ impl Replica {
         }
     }
 
-    pub fn kv(&self) -> &KvCacheManager {
-        &self.kv
+    /// The KV store (owned by the scheduler).
+    pub fn kv(&self) -> &dyn KvStore {
+        self.scheduler.kv()
     }
 
     pub fn num_waiting(&self) -> usize {
@@ -232,14 +231,9 @@ impl Replica {
     pub fn enqueue(&mut self, mut req: Request, true_output_tokens: u32) {
         req.replica = self.id;
         self.waits_for_arrival = false;
-        // Room for every block hash the request will have (its prompt's and its outputs'), so that the
-        // list, carried from turn to turn, is not regrown block by block. Capacity only: the oracle's
-        // length decides nothing here.
-        let bs = self.kv.block_size() as usize;
-        let blocks = (req.prompt_tokens as usize + true_output_tokens as usize) / bs;
-        let have = req.block_hashes.len();
-        req.block_hashes.reserve(blocks.saturating_sub(have));
-        self.kv.update_block_hashes(&mut req);
+        // Capacity only: the oracle's length decides nothing in the store.
+        let capacity = req.prompt_tokens as u64 + true_output_tokens as u64;
+        self.scheduler.kv_mut().on_enqueue(&mut req, capacity);
         self.true_output.insert(req.id, true_output_tokens);
         self.scheduler.add_request(&req);
         self.requests.insert(req.id, Box::new(req));
@@ -250,9 +244,7 @@ impl Replica {
     pub fn start_step(&mut self, now: SimTime, cost: &dyn CostModel) -> StepStart {
         debug_assert!(self.in_flight.is_none());
         let mut plan = std::mem::take(&mut self.spare_plan);
-        let next = self
-            .scheduler
-            .schedule(now, &mut self.requests, &mut self.kv, &mut plan);
+        let next = self.scheduler.schedule(now, &mut self.requests, &mut plan);
         self.stats.preemptions += plan.preempted.len() as u64;
         debug_assert_eq!(
             next == Next::Run,
@@ -276,6 +268,7 @@ impl Replica {
         }
         self.waits_for_arrival = false;
         let mut shape = BatchShape::default();
+        let recompute = self.scheduler.kv().recomputes_context();
         for &(id, n) in &plan.scheduled {
             let r = self.requests.get_mut(&id).expect("scheduled request");
             r.first_scheduled.get_or_insert(now);
@@ -285,7 +278,12 @@ impl Replica {
             if r.in_prefill {
                 r.prefilled_tokens += n as u64;
             }
-            shape.add(n, computed, decode, samples);
+            if decode && recompute {
+                // No KV kept: the token recomputes the whole context, a prefill chunk of it.
+                shape.add(computed, computed, false, samples);
+            } else {
+                shape.add(n, computed, decode, samples);
+            }
         }
         if plan.padding > 0 {
             shape.add(plan.padding, plan.padding, false, false);
@@ -296,13 +294,14 @@ impl Replica {
         self.stats.steps += 1;
         self.stats.busy += dur;
         self.stats.last_batch_tokens = plan.total_tokens();
-        self.stats
-            .add_usage(self.kv.num_used(), self.kv.usage(), dur);
+        let kv = self.scheduler.kv();
+        let used = kv.used_blocks();
+        self.stats.add_usage(used, kv.usage(), dur);
         self.in_flight = Some(InFlight {
             plan,
             started: now,
             ends: now + dur,
-            used: self.kv.num_used(),
+            used,
         });
         #[cfg(debug_assertions)]
         self.maybe_check_invariants();
@@ -355,7 +354,6 @@ impl Replica {
             gaps,
         } = scratch;
         gaps.clear();
-        let bs = self.kv.block_size() as u64;
         let b = running.len() as u64;
         let mut max_steps = u64::MAX;
         let mut context = 0u64;
@@ -379,19 +377,18 @@ impl Replica {
             return None;
         }
         // Between a request's block boundaries its steps change only its counters, so each request gets
-        // the step at which its next KV call does something (`kv_event_step`): only then is it touched,
-        // and its counters, advanced one per step, are brought up to date first (and for all at the end).
-        // Every other call a one-by-one step would make is the KV manager's no-op fast path.
-        let caching = self.kv.caching();
+        // the step at which its next KV call does something (`KvStore::decode_event`): only then is it
+        // touched, and its counters, advanced one per step, are brought up to date first (and for all at
+        // the end). Every other call a one-by-one step would make is the store's no-op fast path.
         base.clear();
         event.clear();
         block_at.clear();
         for id in running.iter() {
             let r = &self.requests[id];
             base.push((r.num_computed_tokens, r.num_output_tokens));
-            let (ev, blk) = kv_event_step(r, bs, caching, 0);
-            event.push(ev);
-            block_at.push(blk);
+            let ev = self.scheduler.kv().decode_event(r, 0)?;
+            event.push(ev.at);
+            block_at.push(ev.new_block_at);
         }
         let mut next_event = event.iter().copied().min().unwrap_or(u64::MAX);
         let shape_at = |steps: u64| BatchShape {
@@ -418,7 +415,7 @@ impl Replica {
         let mut var_fs = 0u128;
         // KV usage changes only where a step allocates: the usage integral adds used blocks x the steps'
         // time since the last change (`dur_since`), exactly the per-step sum.
-        let mut used = self.kv.num_used();
+        let mut used = self.scheduler.kv().used_blocks();
         let mut dur_since = 0u64;
         let mut t = now;
         let mut steps = 0;
@@ -429,19 +426,20 @@ impl Replica {
                 // A request's next block is due no earlier than its next event, so each `block_at` is
                 // at least `steps` here.
                 let need = block_at.iter().filter(|&&s| s == steps).count() as u32;
-                debug_assert_eq!(
-                    need as usize,
-                    running
-                        .iter()
-                        .zip(base.iter())
-                        .filter(|(id, b)| {
-                            let held = self.requests[*id].num_blocks_held() as u64;
-                            (b.0 as u64 + steps) + 1 > held * bs
-                        })
-                        .count(),
-                    "block needs counted from `block_at`"
-                );
-                if need > self.kv.num_free() {
+                #[cfg(debug_assertions)]
+                {
+                    let bs = self.scheduler.kv().stats().block_size as u64;
+                    let scanned = running.iter().zip(base.iter()).filter(|(id, b)| {
+                        let held = self.requests[*id].kv.num_blocks_held() as u64;
+                        (b.0 as u64 + steps) + 1 > held * bs
+                    });
+                    assert_eq!(
+                        need as usize,
+                        scanned.count(),
+                        "block needs counted from `block_at`"
+                    );
+                }
+                if !self.scheduler.kv().leap_fits(need) {
                     break;
                 }
             }
@@ -481,19 +479,21 @@ impl Replica {
                         let r = self.requests.get_mut(id).expect("running request");
                         r.num_computed_tokens = b.0 + steps as u32;
                         r.num_output_tokens = b.1 + steps as u32;
-                        let ok = self.kv.allocate_slots(r, 1, CacheHit::default());
+                        let kv = self.scheduler.kv_mut();
+                        let ok = kv.allocate_slots(r, 1, CacheHit::default());
                         debug_assert!(ok, "the free queue was checked");
-                        (*ev, *blk) = kv_event_step(r, bs, caching, steps);
+                        let next = kv.decode_event(r, steps).expect("the store leaps");
+                        (*ev, *blk) = (next.at, next.new_block_at);
                     }
                     next_event = next_event.min(*ev);
                 }
                 self.stats.used_block_ns += used as u128 * dur_since as u128;
                 dur_since = 0;
-                used = self.kv.num_used();
-                self.stats.peak_usage = self.stats.peak_usage.max(self.kv.usage());
+                used = self.scheduler.kv().used_blocks();
+                self.stats.peak_usage = self.stats.peak_usage.max(self.scheduler.kv().usage());
             }
             if steps == 0 {
-                self.stats.peak_usage = self.stats.peak_usage.max(self.kv.usage());
+                self.stats.peak_usage = self.stats.peak_usage.max(self.scheduler.kv().usage());
             }
             match var {
                 Some(_) => var_fs += seconds_to_fs(var_time),
@@ -536,7 +536,7 @@ impl Replica {
             r.last_token = Some(t);
             match stop_reason(r, self.true_output[id], self.max_model_len) {
                 Some(reason) => done.push((*id, reason)),
-                None => self.kv.update_block_hashes(r),
+                None => self.scheduler.kv_mut().on_token(r),
             }
         }
         let done = self.retire(done, t);
@@ -562,7 +562,7 @@ impl Replica {
             r.num_output_tokens = b.1 + steps as u32;
             if let Some(t) = last {
                 r.last_token = Some(t);
-                self.kv.update_block_hashes(r);
+                self.scheduler.kv_mut().on_token(r);
             }
         }
     }
@@ -593,9 +593,12 @@ impl Replica {
             on_token(r, prev);
             match stop_reason(r, self.true_output[&id], self.max_model_len) {
                 Some(reason) => done.push((id, reason)),
-                None => self.kv.update_block_hashes(r),
+                None => self.scheduler.kv_mut().on_token(r),
             }
         }
+        self.scheduler
+            .kv_mut()
+            .after_step(&mut self.requests, &step.plan.scheduled);
         self.spare_plan = step.plan;
         self.retire(done, now)
     }
@@ -608,7 +611,7 @@ impl Replica {
         for (id, reason) in done {
             let mut r = self.requests.remove(&id).expect("finished request");
             self.true_output.remove(&id);
-            self.kv.free(&mut r);
+            self.scheduler.kv_mut().free(&mut r);
             r.finish = Some(now);
             r.finish_reason = Some(reason);
             debug_assert!(
@@ -629,7 +632,7 @@ impl Replica {
     /// every (blocks / 1,024)-th step, so the O(blocks) check costs about 1,024 block visits per step.
     #[cfg(debug_assertions)]
     fn maybe_check_invariants(&self) {
-        let stride = (self.kv.num_blocks() as u64 / 1024).max(1);
+        let stride = (self.scheduler.kv().stats().usable_blocks as u64 / 1024).max(1);
         if self.stats.steps % stride == 0 {
             self.check_invariants();
         }
@@ -652,6 +655,11 @@ impl Replica {
         }
     }
 
+    /// A conversation released its last turn (the KV store may drop what it keeps for it).
+    pub fn on_session_end(&mut self, session: SessionId) {
+        self.scheduler.kv_mut().on_session_end(session);
+    }
+
     /// Removes request `id` between steps (a client timeout, a cancelled request): the scheduler drops it
     /// and its KV blocks are freed. Returns it, or None when this replica does not hold it or a step is in
     /// flight (abort then at the step's end).
@@ -664,7 +672,7 @@ impl Replica {
             return None;
         }
         let mut r = *self.requests.remove(&id).expect("held");
-        self.kv.free(&mut r);
+        self.scheduler.kv_mut().free(&mut r);
         self.true_output.remove(&id);
         Some(r)
     }
@@ -678,26 +686,18 @@ impl Replica {
             .map(|r| *r)
             .collect();
         for r in &mut out {
-            self.kv.free(r);
+            self.scheduler.kv_mut().free(r);
         }
         out.sort_by_key(|r| r.id);
         out
     }
 
-    /// Invariants 2 and 6-adjacent bookkeeping: KV conservation, and every held block accounted to exactly
-    /// the requests that hold it.
+    /// Invariants 1 and 2: every request in exactly one queue, and the KV store's own invariants over the
+    /// requests it holds for (for the paged store: conservation, every held block accounted to exactly
+    /// the requests that hold it, no computed token without a block).
     pub fn check_invariants(&self) {
-        let holders = self.requests.values().map(|r| &**r);
-        if let Err(e) = self.kv.check_invariants(holders.clone()) {
+        if let Err(e) = self.scheduler.kv().check_invariants(&self.requests) {
             panic!("invariant 2 violated on replica {}: {e}", self.id);
-        }
-        for r in holders {
-            assert!(
-                r.num_computed_tokens as u64
-                    <= r.num_blocks_held() as u64 * self.kv.block_size() as u64,
-                "request {} computed tokens without blocks",
-                r.id
-            );
         }
         assert_eq!(
             self.scheduler.num_waiting() + self.scheduler.num_running(),
@@ -719,31 +719,12 @@ fn stop_reason(r: &Request, truth: u32, max_model_len: u32) -> Option<StopReason
     }
 }
 
-/// The leap step (counted from the leap's start) at which a decoding request's one-token `allocate_slots`
-/// next does something, given that it is at step `from` now: when the token computed in that step needs a
-/// new block, or (`caching`) fills one the prefix cache registers. This is `allocate_slots`' fast-path
-/// test solved for the step. Returns that step and the step whose token needs a new block (no earlier).
-/// The request's counters must be those of step `from`.
-fn kv_event_step(r: &Request, bs: u64, caching: bool, from: u64) -> (u64, u64) {
-    // In step from + k the request computes token number computed + k + 1.
-    let next = r.num_computed_tokens as u64 + 1;
-    let needs_block = r.num_blocks_held() as u64 * bs + 1;
-    let fills = if caching {
-        (r.num_cached_blocks as u64 + 1) * bs
-    } else {
-        u64::MAX
-    };
-    (
-        from + needs_block.min(fills).saturating_sub(next),
-        from + needs_block.saturating_sub(next),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::SchedulingPolicy;
     use crate::cost::linear::LinearCost;
+    use crate::kv::KvCacheManager;
     use crate::scheduler::vllm_v1::{Limits, VllmScheduler};
     use crate::workload::content::Segment;
 
@@ -766,7 +747,7 @@ mod tests {
             policy: SchedulingPolicy::Fcfs,
         };
         let kv = KvCacheManager::new(11, 16, true);
-        let mut r = Replica::new(0, Box::new(VllmScheduler::new(limits)), kv, 1000);
+        let mut r = Replica::new(0, Box::new(VllmScheduler::new(limits, kv)), 1000);
         r.enqueue(request(1, 40), 8);
         r.enqueue(request(2, 40), 8);
         let cost = LinearCost {
@@ -779,14 +760,14 @@ mod tests {
         assert!(r.abort(1).is_none());
         r.finish_step(SimTime::ZERO + d, |_, _| {});
         // 40 + 1 tokens each: 3 blocks each of the 10 usable.
-        assert_eq!(r.kv().num_free(), 10 - 6);
+        assert_eq!(r.kv().stats().free_blocks, 10 - 6);
         let a = r.abort(1).expect("held");
         assert_eq!(a.id, 1);
-        assert_eq!(r.kv().num_free(), 10 - 3);
+        assert_eq!(r.kv().stats().free_blocks, 10 - 3);
         assert_eq!((r.num_running(), r.num_waiting()), (1, 0));
         assert!(r.abort(1).is_none() && r.abort(99).is_none());
         assert!(r.abort(2).is_some());
         assert!(!r.has_work());
-        assert_eq!(r.kv().num_free(), 10);
+        assert_eq!(r.kv().stats().free_blocks, 10);
     }
 }

@@ -4,11 +4,15 @@
 //! (invariant 6); the replica's stop oracle, which models the model emitting EOS, holds the true length.
 
 use crate::event::{ReplicaId, SessionId};
-use crate::kv::{BlockId, PieceTable};
+use crate::kv::KvState;
 use crate::time::SimTime;
 use crate::workload::content::{extend_block_hashes_tail, HashChain, Segment};
 
 pub type RequestId = u64;
+
+/// The requests of one replica, by id. Boxed, so that a table slot stays 8 bytes while a request is a
+/// few hundred.
+pub type RequestTable = crate::idtable::IdTable<Box<Request>>;
 
 /// How a request left the system.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,13 +81,8 @@ pub struct Request {
     /// Chained hashes of every full block of prompt + outputs so far (shared with the prefix-cache runs
     /// holding some of them).
     pub block_hashes: HashChain,
-    /// KV blocks held, in token order, when the replica's KV manager keeps per-block state (cache off, or
-    /// after a duplicate registration; see `kv::piece_pool`).
-    pub block_table: Vec<BlockId>,
-    /// KV blocks held, when the KV manager keeps pieces (the prefix cache on).
-    pub piece_table: PieceTable,
-    /// How many leading blocks held are registered in the prefix cache.
-    pub num_cached_blocks: usize,
+    /// What the replica's KV store keeps for this request (`kv` module docs).
+    pub kv: KvState,
     /// True from admission until the step that samples a token: the request's chunks are prefill.
     pub in_prefill: bool,
     /// Has been preempted at least once (its lookups count as `preempted_*`, vLLM P1).
@@ -138,9 +137,7 @@ impl Request {
             num_output_tokens: 0,
             num_computed_tokens: 0,
             block_hashes: HashChain::default(),
-            block_table: Vec::new(),
-            piece_table: PieceTable::default(),
-            num_cached_blocks: 0,
+            kv: KvState::default(),
             in_prefill: false,
             was_preempted: false,
             first_scheduled: None,
@@ -152,11 +149,6 @@ impl Request {
             prefilled_tokens: 0,
             preemptions: 0,
         }
-    }
-
-    /// KV blocks held.
-    pub fn num_blocks_held(&self) -> u32 {
-        self.block_table.len() as u32 + self.piece_table.blocks()
     }
 
     /// Prompt plus outputs so far (vLLM `num_tokens`).

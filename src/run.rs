@@ -231,16 +231,18 @@ fn summarize(world: &mut World, sys: &System, variant: &str) -> Summary {
     let (mut q, mut h, mut pq, mut ph, mut pre, mut ev, mut steps) = (0, 0, 0, 0, 0, 0, 0);
     let (mut usage_s, mut peak) = (0.0, 0.0f64);
     for r in &world.replicas {
-        let st = r.kv().stats();
-        q += st.queries;
-        h += st.hits;
-        pq += st.preempted_queries;
-        ph += st.preempted_hits;
+        let kv = r.kv().stats();
+        q += kv.prefix.queries;
+        h += kv.prefix.hits;
+        pq += kv.prefix.preempted_queries;
+        ph += kv.prefix.preempted_hits;
         pre += r.stats.preemptions;
-        ev += r.kv().evictions();
+        ev += kv.evictions;
         steps += r.stats.steps;
         // Block-nanoseconds over usable blocks: usage-seconds.
-        usage_s += r.stats.used_block_ns as f64 / ((r.kv().num_blocks() - 1) as f64 * 1e9);
+        if kv.usable_blocks > 0 {
+            usage_s += r.stats.used_block_ns as f64 / (kv.usable_blocks as f64 * 1e9);
+        }
         peak = peak.max(r.stats.peak_usage);
     }
     s.set("prefix_cache_queries", q);

@@ -2,12 +2,14 @@
 //! and each replica with its scheduler and KV store), apart from the loop that runs them (`world.rs`).
 //!
 //! Every choice of a kind is made here, in one `match` per slot: `engine.kind` picks the scheduler (the
-//! engine family), `cost.kind` the cost model, `workload.kind` the workload, `cluster.router` the router
-//! (`router::build`). To add an engine: write its scheduler as one file under `scheduler/`, add its
-//! `EngineKind` arm in `config.rs`, and build it in [`System::scheduler`]; the compiler then points at
-//! every `match` over the kinds, the leap tests included.
+//! engine family), `engine.kv_cache` the KV store it owns, `cost.kind` the cost model, `workload.kind` the
+//! workload, `cluster.router` the router (`router::build`). To add an engine: write its scheduler as one
+//! file under `scheduler/`, add its `EngineKind` arm in `config.rs`, and build it in
+//! [`System::scheduler_with`]; to add a store, the same under `kv/` with a `KvKind` arm, built in
+//! [`System::scheduler`]. The compiler then points at every `match` over the kinds, the leap tests
+//! included.
 
-use crate::config::{CacheScope, Config, CostKind, EngineKind, WorkloadKind};
+use crate::config::{CacheScope, Config, CostKind, EngineKind, KvKind, WorkloadKind};
 use crate::cost::catalog::{HardwareSpec, ModelShape};
 use crate::cost::linear::LinearCost;
 use crate::cost::roofline::Roofline;
@@ -16,7 +18,7 @@ use crate::cost::CostModel;
 use crate::error::ConfigError;
 use crate::event::ReplicaId;
 use crate::kv::sizing::{size_engine_tp, EngineSizing};
-use crate::kv::KvCacheManager;
+use crate::kv::{KvCacheManager, KvStore};
 use crate::replica::Replica;
 use crate::rng::RngStreams;
 use crate::scheduler::vllm_v1::{Limits, VllmScheduler};
@@ -120,38 +122,52 @@ impl System {
         })
     }
 
-    /// The scheduler of one replica, of the configured engine kind.
+    /// The scheduler of one replica, of the configured engine kind, with its KV store of the configured
+    /// kind.
     pub fn scheduler(&self, cfg: &Config) -> Box<dyn Scheduler> {
-        let s = &self.sizing;
-        match cfg.engine.kind {
-            EngineKind::Vllm => Box::new(VllmScheduler::new(Limits {
-                max_num_batched_tokens: s.max_num_batched_tokens,
-                max_num_seqs: s.max_num_seqs,
-                max_model_len: s.max_model_len,
-                enable_chunked_prefill: cfg.engine.enable_chunked_prefill,
-                long_prefill_token_threshold: cfg.engine.long_prefill_token_threshold,
-                policy: cfg.engine.policy,
-            })),
+        match cfg.engine.kv_cache {
+            KvKind::Paged => self.scheduler_with(
+                cfg,
+                KvCacheManager::new(
+                    self.sizing.num_gpu_blocks,
+                    cfg.engine.block_size,
+                    cfg.engine.prefix_caching,
+                ),
+            ),
+            #[cfg(feature = "toys")]
+            KvKind::ToyRecompute => {
+                self.scheduler_with(cfg, crate::kv::toy_recompute::ToyRecompute)
+            }
         }
     }
 
-    /// The KV store of one replica: vLLM's paged pool, with its prefix cache when enabled.
-    pub fn kv_store(&self, cfg: &Config) -> KvCacheManager {
-        KvCacheManager::new(
-            self.sizing.num_gpu_blocks,
-            cfg.engine.block_size,
-            cfg.engine.prefix_caching,
-        )
+    /// The scheduler of the configured engine kind over store `kv` (generic, so that a scheduler's
+    /// allocation calls are static).
+    pub fn scheduler_with<K: KvStore + 'static>(&self, cfg: &Config, kv: K) -> Box<dyn Scheduler> {
+        let s = &self.sizing;
+        match cfg.engine.kind {
+            EngineKind::Vllm => Box::new(VllmScheduler::new(
+                Limits {
+                    max_num_batched_tokens: s.max_num_batched_tokens,
+                    max_num_seqs: s.max_num_seqs,
+                    max_model_len: s.max_model_len,
+                    enable_chunked_prefill: cfg.engine.enable_chunked_prefill,
+                    long_prefill_token_threshold: cfg.engine.long_prefill_token_threshold,
+                    policy: cfg.engine.policy,
+                },
+                kv,
+            )),
+            #[cfg(feature = "toys")]
+            EngineKind::ToyFifo => Box::new(crate::scheduler::toy_fifo::ToyFifo::new(
+                kv,
+                s.max_model_len,
+            )),
+        }
     }
 
     /// Replica `id`, empty and idle: the factory a run calls at its start (and cluster events may call
     /// mid-run).
     pub fn replica(&self, cfg: &Config, id: ReplicaId) -> Replica {
-        Replica::new(
-            id,
-            self.scheduler(cfg),
-            self.kv_store(cfg),
-            self.sizing.max_model_len,
-        )
+        Replica::new(id, self.scheduler(cfg), self.sizing.max_model_len)
     }
 }

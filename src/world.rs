@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::cost::CostModel;
 use crate::engine::EventQueue;
 use crate::error::{ConfigError, Error, OutputError};
-use crate::event::{Event, ReplicaId};
+use crate::event::{Event, ReplicaId, SessionId};
 use crate::metrics::{Collector, Sample};
 use crate::replica::{Leapt, Replica, StepStart};
 use crate::request::{Request, Status};
@@ -259,8 +259,7 @@ impl<'a> World<'a> {
                 }
                 self.active_since_sample = false;
                 for rep in &self.replicas {
-                    let pool = rep.kv();
-                    let st = rep.kv().stats();
+                    let kv = rep.kv().stats();
                     self.metrics.on_sample(&Sample {
                         time: now,
                         replica: rep.id,
@@ -271,12 +270,12 @@ impl<'a> World<'a> {
                         } else {
                             0
                         },
-                        used_blocks: pool.num_used(),
-                        cached_free_blocks: pool.num_free_cached(),
-                        empty_free_blocks: pool.num_free() - pool.num_free_cached(),
-                        usage: pool.usage(),
-                        prefix_queries: st.queries,
-                        prefix_hits: st.hits,
+                        used_blocks: kv.used_blocks,
+                        cached_free_blocks: kv.free_cached_blocks,
+                        empty_free_blocks: kv.free_blocks - kv.free_cached_blocks,
+                        usage: kv.usage(),
+                        prefix_queries: kv.prefix.queries,
+                        prefix_hits: kv.prefix.hits,
                         preemptions: rep.stats.preemptions,
                     })?;
                 }
@@ -300,8 +299,9 @@ impl<'a> World<'a> {
                 self.counts.released += 1;
                 self.metrics.on_request_done(&nr.request, Status::Failed)?;
                 // The recorded user went on after the failure: the next turn follows its gap.
-                if let Some(t) = self.workload.on_turn_complete(nr.request.session, 0, now) {
-                    self.queue.push(t, Event::TurnRelease(nr.request.session));
+                match self.workload.on_turn_complete(nr.request.session, 0, now) {
+                    Some(t) => self.queue.push(t, Event::TurnRelease(nr.request.session)),
+                    None => self.end_session(nr.request.session),
                 }
                 Ok(())
             }
@@ -328,15 +328,23 @@ impl<'a> World<'a> {
             self.metrics.on_request_done(&r, Status::Finished)?;
             self.workload
                 .carry_block_hashes(r.session, std::mem::take(&mut r.block_hashes));
-            if let Some(t) = self
+            match self
                 .workload
                 .on_turn_complete(r.session, r.num_output_tokens, now)
             {
-                self.queue.push(t, Event::TurnRelease(r.session));
+                Some(t) => self.queue.push(t, Event::TurnRelease(r.session)),
+                None => self.end_session(r.session),
             }
         }
         self.request_schedule(rid, now);
         Ok(())
+    }
+
+    /// A session released its last turn: every replica's KV store is told (a turn may have run on any).
+    fn end_session(&mut self, session: SessionId) {
+        for rep in &mut self.replicas {
+            rep.on_session_end(session);
+        }
     }
 
     /// Queues a `Schedule` for an idle replica (once): it runs after every arrival at this instant.
@@ -434,7 +442,7 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::{CacheHit, KvCacheManager};
+    use crate::kv::{CacheHit, KvCacheManager, KvStore};
     use crate::request::RequestId;
     use crate::scheduler::{Next, RequestTable, Scheduler, StepPlan};
     use crate::system::System;
@@ -444,6 +452,7 @@ mod tests {
     /// arrivals wait. It exercises `Next::WakeAt`, an arrival cutting a wait short, and the world's
     /// bookkeeping of wake times (invariant 5 is checked after every event in debug builds).
     struct BatchWithTimeout {
+        kv: KvCacheManager,
         timeout: SimDuration,
         waiting: Vec<RequestId>,
         running: Vec<RequestId>,
@@ -453,13 +462,7 @@ mod tests {
         fn add_request(&mut self, req: &Request) {
             self.waiting.push(req.id);
         }
-        fn schedule(
-            &mut self,
-            now: SimTime,
-            reqs: &mut RequestTable,
-            kv: &mut KvCacheManager,
-            plan: &mut StepPlan,
-        ) -> Next {
+        fn schedule(&mut self, now: SimTime, reqs: &mut RequestTable, plan: &mut StepPlan) -> Next {
             plan.clear();
             if self.running.is_empty() {
                 let Some(&first) = self.waiting.first() else {
@@ -477,11 +480,17 @@ mod tests {
             for &id in &self.running {
                 let r = reqs.get_mut(&id).unwrap();
                 let n = r.num_tokens() - r.num_computed_tokens;
-                assert!(kv.allocate_slots(r, n, CacheHit::default()));
+                assert!(self.kv.allocate_slots(r, n, CacheHit::default()));
                 r.num_computed_tokens += n;
                 plan.scheduled.push((id, n));
             }
             Next::Run
+        }
+        fn kv(&self) -> &dyn KvStore {
+            &self.kv
+        }
+        fn kv_mut(&mut self) -> &mut dyn KvStore {
+            &mut self.kv
         }
         fn finish_requests(&mut self, finished: &[RequestId]) {
             self.running.retain(|id| !finished.contains(id));
@@ -534,11 +543,12 @@ mod tests {
         )
         .unwrap();
         let toy = BatchWithTimeout {
+            kv: KvCacheManager::new(100, 16, true),
             timeout: SimDuration::from_secs_f64(0.05),
             waiting: Vec::new(),
             running: Vec::new(),
         };
-        let replica = Replica::new(0, Box::new(toy), sys.kv_store(&cfg), 64);
+        let replica = Replica::new(0, Box::new(toy), 64);
         let mut w = World::new(
             &cfg,
             vec![replica],

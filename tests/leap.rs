@@ -2,7 +2,7 @@
 //! workloads with prefix hits, preemption, several replicas, priorities and trace replay.
 
 use crate::common::*;
-use servesim::config::{Config, EngineKind};
+use servesim::config::{Config, EngineKind, KvKind};
 use servesim::run::{run, RunOptions};
 
 fn both(name: &str, cfg: &Config) -> u64 {
@@ -35,33 +35,50 @@ fn both(name: &str, cfg: &Config) -> u64 {
     a.leapt_steps
 }
 
-/// Every engine kind, each on a workload with prefix hits and one with preemption. A new kind must be
-/// added to `EngineKind::ALL` and given its name here (the match is exhaustive, so the build fails until
-/// it is): the leap contract (`replica.rs`) then holds for it, or its `steady_decode` declines to leap.
+/// Every engine kind over every KV store kind, each on a workload with prefix hits and one with
+/// preemption. A new kind must be added to `EngineKind::ALL` or `KvKind::ALL` and given its name here (the
+/// matches are exhaustive, so the build fails until it is): the leap contract (`replica.rs`) then holds for
+/// it, or its `steady_decode` or `decode_event` declines to leap.
 #[test]
-fn leap_equals_step_for_every_engine_kind() {
+fn leap_equals_step_for_every_engine_and_store_kind() {
     for &kind in EngineKind::ALL {
-        let name = match kind {
+        let engine = match kind {
             EngineKind::Vllm => "vllm",
+            EngineKind::ToyFifo => "toy_fifo",
         };
-        let set = format!("engine.kind=\"{name}\"");
-        both(
-            name,
-            &config(SMALL_CHAT, &[&set, "workload.duration_s=20.0"]),
-        );
-        both(
-            name,
-            &config(
-                SMALL_CHAT,
-                &[
-                    &set,
-                    "workload.duration_s=20.0",
-                    "engine.num_gpu_blocks=2100",
-                    "workload.doc_probability=0.3",
-                    "workload.session_rate=6.0",
-                ],
-            ),
-        );
+        for &store in KvKind::ALL {
+            let kv = match store {
+                KvKind::Paged => "paged",
+                KvKind::ToyRecompute => "toy_recompute",
+            };
+            let name = format!("{engine} over {kv}");
+            let e = format!("engine.kind=\"{engine}\"");
+            let k = format!("engine.kv_cache=\"{kv}\"");
+            let leapt = both(
+                &name,
+                &config(SMALL_CHAT, &[&e, &k, "workload.duration_s=20.0"]),
+            );
+            // Only a store that predicts its KV events lets the replica leap.
+            assert_eq!(
+                leapt > 0,
+                store == KvKind::Paged,
+                "{name}: leapt {leapt} steps"
+            );
+            both(
+                &name,
+                &config(
+                    SMALL_CHAT,
+                    &[
+                        &e,
+                        &k,
+                        "workload.duration_s=20.0",
+                        "engine.num_gpu_blocks=2100",
+                        "workload.doc_probability=0.3",
+                        "workload.session_rate=6.0",
+                    ],
+                ),
+            );
+        }
     }
 }
 

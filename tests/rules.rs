@@ -9,11 +9,10 @@ use servesim::scheduler::{RequestTable, Scheduler, StepPlan};
 use servesim::time::SimTime;
 use servesim::workload::content::Segment;
 
-/// A scheduler, a KV manager and requests, stepped by hand. A step's end samples one token for every
+/// A scheduler with its KV manager, and requests, stepped by hand. A step's end samples one token for every
 /// request whose computed tokens reached its length (S7) and finishes it at `max_tokens`.
 struct H {
-    s: VllmScheduler,
-    kv: KvCacheManager,
+    s: VllmScheduler<KvCacheManager>,
     reqs: RequestTable,
     finished: Vec<RequestId>,
 }
@@ -32,8 +31,7 @@ fn limits(budget: u32, seqs: u32) -> Limits {
 impl H {
     fn new(blocks: u32, l: Limits) -> H {
         H {
-            s: VllmScheduler::new(l),
-            kv: KvCacheManager::new(blocks, 16, true),
+            s: VllmScheduler::new(l, KvCacheManager::new(blocks, 16, true)),
             reqs: RequestTable::default(),
             finished: Vec::new(),
         }
@@ -67,8 +65,7 @@ impl H {
 
     fn step(&mut self) -> StepPlan {
         let mut plan = StepPlan::default();
-        self.s
-            .schedule(SimTime::ZERO, &mut self.reqs, &mut self.kv, &mut plan);
+        self.s.schedule(SimTime::ZERO, &mut self.reqs, &mut plan);
         let mut done = Vec::new();
         for &(id, _) in &plan.scheduled {
             let r = self.reqs.get_mut(&id).unwrap();
@@ -84,13 +81,15 @@ impl H {
         self.s.finish_requests(&done);
         for id in done {
             let mut r = self.reqs.remove(&id).unwrap();
-            self.kv.free(&mut r);
+            self.s.kv_mut().free(&mut r);
             self.finished.push(id);
         }
-        self.kv
-            .check_invariants(self.reqs.values().map(|r| &**r))
-            .unwrap();
+        self.s.kv().check_invariants(&self.reqs).unwrap();
         plan
+    }
+
+    fn kv(&self) -> &KvCacheManager {
+        self.s.store()
     }
 
     fn r(&self, id: RequestId) -> &Request {
@@ -192,7 +191,7 @@ fn s4_fcfs_preempts_last_running_and_skips_admission() {
         (
             b.num_computed_tokens,
             b.preemptions,
-            b.num_blocks_held() as usize
+            b.kv.num_blocks_held() as usize
         ),
         (0, 1, 0)
     );
@@ -265,8 +264,8 @@ fn k6_lookup_caps_at_num_tokens_minus_one() {
     h.add(2, &[(7, 32)], 1);
     let p = h.step();
     assert_eq!(p.scheduled, vec![(2, 16)]);
-    assert_eq!(h.kv.stats().hits, 16);
-    assert_eq!(h.kv.stats().queries, 64);
+    assert_eq!(h.kv().prefix_stats().hits, 16);
+    assert_eq!(h.kv().prefix_stats().queries, 64);
 }
 
 #[test]
@@ -339,15 +338,15 @@ fn k10_preempted_request_recovers_its_surviving_cached_blocks() {
     h.add(1, &[(1, 32)], 2);
     h.add(2, &[(2, 32)], 50);
     h.step();
-    let before = h.kv.stats();
+    let before = h.kv().prefix_stats();
     let p = h.step();
     assert_eq!(p.preempted, vec![2]);
     assert_eq!(p.scheduled, vec![(1, 1)]);
     assert!(h.finished.contains(&1));
-    assert_eq!(h.kv.evictions(), 1);
+    assert_eq!(h.kv().evictions(), 1);
     let p = h.step();
     assert_eq!(p.scheduled, vec![(2, 17)]);
-    let st = h.kv.stats();
+    let st = h.kv().prefix_stats();
     assert_eq!((st.preempted_queries, st.preempted_hits), (33, 16));
     assert_eq!((st.queries, st.hits), (before.queries, before.hits));
 }
@@ -362,16 +361,20 @@ fn p1_a_lookup_is_counted_once_at_admission() {
     let mut h = H::new(5, limits(1000, 16));
     h.add(1, &[(1, 47)], 2);
     h.step();
-    let q0 = h.kv.stats().queries;
+    let q0 = h.kv().prefix_stats().queries;
     assert_eq!(q0, 47);
     h.add(2, &[(2, 32)], 1);
     let p = h.step();
     assert_eq!(p.scheduled, vec![(1, 1)]);
     assert!(h.finished.contains(&1));
-    assert_eq!(h.kv.stats().queries, q0, "a blocked head counts nothing");
+    assert_eq!(
+        h.kv().prefix_stats().queries,
+        q0,
+        "a blocked head counts nothing"
+    );
     let p = h.step();
     assert_eq!(p.scheduled, vec![(2, 32)]);
-    assert_eq!(h.kv.stats().queries - q0, 32);
+    assert_eq!(h.kv().prefix_stats().queries - q0, 32);
 }
 
 #[test]
@@ -415,9 +418,13 @@ fn stress_preemption_lifo_no_admission_conservation() {
             }
         }
         // KV conservation: used + free = usable, and used = blocks held by requests.
-        let held: usize = h.reqs.values().map(|r| r.num_blocks_held() as usize).sum();
-        assert_eq!(h.kv.num_used() + h.kv.num_free(), 39);
-        assert!(h.kv.num_used() as usize <= held);
+        let held: usize = h
+            .reqs
+            .values()
+            .map(|r| r.kv.num_blocks_held() as usize)
+            .sum();
+        assert_eq!(h.kv().num_used() + h.kv().num_free(), 39);
+        assert!(h.kv().num_used() as usize <= held);
     }
     assert!(h.reqs.is_empty(), "all requests finish");
     assert_eq!(h.finished.len(), 30);
@@ -441,12 +448,12 @@ fn abort_removes_a_running_or_waiting_request_and_frees_its_blocks() {
         h.add(2, &[(2, 200)], 50);
         assert_eq!(h.step().scheduled, vec![(1, 40)]);
         assert_eq!((h.s.num_running(), h.s.num_waiting()), (1, 1));
-        assert_eq!(h.kv.num_free(), 10 - 3);
+        assert_eq!(h.kv().num_free(), 10 - 3);
         let a = h.reqs.remove(&1).unwrap();
         assert!(h.s.abort(&a));
         let mut a = *a;
-        h.kv.free(&mut a);
-        assert_eq!(h.kv.num_free(), 10);
+        h.s.kv_mut().free(&mut a);
+        assert_eq!(h.kv().num_free(), 10);
         let b = h.reqs.remove(&2).unwrap();
         assert!(h.s.abort(&b));
         assert_eq!((h.s.num_running(), h.s.num_waiting()), (0, 0));

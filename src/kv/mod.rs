@@ -1,28 +1,69 @@
-//! KV-cache management: vLLM V1's block pool with its prefix cache, and the per-request operations the
-//! scheduler calls (engine-semantics K5-K10, P1).
+//! KV stores: where a replica keeps the KV cache of the requests it runs, and what it reuses between them.
 //!
-//! Two representations of one behaviour: with the prefix cache on, the pool keeps runs of blocks
-//! (`piece_pool`), which costs per run of blocks instead of per block; if a registration could create a
-//! duplicate block (K8), which that model cannot hold, the manager hands its whole state over to the
-//! per-block pool (`block_pool`) and carries on there. Without the prefix cache the per-block pool is
-//! anonymous (a stack of ids). The choice never shows in results: only which content is cached, which
-//! lookups hit and the counts are observable, and those are the same.
+//! Every store implements [`KvStore`], the narrow interface a scheduler allocates through and a replica
+//! reads statistics from. The scheduler owns its replica's store, as vLLM's `Scheduler` owns its
+//! `kv_cache_manager` and SGLang's its `tree_cache`: a scheduler generic over its store keeps the
+//! per-token allocation calls static, and one that needs a richer store (a radix tree's lock references)
+//! holds the concrete type and uses its full API, showing the replica only this trait.
+//!
+//! What lives here:
+//! - `paged.rs`: vLLM V1's `KVCacheManager` ([`KvCacheManager`]): a paged block pool with its prefix
+//!   cache (engine-semantics K5-K10, P1), kept in one of two representations, `piece_pool.rs` (runs of
+//!   blocks) and `block_pool.rs` (per block), with `hash_index.rs` for hash lookups;
+//! - `sizing.rs`: how many blocks a GPU holds and the engine's limits, resolved as vLLM resolves them;
+//! - `toy_recompute.rs` (the `toys` feature, tests only): a store that keeps nothing.
+//!
+//! To add a store: one file here implementing [`KvStore`], one `KvKind` arm in `config.rs` (the
+//! `engine.kv_cache` key), and its construction in `System::scheduler` (`system.rs`); the exhaustive
+//! match in `tests/leap.rs` then fails to compile until the leap tests cover it. A new store is correct
+//! before it is fast: [`KvStore::decode_event`] defaults to None, and the replica then steps one by one.
+//! To let the replica leap over runs of decode steps, implement it under the leap contract written at
+//! the top of `replica.rs` (condition 2).
+//!
+//! A store keeps its per-request state either in the request's one KV field ([`KvState`], the paged
+//! store's block table) or in a map of its own keyed by request id. The request's block hashes
+//! (`Request::block_hashes`) are not store state: they name the request's content, carried from turn to
+//! turn and readable by routers; a store decides only whether to compute them ([`KvStore::on_enqueue`]).
 
 pub mod block_pool;
 mod hash_index;
-use hash_index::PREFETCH_AHEAD;
+pub mod paged;
 pub mod piece_pool;
 pub mod sizing;
+#[cfg(feature = "toys")]
+pub mod toy_recompute;
 
 pub use block_pool::{BlockId, BlockPool};
+pub use paged::KvCacheManager;
+use piece_pool::PieceHit;
 pub use piece_pool::PieceTable;
-use piece_pool::{PieceHit, PiecePool, Translation};
 
-use crate::request::{Request, RequestId};
+use crate::event::SessionId;
+use crate::request::{Request, RequestId, RequestTable};
+
+/// A request's KV state in a paged store: the blocks it holds and how many of them the prefix cache has
+/// registered. Other stores leave it empty.
+#[derive(Clone, Debug, Default)]
+pub struct KvState {
+    /// Blocks held, in token order, when the store keeps per-block state (cache off, or after a
+    /// duplicate registration; see `piece_pool`).
+    pub block_table: Vec<BlockId>,
+    /// Blocks held, when the store keeps runs of blocks (the prefix cache on).
+    pub piece_table: PieceTable,
+    /// How many leading blocks held are registered in the prefix cache.
+    pub num_cached_blocks: usize,
+}
+
+impl KvState {
+    /// KV blocks held.
+    pub fn num_blocks_held(&self) -> u32 {
+        self.block_table.len() as u32 + self.piece_table.blocks()
+    }
+}
 
 /// Prefix-cache counters, counted as current vLLM counts them (P1, PR #48860): in tokens, once per admitted
-/// request (see [`KvCacheManager::record_admission`]); lookups for requests that were preempted before go to
-/// the `preempted_*` counters, which vLLM does not export.
+/// request (see [`KvStore::record_admission`]); lookups for requests that were preempted before go to the
+/// `preempted_*` counters, which vLLM does not export.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PrefixStats {
     pub queries: u64,
@@ -31,16 +72,45 @@ pub struct PrefixStats {
     pub preempted_hits: u64,
 }
 
+/// A store's state at one instant, for the time series and the summary. Stores without blocks report
+/// zeros for the block counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct KvStats {
+    /// Tokens per block.
+    pub block_size: u32,
+    /// Blocks requests can hold (vLLM's `num_gpu_blocks` less its null block).
+    pub usable_blocks: u32,
+    /// Blocks held by live requests.
+    pub used_blocks: u32,
+    /// Blocks in the free queue (empty or cached-but-evictable).
+    pub free_blocks: u32,
+    /// Free blocks that still hold cached content.
+    pub free_cached_blocks: u32,
+    /// Cached blocks evicted so far.
+    pub evictions: u64,
+    pub prefix: PrefixStats,
+}
+
+impl KvStats {
+    /// K11: 1 - free / usable, cached-but-free blocks counting as free; 0 for a store without blocks.
+    pub fn usage(&self) -> f64 {
+        if self.usable_blocks == 0 {
+            return 0.0;
+        }
+        1.0 - self.free_blocks as f64 / self.usable_blocks as f64
+    }
+}
+
 /// The result of a prefix lookup: the hit blocks (taken on admission by `allocate_slots`) and the tokens
-/// they cover.
+/// they cover. Only the store that made it reads its blocks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CacheHit {
-    hit: Hit,
+    pub(crate) hit: Hit,
     pub tokens: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-enum Hit {
+pub(crate) enum Hit {
     #[default]
     None,
     Blocks(Vec<BlockId>),
@@ -57,7 +127,7 @@ impl CacheHit {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         match &self.hit {
             Hit::None => true,
             Hit::Blocks(b) => b.is_empty(),
@@ -66,868 +136,96 @@ impl CacheHit {
     }
 }
 
-#[derive(Clone, Debug)]
-enum Pool {
-    Pieces(PiecePool),
-    Blocks(BlockPool),
+/// When a decoding request's one-token allocation next does something, in leap steps (see
+/// [`KvStore::decode_event`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeEvent {
+    /// The first step at which `allocate_slots(req, 1)` is not a no-op.
+    pub at: u64,
+    /// The first step whose token needs a new block (no earlier than `at`).
+    pub new_block_at: u64,
 }
 
-/// The KV manager of one replica.
-#[derive(Clone, Debug)]
-pub struct KvCacheManager {
-    pool: Pool,
-    /// After a hand-over from pieces to blocks: the block ids of tables still in piece form.
-    translation: Option<Translation>,
-    block_size: u32,
-    caching: bool,
-    stats: PrefixStats,
-    /// The last lookup: request and hit (see `get_computed_blocks`).
-    memo: Option<(RequestId, Hit)>,
-    /// Emptied block lists kept for reuse (block tables of released requests, spent hits): a request's
-    /// table grows to hundreds of blocks, and allocating and growing one per request showed in profiles.
-    spare: Vec<Vec<BlockId>>,
-    spare_hits: Vec<PieceHit>,
-}
+/// The KV store of one replica.
+///
+/// Contract:
+/// - The scheduler calls [`get_computed_blocks`](KvStore::get_computed_blocks),
+///   [`allocate_slots`](KvStore::allocate_slots), [`record_admission`](KvStore::record_admission) and
+///   [`free`](KvStore::free) in its own order while it plans a step, so a block registered for one
+///   request can be hit by the next in the same step (vLLM K8).
+/// - `allocate_slots` is all or nothing: false changes nothing, and the scheduler then preempts or stops
+///   admitting. Every request holds its blocks from a successful allocation until `free`.
+/// - The replica calls the hooks: [`on_enqueue`](KvStore::on_enqueue) when a request arrives,
+///   [`on_token`](KvStore::on_token) after a request that goes on samples a token,
+///   [`after_step`](KvStore::after_step) at a step's end, [`on_session_end`](KvStore::on_session_end)
+///   when a conversation releases no more turns. A leap over decode steps calls none of them per step
+///   (see [`decode_event`](KvStore::decode_event)).
+/// - Nothing here draws a random number (leap contract, condition 9).
+pub trait KvStore {
+    /// K6 + P1: the cached leading blocks a request with nothing computed (new or preempted) can reuse,
+    /// capped so that its last token is always recomputed. Counts nothing (see `record_admission`).
+    fn get_computed_blocks(&mut self, req: &mut Request) -> CacheHit;
 
-/// Most block lists `KvCacheManager::spare` keeps.
-const MAX_SPARE: usize = 64;
-
-impl KvCacheManager {
-    pub fn new(num_blocks: u32, block_size: u32, caching: bool) -> KvCacheManager {
-        KvCacheManager {
-            pool: if caching {
-                Pool::Pieces(PiecePool::new(num_blocks))
-            } else {
-                Pool::Blocks(BlockPool::anonymous(num_blocks))
-            },
-            translation: None,
-            block_size,
-            caching,
-            stats: PrefixStats::default(),
-            memo: None,
-            spare: Vec::new(),
-            spare_hits: Vec::new(),
-        }
-    }
-
-    /// A manager that keeps per-block state from the start (tests compare the two representations).
-    pub fn per_block(num_blocks: u32, block_size: u32, caching: bool) -> KvCacheManager {
-        let mut kv = KvCacheManager::new(num_blocks, block_size, caching);
-        kv.pool = Pool::Blocks(if caching {
-            BlockPool::new(num_blocks)
-        } else {
-            BlockPool::anonymous(num_blocks)
-        });
-        kv
-    }
-
-    /// True while the pool keeps runs of blocks (see the module docs).
-    pub fn keeps_pieces(&self) -> bool {
-        matches!(self.pool, Pool::Pieces(_))
-    }
-
-    /// The per-block pool, if the manager keeps per-block state (tests).
-    pub fn block_pool(&self) -> Option<&BlockPool> {
-        match &self.pool {
-            Pool::Blocks(p) => Some(p),
-            Pool::Pieces(_) => None,
-        }
-    }
-
-    pub fn block_size(&self) -> u32 {
-        self.block_size
-    }
-
-    pub fn stats(&self) -> PrefixStats {
-        self.stats
-    }
-
-    pub fn caching(&self) -> bool {
-        self.caching
-    }
-
-    /// Total blocks, the null block included.
-    pub fn num_blocks(&self) -> u32 {
-        match &self.pool {
-            Pool::Pieces(p) => p.num_blocks(),
-            Pool::Blocks(p) => p.num_blocks(),
-        }
-    }
-
-    /// Blocks in the free queue (empty or cached-but-evictable).
-    pub fn num_free(&self) -> u32 {
-        match &self.pool {
-            Pool::Pieces(p) => p.num_free(),
-            Pool::Blocks(p) => p.num_free(),
-        }
-    }
-
-    /// Free blocks that still hold cached content.
-    pub fn num_free_cached(&self) -> u32 {
-        match &self.pool {
-            Pool::Pieces(p) => p.num_free_cached(),
-            Pool::Blocks(p) => p.num_free_cached(),
-        }
-    }
-
-    /// Blocks referenced by live requests (the null block excluded).
-    pub fn num_used(&self) -> u32 {
-        self.num_blocks() - 1 - self.num_free()
-    }
-
-    /// Cached blocks evicted so far.
-    pub fn evictions(&self) -> u64 {
-        match &self.pool {
-            Pool::Pieces(p) => p.evictions(),
-            Pool::Blocks(p) => p.evictions(),
-        }
-    }
-
-    /// K11: 1 - free / usable. Cached-but-free blocks count as free.
-    pub fn usage(&self) -> f64 {
-        1.0 - self.num_free() as f64 / (self.num_blocks() - 1) as f64
-    }
-
-    /// An empty block list, reused if one is spare.
-    fn take_spare(&mut self) -> Vec<BlockId> {
-        self.spare.pop().unwrap_or_default()
-    }
-
-    fn recycle(&mut self, mut v: Vec<BlockId>) {
-        if v.capacity() > 0 && self.spare.len() < MAX_SPARE {
-            v.clear();
-            self.spare.push(v);
-        }
-    }
-
-    fn recycle_hit(&mut self, hit: Hit) {
-        match hit {
-            Hit::None => {}
-            Hit::Blocks(b) => self.recycle(b),
-            Hit::Pieces(mut p) => {
-                if p.capacity() > 0 && self.spare_hits.len() < MAX_SPARE {
-                    p.clear();
-                    self.spare_hits.push(p);
-                }
-            }
-        }
-    }
-
-    /// K5: brings the request's block hashes up to date with its tokens. Hashes serve only the prefix
-    /// cache: without it they are never computed.
-    pub fn update_block_hashes(&self, req: &mut Request) {
-        if self.caching {
-            req.update_block_hashes(self.block_size);
-        }
-    }
-
-    /// Hands the piece pool's state over to a per-block pool (see the module docs). Tables in piece form
-    /// are translated when their requests next come here (`adopt`).
-    fn hand_over(&mut self) {
-        let Pool::Pieces(p) = &self.pool else {
-            return;
-        };
-        let (blocks, tr) = p.to_block_pool();
-        self.pool = Pool::Blocks(blocks);
-        self.translation = Some(tr);
-        self.memo = None;
-    }
-
-    /// After a hand-over: gives a request still holding a piece table its block table.
-    fn adopt(&mut self, req: &mut Request) {
-        if req.piece_table.is_empty() {
-            return;
-        }
-        if let Some(tr) = self.translation.as_mut() {
-            debug_assert!(req.block_table.is_empty());
-            req.block_table = tr.translate(&mut req.piece_table);
-        }
-    }
-
-    /// K6 + P1: the longest run of cached leading blocks, stopping at the first miss, capped at
-    /// floor((num_tokens - 1) / block_size) blocks so the last token is always recomputed. Call only when the
-    /// request has computed nothing (new or preempted). Counts nothing: the scheduler records the lookup
-    /// with [`KvCacheManager::record_admission`] when the request is admitted.
-    pub fn get_computed_blocks(&mut self, req: &mut Request) -> CacheHit {
-        if !self.caching {
-            return CacheHit::default();
-        }
-        debug_assert_eq!(req.num_computed_tokens, 0);
-        req.debug_check_block_hashes(self.block_size);
-        req.update_block_hashes(self.block_size);
-        let cap = ((req.num_tokens().saturating_sub(1)) / self.block_size) as usize;
-        let owner = &req.block_hashes;
-        let held = owner.hashes();
-        let chain = &held[..cap.min(held.len())];
-        // A waiting head that cannot be admitted is looked up again every step (vLLM does, and counts it),
-        // as is a preempted request waiting to resume: in an overloaded run those repeats were a third of
-        // all time. The last lookup's hit stays valid while none of its blocks has been evicted (the pool
-        // watches them; nothing else takes a hash away or changes which block a lookup finds), so only
-        // the blocks after it are looked up again.
-        let memo = self.memo.take();
-        let (hit, blocks) = match &mut self.pool {
-            Pool::Pieces(pool) => {
-                let mut hit = self.spare_hits.pop().unwrap_or_default();
-                match &memo {
-                    Some((id, Hit::Pieces(m)))
-                        if *id == req.id
-                            && pool.watch_intact()
-                            && m.iter().map(|x| x.1 as usize).sum::<usize>() <= chain.len() =>
-                    {
-                        hit.extend_from_slice(m)
-                    }
-                    _ => pool.watch_new(),
-                }
-                let reused = hit.len();
-                pool.lookup(Some(owner), chain, &mut hit);
-                pool.watch(&hit, reused.saturating_sub(1));
-                #[cfg(debug_assertions)]
-                {
-                    // Fresh, and comparing every hash (no shared-chain shortcut).
-                    let mut fresh = PieceHit::new();
-                    pool.lookup(None, chain, &mut fresh);
-                    assert_eq!(hit, fresh, "a reused lookup differs from a fresh one");
-                }
-                let n = hit.iter().map(|x| x.1).sum::<u32>();
-                (Hit::Pieces(hit), n)
-            }
-            Pool::Blocks(pool) => {
-                let mut blocks = self.spare.pop().unwrap_or_default();
-                match &memo {
-                    Some((id, Hit::Blocks(b)))
-                        if *id == req.id && pool.watch_intact() && b.len() <= chain.len() =>
-                    {
-                        blocks.extend_from_slice(b)
-                    }
-                    _ => pool.watch_new(),
-                }
-                let reused = blocks.len();
-                for (i, &h) in chain.iter().enumerate().skip(reused) {
-                    if let Some(&ahead) = chain.get(i + PREFETCH_AHEAD) {
-                        pool.prefetch_hash(ahead);
-                    }
-                    match pool.lookup(h) {
-                        Some(b) => blocks.push(b),
-                        None => break,
-                    }
-                }
-                pool.watch(&blocks[reused..]);
-                #[cfg(debug_assertions)]
-                {
-                    let fresh: Vec<BlockId> = chain.iter().map_while(|&h| pool.lookup(h)).collect();
-                    assert_eq!(blocks, fresh, "a reused lookup differs from a fresh one");
-                }
-                let n = blocks.len() as u32;
-                (Hit::Blocks(blocks), n)
-            }
-        };
-        // Keep the hit for the next lookup, reusing the old memo's storage.
-        let mut kept = match memo {
-            Some((_, old)) => old,
-            None => Hit::None,
-        };
-        match (&hit, &mut kept) {
-            (Hit::Pieces(h), Hit::Pieces(k)) => {
-                k.clear();
-                k.extend_from_slice(h);
-            }
-            (Hit::Blocks(h), Hit::Blocks(k)) => {
-                k.clear();
-                k.extend_from_slice(h);
-            }
-            _ => kept = hit.clone(),
-        }
-        self.memo = Some((req.id, kept));
-        let tokens = blocks * self.block_size;
-        CacheHit { hit, tokens }
-    }
-
-    /// P1, current vLLM (PR #48860): records a lookup's queried and hit tokens once, when the request it
-    /// was made for is admitted (its `allocate_slots` succeeded). A waiting head looked up again while it
-    /// cannot be admitted is not counted again. Lookups of previously preempted requests go to the
-    /// `preempted_*` counters, which vLLM does not export. Nothing is counted with caching off.
-    pub fn record_admission(&mut self, req: &Request, hit_tokens: u32) {
-        if !self.caching {
-            return;
-        }
-        if req.was_preempted {
-            self.stats.preempted_queries += req.num_tokens() as u64;
-            self.stats.preempted_hits += hit_tokens as u64;
-        } else {
-            self.stats.queries += req.num_tokens() as u64;
-            self.stats.hits += hit_tokens as u64;
-        }
-    }
+    /// P1: records a lookup's queried and hit tokens once, when the request it was made for is admitted.
+    fn record_admission(&mut self, req: &Request, hit_tokens: u32);
 
     /// K7 + K8: makes room for `num_new` more tokens after the computed ones and the cache hit (`hit` is
-    /// non-empty only at admission). All or nothing: returns false, changing nothing, when the free queue
-    /// (evictable cached blocks included) cannot supply the new blocks plus the hit blocks that must leave it.
-    /// On success registers every block the step will fill in the prefix cache, before the forward pass, so
-    /// a later request in the same step can hit them.
-    ///
-    /// Its fast path (a step that needs no block and fills none) is mirrored by `replica::kv_event_step`,
-    /// which predicts the steps of a decode leap where this call does something: change them together (the
-    /// leap contract in `replica.rs`).
-    #[inline]
-    pub fn allocate_slots(&mut self, req: &mut Request, num_new: u32, hit: CacheHit) -> bool {
-        let bs = self.block_size as u64;
-        // Most decode steps need no block and fill none: the general path would change nothing. (This
-        // runs for every request of every step: full / bs > c is tested as full >= (c + 1) bs, a
-        // multiplication instead of a 64-bit division; and the general path is a call of its own.)
-        if hit.is_empty() {
-            let upto = req.num_computed_tokens as u64 + num_new as u64;
-            let fills = self.caching
-                && upto.min(req.num_tokens() as u64) >= (req.num_cached_blocks as u64 + 1) * bs;
-            if upto <= req.num_blocks_held() as u64 * bs && !fills {
-                return true;
-            }
-        }
-        self.allocate_general(req, num_new, hit)
+    /// non-empty only at admission). All or nothing: false changes nothing.
+    fn allocate_slots(&mut self, req: &mut Request, num_new: u32, hit: CacheHit) -> bool;
+
+    /// K3 / K10: releases everything the request holds (finished, preempted or aborted).
+    fn free(&mut self, req: &mut Request);
+
+    /// A request joins the replica: the store may compute its block hashes. `capacity_tokens` is the
+    /// number of tokens the request's hash list should have room for (capacity only: nothing may be
+    /// decided from it).
+    fn on_enqueue(&mut self, _req: &mut Request, _capacity_tokens: u64) {}
+
+    /// A request that goes on has sampled a token (K5: its block hashes may grow). At the end of a leap,
+    /// once per running request.
+    fn on_token(&mut self, _req: &mut Request) {}
+
+    /// A step ended; `scheduled` is its plan (request, tokens), the requests still in `reqs` (finished
+    /// ones are freed after this). For a store that inserts after compute, as SGLang does (G5). Not
+    /// called inside a leap: a store that acts here must leave `decode_event` at None.
+    fn after_step(&mut self, _reqs: &mut RequestTable, _scheduled: &[(RequestId, u32)]) {}
+
+    /// A conversation released its last turn: a per-conversation store may drop its entry.
+    fn on_session_end(&mut self, _session: SessionId) {}
+
+    /// True for a store that keeps no KV between steps, so that every decode token recomputes the whole
+    /// context: the replica then prices a decode token of a request with c tokens computed as a prefill
+    /// chunk of c tokens at context c.
+    fn recomputes_context(&self) -> bool {
+        false
     }
 
-    /// `allocate_slots` past its fast path.
-    #[inline(never)]
-    fn allocate_general(&mut self, req: &mut Request, num_new: u32, hit: CacheHit) -> bool {
-        if let Pool::Pieces(_) = self.pool {
-            match self.allocate_pieces(req, num_new, hit) {
-                Ok(done) => return done,
-                Err(hit) => {
-                    // A registration could duplicate a cached block: carry on per block, hit included.
-                    self.hand_over();
-                    let tr = self.translation.as_ref().expect("just handed over");
-                    let blocks = match &hit.hit {
-                        Hit::Pieces(p) => tr.hit_blocks(p),
-                        _ => Vec::new(),
-                    };
-                    let hit = CacheHit {
-                        hit: Hit::Blocks(blocks),
-                        tokens: hit.tokens,
-                    };
-                    return self.allocate_blocks(req, num_new, hit);
-                }
-            }
-        }
-        self.allocate_blocks(req, num_new, hit)
+    /// Blocks held by live requests (read once per step: the usage integral).
+    fn used_blocks(&self) -> u32;
+
+    /// K11 usage, as [`KvStats::usage`] (read once per step: the peak).
+    fn usage(&self) -> f64;
+
+    /// Counters and occupancy now.
+    fn stats(&self) -> KvStats;
+
+    /// Invariant 2: the store's own invariants, and what each of `reqs` (every request of the replica)
+    /// holds agreeing with the store. An error describes the first violation.
+    fn check_invariants(&self, reqs: &RequestTable) -> Result<(), String>;
+
+    /// Leap contract, condition 2: for a decoding request whose counters are those of leap step `from`,
+    /// the first step at which its one-token `allocate_slots` is not a no-op, and the first that needs a
+    /// new block. Implementing it promises that between those steps the call changes nothing, that
+    /// `on_token` may be deferred to the leap's end, that `after_step` does nothing, and that an
+    /// allocation fails exactly when [`leap_fits`](KvStore::leap_fits) says no. None (the default)
+    /// declines: the replica steps one by one.
+    fn decode_event(&self, _req: &Request, _from: u64) -> Option<DecodeEvent> {
+        None
     }
 
-    /// `allocate_slots` on the piece pool; gives the hit back, changing nothing, if a registration could
-    /// create a duplicate.
-    fn allocate_pieces(
-        &mut self,
-        req: &mut Request,
-        num_new: u32,
-        hit: CacheHit,
-    ) -> Result<bool, CacheHit> {
-        let Pool::Pieces(pool) = &mut self.pool else {
-            unreachable!("called on the piece pool")
-        };
-        let bs = self.block_size as u64;
-        let empty = PieceHit::new();
-        let ph = match &hit.hit {
-            Hit::Pieces(p) => p,
-            Hit::None => &empty,
-            Hit::Blocks(_) => unreachable!("a per-block hit on the piece pool"),
-        };
-        let hit_blocks: u32 = ph.iter().map(|x| x.1).sum();
-        let computed = req.num_computed_tokens as u64 + hit.tokens as u64;
-        let needed = (computed + num_new as u64).div_ceil(bs);
-        let held = req.piece_table.blocks() as u64 + hit_blocks as u64;
-        let new_blocks = needed.saturating_sub(held) as u32;
-        if new_blocks + pool.hit_blocks_in_queue(ph) > pool.num_free() {
-            self.recycle_hit(hit.hit);
-            return Ok(false);
-        }
-        let upto = (computed + num_new as u64).min(req.num_tokens() as u64);
-        let full = (upto / bs) as usize;
-        debug_assert_eq!(req.piece_table.registered() as usize, req.num_cached_blocks);
-        let c = req.num_cached_blocks + hit_blocks as usize;
-        if full > c {
-            req.update_block_hashes(self.block_size);
-            let prev = pool.last_piece(&req.piece_table, ph);
-            if pool.dup_possible(prev, c as u32, req.block_hashes.get(c)) {
-                return Err(hit);
-            }
-        }
-        if !ph.is_empty() {
-            pool.touch(ph, &mut req.piece_table);
-            req.num_cached_blocks = c;
-        }
-        pool.allocate(new_blocks);
-        pool.add_empty(&mut req.piece_table, new_blocks);
-        if full > c {
-            pool.register(
-                &mut req.piece_table,
-                c as u32,
-                &req.block_hashes,
-                full as u32,
-            );
-            req.num_cached_blocks = full;
-        }
-        self.recycle_hit(hit.hit);
-        Ok(true)
-    }
-
-    /// `allocate_slots` on the per-block pool.
-    fn allocate_blocks(&mut self, req: &mut Request, num_new: u32, hit: CacheHit) -> bool {
-        self.adopt(req);
-        let Pool::Blocks(pool) = &mut self.pool else {
-            unreachable!("called on the per-block pool")
-        };
-        let bs = self.block_size as u64;
-        let hit_blocks = match hit.hit {
-            Hit::Blocks(b) => b,
-            Hit::None => Vec::new(),
-            Hit::Pieces(_) => unreachable!("a piece hit on the per-block pool"),
-        };
-        let computed = req.num_computed_tokens as u64 + hit.tokens as u64;
-        let needed = (computed + num_new as u64).div_ceil(bs) as usize;
-        let held = req.block_table.len() + hit_blocks.len();
-        let new_blocks = needed.saturating_sub(held) as u32;
-        let hits_leaving_queue =
-            hit_blocks.iter().filter(|&&b| pool.ref_cnt(b) == 0).count() as u32;
-        if new_blocks + hits_leaving_queue > pool.num_free() {
-            self.recycle(hit_blocks);
-            return false;
-        }
-        if !hit_blocks.is_empty() {
-            pool.touch(&hit_blocks);
-            if req.block_table.is_empty() {
-                let old = std::mem::replace(&mut req.block_table, hit_blocks);
-                self.recycle(old);
-            } else {
-                req.block_table.extend_from_slice(&hit_blocks);
-                self.recycle(hit_blocks);
-            }
-            req.num_cached_blocks = req.block_table.len();
-        } else if req.block_table.capacity() == 0 {
-            req.block_table = self.take_spare();
-        }
-        let Pool::Blocks(pool) = &mut self.pool else {
-            unreachable!()
-        };
-        pool.allocate(new_blocks, &mut req.block_table);
-        if self.caching {
-            let upto = (computed + num_new as u64).min(req.num_tokens() as u64);
-            let full = (upto / bs) as usize;
-            if full > req.num_cached_blocks {
-                req.update_block_hashes(self.block_size);
-                let hashes = req.block_hashes.hashes();
-                for i in req.num_cached_blocks..full {
-                    if i + PREFETCH_AHEAD < full {
-                        pool.prefetch_hash(hashes[i + PREFETCH_AHEAD]);
-                    }
-                    pool.cache_block(req.block_table[i], hashes[i]);
-                }
-                drop(hashes);
-                req.num_cached_blocks = full;
-            }
-        }
-        true
-    }
-
-    /// K3 / K10: releases every block of the request, last block first.
-    pub fn free(&mut self, req: &mut Request) {
-        self.adopt(req);
-        match &mut self.pool {
-            Pool::Pieces(pool) => pool.free(&mut req.piece_table),
-            Pool::Blocks(pool) => {
-                pool.free_table(&req.block_table);
-                let table = std::mem::take(&mut req.block_table);
-                self.recycle(table);
-            }
-        }
-        req.num_cached_blocks = 0;
-    }
-
-    /// Invariant 2: the pool's own invariants, and every block's reference count equal to the number of
-    /// `holders` (every request of the replica) whose tables hold it.
-    pub fn check_invariants<'a>(
-        &self,
-        holders: impl Iterator<Item = &'a Request> + Clone,
-    ) -> Result<(), String> {
-        match &self.pool {
-            Pool::Pieces(p) => p.check_invariants(holders.map(|r| &r.piece_table)),
-            Pool::Blocks(pool) => {
-                pool.check_invariants()?;
-                let mut refs = vec![0u32; pool.num_blocks() as usize];
-                let mut untranslated = 0u32;
-                for r in holders {
-                    for &b in &r.block_table {
-                        refs[b as usize] += 1;
-                    }
-                    if !r.piece_table.is_empty() {
-                        let tr = self
-                            .translation
-                            .as_ref()
-                            .ok_or("a piece table, no hand-over")?;
-                        for b in tr.registered_blocks(&r.piece_table) {
-                            refs[b as usize] += 1;
-                        }
-                        untranslated += r.piece_table.blocks() - r.piece_table.registered();
-                    }
-                }
-                // Held empty blocks of untranslated tables have no ids yet: they are the spare ids.
-                if let Some(tr) = &self.translation {
-                    if tr.spare_empty().len() as u32 != untranslated {
-                        return Err(format!(
-                            "{} spare ids for {untranslated} untranslated empty blocks",
-                            tr.spare_empty().len()
-                        ));
-                    }
-                    for &b in tr.spare_empty() {
-                        refs[b as usize] += 1;
-                    }
-                }
-                let counts = pool.ref_counts();
-                for (b, &held) in refs.iter().enumerate().skip(1) {
-                    if held != counts[b] {
-                        return Err(format!(
-                            "block {b}: ref count {} but {held} holders",
-                            counts[b]
-                        ));
-                    }
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::time::SimTime;
-    use crate::workload::content::Segment;
-
-    fn req(id: u64, tokens: u32) -> Request {
-        let prompt = vec![Segment {
-            content: 7,
-            len: tokens,
-        }];
-        Request::new(id, id, 1, 0, SimTime::ZERO, prompt, 100 + id, 16, 0)
-    }
-
-    /// A prompt from a few shared pieces: a system prompt, a session's history and a tail, so that
-    /// requests share prefixes of many lengths, and identical prompts (duplicates when their length is a
-    /// multiple of the block size) occur.
-    fn prompt(pick: u8, aligned: bool) -> Vec<Segment> {
-        let sys = Segment {
-            content: 1,
-            len: [if aligned { 8 } else { 9 }, 10][(pick & 1) as usize],
-        };
-        let hist = Segment {
-            content: 2 + (pick as u64 >> 1 & 3),
-            len: 12,
-        };
-        let tail = Segment {
-            content: 10 + (pick as u64 >> 3 & 1),
-            len: [4, 7][(pick >> 4 & 1) as usize],
-        };
-        match pick % 3 {
-            0 => vec![sys, hist],
-            1 => vec![sys, hist, tail],
-            _ => vec![sys],
-        }
-    }
-
-    /// What both representations must agree on after every operation.
-    fn observables(kv: &KvCacheManager, rs: &[Request]) -> Vec<u64> {
-        let mut v = vec![
-            kv.num_free() as u64,
-            kv.num_free_cached() as u64,
-            kv.evictions(),
-            kv.num_used() as u64,
-            kv.stats().queries,
-            kv.stats().hits,
-            kv.stats().preempted_queries,
-            kv.stats().preempted_hits,
-        ];
-        for r in rs {
-            v.extend([
-                r.num_blocks_held() as u64,
-                r.num_cached_blocks as u64,
-                r.num_computed_tokens as u64,
-            ]);
-        }
-        v
-    }
-
-    /// The piece pool against the per-block pool, vLLM's rules block by block: the same random admissions
-    /// (with hits), prefill chunks, decode steps, preemptions and finishes must give the same hits, the
-    /// same allocation outcomes and the same counts, and both keep their invariants. Prompts share
-    /// prefixes and repeat, so hits end inside pieces, runs branch, and duplicates force hand-overs to the
-    /// per-block pool mid-sequence (translating the tables of requests still running).
-    #[test]
-    fn piece_pool_matches_the_per_block_pool() {
-        use proptest::prelude::*;
-        let cfg = ProptestConfig {
-            cases: 600,
-            ..ProptestConfig::default()
-        };
-        let op = (0usize..5, 0u8..4, 1u32..24, any::<u8>());
-        proptest!(cfg, |(blocks in 8u32..40, aligned: bool, ops in proptest::collection::vec(op, 1..250))| {
-            let mut a = KvCacheManager::new(blocks, 4, true);
-            let mut b = KvCacheManager::per_block(blocks, 4, true);
-            // Unaligned prompts and distinct outputs make duplicates rarer, so the piece pool runs longer.
-            let mk = |id: u64, pick: u8| {
-                let out = if aligned { 500 + pick as u64 % 3 } else { 500 + id };
-                let mut r = Request::new(id, id, 1, 0, SimTime::ZERO, prompt(pick, aligned), out, 64, 0);
-                r.update_block_hashes(4);
-                r
-            };
-            let mut ra: Vec<Request> = (0..5).map(|i| mk(i, i as u8 * 7)).collect();
-            let mut rb = ra.clone();
-            let mut next_id = 5;
-            for (i, op, n, pick) in ops {
-                match op {
-                    // Admission: lookup, then the first chunk.
-                    0 if ra[i].num_blocks_held() == 0 => {
-                        let ha = a.get_computed_blocks(&mut ra[i]);
-                        let hb = b.get_computed_blocks(&mut rb[i]);
-                        prop_assert_eq!(ha.tokens, hb.tokens);
-                        let t = ha.tokens;
-                        let n = n.min(ra[i].num_tokens() - t);
-                        let oa = a.allocate_slots(&mut ra[i], n, ha);
-                        let ob = b.allocate_slots(&mut rb[i], n, hb);
-                        prop_assert_eq!(oa, ob);
-                        if oa {
-                            a.record_admission(&ra[i], t);
-                            b.record_admission(&rb[i], t);
-                            for r in [&mut ra[i], &mut rb[i]] {
-                                r.num_computed_tokens = t + n;
-                            }
-                        }
-                    }
-                    // A prefill chunk, or a decode step (sample a token, then compute it).
-                    1 if ra[i].num_blocks_held() > 0 => {
-                        let decode = ra[i].num_computed_tokens == ra[i].num_tokens();
-                        let left = ra[i].num_tokens() - ra[i].num_computed_tokens;
-                        let n = if decode { 1 } else { n.min(left) };
-                        if decode {
-                            for (kv, r) in [(&a, &mut ra[i]), (&b, &mut rb[i])] {
-                                r.num_output_tokens += 1;
-                                kv.update_block_hashes(r);
-                            }
-                        }
-                        let oa = a.allocate_slots(&mut ra[i], n, CacheHit::default());
-                        let ob = b.allocate_slots(&mut rb[i], n, CacheHit::default());
-                        prop_assert_eq!(oa, ob);
-                        for (ok, r) in [(oa, &mut ra[i]), (ob, &mut rb[i])] {
-                            if ok {
-                                r.num_computed_tokens += n;
-                            } else if decode {
-                                r.num_output_tokens -= 1; // not computed: as if not sampled
-                            }
-                        }
-                    }
-                    // Preemption: everything freed, recomputed later.
-                    2 => {
-                        a.free(&mut ra[i]);
-                        b.free(&mut rb[i]);
-                        for r in [&mut ra[i], &mut rb[i]] {
-                            r.num_computed_tokens = 0;
-                            r.was_preempted = true;
-                        }
-                    }
-                    // Finish: freed, and a new request takes the slot.
-                    3 => {
-                        a.free(&mut ra[i]);
-                        b.free(&mut rb[i]);
-                        ra[i] = mk(next_id, pick);
-                        rb[i] = ra[i].clone();
-                        next_id += 1;
-                    }
-                    _ => {}
-                }
-                prop_assert_eq!(observables(&a, &ra), observables(&b, &rb));
-                if let Err(e) = a.check_invariants(ra.iter()) {
-                    prop_assert!(false, "piece side: {}", e);
-                }
-                if let Err(e) = b.check_invariants(rb.iter()) {
-                    prop_assert!(false, "per-block side: {}", e);
-                }
-            }
-        });
-    }
-
-    /// A lookup repeated after another request's hit ended inside the piece it hit (splitting it) must
-    /// describe its hit by the pieces as they are now: debug builds compare it with a fresh lookup, and
-    /// taking a stale description would corrupt the pool.
-    #[test]
-    fn a_split_invalidates_the_remembered_lookup() {
-        let mut kv = KvCacheManager::new(12, 4, true); // 11 usable blocks
-        let mut a = req(1, 13);
-        let h = kv.get_computed_blocks(&mut a);
-        assert!(kv.allocate_slots(&mut a, 13, h));
-        kv.free(&mut a); // 3 cached blocks in one piece
-        let mut x = req(4, 8);
-        x.prompt[0].content = 9;
-        x.block_hashes = Default::default();
-        x.update_block_hashes(4);
-        let h = kv.get_computed_blocks(&mut x);
-        // x holds 2 blocks. w shares the 3 cached blocks and needs 8 more: 8 new + 3 leaving the queue
-        // > 9 free, so it waits.
-        assert!(kv.allocate_slots(&mut x, 8, h));
-        let mut w = req(2, 44);
-        let h = kv.get_computed_blocks(&mut w);
-        assert_eq!(h.tokens, 12);
-        assert!(!kv.allocate_slots(&mut w, 32, h));
-        // v shares only the first block: its hit splits the piece.
-        let mut v = req(3, 13);
-        v.prompt = vec![
-            Segment { content: 7, len: 4 },
-            Segment { content: 8, len: 9 },
-        ];
-        v.block_hashes = Default::default();
-        v.update_block_hashes(4);
-        let h = kv.get_computed_blocks(&mut v);
-        assert_eq!(h.tokens, 4);
-        assert!(kv.allocate_slots(&mut v, 9, h));
-        assert_eq!(kv.evictions(), 0, "v's new blocks were empty ones");
-        let h = kv.get_computed_blocks(&mut w);
-        assert_eq!(h.tokens, 12);
-        kv.free(&mut v);
-        kv.free(&mut x);
-        // The hit is still good to take: w fits now that v and x are gone.
-        assert!(kv.allocate_slots(&mut w, 32, h));
-        kv.check_invariants([&w].into_iter()).unwrap();
-    }
-
-    /// Identical prompts whose length is a multiple of the block size: the second request's last block is
-    /// recomputed (K6) and registered again, a duplicate (K8), which the piece pool hands over for. The
-    /// hand-over must keep every count, translate the first request's table, and leave lookups finding the
-    /// first-registered block.
-    #[test]
-    fn a_duplicate_hands_over_to_the_per_block_pool() {
-        let mut kv = KvCacheManager::new(20, 4, true);
-        let mut x = req(1, 16);
-        let mut y = req(2, 16);
-        let mut y2 = req(3, 16);
-        for r in [&mut x, &mut y, &mut y2] {
-            r.prompt[0].content = 9;
-            r.update_block_hashes(4);
-        }
-        let h = kv.get_computed_blocks(&mut x);
-        assert!(kv.allocate_slots(&mut x, 16, h));
-        x.num_computed_tokens = 16;
-        assert!(kv.keeps_pieces());
-        let h = kv.get_computed_blocks(&mut y);
-        assert_eq!(h.tokens, 12, "capped: the last block is recomputed");
-        assert!(kv.allocate_slots(&mut y, 4, h));
-        y.num_computed_tokens = 16;
-        assert!(
-            !kv.keeps_pieces(),
-            "registering the recomputed block is a duplicate"
-        );
-        kv.check_invariants([&x, &y].into_iter()).unwrap();
-        let pool = kv.block_pool().unwrap();
-        assert_eq!(pool.blocks_with_hash(y.block_hashes.get(3)).len(), 2);
-        // x's table is still in piece form until x comes back; freeing translates it.
-        assert!(x.block_table.is_empty() && x.num_blocks_held() == 4);
-        kv.free(&mut x);
-        kv.free(&mut y);
-        assert_eq!(kv.num_free(), 19);
-        assert_eq!(kv.num_free_cached(), 5);
-        kv.check_invariants(std::iter::empty()).unwrap();
-        let h = kv.get_computed_blocks(&mut y2);
-        assert_eq!(h.tokens, 12);
-    }
-
-    /// Without the prefix cache the anonymous pool (a stack of ids) and vLLM's free queue must be
-    /// indistinguishable: every allocation succeeds or fails alike and the counts agree, whatever the
-    /// sequence of growths and releases (a release frees a request's blocks, as a finish or a preemption).
-    #[test]
-    fn anonymous_pool_matches_the_free_queue_without_caching() {
-        use proptest::prelude::*;
-        proptest!(|(ops in proptest::collection::vec((0usize..6, 0u32..40, any::<bool>()), 1..300))| {
-            let mut queued = KvCacheManager {
-                pool: Pool::Blocks(BlockPool::new(40)),
-                ..KvCacheManager::new(40, 4, false)
-            };
-            let mut anon = KvCacheManager::new(40, 4, false);
-            let mut qa: Vec<Request> = (0..6).map(|i| req(i, 60)).collect();
-            let mut qb = qa.clone();
-            for (i, n, release) in ops {
-                if release {
-                    queued.free(&mut qa[i]);
-                    anon.free(&mut qb[i]);
-                    qa[i].num_computed_tokens = 0;
-                    qb[i].num_computed_tokens = 0;
-                } else {
-                    let n = n.min(qa[i].num_tokens() - qa[i].num_computed_tokens);
-                    let a = queued.allocate_slots(&mut qa[i], n, CacheHit::default());
-                    let b = anon.allocate_slots(&mut qb[i], n, CacheHit::default());
-                    prop_assert_eq!(a, b);
-                    if a {
-                        qa[i].num_computed_tokens += n;
-                        qb[i].num_computed_tokens += n;
-                    }
-                    prop_assert_eq!(qa[i].block_table.len(), qb[i].block_table.len());
-                }
-                prop_assert_eq!(queued.num_free(), anon.num_free());
-                prop_assert_eq!(queued.usage(), anon.usage());
-                prop_assert!(anon.block_pool().unwrap().check_invariants().is_ok());
-                // Held blocks are distinct, and exactly the ones not free.
-                let counts = anon.block_pool().unwrap().ref_counts();
-                let held: usize = qb.iter().map(|r| r.block_table.len()).sum();
-                prop_assert_eq!(counts.iter().skip(1).filter(|&&c| c == 1).count(), held);
-                for r in &qb {
-                    for &b in &r.block_table {
-                        prop_assert_eq!(counts[b as usize], 1);
-                    }
-                }
-            }
-        });
-    }
-
-    /// Takes `n` blocks from the free queue's head directly (as another request's allocation would).
-    fn take(kv: &mut KvCacheManager, n: u32) -> Vec<BlockId> {
-        let mut out = Vec::new();
-        match &mut kv.pool {
-            Pool::Blocks(p) => p.allocate(n, &mut out),
-            Pool::Pieces(p) => p.allocate(n),
-        }
-        out
-    }
-
-    /// A repeated lookup reuses the previous hit only while none of its blocks is evicted: evicting a block
-    /// outside the hit leaves it whole, evicting one inside shortens it. Both representations.
-    #[test]
-    fn repeated_lookup_follows_evictions() {
-        for per_block in [true, false] {
-            // 5 usable blocks of 4 tokens.
-            let mut kv = if per_block {
-                KvCacheManager::per_block(6, 4, true)
-            } else {
-                KvCacheManager::new(6, 4, true)
-            };
-            let mut a = req(1, 12);
-            let none = kv.get_computed_blocks(&mut a);
-            assert!(kv.allocate_slots(&mut a, 12, none));
-            if per_block {
-                assert_eq!(a.block_table, vec![1, 2, 3]);
-            }
-            kv.free(&mut a); // queue: 4, 5, 3, 2, 1 (1-3 cached)
-
-            let mut b = req(2, 12);
-            let hit = kv.get_computed_blocks(&mut b);
-            assert_eq!(hit.tokens, 8); // capped below the last token
-            if per_block {
-                assert_eq!(hit.block_ids(), Some(&[1, 2][..]));
-            }
-            let taken = take(&mut kv, 3); // 4, 5, 3: evicts block 3, outside b's hit
-            if per_block {
-                assert_eq!(taken, vec![4, 5, 3]);
-            }
-            assert_eq!(kv.evictions(), 1);
-            assert_eq!(kv.get_computed_blocks(&mut b).tokens, 8);
-            take(&mut kv, 1); // 2: inside the hit
-            assert_eq!(kv.get_computed_blocks(&mut b).tokens, 4);
-            assert_eq!(kv.evictions(), 2);
-            // Lookups count nothing until admission (P1, current vLLM).
-            assert_eq!(kv.stats().queries, 0);
-            kv.record_admission(&b, 4);
-            assert_eq!((kv.stats().queries, kv.stats().hits), (12, 4));
-        }
+    /// Whether one decode step's allocations, `new_blocks` new blocks in all, succeed (only asked of a
+    /// store that implements `decode_event`).
+    fn leap_fits(&self, _new_blocks: u32) -> bool {
+        false
     }
 }

@@ -1,26 +1,29 @@
 //! Batching policies. One file per policy.
 //!
-//! A policy owns its queues and decides, each step, which requests get how many tokens and whom to preempt.
-//! vLLM's decisions depend on allocation outcomes inside the same step (a failed allocation triggers a
-//! preemption and a retry; a block registered for one request can be hit by the next), so a policy makes its
-//! allocations through the replica's [`KvCacheManager`] as it decides, exactly as vLLM's scheduler calls
-//! `allocate_slots`. It never sees a request's true output length (invariant 6): requests carry only
+//! A policy owns its queues and its replica's KV store ([`KvStore`]), and decides, each step, which
+//! requests get how many tokens and whom to preempt. vLLM's decisions depend on allocation outcomes inside
+//! the same step (a failed allocation triggers a preemption and a retry; a block registered for one
+//! request can be hit by the next), so a policy makes its allocations through its store as it decides,
+//! exactly as vLLM's scheduler calls `allocate_slots`. A policy generic over its store (`VllmScheduler<K>`)
+//! keeps those per-token calls static; the replica reaches the store through [`Scheduler::kv`]. It never sees a request's true output length (invariant 6): requests carry only
 //! `max_tokens`.
 //!
 //! A policy may also wait: `schedule` answers [`Next::Idle`] (until an arrival) or [`Next::WakeAt`] (a
 //! batch timeout), and the world schedules it again then.
 //!
 //! To add a policy (an engine family): one file here implementing [`Scheduler`], one `EngineKind` arm in
-//! `config.rs`, and its construction in `System::scheduler` (`system.rs`); the exhaustive match in
+//! `config.rs`, and its construction in `System::scheduler` (`system.rs`), with each store it supports; the exhaustive match in
 //! `tests/leap.rs` then fails to compile until the leap tests cover it. A new policy is correct before
 //! it is fast: [`Scheduler::steady_decode`] defaults to None, and the replica then steps one by one. To
 //! let the replica leap over runs of decode steps, implement it under the leap contract written at the
 //! top of `replica.rs`.
 
+#[cfg(feature = "toys")]
+pub mod toy_fifo;
 pub mod vllm_v1;
 pub mod waiting;
 
-use crate::kv::KvCacheManager;
+use crate::kv::KvStore;
 use crate::request::{Request, RequestId};
 use crate::time::SimTime;
 
@@ -37,9 +40,7 @@ pub enum Next {
     WakeAt(SimTime),
 }
 
-/// The requests of one replica, by id. Boxed, so that a table slot stays 8 bytes while a request is a
-/// few hundred.
-pub type RequestTable = crate::idtable::IdTable<Box<Request>>;
+pub use crate::request::RequestTable;
 
 /// What one step computes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -66,12 +67,13 @@ impl StepPlan {
     }
 }
 
-/// A continuous-batching policy.
+/// A batching policy with its KV store.
 ///
 /// Contract: `schedule` leaves every scheduled request with `num_computed_tokens` advanced by its tokens and
 /// the KV blocks to hold them; a preempted request is back in the waiting queue with no blocks and nothing
 /// computed; the policy keeps every request it was given in exactly one of its queues until
-/// `finish_request` removes it.
+/// `finish_requests` or `abort` removes it. The policy never frees a finished or aborted request's KV:
+/// the replica does, through [`Scheduler::kv_mut`], after the policy has let it go.
 pub trait Scheduler {
     /// A new request joins the waiting queue.
     fn add_request(&mut self, req: &Request);
@@ -81,13 +83,10 @@ pub trait Scheduler {
     /// for an arrival or until a given time. A wake is a floor, not a promise of silence: the replica may
     /// also be asked at an arrival, at a step's end, or at an earlier wake, and the policy answers from its
     /// state each time.
-    fn schedule(
-        &mut self,
-        now: SimTime,
-        reqs: &mut RequestTable,
-        kv: &mut KvCacheManager,
-        plan: &mut StepPlan,
-    ) -> Next;
+    fn schedule(&mut self, now: SimTime, reqs: &mut RequestTable, plan: &mut StepPlan) -> Next;
+    /// The replica's KV store, which this policy allocates through.
+    fn kv(&self) -> &dyn KvStore;
+    fn kv_mut(&mut self) -> &mut dyn KvStore;
     /// Removes finished requests from the running set (their blocks are freed by the caller).
     fn finish_requests(&mut self, finished: &[RequestId]);
     /// Drops request `req` from whichever queue holds it (a client timeout, a cancelled request); its

@@ -5,7 +5,7 @@
 use super::waiting::WaitingQueue;
 use super::{Next, RequestTable, Scheduler, StepPlan};
 use crate::config::SchedulingPolicy;
-use crate::kv::{CacheHit, KvCacheManager};
+use crate::kv::{CacheHit, KvStore};
 use crate::request::{Request, RequestId};
 use crate::time::SimTime;
 use std::collections::VecDeque;
@@ -22,25 +22,37 @@ pub struct Limits {
     pub policy: SchedulingPolicy,
 }
 
+/// vLLM V1's scheduler over KV store `K` (vLLM's own is the paged [`crate::kv::KvCacheManager`]).
 #[derive(Clone, Debug)]
-pub struct VllmScheduler {
+pub struct VllmScheduler<K> {
     limits: Limits,
+    kv: K,
     waiting: WaitingQueue,
     /// Admission order.
     running: Vec<RequestId>,
 }
 
-impl VllmScheduler {
-    pub fn new(limits: Limits) -> VllmScheduler {
+impl<K: KvStore> VllmScheduler<K> {
+    pub fn new(limits: Limits, kv: K) -> VllmScheduler<K> {
         let waiting = match limits.policy {
             SchedulingPolicy::Fcfs => WaitingQueue::Fcfs(VecDeque::new()),
             SchedulingPolicy::Priority => WaitingQueue::Priority(Default::default()),
         };
         VllmScheduler {
             limits,
+            kv,
             waiting,
             running: Vec::new(),
         }
+    }
+
+    /// The KV store, as its own type.
+    pub fn store(&self) -> &K {
+        &self.kv
+    }
+
+    pub fn store_mut(&mut self) -> &mut K {
+        &mut self.kv
     }
 
     pub fn running(&self) -> &[RequestId] {
@@ -70,15 +82,10 @@ impl VllmScheduler {
         }
     }
 
-    fn preempt(
-        &mut self,
-        idx: usize,
-        reqs: &mut RequestTable,
-        kv: &mut KvCacheManager,
-    ) -> RequestId {
+    fn preempt(&mut self, idx: usize, reqs: &mut RequestTable) -> RequestId {
         let id = self.running.remove(idx);
         let r = reqs.get_mut(&id).expect("running request in table");
-        kv.free(r);
+        self.kv.free(r);
         r.num_computed_tokens = 0;
         r.preemptions += 1;
         r.was_preempted = true;
@@ -103,18 +110,12 @@ fn tokens_wanted(r: &Request, limits: &Limits, computed: u32, budget: u32) -> u3
     )
 }
 
-impl Scheduler for VllmScheduler {
+impl<K: KvStore> Scheduler for VllmScheduler<K> {
     fn add_request(&mut self, req: &Request) {
         self.waiting.push_back(req);
     }
 
-    fn schedule(
-        &mut self,
-        _now: SimTime,
-        reqs: &mut RequestTable,
-        kv: &mut KvCacheManager,
-        plan: &mut StepPlan,
-    ) -> Next {
+    fn schedule(&mut self, _now: SimTime, reqs: &mut RequestTable, plan: &mut StepPlan) -> Next {
         plan.clear();
         let mut budget = self.limits.max_num_batched_tokens;
 
@@ -130,7 +131,7 @@ impl Scheduler for VllmScheduler {
             }
             loop {
                 let r = reqs.get_mut(&id).expect("running request in table");
-                if kv.allocate_slots(r, n, CacheHit::default()) {
+                if self.kv.allocate_slots(r, n, CacheHit::default()) {
                     plan.scheduled.push((id, n));
                     budget -= n;
                     i += 1;
@@ -142,7 +143,7 @@ impl Scheduler for VllmScheduler {
                 if let Some(pos) = plan.scheduled.iter().position(|&(s, _)| s == victim) {
                     budget += plan.scheduled.remove(pos).1;
                 }
-                self.preempt(v, reqs, kv);
+                self.preempt(v, reqs);
                 plan.preempted.push(victim);
                 if victim == id {
                     break 'phase_a;
@@ -160,7 +161,7 @@ impl Scheduler for VllmScheduler {
                 let r = reqs.get_mut(&id).expect("waiting request in table");
                 let looked_up = r.num_computed_tokens == 0;
                 let hit = if looked_up {
-                    kv.get_computed_blocks(r)
+                    self.kv.get_computed_blocks(r)
                 } else {
                     CacheHit::default()
                 };
@@ -173,12 +174,12 @@ impl Scheduler for VllmScheduler {
                 }
                 n = n.min(budget);
                 let hit_tokens = hit.tokens;
-                if !kv.allocate_slots(r, n, hit) {
+                if !self.kv.allocate_slots(r, n, hit) {
                     break;
                 }
                 self.waiting.pop();
                 if looked_up {
-                    kv.record_admission(r, hit_tokens);
+                    self.kv.record_admission(r, hit_tokens);
                 }
                 r.num_computed_tokens = hit_tokens;
                 r.in_prefill = true;
@@ -202,6 +203,14 @@ impl Scheduler for VllmScheduler {
         } else {
             Next::Run
         }
+    }
+
+    fn kv(&self) -> &dyn KvStore {
+        &self.kv
+    }
+
+    fn kv_mut(&mut self) -> &mut dyn KvStore {
+        &mut self.kv
     }
 
     fn abort(&mut self, req: &Request) -> bool {
