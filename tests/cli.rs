@@ -190,3 +190,87 @@ fn catalog_lists_models_and_hardware() {
         .stdout(contains("h100-sxm"))
         .stdout(contains("a100-80gb"));
 }
+
+/// Runs the binary on the embedded default with `sets`, linear step costs (10 ms a step, 0.1 ms a
+/// prefill token, 1 ms a decode sequence, no context term) and one replica; returns the finished rows as
+/// (scheduled, first token, finish, prompt, cached, output) with times in seconds.
+fn toy_rows(sets: &[&str]) -> Vec<(f64, f64, f64, f64, f64, f64)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("toy");
+    let mut cmd = servesim();
+    cmd.args(["run", "--quiet", "--out"]).arg(&out);
+    for s in [
+        "workload.duration_s=30",
+        "cluster.replicas=1",
+        "cost.kind=\"linear\"",
+        "cost.linear.step_s=0.01",
+        "cost.linear.prefill_token_s=0.0001",
+        "cost.linear.decode_seq_s=0.001",
+        "cost.linear.decode_context_token_s=0",
+    ]
+    .iter()
+    .chain(sets)
+    {
+        cmd.args(["--set", s]);
+    }
+    cmd.assert().success();
+    let mut rdr = csv::Reader::from_path(out.join("requests.csv")).unwrap();
+    let h = rdr.headers().unwrap().clone();
+    let col = |n: &str| h.iter().position(|x| x == n).unwrap();
+    let cols = [
+        col("scheduled_s"),
+        col("first_token_s"),
+        col("finish_s"),
+        col("prompt_tokens"),
+        col("cached_tokens"),
+        col("output_tokens"),
+        col("status"),
+    ];
+    let rows: Vec<_> = rdr
+        .records()
+        .map(|r| r.unwrap())
+        .filter(|r| &r[cols[6]] == "finished")
+        .map(|r| {
+            let f = |i: usize| r[cols[i]].parse::<f64>().unwrap();
+            (f(0), f(1), f(2), f(3), f(4), f(5))
+        })
+        .collect();
+    assert!(rows.len() > 5, "the scenario must finish requests");
+    rows
+}
+
+/// The test-only toy scheduler (`scheduler/toy_fifo.rs`, one `EngineKind` arm) runs through the CLI: one
+/// request at a time, so no two requests' [scheduled, finish] overlap, and each decode step runs one
+/// sequence alone: 0.010 + 0.001 = 0.011 s per output token after the first.
+#[test]
+fn toy_fifo_runs_one_request_at_a_time_through_the_cli() {
+    let mut rows = toy_rows(&["engine.kind=\"toy_fifo\""]);
+    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for w in rows.windows(2) {
+        assert!(w[1].0 >= w[0].2 - 1e-6, "overlap: {:?} then {:?}", w[0], w[1]);
+    }
+    for r in &rows {
+        let decode = r.2 - r.1;
+        let expect = (r.5 - 1.0) * 0.011;
+        assert!((decode - expect).abs() < 2e-6, "{r:?}: {decode} vs {expect}");
+    }
+}
+
+/// The test-only toy store (`kv/toy_recompute.rs`, one `KvKind` arm) runs through the CLI under the
+/// one-at-a-time scheduler: nothing is cached, and decode step k (k = 1 .. output - 1) recomputes the
+/// prompt P plus k outputs as a prefill: 0.010 + 0.0001 (P + k) s, so the decode phase takes
+/// (o - 1) 0.010 + 0.0001 ((o - 1) P + (o - 1) o / 2) s.
+#[test]
+fn toy_recompute_store_prices_every_decode_token_as_a_full_prefill_through_the_cli() {
+    let rows = toy_rows(&[
+        "engine.kind=\"toy_fifo\"",
+        "engine.kv_cache=\"toy_recompute\"",
+    ]);
+    for r in &rows {
+        let (p, o) = (r.3, r.5);
+        assert_eq!(r.4, 0.0, "no prefix hits without a cache: {r:?}");
+        let decode = r.2 - r.1;
+        let expect = (o - 1.0) * 0.010 + 0.0001 * ((o - 1.0) * p + (o - 1.0) * o / 2.0);
+        assert!((decode - expect).abs() < 2e-6, "{r:?}: {decode} vs {expect}");
+    }
+}
