@@ -25,7 +25,9 @@
 //! 4. **Pricing.** Step times are added in the same order as one by one (`cost::total_seconds` is a left
 //!    fold, which the leap reproduces as `before + v + rest`); the cost model honours
 //!    `CostModel::decode_context_times`' contract (tested by `check_decode_context_contract`); every
-//!    duration is rounded by `cost::step_duration`.
+//!    duration is rounded by `cost::step_duration`. A leap's steps are decode-only shapes given by their
+//!    sums (`StepShape::decode`): no chunk, no padding, no KV transfer; a step that carries any of them
+//!    is planned by the scheduler, not leapt.
 //! 5. **Statistics.** Only order-free integer sums: operator femtoseconds (`ReplicaStats::op_fs`), the
 //!    inter-token histogram, the `used_block_ns` integral. KV usage changes only at allocation steps.
 //! 6. **Time.** Every running request sampled its last token at `now`; the leap ends strictly before the
@@ -41,7 +43,9 @@
 //! checks); the leap tests check the whole on workloads with prefix hits, preemption, several replicas,
 //! priorities, trace replay and every cost model.
 
-use crate::cost::{seconds_to_fs, step_duration, total_seconds, BatchShape, CostModel, OpTime};
+use crate::cost::{
+    seconds_to_fs, step_duration, total_seconds, BatchShape, CostModel, OpTime, StepShape,
+};
 use crate::event::ReplicaId;
 use crate::event::SessionId;
 use crate::kv::{CacheHit, KvStore};
@@ -156,6 +160,8 @@ pub struct Replica {
     spare_plan: StepPlan,
     /// Buffers `leap` reuses: it runs once per run of steps, and allocating its lists each time showed.
     leap_scratch: LeapScratch,
+    /// The shape of the step being priced, reused from step to step (its chunk list).
+    shape: StepShape,
 }
 
 #[derive(Default)]
@@ -198,6 +204,7 @@ impl Replica {
             stats: ReplicaStats::default(),
             spare_plan: StepPlan::default(),
             leap_scratch: LeapScratch::default(),
+            shape: StepShape::default(),
         }
     }
 
@@ -267,7 +274,8 @@ impl Replica {
             };
         }
         self.waits_for_arrival = false;
-        let mut shape = BatchShape::default();
+        let shape = &mut self.shape;
+        shape.clear();
         let recompute = self.scheduler.kv().recomputes_context();
         for &(id, n) in &plan.scheduled {
             let r = self.requests.get_mut(&id).expect("scheduled request");
@@ -286,9 +294,9 @@ impl Replica {
             }
         }
         if plan.padding > 0 {
-            shape.add(plan.padding, plan.padding, false, false);
+            shape.add_padding(plan.padding);
         }
-        let ops = cost.breakdown(&shape);
+        let ops = cost.breakdown(shape);
         let dur = step_duration(total_seconds(&ops));
         self.stats.add_ops(&ops);
         self.stats.steps += 1;
@@ -404,7 +412,7 @@ impl Replica {
         // times are accumulated once at the end, as integers (`ReplicaStats::add_leap_ops`).
         // That operator's times are priced up to `PRICE_AHEAD` steps at a time (no further than
         // `max_steps`: most leaps are short), from step `priced_from`.
-        let mut ops = cost.breakdown(&shape_at(0));
+        let mut ops = cost.breakdown(&StepShape::decode(shape_at(0)));
         let mut priced = [0.0f64; PRICE_AHEAD];
         let ahead = |from: u64| (max_steps - from).min(PRICE_AHEAD as u64) as usize;
         let mut priced_from = 0u64;
@@ -456,7 +464,7 @@ impl Replica {
                 }
                 None => {
                     if steps > 0 {
-                        ops = cost.breakdown(&shape_at(steps));
+                        ops = cost.breakdown(&StepShape::decode(shape_at(steps)));
                     }
                     (total_seconds(&ops), 0.0)
                 }

@@ -247,12 +247,20 @@ fn toy_fifo_runs_one_request_at_a_time_through_the_cli() {
     let mut rows = toy_rows(&["engine.kind=\"toy_fifo\""]);
     rows.sort_by(|a, b| a.0.total_cmp(&b.0));
     for w in rows.windows(2) {
-        assert!(w[1].0 >= w[0].2 - 1e-6, "overlap: {:?} then {:?}", w[0], w[1]);
+        assert!(
+            w[1].0 >= w[0].2 - 1e-6,
+            "overlap: {:?} then {:?}",
+            w[0],
+            w[1]
+        );
     }
     for r in &rows {
         let decode = r.2 - r.1;
         let expect = (r.5 - 1.0) * 0.011;
-        assert!((decode - expect).abs() < 2e-6, "{r:?}: {decode} vs {expect}");
+        assert!(
+            (decode - expect).abs() < 2e-6,
+            "{r:?}: {decode} vs {expect}"
+        );
     }
 }
 
@@ -271,6 +279,9 @@ fn toy_recompute_store_prices_every_decode_token_as_a_full_prefill_through_the_c
         assert_eq!(r.4, 0.0, "no prefix hits without a cache: {r:?}");
         let decode = r.2 - r.1;
         let expect = (o - 1.0) * 0.010 + 0.0001 * ((o - 1.0) * p + (o - 1.0) * o / 2.0);
-        assert!((decode - expect).abs() < 2e-6, "{r:?}: {decode} vs {expect}");
+        assert!(
+            (decode - expect).abs() < 2e-6,
+            "{r:?}: {decode} vs {expect}"
+        );
     }
 }

@@ -169,7 +169,7 @@ mod calibrated {
             // breakdown's.
             let shape = step.shape();
             let priced = servesim::cost::check_decode_context_contract(&cost, &shape, 8 * 50);
-            assert_eq!(priced, Ok(shape.decode_seqs > 0), "{shape:?}");
+            assert_eq!(priced, Ok(shape.sums.decode_seqs > 0), "{shape:?}");
         }
         for (name, step) in steps {
             let measured = stack.time_step(&step, 5).unwrap();

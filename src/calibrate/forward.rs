@@ -5,7 +5,7 @@
 
 use super::{causal_mask, rmsnorm, softmax_last};
 use crate::cost::catalog::ModelShape;
-use crate::cost::BatchShape;
+use crate::cost::StepShape;
 use candle_core::{DType, Device, Tensor};
 use std::time::Instant;
 
@@ -37,8 +37,8 @@ pub struct Step {
 
 impl Step {
     /// The same step as the simulator describes it to a cost model (every chunk here ends its prefill).
-    pub fn shape(&self) -> BatchShape {
-        let mut b = BatchShape::default();
+    pub fn shape(&self) -> StepShape {
+        let mut b = StepShape::default();
         for &(q, c) in &self.prefill {
             b.add(q as u32, c as u32, false, true);
         }

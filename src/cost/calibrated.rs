@@ -14,7 +14,7 @@
 //! a full-size model of the same family on this host.
 
 use super::catalog::ModelShape;
-use super::{BatchShape, CostModel, OpTimes};
+use super::{BatchShape, CostModel, OpTimes, StepShape};
 use crate::cost::op;
 use crate::error::ConfigError;
 use serde::{Deserialize, Serialize};
@@ -220,7 +220,8 @@ impl CostModel for CalibratedCost {
         (shape.decode_seqs > 0).then(|| (ATTN_DECODE, self.attn_decode(shape)))
     }
 
-    fn breakdown(&self, b: &BatchShape) -> OpTimes {
+    fn breakdown(&self, shape: &StepShape) -> OpTimes {
+        let b = &shape.sums;
         let p = &self.profile;
         let m = &self.model;
         let l = m.num_layers as f64;

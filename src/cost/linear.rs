@@ -1,6 +1,6 @@
 //! A linear step-time model: simple enough to derive expected results by hand in tests.
 
-use super::{BatchShape, CostModel, OpTimes};
+use super::{BatchShape, CostModel, OpTimes, StepShape};
 use crate::config::LinearConfig;
 use crate::cost::op;
 
@@ -14,7 +14,8 @@ impl CostModel for LinearCost {
         "linear"
     }
 
-    fn breakdown(&self, b: &BatchShape) -> OpTimes {
+    fn breakdown(&self, shape: &StepShape) -> OpTimes {
+        let b = &shape.sums;
         let p = &self.p;
         let mut out = OpTimes::default();
         out.push(op::STEP, p.step_s);

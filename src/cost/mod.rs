@@ -1,4 +1,15 @@
 //! Cost models: a step's shape in, its duration (and a per-operator breakdown) out.
+//!
+//! What lives here: the step's shape ([`StepShape`]: sums over its requests, each prefill chunk, padding
+//! and transfer bytes), the [`CostModel`] trait with the leap's re-pricing contract, the operator names
+//! ([`op`]), and one file per model: `roofline.rs` (datasheet roofline), `table.rs` (measured operator
+//! tables with roofline attention), `calibrated.rs` (candle kernel timings), `linear.rs` (a linear model
+//! for tests and hand-derived checks); `catalog.rs` holds model shapes and GPU datasheets.
+//!
+//! To add a model: one file here implementing [`CostModel`] (name its operators with [`op`] constants,
+//! adding any new one there and to [`OPERATOR_CLASSES`]), one `CostKind` arm in `config.rs`, and its
+//! construction in `System::cost_model` (`system.rs`). Leaps work with any model; implementing
+//! `decode_context_time` (checked by [`check_decode_context_contract`]) makes them fast.
 
 pub mod calibrated;
 pub mod catalog;
@@ -8,8 +19,9 @@ pub mod table;
 
 use crate::time::SimDuration;
 
-/// What one engine step computes, aggregated over its requests. Attention costs are linear in these sums,
-/// so aggregates lose nothing for the models here.
+/// What one engine step computes, summed over its requests. The roofline's and the linear model's
+/// attention costs are linear in these sums, so for them the sums lose nothing; a model that needs each
+/// chunk reads [`StepShape::prefill_chunks`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchShape {
     /// Tokens computed in prefill chunks.
@@ -53,6 +65,66 @@ impl BatchShape {
 
     pub fn total_tokens(&self) -> u64 {
         self.prefill_tokens + self.decode_seqs
+    }
+}
+
+/// One prefill chunk of a step: `tokens` query tokens whose context ends at `context` (previously
+/// computed + tokens).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefillChunk {
+    pub tokens: u32,
+    pub context: u32,
+}
+
+/// The shape of one engine step as a cost model sees it: the sums ([`BatchShape`]), each prefill chunk
+/// in scheduling order (attention tables are priced per chunk), the padding among them, and the KV bytes
+/// moved between memory tiers during the step. A replica reuses one shape from step to step
+/// ([`StepShape::clear`]), so the chunk list is not allocated anew.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepShape {
+    pub sums: BatchShape,
+    /// Every prefill chunk (padding included), in the order they were added; its sums are in `sums`.
+    pub prefill_chunks: Vec<PrefillChunk>,
+    /// Tokens computed for no request (a request-level batch padded to its longest prompt), included in
+    /// the prefill chunks and sums as a chunk of their own.
+    pub padding_tokens: u64,
+    /// KV bytes loaded from or stored to another memory tier within the step. No store moves any yet and
+    /// no model prices them; a decode step that carries any must not leap (leap contract, condition 4).
+    pub kv_transfer_bytes: u64,
+}
+
+impl StepShape {
+    /// A decode-only step given by its sums (the leap's steps, tests). Panics in debug builds if `sums`
+    /// has a prefill part, which would have no chunks.
+    pub fn decode(sums: BatchShape) -> StepShape {
+        debug_assert_eq!(sums.prefill_seqs, 0, "a decode-only shape");
+        StepShape {
+            sums,
+            ..StepShape::default()
+        }
+    }
+
+    /// Empties the shape, keeping the chunk list's capacity.
+    pub fn clear(&mut self) {
+        self.sums = BatchShape::default();
+        self.prefill_chunks.clear();
+        self.padding_tokens = 0;
+        self.kv_transfer_bytes = 0;
+    }
+
+    /// Adds one request's chunk, as [`BatchShape::add`], listing it if it is a prefill chunk.
+    pub fn add(&mut self, q: u32, context: u32, decode: bool, samples: bool) {
+        self.sums.add(q, context, decode, samples);
+        if !decode {
+            self.prefill_chunks
+                .push(PrefillChunk { tokens: q, context });
+        }
+    }
+
+    /// Adds `tokens` of padding, priced as a prefill chunk of that many tokens with no earlier context.
+    pub fn add_padding(&mut self, tokens: u32) {
+        self.add(tokens, tokens, false, false);
+        self.padding_tokens += tokens as u64;
     }
 }
 
@@ -176,11 +248,12 @@ pub trait CostModel {
     /// A short name for outputs (`roofline`, `linear`).
     fn name(&self) -> &'static str;
     /// Per-operator times in seconds, overheads included.
-    fn breakdown(&self, shape: &BatchShape) -> OpTimes;
+    fn breakdown(&self, shape: &StepShape) -> OpTimes;
     /// For runs of decode steps, which differ from step to step only in `decode_context_tokens`: the one
-    /// operator whose time depends on that count, and its time for `shape`. Contract: on `Some((op, t))`,
-    /// `breakdown(shape)` lists `op` with time exactly `t`, and each of its other operators has the same
-    /// time in the breakdown of any shape that differs from `shape` only in `decode_context_tokens`. A
+    /// operator whose time depends on that count, and its time for a step whose sums are `shape`.
+    /// Contract: on `Some((op, t))`, the breakdown of any step with these sums lists `op` with time
+    /// exactly `t`, and each of its other operators has the same time in the breakdown of any step whose
+    /// sums differ from `shape` only in `decode_context_tokens`. A
     /// leap prices millions of steps, so it prices the rest once. None (the default): every step is priced
     /// with `breakdown`.
     fn decode_context_time(&self, _shape: &BatchShape) -> Option<(&'static str, f64)> {
@@ -209,7 +282,7 @@ pub trait CostModel {
         op
     }
     /// The step's duration.
-    fn step_time(&self, shape: &BatchShape) -> SimDuration {
+    fn step_time(&self, shape: &StepShape) -> SimDuration {
         step_duration(total_seconds(&self.breakdown(shape)))
     }
 }
@@ -245,16 +318,14 @@ pub fn seconds_to_fs(s: f64) -> u128 {
 /// operator alone (Some) at all, or what broke the contract.
 pub fn check_decode_context_contract(
     model: &dyn CostModel,
-    shape: &BatchShape,
+    shape: &StepShape,
     grow: u64,
 ) -> Result<bool, String> {
-    let grown = BatchShape {
-        decode_context_tokens: shape.decode_context_tokens + grow,
-        ..*shape
-    };
+    let mut grown = shape.clone();
+    grown.sums.decode_context_tokens += grow;
     let (Some((op, t)), Some((op2, t2))) = (
-        model.decode_context_time(shape),
-        model.decode_context_time(&grown),
+        model.decode_context_time(&shape.sums),
+        model.decode_context_time(&grown.sums),
     ) else {
         return Ok(false);
     };
@@ -292,6 +363,7 @@ pub fn check_decode_context_contract(
     // The batched form: the same values, step by step.
     let step = grow / 7 + 1;
     let mut out = [0.0; 9];
+    let shape = &shape.sums;
     if model.decode_context_times(shape, step, &mut out) != Some(op) {
         return Err(format!("decode_context_times does not name {op}"));
     }
@@ -327,21 +399,48 @@ mod tests {
     }
 
     #[test]
+    fn a_step_shape_lists_each_prefill_chunk_and_its_padding() {
+        let mut s = StepShape::default();
+        s.add(100, 300, false, false);
+        s.add(1, 50, true, true);
+        s.add_padding(20);
+        assert_eq!(
+            s.prefill_chunks,
+            vec![
+                PrefillChunk {
+                    tokens: 100,
+                    context: 300
+                },
+                PrefillChunk {
+                    tokens: 20,
+                    context: 20
+                }
+            ]
+        );
+        // 100 + 20 prefill tokens; pairs 100 x 200 + 100 x 101 / 2 = 25,050, and 20 x 21 / 2 = 210.
+        assert_eq!(s.sums.prefill_tokens, 120);
+        assert_eq!(s.sums.prefill_attn_pairs, 25_050 + 210);
+        assert_eq!((s.sums.decode_seqs, s.padding_tokens), (1, 20));
+        s.clear();
+        assert_eq!(s, StepShape::default());
+    }
+
+    #[test]
     fn linear_prices_decode_context_alone() {
         let m = linear::LinearCost {
             p: crate::config::LinearConfig::default(),
         };
-        let mut s = BatchShape {
+        let mut s = StepShape::decode(BatchShape {
             decode_seqs: 7,
             decode_context_tokens: 12_345,
             sampled: 7,
             ..BatchShape::default()
-        };
+        });
         assert_eq!(check_decode_context_contract(&m, &s, 7 * 40), Ok(true));
         s.add(512, 2048, false, false);
         assert_eq!(check_decode_context_contract(&m, &s, 7), Ok(true));
         // The linear model lists its context term in every breakdown, even of an empty step.
-        let none = BatchShape::default();
+        let none = StepShape::default();
         assert_eq!(check_decode_context_contract(&m, &none, 7), Ok(true));
     }
 }

@@ -6,7 +6,7 @@
 //! memory-bound and large ones compute-bound.
 
 use super::catalog::{HardwareSpec, ModelShape};
-use super::{BatchShape, CostModel, OpTimes};
+use super::{BatchShape, CostModel, OpTimes, StepShape};
 use crate::config::RooflineConfig;
 use crate::cost::op;
 use std::cell::RefCell;
@@ -201,7 +201,8 @@ impl CostModel for Roofline {
         Some(ATTN_DECODE)
     }
 
-    fn breakdown(&self, b: &BatchShape) -> OpTimes {
+    fn breakdown(&self, shape: &StepShape) -> OpTimes {
+        let b = &shape.sums;
         let m = &self.model;
         let layers = m.num_layers as f64;
         let d = m.dtype_bytes as f64;
@@ -290,7 +291,7 @@ mod tests {
             450.0,
             0.0,
         );
-        let mut b = BatchShape::default();
+        let mut b = StepShape::default();
         b.add(1, 100, true, true);
         assert_eq!(r.step_time(&b).0, 26_420);
     }
@@ -305,9 +306,9 @@ mod tests {
             450.0,
             1e-5,
         );
-        let mut dec = BatchShape::default();
+        let mut dec = StepShape::default();
         dec.add(1, 1000, true, true);
-        let mut pre = BatchShape::default();
+        let mut pre = StepShape::default();
         pre.add(8192, 8192, false, true);
         let td = r.step_time(&dec).as_secs_f64();
         let tp = r.step_time(&pre).as_secs_f64();
@@ -333,7 +334,7 @@ mod tests {
                 450.0,
                 1e-5,
             );
-            let mut a = BatchShape { decode_seqs: seqs, decode_context_tokens: ctx, sampled: seqs, ..BatchShape::default() };
+            let mut a = StepShape::decode(BatchShape { decode_seqs: seqs, decode_context_tokens: ctx, sampled: seqs, ..BatchShape::default() });
             if prefill > 0 {
                 a.add(prefill, prefill + 100, false, true);
             }

@@ -6,7 +6,7 @@
 
 use super::catalog::ModelShape;
 use super::roofline::Roofline;
-use super::{BatchShape, CostModel, OpTime, OpTimes};
+use super::{BatchShape, CostModel, OpTime, OpTimes, StepShape};
 use crate::cost::op;
 use crate::error::ConfigError;
 use std::collections::BTreeMap;
@@ -159,7 +159,8 @@ impl CostModel for TableCost {
         "table"
     }
 
-    fn breakdown(&self, b: &BatchShape) -> OpTimes {
+    fn breakdown(&self, shape: &StepShape) -> OpTimes {
+        let b = &shape.sums;
         let layers = self.roofline.model.num_layers as f64;
         let t = b.total_tokens();
         let mut out = OpTimes::default();
@@ -177,7 +178,7 @@ impl CostModel for TableCost {
             out.extend(layer_ops.iter().copied());
         }
         // Attention, LM head and overheads: the roofline's.
-        out.extend(self.roofline.breakdown(b).iter().copied().filter(|o| {
+        out.extend(self.roofline.breakdown(shape).iter().copied().filter(|o| {
             matches!(
                 o.op,
                 op::ATTN_PREFILL | op::ATTN_DECODE | op::LM_HEAD | op::OVERHEAD
@@ -241,7 +242,7 @@ pub fn roofline_vs_table(
     let layers = roofline.model.num_layers as f64;
     let mut out = Vec::new();
     for &t in tokens {
-        let mut b = BatchShape::default();
+        let mut b = StepShape::default();
         b.add(t as u32, t as u32, false, false);
         let r = roofline.breakdown(&b);
         for (op, cols, mult) in pairs {
