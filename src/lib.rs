@@ -5,10 +5,11 @@
 //!   whose prompts are segment lists ([`workload::content`]); turn k+1 extends turn k exactly.
 //! - [`event`] and [`engine`]: the closed event set, its same-instant order, and the queue with its
 //!   integer-nanosecond clock ([`time`]). The engine knows nothing about LLMs.
-//! - [`world`]: owns everything and dispatches each event in one `match`: arrivals go through a
-//!   [`router`] to a [`replica`].
+//! - [`world`]: owns everything and dispatches each event in one `match`: arrivals go through a router
+//!   ([`cluster`]: it sees the request and a read-only view of each replica) to a [`replica`].
+//!   [`system`] wires all the parts from the config, apart from the loop.
 //! - [`replica`]: runs engine steps: its [`scheduler`] (vLLM V1's rules) plans a step through the
-//!   [`kv`] manager (block pool + prefix cache), the [`cost`] model prices it, and at the step's end tokens
+//!   [`kv`] store it owns (vLLM's block pool + prefix cache), the [`cost`] model prices it, and at the step's end tokens
 //!   are emitted and finished requests leave. Runs of pure-decode steps are advanced at once under the
 //!   leap contract written at the top of [`replica`]: read it before adding a scheduler, a KV store, a
 //!   cost model or a statistic.
@@ -21,6 +22,7 @@ pub mod app;
 #[cfg(feature = "calibrate")]
 pub mod calibrate;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod cost;
 pub mod engine;
@@ -36,7 +38,6 @@ pub mod replica;
 pub mod report;
 pub mod request;
 pub mod rng;
-pub mod router;
 pub mod run;
 pub mod scheduler;
 pub mod system;

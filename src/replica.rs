@@ -43,6 +43,7 @@
 //! checks); the leap tests check the whole on workloads with prefix hits, preemption, several replicas,
 //! priorities, trace replay and every cost model.
 
+use crate::cluster::{ReplicaState, ReplicaView};
 use crate::cost::{
     seconds_to_fs, step_duration, total_seconds, BatchShape, CostModel, OpTime, StepShape,
 };
@@ -142,7 +143,12 @@ impl ReplicaStats {
 }
 
 pub struct Replica {
+    /// Stable for the whole run (the replica's index in the cluster).
     pub id: ReplicaId,
+    /// Whether it takes new requests (routers read it through [`Replica::view`]).
+    pub state: ReplicaState,
+    /// Prompt tokens of the requests held.
+    prompt_tokens: u64,
     /// The batching policy, which owns the KV store.
     scheduler: Box<dyn Scheduler>,
     requests: RequestTable,
@@ -194,6 +200,8 @@ impl Replica {
     pub fn new(id: ReplicaId, scheduler: Box<dyn Scheduler>, max_model_len: u32) -> Replica {
         Replica {
             id,
+            state: ReplicaState::Up,
+            prompt_tokens: 0,
             scheduler,
             requests: RequestTable::default(),
             true_output: Default::default(),
@@ -221,9 +229,16 @@ impl Replica {
         self.scheduler.num_running()
     }
 
-    /// Requests held (waiting or running).
-    pub fn load(&self) -> usize {
-        self.requests.len()
+    /// What a router sees of this replica.
+    pub fn view(&self) -> ReplicaView {
+        ReplicaView {
+            id: self.id,
+            state: self.state,
+            num_waiting: self.scheduler.num_waiting(),
+            num_running: self.scheduler.num_running(),
+            prompt_tokens: self.prompt_tokens,
+            kv_usage: self.scheduler.kv().usage(),
+        }
     }
 
     pub fn is_busy(&self) -> bool {
@@ -237,6 +252,7 @@ impl Replica {
     /// Queues a new request.
     pub fn enqueue(&mut self, mut req: Request, true_output_tokens: u32) {
         req.replica = self.id;
+        self.prompt_tokens += req.prompt_tokens as u64;
         self.waits_for_arrival = false;
         // Capacity only: the oracle's length decides nothing in the store.
         let capacity = req.prompt_tokens as u64 + true_output_tokens as u64;
@@ -618,6 +634,7 @@ impl Replica {
         let mut out = Vec::with_capacity(done.len());
         for (id, reason) in done {
             let mut r = self.requests.remove(&id).expect("finished request");
+            self.prompt_tokens -= r.prompt_tokens as u64;
             self.true_output.remove(&id);
             self.scheduler.kv_mut().free(&mut r);
             r.finish = Some(now);
@@ -680,6 +697,7 @@ impl Replica {
             return None;
         }
         let mut r = *self.requests.remove(&id).expect("held");
+        self.prompt_tokens -= r.prompt_tokens as u64;
         self.scheduler.kv_mut().free(&mut r);
         self.true_output.remove(&id);
         Some(r)
@@ -694,6 +712,7 @@ impl Replica {
             .map(|r| *r)
             .collect();
         for r in &mut out {
+            self.prompt_tokens -= r.prompt_tokens as u64;
             self.scheduler.kv_mut().free(r);
         }
         out.sort_by_key(|r| r.id);
@@ -711,6 +730,14 @@ impl Replica {
             self.scheduler.num_waiting() + self.scheduler.num_running(),
             self.requests.len(),
             "invariant 1: a request is in no queue or two"
+        );
+        assert_eq!(
+            self.prompt_tokens,
+            self.requests
+                .values()
+                .map(|r| r.prompt_tokens as u64)
+                .sum::<u64>(),
+            "the prompt tokens a router sees are those held"
         );
     }
 }

@@ -63,6 +63,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
     let mut world = World::new(
         cfg,
         replicas,
+        system.router(cfg),
         workload,
         cost,
         metrics,

@@ -3,7 +3,7 @@
 //!
 //! Every choice of a kind is made here, in one `match` per slot: `engine.kind` picks the scheduler (the
 //! engine family), `engine.kv_cache` the KV store it owns, `cost.kind` the cost model, `workload.kind` the
-//! workload, `cluster.router` the router (`router::build`). To add an engine: write its scheduler as one
+//! workload, `cluster.router` the router (`cluster::router::build`). To add an engine: write its scheduler as one
 //! file under `scheduler/`, add its `EngineKind` arm in `config.rs`, and build it in
 //! [`System::scheduler_with`]; to add a store, the same under `kv/` with a `KvKind` arm, built in
 //! [`System::scheduler`]. The compiler then points at every `match` over the kinds, the leap tests
@@ -163,6 +163,11 @@ impl System {
                 s.max_model_len,
             )),
         }
+    }
+
+    /// The cluster's router, of the configured policy.
+    pub fn router(&self, cfg: &Config) -> Box<dyn crate::cluster::router::Router> {
+        crate::cluster::router::build(cfg.cluster.router)
     }
 
     /// Replica `id`, empty and idle: the factory a run calls at its start (and cluster events may call

@@ -1,6 +1,8 @@
 //! The world owns everything in a run and dispatches each event with one `match`. It knows the loop,
 //! not how the parts are built: [`crate::system`] wires them from the config.
 
+use crate::cluster::router::Router;
+use crate::cluster::{ReplicaView, Route};
 use crate::config::Config;
 use crate::cost::CostModel;
 use crate::engine::EventQueue;
@@ -9,7 +11,6 @@ use crate::event::{Event, ReplicaId, SessionId};
 use crate::metrics::{Collector, Sample};
 use crate::replica::{Leapt, Replica, StepStart};
 use crate::request::{Request, Status};
-use crate::router::{self, Router};
 use crate::time::{SimDuration, SimTime};
 use crate::workload::conversation::Release;
 use crate::workload::Workload;
@@ -38,6 +39,8 @@ pub struct World<'a> {
     queue: EventQueue<Event>,
     pub replicas: Vec<Replica>,
     router: Box<dyn Router>,
+    /// The replicas as the router sees them, refreshed at each arrival (kept to reuse its storage).
+    views: Vec<ReplicaView>,
     workload: Box<dyn Workload>,
     cost: Box<dyn CostModel>,
     pub metrics: Collector,
@@ -56,10 +59,13 @@ pub struct World<'a> {
 }
 
 impl<'a> World<'a> {
-    /// A run of `replicas` (built by [`crate::system::System::replica`], ids 0..n in order) fed by `workload`.
+    /// A run of `replicas` (built by [`crate::system::System::replica`], ids 0..n in order) behind
+    /// `router`, fed by `workload`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: &'a Config,
         replicas: Vec<Replica>,
+        router: Box<dyn Router>,
         workload: Box<dyn Workload>,
         cost: Box<dyn CostModel>,
         metrics: Collector,
@@ -71,7 +77,8 @@ impl<'a> World<'a> {
             wake_at: vec![None; replicas.len()],
             queue: EventQueue::new(),
             replicas,
-            router: router::build(cfg.cluster.router),
+            views: Vec::new(),
+            router,
             workload,
             cost,
             metrics,
@@ -307,10 +314,27 @@ impl<'a> World<'a> {
             }
             Some(Release::Request(nr)) => {
                 self.counts.released += 1;
-                let loads: Vec<usize> = self.replicas.iter().map(Replica::load).collect();
-                let rid = self.router.route(nr.request.session, &loads);
-                self.replicas[rid as usize].enqueue(nr.request, nr.true_output_tokens);
-                self.request_schedule(rid, now);
+                self.views.clear();
+                self.views.extend(self.replicas.iter().map(Replica::view));
+                match self.router.route(&nr.request, &self.views) {
+                    Route::To(rid) => {
+                        debug_assert!(
+                            self.views.get(rid as usize).is_some_and(|v| v.is_up()),
+                            "a router routes only to a replica that is up"
+                        );
+                        self.replicas[rid as usize].enqueue(nr.request, nr.true_output_tokens);
+                        self.request_schedule(rid, now);
+                    }
+                    Route::Reject => {
+                        // As after a failed turn: the user sees the refusal and goes on.
+                        self.metrics
+                            .on_request_done(&nr.request, Status::Rejected)?;
+                        match self.workload.on_turn_complete(nr.request.session, 0, now) {
+                            Some(t) => self.queue.push(t, Event::TurnRelease(nr.request.session)),
+                            None => self.end_session(nr.request.session),
+                        }
+                    }
+                }
                 Ok(())
             }
         }
@@ -552,6 +576,7 @@ mod tests {
         let mut w = World::new(
             &cfg,
             vec![replica],
+            sys.router(&cfg),
             sys.workload(&cfg).unwrap(),
             sys.cost_model(&cfg).unwrap(),
             metrics,
@@ -575,6 +600,87 @@ mod tests {
             .collect();
         out.sort_by(|x, y| x.0.total_cmp(&y.0));
         out
+    }
+
+    /// Rejects every request of an odd session; the rest go to replica 0.
+    struct RejectOddSessions;
+
+    impl Router for RejectOddSessions {
+        fn route(&mut self, req: &Request, _replicas: &[ReplicaView]) -> Route {
+            if req.session % 2 == 1 {
+                Route::Reject
+            } else {
+                Route::To(0)
+            }
+        }
+    }
+
+    #[test]
+    fn a_rejected_turn_is_recorded_and_its_session_goes_on() {
+        // 4 sessions of 3 turns: sessions 1 and 3 have every turn rejected, and each rejection is
+        // followed by the session's next turn, so 2 x 3 = 6 rows are rejected (turns 1, 2, 3 of each) and
+        // 6 finish.
+        let o: Vec<String> = [
+            "workload.max_sessions=4",
+            "workload.turns={dist=\"constant\", value=3}",
+            "workload.think_time_s={dist=\"constant\", value=1}",
+            "cost.kind=\"linear\"",
+            "cluster.replicas=2",
+        ]
+        .map(String::from)
+        .to_vec();
+        let cfg = Config::load(None, &o).unwrap();
+        let sys = System::resolve(&cfg).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let metrics = Collector::new(
+            tmp.path().join("r.csv"),
+            tmp.path().join("t.csv"),
+            cfg.slo.clone(),
+        )
+        .unwrap();
+        let mut w = World::new(
+            &cfg,
+            (0..2).map(|id| sys.replica(&cfg, id)).collect(),
+            Box::new(RejectOddSessions),
+            sys.workload(&cfg).unwrap(),
+            sys.cost_model(&cfg).unwrap(),
+            metrics,
+            false,
+            true,
+        );
+        w.run().unwrap();
+        drop(w);
+        let mut rdr = csv::Reader::from_path(tmp.path().join("r.csv")).unwrap();
+        let h = rdr.headers().unwrap().clone();
+        let col = |name: &str| h.iter().position(|x| x == name).unwrap();
+        let (s, t, st, rep) = (
+            col("session_id"),
+            col("turn"),
+            col("status"),
+            col("replica"),
+        );
+        let mut rows: Vec<(u64, u32, String, String)> = rdr
+            .records()
+            .map(|r| {
+                let r = r.unwrap();
+                (
+                    r[s].parse().unwrap(),
+                    r[t].parse().unwrap(),
+                    r[st].to_string(),
+                    r[rep].to_string(),
+                )
+            })
+            .collect();
+        rows.sort();
+        let rejected: Vec<(u64, u32)> = rows
+            .iter()
+            .filter(|r| r.2 == "rejected")
+            .map(|r| (r.0, r.1))
+            .collect();
+        assert_eq!(rejected, [(1, 1), (1, 2), (1, 3), (3, 1), (3, 2), (3, 3)]);
+        let finished = rows.iter().filter(|r| r.2 == "finished");
+        assert_eq!(finished.clone().count(), 6);
+        assert!(finished.into_iter().all(|r| r.0 % 2 == 0 && r.3 == "0"));
     }
 
     #[test]
