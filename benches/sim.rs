@@ -49,12 +49,25 @@ const COMPARED: [&str; 3] = ["requests.csv", "summary.json", "timeseries.csv"];
 
 /// FNV-1a over each of a run's compared output files, to tell whether two builds wrote the same bytes.
 /// Streamed through a small buffer: a child's peak RSS as `wait4` reports it starts from this process's
-/// RSS when it forks, so reading a whole requests.csv here would inflate every later measurement.
+/// RSS when it forks, so reading a whole requests.csv here would inflate every later measurement. The
+/// summary is small: it is hashed without its `events` key, which older builds wrote there (a debug
+/// statistic, not a result), so that builds before and after that move compare.
 fn digest(out: &Path) -> [u64; 3] {
     use std::io::Read;
     let mut buf = [0u8; 1 << 16];
     COMPARED.map(|f| {
         let mut h = 0xcbf2_9ce4_8422_2325u64;
+        if f == "summary.json" {
+            let text = std::fs::read_to_string(out.join(f)).unwrap_or_default();
+            let mut v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if let Some(m) = v.as_object_mut() {
+                m.remove("events");
+            }
+            for b in v.to_string().bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+            return h;
+        }
         if let Ok(mut file) = std::fs::File::open(out.join(f)) {
             while let Ok(n @ 1..) = file.read(&mut buf) {
                 for &b in &buf[..n] {
@@ -66,15 +79,16 @@ fn digest(out: &Path) -> [u64; 3] {
     })
 }
 
-/// Runs one scenario; returns (wall s, max RSS KiB, summary JSON, output digest).
+/// Runs one scenario; returns (wall s, max RSS KiB, summary JSON with the run's event count added as
+/// `events`, output digest).
 fn run_once(bin: &str, args: &[String], out: &Path) -> (f64, u64, serde_json::Value, [u64; 3]) {
     let t = Instant::now();
     let mut child = Command::new(bin)
         .arg("run")
-        .arg("--quiet")
         .arg("--out")
         .arg(out)
         .args(args)
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("servesim runs");
     let pid = child.id() as libc::pid_t;
@@ -89,13 +103,18 @@ fn run_once(bin: &str, args: &[String], out: &Path) -> (f64, u64, serde_json::Va
         "servesim failed"
     );
     let _ = child.try_wait();
+    // The human summary (a few hundred bytes, within a pipe's buffer) ends "wrote DIR (N events, ...".
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("piped"), &mut stdout)
+        .expect("stdout");
+    let events = stdout
+        .rsplit_once(" events,")
+        .and_then(|(head, _)| head.rsplit_once('(')?.1.parse::<u64>().ok())
+        .expect("the run reports its event count");
     let summary = std::fs::read_to_string(out.join("summary.json")).expect("summary");
-    (
-        wall,
-        usage.ru_maxrss as u64,
-        serde_json::from_str(&summary).unwrap(),
-        digest(out),
-    )
+    let mut summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    summary["events"] = events.into();
+    (wall, usage.ru_maxrss as u64, summary, digest(out))
 }
 
 /// "same bytes", or which files differed.

@@ -1,12 +1,14 @@
 //! One simulation run from a config to its output directory.
 
 use crate::config::{Config, WorkloadKind};
+use crate::cost::CostModel;
 use crate::cost::OPERATOR_CLASSES;
 use crate::error::{Error, OutputError};
 use crate::metrics::output::RunDir;
 use crate::metrics::stats::describe;
-use crate::metrics::{Collector, Summary};
+use crate::metrics::{Collector, RequestRow, Rows, Sample, Summary};
 use crate::system::System;
+use crate::workload::Workload;
 use crate::world::World;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -34,59 +36,148 @@ pub struct RunOutcome {
     pub summary: Summary,
     pub system: System,
     pub wall_seconds: f64,
+    /// Events dispatched, those a leap stood in for included (a debug statistic: not in the summary).
     pub events: u64,
     /// Engine steps advanced by leaps (0 with `no_leap`).
     pub leapt_steps: u64,
 }
 
-/// Runs `cfg` and writes `requests.csv`, `summary.json`, `summary.csv`, `timeseries.csv` and
-/// `resolved.toml`. Nothing is written when the config cannot be resolved, and nothing is left behind
-/// when a run fails.
-pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
-    let wall = Instant::now();
+/// How to simulate without an output directory.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    /// Where the rows go (`Rows::Discard` for a probe that needs only the summary).
+    pub rows: Rows,
+    pub progress: bool,
+    pub no_leap: bool,
+    /// Recorded in the summary's `variant`.
+    pub variant: String,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            rows: Rows::Discard,
+            progress: false,
+            no_leap: false,
+            variant: String::new(),
+        }
+    }
+}
+
+/// What a simulation produced.
+#[derive(Debug)]
+pub struct Simulation {
+    pub summary: Summary,
+    pub system: System,
+    pub wall_seconds: f64,
+    /// Events dispatched, those a leap stood in for included (a debug statistic).
+    pub events: u64,
+    /// Engine steps advanced by leaps.
+    pub leapt_steps: u64,
+    /// Every request's row, in the order `requests.csv` lists them ([`Rows::Keep`] only).
+    pub requests: Vec<RequestRow>,
+    /// Every time-series sample, in file order ([`Rows::Keep`] only).
+    pub timeseries: Vec<Sample>,
+}
+
+/// A config resolved into the parts of a run, before anything runs or is written: resolving is where a
+/// config that cannot run is refused.
+pub struct Prepared<'a> {
+    cfg: &'a Config,
+    system: System,
+    workload: Box<dyn Workload>,
+    cost: Box<dyn CostModel>,
+}
+
+/// Resolves `cfg` (model, hardware, sizing, workload files, cost tables).
+pub fn prepare(cfg: &Config) -> Result<Prepared<'_>, Error> {
     let system = System::resolve(cfg)?;
     let workload = system.workload(cfg)?;
     let cost = system.cost_model(cfg)?;
+    Ok(Prepared {
+        cfg,
+        system,
+        workload,
+        cost,
+    })
+}
+
+impl Prepared<'_> {
+    /// Runs the simulation to its end. With `Rows::Files` the two row files are created and written (and
+    /// left for the caller to keep or discard); otherwise nothing touches the file system.
+    pub fn simulate(self, opts: &SimOptions) -> Result<Simulation, Error> {
+        let wall = Instant::now();
+        let Prepared {
+            cfg,
+            system,
+            workload,
+            cost,
+        } = self;
+        let metrics = Collector::new(opts.rows.clone(), cfg.slo.clone())?;
+        let replicas = (0..cfg.cluster.replicas)
+            .map(|id| system.replica(cfg, id))
+            .collect();
+        let mut world = World::new(
+            cfg,
+            replicas,
+            system.router(cfg),
+            workload,
+            cost,
+            metrics,
+            opts.progress,
+            !opts.no_leap,
+        );
+        world.run()?;
+        let summary = summarize(&mut world, &system, &opts.variant);
+        let (requests, timeseries) = world.metrics.take_rows();
+        Ok(Simulation {
+            summary,
+            system,
+            wall_seconds: wall.elapsed().as_secs_f64(),
+            events: world.counts.events,
+            leapt_steps: world.counts.leapt_steps,
+            requests,
+            timeseries,
+        })
+    }
+}
+
+/// Runs `cfg` in memory: the summary and, with `Rows::Keep`, the rows. The library form of `run`, for
+/// callers that run many configurations (a capacity search) and need no files.
+pub fn simulate(cfg: &Config, opts: &SimOptions) -> Result<Simulation, Error> {
+    prepare(cfg)?.simulate(opts)
+}
+
+/// Runs `cfg` and writes `requests.csv`, `summary.json`, `summary.csv`, `timeseries.csv` and
+/// `resolved.toml`: [`simulate`] with a file sink around it. Nothing is written when the config cannot be
+/// resolved, and nothing is left behind when a run fails.
+pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
+    let prepared = prepare(cfg)?;
     let out = opts
         .out
         .clone()
         .unwrap_or_else(|| Path::new("results").join(&cfg.name));
     let dir = RunDir::create(&out)?;
-    let metrics = Collector::new(
-        dir.file("requests.csv"),
-        dir.file("timeseries.csv"),
-        cfg.slo.clone(),
-    )?;
-    let replicas = (0..cfg.cluster.replicas)
-        .map(|id| system.replica(cfg, id))
-        .collect();
-    let mut world = World::new(
-        cfg,
-        replicas,
-        system.router(cfg),
-        workload,
-        cost,
-        metrics,
-        opts.progress,
-        !opts.no_leap,
-    );
-    world.run()?;
-    let wall_seconds = wall.elapsed().as_secs_f64();
-    let summary = summarize(&mut world, &system, &opts.variant);
-    write(&dir.file("summary.json"), &summary.to_json())?;
-    summary.write_csv(&dir.file("summary.csv"))?;
-    write(&dir.file("resolved.toml"), &resolved_toml(cfg, &system))?;
-    let events = world.counts.events;
-    let leapt_steps = world.counts.leapt_steps;
-    drop(world);
+    let sim = prepared.simulate(&SimOptions {
+        rows: Rows::Files {
+            requests: dir.file("requests.csv"),
+            timeseries: dir.file("timeseries.csv"),
+        },
+        progress: opts.progress,
+        no_leap: opts.no_leap,
+        variant: opts.variant.clone(),
+    })?;
+    write(&dir.file("summary.json"), &sim.summary.to_json())?;
+    sim.summary.write_csv(&dir.file("summary.csv"))?;
+    write(&dir.file("resolved.toml"), &resolved_toml(cfg, &sim.system))?;
     let out_dir = dir.commit()?;
     Ok(RunOutcome {
         out_dir,
-        summary,
-        system,
-        wall_seconds,
-        events,
-        leapt_steps,
+        summary: sim.summary,
+        system: sim.system,
+        wall_seconds: sim.wall_seconds,
+        events: sim.events,
+        leapt_steps: sim.leapt_steps,
     })
 }
 
@@ -289,6 +380,5 @@ fn summarize(world: &mut World, sys: &System, variant: &str) -> Summary {
         let fs = ops.get(op).copied().unwrap_or(0);
         s.set(&format!("cost_{op}_s"), fs as f64 / 1e15);
     }
-    s.set("events", world.counts.events);
     s
 }

@@ -561,8 +561,10 @@ mod tests {
         let sys = System::resolve(&cfg).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let metrics = Collector::new(
-            tmp.path().join("r.csv"),
-            tmp.path().join("t.csv"),
+            crate::metrics::Rows::Files {
+                requests: tmp.path().join("r.csv"),
+                timeseries: tmp.path().join("t.csv"),
+            },
             cfg.slo.clone(),
         )
         .unwrap();
@@ -633,8 +635,10 @@ mod tests {
         let sys = System::resolve(&cfg).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let metrics = Collector::new(
-            tmp.path().join("r.csv"),
-            tmp.path().join("t.csv"),
+            crate::metrics::Rows::Files {
+                requests: tmp.path().join("r.csv"),
+                timeseries: tmp.path().join("t.csv"),
+            },
             cfg.slo.clone(),
         )
         .unwrap();

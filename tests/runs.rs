@@ -90,3 +90,53 @@ fn priority_policy_serves_high_priority_faster_under_load() {
     let (q0, q1) = (mean_queue("0"), mean_queue("1"));
     assert!(q0 < q1, "priority 0 waited {q0:.3} s, priority 1 {q1:.3} s");
 }
+
+/// `simulate` is `run` without files: the same summary whether the rows are discarded, kept in memory or
+/// streamed to files; the kept rows are the file's rows (one per request, same ids in the same order); and
+/// the public parallel map gives the same summaries on one thread or three.
+#[test]
+fn simulate_without_files_gives_runs_summary_and_rows() {
+    use servesim::metrics::Rows;
+    use servesim::report::parallel_map;
+    use servesim::run::{simulate, SimOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(SMALL_CHAT, &["workload.duration_s=20.0"]);
+    let (o, dir) = run_in(tmp.path(), "files", &cfg);
+    let discard = simulate(&cfg, &SimOptions::default()).unwrap();
+    assert_eq!(discard.summary, o.summary);
+    assert!(discard.requests.is_empty() && discard.timeseries.is_empty());
+    let keep = simulate(
+        &cfg,
+        &SimOptions {
+            rows: Rows::Keep,
+            ..SimOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(keep.summary, o.summary);
+    assert!(
+        o.summary.0.get("events").is_none(),
+        "events is a debug statistic"
+    );
+    let rows = read_rows(&dir.join("requests.csv"));
+    assert_eq!(keep.requests.len(), rows.len());
+    for (k, r) in keep.requests.iter().zip(&rows) {
+        assert_eq!(k.id.to_string(), r["request_id"]);
+        assert_eq!(k.status.as_str(), r["status"]);
+    }
+    let samples = std::fs::read_to_string(dir.join("timeseries.csv")).unwrap();
+    assert_eq!(keep.timeseries.len(), samples.lines().count() - 1);
+    // Nothing was written by the in-memory runs: the temporary directory holds only the file run.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    let seeds = [1u64, 2, 3];
+    let go = |&seed: &u64| {
+        let c = config(
+            SMALL_CHAT,
+            &["workload.duration_s=10.0", &format!("seed={seed}")],
+        );
+        simulate(&c, &SimOptions::default()).unwrap().summary
+    };
+    let one = parallel_map(&seeds, 1, go);
+    assert_eq!(one, parallel_map(&seeds, 3, go));
+    assert_ne!(one[0], one[1], "different seeds, different runs");
+}

@@ -1,5 +1,6 @@
-//! Metric sinks: the per-request CSV (streamed as requests leave), the time series, and the summary.
-//! Definitions follow `vllm bench serve` (engine-semantics B1-B5) and vLLM's Prometheus names (P2).
+//! Metric sinks: the per-request rows (streamed to `requests.csv` as requests leave, kept in memory, or
+//! only folded into the summary), the time series, and the summary. Definitions follow `vllm bench
+//! serve` (engine-semantics B1-B5) and vLLM's Prometheus names (P2).
 
 pub mod histogram;
 pub mod output;
@@ -13,7 +14,8 @@ use crate::request::{Request, Status};
 use crate::time::SimTime;
 use histogram::LogHistogram;
 use row::RowBuf;
-use row_thread::{RequestRow, RowThread};
+pub use row_thread::RequestRow;
+use row_thread::RowThread;
 use serde_json::{Map, Value};
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -76,12 +78,37 @@ pub struct Sample {
     pub preemptions: u64,
 }
 
-/// Collects per-request metrics and streams rows out.
-pub struct Collector {
+/// Where a run's rows go.
+#[derive(Clone, Debug)]
+pub enum Rows {
+    /// Nowhere: only the summary's aggregates are kept (a capacity probe).
+    Discard,
+    /// In memory, returned with the summary.
+    Keep,
+    /// Streamed to `requests` (CSV, `REQUEST_COLUMNS`) and `timeseries` (CSV, `TIMESERIES_COLUMNS`).
+    Files {
+        requests: PathBuf,
+        timeseries: PathBuf,
+    },
+}
+
+enum RequestSink {
+    Discard,
+    Keep(Vec<RequestRow>),
     /// `requests.csv`, formatted and written on a thread of its own.
-    requests: RowThread,
-    timeseries: BufWriter<File>,
-    timeseries_path: PathBuf,
+    File(RowThread),
+}
+
+enum SampleSink {
+    Discard,
+    Keep(Vec<Sample>),
+    File { w: BufWriter<File>, path: PathBuf },
+}
+
+/// Collects per-request metrics and passes rows on to where [`Rows`] says.
+pub struct Collector {
+    requests: RequestSink,
+    timeseries: SampleSink,
     slo: SloConfig,
     pub ttft: Vec<f64>,
     pub tpot: Vec<f64>,
@@ -142,19 +169,31 @@ fn csv_file(
 }
 
 impl Collector {
-    pub fn new(
-        requests_path: PathBuf,
-        timeseries_path: PathBuf,
-        slo: SloConfig,
-    ) -> Result<Collector, OutputError> {
+    /// A collector sending rows to `rows`; files are created (with their headers) here.
+    pub fn new(rows: Rows, slo: SloConfig) -> Result<Collector, OutputError> {
         let mut row = RowBuf::default();
-        let requests = csv_file(&requests_path, REQUEST_COLUMNS, &mut row)?;
-        let requests = RowThread::spawn(requests, requests_path)?;
-        let timeseries = csv_file(&timeseries_path, TIMESERIES_COLUMNS, &mut row)?;
+        let (requests, timeseries) = match rows {
+            Rows::Discard => (RequestSink::Discard, SampleSink::Discard),
+            Rows::Keep => (RequestSink::Keep(Vec::new()), SampleSink::Keep(Vec::new())),
+            Rows::Files {
+                requests,
+                timeseries,
+            } => {
+                let w = csv_file(&requests, REQUEST_COLUMNS, &mut row)?;
+                let r = RequestSink::File(RowThread::spawn(w, requests)?);
+                let w = csv_file(&timeseries, TIMESERIES_COLUMNS, &mut row)?;
+                (
+                    r,
+                    SampleSink::File {
+                        w,
+                        path: timeseries,
+                    },
+                )
+            }
+        };
         Ok(Collector {
             requests,
             timeseries,
-            timeseries_path,
             slo,
             ttft: Vec::new(),
             tpot: Vec::new(),
@@ -232,10 +271,26 @@ impl Collector {
             Status::Unfinished => self.unfinished += 1,
             Status::Failed => self.failed += 1,
         }
-        self.requests.push(RequestRow::new(r, status, tpot))
+        let row = RequestRow::new(r, status, tpot);
+        match &mut self.requests {
+            RequestSink::Discard => Ok(()),
+            RequestSink::Keep(v) => {
+                v.push(row);
+                Ok(())
+            }
+            RequestSink::File(t) => t.push(row),
+        }
     }
 
     pub fn on_sample(&mut self, s: &Sample) -> Result<(), OutputError> {
+        let (w, path) = match &mut self.timeseries {
+            SampleSink::Discard => return Ok(()),
+            SampleSink::Keep(v) => {
+                v.push(*s);
+                return Ok(());
+            }
+            SampleSink::File { w, path } => (w, path),
+        };
         let row = &mut self.row;
         row.clear();
         row.secs_ns(s.time.0);
@@ -250,17 +305,31 @@ impl Collector {
         row.int(s.prefix_queries);
         row.int(s.prefix_hits);
         row.int(s.preemptions);
-        self.timeseries
-            .write_all(row.line())
-            .map_err(io_err(&self.timeseries_path))
+        w.write_all(row.line()).map_err(io_err(path))
     }
 
     /// Writes out and closes `requests.csv` (no request rows may follow) and flushes the time series.
     pub fn flush(&mut self) -> Result<(), OutputError> {
-        self.requests.finish()?;
-        self.timeseries
-            .flush()
-            .map_err(io_err(&self.timeseries_path))
+        if let RequestSink::File(t) = &mut self.requests {
+            t.finish()?;
+        }
+        match &mut self.timeseries {
+            SampleSink::File { w, path } => w.flush().map_err(io_err(path)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The rows kept in memory ([`Rows::Keep`]; empty otherwise), leaving none behind.
+    pub fn take_rows(&mut self) -> (Vec<RequestRow>, Vec<Sample>) {
+        let r = match &mut self.requests {
+            RequestSink::Keep(v) => std::mem::take(v),
+            _ => Vec::new(),
+        };
+        let s = match &mut self.timeseries {
+            SampleSink::Keep(v) => std::mem::take(v),
+            _ => Vec::new(),
+        };
+        (r, s)
     }
 }
 

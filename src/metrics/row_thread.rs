@@ -22,29 +22,31 @@ const BATCH: usize = 1024;
 /// Full batches that may wait for the writer before the simulation blocks (bounds the memory held).
 const IN_FLIGHT: usize = 4;
 
-/// The fields of one `requests.csv` row (column order: `REQUEST_COLUMNS`).
-#[derive(Clone, Copy, Debug)]
+/// The fields of one `requests.csv` row (column order: `REQUEST_COLUMNS`; the README defines each).
+/// Times and spans are integer nanoseconds of virtual time, the file writes them in seconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RequestRow {
-    id: RequestId,
-    session: SessionId,
-    turn: u32,
+    pub id: RequestId,
+    pub session: SessionId,
+    pub turn: u32,
     /// None for requests that never reached a replica (rejected, recorded failures).
-    replica: Option<ReplicaId>,
-    status: Status,
-    reason: Option<StopReason>,
+    pub replica: Option<ReplicaId>,
+    pub status: Status,
+    pub reason: Option<StopReason>,
     /// Arrival, first scheduled, first token and finish, in nanoseconds.
-    times: [Option<u64>; 4],
-    prompt_tokens: u32,
-    cached_tokens: u32,
-    prefilled_tokens: u64,
-    output_tokens: u32,
+    pub times: [Option<u64>; 4],
+    pub prompt_tokens: u32,
+    pub cached_tokens: u32,
+    pub prefilled_tokens: u64,
+    pub output_tokens: u32,
     /// TTFT, E2E and queueing time, in nanoseconds.
-    ttft: Option<u64>,
-    e2e: Option<u64>,
-    queue: Option<u64>,
-    tpot: Option<f64>,
-    preemptions: u32,
-    priority: i64,
+    pub ttft: Option<u64>,
+    pub e2e: Option<u64>,
+    pub queue: Option<u64>,
+    /// Seconds per output token after the first (B2), for requests with more than one.
+    pub tpot: Option<f64>,
+    pub preemptions: u32,
+    pub priority: i64,
 }
 
 impl RequestRow {
@@ -78,7 +80,7 @@ impl RequestRow {
 
     /// The row's CSV line. Times and spans are integer nanoseconds, written in seconds
     /// (`RowBuf::secs_ns`); TPOT is a quotient, written from its float.
-    pub fn format(&self, row: &mut RowBuf) {
+    pub(crate) fn format(&self, row: &mut RowBuf) {
         row.clear();
         row.int(self.id);
         row.int(self.session);

@@ -330,13 +330,19 @@ pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
 }
 
 /// The threads `jobs` gives `items` runs (0: one per available core), at most one per run.
-fn effective_jobs(jobs: usize, items: usize) -> usize {
+pub fn effective_jobs(jobs: usize, items: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if jobs == 0 { cores } else { jobs }.clamp(1, items.max(1))
 }
 
-/// `f` over `items` on up to `jobs` threads (0: one per available core), results in `items`' order.
-fn parallel_map<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+/// `f` over `items` on up to `jobs` threads (0: one per available core), results in `items`' order
+/// whatever the thread count, so a deterministic `f` gives the same results with any `jobs` (`compare`
+/// runs its variants, and a capacity search its probes, through this). A panic in `f` is re-raised.
+pub fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    jobs: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
     let threads = effective_jobs(jobs, items.len());
     if threads == 1 {
         return items.iter().map(f).collect();
@@ -358,7 +364,7 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R 
             .collect();
         workers
             .into_iter()
-            .flat_map(|w| w.join().expect("a compare worker panicked"))
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     });
     out.sort_by_key(|&(i, _)| i);
