@@ -344,7 +344,6 @@ fn workload_command(c: WorkloadCommand) -> Result<(), Error> {
                             cfg.workload.duration_s,
                             cfg.workload.max_requests,
                             sys.sizing.max_model_len,
-                            cfg.engine.prefix_cache_scope == crate::config::CacheScope::Session,
                         )?
                         .into_trace(),
                         WorkloadKind::Conversational => Trace {

@@ -768,7 +768,7 @@ mod tests {
             content: id,
             len: tokens,
         }];
-        Request::new(id, id, 1, 0, SimTime::ZERO, prompt, 1000 + id, 8, 0)
+        Request::new(id, id, 1, 0, SimTime::ZERO, prompt, 1000 + id, 8)
     }
 
     #[test]

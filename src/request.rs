@@ -6,7 +6,7 @@
 use crate::event::{ReplicaId, SessionId};
 use crate::kv::KvState;
 use crate::time::SimTime;
-use crate::workload::content::{extend_block_hashes_tail, HashChain, Segment};
+use crate::workload::content::{extend_block_hashes_tail, ChainTag, HashChain, Segment};
 
 pub type RequestId = u64;
 
@@ -72,7 +72,8 @@ pub struct Request {
     pub output_content: u64,
     /// The generation cap the engine sees.
     pub max_tokens: u32,
-    /// Cache salt: 0 for a global cache; the session id under `prefix_cache_scope = "session"`.
+    /// Cache salt, set by the replica's KV store at arrival: 0 for a global cache; the session id + 1
+    /// under `prefix_cache_scope = "session"`.
     pub salt: u64,
 
     // Engine progress.
@@ -113,7 +114,6 @@ impl Request {
         prompt: Vec<Segment>,
         output_content: u64,
         max_tokens: u32,
-        salt: u64,
     ) -> Request {
         // Only a rejected prompt can exceed u32::MAX tokens (an admitted one is below max_model_len): it
         // is recorded as u32::MAX.
@@ -133,7 +133,7 @@ impl Request {
             prompt_tokens,
             output_content,
             max_tokens,
-            salt,
+            salt: 0,
             num_output_tokens: 0,
             num_computed_tokens: 0,
             block_hashes: HashChain::default(),
@@ -179,7 +179,8 @@ impl Request {
             return;
         }
         let mut chain = std::mem::take(&mut self.block_hashes);
-        chain.append(|hashes| self.extend_hashes(block_size, hashes));
+        let tag = ChainTag::new(block_size, self.salt);
+        chain.append(tag, |hashes| self.extend_hashes(block_size, hashes));
         self.block_hashes = chain;
     }
 

@@ -9,7 +9,7 @@
 //! [`System::scheduler`]. The compiler then points at every `match` over the kinds, the leap tests
 //! included.
 
-use crate::config::{CacheScope, Config, CostKind, EngineKind, KvKind, WorkloadKind};
+use crate::config::{Config, CostKind, EngineKind, KvKind, WorkloadKind};
 use crate::cost::catalog::{HardwareSpec, ModelShape};
 use crate::cost::linear::LinearCost;
 use crate::cost::roofline::Roofline;
@@ -53,20 +53,17 @@ impl System {
     /// Builds the workload; trace files are read (and checked) here, before any output exists.
     pub fn workload(&self, cfg: &Config) -> Result<Box<dyn Workload>, ConfigError> {
         let w = &cfg.workload;
-        let salted = cfg.engine.prefix_cache_scope == CacheScope::Session;
         Ok(match w.kind {
             WorkloadKind::Conversational => Box::new(ConversationGenerator::new(
                 w,
                 RngStreams::new(cfg.seed),
                 self.sizing.max_model_len,
-                salted,
             )),
             WorkloadKind::Trace => Box::new(TraceWorkload::load(
                 &w.trace,
                 w.duration_s,
                 w.max_requests,
                 self.sizing.max_model_len,
-                salted,
             )?),
         })
     }
@@ -132,7 +129,8 @@ impl System {
                     self.sizing.num_gpu_blocks,
                     cfg.engine.block_size,
                     cfg.engine.prefix_caching,
-                ),
+                )
+                .with_scope(cfg.engine.prefix_cache_scope),
             ),
             #[cfg(feature = "toys")]
             KvKind::ToyRecompute => {

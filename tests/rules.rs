@@ -47,17 +47,7 @@ impl H {
             .iter()
             .map(|&(c, len)| Segment { content: c, len })
             .collect();
-        let mut r = Request::new(
-            id,
-            id,
-            1,
-            prio,
-            SimTime(id),
-            prompt,
-            1000 + id,
-            max_tokens,
-            0,
-        );
+        let mut r = Request::new(id, id, 1, prio, SimTime(id), prompt, 1000 + id, max_tokens);
         r.update_block_hashes(16);
         self.s.add_request(&r);
         self.reqs.insert(id, Box::new(r));

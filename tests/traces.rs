@@ -101,24 +101,17 @@ fn replay_controls_window_rate_and_mode() {
         target_rate: Some(10.0),
         ..TraceConfig::default()
     };
-    let w = TraceWorkload::new(t.clone(), &cfg, Some(60.0), None, 131_072, false).unwrap();
+    let w = TraceWorkload::new(t.clone(), &cfg, Some(60.0), None, 131_072).unwrap();
     // The trace runs at 3.4 req/s; at 10 req/s a 60 s window holds about 600 requests.
     assert!((550..=650).contains(&w.len()), "{}", w.len());
-    let w = TraceWorkload::new(
-        t.clone(),
-        &TraceConfig::default(),
-        None,
-        Some(100),
-        131_072,
-        false,
-    )
-    .unwrap();
+    let w =
+        TraceWorkload::new(t.clone(), &TraceConfig::default(), None, Some(100), 131_072).unwrap();
     assert_eq!(w.len(), 100);
     let closed = TraceConfig {
         mode: ReplayMode::Closed,
         ..TraceConfig::default()
     };
-    let e = TraceWorkload::new(t, &closed, None, None, 131_072, false)
+    let e = TraceWorkload::new(t, &closed, None, None, 131_072)
         .err()
         .unwrap()
         .to_string();

@@ -29,7 +29,7 @@ fn turn_k_plus_1_extends_turn_k_exactly_in_tokens_and_hashes() {
         "workload.turns={dist=\"constant\", value=6}",
         "workload.think_time_s={dist=\"constant\", value=1.0}",
     ]);
-    let mut g = ConversationGenerator::new(&cfg.workload, RngStreams::new(3), 131_072, false);
+    let mut g = ConversationGenerator::new(&cfg.workload, RngStreams::new(3), 131_072);
     let script = g.draw_session(0);
     let (mut prev, mut out) = req(g.start_session(0, SimTime::ZERO));
     let mut now = SimTime::ZERO;
@@ -68,7 +68,7 @@ fn truncation_drops_oldest_turns_and_changes_the_prefix() {
         "workload.max_tokens=500",
         "workload.think_time_s={dist=\"constant\", value=1.0}",
     ]);
-    let mut g = ConversationGenerator::new(&cfg.workload, RngStreams::new(1), 4096, false);
+    let mut g = ConversationGenerator::new(&cfg.workload, RngStreams::new(1), 4096);
     let (mut r, _) = req(g.start_session(0, SimTime::ZERO));
     let mut prompts = vec![r.clone()];
     let mut now = SimTime::ZERO;
@@ -91,7 +91,7 @@ fn truncation_drops_oldest_turns_and_changes_the_prefix() {
 fn default_session_shape_matches_the_published_statistics() {
     // Zipf(2) on 1..50: 61.5% single-turn sessions, mean 2.77 turns (the "about 2.8, 61%").
     let cfg = default_with(&[]);
-    let g = ConversationGenerator::new(&cfg.workload, RngStreams::new(5), 131_072, false);
+    let g = ConversationGenerator::new(&cfg.workload, RngStreams::new(5), 131_072);
     let n = 20_000u64;
     let turns: Vec<usize> = (0..n).map(|i| g.draw_session(i).turns.len()).collect();
     let single = turns.iter().filter(|&&t| t == 1).count() as f64 / n as f64;

@@ -11,7 +11,9 @@
 use super::hash_index::PREFETCH_AHEAD;
 use super::piece_pool::{PieceHit, PiecePool, Translation};
 use super::{BlockId, BlockPool, CacheHit, DecodeEvent, Hit, KvStats, KvStore, PrefixStats};
+use crate::config::CacheScope;
 use crate::request::{Request, RequestId, RequestTable};
+use crate::workload::content::ChainTag;
 
 #[derive(Clone, Debug)]
 enum Pool {
@@ -27,6 +29,8 @@ pub struct KvCacheManager {
     translation: Option<Translation>,
     block_size: u32,
     caching: bool,
+    /// `prefix_cache_scope = "session"`: each request is salted with its session (see `on_enqueue`).
+    session_scope: bool,
     stats: PrefixStats,
     /// The last lookup: request and hit (see `get_computed_blocks`).
     memo: Option<(RequestId, Hit)>,
@@ -50,6 +54,7 @@ impl KvCacheManager {
             translation: None,
             block_size,
             caching,
+            session_scope: false,
             stats: PrefixStats::default(),
             memo: None,
             spare: Vec::new(),
@@ -66,6 +71,13 @@ impl KvCacheManager {
             BlockPool::anonymous(num_blocks)
         });
         kv
+    }
+
+    /// The prefix cache's scope: under `Session` a request hits only blocks its own session produced,
+    /// modelled as a per-session cache salt (vLLM's `cache_salt`, K5) that this store sets at arrival.
+    pub fn with_scope(mut self, scope: CacheScope) -> KvCacheManager {
+        self.session_scope = scope == CacheScope::Session;
+        self
     }
 
     /// True while the pool keeps runs of blocks (see the module docs).
@@ -537,14 +549,24 @@ impl KvStore for KvCacheManager {
         req.kv.num_cached_blocks = 0;
     }
 
-    /// K5: brings the request's block hashes up to date with its tokens, with room for `capacity_tokens`.
-    /// Hashes serve only the prefix cache: without it they are never computed.
+    /// Salts the request (its session's id + 1 under session scope, else 0) and brings its block hashes
+    /// up to date with its tokens (K5), with room for `capacity_tokens`. A chain it carried from its
+    /// session's previous turn is kept only if it was made with this block size and salt. Hashes serve
+    /// only the prefix cache: without it they are never computed.
     fn on_enqueue(&mut self, req: &mut Request, capacity_tokens: u64) {
+        req.salt = if self.session_scope {
+            req.session + 1
+        } else {
+            0
+        };
+        req.block_hashes
+            .retag(ChainTag::new(self.block_size, req.salt));
         // Room for every block hash the request will have, so that the list, carried from turn to turn,
         // is not regrown block by block.
         let blocks = (capacity_tokens / self.block_size as u64) as usize;
         let have = req.block_hashes.len();
-        req.block_hashes.reserve(blocks.saturating_sub(have));
+        let tag = ChainTag::new(self.block_size, req.salt);
+        req.block_hashes.reserve(tag, blocks.saturating_sub(have));
         self.on_token(req);
     }
 
@@ -623,7 +645,7 @@ mod tests {
             content: 7,
             len: tokens,
         }];
-        Request::new(id, id, 1, 0, SimTime::ZERO, prompt, 100 + id, 16, 0)
+        Request::new(id, id, 1, 0, SimTime::ZERO, prompt, 100 + id, 16)
     }
 
     /// A prompt from a few shared pieces: a system prompt, a session's history and a tail, so that
@@ -690,7 +712,7 @@ mod tests {
             // Unaligned prompts and distinct outputs make duplicates rarer, so the piece pool runs longer.
             let mk = |id: u64, pick: u8| {
                 let out = if aligned { 500 + pick as u64 % 3 } else { 500 + id };
-                let mut r = Request::new(id, id, 1, 0, SimTime::ZERO, prompt(pick, aligned), out, 64, 0);
+                let mut r = Request::new(id, id, 1, 0, SimTime::ZERO, prompt(pick, aligned), out, 64);
                 r.update_block_hashes(4);
                 r
             };
@@ -911,6 +933,43 @@ mod tests {
 
     /// A repeated lookup reuses the previous hit only while none of its blocks is evicted: evicting a block
     /// outside the hit leaves it whole, evicting one inside shortens it. Both representations.
+    /// A chain carried in under another block size or salt (a session's next turn from a replica of
+    /// another page size, or scope) is dropped and rehashed here, never extended; a matching one is kept.
+    #[test]
+    fn an_arriving_chain_of_another_block_size_or_salt_is_rehashed() {
+        let fresh = |bs: u32, salt: u64| {
+            let mut r = req(1, 100);
+            r.salt = salt;
+            r.update_block_hashes(bs);
+            r.block_hashes.to_vec()
+        };
+        for (made_bs, made_salt, scope) in [
+            (32, 0, CacheScope::Global),
+            (16, 0, CacheScope::Session),
+            (16, 0, CacheScope::Global),
+        ] {
+            let mut kv = KvCacheManager::new(64, 16, true).with_scope(scope);
+            let mut r = req(1, 100);
+            r.salt = made_salt;
+            r.update_block_hashes(made_bs);
+            let carried = r.block_hashes.share();
+            kv.on_enqueue(&mut r, 100);
+            // Session scope salts with the session id + 1 (request 1 is session 1).
+            let salt = if scope == CacheScope::Session { 2 } else { 0 };
+            assert_eq!(r.salt, salt);
+            assert_eq!(r.block_hashes.tag(), Some(ChainTag::new(16, salt)));
+            // 100 tokens: 6 full blocks of 16.
+            assert_eq!(r.block_hashes.to_vec(), fresh(16, salt));
+            assert_eq!(r.block_hashes.len(), 6);
+            let kept = made_bs == 16 && made_salt == salt;
+            assert_eq!(
+                r.block_hashes.same(&carried),
+                kept,
+                "{made_bs} {made_salt} {scope:?}"
+            );
+        }
+    }
+
     #[test]
     fn repeated_lookup_follows_evictions() {
         for per_block in [true, false] {

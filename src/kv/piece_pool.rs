@@ -871,7 +871,15 @@ mod tests {
         p.allocate(n);
         p.add_empty(&mut t, n);
         assert!(!p.dup_possible(NONE, 0, hashes[0]));
-        p.register(&mut t, 0, &HashChain::from(hashes.to_vec()), n);
+        p.register(
+            &mut t,
+            0,
+            &HashChain::with_hashes(
+                crate::workload::content::ChainTag::new(16, 0),
+                hashes.to_vec(),
+            ),
+            n,
+        );
         t
     }
 

@@ -23,21 +23,56 @@ use std::rc::Rc;
 /// extending its chain never extends the original's; `share` is the only way to a second handle on the
 /// same chain.
 ///
+/// Tagged: a chain's hashes depend on the block size, the cache salt and the hash scheme as much as on
+/// the tokens, so a chain records all three ([`ChainTag`]) when it is first appended to, and appending
+/// under another tag panics. A chain carried to a place with another tag (a session's next turn on a
+/// replica of another page size) is dropped and rehashed there ([`HashChain::retag`]), never mixed.
+///
 /// Memory: a chain lives while its session's current request holds it or a cached run holds a block of
 /// it, so it is bounded by what is cached and in flight (a run keeps its whole chain: at most
 /// `max_model_len / block_size` hashes), not by the run's length.
 #[derive(Debug, Default)]
-pub struct HashChain(Option<Rc<RefCell<Vec<u64>>>>);
+pub struct HashChain(Option<Rc<Chain>>);
+
+#[derive(Debug)]
+struct Chain {
+    tag: ChainTag,
+    hashes: RefCell<Vec<u64>>,
+}
 
 impl Clone for HashChain {
     fn clone(&self) -> Self {
-        HashChain::from(self.to_vec())
+        match &self.0 {
+            None => HashChain(None),
+            Some(c) => HashChain::with_hashes(c.tag, self.to_vec()),
+        }
     }
 }
 
-impl From<Vec<u64>> for HashChain {
-    fn from(v: Vec<u64>) -> Self {
-        HashChain(Some(Rc::new(RefCell::new(v))))
+/// The version of the block-hash scheme: the chain seed, the link function and the words pieces are
+/// hashed as. Change it whenever any of them changes, so that hashes of two schemes are never compared
+/// (a chain records it; anything persisted must).
+pub const HASH_SCHEME: u32 = 1;
+
+/// What a chain's hashes depend on besides the tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChainTag {
+    /// [`HASH_SCHEME`] when the chain was made.
+    pub scheme: u32,
+    /// Tokens per block.
+    pub block_size: u32,
+    /// The cache salt mixed into the chain's seed ([`chain_seed`]).
+    pub salt: u64,
+}
+
+impl ChainTag {
+    /// The tag of chains hashed now with `block_size` and `salt`.
+    pub fn new(block_size: u32, salt: u64) -> ChainTag {
+        ChainTag {
+            scheme: HASH_SCHEME,
+            block_size,
+            salt,
+        }
     }
 }
 
@@ -59,6 +94,29 @@ impl Deref for Hashes<'_> {
 }
 
 impl HashChain {
+    /// A chain of `hashes`, made under `tag`.
+    pub fn with_hashes(tag: ChainTag, hashes: Vec<u64>) -> HashChain {
+        HashChain(Some(Rc::new(Chain {
+            tag,
+            hashes: RefCell::new(hashes),
+        })))
+    }
+
+    /// The tag the chain was made under (None for a chain never appended to).
+    pub fn tag(&self) -> Option<ChainTag> {
+        self.0.as_ref().map(|c| c.tag)
+    }
+
+    /// Keeps the chain if it was made under `tag` (or is empty); otherwise drops this handle on it, so
+    /// that the holder rehashes from scratch. Returns whether it was dropped.
+    pub fn retag(&mut self, tag: ChainTag) -> bool {
+        if self.tag().is_some_and(|t| t != tag) {
+            self.0 = None;
+            return true;
+        }
+        false
+    }
+
     /// A second handle on this chain. (A chain never appended to allocates nothing and so is not shared:
     /// appending to one handle does not show in the other. No reader needs that: readers read positions
     /// that exist.)
@@ -75,7 +133,7 @@ impl HashChain {
     }
 
     pub fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |c| c.borrow().len())
+        self.0.as_ref().map_or(0, |c| c.hashes.borrow().len())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -91,7 +149,7 @@ impl HashChain {
     pub fn hashes(&self) -> Hashes<'_> {
         match &self.0 {
             None => Hashes::Empty,
-            Some(c) => Hashes::Held(Ref::map(c.borrow(), |v| &v[..])),
+            Some(c) => Hashes::Held(Ref::map(c.hashes.borrow(), |v| &v[..])),
         }
     }
 
@@ -100,22 +158,32 @@ impl HashChain {
         self.hashes().to_vec()
     }
 
-    fn list(&mut self) -> std::cell::RefMut<'_, Vec<u64>> {
-        self.0
-            .get_or_insert_with(|| Rc::new(RefCell::new(Vec::new())))
-            .borrow_mut()
+    /// The list, created under `tag` if the chain has none yet.
+    fn list(&mut self, tag: ChainTag) -> std::cell::RefMut<'_, Vec<u64>> {
+        let c = self.0.get_or_insert_with(|| {
+            Rc::new(Chain {
+                tag,
+                hashes: RefCell::new(Vec::new()),
+            })
+        });
+        assert_eq!(
+            c.tag, tag,
+            "a hash chain extended under another block size, salt or scheme"
+        );
+        c.hashes.borrow_mut()
     }
 
-    /// Room for `additional` more hashes.
-    pub fn reserve(&mut self, additional: usize) {
+    /// Room for `additional` more hashes (the chain is made under `tag` if it has none).
+    pub fn reserve(&mut self, tag: ChainTag, additional: usize) {
         if additional > 0 {
-            self.list().reserve(additional);
+            self.list(tag).reserve(additional);
         }
     }
 
-    /// Appends hashes through `f`, which may only push.
-    pub fn append(&mut self, f: impl FnOnce(&mut Vec<u64>)) {
-        let mut v = self.list();
+    /// Appends hashes made under `tag` through `f`, which may only push. Panics if the chain was made
+    /// under another tag (see [`HashChain::retag`]).
+    pub fn append(&mut self, tag: ChainTag, f: impl FnOnce(&mut Vec<u64>)) {
+        let mut v = self.list(tag);
         let (n, last) = (v.len(), v.last().copied());
         f(&mut v);
         debug_assert!(
@@ -263,11 +331,13 @@ mod tests {
     /// extending its hashes never extends the original's (which the prefix cache's runs may read).
     #[test]
     fn share_shares_and_clone_copies() {
-        let a = HashChain::from(vec![1, 2]);
+        let t = ChainTag::new(16, 0);
+        let a = HashChain::with_hashes(t, vec![1, 2]);
         let mut shared = a.share();
         let mut copy = a.clone();
-        shared.append(|v| v.push(3));
-        copy.append(|v| v.push(9));
+        shared.append(t, |v| v.push(3));
+        copy.append(t, |v| v.push(9));
+        assert_eq!(copy.tag(), Some(t));
         assert_eq!(a.to_vec(), [1, 2, 3]);
         assert_eq!(copy.to_vec(), [1, 2, 9]);
         assert!(a.same(&shared) && !a.same(&copy));
@@ -280,8 +350,38 @@ mod tests {
     #[cfg(debug_assertions)]
     #[should_panic(expected = "append-only")]
     fn a_chain_cannot_be_rewritten() {
-        let mut a = HashChain::from(vec![1, 2]);
-        a.append(|v| v[1] = 5);
+        let t = ChainTag::new(16, 0);
+        let mut a = HashChain::with_hashes(t, vec![1, 2]);
+        a.append(t, |v| v[1] = 5);
+    }
+
+    /// A chain made with one block size, salt or scheme is never extended under another: appending
+    /// panics, and `retag` drops a mismatched chain (keeping a matching or empty one).
+    #[test]
+    fn a_chain_is_tagged_and_never_mixed() {
+        let t16 = ChainTag::new(16, 0);
+        let mut a = HashChain::with_hashes(t16, vec![1, 2]);
+        assert!(!a.retag(t16));
+        assert_eq!(a.len(), 2);
+        for other in [
+            ChainTag::new(32, 0),
+            ChainTag::new(16, 7),
+            ChainTag {
+                scheme: HASH_SCHEME + 1,
+                ..t16
+            },
+        ] {
+            let mut b = a.clone();
+            let mixed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                b.share().append(other, |v| v.push(3))
+            }));
+            assert!(mixed.is_err(), "{other:?} extended a {t16:?} chain");
+            assert!(b.retag(other) && b.is_empty() && b.tag().is_none());
+        }
+        let mut empty = HashChain::default();
+        assert!(!empty.retag(t16));
+        a.append(t16, |v| v.push(3));
+        assert_eq!(a.to_vec(), [1, 2, 3]);
     }
 
     #[test]

@@ -102,7 +102,6 @@ pub struct ConversationGenerator {
     gap_gamma: Option<Gamma<f64>>,
     horizon: Option<SimTime>,
     max_model_len: u32,
-    block_salted: bool,
     next_session: SessionId,
     next_request: u64,
     /// Turns of every session started so far (what `max_requests` bounds).
@@ -112,13 +111,7 @@ pub struct ConversationGenerator {
 }
 
 impl ConversationGenerator {
-    /// `session_salt`: when true each request carries its session id as cache salt (per-session cache scope).
-    pub fn new(
-        cfg: &WorkloadConfig,
-        streams: RngStreams,
-        max_model_len: u32,
-        session_salt: bool,
-    ) -> Self {
+    pub fn new(cfg: &WorkloadConfig, streams: RngStreams, max_model_len: u32) -> Self {
         let gap_gamma = match cfg.arrival {
             ArrivalProcess::Poisson => None,
             ArrivalProcess::Gamma => Some(
@@ -143,7 +136,6 @@ impl ConversationGenerator {
                 .duration_s
                 .map(|d| SimTime::ZERO + SimDuration::from_secs_f64(d)),
             max_model_len,
-            block_salted: session_salt,
             next_session: 0,
             next_request: 0,
             reserved_turns: 0,
@@ -377,7 +369,6 @@ impl ConversationGenerator {
         } else {
             (max_tokens_cfg as u64).min(max_model_len - prompt_tokens) as u32
         };
-        let salt = if self.block_salted { id + 1 } else { 0 };
         let mut request = Request::new(
             rid,
             id,
@@ -387,7 +378,6 @@ impl ConversationGenerator {
             prompt,
             content_id(NS_RESPONSE, id, k as u64),
             max_tokens,
-            salt,
         );
         request.block_hashes = std::mem::take(&mut s.carried);
         let nr = NewRequest {

@@ -12,12 +12,7 @@ use std::fmt;
 /// turn's output is what the engine will generate (the true length, capped by `max_tokens`), so the prompts
 /// built from it are exactly the ones a run builds. Replaying the result closed loop reproduces the run.
 pub fn generate_records(cfg: &Config, max_model_len: u32) -> Vec<TraceRecord> {
-    let mut g = ConversationGenerator::new(
-        &cfg.workload,
-        RngStreams::new(cfg.seed),
-        max_model_len,
-        false,
-    );
+    let mut g = ConversationGenerator::new(&cfg.workload, RngStreams::new(cfg.seed), max_model_len);
     let mut out = Vec::new();
     while let Some((id, start)) = g.next_session_start() {
         let mut rel = g.start_session(id, start);

@@ -66,6 +66,6 @@ pub(crate) mod testing {
             content: session,
             len: 10,
         }];
-        Request::new(session, session, 1, 0, SimTime::ZERO, prompt, 0, 8, 0)
+        Request::new(session, session, 1, 0, SimTime::ZERO, prompt, 0, 8)
     }
 }

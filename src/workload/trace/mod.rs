@@ -276,7 +276,6 @@ pub struct TraceWorkload {
     next_turn: Vec<usize>,
     closed: bool,
     max_model_len: u32,
-    session_salt: bool,
     next_request: u64,
     content: String,
     has_sessions: bool,
@@ -291,17 +290,9 @@ impl TraceWorkload {
         duration_s: Option<f64>,
         max_requests: Option<u64>,
         max_model_len: u32,
-        session_salt: bool,
     ) -> Result<TraceWorkload, ConfigError> {
         let trace = read(cfg)?;
-        Self::new(
-            trace,
-            cfg,
-            duration_s,
-            max_requests,
-            max_model_len,
-            session_salt,
-        )
+        Self::new(trace, cfg, duration_s, max_requests, max_model_len)
     }
 
     pub fn new(
@@ -310,7 +301,6 @@ impl TraceWorkload {
         duration_s: Option<f64>,
         max_requests: Option<u64>,
         max_model_len: u32,
-        session_salt: bool,
     ) -> Result<TraceWorkload, ConfigError> {
         let closed = match cfg.mode {
             ReplayMode::Closed => {
@@ -411,7 +401,6 @@ impl TraceWorkload {
             next_start: 0,
             closed,
             max_model_len,
-            session_salt,
             next_request: 0,
             content: trace.content,
             has_sessions: trace.has_sessions,
@@ -462,11 +451,6 @@ impl TraceWorkload {
 
     fn release_record(&mut self, i: usize, now: SimTime) -> Release {
         let rec = &self.records[i];
-        let salt = if self.session_salt {
-            rec.session + 1
-        } else {
-            0
-        };
         let input = rec.input_tokens();
         let fits = input < self.max_model_len as u64;
         let max_tokens = if fits {
@@ -485,7 +469,6 @@ impl TraceWorkload {
             rec.prompt.clone(),
             rec.response_content,
             max_tokens,
-            salt,
         );
         let nr = NewRequest {
             request,
