@@ -13,14 +13,14 @@
 //!    says so, or returns None, its default, and the replica steps one by one). A policy with per-step state
 //!    (an adaptive batch size, a decaying ratio, a random draw) must return None.
 //! 2. **KV calls.** Between KV events, the store's `allocate_slots(r, 1)` is a no-op; its
-//!    [`KvStore::decode_event`] predicts exactly the steps where it is not (the paged store's sits beside
-//!    the fast path it mirrors, in `kv/paged.rs`), or returns None, its default, and the replica steps one
-//!    by one. At those steps allocation happens in the scheduler's order and fails exactly when
+//!    [`KvStore::decode_rule`] predicts exactly the steps where it is not (the paged store's
+//!    `DecodeRule::event` sits beside the fast path it mirrors, in `kv/paged.rs`), or is None, its
+//!    default, and the replica steps one by one. At those steps allocation happens in the scheduler's order and fails exactly when
 //!    [`KvStore::leap_fits`] says so, where the leap stops and the scheduler takes over. The store's
-//!    per-step hooks are not called inside a leap: `on_token` runs once at its end, `after_step` never, and
+//!    per-step hooks are not called inside a leap: `on_tokens` runs once at its end, `after_step` never, and
 //!    decode tokens are priced as decode (a store that recomputes the context declines).
 //! 3. **Counters and hashes in between.** Request counters are brought up to date only at KV events and
-//!    at the end (`sync_leap`), block hashes only at the end (`KvStore::on_token`): the paged store's
+//!    at the end (`sync_leap`), block hashes only at the end (`KvStore::on_tokens`): the paged store's
 //!    `allocate_slots` updates the hashes itself when it registers a block.
 //! 4. **Pricing.** Step times are added in the same order as one by one (`cost::total_seconds` is a left
 //!    fold, which the leap reproduces as `before + v + rest`); the cost model honours
@@ -86,7 +86,8 @@ pub struct ReplicaStats {
     /// Used KV blocks integrated over step time (block-nanoseconds), exactly: the time-weighted mean usage
     /// is this over (usable blocks x time).
     pub used_block_ns: u128,
-    pub peak_usage: f64,
+    /// The most KV blocks in use at once (the peak usage is `KvStats::usage_at` of it).
+    pub peak_used_blocks: u32,
     /// Step time by operator class, summed over steps in integer femtoseconds (`cost::seconds_to_fs`), in
     /// first-seen order. Integer sums do not depend on the order of the additions, so a leap adds each
     /// operator that stays the same over its steps once, multiplied by the number of steps.
@@ -135,10 +136,10 @@ impl ReplicaStats {
         }
     }
 
-    /// A step's time-weighted usage and peak, with `used` KV blocks (`usage` as a fraction).
-    fn add_usage(&mut self, used: u32, usage: f64, dur: SimDuration) {
+    /// A step's time-weighted usage and peak, with `used` KV blocks.
+    fn add_usage(&mut self, used: u32, dur: SimDuration) {
         self.used_block_ns += used as u128 * dur.0 as u128;
-        self.peak_usage = self.peak_usage.max(usage);
+        self.peak_used_blocks = self.peak_used_blocks.max(used);
     }
 }
 
@@ -168,6 +169,11 @@ pub struct Replica {
     leap_scratch: LeapScratch,
     /// The shape of the step being priced, reused from step to step (its chunk list).
     shape: StepShape,
+    /// The requests of a step that sampled a token and go on (reused from step to step).
+    go_on: Vec<RequestId>,
+    /// The store recomputes the context for every decode token (`KvStore::recomputes_context`, a fixed
+    /// property of the store, read once).
+    recompute: bool,
 }
 
 #[derive(Default)]
@@ -175,7 +181,7 @@ struct LeapScratch {
     running: Vec<RequestId>,
     /// Each running request's (computed, output) tokens when the leap began.
     base: Vec<(u32, u32)>,
-    /// Each running request's next KV event step (see `KvStore::decode_event`).
+    /// Each running request's next KV event step (see `KvStore::decode_rule`).
     event: Vec<u64>,
     /// Each running request's next step that needs a new block (no earlier than its next event): a step's
     /// block needs are counted from these, without looking the requests up.
@@ -198,7 +204,9 @@ pub struct Leapt {
 
 impl Replica {
     pub fn new(id: ReplicaId, scheduler: Box<dyn Scheduler>, max_model_len: u32) -> Replica {
+        let recompute = scheduler.kv().recomputes_context();
         Replica {
+            recompute,
             id,
             state: ReplicaState::Up,
             prompt_tokens: 0,
@@ -213,6 +221,7 @@ impl Replica {
             spare_plan: StepPlan::default(),
             leap_scratch: LeapScratch::default(),
             shape: StepShape::default(),
+            go_on: Vec::new(),
         }
     }
 
@@ -237,7 +246,7 @@ impl Replica {
             num_waiting: self.scheduler.num_waiting(),
             num_running: self.scheduler.num_running(),
             prompt_tokens: self.prompt_tokens,
-            kv_usage: self.scheduler.kv().usage(),
+            kv_usage: self.scheduler.kv().stats().usage(),
         }
     }
 
@@ -292,7 +301,7 @@ impl Replica {
         self.waits_for_arrival = false;
         let shape = &mut self.shape;
         shape.clear();
-        let recompute = self.scheduler.kv().recomputes_context();
+        let recompute = self.recompute;
         for &(id, n) in &plan.scheduled {
             let r = self.requests.get_mut(&id).expect("scheduled request");
             r.first_scheduled.get_or_insert(now);
@@ -320,7 +329,7 @@ impl Replica {
         self.stats.last_batch_tokens = plan.total_tokens();
         let kv = self.scheduler.kv();
         let used = kv.used_blocks();
-        self.stats.add_usage(used, kv.usage(), dur);
+        self.stats.add_usage(used, dur);
         self.in_flight = Some(InFlight {
             plan,
             started: now,
@@ -401,16 +410,17 @@ impl Replica {
             return None;
         }
         // Between a request's block boundaries its steps change only its counters, so each request gets
-        // the step at which its next KV call does something (`KvStore::decode_event`): only then is it
+        // the step at which its next KV call does something (`KvStore::decode_rule`): only then is it
         // touched, and its counters, advanced one per step, are brought up to date first (and for all at
         // the end). Every other call a one-by-one step would make is the store's no-op fast path.
+        let rule = self.scheduler.kv().decode_rule()?;
         base.clear();
         event.clear();
         block_at.clear();
         for id in running.iter() {
             let r = &self.requests[id];
             base.push((r.num_computed_tokens, r.num_output_tokens));
-            let ev = self.scheduler.kv().decode_event(r, 0)?;
+            let ev = rule.event(r, 0);
             event.push(ev.at);
             block_at.push(ev.new_block_at);
         }
@@ -493,6 +503,7 @@ impl Replica {
             // The step as `schedule` + `finish_step` would run it: allocate in order, advance, sample.
             if steps == next_event {
                 next_event = u64::MAX;
+                let kv = self.scheduler.kv_mut();
                 for (((id, b), ev), blk) in running
                     .iter()
                     .zip(base.iter())
@@ -503,22 +514,18 @@ impl Replica {
                         let r = self.requests.get_mut(id).expect("running request");
                         r.num_computed_tokens = b.0 + steps as u32;
                         r.num_output_tokens = b.1 + steps as u32;
-                        let kv = self.scheduler.kv_mut();
                         let ok = kv.allocate_slots(r, 1, CacheHit::default());
                         debug_assert!(ok, "the free queue was checked");
-                        let next = kv.decode_event(r, steps).expect("the store leaps");
+                        let next = rule.event(r, steps);
                         (*ev, *blk) = (next.at, next.new_block_at);
                     }
                     next_event = next_event.min(*ev);
                 }
                 self.stats.used_block_ns += used as u128 * dur_since as u128;
                 dur_since = 0;
-                used = self.scheduler.kv().used_blocks();
-                self.stats.peak_usage = self.stats.peak_usage.max(self.scheduler.kv().usage());
+                used = kv.used_blocks();
             }
-            if steps == 0 {
-                self.stats.peak_usage = self.stats.peak_usage.max(self.scheduler.kv().usage());
-            }
+            self.stats.peak_used_blocks = self.stats.peak_used_blocks.max(used);
             match var {
                 Some(_) => var_fs += seconds_to_fs(var_time),
                 None => self.stats.add_ops(&ops),
@@ -555,14 +562,20 @@ impl Replica {
         // The last step finished a request: its sampling, as `finish_step` does it.
         self.sync_leap(running, base, steps, None);
         let mut done = Vec::new();
+        let mut go_on = std::mem::take(&mut self.go_on);
+        go_on.clear();
         for id in running.iter() {
             let r = self.requests.get_mut(id).expect("running request");
             r.last_token = Some(t);
             match stop_reason(r, self.true_output[id], self.max_model_len) {
                 Some(reason) => done.push((*id, reason)),
-                None => self.scheduler.kv_mut().on_token(r),
+                None => go_on.push(*id),
             }
         }
+        self.scheduler
+            .kv_mut()
+            .on_tokens(&mut self.requests, &go_on);
+        self.go_on = go_on;
         let done = self.retire(done, t);
         Some(Leapt {
             steps,
@@ -586,8 +599,12 @@ impl Replica {
             r.num_output_tokens = b.1 + steps as u32;
             if let Some(t) = last {
                 r.last_token = Some(t);
-                self.scheduler.kv_mut().on_token(r);
             }
+        }
+        if last.is_some() {
+            self.scheduler
+                .kv_mut()
+                .on_tokens(&mut self.requests, running);
         }
     }
 
@@ -604,6 +621,8 @@ impl Replica {
             "invariant 3: a step takes at least 1 ns"
         );
         let mut done = Vec::new();
+        let mut go_on = std::mem::take(&mut self.go_on);
+        go_on.clear();
         for &(id, _) in &step.plan.scheduled {
             let r = self.requests.get_mut(&id).expect("scheduled request");
             if r.num_computed_tokens != r.num_tokens() {
@@ -617,12 +636,13 @@ impl Replica {
             on_token(r, prev);
             match stop_reason(r, self.true_output[&id], self.max_model_len) {
                 Some(reason) => done.push((id, reason)),
-                None => self.scheduler.kv_mut().on_token(r),
+                None => go_on.push(id),
             }
         }
-        self.scheduler
-            .kv_mut()
-            .after_step(&mut self.requests, &step.plan.scheduled);
+        let kv = self.scheduler.kv_mut();
+        kv.on_tokens(&mut self.requests, &go_on);
+        kv.after_step(&mut self.requests, &step.plan.scheduled);
+        self.go_on = go_on;
         self.spare_plan = step.plan;
         self.retire(done, now)
     }

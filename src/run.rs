@@ -335,7 +335,7 @@ fn summarize(world: &mut World, sys: &System, variant: &str) -> Summary {
         if kv.usable_blocks > 0 {
             usage_s += r.stats.used_block_ns as f64 / (kv.usable_blocks as f64 * 1e9);
         }
-        peak = peak.max(r.stats.peak_usage);
+        peak = peak.max(kv.usage_at(r.stats.peak_used_blocks));
     }
     s.set("prefix_cache_queries", q);
     s.set("prefix_cache_hits", h);

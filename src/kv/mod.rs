@@ -16,7 +16,7 @@
 //! To add a store: one file here implementing [`KvStore`], one `KvKind` arm in `config.rs` (the
 //! `engine.kv_cache` key), and its construction in `System::scheduler` (`system.rs`); the exhaustive
 //! match in `tests/leap.rs` then fails to compile until the leap tests cover it. A new store is correct
-//! before it is fast: [`KvStore::decode_event`] defaults to None, and the replica then steps one by one.
+//! before it is fast: [`KvStore::decode_rule`] defaults to None, and the replica then steps one by one.
 //! To let the replica leap over runs of decode steps, implement it under the leap contract written at
 //! the top of `replica.rs` (condition 2).
 //!
@@ -34,7 +34,7 @@ pub mod sizing;
 pub mod toy_recompute;
 
 pub use block_pool::{BlockId, BlockPool};
-pub use paged::KvCacheManager;
+pub use paged::{DecodeRule, KvCacheManager};
 use piece_pool::PieceHit;
 pub use piece_pool::PieceTable;
 
@@ -94,10 +94,16 @@ pub struct KvStats {
 impl KvStats {
     /// K11: 1 - free / usable, cached-but-free blocks counting as free; 0 for a store without blocks.
     pub fn usage(&self) -> f64 {
+        self.usage_at(self.used_blocks)
+    }
+
+    /// [`KvStats::usage`] when `used` blocks are held (free = usable - used), computed as K11 computes
+    /// it. Non-decreasing in `used`, so the peak usage over a run is the usage at its peak block count.
+    pub fn usage_at(&self, used: u32) -> f64 {
         if self.usable_blocks == 0 {
             return 0.0;
         }
-        1.0 - self.free_blocks as f64 / self.usable_blocks as f64
+        1.0 - (self.usable_blocks - used) as f64 / self.usable_blocks as f64
     }
 }
 
@@ -137,7 +143,7 @@ impl CacheHit {
 }
 
 /// When a decoding request's one-token allocation next does something, in leap steps (see
-/// [`KvStore::decode_event`]).
+/// [`DecodeRule::event`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodeEvent {
     /// The first step at which `allocate_slots(req, 1)` is not a no-op.
@@ -156,10 +162,10 @@ pub struct DecodeEvent {
 /// - `allocate_slots` is all or nothing: false changes nothing, and the scheduler then preempts or stops
 ///   admitting. Every request holds its blocks from a successful allocation until `free`.
 /// - The replica calls the hooks: [`on_enqueue`](KvStore::on_enqueue) when a request arrives,
-///   [`on_token`](KvStore::on_token) after a request that goes on samples a token,
+///   [`on_tokens`](KvStore::on_tokens) after requests that go on sample a token,
 ///   [`after_step`](KvStore::after_step) at a step's end, [`on_session_end`](KvStore::on_session_end)
 ///   when a conversation releases no more turns. A leap over decode steps calls none of them per step
-///   (see [`decode_event`](KvStore::decode_event)).
+///   (see [`decode_rule`](KvStore::decode_rule)).
 /// - Nothing here draws a random number (leap contract, condition 9).
 pub trait KvStore {
     /// K6 + P1: the cached leading blocks a request with nothing computed (new or preempted) can reuse,
@@ -181,9 +187,10 @@ pub trait KvStore {
     /// decided from it).
     fn on_enqueue(&mut self, _req: &mut Request, _capacity_tokens: u64) {}
 
-    /// A request that goes on has sampled a token (K5: its block hashes may grow). At the end of a leap,
-    /// once per running request.
-    fn on_token(&mut self, _req: &mut Request) {}
+    /// Requests `ids` of `reqs` have each sampled a token and go on (K5: their block hashes may grow).
+    /// Once per step (one call for the step's requests, not one per token), and at the end of a leap for
+    /// its running requests.
+    fn on_tokens(&mut self, _reqs: &mut RequestTable, _ids: &[RequestId]) {}
 
     /// A step ended; `scheduled` is its plan (request, tokens), the requests still in `reqs` (finished
     /// ones are freed after this). For a store that inserts after compute, as SGLang does (G5). Not
@@ -195,16 +202,14 @@ pub trait KvStore {
 
     /// True for a store that keeps no KV between steps, so that every decode token recomputes the whole
     /// context: the replica then prices a decode token of a request with c tokens computed as a prefill
-    /// chunk of c tokens at context c.
+    /// chunk of c tokens at context c. A fixed property of the store (read once, at the replica's start).
     fn recomputes_context(&self) -> bool {
         false
     }
 
-    /// Blocks held by live requests (read once per step: the usage integral).
+    /// Blocks held by live requests (read once per step: the usage integral and its peak; the usage
+    /// itself comes from [`KvStats::usage_at`], monotone in this count).
     fn used_blocks(&self) -> u32;
-
-    /// K11 usage, as [`KvStats::usage`] (read once per step: the peak).
-    fn usage(&self) -> f64;
 
     /// Counters and occupancy now.
     fn stats(&self) -> KvStats;
@@ -213,18 +218,19 @@ pub trait KvStore {
     /// holds agreeing with the store. An error describes the first violation.
     fn check_invariants(&self, reqs: &RequestTable) -> Result<(), String>;
 
-    /// Leap contract, condition 2: for a decoding request whose counters are those of leap step `from`,
-    /// the first step at which its one-token `allocate_slots` is not a no-op, and the first that needs a
-    /// new block. Implementing it promises that between those steps the call changes nothing, that
-    /// `on_token` may be deferred to the leap's end, that `after_step` does nothing, and that an
-    /// allocation fails exactly when [`leap_fits`](KvStore::leap_fits) says no. None (the default)
-    /// declines: the replica steps one by one.
-    fn decode_event(&self, _req: &Request, _from: u64) -> Option<DecodeEvent> {
+    /// Leap contract, condition 2: the rule that says, for a decoding request, at which steps its
+    /// one-token `allocate_slots` does something ([`DecodeRule::event`], evaluated by the replica for
+    /// every running request without a call per request). Returning a rule promises that between those
+    /// steps the call changes nothing, that `on_tokens` may be deferred to the leap's end, that
+    /// `after_step` does nothing, that decode tokens are not recomputed, and that a step's allocations
+    /// fail exactly when [`leap_fits`](KvStore::leap_fits) says no. None (the default) declines: the
+    /// replica steps one by one.
+    fn decode_rule(&self) -> Option<DecodeRule> {
         None
     }
 
     /// Whether one decode step's allocations, `new_blocks` new blocks in all, succeed (only asked of a
-    /// store that implements `decode_event`).
+    /// store that has a `decode_rule`).
     fn leap_fits(&self, _new_blocks: u32) -> bool {
         false
     }

@@ -393,6 +393,38 @@ impl KvCacheManager {
     }
 }
 
+/// Leap contract, condition 2, for a paged store: a decoding request's one-token `allocate_slots` does
+/// nothing until its next token needs a block past those it holds, or (`registers`, the prefix cache on)
+/// fills the block after the last one registered. This is `allocate_slots`' fast-path test (above) solved
+/// for the step: change the two together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeRule {
+    pub block_size: u32,
+    /// Full blocks are registered in the prefix cache as they fill.
+    pub registers: bool,
+}
+
+impl DecodeRule {
+    /// For a request whose counters are those of leap step `from`: the first step at which its
+    /// allocation does something, and the first that needs a new block. In step `from + k` it computes
+    /// token number `computed + k + 1`.
+    #[inline]
+    pub fn event(&self, req: &Request, from: u64) -> DecodeEvent {
+        let bs = self.block_size as u64;
+        let next = req.num_computed_tokens as u64 + 1;
+        let needs_block = req.kv.num_blocks_held() as u64 * bs + 1;
+        let fills = if self.registers {
+            (req.kv.num_cached_blocks as u64 + 1) * bs
+        } else {
+            u64::MAX
+        };
+        DecodeEvent {
+            at: from + needs_block.min(fills).saturating_sub(next),
+            new_block_at: from + needs_block.saturating_sub(next),
+        }
+    }
+}
+
 impl KvStore for KvCacheManager {
     /// K6 + P1: the longest run of cached leading blocks, stopping at the first miss, capped at
     /// floor((num_tokens - 1) / block_size) blocks so the last token is always recomputed. Call only when the
@@ -515,7 +547,7 @@ impl KvStore for KvCacheManager {
     /// On success registers every block the step will fill in the prefix cache, before the forward pass, so
     /// a later request in the same step can hit them.
     ///
-    /// Its fast path (a step that needs no block and fills none) is mirrored by `decode_event` below,
+    /// Its fast path (a step that needs no block and fills none) is mirrored by [`DecodeRule::event`] below,
     /// which predicts the steps of a decode leap where this call does something: change them together (the
     /// leap contract in `replica.rs`, condition 2).
     #[inline]
@@ -567,22 +599,23 @@ impl KvStore for KvCacheManager {
         let have = req.block_hashes.len();
         let tag = ChainTag::new(self.block_size, req.salt);
         req.block_hashes.reserve(tag, blocks.saturating_sub(have));
-        self.on_token(req);
-    }
-
-    /// K5: brings the request's block hashes up to date with its tokens (prefix cache on only).
-    fn on_token(&mut self, req: &mut Request) {
         if self.caching {
             req.update_block_hashes(self.block_size);
         }
     }
 
-    fn used_blocks(&self) -> u32 {
-        self.num_used()
+    /// K5: brings the requests' block hashes up to date with their tokens (prefix cache on only).
+    fn on_tokens(&mut self, reqs: &mut RequestTable, ids: &[RequestId]) {
+        if self.caching {
+            for id in ids {
+                let r = reqs.get_mut(id).expect("a request of the replica");
+                r.update_block_hashes(self.block_size);
+            }
+        }
     }
 
-    fn usage(&self) -> f64 {
-        KvCacheManager::usage(self)
+    fn used_blocks(&self) -> u32 {
+        self.num_used()
     }
 
     fn stats(&self) -> KvStats {
@@ -610,21 +643,10 @@ impl KvStore for KvCacheManager {
         Ok(())
     }
 
-    /// `allocate_slots`' fast-path test solved for the step: in step `from + k` the request computes
-    /// token number `computed + k + 1`, which needs a new block past the blocks held, or (prefix cache
-    /// on) fills the block after the last registered one.
-    fn decode_event(&self, req: &Request, from: u64) -> Option<DecodeEvent> {
-        let bs = self.block_size as u64;
-        let next = req.num_computed_tokens as u64 + 1;
-        let needs_block = req.kv.num_blocks_held() as u64 * bs + 1;
-        let fills = if self.caching {
-            (req.kv.num_cached_blocks as u64 + 1) * bs
-        } else {
-            u64::MAX
-        };
-        Some(DecodeEvent {
-            at: from + needs_block.min(fills).saturating_sub(next),
-            new_block_at: from + needs_block.saturating_sub(next),
+    fn decode_rule(&self) -> Option<DecodeRule> {
+        Some(DecodeRule {
+            block_size: self.block_size,
+            registers: self.caching,
         })
     }
 
@@ -745,9 +767,11 @@ mod tests {
                         let left = ra[i].num_tokens() - ra[i].num_computed_tokens;
                         let n = if decode { 1 } else { n.min(left) };
                         if decode {
-                            for (kv, r) in [(&mut a, &mut ra[i]), (&mut b, &mut rb[i])] {
+                            for (kv, r) in [(&a, &mut ra[i]), (&b, &mut rb[i])] {
                                 r.num_output_tokens += 1;
-                                kv.on_token(r);
+                                if kv.caching() {
+                                    r.update_block_hashes(kv.block_size());
+                                }
                             }
                         }
                         let oa = a.allocate_slots(&mut ra[i], n, CacheHit::default());

@@ -1,7 +1,7 @@
 //! Test-only: a store that keeps no KV. Nothing is cached or held, every allocation succeeds, and every
 //! decode token recomputes its request's whole context ([`KvStore::recomputes_context`]). It models no
 //! engine; it exists to prove that a store is one file plus one `KvKind` arm, through the CLI and the
-//! leap tests (it never leaps: `decode_event` keeps its default).
+//! leap tests (it never leaps: `decode_rule` keeps its default).
 
 use super::{CacheHit, KvStats, KvStore};
 use crate::request::{Request, RequestTable};
@@ -28,10 +28,6 @@ impl KvStore for ToyRecompute {
 
     fn used_blocks(&self) -> u32 {
         0
-    }
-
-    fn usage(&self) -> f64 {
-        0.0
     }
 
     fn stats(&self) -> KvStats {

@@ -1,6 +1,11 @@
 //! Metric sinks: the per-request rows (streamed to `requests.csv` as requests leave, kept in memory, or
 //! only folded into the summary), the time series, and the summary. Definitions follow `vllm bench
 //! serve` (engine-semantics B1-B5) and vLLM's Prometheus names (P2).
+//!
+//! What lives here: the [`Collector`] and its row sinks ([`Rows`]), the `requests.csv` writer thread, the
+//! row formatter, exact statistics (`stats.rs`), the inter-token histogram (`histogram.rs`), and the run
+//! directory with its safety rules (`output.rs`). To add a column: append it to `REQUEST_COLUMNS` or
+//! `TIMESERIES_COLUMNS` (existing columns keep their order) and fill it in `RequestRow` or [`Sample`].
 
 pub mod histogram;
 pub mod output;

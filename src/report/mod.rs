@@ -1,5 +1,6 @@
 //! Paired comparisons: every variant of a config on the identical workload, over one or more seeds, with
-//! per-request pairing, confidence intervals and plots.
+//! per-request pairing, confidence intervals (`ci.rs`) and plots (`plot.rs`); [`parallel_map`] runs many
+//! configurations on several threads with results in a fixed order, for any caller that needs it.
 
 pub mod ci;
 pub mod plot;

@@ -1,5 +1,9 @@
-//! Workloads: the conversational session generator, trace replay, their distributions, and the content
-//! model.
+//! Workloads: the conversational session generator (`conversation.rs`), trace replay (`trace/`, one
+//! reader per format), their distributions (`dist.rs`), the content model with its tagged hash chains
+//! (`content.rs`), and export of a generated workload as a trace (`export.rs`).
+//!
+//! To add a workload kind: one file implementing [`Workload`], one `WorkloadKind` arm in `config.rs`, and
+//! its construction in `System::workload` (`system.rs`). To add a trace format: see `trace/`.
 
 pub mod content;
 pub mod conversation;

@@ -1,5 +1,8 @@
 //! Trace replay: readers (one file per format), replay controls, and the replaying workload.
 //!
+//! To add a format: one reader file here returning a [`Trace`], one `TraceFormat` arm in `config.rs`, and
+//! its call in `parse`; the reader's errors name the file, line and field.
+//!
 //! Every reader turns a file into [`TraceRecord`]s: one request each, with its session and turn where the
 //! trace has sessions, its recorded arrival, its prompt as content segments and its output length. Errors
 //! name the file, the line and the field.
