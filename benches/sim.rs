@@ -4,6 +4,9 @@
 //! of which the long scenarios (d), (s300k) and (a-noleap) take at most 3; `SERVESIM_BENCH_ONLY=a,b` to
 //! pick scenarios). Nothing here asserts a time: the numbers are reported.
 //!
+//! `SERVESIM_BENCH_BIN=/path/to/servesim` measures that binary instead of the one `cargo bench` builds
+//! (which carries the test-only `toys` kinds; see `main`).
+//!
 //! `SERVESIM_BENCH_BASELINE=/path/to/an/older/servesim` measures a before/after side by side: each repeat
 //! runs the baseline and then this build, alternately, so that both see the same machine (a shared machine
 //! drifts by tens of percent within an hour), and a second table gives both medians, their ratio, and
@@ -143,7 +146,13 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    let bin = env!("CARGO_BIN_EXE_servesim");
+    // The binary `cargo bench` builds carries the test-only `toys` kinds (the tests turn that feature on
+    // through a dev-dependency, and benches share it), whose extra instantiations change inlining: a
+    // few percent. `SERVESIM_BENCH_BIN` measures another binary, such as the plain `cargo build
+    // --release` one users run.
+    let own = env!("CARGO_BIN_EXE_servesim");
+    let bin_var = std::env::var("SERVESIM_BENCH_BIN").ok();
+    let bin = bin_var.as_deref().unwrap_or(own);
     let repeats: usize = std::env::var("SERVESIM_BENCH_REPEATS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -210,6 +219,7 @@ fn main() {
         },
     ];
     let tmp = std::env::temp_dir().join(format!("servesim-bench-{}", std::process::id()));
+    println!("Measuring {bin}\n");
     println!(
         "| scenario | requests | wall s (median of n) | req/s | events/s | steps/s | peak RSS MB |\n|---|---|---|---|---|---|---|"
     );

@@ -143,7 +143,8 @@ impl ReplicaStats {
     }
 }
 
-pub struct Replica {
+/// A replica running policy `S` (which owns its KV store).
+pub struct Replica<S> {
     /// Stable for the whole run (the replica's index in the cluster).
     pub id: ReplicaId,
     /// Whether it takes new requests (routers read it through [`Replica::view`]).
@@ -151,7 +152,7 @@ pub struct Replica {
     /// Prompt tokens of the requests held.
     prompt_tokens: u64,
     /// The batching policy, which owns the KV store.
-    scheduler: Box<dyn Scheduler>,
+    scheduler: S,
     requests: RequestTable,
     /// The stop oracle: true output lengths, kept apart from the requests the scheduler sees.
     true_output: crate::idtable::IdTable<u32>,
@@ -202,8 +203,8 @@ pub struct Leapt {
     pub done: Vec<Request>,
 }
 
-impl Replica {
-    pub fn new(id: ReplicaId, scheduler: Box<dyn Scheduler>, max_model_len: u32) -> Replica {
+impl<S: Scheduler> Replica<S> {
+    pub fn new(id: ReplicaId, scheduler: S, max_model_len: u32) -> Replica<S> {
         let recompute = scheduler.kv().recomputes_context();
         Replica {
             recompute,
@@ -226,7 +227,7 @@ impl Replica {
     }
 
     /// The KV store (owned by the scheduler).
-    pub fn kv(&self) -> &dyn KvStore {
+    pub fn kv(&self) -> &S::Kv {
         self.scheduler.kv()
     }
 
@@ -802,7 +803,7 @@ mod tests {
             policy: SchedulingPolicy::Fcfs,
         };
         let kv = KvCacheManager::new(11, 16, true);
-        let mut r = Replica::new(0, Box::new(VllmScheduler::new(limits, kv)), 1000);
+        let mut r = Replica::new(0, VllmScheduler::new(limits, kv), 1000);
         r.enqueue(request(1, 40), 8);
         r.enqueue(request(2, 40), 8);
         let cost = LinearCost {

@@ -4,10 +4,14 @@ use crate::config::{Config, WorkloadKind};
 use crate::cost::CostModel;
 use crate::cost::OPERATOR_CLASSES;
 use crate::error::{Error, OutputError};
+use crate::event::ReplicaId;
+use crate::kv::KvStore;
 use crate::metrics::output::RunDir;
 use crate::metrics::stats::describe;
 use crate::metrics::{Collector, RequestRow, Rows, Sample, Summary};
-use crate::system::System;
+use crate::replica::Replica;
+use crate::scheduler::Scheduler;
+use crate::system::{System, WithReplicas};
 use crate::workload::Workload;
 use crate::world::World;
 use std::path::{Path, PathBuf};
@@ -114,26 +118,67 @@ impl Prepared<'_> {
             cost,
         } = self;
         let metrics = Collector::new(opts.rows.clone(), cfg.slo.clone())?;
-        let replicas = (0..cfg.cluster.replicas)
-            .map(|id| system.replica(cfg, id))
-            .collect();
-        let mut world = World::new(
+        let run = RunWorld {
             cfg,
-            replicas,
-            system.router(cfg),
+            system: &system,
             workload,
             cost,
             metrics,
-            opts.progress,
-            !opts.no_leap,
-        );
-        world.run()?;
-        let summary = summarize(&mut world, &system, &opts.variant);
-        let (requests, timeseries) = world.metrics.take_rows();
+            opts,
+        };
+        let done = system.build(cfg, run)?;
         Ok(Simulation {
-            summary,
+            summary: done.summary,
             system,
             wall_seconds: wall.elapsed().as_secs_f64(),
+            events: done.events,
+            leapt_steps: done.leapt_steps,
+            requests: done.requests,
+            timeseries: done.timeseries,
+        })
+    }
+}
+
+/// The run itself, given the replicas' types by [`System::build`].
+struct RunWorld<'a> {
+    cfg: &'a Config,
+    system: &'a System,
+    workload: Box<dyn Workload>,
+    cost: Box<dyn CostModel>,
+    metrics: Collector,
+    opts: &'a SimOptions,
+}
+
+/// What [`RunWorld`] returns.
+struct Ran {
+    summary: Summary,
+    events: u64,
+    leapt_steps: u64,
+    requests: Vec<RequestRow>,
+    timeseries: Vec<Sample>,
+}
+
+impl WithReplicas for RunWorld<'_> {
+    type Out = Result<Ran, Error>;
+
+    fn with<S: Scheduler + 'static>(self, make: &dyn Fn(ReplicaId) -> Replica<S>) -> Self::Out {
+        let cfg = self.cfg;
+        let replicas = (0..cfg.cluster.replicas).map(make).collect();
+        let mut world = World::new(
+            cfg,
+            replicas,
+            self.system.router(cfg),
+            self.workload,
+            self.cost,
+            self.metrics,
+            self.opts.progress,
+            !self.opts.no_leap,
+        );
+        world.run()?;
+        let summary = summarize(&mut world, self.system, &self.opts.variant);
+        let (requests, timeseries) = world.metrics.take_rows();
+        Ok(Ran {
+            summary,
             events: world.counts.events,
             leapt_steps: world.counts.leapt_steps,
             requests,
@@ -218,7 +263,7 @@ pub fn resolved_toml(cfg: &Config, sys: &System) -> String {
     )
 }
 
-fn summarize(world: &mut World, sys: &System, variant: &str) -> Summary {
+fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) -> Summary {
     let cfg = world.config().clone();
     let mut s = Summary::default();
     s.set("name", cfg.name.clone());

@@ -5,8 +5,8 @@
 //! engine family), `engine.kv_cache` the KV store it owns, `cost.kind` the cost model, `workload.kind` the
 //! workload, `cluster.router` the router (`cluster::router::build`). To add an engine: write its scheduler as one
 //! file under `scheduler/`, add its `EngineKind` arm in `config.rs`, and build it in
-//! [`System::scheduler_with`]; to add a store, the same under `kv/` with a `KvKind` arm, built in
-//! [`System::scheduler`]. The compiler then points at every `match` over the kinds, the leap tests
+//! `System::build_engine`; to add a store, the same under `kv/` with a `KvKind` arm, built in
+//! [`System::build`]. The compiler then points at every `match` over the kinds, the leap tests
 //! included.
 
 use crate::config::{Config, CostKind, EngineKind, KvKind, WorkloadKind};
@@ -119,47 +119,55 @@ impl System {
         })
     }
 
-    /// The scheduler of one replica, of the configured engine kind, with its KV store of the configured
-    /// kind.
-    pub fn scheduler(&self, cfg: &Config) -> Box<dyn Scheduler> {
+    /// Calls `w` with the factory of the configured replicas, of the engine kind `engine.kind` over the
+    /// store kind `engine.kv_cache`: one `match` per slot. The types are fixed here, once per run, so
+    /// that everything `w` builds around them (the world and its loop) is compiled for the pair.
+    pub fn build<W: WithReplicas>(&self, cfg: &Config, w: W) -> W::Out {
         match cfg.engine.kv_cache {
-            KvKind::Paged => self.scheduler_with(
-                cfg,
+            KvKind::Paged => self.build_engine(cfg, w, || {
                 KvCacheManager::new(
                     self.sizing.num_gpu_blocks,
                     cfg.engine.block_size,
                     cfg.engine.prefix_caching,
                 )
-                .with_scope(cfg.engine.prefix_cache_scope),
-            ),
+                .with_scope(cfg.engine.prefix_cache_scope)
+            }),
             #[cfg(feature = "toys")]
             KvKind::ToyRecompute => {
-                self.scheduler_with(cfg, crate::kv::toy_recompute::ToyRecompute)
+                self.build_engine(cfg, w, || crate::kv::toy_recompute::ToyRecompute)
             }
         }
     }
 
-    /// The scheduler of the configured engine kind over store `kv` (generic, so that a scheduler's
-    /// allocation calls are static).
-    pub fn scheduler_with<K: KvStore + 'static>(&self, cfg: &Config, kv: K) -> Box<dyn Scheduler> {
+    /// [`System::build`] with the store chosen: `store()` makes one replica's store.
+    fn build_engine<K: KvStore + 'static, W: WithReplicas>(
+        &self,
+        cfg: &Config,
+        w: W,
+        store: impl Fn() -> K,
+    ) -> W::Out {
         let s = &self.sizing;
+        let max_model_len = s.max_model_len;
         match cfg.engine.kind {
-            EngineKind::Vllm => Box::new(VllmScheduler::new(
-                Limits {
+            EngineKind::Vllm => {
+                let limits = Limits {
                     max_num_batched_tokens: s.max_num_batched_tokens,
                     max_num_seqs: s.max_num_seqs,
-                    max_model_len: s.max_model_len,
+                    max_model_len,
                     enable_chunked_prefill: cfg.engine.enable_chunked_prefill,
                     long_prefill_token_threshold: cfg.engine.long_prefill_token_threshold,
                     policy: cfg.engine.policy,
-                },
-                kv,
-            )),
+                };
+                w.with(&|id| {
+                    let scheduler = VllmScheduler::new(limits.clone(), store());
+                    Replica::new(id, scheduler, max_model_len)
+                })
+            }
             #[cfg(feature = "toys")]
-            EngineKind::ToyFifo => Box::new(crate::scheduler::toy_fifo::ToyFifo::new(
-                kv,
-                s.max_model_len,
-            )),
+            EngineKind::ToyFifo => w.with(&|id| {
+                let scheduler = crate::scheduler::toy_fifo::ToyFifo::new(store(), max_model_len);
+                Replica::new(id, scheduler, max_model_len)
+            }),
         }
     }
 
@@ -167,10 +175,13 @@ impl System {
     pub fn router(&self, cfg: &Config) -> Box<dyn crate::cluster::router::Router> {
         crate::cluster::router::build(cfg.cluster.router)
     }
+}
 
-    /// Replica `id`, empty and idle: the factory a run calls at its start (and cluster events may call
-    /// mid-run).
-    pub fn replica(&self, cfg: &Config, id: ReplicaId) -> Replica {
-        Replica::new(id, self.scheduler(cfg), self.sizing.max_model_len)
-    }
+/// What to do with a run's replicas, whatever the engine and store types the config picks (see
+/// [`System::build`]).
+pub trait WithReplicas {
+    type Out;
+    /// Called once with the replica factory: `make(id)` is replica `id`, empty and idle (a run calls it
+    /// for each replica at its start; cluster events may call it mid-run).
+    fn with<S: Scheduler + 'static>(self, make: &dyn Fn(ReplicaId) -> Replica<S>) -> Self::Out;
 }

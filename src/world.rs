@@ -8,9 +8,11 @@ use crate::cost::CostModel;
 use crate::engine::EventQueue;
 use crate::error::{ConfigError, Error, OutputError};
 use crate::event::{Event, ReplicaId, SessionId};
+use crate::kv::KvStore;
 use crate::metrics::{Collector, Sample};
 use crate::replica::{Leapt, Replica, StepStart};
 use crate::request::{Request, Status};
+use crate::scheduler::Scheduler;
 use crate::time::{SimDuration, SimTime};
 use crate::workload::conversation::Release;
 use crate::workload::Workload;
@@ -34,10 +36,12 @@ pub struct RunCounts {
     pub stopped_early: bool,
 }
 
-pub struct World<'a> {
+/// A run whose replicas run policy `S` (with its store): generic, so that the loop is compiled for each
+/// engine and store pair and no per-step call goes through a virtual table.
+pub struct World<'a, S> {
     cfg: &'a Config,
     queue: EventQueue<Event>,
-    pub replicas: Vec<Replica>,
+    pub replicas: Vec<Replica<S>>,
     router: Box<dyn Router>,
     /// The replicas as the router sees them, refreshed at each arrival (kept to reuse its storage).
     views: Vec<ReplicaView>,
@@ -58,20 +62,20 @@ pub struct World<'a> {
     leap: bool,
 }
 
-impl<'a> World<'a> {
+impl<'a, S: Scheduler> World<'a, S> {
     /// A run of `replicas` (built by [`crate::system::System::replica`], ids 0..n in order) behind
     /// `router`, fed by `workload`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: &'a Config,
-        replicas: Vec<Replica>,
+        replicas: Vec<Replica<S>>,
         router: Box<dyn Router>,
         workload: Box<dyn Workload>,
         cost: Box<dyn CostModel>,
         metrics: Collector,
         show_progress: bool,
         leap: bool,
-    ) -> World<'a> {
+    ) -> World<'a, S> {
         World {
             cfg,
             wake_at: vec![None; replicas.len()],
@@ -469,7 +473,7 @@ mod tests {
     use crate::kv::{CacheHit, KvCacheManager, KvStore};
     use crate::request::RequestId;
     use crate::scheduler::{Next, RequestTable, Scheduler, StepPlan};
-    use crate::system::System;
+    use crate::system::{System, WithReplicas};
 
     /// A toy request-level batcher: a batch starts when two requests wait or the oldest has waited
     /// `timeout`, and runs to completion (whole prompts in one step, then one token per step) while
@@ -483,6 +487,7 @@ mod tests {
     }
 
     impl Scheduler for BatchWithTimeout {
+        type Kv = KvCacheManager;
         fn add_request(&mut self, req: &Request) {
             self.waiting.push(req.id);
         }
@@ -510,10 +515,10 @@ mod tests {
             }
             Next::Run
         }
-        fn kv(&self) -> &dyn KvStore {
+        fn kv(&self) -> &KvCacheManager {
             &self.kv
         }
-        fn kv_mut(&mut self) -> &mut dyn KvStore {
+        fn kv_mut(&mut self) -> &mut KvCacheManager {
             &mut self.kv
         }
         fn finish_requests(&mut self, finished: &[RequestId]) {
@@ -574,7 +579,7 @@ mod tests {
             waiting: Vec::new(),
             running: Vec::new(),
         };
-        let replica = Replica::new(0, Box::new(toy), 64);
+        let replica = Replica::new(0, toy, 64);
         let mut w = World::new(
             &cfg,
             vec![replica],
@@ -633,47 +638,44 @@ mod tests {
         .to_vec();
         let cfg = Config::load(None, &o).unwrap();
         let sys = System::resolve(&cfg).unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let metrics = Collector::new(
-            crate::metrics::Rows::Files {
-                requests: tmp.path().join("r.csv"),
-                timeseries: tmp.path().join("t.csv"),
-            },
-            cfg.slo.clone(),
-        )
-        .unwrap();
-        let mut w = World::new(
-            &cfg,
-            (0..2).map(|id| sys.replica(&cfg, id)).collect(),
-            Box::new(RejectOddSessions),
-            sys.workload(&cfg).unwrap(),
-            sys.cost_model(&cfg).unwrap(),
-            metrics,
-            false,
-            true,
-        );
-        w.run().unwrap();
-        drop(w);
-        let mut rdr = csv::Reader::from_path(tmp.path().join("r.csv")).unwrap();
-        let h = rdr.headers().unwrap().clone();
-        let col = |name: &str| h.iter().position(|x| x == name).unwrap();
-        let (s, t, st, rep) = (
-            col("session_id"),
-            col("turn"),
-            col("status"),
-            col("replica"),
-        );
-        let mut rows: Vec<(u64, u32, String, String)> = rdr
-            .records()
-            .map(|r| {
-                let r = r.unwrap();
-                (
-                    r[s].parse().unwrap(),
-                    r[t].parse().unwrap(),
-                    r[st].to_string(),
-                    r[rep].to_string(),
-                )
-            })
+
+        /// Runs the configured replicas behind `RejectOddSessions`, keeping the rows in memory.
+        struct Go<'c> {
+            cfg: &'c Config,
+            sys: &'c System,
+        }
+        impl WithReplicas for Go<'_> {
+            type Out = Vec<crate::metrics::RequestRow>;
+            fn with<S: Scheduler + 'static>(
+                self,
+                make: &dyn Fn(ReplicaId) -> Replica<S>,
+            ) -> Self::Out {
+                let metrics =
+                    Collector::new(crate::metrics::Rows::Keep, self.cfg.slo.clone()).unwrap();
+                let mut w = World::new(
+                    self.cfg,
+                    (0..2).map(make).collect(),
+                    Box::new(RejectOddSessions),
+                    self.sys.workload(self.cfg).unwrap(),
+                    self.sys.cost_model(self.cfg).unwrap(),
+                    metrics,
+                    false,
+                    true,
+                );
+                w.run().unwrap();
+                w.metrics.take_rows().0
+            }
+        }
+        let mut rows: Vec<(u64, u32, &str, Option<ReplicaId>)> = sys
+            .build(
+                &cfg,
+                Go {
+                    cfg: &cfg,
+                    sys: &sys,
+                },
+            )
+            .iter()
+            .map(|r| (r.session, r.turn, r.status.as_str(), r.replica))
             .collect();
         rows.sort();
         let rejected: Vec<(u64, u32)> = rows
@@ -684,7 +686,7 @@ mod tests {
         assert_eq!(rejected, [(1, 1), (1, 2), (1, 3), (3, 1), (3, 2), (3, 3)]);
         let finished = rows.iter().filter(|r| r.2 == "finished");
         assert_eq!(finished.clone().count(), 6);
-        assert!(finished.into_iter().all(|r| r.0 % 2 == 0 && r.3 == "0"));
+        assert!(finished.into_iter().all(|r| r.0 % 2 == 0 && r.3 == Some(0)));
     }
 
     #[test]

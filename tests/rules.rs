@@ -2,7 +2,7 @@
 //! derived in a comment. Block size 16 throughout.
 
 use servesim::config::SchedulingPolicy;
-use servesim::kv::KvCacheManager;
+use servesim::kv::{KvCacheManager, KvStore};
 use servesim::request::{Request, RequestId};
 use servesim::scheduler::vllm_v1::{Limits, VllmScheduler};
 use servesim::scheduler::{RequestTable, Scheduler, StepPlan};

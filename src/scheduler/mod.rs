@@ -4,8 +4,10 @@
 //! requests get how many tokens and whom to preempt. vLLM's decisions depend on allocation outcomes inside
 //! the same step (a failed allocation triggers a preemption and a retry; a block registered for one
 //! request can be hit by the next), so a policy makes its allocations through its store as it decides,
-//! exactly as vLLM's scheduler calls `allocate_slots`. A policy generic over its store (`VllmScheduler<K>`)
-//! keeps those per-token calls static; the replica reaches the store through [`Scheduler::kv`]. It never sees a request's true output length (invariant 6): requests carry only
+//! exactly as vLLM's scheduler calls `allocate_slots`. A policy is generic over its store
+//! (`VllmScheduler<K>`), and the replica over its policy (`Replica<S>`): the engine and store kinds are
+//! chosen once per run (`System::build`), the loop is compiled for each pair, and no call per token or
+//! per step crosses a virtual table. The replica reaches the store through [`Scheduler::kv`]. It never sees a request's true output length (invariant 6): requests carry only
 //! `max_tokens`.
 //!
 //! A policy may also wait: `schedule` answers [`Next::Idle`] (until an arrival) or [`Next::WakeAt`] (a
@@ -75,6 +77,8 @@ impl StepPlan {
 /// `finish_requests` or `abort` removes it. The policy never frees a finished or aborted request's KV:
 /// the replica does, through [`Scheduler::kv_mut`], after the policy has let it go.
 pub trait Scheduler {
+    /// The KV store this policy owns and allocates through.
+    type Kv: KvStore;
     /// A new request joins the waiting queue.
     fn add_request(&mut self, req: &Request);
     /// Plans (and allocates for) one step at `now` into `plan`, whose previous contents are discarded first
@@ -85,8 +89,8 @@ pub trait Scheduler {
     /// state each time.
     fn schedule(&mut self, now: SimTime, reqs: &mut RequestTable, plan: &mut StepPlan) -> Next;
     /// The replica's KV store, which this policy allocates through.
-    fn kv(&self) -> &dyn KvStore;
-    fn kv_mut(&mut self) -> &mut dyn KvStore;
+    fn kv(&self) -> &Self::Kv;
+    fn kv_mut(&mut self) -> &mut Self::Kv;
     /// Removes finished requests from the running set (their blocks are freed by the caller).
     fn finish_requests(&mut self, finished: &[RequestId]);
     /// Drops request `req` from whichever queue holds it (a client timeout, a cancelled request); its

@@ -30,6 +30,8 @@ impl<K: KvStore> ToyFifo<K> {
 }
 
 impl<K: KvStore> Scheduler for ToyFifo<K> {
+    type Kv = K;
+
     fn add_request(&mut self, req: &Request) {
         self.waiting.push_back(req.id);
     }
@@ -64,11 +66,11 @@ impl<K: KvStore> Scheduler for ToyFifo<K> {
         Next::Run
     }
 
-    fn kv(&self) -> &dyn KvStore {
+    fn kv(&self) -> &K {
         &self.kv
     }
 
-    fn kv_mut(&mut self) -> &mut dyn KvStore {
+    fn kv_mut(&mut self) -> &mut K {
         &mut self.kv
     }
 

@@ -111,6 +111,8 @@ fn tokens_wanted(r: &Request, limits: &Limits, computed: u32, budget: u32) -> u3
 }
 
 impl<K: KvStore> Scheduler for VllmScheduler<K> {
+    type Kv = K;
+
     fn add_request(&mut self, req: &Request) {
         self.waiting.push_back(req);
     }
@@ -205,11 +207,11 @@ impl<K: KvStore> Scheduler for VllmScheduler<K> {
         }
     }
 
-    fn kv(&self) -> &dyn KvStore {
+    fn kv(&self) -> &K {
         &self.kv
     }
 
-    fn kv_mut(&mut self) -> &mut dyn KvStore {
+    fn kv_mut(&mut self) -> &mut K {
         &mut self.kv
     }
 
