@@ -17,10 +17,10 @@
 //!    `DecodeRule::event` sits beside the fast path it mirrors, in `kv/paged.rs`), or is None, its
 //!    default, and the replica steps one by one. At those steps allocation happens in the scheduler's order and fails exactly when
 //!    [`KvStore::leap_fits`] says so, where the leap stops and the scheduler takes over. The store's
-//!    per-step hooks are not called inside a leap: `on_tokens` runs once at its end, `after_step` never, and
+//!    per-step hooks are not called inside a leap: `on_token` runs once at its end, `after_step` never, and
 //!    decode tokens are priced as decode (a store that recomputes the context declines).
 //! 3. **Counters and hashes in between.** Request counters are brought up to date only at KV events and
-//!    at the end (`sync_leap`), block hashes only at the end (`KvStore::on_tokens`): the paged store's
+//!    at the end (`sync_leap`), block hashes only at the end (`KvStore::on_token`): the paged store's
 //!    `allocate_slots` updates the hashes itself when it registers a block.
 //! 4. **Pricing.** Step times are added in the same order as one by one (`cost::total_seconds` is a left
 //!    fold, which the leap reproduces as `before + v + rest`); the cost model honours
@@ -170,8 +170,6 @@ pub struct Replica<S> {
     leap_scratch: LeapScratch,
     /// The shape of the step being priced, reused from step to step (its chunk list).
     shape: StepShape,
-    /// The requests of a step that sampled a token and go on (reused from step to step).
-    go_on: Vec<RequestId>,
     /// The store recomputes the context for every decode token (`KvStore::recomputes_context`, a fixed
     /// property of the store, read once).
     recompute: bool,
@@ -222,7 +220,6 @@ impl<S: Scheduler> Replica<S> {
             spare_plan: StepPlan::default(),
             leap_scratch: LeapScratch::default(),
             shape: StepShape::default(),
-            go_on: Vec::new(),
         }
     }
 
@@ -563,20 +560,15 @@ impl<S: Scheduler> Replica<S> {
         // The last step finished a request: its sampling, as `finish_step` does it.
         self.sync_leap(running, base, steps, None);
         let mut done = Vec::new();
-        let mut go_on = std::mem::take(&mut self.go_on);
-        go_on.clear();
+        let kv = self.scheduler.kv_mut();
         for id in running.iter() {
             let r = self.requests.get_mut(id).expect("running request");
             r.last_token = Some(t);
             match stop_reason(r, self.true_output[id], self.max_model_len) {
                 Some(reason) => done.push((*id, reason)),
-                None => go_on.push(*id),
+                None => kv.on_token(r),
             }
         }
-        self.scheduler
-            .kv_mut()
-            .on_tokens(&mut self.requests, &go_on);
-        self.go_on = go_on;
         let done = self.retire(done, t);
         Some(Leapt {
             steps,
@@ -594,18 +586,15 @@ impl<S: Scheduler> Replica<S> {
         steps: u64,
         last: Option<SimTime>,
     ) {
+        let kv = self.scheduler.kv_mut();
         for (id, b) in running.iter().zip(base) {
             let r = self.requests.get_mut(id).expect("running request");
             r.num_computed_tokens = b.0 + steps as u32;
             r.num_output_tokens = b.1 + steps as u32;
             if let Some(t) = last {
                 r.last_token = Some(t);
+                kv.on_token(r);
             }
-        }
-        if last.is_some() {
-            self.scheduler
-                .kv_mut()
-                .on_tokens(&mut self.requests, running);
         }
     }
 
@@ -622,8 +611,7 @@ impl<S: Scheduler> Replica<S> {
             "invariant 3: a step takes at least 1 ns"
         );
         let mut done = Vec::new();
-        let mut go_on = std::mem::take(&mut self.go_on);
-        go_on.clear();
+        let kv = self.scheduler.kv_mut();
         for &(id, _) in &step.plan.scheduled {
             let r = self.requests.get_mut(&id).expect("scheduled request");
             if r.num_computed_tokens != r.num_tokens() {
@@ -637,13 +625,10 @@ impl<S: Scheduler> Replica<S> {
             on_token(r, prev);
             match stop_reason(r, self.true_output[&id], self.max_model_len) {
                 Some(reason) => done.push((id, reason)),
-                None => go_on.push(id),
+                None => kv.on_token(r),
             }
         }
-        let kv = self.scheduler.kv_mut();
-        kv.on_tokens(&mut self.requests, &go_on);
         kv.after_step(&mut self.requests, &step.plan.scheduled);
-        self.go_on = go_on;
         self.spare_plan = step.plan;
         self.retire(done, now)
     }

@@ -162,7 +162,7 @@ pub struct DecodeEvent {
 /// - `allocate_slots` is all or nothing: false changes nothing, and the scheduler then preempts or stops
 ///   admitting. Every request holds its blocks from a successful allocation until `free`.
 /// - The replica calls the hooks: [`on_enqueue`](KvStore::on_enqueue) when a request arrives,
-///   [`on_tokens`](KvStore::on_tokens) after requests that go on sample a token,
+///   [`on_token`](KvStore::on_token) after a request that goes on samples a token,
 ///   [`after_step`](KvStore::after_step) at a step's end, [`on_session_end`](KvStore::on_session_end)
 ///   when a conversation releases no more turns. A leap over decode steps calls none of them per step
 ///   (see [`decode_rule`](KvStore::decode_rule)).
@@ -187,10 +187,9 @@ pub trait KvStore {
     /// decided from it).
     fn on_enqueue(&mut self, _req: &mut Request, _capacity_tokens: u64) {}
 
-    /// Requests `ids` of `reqs` have each sampled a token and go on (K5: their block hashes may grow).
-    /// Once per step (one call for the step's requests, not one per token), and at the end of a leap for
-    /// its running requests.
-    fn on_tokens(&mut self, _reqs: &mut RequestTable, _ids: &[RequestId]) {}
+    /// A request that goes on has sampled a token (K5: its block hashes may grow). At the end of a leap,
+    /// once per running request.
+    fn on_token(&mut self, _req: &mut Request) {}
 
     /// A step ended; `scheduled` is its plan (request, tokens), the requests still in `reqs` (finished
     /// ones are freed after this). For a store that inserts after compute, as SGLang does (G5). Not
@@ -221,7 +220,7 @@ pub trait KvStore {
     /// Leap contract, condition 2: the rule that says, for a decoding request, at which steps its
     /// one-token `allocate_slots` does something ([`DecodeRule::event`], evaluated by the replica for
     /// every running request without a call per request). Returning a rule promises that between those
-    /// steps the call changes nothing, that `on_tokens` may be deferred to the leap's end, that
+    /// steps the call changes nothing, that `on_token` may be deferred to the leap's end, that
     /// `after_step` does nothing, that decode tokens are not recomputed, and that a step's allocations
     /// fail exactly when [`leap_fits`](KvStore::leap_fits) says no. None (the default) declines: the
     /// replica steps one by one.

@@ -604,13 +604,11 @@ impl KvStore for KvCacheManager {
         }
     }
 
-    /// K5: brings the requests' block hashes up to date with their tokens (prefix cache on only).
-    fn on_tokens(&mut self, reqs: &mut RequestTable, ids: &[RequestId]) {
+    /// K5: brings the request's block hashes up to date with its tokens (prefix cache on only).
+    #[inline]
+    fn on_token(&mut self, req: &mut Request) {
         if self.caching {
-            for id in ids {
-                let r = reqs.get_mut(id).expect("a request of the replica");
-                r.update_block_hashes(self.block_size);
-            }
+            req.update_block_hashes(self.block_size);
         }
     }
 
