@@ -1,4 +1,8 @@
 //! Command-line definitions (clap) only.
+//!
+//! The doc comments here are the command line's help text, written for a terminal (`results/<name>`),
+//! not for rustdoc.
+#![allow(rustdoc::invalid_html_tags)]
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;

@@ -63,7 +63,7 @@ pub struct World<'a, S> {
 }
 
 impl<'a, S: Scheduler> World<'a, S> {
-    /// A run of `replicas` (built by [`crate::system::System::replica`], ids 0..n in order) behind
+    /// A run of `replicas` (made by the factory [`crate::system::System::build`] gives, ids 0..n in order) behind
     /// `router`, fed by `workload`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
