@@ -14,7 +14,7 @@
 //! - `toy_recompute.rs` (the `toys` feature, tests only): a store that keeps nothing.
 //!
 //! To add a store: one file here implementing [`KvStore`], one `KvKind` arm in `config.rs` (the
-//! `engine.kv_cache` key), and its construction in `System::scheduler` (`system.rs`); the exhaustive
+//! `engine.kv_cache` key), and its construction in `System::build` (`system.rs`); the exhaustive
 //! match in `tests/leap.rs` then fails to compile until the leap tests cover it. A new store is correct
 //! before it is fast: [`KvStore::decode_rule`] defaults to None, and the replica then steps one by one.
 //! To let the replica leap over runs of decode steps, implement it under the leap contract written at
@@ -193,7 +193,7 @@ pub trait KvStore {
 
     /// A step ended; `scheduled` is its plan (request, tokens), the requests still in `reqs` (finished
     /// ones are freed after this). For a store that inserts after compute, as SGLang does (G5). Not
-    /// called inside a leap: a store that acts here must leave `decode_event` at None.
+    /// called inside a leap: a store that acts here must leave `decode_rule` at None.
     fn after_step(&mut self, _reqs: &mut RequestTable, _scheduled: &[(RequestId, u32)]) {}
 
     /// A conversation released its last turn: a per-conversation store may drop its entry.

@@ -14,7 +14,7 @@
 //! batch timeout), and the world schedules it again then.
 //!
 //! To add a policy (an engine family): one file here implementing [`Scheduler`], one `EngineKind` arm in
-//! `config.rs`, and its construction in `System::scheduler` (`system.rs`), with each store it supports; the exhaustive match in
+//! `config.rs`, and its construction in `System::build_engine` (`system.rs`); the exhaustive match in
 //! `tests/leap.rs` then fails to compile until the leap tests cover it. A new policy is correct before
 //! it is fast: [`Scheduler::steady_decode`] defaults to None, and the replica then steps one by one. To
 //! let the replica leap over runs of decode steps, implement it under the leap contract written at the
