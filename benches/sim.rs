@@ -47,14 +47,19 @@ fn chat(requests: u64, extra: &[&str]) -> Vec<String> {
 /// has the sweep.
 const RATE: f64 = 1.0;
 
+/// Summary keys left out of the comparison between builds: `events` (a debug statistic that older
+/// builds wrote into the summary), `engine` and `kv_cache` (added when the engine and KV store became
+/// choices; the values of every other key must agree).
+const SUMMARY_KEYS_NOT_COMPARED: [&str; 3] = ["events", "engine", "kv_cache"];
+
 /// The output files compared between builds.
 const COMPARED: [&str; 3] = ["requests.csv", "summary.json", "timeseries.csv"];
 
 /// FNV-1a over each of a run's compared output files, to tell whether two builds wrote the same bytes.
 /// Streamed through a small buffer: a child's peak RSS as `wait4` reports it starts from this process's
 /// RSS when it forks, so reading a whole requests.csv here would inflate every later measurement. The
-/// summary is small: it is hashed without its `events` key, which older builds wrote there (a debug
-/// statistic, not a result), so that builds before and after that move compare.
+/// summary is small: it is hashed without the keys in `SUMMARY_KEYS_NOT_COMPARED`, so that builds from
+/// before and after they moved compare.
 fn digest(out: &Path) -> [u64; 3] {
     use std::io::Read;
     let mut buf = [0u8; 1 << 16];
@@ -64,7 +69,9 @@ fn digest(out: &Path) -> [u64; 3] {
             let text = std::fs::read_to_string(out.join(f)).unwrap_or_default();
             let mut v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
             if let Some(m) = v.as_object_mut() {
-                m.remove("events");
+                for k in SUMMARY_KEYS_NOT_COMPARED {
+                    m.remove(k);
+                }
             }
             for b in v.to_string().bytes() {
                 h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);

@@ -13,8 +13,9 @@
 //!   are emitted and finished requests leave. Runs of pure-decode steps are advanced at once under the
 //!   leap contract written at the top of [`replica`]: read it before adding a scheduler, a KV store, a
 //!   cost model or a statistic.
-//! - [`metrics`]: the per-request CSV, the time series and the summary; [`run`] ties a config to an output
-//!   directory ([`metrics::output`]: the rules that keep a run from destroying anything not its own).
+//! - [`metrics`]: the per-request CSV, the time series and the summary; [`run`] runs a config in memory
+//!   (`simulate`, for callers that run many) or into an output directory (`run`; [`metrics::output`]: the
+//!   rules that keep a run from destroying anything not its own).
 //!   [`config`] holds every default and range; [`input`] reads user files safely; [`memory`] refuses a
 //!   run that cannot fit; [`rng`] the named random streams.
 

@@ -377,6 +377,12 @@ impl<S: Scheduler> Replica<S> {
         cost: &dyn CostModel,
         on_gaps: impl FnOnce(&Batch),
     ) -> Option<Leapt> {
+        // A store without a rule, or one that recomputes the context (its decode tokens are not priced
+        // as decode), is stepped one by one (leap contract, condition 2).
+        let rule = self.scheduler.kv().decode_rule()?;
+        if self.recompute {
+            return None;
+        }
         let LeapScratch {
             running,
             base,
@@ -411,7 +417,6 @@ impl<S: Scheduler> Replica<S> {
         // the step at which its next KV call does something (`KvStore::decode_rule`): only then is it
         // touched, and its counters, advanced one per step, are brought up to date first (and for all at
         // the end). Every other call a one-by-one step would make is the store's no-op fast path.
-        let rule = self.scheduler.kv().decode_rule()?;
         base.clear();
         event.clear();
         block_at.clear();

@@ -280,6 +280,14 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     );
     s.set("tensor_parallel", cfg.hardware.tensor_parallel);
     s.set(
+        "engine",
+        serde_json::to_value(cfg.engine.kind).expect("an enum serialises"),
+    );
+    s.set(
+        "kv_cache",
+        serde_json::to_value(cfg.engine.kv_cache).expect("an enum serialises"),
+    );
+    s.set(
         "policy",
         serde_json::to_value(cfg.engine.policy).expect("an enum serialises"),
     );

@@ -182,6 +182,7 @@ impl System {
 pub trait WithReplicas {
     type Out;
     /// Called once with the replica factory: `make(id)` is replica `id`, empty and idle (a run calls it
-    /// for each replica at its start; cluster events may call it mid-run).
+    /// for each replica at its start; it is the factory a cluster event that adds or restarts a replica
+    /// will call, though no world keeps it yet).
     fn with<S: Scheduler + 'static>(self, make: &dyn Fn(ReplicaId) -> Replica<S>) -> Self::Out;
 }

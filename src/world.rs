@@ -15,7 +15,7 @@ use crate::request::{Request, Status};
 use crate::scheduler::Scheduler;
 use crate::time::{SimDuration, SimTime};
 use crate::workload::conversation::Release;
-use crate::workload::Workload;
+use crate::workload::{NextTurn, Workload};
 use std::io::IsTerminal;
 use std::time::Instant;
 
@@ -304,16 +304,18 @@ impl<'a, S: Scheduler> World<'a, S> {
             None => Ok(()),
             Some(Release::Rejected(nr)) => {
                 self.counts.released += 1;
-                self.metrics.on_request_done(&nr.request, Status::Rejected)
+                self.metrics
+                    .on_request_done(&nr.request, Status::Rejected)?;
+                // The workload ends a session whose prompt cannot fit (closed loop: the next turn
+                // would need this one's answer); open loop, its other turns go on.
+                self.turn_done(nr.request.session, 0, now);
+                Ok(())
             }
             Some(Release::Failed(nr)) => {
                 self.counts.released += 1;
                 self.metrics.on_request_done(&nr.request, Status::Failed)?;
                 // The recorded user went on after the failure: the next turn follows its gap.
-                match self.workload.on_turn_complete(nr.request.session, 0, now) {
-                    Some(t) => self.queue.push(t, Event::TurnRelease(nr.request.session)),
-                    None => self.end_session(nr.request.session),
-                }
+                self.turn_done(nr.request.session, 0, now);
                 Ok(())
             }
             Some(Release::Request(nr)) => {
@@ -333,10 +335,7 @@ impl<'a, S: Scheduler> World<'a, S> {
                         // As after a failed turn: the user sees the refusal and goes on.
                         self.metrics
                             .on_request_done(&nr.request, Status::Rejected)?;
-                        match self.workload.on_turn_complete(nr.request.session, 0, now) {
-                            Some(t) => self.queue.push(t, Event::TurnRelease(nr.request.session)),
-                            None => self.end_session(nr.request.session),
-                        }
+                        self.turn_done(nr.request.session, 0, now);
                     }
                 }
                 Ok(())
@@ -356,22 +355,24 @@ impl<'a, S: Scheduler> World<'a, S> {
             self.metrics.on_request_done(&r, Status::Finished)?;
             self.workload
                 .carry_block_hashes(r.session, std::mem::take(&mut r.block_hashes));
-            match self
-                .workload
-                .on_turn_complete(r.session, r.num_output_tokens, now)
-            {
-                Some(t) => self.queue.push(t, Event::TurnRelease(r.session)),
-                None => self.end_session(r.session),
-            }
+            self.turn_done(r.session, r.num_output_tokens, now);
         }
         self.request_schedule(rid, now);
         Ok(())
     }
 
-    /// A session released its last turn: every replica's KV store is told (a turn may have run on any).
-    fn end_session(&mut self, session: SessionId) {
-        for rep in &mut self.replicas {
-            rep.on_session_end(session);
+    /// A turn of `session` left the system at `now` with `output_tokens` generated: its next turn is
+    /// queued, or, when the session has ended, every replica's KV store is told (a turn may have run on
+    /// any).
+    fn turn_done(&mut self, session: SessionId, output_tokens: u32, now: SimTime) {
+        match self.workload.on_turn_complete(session, output_tokens, now) {
+            NextTurn::At(t) => self.queue.push(t, Event::TurnRelease(session)),
+            NextTurn::OwnSchedule => {}
+            NextTurn::Ended => {
+                for rep in &mut self.replicas {
+                    rep.on_session_end(session);
+                }
+            }
         }
     }
 
@@ -687,6 +688,108 @@ mod tests {
         let finished = rows.iter().filter(|r| r.2 == "finished");
         assert_eq!(finished.clone().count(), 6);
         assert!(finished.into_iter().all(|r| r.0 % 2 == 0 && r.3 == Some(0)));
+    }
+
+    /// The paged store, recording the session ends it is told of.
+    struct CountingEnds {
+        inner: KvCacheManager,
+        ended: Vec<SessionId>,
+    }
+
+    impl KvStore for CountingEnds {
+        fn get_computed_blocks(&mut self, req: &mut Request) -> CacheHit {
+            self.inner.get_computed_blocks(req)
+        }
+        fn record_admission(&mut self, req: &Request, hit_tokens: u32) {
+            self.inner.record_admission(req, hit_tokens)
+        }
+        fn allocate_slots(&mut self, req: &mut Request, num_new: u32, hit: CacheHit) -> bool {
+            self.inner.allocate_slots(req, num_new, hit)
+        }
+        fn free(&mut self, req: &mut Request) {
+            self.inner.free(req)
+        }
+        fn on_enqueue(&mut self, req: &mut Request, capacity_tokens: u64) {
+            self.inner.on_enqueue(req, capacity_tokens)
+        }
+        fn on_token(&mut self, req: &mut Request) {
+            self.inner.on_token(req)
+        }
+        fn on_session_end(&mut self, session: SessionId) {
+            self.ended.push(session);
+        }
+        fn used_blocks(&self) -> u32 {
+            self.inner.used_blocks()
+        }
+        fn stats(&self) -> crate::kv::KvStats {
+            self.inner.stats()
+        }
+        fn check_invariants(&self, reqs: &RequestTable) -> Result<(), String> {
+            self.inner.check_invariants(reqs)
+        }
+        fn decode_rule(&self) -> Option<crate::kv::DecodeRule> {
+            self.inner.decode_rule()
+        }
+        fn leap_fits(&self, new_blocks: u32) -> bool {
+            self.inner.leap_fits(new_blocks)
+        }
+    }
+
+    #[test]
+    fn every_store_is_told_once_of_each_session_end() {
+        // 5 sessions of 3 turns on 2 replicas: each session ends after its third turn, and both stores
+        // hear of each end exactly once (a turn may have run on either); a call after every turn would
+        // give each store 15.
+        let o: Vec<String> = [
+            "workload.max_sessions=5",
+            "workload.turns={dist=\"constant\", value=3}",
+            "workload.think_time_s={dist=\"constant\", value=1}",
+            "cost.kind=\"linear\"",
+            "cluster.replicas=2",
+            "cluster.router=\"round_robin\"",
+        ]
+        .map(String::from)
+        .to_vec();
+        let cfg = Config::load(None, &o).unwrap();
+        let sys = System::resolve(&cfg).unwrap();
+        let s = &sys.sizing;
+        let limits = crate::scheduler::vllm_v1::Limits {
+            max_num_batched_tokens: s.max_num_batched_tokens,
+            max_num_seqs: s.max_num_seqs,
+            max_model_len: s.max_model_len,
+            enable_chunked_prefill: true,
+            long_prefill_token_threshold: 0,
+            policy: cfg.engine.policy,
+        };
+        let replicas = (0..2)
+            .map(|id| {
+                let kv = CountingEnds {
+                    inner: KvCacheManager::new(s.num_gpu_blocks, 16, true),
+                    ended: Vec::new(),
+                };
+                let sched = crate::scheduler::vllm_v1::VllmScheduler::new(limits.clone(), kv);
+                Replica::new(id, sched, s.max_model_len)
+            })
+            .collect();
+        let metrics = Collector::new(crate::metrics::Rows::Keep, cfg.slo.clone()).unwrap();
+        let mut w = World::new(
+            &cfg,
+            replicas,
+            sys.router(&cfg),
+            sys.workload(&cfg).unwrap(),
+            sys.cost_model(&cfg).unwrap(),
+            metrics,
+            false,
+            true,
+        );
+        w.run().unwrap();
+        let rows = w.metrics.take_rows().0;
+        assert_eq!(rows.len(), 15);
+        for r in &w.replicas {
+            let mut ended = r.kv().ended.clone();
+            ended.sort();
+            assert_eq!(ended, [0, 1, 2, 3, 4], "replica {}", r.id);
+        }
     }
 
     #[test]

@@ -22,6 +22,8 @@ fn both(name: &str, cfg: &Config) -> u64 {
     let a = go(false, "leap");
     let b = go(true, "step");
     assert_eq!(b.leapt_steps, 0);
+    // Leap contract, condition 7: a leap stands in for exactly the events stepping dispatches.
+    assert_eq!(a.events, b.events, "{name}: event counts differ");
     for f in [
         "requests.csv",
         "summary.json",
@@ -38,7 +40,7 @@ fn both(name: &str, cfg: &Config) -> u64 {
 /// Every engine kind over every KV store kind, each on a workload with prefix hits and one with
 /// preemption. A new kind must be added to `EngineKind::ALL` or `KvKind::ALL` and given its name here (the
 /// matches are exhaustive, so the build fails until it is): the leap contract (`replica.rs`) then holds for
-/// it, or its `steady_decode` or `decode_event` declines to leap.
+/// it, or its `steady_decode` or `decode_rule` declines to leap.
 #[test]
 fn leap_equals_step_for_every_engine_and_store_kind() {
     for &kind in EngineKind::ALL {

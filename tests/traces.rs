@@ -301,3 +301,59 @@ fn burstgpt_failures_are_replayed_marked_and_their_session_goes_on() {
     assert_eq!(summary["requests_finished"], 2);
     assert_eq!(summary["requests"], 3);
 }
+
+/// A session ends (`NextTurn::Ended`) exactly when its last turn leaves, in both replay modes: open loop,
+/// when the last of its replayed records completes (the others answer `OwnSchedule`); closed loop, when
+/// the turn that has no successor completes (the others give the next release time).
+#[test]
+fn a_session_ends_when_its_last_turn_leaves_in_either_mode() {
+    use servesim::time::SimTime;
+    use servesim::workload::{NextTurn, Workload};
+    // Session 7: three turns; session 9: one.
+    let text = "session_id,turn,arrival_s,think_time_s,priority,prompt,response_content,output_tokens,max_tokens\n\
+        7,1,0.0,,0,0000000000000001:40,00000000000000a1,5,5\n\
+        7,2,1.0,2.0,0,0000000000000001:40 00000000000000a1:5 0000000000000002:10,00000000000000a2,5,5\n\
+        7,3,2.0,2.0,0,0000000000000001:40 00000000000000a1:5 0000000000000002:10 00000000000000a2:5 0000000000000003:10,00000000000000a3,5,5\n\
+        9,1,0.5,,0,0000000000000004:40,00000000000000b1,5,5\n";
+    let t = trace::native::parse(text, Path::new("t.csv")).unwrap();
+    let now = SimTime::ZERO;
+    let open_cfg = TraceConfig {
+        mode: ReplayMode::Open,
+        ..TraceConfig::default()
+    };
+    let mut open = TraceWorkload::new(t.clone(), &open_cfg, None, None, 4096).unwrap();
+    let ends: Vec<NextTurn> = [7, 9, 7, 7]
+        .iter()
+        .map(|&s| open.on_turn_complete(s, 5, now))
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            NextTurn::OwnSchedule,
+            NextTurn::Ended,
+            NextTurn::OwnSchedule,
+            NextTurn::Ended
+        ]
+    );
+    let closed = TraceConfig {
+        mode: ReplayMode::Closed,
+        ..TraceConfig::default()
+    };
+    let mut w = TraceWorkload::new(t, &closed, None, None, 4096).unwrap();
+    w.start_session(7, now).unwrap();
+    let mut seen = Vec::new();
+    loop {
+        match w.on_turn_complete(7, 5, now) {
+            NextTurn::At(t) => {
+                seen.push(t);
+                w.release_turn(7, t).unwrap();
+            }
+            other => {
+                assert_eq!(other, NextTurn::Ended);
+                break;
+            }
+        }
+    }
+    // Two more turns, each 2 s of think time after the previous completion (at 0 here).
+    assert_eq!(seen.len(), 2);
+}

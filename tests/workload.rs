@@ -36,7 +36,10 @@ fn turn_k_plus_1_extends_turn_k_exactly_in_tokens_and_hashes() {
     for k in 1..6 {
         // The engine generated `out` tokens (the true length, under max_tokens).
         let generated = out.min(prev.max_tokens);
-        now = g.on_turn_complete(0, generated, now).expect("more turns");
+        now = g
+            .on_turn_complete(0, generated, now)
+            .at()
+            .expect("more turns");
         let (next, next_out) = req(g.release_turn(0, now));
         let new_msg = script.turns[k].user_tokens + script.turns[k].doc_tokens;
         assert_eq!(
@@ -73,7 +76,7 @@ fn truncation_drops_oldest_turns_and_changes_the_prefix() {
     let mut prompts = vec![r.clone()];
     let mut now = SimTime::ZERO;
     for _ in 1..4 {
-        now = g.on_turn_complete(0, 500, now).unwrap();
+        now = g.on_turn_complete(0, 500, now).at().unwrap();
         r = req(g.release_turn(0, now)).0;
         prompts.push(r.clone());
     }

@@ -1,7 +1,8 @@
 //! The cluster: the replicas as the front end sees them, and the routers that place each arriving request.
 //!
 //! The boundary: a router is given the request (its session, prompt segments and any block hashes its
-//! session carried) and a read-only [`ReplicaView`] of every replica, and answers a [`Route`]: a
+//! session carried from the replica that ran its previous turn, made under that replica's block size
+//! and salt: see `HashChain::tag`) and a read-only [`ReplicaView`] of every replica, and answers a [`Route`]: a
 //! replica's id, or a rejection. It sees only what a real front end could observe (counts, token load,
 //! KV usage, state), never a replica's queues or pool. Replica ids are stable for the whole run: a
 //! replica keeps its id and its place in the list whatever its state, so `views[i].id == i`.

@@ -92,18 +92,21 @@ pub struct KvStats {
 }
 
 impl KvStats {
-    /// K11: 1 - free / usable, cached-but-free blocks counting as free; 0 for a store without blocks.
+    /// K11: 1 - free / usable, cached-but-free blocks counting as free (free = usable - used); 0 for a
+    /// store without blocks.
     pub fn usage(&self) -> f64 {
         self.usage_at(self.used_blocks)
     }
 
-    /// [`KvStats::usage`] when `used` blocks are held (free = usable - used), computed as K11 computes
-    /// it. Non-decreasing in `used`, so the peak usage over a run is the usage at its peak block count.
+    /// [`KvStats::usage`] when `used` blocks are held: 1 - free / usable with free = usable - used, as
+    /// K11 computes it from the free count. Non-decreasing in `used`, so the peak usage over a run is
+    /// the usage at its peak block count.
     pub fn usage_at(&self, used: u32) -> f64 {
         if self.usable_blocks == 0 {
             return 0.0;
         }
-        1.0 - (self.usable_blocks - used) as f64 / self.usable_blocks as f64
+        debug_assert!(used <= self.usable_blocks, "more blocks used than usable");
+        1.0 - self.usable_blocks.saturating_sub(used) as f64 / self.usable_blocks as f64
     }
 }
 
@@ -219,7 +222,8 @@ pub trait KvStore {
 
     /// Leap contract, condition 2: the rule that says, for a decoding request, at which steps its
     /// one-token `allocate_slots` does something ([`DecodeRule::event`], evaluated by the replica for
-    /// every running request without a call per request). Returning a rule promises that between those
+    /// every running request without a call per request). The rule reads the blocks a request holds in
+    /// its [`KvState`], so only a store that keeps them there can return one. Returning a rule promises that between those
     /// steps the call changes nothing, that `on_token` may be deferred to the leap's end, that
     /// `after_step` does nothing, that decode tokens are not recomputed, and that a step's allocations
     /// fail exactly when [`leap_fits`](KvStore::leap_fits) says no. None (the default) declines: the

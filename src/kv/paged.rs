@@ -395,7 +395,7 @@ impl KvCacheManager {
 
 /// Leap contract, condition 2, for a paged store: a decoding request's one-token `allocate_slots` does
 /// nothing until its next token needs a block past those it holds, or (`registers`, the prefix cache on)
-/// fills the block after the last one registered. This is `allocate_slots`' fast-path test (above) solved
+/// fills the block after the last one registered. This is `allocate_slots`' fast-path test (below) solved
 /// for the step: change the two together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodeRule {
@@ -547,7 +547,7 @@ impl KvStore for KvCacheManager {
     /// On success registers every block the step will fill in the prefix cache, before the forward pass, so
     /// a later request in the same step can hit them.
     ///
-    /// Its fast path (a step that needs no block and fills none) is mirrored by [`DecodeRule::event`] below,
+    /// Its fast path (a step that needs no block and fills none) is mirrored by [`DecodeRule::event`] above,
     /// which predicts the steps of a decode leap where this call does something: change them together (the
     /// leap contract in `replica.rs`, condition 2).
     #[inline]

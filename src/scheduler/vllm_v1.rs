@@ -46,13 +46,9 @@ impl<K: KvStore> VllmScheduler<K> {
         }
     }
 
-    /// The KV store, as its own type.
+    /// The KV store, as its own type (tests).
     pub fn store(&self) -> &K {
         &self.kv
-    }
-
-    pub fn store_mut(&mut self) -> &mut K {
-        &mut self.kv
     }
 
     pub fn running(&self) -> &[RequestId] {

@@ -17,7 +17,7 @@ use crate::rng::{mix, RngStreams, StreamRng};
 use crate::time::{SimDuration, SimTime};
 use crate::workload::content::{HashChain, Segment};
 use crate::workload::dist::Sampler;
-use crate::workload::Workload;
+use crate::workload::{NextTurn, Workload};
 use rand::Rng;
 use rand_distr::{Distribution, Gamma};
 
@@ -224,13 +224,12 @@ impl Workload for ConversationGenerator {
         self.release(id, now)
     }
 
-    fn on_turn_complete(
-        &mut self,
-        id: SessionId,
-        output_tokens: u32,
-        now: SimTime,
-    ) -> Option<SimTime> {
-        self.complete(id, output_tokens, now)
+    fn on_turn_complete(&mut self, id: SessionId, output_tokens: u32, now: SimTime) -> NextTurn {
+        match self.complete(id, output_tokens, now) {
+            Some(t) => NextTurn::At(t),
+            // The last turn, or a rejected one (its session was dropped when it was released).
+            None => NextTurn::Ended,
+        }
     }
 
     fn carry_block_hashes(&mut self, id: SessionId, hashes: HashChain) {

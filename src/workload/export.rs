@@ -42,7 +42,7 @@ pub fn generate_records(cfg: &Config, max_model_len: u32) -> Vec<TraceRecord> {
                 break;
             }
             let generated = nr.true_output_tokens.min(q.max_tokens);
-            rel = match g.on_turn_complete(id, generated, now) {
+            rel = match g.on_turn_complete(id, generated, now).at() {
                 Some(t) => {
                     gap = Some(t.since(now).as_secs_f64());
                     now = t;

@@ -19,7 +19,7 @@ pub mod native;
 
 use super::content::{extend_block_hashes, Segment};
 use super::conversation::{NewRequest, Release};
-use super::Workload;
+use super::{NextTurn, Workload};
 use crate::config::{ReplayMode, TraceConfig, TraceFormat};
 use crate::error::ConfigError;
 use crate::event::SessionId;
@@ -277,6 +277,8 @@ pub struct TraceWorkload {
     next_start: usize,
     /// Per session, the index (into its records) of the next turn to release.
     next_turn: Vec<usize>,
+    /// Open loop, per session: replayed records that have not left the system yet.
+    open_left: Vec<u32>,
     closed: bool,
     max_model_len: u32,
     next_request: u64,
@@ -397,6 +399,7 @@ impl TraceWorkload {
         }
         Ok(TraceWorkload {
             next_turn: vec![0; n_sessions],
+            open_left: sessions.iter().map(|v| v.len() as u32).collect(),
             records,
             sessions,
             dense,
@@ -514,14 +517,27 @@ impl Workload for TraceWorkload {
         Some(rel)
     }
 
-    fn on_turn_complete(&mut self, id: SessionId, _out: u32, now: SimTime) -> Option<SimTime> {
+    fn on_turn_complete(&mut self, id: SessionId, _out: u32, now: SimTime) -> NextTurn {
+        let Some(&s) = self.dense.get(&id) else {
+            return NextTurn::Ended;
+        };
         if !self.closed {
-            return None;
+            // Open loop: the session ends when the last of its replayed records leaves.
+            let left = &mut self.open_left[s];
+            *left = left.saturating_sub(1);
+            return if *left == 0 {
+                NextTurn::Ended
+            } else {
+                NextTurn::OwnSchedule
+            };
         }
-        let s = *self.dense.get(&id)?;
-        let i = *self.sessions.get(s)?.get(self.next_turn[s])?;
-        let gap = self.records[i].gap_s.unwrap_or(0.0).max(0.0);
-        Some(now + SimDuration::from_secs_f64(gap))
+        match self.sessions[s].get(self.next_turn[s]) {
+            Some(&i) => {
+                let gap = self.records[i].gap_s.unwrap_or(0.0).max(0.0);
+                NextTurn::At(now + SimDuration::from_secs_f64(gap))
+            }
+            None => NextTurn::Ended,
+        }
     }
 
     fn sessions_started(&self) -> u64 {
