@@ -49,7 +49,7 @@ const RATE: f64 = 1.0;
 
 /// Summary keys left out of the comparison between builds: `events` (a debug statistic that older
 /// builds wrote into the summary), `engine` and `kv_cache` (added when the engine and KV store became
-/// choices; the values of every other key must agree).
+/// choices; the values and order of every other key must agree, so they are removed in place).
 const SUMMARY_KEYS_NOT_COMPARED: [&str; 3] = ["events", "engine", "kv_cache"];
 
 /// The output files compared between builds.
@@ -70,7 +70,7 @@ fn digest(out: &Path) -> [u64; 3] {
             let mut v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
             if let Some(m) = v.as_object_mut() {
                 for k in SUMMARY_KEYS_NOT_COMPARED {
-                    m.remove(k);
+                    m.shift_remove(k);
                 }
             }
             for b in v.to_string().bytes() {
