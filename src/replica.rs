@@ -6,7 +6,8 @@
 //! [`Replica::leap`] advances a run of pure-decode steps in one call instead of one `Schedule` and one
 //! `StepDone` event per step. `--no-leap` steps one by one, and every output must be byte-identical either
 //! way (`tests/leap.rs`). A leap of k steps is exact only while all of these hold; whoever adds a
-//! scheduler, a KV store, a cost model or a statistic must keep them, or make the leap decline:
+//! scheduler, a KV store, a cost model or a statistic must keep them (a scheduler or a store may instead
+//! decline to leap, its default):
 //!
 //! 1. **Scheduler.** While nothing is added, finished or allocated, every `schedule` would pick the same
 //!    requests, one token each, in the same order, and change no other state ([`Scheduler::steady_decode`]
@@ -674,7 +675,6 @@ impl<S: Scheduler> Replica<S> {
         }
     }
 
-    /// Removes every request still held (end of a truncated run), releasing their blocks.
     /// A run stopped at `stop` with this replica's step in flight: takes back the part of the step's busy
     /// time and block usage (counted in full when it started) that lies after `stop`, so time-weighted
     /// means cover exactly [0, stop].
@@ -691,7 +691,7 @@ impl<S: Scheduler> Replica<S> {
         }
     }
 
-    /// A conversation released its last turn (the KV store may drop what it keeps for it).
+    /// Session `session` has ended (see `KvStore::on_session_end`).
     pub fn on_session_end(&mut self, session: SessionId) {
         self.scheduler.kv_mut().on_session_end(session);
     }
@@ -714,6 +714,7 @@ impl<S: Scheduler> Replica<S> {
         Some(r)
     }
 
+    /// Removes every request still held (end of a truncated run), releasing their blocks.
     pub fn drain(&mut self) -> Vec<Request> {
         let ids = self.scheduler.all_requests();
         self.scheduler.finish_requests(&ids);

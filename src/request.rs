@@ -18,7 +18,8 @@ pub type RequestTable = crate::idtable::IdTable<Box<Request>>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
     Finished,
-    /// Refused at arrival (its prompt does not fit the model's context).
+    /// Refused at arrival: its prompt does not fit the model's context (the workload's refusal), or the
+    /// router placed it nowhere (`cluster::Route::Reject`).
     Rejected,
     /// Still in flight when the run stopped (`output.max_sim_time_s`).
     Unfinished,

@@ -160,15 +160,17 @@ pub struct DecodeEvent {
 /// Contract:
 /// - The scheduler calls [`get_computed_blocks`](KvStore::get_computed_blocks),
 ///   [`allocate_slots`](KvStore::allocate_slots), [`record_admission`](KvStore::record_admission) and
-///   [`free`](KvStore::free) in its own order while it plans a step, so a block registered for one
-///   request can be hit by the next in the same step (vLLM K8).
+///   [`free`](KvStore::free) (a preemption) in its own order while it plans a step, so a block
+///   registered for one request can be hit by the next in the same step (vLLM K8).
 /// - `allocate_slots` is all or nothing: false changes nothing, and the scheduler then preempts or stops
-///   admitting. Every request holds its blocks from a successful allocation until `free`.
+///   admitting. Every request holds its blocks from a successful allocation until `free`, which the
+///   replica calls for a request that finished (before it is recorded), was aborted, or is still held
+///   when a run stops.
 /// - The replica calls the hooks: [`on_enqueue`](KvStore::on_enqueue) when a request arrives,
 ///   [`on_token`](KvStore::on_token) after a request that goes on samples a token,
 ///   [`after_step`](KvStore::after_step) at a step's end, [`on_session_end`](KvStore::on_session_end)
-///   when a conversation releases no more turns. A leap over decode steps calls none of them per step
-///   (see [`decode_rule`](KvStore::decode_rule)).
+///   once a session's last turn has left the system. A leap over decode steps calls none of them per
+///   step (see [`decode_rule`](KvStore::decode_rule)).
 /// - Nothing here draws a random number (leap contract, condition 9).
 pub trait KvStore {
     /// K6 + P1: the cached leading blocks a request with nothing computed (new or preempted) can reuse,
@@ -199,7 +201,10 @@ pub trait KvStore {
     /// called inside a leap: a store that acts here must leave `decode_rule` at None.
     fn after_step(&mut self, _reqs: &mut RequestTable, _scheduled: &[(RequestId, u32)]) {}
 
-    /// A conversation released its last turn: a per-conversation store may drop its entry.
+    /// Session `session` has ended: its last turn left the system (finished, rejected or failed, after
+    /// that turn's `free`), so a per-conversation store may drop its entry. Every replica's store is told,
+    /// once, whichever replicas ran the session's turns; never for a session still running when a run
+    /// stops. Called between events, so a replica may have a step in flight.
     fn on_session_end(&mut self, _session: SessionId) {}
 
     /// True for a store that keeps no KV between steps, so that every decode token recomputes the whole
