@@ -2,7 +2,7 @@
 
 use crate::cli::{
     CalibrateArgs, CatalogKind, Cli, Command, CompareArgs, ConfigArgs, FormatArg,
-    RooflineCheckArgs, RunArgs, WorkloadCommand,
+    RooflineCheckArgs, RunArgs, StepCostArgs, WorkloadCommand,
 };
 use crate::config::{Config, TraceConfig, TraceFormat, WorkloadKind};
 use crate::cost::catalog::{hardware_names, model_names, HardwareSpec, ModelShape};
@@ -37,6 +37,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         Command::Compare(a) => compare_command(&a),
         Command::Calibrate(a) => calibrate_command(&a),
         Command::RooflineCheck(a) => roofline_check_command(&a),
+        Command::StepCost(a) => step_cost_command(&a),
     };
     match result {
         Ok(()) => 0,
@@ -251,6 +252,119 @@ fn roofline_check_command(a: &RooflineCheckArgs) -> Result<(), Error> {
         );
     }
     emit(&out_text)
+}
+
+/// `servesim step-cost`: one step's predicted duration and breakdown.
+fn step_cost_command(a: &StepCostArgs) -> Result<(), Error> {
+    let cfg = load_config(&a.source)?;
+    let shape = step_shape(&a.prefill, &a.decode)?;
+    let sys = System::resolve(&cfg)?;
+    let cost = sys.cost_model(&cfg)?;
+    let ops = cost.breakdown(&shape);
+    let step_s = crate::cost::step_duration(crate::cost::total_seconds(&ops)).as_secs_f64();
+    if a.json {
+        let mut m = serde_json::Map::new();
+        for o in ops.iter() {
+            m.insert(o.op.to_string(), o.seconds.into());
+        }
+        let v = serde_json::json!({ "step_s": step_s, "ops": m });
+        return emit(&format!("{v}\n"));
+    }
+    let b = &shape.sums;
+    let mut text = String::new();
+    let w = &mut text;
+    let _ = writeln!(
+        w,
+        "step of {} on {} ({} cost model, tensor parallel {}): {} prefill tokens in {} chunk{}, {} \
+         decode sequence{} reading {} context tokens",
+        cfg.model.name,
+        cfg.hardware.name,
+        cost.name(),
+        cfg.hardware.tensor_parallel,
+        b.prefill_tokens,
+        b.prefill_seqs,
+        if b.prefill_seqs == 1 { "" } else { "s" },
+        b.decode_seqs,
+        if b.decode_seqs == 1 { "" } else { "s" },
+        b.decode_context_tokens
+    );
+    let _ = writeln!(w, "  step time {:.6} ms", step_s * 1e3);
+    for o in ops.iter().filter(|o| o.seconds != 0.0) {
+        let _ = writeln!(
+            w,
+            "  {:<26} {:>12.6} ms {:>6.1}%",
+            o.op,
+            o.seconds * 1e3,
+            100.0 * o.seconds / step_s
+        );
+    }
+    emit(&text)
+}
+
+/// The step `--prefill` and `--decode` describe (every chunk and sequence samples a row). Errors name
+/// the flag and the form expected.
+fn step_shape(
+    prefill: &[String],
+    decode: &[String],
+) -> Result<crate::cost::StepShape, ConfigError> {
+    fn number(flag: &str, arg: &str, part: &str, what: &str) -> Result<u32, ConfigError> {
+        match part.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(ConfigError::invalid(
+                format!("{flag} {arg}"),
+                format!(
+                    "{what} must be a whole number from 1 to {}, not \"{part}\"",
+                    u32::MAX
+                ),
+            )),
+        }
+    }
+    if prefill.is_empty() && decode.is_empty() {
+        return Err(ConfigError::invalid(
+            "step-cost",
+            "the step is empty: give at least one --prefill T[@C] or --decode B@L",
+        ));
+    }
+    let mut shape = crate::cost::StepShape::default();
+    for arg in prefill {
+        let (t, c) = match arg.split_once('@') {
+            None => {
+                let t = number("--prefill", arg, arg, "the chunk's tokens T")?;
+                (t, t)
+            }
+            Some((t, c)) => (
+                number("--prefill", arg, t, "the chunk's tokens T")?,
+                number("--prefill", arg, c, "the context C")?,
+            ),
+        };
+        if c < t {
+            return Err(ConfigError::invalid(
+                format!("--prefill {arg}"),
+                format!("the context C ({c}) includes the chunk, so it cannot be below T ({t})"),
+            ));
+        }
+        shape.add(t, c, false, true);
+    }
+    for arg in decode {
+        let Some((b, l)) = arg.split_once('@') else {
+            return Err(ConfigError::invalid(
+                format!("--decode {arg}"),
+                "expected B@L: B sequences at context L, e.g. --decode 64@2048",
+            ));
+        };
+        let b = number("--decode", arg, b, "the sequence count B")?;
+        let l = number("--decode", arg, l, "the context L")?;
+        if b > 1 << 20 {
+            return Err(ConfigError::invalid(
+                format!("--decode {arg}"),
+                "at most 1,048,576 sequences in one step",
+            ));
+        }
+        for _ in 0..b {
+            shape.add(1, l, true, true);
+        }
+    }
+    Ok(shape)
 }
 
 fn load_config(a: &ConfigArgs) -> Result<Config, ConfigError> {

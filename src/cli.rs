@@ -28,6 +28,8 @@ pub enum Command {
     Calibrate(CalibrateArgs),
     /// Compare the roofline, operator by operator, with a measured operator table (Vidur's mlp.csv).
     RooflineCheck(RooflineCheckArgs),
+    /// Predict one engine step's duration and per-operator breakdown with the configured cost model.
+    StepCost(StepCostArgs),
     /// List what ships in the catalogs.
     Catalog {
         #[arg(value_enum)]
@@ -162,6 +164,23 @@ pub struct RooflineCheckArgs {
     pub hardware: String,
     #[command(flatten)]
     pub source: ConfigArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StepCostArgs {
+    /// Model, hardware, tensor parallel size and cost model come from this config (as for `run`).
+    #[command(flatten)]
+    pub source: ConfigArgs,
+    /// A prefill chunk: T prompt tokens from an empty context, or T@C, a chunk of T tokens whose context
+    /// (the chunk included) ends at C tokens. Repeatable; every flag adds to the one step.
+    #[arg(long, value_name = "T[@C]")]
+    pub prefill: Vec<String>,
+    /// B sequences decoding one token each at context L (the token computed included). Repeatable.
+    #[arg(long, value_name = "B@L")]
+    pub decode: Vec<String>,
+    /// Print {"step_s": ..., "ops": {"<operator>": seconds, ...}} instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

@@ -285,3 +285,81 @@ fn toy_recompute_store_prices_every_decode_token_as_a_full_prefill_through_the_c
         );
     }
 }
+
+/// `step-cost --json` prices the step it is given: with the linear model (10 ms a step, 0.1 ms a prefill
+/// token, 1 ms a decode sequence, 0.1 us a decode context token), `--prefill 100 --prefill 50@300
+/// --decode 4@1000` is 0.010 + 0.0001 x 150 + 0.001 x 4 + 1e-7 x 4 x 1000 = 0.0294 s, each term its own
+/// operator.
+#[test]
+fn step_cost_prices_the_step_it_is_given() {
+    let out = servesim()
+        .args(["step-cost", "--json"])
+        .args([
+            "--set",
+            "cost.kind=\"linear\"",
+            "--set",
+            "cost.linear.step_s=0.01",
+        ])
+        .args(["--set", "cost.linear.prefill_token_s=0.0001"])
+        .args(["--set", "cost.linear.decode_seq_s=0.001"])
+        .args(["--set", "cost.linear.decode_context_token_s=1e-7"])
+        .args([
+            "--prefill",
+            "100",
+            "--prefill",
+            "50@300",
+            "--decode",
+            "4@1000",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let close = |x: &serde_json::Value, want: f64| (x.as_f64().unwrap() - want).abs() < 1e-12;
+    assert!(close(&v["step_s"], 0.0294), "{v}");
+    assert!(close(&v["ops"]["step"], 0.01), "{v}");
+    assert!(close(&v["ops"]["prefill_tokens"], 0.015), "{v}");
+    assert!(close(&v["ops"]["decode_seqs"], 0.004), "{v}");
+    assert!(close(&v["ops"]["decode_context"], 0.0004), "{v}");
+}
+
+/// The roofline reads a chunk's context: 512 tokens at the end of an 8,192-token context attend to
+/// 512 x 7,680 + 512 x 513 / 2 pairs, against 512 x 513 / 2 from an empty context, so prefill attention
+/// costs more while the linear layers, which see only the 512 tokens, cost the same.
+#[test]
+fn step_cost_prices_a_chunk_at_its_context() {
+    let ops = |arg: &str| {
+        let out = servesim()
+            .args(["step-cost", "--json", "--prefill", arg])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        v["ops"].clone()
+    };
+    let (empty, late) = (ops("512"), ops("512@8192"));
+    assert!(late["attn_prefill"].as_f64() > empty["attn_prefill"].as_f64());
+    assert_eq!(late["mlp_up"], empty["mlp_up"]);
+}
+
+#[test]
+fn step_cost_bad_steps_are_errors_naming_the_flag() {
+    for (args, expect) in [
+        (vec!["--decode", "4"], "--decode 4: expected B@L"),
+        (vec!["--prefill", "10@5"], "cannot be below T"),
+        (vec!["--prefill", "0"], "whole number from 1"),
+        (vec!["--decode", "x@10"], "the sequence count B"),
+        (vec![], "the step is empty"),
+    ] {
+        servesim()
+            .arg("step-cost")
+            .args(&args)
+            .assert()
+            .code(2)
+            .stderr(contains(expect));
+    }
+}
