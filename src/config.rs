@@ -422,12 +422,31 @@ pub enum CostKind {
     Calibrated,
 }
 
-/// Measured operator tables, Vidur's format.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// Measured operator tables: Vidur's `mlp.csv`, or a folder in the H200 format
+/// (`data/profiles/h200/llama-3.1-8b/README.md`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TableConfig {
-    /// Path to a Vidur `mlp.csv` profile for this model and GPU.
+    /// Path to a Vidur `mlp.csv` profile for this model and GPU (when `dir` is not set).
     pub mlp: String,
+    /// A folder holding `mlp.csv` and, where measured, `attention.csv` and `lm_head.csv` in the H200
+    /// format; an operator without a table is priced by the roofline.
+    pub dir: String,
+    /// Which backend's rows of `attention.csv` price decode attention (`triton_splitkv` or `flash`).
+    pub decode_attention: String,
+    /// Which backend's rows of `attention.csv` price prefill attention (`flash` or `cudnn`).
+    pub prefill_attention: String,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        TableConfig {
+            mlp: String::new(),
+            dir: String::new(),
+            decode_attention: "triton_splitkv".into(),
+            prefill_attention: "flash".into(),
+        }
+    }
 }
 
 /// Roofline efficiencies and overheads. Defaults come from Vidur's measured H100 tables for Llama-2-7B
@@ -744,10 +763,13 @@ impl Config {
                 format!("must be >= 0, got {}", hw.allreduce_latency_s),
             ));
         }
-        if self.cost.kind == CostKind::Table && self.cost.table.mlp.is_empty() {
+        if self.cost.kind == CostKind::Table
+            && self.cost.table.mlp.is_empty() == self.cost.table.dir.is_empty()
+        {
             return Err(ConfigError::invalid(
                 "cost.table.mlp",
-                "cost.kind = \"table\" needs the path of a measured mlp.csv profile",
+                "cost.kind = \"table\" needs either cost.table.mlp (the path of a measured Vidur mlp.csv) \
+                 or cost.table.dir (a folder of tables in the H200 format), not both",
             ));
         }
         if self.cost.kind == CostKind::Calibrated && self.cost.profile.is_none() {

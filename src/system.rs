@@ -101,14 +101,38 @@ impl System {
             CostKind::Linear => Box::new(LinearCost {
                 p: cfg.cost.linear.clone(),
             }),
-            CostKind::Table => Box::new(TableCost::new(
-                read_mlp_table(
-                    std::path::Path::new(&cfg.cost.table.mlp),
-                    &self.model,
-                    cfg.hardware.tensor_parallel,
-                )?,
-                self.roofline(cfg)?,
-            )),
+            CostKind::Table => {
+                let t = &cfg.cost.table;
+                let tp = cfg.hardware.tensor_parallel;
+                if t.dir.is_empty() {
+                    let mlp = read_mlp_table(std::path::Path::new(&t.mlp), &self.model, tp)?;
+                    Box::new(TableCost::new(mlp, self.roofline(cfg)?))
+                } else {
+                    // A folder in the H200 format: mlp.csv, and attention.csv and lm_head.csv where
+                    // measured (the roofline prices what has no table).
+                    let dir = std::path::Path::new(&t.dir);
+                    let mlp = read_mlp_table(&dir.join("mlp.csv"), &self.model, tp)?;
+                    let attention = dir
+                        .join("attention.csv")
+                        .is_file()
+                        .then(|| {
+                            crate::cost::table::read_attention_table(
+                                &dir.join("attention.csv"),
+                                &t.decode_attention,
+                                &t.prefill_attention,
+                            )
+                        })
+                        .transpose()?;
+                    let lm_head = dir
+                        .join("lm_head.csv")
+                        .is_file()
+                        .then(|| crate::cost::table::read_lm_head_table(&dir.join("lm_head.csv")))
+                        .transpose()?;
+                    Box::new(
+                        TableCost::new(mlp, self.roofline(cfg)?).with_tables(attention, lm_head),
+                    )
+                }
+            }
             CostKind::Calibrated => {
                 let path = cfg.cost.profile.as_deref().unwrap_or_default();
                 Box::new(crate::cost::calibrated::CalibratedCost::load(

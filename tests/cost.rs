@@ -200,3 +200,98 @@ mod calibrated {
         assert!(o.summary.get_f64("ttft_mean_s").unwrap() > 0.0);
     }
 }
+
+const H200: &str = "data/profiles/h200/llama-3.1-8b";
+
+/// The H200 table model of Llama-3.1-8B (32 layers), with `extra` config keys.
+fn h200_tables(extra: &[&str]) -> Box<dyn servesim::cost::CostModel> {
+    let mut o = vec![
+        "model.name=\"llama-3.1-8b\"".to_string(),
+        "hardware.name=\"h200\"".to_string(),
+        "cost.kind=\"table\"".to_string(),
+        format!("cost.table.dir=\"{H200}\""),
+    ];
+    o.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = o.iter().map(String::as_str).collect();
+    let cfg = config(SMALL_CHAT, &refs);
+    let sys = servesim::system::System::resolve(&cfg).unwrap();
+    sys.cost_model(&cfg).unwrap()
+}
+
+fn op_time(m: &dyn servesim::cost::CostModel, s: &servesim::cost::StepShape, op: &str) -> f64 {
+    m.breakdown(s)
+        .iter()
+        .find(|o| o.op == op)
+        .map(|o| o.seconds)
+        .unwrap()
+}
+
+/// Attention and the LM head from the measured H200 tables, on and between their grid points. Expected
+/// values are the CSV rows (ms per layer, x 32 layers):
+/// - decode B64 L2048, triton_splitkv: 0.14368; B64 L4096: 0.26428; B256 L1024: 0.27092;
+/// - chunk T1024 C4096, flash: 0.20040; cudnn: 0.13716;
+/// - LM head, 64 rows: 0.34415 ms per call; 128 rows: 0.36826.
+#[test]
+fn h200_tables_price_attention_and_the_lm_head_from_their_rows() {
+    use servesim::cost::StepShape;
+    let m = h200_tables(&[]);
+    let decode = |b: u32, l: u32| {
+        let mut s = StepShape::default();
+        for _ in 0..b {
+            s.add(1, l, true, true);
+        }
+        op_time(m.as_ref(), &s, "attn_decode")
+    };
+    let close = |x: f64, want_ms: f64| (x * 1e3 - want_ms).abs() < 1e-9;
+    assert!(close(decode(64, 2048), 32.0 * 0.14368));
+    // Halfway in log2 context between 2048 and 4096 (context 2896.3, priced at 2896): the mean of the two
+    // rows to within the rounding of the context, (0.14368 + 0.26428) / 2 = 0.20398 ms per layer.
+    let mid = decode(64, 2896) / 32.0 * 1e3;
+    assert!((mid - 0.20398).abs() < 2e-4, "{mid}");
+    // Past the largest batch (256) the time grows with the KV tokens read: 512 sequences cost twice 256.
+    assert!(close(decode(512, 1024), 2.0 * 32.0 * 0.27092));
+    let chunk = |m: &dyn servesim::cost::CostModel| {
+        let mut s = StepShape::default();
+        s.add(1024, 4096, false, true);
+        op_time(m, &s, "attn_prefill")
+    };
+    assert!(close(chunk(m.as_ref()), 32.0 * 0.20040));
+    let cudnn = h200_tables(&["cost.table.prefill_attention=\"cudnn\""]);
+    assert!(close(chunk(cudnn.as_ref()), 32.0 * 0.13716));
+    // 65 sampled rows (64 decodes and the chunk): 0.34415 + (0.36826 - 0.34415) / 64 ms.
+    let mut s = StepShape::default();
+    s.add(1024, 4096, false, true);
+    for _ in 0..64 {
+        s.add(1, 2048, true, true);
+    }
+    assert!(close(
+        op_time(m.as_ref(), &s, "lm_head"),
+        0.34415 + (0.36826 - 0.34415) / 64.0
+    ));
+    // The leap's re-pricing contract holds with the decode table.
+    let mut d = StepShape::default();
+    for _ in 0..7 {
+        d.add(1, 3000, true, true);
+    }
+    assert_eq!(
+        servesim::cost::check_decode_context_contract(m.as_ref(), &d, 7 * 500),
+        Ok(true)
+    );
+}
+
+#[test]
+fn an_unknown_attention_backend_is_an_error_listing_the_known_ones() {
+    let cfg = config(
+        SMALL_CHAT,
+        &[
+            "hardware.name=\"h200\"",
+            "cost.kind=\"table\"",
+            &format!("cost.table.dir=\"{H200}\""),
+            "cost.table.decode_attention=\"fa3\"",
+        ],
+    );
+    let sys = servesim::system::System::resolve(&cfg).unwrap();
+    let e = sys.cost_model(&cfg).err().unwrap().to_string();
+    assert!(e.contains("cost.table.decode_attention"), "{e}");
+    assert!(e.contains("flash") && e.contains("triton_splitkv"), "{e}");
+}

@@ -155,4 +155,14 @@ fn leap_equals_step_with_the_linear_and_table_cost_models() {
     let text = std::fs::read_to_string("workloads/vidur-compare.toml").unwrap();
     let table = config(&text, &["workload.max_sessions=300"]);
     assert!(both("table", &table) > 100);
+    // Measured attention and LM-head tables (H200): decode attention interpolated on its grid.
+    let h200 = config(
+        SMALL_CHAT,
+        &[
+            "hardware.name=\"h200\"",
+            "cost.kind=\"table\"",
+            "cost.table.dir=\"data/profiles/h200/llama-3.1-8b\"",
+        ],
+    );
+    assert!(both("h200 tables", &h200) > 100);
 }

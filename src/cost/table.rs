@@ -1,8 +1,21 @@
 //! Measured operator tables (`cost.kind = "table"`): per-layer operator times versus token count, in the
-//! format of Vidur's published profiles (`data/profiling/compute/<gpu>/<model>/mlp.csv`, milliseconds).
+//! format of Vidur's published profiles (`data/profiling/compute/<gpu>/<model>/mlp.csv`, milliseconds),
+//! and, in the H200 format (`data/profiles/h200/llama-3.1-8b/README.md`), attention and the LM head.
 //! Times between measured token counts are interpolated linearly; beyond the largest they are extended
-//! by the last segment's slope. The tables have no attention kernels or LM head for these models, so those
-//! operators come from the roofline, and the breakdown says so.
+//! by the last segment's slope.
+//!
+//! Attention is interpolated in the variables its kernels scale with:
+//! - decode, per layer over the (batch B, context L) grid: bilinear in (log2 B, log2 L) inside the grid; a
+//!   step's B sequences are priced at their mean context (the split-KV kernel's time follows the KV tokens
+//!   read). Past the grid's largest batch or context the time grows in proportion to the KV tokens read;
+//!   below its smallest it stays at the smallest measured time (the kernels are latency-bound there);
+//! - prefill, per chunk and layer, over causal (query, key) pairs q (c - q) + q (q + 1) / 2, from-empty
+//!   and chunk rows together, linearly between measured pair counts;
+//! - the LM head, per step, over the rows sampled.
+//!
+//! Outside every table, and priced by the roofline: the step overhead; without an attention or LM-head
+//! table, those operators too. Not priced at all (stated in the README): the embedding gather, the KV
+//! write and host time.
 
 use super::catalog::ModelShape;
 use super::roofline::Roofline;
@@ -130,12 +143,232 @@ pub fn read_mlp_table(
         .collect())
 }
 
-/// Per-layer operators from a measured table; attention, LM head and overheads from the roofline.
+/// Decode attention per layer (seconds) on a complete (batch, context) grid.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodeGrid {
+    batches: Vec<f64>,
+    contexts: Vec<f64>,
+    /// Row-major: `secs[i * contexts.len() + j]` at `batches[i]`, `contexts[j]`.
+    secs: Vec<f64>,
+}
+
+impl DecodeGrid {
+    /// Seconds per layer for `b` sequences at mean context `l` (see the module docs).
+    pub fn at(&self, b: f64, l: f64) -> f64 {
+        let (bs, cs) = (&self.batches, &self.contexts);
+        let scale = (b / bs[bs.len() - 1]).max(1.0) * (l / cs[cs.len() - 1]).max(1.0);
+        let b = b.clamp(bs[0], bs[bs.len() - 1]);
+        let l = l.clamp(cs[0], cs[cs.len() - 1]);
+        // The cell and the position inside it, in log2.
+        let cell = |v: &[f64], x: f64| {
+            let i = v.partition_point(|&p| p < x).clamp(1, v.len().max(2) - 1);
+            if v.len() == 1 {
+                return (0, 0, 0.0);
+            }
+            let (x0, x1) = (v[i - 1].log2(), v[i].log2());
+            (i - 1, i, ((x.log2() - x0) / (x1 - x0)).clamp(0.0, 1.0))
+        };
+        let (i0, i1, u) = cell(bs, b);
+        let (j0, j1, w) = cell(cs, l);
+        let n = cs.len();
+        let t = |i: usize, j: usize| self.secs[i * n + j];
+        let lo = t(i0, j0) * (1.0 - w) + t(i0, j1) * w;
+        let hi = t(i1, j0) * (1.0 - w) + t(i1, j1) * w;
+        (lo * (1.0 - u) + hi * u) * scale
+    }
+}
+
+/// Attention tables: decode over (batch, context), prefill over causal pairs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionTable {
+    pub decode: DecodeGrid,
+    /// Seconds per layer of one chunk against its causal pairs.
+    pub prefill: Curve,
+}
+
+/// Reads `attention.csv` in the H200 format, keeping the rows of the named decode and prefill backends.
+pub fn read_attention_table(
+    path: &Path,
+    decode_backend: &str,
+    prefill_backend: &str,
+) -> Result<AttentionTable, ConfigError> {
+    let origin = path.display().to_string();
+    let bad = |line: usize, m: String| ConfigError::Parse {
+        origin: format!("{origin} line {line}"),
+        message: m,
+    };
+    let text = crate::input::read_text(crate::input::InputKind::Table, path)?;
+    let mut rdr = csv::Reader::from_reader(text.as_bytes());
+    let h = rdr.headers().map_err(|e| bad(1, e.to_string()))?.clone();
+    let col = |name: &str| {
+        h.iter().position(|x| x == name).ok_or_else(|| {
+            bad(
+                1,
+                format!("missing column `{name}` (an attention.csv in the H200 format)"),
+            )
+        })
+    };
+    let (c_case, c_backend, c_batch) = (col("case")?, col("backend")?, col("batch")?);
+    let (c_q, c_ctx, c_ms) = (
+        col("q_tokens")?,
+        col("context")?,
+        col("ms_per_layer_median")?,
+    );
+    let mut decode: BTreeMap<(u64, u64), f64> = BTreeMap::new();
+    let mut pairs: BTreeMap<u64, (f64, u32)> = BTreeMap::new();
+    let mut backends = std::collections::BTreeSet::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let line = i + 2;
+        let rec = rec.map_err(|e| bad(line, format!("malformed row: {e}")))?;
+        let num = |c: usize, name: &str| -> Result<f64, ConfigError> {
+            rec.get(c)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| bad(line, format!("field `{name}` is not a number >= 0")))
+        };
+        let case = rec.get(c_case).unwrap_or("");
+        let backend = rec.get(c_backend).unwrap_or("").to_string();
+        let (q, c) = (num(c_q, "q_tokens")? as u64, num(c_ctx, "context")? as u64);
+        let secs = num(c_ms, "ms_per_layer_median")? / 1e3;
+        if case.starts_with("decode") {
+            backends.insert(("decode", backend.clone()));
+            if backend == decode_backend {
+                decode.insert((num(c_batch, "batch")? as u64, c), secs);
+            }
+        } else if case.starts_with("prefill") || case.starts_with("chunk") {
+            backends.insert(("prefill", backend.clone()));
+            if backend == prefill_backend {
+                if q == 0 || c < q {
+                    return Err(bad(
+                        line,
+                        format!("a chunk of {q} tokens cannot end at context {c}"),
+                    ));
+                }
+                let p = q * (c - q) + q * (q + 1) / 2;
+                let e = pairs.entry(p).or_insert((0.0, 0));
+                e.0 += secs;
+                e.1 += 1;
+            }
+        }
+    }
+    let known = |kind: &str| {
+        backends
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, b)| b.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if decode.is_empty() {
+        return Err(ConfigError::invalid(
+            "cost.table.decode_attention",
+            format!(
+                "{origin} has no decode rows for backend \"{decode_backend}\"; it has: {}",
+                known("decode")
+            ),
+        ));
+    }
+    if pairs.is_empty() {
+        return Err(ConfigError::invalid(
+            "cost.table.prefill_attention",
+            format!(
+                "{origin} has no prefill rows for backend \"{prefill_backend}\"; it has: {}",
+                known("prefill")
+            ),
+        ));
+    }
+    let batches: Vec<u64> = decode
+        .keys()
+        .map(|k| k.0)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let contexts: Vec<u64> = decode
+        .keys()
+        .map(|k| k.1)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut secs = Vec::with_capacity(batches.len() * contexts.len());
+    for &b in &batches {
+        for &c in &contexts {
+            match decode.get(&(b, c)) {
+                Some(&s) if b > 0 && c > 0 => secs.push(s),
+                _ => {
+                    return Err(bad(
+                        1,
+                        format!(
+                            "the decode grid of backend \"{decode_backend}\" misses batch {b} at context {c}: \
+                             it must hold every (batch, context) combination of the values it uses"
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(AttentionTable {
+        decode: DecodeGrid {
+            batches: batches.iter().map(|&b| b as f64).collect(),
+            contexts: contexts.iter().map(|&c| c as f64).collect(),
+            secs,
+        },
+        prefill: Curve {
+            points: pairs
+                .into_iter()
+                .map(|(p, (s, n))| (p as f64, s / n as f64))
+                .collect(),
+        },
+    })
+}
+
+/// Reads `lm_head.csv` in the H200 format: seconds per call against the rows sampled.
+pub fn read_lm_head_table(path: &Path) -> Result<Curve, ConfigError> {
+    let origin = path.display().to_string();
+    let bad = |line: usize, m: String| ConfigError::Parse {
+        origin: format!("{origin} line {line}"),
+        message: m,
+    };
+    let text = crate::input::read_text(crate::input::InputKind::Table, path)?;
+    let mut rdr = csv::Reader::from_reader(text.as_bytes());
+    let h = rdr.headers().map_err(|e| bad(1, e.to_string()))?.clone();
+    let col = |name: &str| {
+        h.iter().position(|x| x == name).ok_or_else(|| {
+            bad(
+                1,
+                format!("missing column `{name}` (an lm_head.csv in the H200 format)"),
+            )
+        })
+    };
+    let (c_rows, c_ms) = (col("rows")?, col("ms_median")?);
+    let mut pts: BTreeMap<u64, f64> = BTreeMap::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let line = i + 2;
+        let rec = rec.map_err(|e| bad(line, format!("malformed row: {e}")))?;
+        let num = |c: usize, name: &str| -> Result<f64, ConfigError> {
+            rec.get(c)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| bad(line, format!("field `{name}` is not a number >= 0")))
+        };
+        pts.insert(num(c_rows, "rows")? as u64, num(c_ms, "ms_median")? / 1e3);
+    }
+    if pts.is_empty() {
+        return Err(bad(1, "no rows".into()));
+    }
+    Ok(Curve {
+        points: pts.into_iter().map(|(r, s)| (r as f64, s)).collect(),
+    })
+}
+
+/// Per-layer operators from a measured table; attention and the LM head from tables where given, else
+/// from the roofline; overheads from the roofline.
 #[derive(Debug)]
 pub struct TableCost {
     /// (operator, kernels per layer, curve) in `LAYER_OPS` order.
     ops: Vec<(&'static str, f64, Curve)>,
     pub roofline: Roofline,
+    attention: Option<AttentionTable>,
+    lm_head: Option<Curve>,
     /// The per-layer operators depend only on the token count, which repeats step after step: memoised.
     memo: std::cell::RefCell<crate::fasthash::FastMap<u64, Vec<OpTime>>>,
 }
@@ -149,8 +382,31 @@ impl TableCost {
         TableCost {
             ops,
             roofline,
+            attention: None,
+            lm_head: None,
             memo: Default::default(),
         }
+    }
+
+    /// With measured attention and LM-head tables (either may be absent: the roofline prices it).
+    pub fn with_tables(
+        mut self,
+        attention: Option<AttentionTable>,
+        lm_head: Option<Curve>,
+    ) -> Self {
+        self.attention = attention;
+        self.lm_head = lm_head;
+        self
+    }
+
+    /// Decode attention over all layers for the decode part of a step.
+    fn decode_attention(&self, a: &AttentionTable, b: &BatchShape) -> f64 {
+        if b.decode_seqs == 0 {
+            return 0.0;
+        }
+        let seqs = b.decode_seqs as f64;
+        let mean = b.decode_context_tokens as f64 / seqs;
+        self.roofline.model.num_layers as f64 * a.decode.at(seqs, mean)
     }
 }
 
@@ -177,19 +433,47 @@ impl CostModel for TableCost {
             });
             out.extend(layer_ops.iter().copied());
         }
-        // Attention, LM head and overheads: the roofline's.
-        out.extend(self.roofline.breakdown(shape).iter().copied().filter(|o| {
-            matches!(
-                o.op,
-                op::ATTN_PREFILL | op::ATTN_DECODE | op::LM_HEAD | op::OVERHEAD
-            )
-        }));
+        // Attention, LM head and overheads: the roofline's, replaced by the tables' where measured.
+        let layers = self.roofline.model.num_layers as f64;
+        for o in self.roofline.breakdown(shape).iter() {
+            let seconds = match (o.op, &self.attention, &self.lm_head) {
+                (op::ATTN_DECODE, Some(a), _) => self.decode_attention(a, b),
+                (op::ATTN_PREFILL, Some(a), _) => {
+                    let per_layer: f64 = shape
+                        .prefill_chunks
+                        .iter()
+                        .map(|c| {
+                            let (q, ctx) = (c.tokens as f64, c.context as f64);
+                            a.prefill.at(q * (ctx - q) + q * (q + 1.0) / 2.0)
+                        })
+                        .sum();
+                    layers * per_layer
+                }
+                (op::LM_HEAD, _, Some(curve)) => {
+                    if b.sampled > 0 {
+                        curve.at(b.sampled as f64)
+                    } else {
+                        0.0
+                    }
+                }
+                (op::ATTN_PREFILL | op::ATTN_DECODE | op::LM_HEAD | op::OVERHEAD, _, _) => {
+                    o.seconds
+                }
+                _ => continue,
+            };
+            out.push(o.op, seconds);
+        }
         out
     }
 
-    /// Decode attention is the roofline's, and nothing else here reads the contexts.
+    /// Decode attention (the table's or the roofline's) is the only operator that reads the contexts.
     fn decode_context_time(&self, shape: &BatchShape) -> Option<(&'static str, f64)> {
-        self.roofline.decode_context_time(shape)
+        match &self.attention {
+            Some(a) => {
+                (shape.decode_seqs > 0).then(|| (op::ATTN_DECODE, self.decode_attention(a, shape)))
+            }
+            None => self.roofline.decode_context_time(shape),
+        }
     }
 }
 
