@@ -222,10 +222,16 @@ fn roofline_check_command(a: &RooflineCheckArgs) -> Result<(), Error> {
     })?;
     let sys = System::resolve(&cfg)?;
     let roof = sys.roofline(&cfg)?;
-    let table = crate::cost::table::read_mlp_table(&a.table, &sys.model, 1)?;
-    let rows = crate::cost::table::roofline_vs_table(&table, &roof, &[1, 8, 64, 512, 2048, 4096]);
     let mut out_text = String::new();
     let w = &mut out_text;
+    if let Some(path) = &a.attention {
+        attention_check(w, path, &roof, a)?;
+    }
+    let Some(table_path) = &a.table else {
+        return emit(&out_text);
+    };
+    let table = crate::cost::table::read_mlp_table(table_path, &sys.model, 1)?;
+    let rows = crate::cost::table::roofline_vs_table(&table, &roof, &[1, 8, 64, 512, 2048, 4096]);
     let _ = writeln!(
         w,
         "roofline vs measured, per layer: {} on {} (compute eff {}, memory eff {}); table {}",
@@ -233,7 +239,7 @@ fn roofline_check_command(a: &RooflineCheckArgs) -> Result<(), Error> {
         a.hardware,
         cfg.cost.roofline.compute_efficiency,
         cfg.cost.roofline.memory_efficiency,
-        a.table.display()
+        table_path.display()
     );
     let _ = writeln!(
         w,
@@ -365,6 +371,73 @@ fn step_shape(
         }
     }
     Ok(shape)
+}
+
+/// `roofline-check --attention`: the roofline's attention against each measured row, with the median and
+/// worst error per (kind, backend).
+fn attention_check(
+    w: &mut String,
+    path: &Path,
+    roof: &crate::cost::roofline::Roofline,
+    a: &RooflineCheckArgs,
+) -> Result<(), Error> {
+    let rows = crate::cost::table::read_attention_rows(path)?;
+    let roofline = crate::cost::table::roofline_attention(&rows, roof);
+    let _ = writeln!(
+        w,
+        "roofline vs measured attention, per layer: {} on {}; table {}",
+        a.model,
+        a.hardware,
+        path.display()
+    );
+    let mut groups: std::collections::BTreeMap<(bool, &str), Vec<f64>> = Default::default();
+    for (r, rf) in rows.iter().zip(&roofline) {
+        groups
+            .entry((r.is_decode(), r.backend.as_str()))
+            .or_default()
+            .push(rf / r.secs - 1.0);
+    }
+    let _ = writeln!(
+        w,
+        "{:<8} {:<16} {:>5} {:>18} {:>14}",
+        "kind", "backend", "rows", "median |error| %", "worst error %"
+    );
+    for ((decode, backend), errs) in &groups {
+        let mut abs: Vec<f64> = errs.iter().map(|e| e.abs()).collect();
+        abs.sort_by(f64::total_cmp);
+        let median = abs[abs.len() / 2];
+        let worst = errs
+            .iter()
+            .copied()
+            .fold(0.0f64, |m, e| if e.abs() > m.abs() { e } else { m });
+        let _ = writeln!(
+            w,
+            "{:<8} {:<16} {:>5} {:>18.1} {:>+14.1}",
+            if *decode { "decode" } else { "prefill" },
+            backend,
+            errs.len(),
+            100.0 * median,
+            100.0 * worst
+        );
+    }
+    let _ = writeln!(
+        w,
+        "{:<22} {:<16} {:>12} {:>12} {:>8}",
+        "case", "backend", "measured_ms", "roofline_ms", "ratio"
+    );
+    for (r, rf) in rows.iter().zip(&roofline) {
+        let _ = writeln!(
+            w,
+            "{:<22} {:<16} {:>12.5} {:>12.5} {:>8.2}",
+            r.case,
+            r.backend,
+            r.secs * 1e3,
+            rf * 1e3,
+            rf / r.secs
+        );
+    }
+    let _ = writeln!(w);
+    Ok(())
 }
 
 fn load_config(a: &ConfigArgs) -> Result<Config, ConfigError> {

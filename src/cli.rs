@@ -26,7 +26,7 @@ pub enum Command {
     Compare(CompareArgs),
     /// Time the cost model's operators with candle on this machine and fit a calibrated cost model.
     Calibrate(CalibrateArgs),
-    /// Compare the roofline, operator by operator, with a measured operator table (Vidur's mlp.csv).
+    /// Compare the roofline, operator by operator, with measured tables (Vidur's mlp.csv, H200 attention).
     RooflineCheck(RooflineCheckArgs),
     /// Predict one engine step's duration and per-operator breakdown with the configured cost model.
     StepCost(StepCostArgs),
@@ -155,9 +155,12 @@ pub struct CalibrateArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct RooflineCheckArgs {
-    /// A Vidur mlp.csv profile.
+    /// A Vidur mlp.csv profile (per-layer operators).
+    #[arg(long, required_unless_present = "attention")]
+    pub table: Option<PathBuf>,
+    /// An attention.csv in the H200 format (data/profiles/h200/...): compare attention, row by row.
     #[arg(long)]
-    pub table: PathBuf,
+    pub attention: Option<PathBuf>,
     #[arg(long, default_value = "llama-2-7b")]
     pub model: String,
     #[arg(long, default_value = "h100-sxm")]

@@ -186,12 +186,30 @@ pub struct AttentionTable {
     pub prefill: Curve,
 }
 
-/// Reads `attention.csv` in the H200 format, keeping the rows of the named decode and prefill backends.
-pub fn read_attention_table(
-    path: &Path,
-    decode_backend: &str,
-    prefill_backend: &str,
-) -> Result<AttentionTable, ConfigError> {
+/// One row of `attention.csv` (H200 format): seconds per layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionRow {
+    /// `decode_*`, `prefill_*` or `chunk_*`.
+    pub case: String,
+    pub backend: String,
+    pub batch: u64,
+    pub q_tokens: u64,
+    pub context: u64,
+    pub secs: f64,
+}
+
+impl AttentionRow {
+    pub fn is_decode(&self) -> bool {
+        self.case.starts_with("decode")
+    }
+
+    pub fn is_prefill(&self) -> bool {
+        self.case.starts_with("prefill") || self.case.starts_with("chunk")
+    }
+}
+
+/// Reads every row of `attention.csv` in the H200 format; errors name the file, line and field.
+pub fn read_attention_rows(path: &Path) -> Result<Vec<AttentionRow>, ConfigError> {
     let origin = path.display().to_string();
     let bad = |line: usize, m: String| ConfigError::Parse {
         origin: format!("{origin} line {line}"),
@@ -214,9 +232,7 @@ pub fn read_attention_table(
         col("context")?,
         col("ms_per_layer_median")?,
     );
-    let mut decode: BTreeMap<(u64, u64), f64> = BTreeMap::new();
-    let mut pairs: BTreeMap<u64, (f64, u32)> = BTreeMap::new();
-    let mut backends = std::collections::BTreeSet::new();
+    let mut rows = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         let line = i + 2;
         let rec = rec.map_err(|e| bad(line, format!("malformed row: {e}")))?;
@@ -226,27 +242,66 @@ pub fn read_attention_table(
                 .filter(|v| v.is_finite() && *v >= 0.0)
                 .ok_or_else(|| bad(line, format!("field `{name}` is not a number >= 0")))
         };
-        let case = rec.get(c_case).unwrap_or("");
-        let backend = rec.get(c_backend).unwrap_or("").to_string();
-        let (q, c) = (num(c_q, "q_tokens")? as u64, num(c_ctx, "context")? as u64);
-        let secs = num(c_ms, "ms_per_layer_median")? / 1e3;
-        if case.starts_with("decode") {
-            backends.insert(("decode", backend.clone()));
-            if backend == decode_backend {
-                decode.insert((num(c_batch, "batch")? as u64, c), secs);
+        let row = AttentionRow {
+            case: rec.get(c_case).unwrap_or("").to_string(),
+            backend: rec.get(c_backend).unwrap_or("").to_string(),
+            batch: num(c_batch, "batch")? as u64,
+            q_tokens: num(c_q, "q_tokens")? as u64,
+            context: num(c_ctx, "context")? as u64,
+            secs: num(c_ms, "ms_per_layer_median")? / 1e3,
+        };
+        if row.is_prefill() && (row.q_tokens == 0 || row.context < row.q_tokens) {
+            return Err(bad(
+                line,
+                format!(
+                    "a chunk of {} tokens cannot end at context {}",
+                    row.q_tokens, row.context
+                ),
+            ));
+        }
+        if row.is_decode() && (row.batch == 0 || row.context == 0) {
+            return Err(bad(
+                line,
+                "a decode row needs batch and context above 0".into(),
+            ));
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Causal (query, key) pairs of a chunk of `q` tokens ending at context `c`.
+fn causal_pairs(q: u64, c: u64) -> u64 {
+    q * (c - q) + q * (q + 1) / 2
+}
+
+/// Reads `attention.csv` in the H200 format, keeping the rows of the named decode and prefill backends.
+pub fn read_attention_table(
+    path: &Path,
+    decode_backend: &str,
+    prefill_backend: &str,
+) -> Result<AttentionTable, ConfigError> {
+    let origin = path.display().to_string();
+    let bad = |line: usize, m: String| ConfigError::Parse {
+        origin: format!("{origin} line {line}"),
+        message: m,
+    };
+    let mut decode: BTreeMap<(u64, u64), f64> = BTreeMap::new();
+    let mut pairs: BTreeMap<u64, (f64, u32)> = BTreeMap::new();
+    let mut backends = std::collections::BTreeSet::new();
+    for r in read_attention_rows(path)? {
+        if r.is_decode() {
+            backends.insert(("decode", r.backend.clone()));
+            if r.backend == decode_backend {
+                decode.insert((r.batch, r.context), r.secs);
             }
-        } else if case.starts_with("prefill") || case.starts_with("chunk") {
-            backends.insert(("prefill", backend.clone()));
-            if backend == prefill_backend {
-                if q == 0 || c < q {
-                    return Err(bad(
-                        line,
-                        format!("a chunk of {q} tokens cannot end at context {c}"),
-                    ));
-                }
-                let p = q * (c - q) + q * (q + 1) / 2;
-                let e = pairs.entry(p).or_insert((0.0, 0));
-                e.0 += secs;
+        } else if r.is_prefill() {
+            backends.insert(("prefill", r.backend.clone()));
+            if r.backend == prefill_backend {
+                let e = pairs
+                    .entry(causal_pairs(r.q_tokens, r.context))
+                    .or_insert((0.0, 0));
+                e.0 += r.secs;
                 e.1 += 1;
             }
         }
@@ -293,7 +348,7 @@ pub fn read_attention_table(
     for &b in &batches {
         for &c in &contexts {
             match decode.get(&(b, c)) {
-                Some(&s) if b > 0 && c > 0 => secs.push(s),
+                Some(&s) => secs.push(s),
                 _ => {
                     return Err(bad(
                         1,
@@ -500,6 +555,31 @@ pub struct CheckRow {
     pub tokens: u64,
     pub measured_s: f64,
     pub roofline_s: f64,
+}
+
+/// The roofline's attention per layer (seconds) for each measured row's shape: a decode row is `batch`
+/// sequences at context `context`, a prefill row one chunk of `q_tokens` ending at `context`.
+pub fn roofline_attention(rows: &[AttentionRow], roofline: &Roofline) -> Vec<f64> {
+    let layers = roofline.model.num_layers as f64;
+    rows.iter()
+        .map(|r| {
+            let mut s = StepShape::default();
+            let want = if r.is_decode() {
+                for _ in 0..r.batch {
+                    s.add(1, r.context as u32, true, false);
+                }
+                op::ATTN_DECODE
+            } else {
+                s.add(r.q_tokens as u32, r.context as u32, false, false);
+                op::ATTN_PREFILL
+            };
+            roofline
+                .breakdown(&s)
+                .iter()
+                .find(|o| o.op == want)
+                .map_or(0.0, |o| o.seconds / layers)
+        })
+        .collect()
 }
 
 /// The roofline's operators next to a measured table's. Table operators map to roofline classes:
