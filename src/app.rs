@@ -313,15 +313,16 @@ fn step_shape(
     prefill: &[String],
     decode: &[String],
 ) -> Result<crate::cost::StepShape, ConfigError> {
+    // A step of at most 2^24 prefill tokens, contexts of at most 2^24 tokens and 2^20 decode sequences:
+    // far past any engine, and the step's sums stay exact in 64 bits.
+    const MAX_TOKENS: u32 = 1 << 24;
+    const MAX_SEQS: u64 = 1 << 20;
     fn number(flag: &str, arg: &str, part: &str, what: &str) -> Result<u32, ConfigError> {
         match part.trim().parse::<u32>() {
-            Ok(n) if n > 0 => Ok(n),
+            Ok(n) if (1..=MAX_TOKENS).contains(&n) => Ok(n),
             _ => Err(ConfigError::invalid(
                 format!("{flag} {arg}"),
-                format!(
-                    "{what} must be a whole number from 1 to {}, not \"{part}\"",
-                    u32::MAX
-                ),
+                format!("{what} must be a whole number from 1 to {MAX_TOKENS}, not \"{part}\""),
             )),
         }
     }
@@ -350,6 +351,12 @@ fn step_shape(
             ));
         }
         shape.add(t, c, false, true);
+        if shape.sums.prefill_tokens > MAX_TOKENS as u64 {
+            return Err(ConfigError::invalid(
+                format!("--prefill {arg}"),
+                format!("at most {MAX_TOKENS} prefill tokens in one step"),
+            ));
+        }
     }
     for arg in decode {
         let Some((b, l)) = arg.split_once('@') else {
@@ -358,17 +365,19 @@ fn step_shape(
                 "expected B@L: B sequences at context L, e.g. --decode 64@2048",
             ));
         };
-        let b = number("--decode", arg, b, "the sequence count B")?;
-        let l = number("--decode", arg, l, "the context L")?;
-        if b > 1 << 20 {
+        let b = number("--decode", arg, b, "the sequence count B")? as u64;
+        let l = number("--decode", arg, l, "the context L")? as u64;
+        let s = &mut shape.sums;
+        if s.decode_seqs + b > MAX_SEQS {
             return Err(ConfigError::invalid(
                 format!("--decode {arg}"),
-                "at most 1,048,576 sequences in one step",
+                format!("at most {MAX_SEQS} decode sequences in one step"),
             ));
         }
-        for _ in 0..b {
-            shape.add(1, l, true, true);
-        }
+        // As B calls of `add(1, L, decode, samples)`.
+        s.decode_seqs += b;
+        s.decode_context_tokens += b * l;
+        s.sampled += b;
     }
     Ok(shape)
 }
@@ -405,7 +414,12 @@ fn attention_check(
     for ((decode, backend), errs) in &groups {
         let mut abs: Vec<f64> = errs.iter().map(|e| e.abs()).collect();
         abs.sort_by(f64::total_cmp);
-        let median = abs[abs.len() / 2];
+        let n = abs.len();
+        let median = if n % 2 == 1 {
+            abs[n / 2]
+        } else {
+            (abs[n / 2 - 1] + abs[n / 2]) / 2.0
+        };
         let worst = errs
             .iter()
             .copied()

@@ -404,3 +404,25 @@ fn roofline_check_compares_attention_row_by_row() {
         .unwrap();
     assert!((0.9..1.1).contains(&ratio), "{ratio}");
 }
+
+#[test]
+fn step_cost_refuses_steps_past_its_bounds() {
+    for (args, expect) in [
+        (vec!["--prefill", "4294967295"], "from 1 to 16777216"),
+        (
+            vec!["--prefill", "16000000", "--prefill", "16000000"],
+            "at most 16777216 prefill tokens",
+        ),
+        (
+            vec!["--decode", "1000000@10", "--decode", "100000@10"],
+            "at most 1048576 decode sequences",
+        ),
+    ] {
+        servesim()
+            .arg("step-cost")
+            .args(&args)
+            .assert()
+            .code(2)
+            .stderr(contains(expect));
+    }
+}

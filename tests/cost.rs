@@ -258,6 +258,12 @@ fn h200_tables_price_attention_and_the_lm_head_from_their_rows() {
     assert!(close(chunk(m.as_ref()), 32.0 * 0.20040));
     let cudnn = h200_tables(&["cost.table.prefill_attention=\"cudnn\""]);
     assert!(close(chunk(cudnn.as_ref()), 32.0 * 0.13716));
+    // Past the largest row, in proportion to the causal pairs: a 16,384-token prefill has 16,384 x
+    // 16,385 / 2 = 134,225,920 pairs, 3.99976 times prefill_T8192's 33,558,528 (flash: 1.73875 ms).
+    let mut big = StepShape::default();
+    big.add(16384, 16384, false, false);
+    let want = 32.0 * 1.73875 * 134_225_920.0 / 33_558_528.0;
+    assert!(close(op_time(m.as_ref(), &big, "attn_prefill"), want));
     // 65 sampled rows (64 decodes and the chunk): 0.34415 + (0.36826 - 0.34415) / 64 ms.
     let mut s = StepShape::default();
     s.add(1024, 4096, false, true);

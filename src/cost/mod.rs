@@ -3,8 +3,9 @@
 //! What lives here: the step's shape ([`StepShape`]: sums over its requests, each prefill chunk, padding
 //! and transfer bytes), the [`CostModel`] trait with the leap's re-pricing contract, the operator names
 //! ([`op`]), and one file per model: `roofline.rs` (datasheet roofline), `table.rs` (measured operator
-//! tables with roofline attention), `calibrated.rs` (candle kernel timings), `linear.rs` (a linear model
-//! for tests and hand-derived checks); `catalog.rs` holds model shapes and GPU datasheets.
+//! tables; attention and the LM head measured or from the roofline), `calibrated.rs` (candle kernel
+//! timings), `linear.rs` (a linear model for tests and hand-derived checks); `catalog.rs` holds model
+//! shapes and GPU datasheets.
 //!
 //! To add a model: one file here implementing [`CostModel`] (name its operators with [`op`] constants,
 //! adding any new one there and to [`OPERATOR_CLASSES`]), one `CostKind` arm in `config.rs`, and its
@@ -166,7 +167,8 @@ pub mod op {
 /// Every operator class a cost model may report, in the order the summary lists them (`cost_<op>_s`,
 /// zero where a model has no such operator, so summaries of different models stack into one table).
 /// The roofline and calibrated models use the first twelve; the table model Vidur's seven layer operators
-/// (the last seven) with attention, LM head and overhead from the roofline; the linear model its own four.
+/// (the last seven) with attention and the LM head (from tables or the roofline) and the roofline's
+/// overhead; the linear model its own four.
 pub const OPERATOR_CLASSES: &[&str] = &[
     op::QKV_PROJ,
     op::ATTN_ROPE,

@@ -9,8 +9,9 @@
 //!   step's B sequences are priced at their mean context (the split-KV kernel's time follows the KV tokens
 //!   read). Past the grid's largest batch or context the time grows in proportion to the KV tokens read;
 //!   below its smallest it stays at the smallest measured time (the kernels are latency-bound there);
-//! - prefill, per chunk and layer, over causal (query, key) pairs q (c - q) + q (q + 1) / 2, from-empty
-//!   and chunk rows together, linearly between measured pair counts;
+//! - prefill, per chunk and layer, over causal (query, key) pairs q (c - q) + q (q + 1) / 2, linearly
+//!   between measured pair counts and in proportion to the pairs past the largest: a prefill from an
+//!   empty context on the from-empty rows, a chunk after earlier tokens on the chunk rows;
 //! - the LM head, per step, over the rows sampled.
 //!
 //! Outside every table, and priced by the roofline: the step overhead; without an attention or LM-head
@@ -45,6 +46,20 @@ pub struct Curve {
 }
 
 impl Curve {
+    /// Linear interpolation between points; at or below the first, its value (a latency floor); past the
+    /// last, in proportion to `x` (work that grows with `x` on a saturated kernel).
+    pub fn at_proportional(&self, x: f64) -> f64 {
+        let p = &self.points;
+        let (first, last) = (p[0], p[p.len() - 1]);
+        if x <= first.0 {
+            first.1
+        } else if x >= last.0 {
+            last.1 * x / last.0
+        } else {
+            self.at(x)
+        }
+    }
+
     /// Linear interpolation; linear extrapolation past the ends.
     pub fn at(&self, x: f64) -> f64 {
         let p = &self.points;
@@ -182,8 +197,24 @@ impl DecodeGrid {
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttentionTable {
     pub decode: DecodeGrid,
-    /// Seconds per layer of one chunk against its causal pairs.
+    /// Seconds per layer of a prefill from an empty context against its causal pairs.
     pub prefill: Curve,
+    /// The same for a chunk after earlier tokens (its queries attend to a longer prefix at once, which
+    /// the kernels run at another speed than a prefill of as many pairs); the prefill curve where the
+    /// table has no chunk rows.
+    pub chunk: Curve,
+}
+
+impl AttentionTable {
+    /// Seconds per layer of one chunk of `q` tokens ending at context `c` (see the module docs).
+    pub fn chunk_seconds(&self, q: f64, c: f64) -> f64 {
+        let pairs = q * (c - q) + q * (q + 1.0) / 2.0;
+        if c > q {
+            self.chunk.at_proportional(pairs)
+        } else {
+            self.prefill.at_proportional(pairs)
+        }
+    }
 }
 
 /// One row of `attention.csv` (H200 format): seconds per layer.
@@ -242,14 +273,32 @@ pub fn read_attention_rows(path: &Path) -> Result<Vec<AttentionRow>, ConfigError
                 .filter(|v| v.is_finite() && *v >= 0.0)
                 .ok_or_else(|| bad(line, format!("field `{name}` is not a number >= 0")))
         };
+        let count = |c: usize, name: &str, max: u64| -> Result<u64, ConfigError> {
+            match rec.get(c).map(|v| v.trim().parse::<u64>()) {
+                Some(Ok(n)) if n <= max => Ok(n),
+                _ => Err(bad(
+                    line,
+                    format!("field `{name}` is not a whole number from 0 to {max}"),
+                )),
+            }
+        };
         let row = AttentionRow {
             case: rec.get(c_case).unwrap_or("").to_string(),
             backend: rec.get(c_backend).unwrap_or("").to_string(),
-            batch: num(c_batch, "batch")? as u64,
-            q_tokens: num(c_q, "q_tokens")? as u64,
-            context: num(c_ctx, "context")? as u64,
+            batch: count(c_batch, "batch", MAX_BATCH)?,
+            q_tokens: count(c_q, "q_tokens", MAX_TOKENS)?,
+            context: count(c_ctx, "context", MAX_TOKENS)?,
             secs: num(c_ms, "ms_per_layer_median")? / 1e3,
         };
+        if !row.is_decode() && !row.is_prefill() {
+            return Err(bad(
+                line,
+                format!(
+                    "case `{}` is none of decode_*, prefill_* or chunk_*",
+                    row.case
+                ),
+            ));
+        }
         if row.is_prefill() && (row.q_tokens == 0 || row.context < row.q_tokens) {
             return Err(bad(
                 line,
@@ -270,9 +319,23 @@ pub fn read_attention_rows(path: &Path) -> Result<Vec<AttentionRow>, ConfigError
     Ok(rows)
 }
 
-/// Causal (query, key) pairs of a chunk of `q` tokens ending at context `c`.
+/// Causal (query, key) pairs of a chunk of `q` tokens ending at context `c` (both at most `MAX_TOKENS`).
 fn causal_pairs(q: u64, c: u64) -> u64 {
     q * (c - q) + q * (q + 1) / 2
+}
+
+/// Largest batch, chunk and context a table row may give (2^20 sequences, 2^24 tokens).
+const MAX_BATCH: u64 = 1 << 20;
+const MAX_TOKENS: u64 = 1 << 24;
+
+/// A curve over averaged (x, seconds) points.
+fn curve(points: &BTreeMap<u64, (f64, u32)>) -> Curve {
+    Curve {
+        points: points
+            .iter()
+            .map(|(&x, &(s, n))| (x as f64, s / n as f64))
+            .collect(),
+    }
 }
 
 /// Reads `attention.csv` in the H200 format, keeping the rows of the named decode and prefill backends.
@@ -286,19 +349,23 @@ pub fn read_attention_table(
         origin: format!("{origin} line {line}"),
         message: m,
     };
-    let mut decode: BTreeMap<(u64, u64), f64> = BTreeMap::new();
-    let mut pairs: BTreeMap<u64, (f64, u32)> = BTreeMap::new();
+    let mut decode: BTreeMap<(u64, u64), (f64, u32)> = BTreeMap::new();
+    // From an empty context, and chunks after earlier tokens.
+    let mut pairs: [BTreeMap<u64, (f64, u32)>; 2] = Default::default();
     let mut backends = std::collections::BTreeSet::new();
     for r in read_attention_rows(path)? {
         if r.is_decode() {
             backends.insert(("decode", r.backend.clone()));
             if r.backend == decode_backend {
-                decode.insert((r.batch, r.context), r.secs);
+                let e = decode.entry((r.batch, r.context)).or_insert((0.0, 0));
+                e.0 += r.secs;
+                e.1 += 1;
             }
-        } else if r.is_prefill() {
+        } else {
             backends.insert(("prefill", r.backend.clone()));
             if r.backend == prefill_backend {
-                let e = pairs
+                let family = usize::from(r.context > r.q_tokens);
+                let e = pairs[family]
                     .entry(causal_pairs(r.q_tokens, r.context))
                     .or_insert((0.0, 0));
                 e.0 += r.secs;
@@ -323,11 +390,12 @@ pub fn read_attention_table(
             ),
         ));
     }
-    if pairs.is_empty() {
+    if pairs[0].is_empty() {
         return Err(ConfigError::invalid(
             "cost.table.prefill_attention",
             format!(
-                "{origin} has no prefill rows for backend \"{prefill_backend}\"; it has: {}",
+                "{origin} has no prefill rows from an empty context for backend \"{prefill_backend}\"; \
+                 it has: {}",
                 known("prefill")
             ),
         ));
@@ -344,11 +412,11 @@ pub fn read_attention_table(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let mut secs = Vec::with_capacity(batches.len() * contexts.len());
+    let mut secs = Vec::new();
     for &b in &batches {
         for &c in &contexts {
             match decode.get(&(b, c)) {
-                Some(&s) => secs.push(s),
+                Some(&(s, n)) => secs.push(s / n as f64),
                 _ => {
                     return Err(bad(
                         1,
@@ -367,12 +435,12 @@ pub fn read_attention_table(
             contexts: contexts.iter().map(|&c| c as f64).collect(),
             secs,
         },
-        prefill: Curve {
-            points: pairs
-                .into_iter()
-                .map(|(p, (s, n))| (p as f64, s / n as f64))
-                .collect(),
-        },
+        prefill: curve(&pairs[0]),
+        chunk: curve(if pairs[1].is_empty() {
+            &pairs[0]
+        } else {
+            &pairs[1]
+        }),
     })
 }
 
@@ -497,10 +565,7 @@ impl CostModel for TableCost {
                     let per_layer: f64 = shape
                         .prefill_chunks
                         .iter()
-                        .map(|c| {
-                            let (q, ctx) = (c.tokens as f64, c.context as f64);
-                            a.prefill.at(q * (ctx - q) + q * (q + 1.0) / 2.0)
-                        })
+                        .map(|c| a.chunk_seconds(c.tokens as f64, c.context as f64))
                         .sum();
                     layers * per_layer
                 }
@@ -565,9 +630,8 @@ pub fn roofline_attention(rows: &[AttentionRow], roofline: &Roofline) -> Vec<f64
         .map(|r| {
             let mut s = StepShape::default();
             let want = if r.is_decode() {
-                for _ in 0..r.batch {
-                    s.add(1, r.context as u32, true, false);
-                }
+                s.sums.decode_seqs = r.batch;
+                s.sums.decode_context_tokens = r.batch * r.context;
                 op::ATTN_DECODE
             } else {
                 s.add(r.q_tokens as u32, r.context as u32, false, false);
