@@ -230,10 +230,13 @@ pub struct AttentionRow {
 }
 
 impl AttentionRow {
+    /// A decode row (`decode_*`): `batch` sequences at context `context`.
     pub fn is_decode(&self) -> bool {
         self.case.starts_with("decode")
     }
 
+    /// A prefill (`prefill_*`, from an empty context) or chunk (`chunk_*`) row: `q_tokens` ending at
+    /// `context`.
     pub fn is_prefill(&self) -> bool {
         self.case.starts_with("prefill") || self.case.starts_with("chunk")
     }
@@ -497,6 +500,8 @@ pub struct TableCost {
 }
 
 impl TableCost {
+    /// Per-layer operators from `table` (`read_mlp_table`); everything else from `roofline` until
+    /// [`TableCost::with_tables`] adds attention and LM-head tables.
     pub fn new(table: BTreeMap<&'static str, Curve>, roofline: Roofline) -> TableCost {
         let ops = LAYER_OPS
             .iter()

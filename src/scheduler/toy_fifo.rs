@@ -9,6 +9,7 @@ use crate::request::{Request, RequestId};
 use crate::time::SimTime;
 use std::collections::VecDeque;
 
+/// One request at a time, oldest first, over store `K`.
 #[derive(Clone, Debug)]
 pub struct ToyFifo<K> {
     kv: K,
@@ -19,6 +20,8 @@ pub struct ToyFifo<K> {
 }
 
 impl<K: KvStore> ToyFifo<K> {
+    /// An empty policy over `kv`, for an engine of context length `max_model_len` (the replica stops a
+    /// request there; steady decode is declared only below it).
     pub fn new(kv: K, max_model_len: u32) -> ToyFifo<K> {
         ToyFifo {
             kv,
