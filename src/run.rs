@@ -263,6 +263,11 @@ pub fn resolved_toml(cfg: &Config, sys: &System) -> String {
     )
 }
 
+/// A config enum as the summary records it: its name in the config (`"least_loaded"`).
+fn enum_name(v: impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(v).expect("a config enum serialises")
+}
+
 fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) -> Summary {
     let cfg = world.config().clone();
     let mut s = Summary::default();
@@ -274,27 +279,12 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     s.set("hardware", cfg.hardware.name.clone());
     s.set("cost_model", world.cost_model_name());
     s.set("replicas", cfg.cluster.replicas);
-    s.set(
-        "router",
-        serde_json::to_value(cfg.cluster.router).expect("an enum serialises"),
-    );
+    s.set("router", enum_name(cfg.cluster.router));
     s.set("tensor_parallel", cfg.hardware.tensor_parallel);
-    s.set(
-        "engine",
-        serde_json::to_value(cfg.engine.kind).expect("an enum serialises"),
-    );
-    s.set(
-        "kv_cache",
-        serde_json::to_value(cfg.engine.kv_cache).expect("an enum serialises"),
-    );
-    s.set(
-        "policy",
-        serde_json::to_value(cfg.engine.policy).expect("an enum serialises"),
-    );
-    s.set(
-        "workload_kind",
-        serde_json::to_value(cfg.workload.kind).expect("an enum serialises"),
-    );
+    s.set("engine", enum_name(cfg.engine.kind));
+    s.set("kv_cache", enum_name(cfg.engine.kv_cache));
+    s.set("policy", enum_name(cfg.engine.policy));
+    s.set("workload_kind", enum_name(cfg.workload.kind));
     // The offered load: sessions per second for a generated workload, empty for a trace replay.
     s.set_opt(
         "session_rate",
@@ -308,7 +298,7 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     s.set("prefix_caching", cfg.engine.prefix_caching);
     s.set(
         "prefix_cache_scope",
-        format!("{:?}", cfg.engine.prefix_cache_scope).to_lowercase(),
+        enum_name(cfg.engine.prefix_cache_scope),
     );
     s.set("workload_content", world.workload_content().to_string());
     s.set("sessions", world.sessions_started());

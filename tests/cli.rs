@@ -286,37 +286,43 @@ fn toy_recompute_store_prices_every_decode_token_as_a_full_prefill_through_the_c
     }
 }
 
+/// `servesim step-cost --json ARGS`, parsed.
+fn step_cost_json(args: &[&str]) -> serde_json::Value {
+    let out = servesim()
+        .args(["step-cost", "--json"])
+        .args(args)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    serde_json::from_slice(&out).unwrap()
+}
+
 /// `step-cost --json` prices the step it is given: with the linear model (10 ms a step, 0.1 ms a prefill
 /// token, 1 ms a decode sequence, 0.1 us a decode context token), `--prefill 100 --prefill 50@300
 /// --decode 4@1000` is 0.010 + 0.0001 x 150 + 0.001 x 4 + 1e-7 x 4 x 1000 = 0.0294 s, each term its own
 /// operator.
 #[test]
 fn step_cost_prices_the_step_it_is_given() {
-    let out = servesim()
-        .args(["step-cost", "--json"])
-        .args([
-            "--set",
-            "cost.kind=\"linear\"",
-            "--set",
-            "cost.linear.step_s=0.01",
-        ])
-        .args(["--set", "cost.linear.prefill_token_s=0.0001"])
-        .args(["--set", "cost.linear.decode_seq_s=0.001"])
-        .args(["--set", "cost.linear.decode_context_token_s=1e-7"])
-        .args([
-            "--prefill",
-            "100",
-            "--prefill",
-            "50@300",
-            "--decode",
-            "4@1000",
-        ])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let v = step_cost_json(&[
+        "--set",
+        "cost.kind=\"linear\"",
+        "--set",
+        "cost.linear.step_s=0.01",
+        "--set",
+        "cost.linear.prefill_token_s=0.0001",
+        "--set",
+        "cost.linear.decode_seq_s=0.001",
+        "--set",
+        "cost.linear.decode_context_token_s=1e-7",
+        "--prefill",
+        "100",
+        "--prefill",
+        "50@300",
+        "--decode",
+        "4@1000",
+    ]);
     let close = |x: &serde_json::Value, want: f64| (x.as_f64().unwrap() - want).abs() < 1e-12;
     assert!(close(&v["step_s"], 0.0294), "{v}");
     assert!(close(&v["ops"]["step"], 0.01), "{v}");
@@ -330,17 +336,7 @@ fn step_cost_prices_the_step_it_is_given() {
 /// costs more while the linear layers, which see only the 512 tokens, cost the same.
 #[test]
 fn step_cost_prices_a_chunk_at_its_context() {
-    let ops = |arg: &str| {
-        let out = servesim()
-            .args(["step-cost", "--json", "--prefill", arg])
-            .assert()
-            .success()
-            .get_output()
-            .stdout
-            .clone();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        v["ops"].clone()
-    };
+    let ops = |arg: &str| step_cost_json(&["--prefill", arg])["ops"].clone();
     let (empty, late) = (ops("512"), ops("512@8192"));
     assert!(late["attn_prefill"].as_f64() > empty["attn_prefill"].as_f64());
     assert_eq!(late["mlp_up"], empty["mlp_up"]);

@@ -73,53 +73,107 @@ impl Curve {
     }
 }
 
+/// A measured table read from a user's CSV file: its header and rows, with errors that name the file,
+/// the line and the field. `what` names the format for a missing column ("a Vidur mlp.csv profile").
+struct CsvTable {
+    origin: String,
+    what: &'static str,
+    header: csv::StringRecord,
+    /// (line number, row).
+    rows: Vec<(usize, csv::StringRecord)>,
+}
+
+impl CsvTable {
+    fn read(path: &Path, what: &'static str) -> Result<CsvTable, ConfigError> {
+        let text = crate::input::read_text(crate::input::InputKind::Table, path)?;
+        let mut t = CsvTable {
+            origin: path.display().to_string(),
+            what,
+            header: csv::StringRecord::new(),
+            rows: Vec::new(),
+        };
+        let mut rdr = csv::Reader::from_reader(text.as_bytes());
+        t.header = rdr.headers().map_err(|e| t.bad(1, e.to_string()))?.clone();
+        for (i, rec) in rdr.records().enumerate() {
+            let line = i + 2;
+            let rec = rec.map_err(|e| t.bad(line, format!("malformed row: {e}")))?;
+            t.rows.push((line, rec));
+        }
+        Ok(t)
+    }
+
+    fn bad(&self, line: usize, message: String) -> ConfigError {
+        ConfigError::Parse {
+            origin: format!("{} line {line}", self.origin),
+            message,
+        }
+    }
+
+    fn col(&self, name: &str) -> Result<usize, ConfigError> {
+        self.header
+            .iter()
+            .position(|x| x == name)
+            .ok_or_else(|| self.bad(1, format!("missing column `{name}` ({})", self.what)))
+    }
+
+    /// Field `c` (named `name`) of the row at `line`, a finite number >= 0.
+    fn num(
+        &self,
+        line: usize,
+        rec: &csv::StringRecord,
+        c: usize,
+        name: &str,
+    ) -> Result<f64, ConfigError> {
+        rec.get(c)
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .ok_or_else(|| self.bad(line, format!("field `{name}` is not a number >= 0")))
+    }
+
+    /// Field `c` (named `name`) of the row at `line`, a whole number from 0 to `max`.
+    fn count(
+        &self,
+        line: usize,
+        rec: &csv::StringRecord,
+        c: usize,
+        name: &str,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
+        match rec.get(c).map(|v| v.trim().parse::<u64>()) {
+            Some(Ok(n)) if n <= max => Ok(n),
+            _ => Err(self.bad(
+                line,
+                format!("field `{name}` is not a whole number from 0 to {max}"),
+            )),
+        }
+    }
+}
+
 /// Reads the per-operator medians for one tensor-parallel degree; checks the table matches the model.
 pub fn read_mlp_table(
     path: &Path,
     model: &ModelShape,
     tp: u32,
 ) -> Result<BTreeMap<&'static str, Curve>, ConfigError> {
-    let origin = path.display().to_string();
-    let bad = |line: usize, m: String| ConfigError::Parse {
-        origin: format!("{origin} line {line}"),
-        message: m,
-    };
-    let text = crate::input::read_text(crate::input::InputKind::Table, path)?;
-    let mut rdr = csv::Reader::from_reader(text.as_bytes());
-    let h = rdr.headers().map_err(|e| bad(1, e.to_string()))?.clone();
-    let col = |name: &str| {
-        h.iter().position(|x| x == name).ok_or_else(|| {
-            bad(
-                1,
-                format!("missing column `{name}` (a Vidur mlp.csv profile)"),
-            )
-        })
-    };
-    let c_tokens = col("num_tokens")?;
-    let c_tp = col("num_tensor_parallel_workers")?;
-    let c_embd = col("n_embd")?;
-    let c_exp = col("n_expanded_embd")?;
+    let t = CsvTable::read(path, "a Vidur mlp.csv profile")?;
+    let c_tokens = t.col("num_tokens")?;
+    let c_tp = t.col("num_tensor_parallel_workers")?;
+    let c_embd = t.col("n_embd")?;
+    let c_exp = t.col("n_expanded_embd")?;
     let cols: Vec<(&'static str, usize)> = LAYER_OPS
         .iter()
-        .map(|&(op, _)| Ok((op, col(&format!("time_stats.{op}.median"))?)))
+        .map(|&(op, _)| Ok((op, t.col(&format!("time_stats.{op}.median"))?)))
         .collect::<Result<_, ConfigError>>()?;
     let mut acc: BTreeMap<&'static str, BTreeMap<u64, (f64, u32)>> = BTreeMap::new();
-    for (i, rec) in rdr.records().enumerate() {
-        let line = i + 2;
-        let rec = rec.map_err(|e| bad(line, format!("malformed row: {e}")))?;
-        let num = |c: usize, name: &str| -> Result<f64, ConfigError> {
-            rec.get(c)
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .filter(|v| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| bad(line, format!("field `{name}` is not a number >= 0")))
-        };
+    for (line, rec) in &t.rows {
+        let (line, num) = (*line, |c: usize, name: &str| t.num(*line, rec, c, name));
         if num(c_tp, "num_tensor_parallel_workers")? as u32 != tp {
             continue;
         }
         let embd = num(c_embd, "n_embd")? as u64;
         let exp = num(c_exp, "n_expanded_embd")? as u64;
         if embd != model.hidden_size || exp != model.intermediate_size {
-            return Err(bad(
+            return Err(t.bad(
                 line,
                 format!(
                     "the table is for n_embd {embd} / n_expanded_embd {exp}, but model {} has hidden_size {} / \
@@ -128,16 +182,16 @@ pub fn read_mlp_table(
                 ),
             ));
         }
-        let t = num(c_tokens, "num_tokens")? as u64;
+        let tokens = num(c_tokens, "num_tokens")? as u64;
         for &(op, c) in &cols {
             let ms = num(c, &format!("time_stats.{op}.median"))?;
-            let e = acc.entry(op).or_default().entry(t).or_insert((0.0, 0));
+            let e = acc.entry(op).or_default().entry(tokens).or_insert((0.0, 0));
             e.0 += ms / 1e3;
             e.1 += 1;
         }
     }
     if acc.is_empty() {
-        return Err(bad(
+        return Err(t.bad(
             1,
             format!("no rows for num_tensor_parallel_workers = {tp}; the table has other degrees"),
         ));
@@ -244,57 +298,27 @@ impl AttentionRow {
 
 /// Reads every row of `attention.csv` in the H200 format; errors name the file, line and field.
 pub fn read_attention_rows(path: &Path) -> Result<Vec<AttentionRow>, ConfigError> {
-    let origin = path.display().to_string();
-    let bad = |line: usize, m: String| ConfigError::Parse {
-        origin: format!("{origin} line {line}"),
-        message: m,
-    };
-    let text = crate::input::read_text(crate::input::InputKind::Table, path)?;
-    let mut rdr = csv::Reader::from_reader(text.as_bytes());
-    let h = rdr.headers().map_err(|e| bad(1, e.to_string()))?.clone();
-    let col = |name: &str| {
-        h.iter().position(|x| x == name).ok_or_else(|| {
-            bad(
-                1,
-                format!("missing column `{name}` (an attention.csv in the H200 format)"),
-            )
-        })
-    };
-    let (c_case, c_backend, c_batch) = (col("case")?, col("backend")?, col("batch")?);
+    let t = CsvTable::read(path, "an attention.csv in the H200 format")?;
+    let (c_case, c_backend, c_batch) = (t.col("case")?, t.col("backend")?, t.col("batch")?);
     let (c_q, c_ctx, c_ms) = (
-        col("q_tokens")?,
-        col("context")?,
-        col("ms_per_layer_median")?,
+        t.col("q_tokens")?,
+        t.col("context")?,
+        t.col("ms_per_layer_median")?,
     );
     let mut rows = Vec::new();
-    for (i, rec) in rdr.records().enumerate() {
-        let line = i + 2;
-        let rec = rec.map_err(|e| bad(line, format!("malformed row: {e}")))?;
-        let num = |c: usize, name: &str| -> Result<f64, ConfigError> {
-            rec.get(c)
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .filter(|v| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| bad(line, format!("field `{name}` is not a number >= 0")))
-        };
-        let count = |c: usize, name: &str, max: u64| -> Result<u64, ConfigError> {
-            match rec.get(c).map(|v| v.trim().parse::<u64>()) {
-                Some(Ok(n)) if n <= max => Ok(n),
-                _ => Err(bad(
-                    line,
-                    format!("field `{name}` is not a whole number from 0 to {max}"),
-                )),
-            }
-        };
+    for (line, rec) in &t.rows {
+        let line = *line;
+        let count = |c: usize, name: &str, max: u64| t.count(line, rec, c, name, max);
         let row = AttentionRow {
             case: rec.get(c_case).unwrap_or("").to_string(),
             backend: rec.get(c_backend).unwrap_or("").to_string(),
             batch: count(c_batch, "batch", MAX_BATCH)?,
             q_tokens: count(c_q, "q_tokens", MAX_TOKENS)?,
             context: count(c_ctx, "context", MAX_TOKENS)?,
-            secs: num(c_ms, "ms_per_layer_median")? / 1e3,
+            secs: t.num(line, rec, c_ms, "ms_per_layer_median")? / 1e3,
         };
         if !row.is_decode() && !row.is_prefill() {
-            return Err(bad(
+            return Err(t.bad(
                 line,
                 format!(
                     "case `{}` is none of decode_*, prefill_* or chunk_*",
@@ -303,7 +327,7 @@ pub fn read_attention_rows(path: &Path) -> Result<Vec<AttentionRow>, ConfigError
             ));
         }
         if row.is_prefill() && (row.q_tokens == 0 || row.context < row.q_tokens) {
-            return Err(bad(
+            return Err(t.bad(
                 line,
                 format!(
                     "a chunk of {} tokens cannot end at context {}",
@@ -312,10 +336,7 @@ pub fn read_attention_rows(path: &Path) -> Result<Vec<AttentionRow>, ConfigError
             ));
         }
         if row.is_decode() && (row.batch == 0 || row.context == 0) {
-            return Err(bad(
-                line,
-                "a decode row needs batch and context above 0".into(),
-            ));
+            return Err(t.bad(line, "a decode row needs batch and context above 0".into()));
         }
         rows.push(row);
     }
@@ -449,37 +470,15 @@ pub fn read_attention_table(
 
 /// Reads `lm_head.csv` in the H200 format: seconds per call against the rows sampled.
 pub fn read_lm_head_table(path: &Path) -> Result<Curve, ConfigError> {
-    let origin = path.display().to_string();
-    let bad = |line: usize, m: String| ConfigError::Parse {
-        origin: format!("{origin} line {line}"),
-        message: m,
-    };
-    let text = crate::input::read_text(crate::input::InputKind::Table, path)?;
-    let mut rdr = csv::Reader::from_reader(text.as_bytes());
-    let h = rdr.headers().map_err(|e| bad(1, e.to_string()))?.clone();
-    let col = |name: &str| {
-        h.iter().position(|x| x == name).ok_or_else(|| {
-            bad(
-                1,
-                format!("missing column `{name}` (an lm_head.csv in the H200 format)"),
-            )
-        })
-    };
-    let (c_rows, c_ms) = (col("rows")?, col("ms_median")?);
+    let t = CsvTable::read(path, "an lm_head.csv in the H200 format")?;
+    let (c_rows, c_ms) = (t.col("rows")?, t.col("ms_median")?);
     let mut pts: BTreeMap<u64, f64> = BTreeMap::new();
-    for (i, rec) in rdr.records().enumerate() {
-        let line = i + 2;
-        let rec = rec.map_err(|e| bad(line, format!("malformed row: {e}")))?;
-        let num = |c: usize, name: &str| -> Result<f64, ConfigError> {
-            rec.get(c)
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .filter(|v| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| bad(line, format!("field `{name}` is not a number >= 0")))
-        };
-        pts.insert(num(c_rows, "rows")? as u64, num(c_ms, "ms_median")? / 1e3);
+    for (line, rec) in &t.rows {
+        let rows = t.count(*line, rec, c_rows, "rows", MAX_BATCH)?;
+        pts.insert(rows, t.num(*line, rec, c_ms, "ms_median")? / 1e3);
     }
     if pts.is_empty() {
-        return Err(bad(1, "no rows".into()));
+        return Err(t.bad(1, "no rows".into()));
     }
     Ok(Curve {
         points: pts.into_iter().map(|(r, s)| (r as f64, s)).collect(),

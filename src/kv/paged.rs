@@ -143,11 +143,6 @@ impl KvCacheManager {
         }
     }
 
-    /// K11: 1 - free / usable. Cached-but-free blocks count as free.
-    pub fn usage(&self) -> f64 {
-        1.0 - self.num_free() as f64 / (self.num_blocks() - 1) as f64
-    }
-
     /// An empty block list, reused if one is spare.
     fn take_spare(&mut self) -> Vec<BlockId> {
         self.spare.pop().unwrap_or_default()
@@ -928,7 +923,7 @@ mod tests {
                     prop_assert_eq!(qa[i].kv.block_table.len(), qb[i].kv.block_table.len());
                 }
                 prop_assert_eq!(queued.num_free(), anon.num_free());
-                prop_assert_eq!(queued.usage(), anon.usage());
+                prop_assert_eq!(queued.stats().usage(), anon.stats().usage());
                 prop_assert!(anon.block_pool().unwrap().check_invariants().is_ok());
                 // Held blocks are distinct, and exactly the ones not free.
                 let counts = anon.block_pool().unwrap().ref_counts();
