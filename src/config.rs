@@ -257,9 +257,12 @@ pub struct HardwareConfig {
     /// GPUs per replica, splitting the model tensor-parallel (heads and the MLP split `tensor_parallel`
     /// ways, two all-reduces per layer).
     pub tensor_parallel: u32,
-    /// All-reduce bandwidth per GPU, GB/s (NVLink 4 on H100 SXM: 450 GB/s per direction).
+    /// All-reduce bus bandwidth per GPU, GB/s: a ring all-reduce of S bytes takes 2 (tp - 1) / tp x S /
+    /// this + `allreduce_latency_s`. The default is NCCL 2.28 measured between two NVLinked H200s
+    /// (`data/profiles/h200/nccl-2gpu`: 128 MB in 500 us; NVLink 4's datasheet 450 GB/s per direction is
+    /// not reached).
     pub interconnect_gbps: f64,
-    /// Fixed cost of one all-reduce, seconds.
+    /// Fixed cost of one all-reduce, seconds (the same measurement: 17 us for messages up to 64 KB).
     pub allreduce_latency_s: f64,
 }
 
@@ -269,8 +272,8 @@ impl Default for HardwareConfig {
             name: "h100-sxm".into(),
             catalog: None,
             tensor_parallel: 1,
-            interconnect_gbps: 450.0,
-            allreduce_latency_s: 0.000_01,
+            interconnect_gbps: 270.0,
+            allreduce_latency_s: 0.000_017,
         }
     }
 }
@@ -361,6 +364,11 @@ pub struct EngineConfig {
     pub activation_reserve_gib: Option<f64>,
     pub prefix_caching: bool,
     pub prefix_cache_scope: CacheScope,
+    /// vLLM's `async_scheduling` (on by default where the executor supports it): the host schedules step
+    /// n+1 while the GPU runs step n, so the cost models' host time (`cost.roofline.step_overhead_s`,
+    /// `layer_overhead_s`) adds nothing to a step; off, it adds to every step. servesim assumes the GPU
+    /// step is the longer of the two (true for every catalog model and GPU).
+    pub async_scheduling: bool,
 }
 
 impl Default for EngineConfig {
@@ -380,6 +388,7 @@ impl Default for EngineConfig {
             activation_reserve_gib: None,
             prefix_caching: true,
             prefix_cache_scope: CacheScope::Global,
+            async_scheduling: true,
         }
     }
 }
@@ -449,33 +458,53 @@ impl Default for TableConfig {
     }
 }
 
-/// Roofline efficiencies and overheads. Defaults come from Vidur's measured H100 tables for Llama-2-7B
-/// (`servesim roofline-check`): large GEMMs reach about 75% of the dense bf16 peak, weight streaming about
-/// 80% of the memory bandwidth, element-wise kernels (norms, rotary, activation) about 50%, and the
-/// smallest kernels take about 4 us whatever their size.
+/// Roofline efficiencies, kernel latencies and host time. Each operator class has its own achieved
+/// fraction of the datasheet peak (FLOP/s) or bandwidth, and each kernel a fixed latency added to its
+/// roofline time (launch, ramp-up and tail under CUDA graphs). The defaults are fitted on measured
+/// per-operator tables of two GPUs together (Vidur's H100 table for Llama-2-7B and this project's H200
+/// tables for Llama-3.1-8B: `tools/fit_roofline.py`, residuals in the README).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RooflineConfig {
+    /// Fraction of the dense bf16 peak that GEMMs (projections, MLP, LM head) reach when compute-bound.
     pub compute_efficiency: f64,
+    /// Fraction of the memory bandwidth GEMMs reach streaming their weights when memory-bound.
     pub memory_efficiency: f64,
-    /// Achieved fraction of memory bandwidth for element-wise kernels (RMSNorm, rotary, SiLU, adds).
+    /// Fraction of the memory bandwidth element-wise kernels reach (RMSNorm, rotary, SiLU, adds, KV write,
+    /// embedding gather).
     pub elementwise_efficiency: f64,
-    /// The least time one kernel takes (launch and tail), seconds; each operator costs at least this per
-    /// kernel it launches.
-    pub min_kernel_s: f64,
-    /// Fixed cost per step (scheduling, sampling, host work), seconds.
+    /// Fraction of the memory bandwidth decode attention reaches reading the KV cache.
+    pub decode_attention_efficiency: f64,
+    /// Fraction of the dense bf16 peak prefill attention reaches over its causal (query, key) pairs.
+    pub prefill_attention_efficiency: f64,
+    /// Seconds each GEMM kernel takes beyond its roofline time.
+    pub kernel_latency_s: f64,
+    /// Seconds each element-wise kernel takes beyond its bandwidth time.
+    pub elementwise_latency_s: f64,
+    /// Seconds each attention call (one per layer for decode, one per layer for prefill) takes beyond its
+    /// roofline time.
+    pub attention_latency_s: f64,
+    /// Host time per step (scheduling, input preparation, output processing), seconds. With
+    /// `engine.async_scheduling` (vLLM's default) it runs while the GPU computes the previous step and
+    /// adds nothing; without, it adds to every step.
     pub step_overhead_s: f64,
-    /// Fixed cost per layer per step, seconds.
+    /// Host time per layer per step, seconds (kernel launches outside CUDA graphs); overlapped as
+    /// `step_overhead_s` is.
     pub layer_overhead_s: f64,
 }
 
 impl Default for RooflineConfig {
     fn default() -> Self {
         RooflineConfig {
-            compute_efficiency: 0.75,
-            memory_efficiency: 0.8,
-            elementwise_efficiency: 0.5,
-            min_kernel_s: 0.000_004,
+            // `python tools/fit_roofline.py`, rounded.
+            compute_efficiency: 0.676,
+            memory_efficiency: 0.83,
+            elementwise_efficiency: 0.881,
+            decode_attention_efficiency: 0.788,
+            prefill_attention_efficiency: 0.267,
+            kernel_latency_s: 0.000_005_2,
+            elementwise_latency_s: 0.000_001_5,
+            attention_latency_s: 0.000_007_3,
             step_overhead_s: 0.0005,
             layer_overhead_s: 0.0,
         }
@@ -792,6 +821,14 @@ impl Config {
                 "cost.roofline.elementwise_efficiency",
                 r.elementwise_efficiency,
             ),
+            (
+                "cost.roofline.decode_attention_efficiency",
+                r.decode_attention_efficiency,
+            ),
+            (
+                "cost.roofline.prefill_attention_efficiency",
+                r.prefill_attention_efficiency,
+            ),
         ] {
             if !(v > 0.0 && v <= 1.0) {
                 return Err(ConfigError::invalid(
@@ -803,7 +840,12 @@ impl Config {
         let l = &self.cost.linear;
         for (k, v) in [
             ("cost.roofline.step_overhead_s", r.step_overhead_s),
-            ("cost.roofline.min_kernel_s", r.min_kernel_s),
+            ("cost.roofline.kernel_latency_s", r.kernel_latency_s),
+            (
+                "cost.roofline.elementwise_latency_s",
+                r.elementwise_latency_s,
+            ),
+            ("cost.roofline.attention_latency_s", r.attention_latency_s),
             ("cost.roofline.layer_overhead_s", r.layer_overhead_s),
             ("cost.linear.step_s", l.step_s),
             ("cost.linear.prefill_token_s", l.prefill_token_s),

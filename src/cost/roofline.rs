@@ -1,9 +1,12 @@
 //! A roofline step-time model from a model shape and a hardware spec.
 //!
-//! Each operator class costs max(FLOPs / (peak x compute efficiency), bytes / (bandwidth x memory
-//! efficiency)), per layer where it is per layer, and at least `min_kernel_s` per kernel; a fixed per-step
-//! and per-layer overhead covers the host. Weights are read once per step per layer, whatever the batch: that is what makes small batches
-//! memory-bound and large ones compute-bound.
+//! Each kernel costs max(FLOPs / (peak x its class's compute efficiency), bytes / (bandwidth x its class's
+//! memory efficiency)) plus its class's fixed latency, per layer where it is per layer. The classes, each
+//! with its own efficiencies (`RooflineConfig`): GEMMs (projections, MLP, LM head), element-wise kernels
+//! (norms, adds, rotary, SiLU, KV write, embedding gather), decode attention (reads the KV cache), prefill
+//! attention (computes the causal pairs). Weights are read once per step per layer, whatever the batch:
+//! that is what makes small batches memory-bound and large ones compute-bound. Host time
+//! (`step_overhead_s`, `layer_overhead_s`) adds to a step only without async scheduling.
 
 use super::catalog::{HardwareSpec, ModelShape};
 use super::{BatchShape, CostModel, OpTimes, StepShape};
@@ -29,6 +32,8 @@ pub struct Roofline {
     memo: RefCell<Option<(u64, OpTimes)>>,
     /// Decode attention's constants, computed once (as above): it is priced once per decode step.
     attn: DecodeAttnConstants,
+    /// vLLM's async scheduling: host time overlaps the GPU and adds nothing to a step.
+    pub host_overlapped: bool,
 }
 
 /// Constants of `Roofline::attn_decode`, each computed by the same expression it replaces, so the
@@ -43,6 +48,7 @@ struct DecodeAttnConstants {
     kv_bytes_per_token: f64,
     flops_per_s: f64,
     bytes_per_s: f64,
+    latency_s: f64,
 }
 
 impl Roofline {
@@ -63,7 +69,8 @@ impl Roofline {
             flops_per_token: 4.0 * qk_width,
             kv_bytes_per_token: 2.0 * model.kv_dim() as f64 * d,
             flops_per_s: hw.peak_bf16_tflops * 1e12 * p.compute_efficiency,
-            bytes_per_s: hw.memory_bandwidth_gbps * 1e9 * p.memory_efficiency,
+            bytes_per_s: hw.memory_bandwidth_gbps * 1e9 * p.decode_attention_efficiency,
+            latency_s: p.attention_latency_s,
         };
         Roofline {
             model,
@@ -74,7 +81,14 @@ impl Roofline {
             allreduce_latency_s,
             memo: RefCell::new(None),
             attn,
+            host_overlapped: false,
         }
+    }
+
+    /// With vLLM's async scheduling on (`engine.async_scheduling`), host time adds nothing to a step.
+    pub fn with_async_scheduling(mut self, on: bool) -> Roofline {
+        self.host_overlapped = on;
+        self
     }
 
     fn flops_per_s(&self) -> f64 {
@@ -85,17 +99,15 @@ impl Roofline {
         self.hw.memory_bandwidth_gbps * 1e9 * self.p.memory_efficiency
     }
 
-    /// One kernel: the roofline, but never under the kernel's minimum time.
+    /// One GEMM kernel: its roofline time plus the kernel latency.
     fn op(&self, flops: f64, bytes: f64) -> f64 {
-        (flops / self.flops_per_s())
-            .max(bytes / self.bytes_per_s())
-            .max(self.p.min_kernel_s)
+        (flops / self.flops_per_s()).max(bytes / self.bytes_per_s()) + self.p.kernel_latency_s
     }
 
     /// An element-wise operator moving `bytes` in `kernels` kernels.
     fn elementwise(&self, bytes: f64, kernels: f64) -> f64 {
         let bw = self.hw.memory_bandwidth_gbps * 1e9 * self.p.elementwise_efficiency;
-        (bytes / bw).max(kernels * self.p.min_kernel_s)
+        bytes / bw + kernels * self.p.elementwise_latency_s
     }
 
     /// A linear layer of `inp` x `out` weights over `t` tokens: 2 t in out FLOPs; weights plus input and
@@ -112,11 +124,7 @@ impl Roofline {
         let flops = c.flops_per_token * b.decode_context_tokens as f64;
         let bytes = b.decode_context_tokens as f64 * c.kv_bytes_per_token
             + b.decode_seqs as f64 * 2.0 * c.qk_width * c.d;
-        // `op`, with its rates precomputed.
-        c.layers
-            * (flops / c.flops_per_s)
-                .max(bytes / c.bytes_per_s)
-                .max(self.p.min_kernel_s)
+        c.layers * ((flops / c.flops_per_s).max(bytes / c.bytes_per_s) + c.latency_s)
     }
 
     /// The GEMMs, element-wise operators and all-reduces of a step of `tokens` tokens.
@@ -155,8 +163,20 @@ impl Roofline {
                 op::MLP_DOWN,
                 layers * self.linear(t, m.intermediate_size, h),
             );
-            // Two RMSNorms and two residual adds per layer: each reads and writes t x h.
-            push(op::NORMS, layers * self.elementwise(8.0 * t * hd * d, 4.0));
+            // Two RMSNorms (read and write t x h) and two residual adds (read two, write one) per layer,
+            // and the final RMSNorm once.
+            push(
+                op::NORMS,
+                layers * self.elementwise(10.0 * t * hd * d, 4.0)
+                    + self.elementwise(2.0 * t * hd * d, 1.0),
+            );
+            // The new tokens' K and V copied into the cache: read and written, one kernel each.
+            push(
+                op::KV_WRITE,
+                layers * self.elementwise(2.0 * 2.0 * t * kvd * d, 2.0),
+            );
+            // The embedding gather: t rows of h read and written, once per step.
+            push(op::EMBEDDING, self.elementwise(2.0 * t * hd * d, 1.0));
             if self.tp > 1 {
                 // Two all-reduces of t x h activations per layer (after attention and after the MLP), ring
                 // algorithm: 2 (tp - 1) / tp of the bytes cross each link.
@@ -223,27 +243,36 @@ impl CostModel for Roofline {
         let qk_width = (m.num_heads * m.head_dim) as f64;
         let kv_bytes_per_token = 2.0 * m.kv_dim() as f64 * d;
         if b.prefill_tokens > 0 {
-            // QK^T and PV: 2 FLOPs each per (query, key, dim).
+            // QK^T and PV: 2 FLOPs each per (query, key, dim), at prefill attention's own efficiency.
             let flops = 4.0 * qk_width * b.prefill_attn_pairs as f64;
             let bytes = b.prefill_context_tokens as f64 * kv_bytes_per_token
                 + b.prefill_tokens as f64 * 2.0 * qk_width * d;
-            push(op::ATTN_PREFILL, layers * self.op(flops, bytes));
+            let peak = self.hw.peak_bf16_tflops * 1e12 * self.p.prefill_attention_efficiency;
+            push(
+                op::ATTN_PREFILL,
+                layers
+                    * ((flops / peak).max(bytes / self.bytes_per_s()) + self.p.attention_latency_s),
+            );
         }
         if b.decode_seqs > 0 {
             push(ATTN_DECODE, self.attn_decode(b));
         }
         if b.sampled > 0 {
+            // The sampled rows gathered, then one GEMM writing float32 logits.
             let rows = b.sampled as f64;
             let (hh, v) = (h as f64, m.vocab_size as f64);
             push(
                 op::LM_HEAD,
-                self.op(2.0 * rows * hh * v, hh * v * d + rows * v * 4.0),
+                self.elementwise(2.0 * rows * hh * d, 1.0)
+                    + self.op(2.0 * rows * hh * v, hh * v * d + rows * v * 4.0),
             );
         }
-        push(
-            op::OVERHEAD,
-            self.p.step_overhead_s + layers * self.p.layer_overhead_s,
-        );
+        if !self.host_overlapped {
+            push(
+                op::OVERHEAD,
+                self.p.step_overhead_s + layers * self.p.layer_overhead_s,
+            );
+        }
         ops
     }
 }
@@ -264,12 +293,16 @@ mod tests {
         //  mlp: up/gate 256 x 1376: (352,256 + 1,632) x 4 = 1,415,552 B -> 2.831104e-6;
         //       down 688 x 256: (176,128 + 944) x 4 = 708,288 B -> 1.416576e-6; sum 4.24768e-6; x 4 = 1.699072e-5.
         //  mlp_act: 3 x 1 x 688 x 4 = 8,256 B -> 1.6512e-8; x 4 = 6.6048e-8.
-        //  norms: 8 x 1 x 256 x 4 = 8,192 B -> 1.6384e-8; x 4 = 6.5536e-8.
+        //  norms: two RMSNorms (2 x 256 x 4 B each) and two adds (3 x 256 x 4 B each) = 10,240 B -> 2.048e-8;
+        //       x 4 = 8.192e-8; the final RMSNorm 2,048 B -> 4.096e-9; sum 8.6016e-8.
+        //  kv_write: 2 x 2 x 1 x 128 x 4 = 2,048 B -> 4.096e-9; x 4 = 1.6384e-8.
+        //  embedding: 2 x 1 x 256 x 4 = 2,048 B -> 4.096e-9.
         //  attn_decode: bytes 100 x (2 x 128 x 4) + 1 x 2 x 256 x 4 = 102,400 + 2,048 = 104,448 -> 2.08896e-7;
         //       FLOPs 4 x 256 x 100 = 102,400 -> 2.048e-9; x 4 layers = 8.35584e-7.
-        //  lm_head: bytes 256 x 1024 x 4 + 1024 x 4 = 1,052,672 -> 2.105344e-6.
-        //  total = 4.21888e-6 + 2.4576e-8 + 2.113536e-6 + 1.699072e-5 + 6.6048e-8 + 6.5536e-8
-        //          + 8.35584e-7 + 2.105344e-6 = 2.6420224e-5 s = 26,420 ns (rounded).
+        //  lm_head: gather 2 x 256 x 4 = 2,048 B -> 4.096e-9; GEMM bytes 256 x 1024 x 4 + 1024 x 4 = 1,052,672
+        //       -> 2.105344e-6; sum 2.10944e-6.
+        //  total = 4.21888e-6 + 2.4576e-8 + 2.113536e-6 + 1.699072e-5 + 6.6048e-8 + 8.6016e-8 + 1.6384e-8
+        //          + 4.096e-9 + 8.35584e-7 + 2.10944e-6 = 2.646528e-5 s = 26,465 ns (rounded).
         let r = Roofline::new(
             ModelShape::load("tiny").unwrap(),
             HardwareSpec {
@@ -283,7 +316,11 @@ mod tests {
                 compute_efficiency: 0.5,
                 memory_efficiency: 0.5,
                 elementwise_efficiency: 0.5,
-                min_kernel_s: 0.0,
+                decode_attention_efficiency: 0.5,
+                prefill_attention_efficiency: 0.5,
+                kernel_latency_s: 0.0,
+                elementwise_latency_s: 0.0,
+                attention_latency_s: 0.0,
                 step_overhead_s: 0.0,
                 layer_overhead_s: 0.0,
             },
@@ -293,7 +330,7 @@ mod tests {
         );
         let mut b = StepShape::default();
         b.add(1, 100, true, true);
-        assert_eq!(r.step_time(&b).0, 26_420);
+        assert_eq!(r.step_time(&b).0, 26_465);
     }
 
     #[test]

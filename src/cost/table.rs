@@ -5,7 +5,8 @@
 //! by the last segment's slope.
 //!
 //! Attention is interpolated in the variables its kernels scale with:
-//! - decode, per layer over the (batch B, context L) grid: bilinear in (log2 B, log2 L) inside the grid; a
+//! - decode, per layer over the (batch B, context L) grid: log time bilinear in (log2 B, log2 L) inside the
+//!   grid; a
 //!   step's B sequences are priced at their mean context (the split-KV kernel's time follows the KV tokens
 //!   read). Past the grid's largest batch or context the time grows in proportion to the KV tokens read;
 //!   below its smallest it stays at the smallest measured time (the kernels are latency-bound there);
@@ -14,9 +15,13 @@
 //!   empty context on the from-empty rows, a chunk after earlier tokens on the chunk rows;
 //! - the LM head, per step, over the rows sampled.
 //!
-//! Outside every table, and priced by the roofline: the step overhead; without an attention or LM-head
-//! table, those operators too. Not priced at all (stated in the README): the embedding gather, the KV
-//! write and host time.
+//! Outside the per-layer operators but priced from the same table: the embedding gather (Vidur's `emb`
+//! column, once per step), the final RMSNorm (one more `input_layernorm`), and the kernels no table
+//! measures but that move bytes as an `add` does, priced on the `add` curve at the token count that moves
+//! as many bytes (the KV write, two kernels per layer reading and writing 2 x t x kv_dim; the gather of
+//! the sampled rows before the LM head). Priced by the roofline: the all-reduce of tensor parallelism
+//! and host time (hidden under async scheduling); without an attention or LM-head table, those
+//! operators too.
 
 use super::catalog::ModelShape;
 use super::roofline::Roofline;
@@ -38,6 +43,9 @@ const LAYER_OPS: &[(&str, f64)] = &[
     (op::MLP_DOWN_PROJ, 1.0),
     (op::ADD, 2.0),
 ];
+
+/// The embedding gather's column in `mlp.csv` (once per step, not per layer).
+const EMB: &str = "emb";
 
 /// One operator's time (seconds) at measured token counts.
 #[derive(Clone, Debug, PartialEq)]
@@ -160,10 +168,14 @@ pub fn read_mlp_table(
     let c_tp = t.col("num_tensor_parallel_workers")?;
     let c_embd = t.col("n_embd")?;
     let c_exp = t.col("n_expanded_embd")?;
-    let cols: Vec<(&'static str, usize)> = LAYER_OPS
+    let mut cols: Vec<(&'static str, usize)> = LAYER_OPS
         .iter()
         .map(|&(op, _)| Ok((op, t.col(&format!("time_stats.{op}.median"))?)))
         .collect::<Result<_, ConfigError>>()?;
+    // The embedding is optional: without it the roofline prices the gather.
+    if let Ok(c) = t.col(&format!("time_stats.{EMB}.median")) {
+        cols.push((EMB, c));
+    }
     let mut acc: BTreeMap<&'static str, BTreeMap<u64, (f64, u32)>> = BTreeMap::new();
     for (line, rec) in &t.rows {
         let (line, num) = (*line, |c: usize, name: &str| t.num(*line, rec, c, name));
@@ -240,10 +252,12 @@ impl DecodeGrid {
         let (i0, i1, u) = cell(bs, b);
         let (j0, j1, w) = cell(cs, l);
         let n = cs.len();
-        let t = |i: usize, j: usize| self.secs[i * n + j];
+        // Bilinear in the log of the time: between grid points the time follows the local power law
+        // (t ~ B^a L^b), as the kernels do; bilinear in the time itself overshoots by up to 12% mid-cell.
+        let t = |i: usize, j: usize| self.secs[i * n + j].ln();
         let lo = t(i0, j0) * (1.0 - w) + t(i0, j1) * w;
         let hi = t(i1, j0) * (1.0 - w) + t(i1, j1) * w;
-        (lo * (1.0 - u) + hi * u) * scale
+        (lo * (1.0 - u) + hi * u).exp() * scale
     }
 }
 
@@ -324,6 +338,14 @@ pub fn read_attention_rows(path: &Path) -> Result<Vec<AttentionRow>, ConfigError
                     "case `{}` is none of decode_*, prefill_* or chunk_*",
                     row.case
                 ),
+            ));
+        }
+        if row.is_decode() && row.secs <= 0.0 {
+            return Err(t.bad(
+                line,
+                "field `ms_per_layer_median` is 0 in a decode row; decode times are interpolated in their \
+                 logarithm and must be above 0"
+                    .into(),
             ));
         }
         if row.is_prefill() && (row.q_tokens == 0 || row.context < row.q_tokens) {
@@ -491,6 +513,10 @@ pub fn read_lm_head_table(path: &Path) -> Result<Curve, ConfigError> {
 pub struct TableCost {
     /// (operator, kernels per layer, curve) in `LAYER_OPS` order.
     ops: Vec<(&'static str, f64, Curve)>,
+    /// The embedding gather per step, where the table has it.
+    emb: Option<Curve>,
+    /// The residual add, for kernels no table measures that move bytes as it does.
+    add: Option<Curve>,
     pub roofline: Roofline,
     attention: Option<AttentionTable>,
     lm_head: Option<Curve>,
@@ -508,6 +534,8 @@ impl TableCost {
             .collect();
         TableCost {
             ops,
+            emb: table.get(EMB).cloned(),
+            add: table.get(op::ADD).cloned(),
             roofline,
             attention: None,
             lm_head: None,
@@ -524,6 +552,12 @@ impl TableCost {
         self.attention = attention;
         self.lm_head = lm_head;
         self
+    }
+
+    /// An element-wise kernel moving the bytes an `add` of `tokens_equiv` tokens moves (3 x t x hidden
+    /// bytes), from the `add` curve, never under its smallest measured time.
+    fn like_add(&self, tokens_equiv: f64) -> Option<f64> {
+        self.add.as_ref().map(|c| c.at_proportional(tokens_equiv))
     }
 
     /// Decode attention over all layers for the decode part of a step.
@@ -547,21 +581,29 @@ impl CostModel for TableCost {
         let layers = self.roofline.model.num_layers as f64;
         let t = b.total_tokens();
         let mut out = OpTimes::default();
+        let m = &self.roofline.model;
         if t > 0 {
             let mut memo = self.memo.borrow_mut();
             let layer_ops = memo.entry(t).or_insert_with(|| {
+                let tf = t as f64;
                 self.ops
                     .iter()
-                    .map(|(op, times, c)| OpTime {
-                        op,
-                        seconds: layers * times * c.at(t as f64),
+                    .map(|(op, times, c)| {
+                        // The final RMSNorm runs once more, after the last layer.
+                        let calls =
+                            layers * times + if *op == op::INPUT_LAYERNORM { 1.0 } else { 0.0 };
+                        OpTime {
+                            op,
+                            seconds: calls * c.at(tf),
+                        }
                     })
                     .collect()
             });
             out.extend(layer_ops.iter().copied());
         }
         // Attention, LM head and overheads: the roofline's, replaced by the tables' where measured.
-        let layers = self.roofline.model.num_layers as f64;
+        let tf = t as f64;
+        let h = m.hidden_size as f64;
         for o in self.roofline.breakdown(shape).iter() {
             let seconds = match (o.op, &self.attention, &self.lm_head) {
                 (op::ATTN_DECODE, Some(a), _) => self.decode_attention(a, b),
@@ -575,14 +617,31 @@ impl CostModel for TableCost {
                 }
                 (op::LM_HEAD, _, Some(curve)) => {
                     if b.sampled > 0 {
-                        curve.at(b.sampled as f64)
+                        // The gather of the sampled rows (2 x rows x hidden bytes) as an add of as many.
+                        let rows = b.sampled as f64;
+                        let gather = self.like_add(2.0 * rows / 3.0).unwrap_or(0.0);
+                        curve.at(rows) + gather
                     } else {
                         0.0
                     }
                 }
-                (op::ATTN_PREFILL | op::ATTN_DECODE | op::LM_HEAD | op::OVERHEAD, _, _) => {
-                    o.seconds
+                (op::EMBEDDING, _, _) if t > 0 => match &self.emb {
+                    Some(c) => c.at(tf),
+                    None => o.seconds,
+                },
+                // K and V, each read and written (2 x t x kv_dim elements per kernel): an add of
+                // 2 kv_dim t / (3 h) tokens moves as many bytes.
+                (op::KV_WRITE, _, _) if t > 0 => {
+                    match self.like_add(2.0 * m.kv_dim() as f64 * tf / (3.0 * h)) {
+                        Some(one) => 2.0 * layers * one,
+                        None => o.seconds,
+                    }
                 }
+                (
+                    op::ATTN_PREFILL | op::ATTN_DECODE | op::LM_HEAD | op::OVERHEAD | op::ALLREDUCE,
+                    _,
+                    _,
+                ) => o.seconds,
                 _ => continue,
             };
             out.push(o.op, seconds);
