@@ -5,10 +5,9 @@
 //! by the last segment's slope.
 //!
 //! Attention is interpolated in the variables its kernels scale with:
-//! - decode, per layer over the (batch B, context L) grid: log time bilinear in (log2 B, log2 L) inside the
-//!   grid; a
-//!   step's B sequences are priced at their mean context (the split-KV kernel's time follows the KV tokens
-//!   read). Past the grid's largest batch or context the time grows in proportion to the KV tokens read;
+//! - decode, per layer over the (batch B, context L) grid: the log of the time bilinear in (log2 B, log2 L)
+//!   inside the grid; a step's B sequences are priced at their mean context (the split-KV kernel's time
+//!   follows the KV tokens read). Past the grid's largest batch or context the time grows in proportion to the KV tokens read;
 //!   below its smallest it stays at the smallest measured time (the kernels are latency-bound there);
 //! - prefill, per chunk and layer, over causal (query, key) pairs q (c - q) + q (q + 1) / 2, linearly
 //!   between measured pair counts and in proportion to the pairs past the largest: a prefill from an
