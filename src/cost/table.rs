@@ -519,7 +519,7 @@ pub struct TableCost {
     pub roofline: Roofline,
     attention: Option<AttentionTable>,
     lm_head: Option<Curve>,
-    /// The per-layer operators depend only on the token count, which repeats step after step: memoised.
+    /// The operators that depend only on the token count, which repeats step after step: memoised.
     memo: std::cell::RefCell<crate::fasthash::FastMap<u64, Vec<OpTime>>>,
 }
 
@@ -580,12 +580,14 @@ impl CostModel for TableCost {
         let layers = self.roofline.model.num_layers as f64;
         let t = b.total_tokens();
         let mut out = OpTimes::default();
-        let m = &self.roofline.model;
         if t > 0 {
+            // Every operator that depends only on the token count, memoised.
             let mut memo = self.memo.borrow_mut();
-            let layer_ops = memo.entry(t).or_insert_with(|| {
+            let token_ops = memo.entry(t).or_insert_with(|| {
                 let tf = t as f64;
-                self.ops
+                let m = &self.roofline.model;
+                let mut v: Vec<OpTime> = self
+                    .ops
                     .iter()
                     .map(|(op, times, c)| {
                         // The final RMSNorm runs once more, after the last layer.
@@ -596,13 +598,28 @@ impl CostModel for TableCost {
                             seconds: calls * c.at(tf),
                         }
                     })
-                    .collect()
+                    .collect();
+                if let Some(c) = &self.emb {
+                    v.push(OpTime {
+                        op: op::EMBEDDING,
+                        seconds: c.at(tf),
+                    });
+                }
+                // K and V, each read and written (2 x t x kv_dim elements per kernel): an add of
+                // 2 kv_dim t / (3 h) tokens moves as many bytes.
+                let equiv = 2.0 * m.kv_dim() as f64 * tf / (3.0 * m.hidden_size as f64);
+                if let Some(one) = self.like_add(equiv) {
+                    v.push(OpTime {
+                        op: op::KV_WRITE,
+                        seconds: 2.0 * layers * one,
+                    });
+                }
+                v
             });
-            out.extend(layer_ops.iter().copied());
+            out.extend(token_ops.iter().copied());
         }
-        // Attention, LM head and overheads: the roofline's, replaced by the tables' where measured.
-        let tf = t as f64;
-        let h = m.hidden_size as f64;
+        // Attention, LM head and overheads: the roofline's, replaced by the tables' where measured; the
+        // embedding and KV write the roofline's only where the table has no `emb` or `add` to price them.
         for o in self.roofline.breakdown(shape).iter() {
             let seconds = match (o.op, &self.attention, &self.lm_head) {
                 (op::ATTN_DECODE, Some(a), _) => self.decode_attention(a, b),
@@ -624,18 +641,8 @@ impl CostModel for TableCost {
                         0.0
                     }
                 }
-                (op::EMBEDDING, _, _) if t > 0 => match &self.emb {
-                    Some(c) => c.at(tf),
-                    None => o.seconds,
-                },
-                // K and V, each read and written (2 x t x kv_dim elements per kernel): an add of
-                // 2 kv_dim t / (3 h) tokens moves as many bytes.
-                (op::KV_WRITE, _, _) if t > 0 => {
-                    match self.like_add(2.0 * m.kv_dim() as f64 * tf / (3.0 * h)) {
-                        Some(one) => 2.0 * layers * one,
-                        None => o.seconds,
-                    }
-                }
+                (op::EMBEDDING, _, _) if self.emb.is_none() => o.seconds,
+                (op::KV_WRITE, _, _) if self.add.is_none() => o.seconds,
                 (
                     op::ATTN_PREFILL | op::ATTN_DECODE | op::LM_HEAD | op::OVERHEAD | op::ALLREDUCE,
                     _,

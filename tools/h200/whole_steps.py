@@ -285,34 +285,14 @@ def check_splitkv(m):
 
 def time_step(m, decodes, chunks, replays, skip_attention=False):
     tokens_needed = sum(C for _, C in chunks) + sum(decodes)
-    kvd = m.nkv * m.hd
     kc = [torch.empty(tokens_needed, m.nkv, m.hd, device="cuda", dtype=torch.bfloat16) for _ in range(m.layers)]
     vc = [torch.empty(tokens_needed, m.nkv, m.hd, device="cuda", dtype=torch.bfloat16) for _ in range(m.layers)]
     for c in kc + vc:
         c.normal_()
     fwd, ntok, _ = build_step(m, decodes, chunks, kc, vc, skip_attention)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            fwd()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fwd()
-    for _ in range(3):
-        g.replay()
-    times = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    del g, kc, vc, fwd
+    times = replay_times(fwd, replays)
+    del kc, vc, fwd
     torch.cuda.empty_cache()
-    times.sort()
     n = len(times)
     med = times[n // 2] if n % 2 else 0.5 * (times[n // 2 - 1] + times[n // 2])
     return med, times[0], ntok
@@ -388,7 +368,9 @@ def ceilings():
     torch.cuda.empty_cache()
 
 
-def time_graph(fn, replays):
+def replay_times(fn, replays):
+    """`fn` run twice eagerly on a side stream, captured into a CUDA graph, replayed 3 times as warm-up, then
+    `replays` times, each timed with CUDA events: the times in ms, sorted."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -408,8 +390,8 @@ def time_graph(fn, replays):
         b.record()
         b.synchronize()
         times.append(a.elapsed_time(b))
-    times.sort()
-    return times[len(times) // 2]
+    del g
+    return sorted(times)
 
 
 def probe(m, args):
@@ -439,7 +421,7 @@ def probe(m, args):
                             0.088, NSPLIT=splits, KVH=m.nkv, GROUP=m.nq // m.nkv, D=m.hd, BLOCK_N=64)
                         merge_kernel[(B * m.nq,)](o_part, lse, out, NSPLIT=splits,
                                                   SP=max(2, triton.next_power_of_2(splits)), D=m.hd)
-                ms = time_graph(fn, 15) / m.layers
+                ms = replay_times(fn, 15)[7] / m.layers
                 wr.writerow(["splitkv_per_layer", B, L, f"{ms:.5f}"])
                 del kc, vc
                 torch.cuda.empty_cache()
