@@ -574,22 +574,55 @@ fn catalog_table(what: CatalogKind) -> String {
         CatalogKind::Models => {
             let _ = writeln!(
                 w,
-                "{:<16} {:>9} {:>7} {:>6} {:>6} {:>8} {:>10} {:>9}",
-                "name", "params_B", "layers", "heads", "kv", "hidden", "kv_B/token", "max_len"
+                "{:<18} {:>9} {:>9} {:>9} {:>7} {:>6} {:>6} {:>8} {:>10} {:>9}  features",
+                "name",
+                "params_B",
+                "active_B",
+                "weights_GB",
+                "layers",
+                "heads",
+                "kv",
+                "hidden",
+                "kv_B/token",
+                "max_len"
             );
             for n in model_names() {
                 let m = ModelShape::load(n).expect("catalog models load (tested)");
+                let mut features = m.features();
+                if let Some(w) = &m.sliding_window {
+                    features = features.replace(
+                        "sliding-window attention",
+                        &format!("window {} on {} layers", w.window, w.layers),
+                    );
+                }
+                if let Some(e) = &m.moe {
+                    features = features.replace(
+                        "mixture of experts",
+                        &format!("{} experts, top {}", e.num_experts, e.top_k),
+                    );
+                }
+                if let Some(q) = &m.quant {
+                    features = features
+                        .replace("quantized weights", &format!("{} {}-bit", q.method, q.bits));
+                }
                 let _ = writeln!(
                     w,
-                    "{:<16} {:>9.2} {:>7} {:>6} {:>6} {:>8} {:>10} {:>9}",
+                    "{:<18} {:>9.2} {:>9.2} {:>10.1} {:>7} {:>6} {:>6} {:>8} {:>10} {:>9}  {}",
                     n,
                     m.total_params() as f64 / 1e9,
+                    m.active_params() as f64 / 1e9,
+                    m.weight_bytes() as f64 / 1e9,
                     m.num_layers,
                     m.num_heads,
                     m.num_kv_heads,
                     m.hidden_size,
                     m.kv_bytes_per_token(),
-                    m.max_position_embeddings
+                    m.max_position_embeddings,
+                    if features.is_empty() {
+                        "dense".to_string()
+                    } else {
+                        features
+                    }
                 );
             }
         }

@@ -236,12 +236,15 @@ impl Default for WorkloadConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     pub name: String,
+    /// vLLM's `--dtype`: `auto` (the checkpoint's `torch_dtype`), `bfloat16`, `float16` or `float32`.
+    pub dtype: String,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
             name: "llama-3.1-8b".into(),
+            dtype: "auto".into(),
         }
     }
 }
@@ -369,6 +372,9 @@ pub struct EngineConfig {
     /// `layer_overhead_s`) adds nothing to a step; off, it adds to every step. servesim assumes the GPU
     /// step is the longer of the two (true for every catalog model and GPU).
     pub async_scheduling: bool,
+    /// vLLM's `--kv-cache-dtype`: `auto` (the model's dtype), `fp8` / `fp8_e4m3` / `fp8_e5m2` (one byte
+    /// per element: twice the blocks, half the bytes each decode step reads), `bfloat16`, `float16`.
+    pub kv_cache_dtype: String,
 }
 
 impl Default for EngineConfig {
@@ -389,6 +395,7 @@ impl Default for EngineConfig {
             prefix_caching: true,
             prefix_cache_scope: CacheScope::Global,
             async_scheduling: true,
+            kv_cache_dtype: "auto".into(),
         }
     }
 }

@@ -38,7 +38,8 @@ pub struct System {
 
 impl System {
     pub fn resolve(cfg: &Config) -> Result<System, ConfigError> {
-        let model = ModelShape::load(&cfg.model.name)?;
+        let model = ModelShape::load(&cfg.model.name)?
+            .with_dtypes(&cfg.model.dtype, &cfg.engine.kv_cache_dtype)?;
         let hardware =
             HardwareSpec::load_with(&cfg.hardware.name, cfg.hardware.catalog.as_deref())?;
         let sizing = size_engine_tp(&cfg.engine, &model, &hardware, cfg.hardware.tensor_parallel)?;
@@ -94,6 +95,18 @@ impl System {
                     if cfg.cost.kind == CostKind::Roofline { "roofline" } else { "table" },
                     self.model.name,
                     8 * self.model.dtype_bytes
+                ),
+            ));
+        }
+        let timed = matches!(cfg.cost.kind, CostKind::Table | CostKind::Calibrated);
+        if timed && !self.model.is_dense_full_attention() {
+            return Err(ConfigError::invalid(
+                "cost.kind",
+                format!(
+                    "the {} cost model times dense, full-attention, unquantized layers, and model {} has {};                      use cost.kind = \"roofline\", which prices them",
+                    if cfg.cost.kind == CostKind::Table { "table" } else { "calibrated" },
+                    self.model.name,
+                    self.model.features()
                 ),
             ));
         }

@@ -308,3 +308,56 @@ fn an_unknown_attention_backend_is_an_error_listing_the_known_ones() {
     assert!(e.contains("cost.table.decode_attention"), "{e}");
     assert!(e.contains("flash") && e.contains("triton_splitkv"), "{e}");
 }
+
+/// Models beyond dense bf16 run end to end: each sized as vLLM sizes it and simulated on a short chat
+/// workload, with its features changing the answer where they should.
+#[test]
+fn moe_latent_windowed_and_quantized_models_run_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (model, tp) in [
+        ("mixtral-8x7b", 2),
+        ("qwen3-30b-a3b", 1),
+        ("deepseek-v3", 8),
+        ("gemma-2-9b", 1),
+        ("llama-3.1-70b-awq", 1),
+    ] {
+        let cfg = config(
+            SMALL_CHAT,
+            &[
+                &format!("model.name=\"{model}\""),
+                "hardware.name=\"h200\"",
+                &format!("hardware.tensor_parallel={tp}"),
+                "workload.duration_s=20",
+                "engine.max_model_len=8192",
+            ],
+        );
+        let (o, _) = run_in(tmp.path(), model, &cfg);
+        assert!(
+            o.summary.0["requests_finished"].as_u64().unwrap() > 0,
+            "{model}"
+        );
+    }
+}
+
+#[test]
+fn an_fp8_kv_cache_holds_twice_the_blocks() {
+    let blocks = |dtype: &str| {
+        let cfg = default_with(&[
+            "hardware.name=\"h200\"",
+            &format!("engine.kv_cache_dtype=\"{dtype}\""),
+        ]);
+        servesim::system::System::resolve(&cfg)
+            .unwrap()
+            .sizing
+            .num_gpu_blocks
+    };
+    // The same memory over pages of half the bytes (16 x 8 x 128 x 2 x 1 B per layer instead of 2 B):
+    // floor(avail / (P / 2)) is 2 floor(avail / P) or one more.
+    let (auto, fp8) = (blocks("auto"), blocks("fp8"));
+    assert!(fp8 == 2 * auto || fp8 == 2 * auto + 1, "{auto} {fp8}");
+    let cfg = default_with(&["engine.kv_cache_dtype=\"int4\""]);
+    let e = servesim::system::System::resolve(&cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("engine.kv_cache_dtype"), "{e}");
+}

@@ -365,15 +365,43 @@ fn sizes_that_drive_allocations_are_range_checked() {
 #[test]
 fn model_fields_that_change_the_answer_are_refused_not_dropped() {
     let tmp = tempfile::tempdir().unwrap();
-    for (field, value) in [
-        ("num_local_experts", "8"),
-        ("sliding_window", "4096"),
-        ("quantization_config", "{\"quant_method\": \"fp8\"}"),
-        ("dtype", "\"float8_e4m3fn\""),
+    // Fields servesim models but cannot use as given: refused, naming what to fix.
+    for (field, value, expect) in [
+        ("num_local_experts", "8", "num_experts_per_tok"),
+        ("sliding_window", "\"long\"", "sliding_window"),
+        (
+            "quantization_config",
+            "{\"quant_method\": \"bitsandbytes\"}",
+            "quant_method",
+        ),
+        ("dtype", "\"float8_e4m3fn\"", "dtype"),
     ] {
         let p = write(tmp.path(), "m.json", &model_json(field, value));
-        refused(&["--set", &format!("model.name={p:?}")], &[field]);
+        refused(&["--set", &format!("model.name={p:?}")], &[expect]);
     }
+    // Fields it models change the step's price: eight experts of which each token uses two double a
+    // prefill's MLP work (compute-bound at 4096 tokens) against the dense model.
+    let step = |json: &str| -> f64 {
+        let p = write(tmp.path(), "s.json", json);
+        let out = servesim()
+            .args(["step-cost", "--json", "--prefill", "4096"])
+            .args(["--set", "hardware.name=\"h200\"", "--set"])
+            .arg(format!("model.name={p:?}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["ops"]["mlp_up"].as_f64().unwrap() + v["ops"]["mlp_down"].as_f64().unwrap()
+    };
+    let mut moe: serde_json::Value = serde_json::from_str(LLAMA_8B).unwrap();
+    moe["num_local_experts"] = serde_json::json!(8);
+    moe["num_experts_per_tok"] = serde_json::json!(2);
+    let ratio = step(&moe.to_string()) / step(LLAMA_8B);
+    assert!(ratio > 1.9 && ratio < 2.1, "{ratio}");
     // A float32 model cannot be priced by the roofline (bf16 peak); the `dtype` key is read.
     let p = write(tmp.path(), "m.json", &model_json("dtype", "\"float32\""));
     let mut v: serde_json::Value =
@@ -384,7 +412,7 @@ fn model_fields_that_change_the_answer_are_refused_not_dropped() {
         &["--set", &format!("model.name={p:?}")],
         &["cost.kind", "32-bit"],
     );
-    // Sliding window off (Qwen2's configs) or as long as the context is full attention: accepted.
+    // Sliding window off (Qwen2's configs) or as long as the context: full attention, accepted.
     let mut v: serde_json::Value = serde_json::from_str(LLAMA_8B).unwrap();
     v["sliding_window"] = serde_json::json!(4096);
     v["use_sliding_window"] = serde_json::json!(false);

@@ -203,6 +203,18 @@ fn plan(quick: bool) -> Plan {
 pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
     let started = Instant::now();
     let full = ModelShape::load(&o.model)?;
+    if !full.is_dense_full_attention() {
+        return Err(ConfigError::invalid(
+            "--model",
+            format!(
+                "calibration times dense, full-attention, unquantized layers, and {} has {}; calibrate a \
+                 dense model, or price this one with cost.kind = \"roofline\"",
+                full.name,
+                full.features()
+            ),
+        )
+        .into());
+    }
     let m = scaled_shape(&full, o.scale)?;
     let threads = o
         .threads

@@ -21,13 +21,15 @@ pub struct EngineSizing {
 /// Non-torch memory (CUDA context, NCCL buffers) vLLM's profiler sees rise at start-up, GiB.
 const NON_TORCH_GIB: f64 = 0.5;
 
-/// M2's activation term, estimated from the profile run's shape: the MLP's gate and up outputs plus four
+/// M2's activation term, estimated from the profile run's shape: the MLP's gate and up outputs (a MoE
+/// layer's routed and shared experts' together) plus four
 /// hidden-size buffers for max_num_batched_tokens tokens, fp32 logits for max_num_seqs sampled rows, and
 /// the non-torch rise. About 1.7 GiB for Llama-3.1-8B at 8192/1024, in line with the 1.2-2 GiB vLLM logs
 /// for that model.
 pub fn estimate_activation_gib(m: &ModelShape, tokens: u32, seqs: u32) -> f64 {
-    let act =
-        tokens as f64 * (2 * m.intermediate_size + 4 * m.hidden_size) as f64 * m.dtype_bytes as f64;
+    let act = tokens as f64
+        * (2 * m.mlp_activation_width() + 4 * m.hidden_size) as f64
+        * m.dtype_bytes as f64;
     let logits = seqs as f64 * m.vocab_size as f64 * 4.0;
     (act + logits) / GIB + NON_TORCH_GIB
 }
