@@ -157,6 +157,7 @@ fn calibrate_command(a: &CalibrateArgs) -> Result<(), Error> {
         scale,
         quick: a.quick,
         threads: a.threads,
+        device: a.device.clone(),
         repeats,
         out: out.clone(),
         progress: !a.quiet,

@@ -143,6 +143,10 @@ pub struct CalibrateArgs {
     /// Threads for candle (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where to time the operators: `cpu`, or `cuda` / `cuda:N` (GPU N, in bf16; needs a build with
+    /// `--features cuda`).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda[:N]")]
+    pub device: String,
     /// Measured repeats per point (median taken), after one warm-up run.
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,

@@ -103,12 +103,14 @@ mod calibrated {
             scale: 1,
             quick: true,
             threads: Some(1),
+            device: "cpu".into(),
             repeats: 5,
             out: out.clone(),
             progress: false,
         })
         .unwrap();
         let back = Profile::load(&out).unwrap();
+        assert_eq!(back.host.device, "cpu");
         assert_eq!(back.linear.len(), p.linear.len());
         assert_eq!(back.host.candle_version, p.host.candle_version);
         assert!(!p.raw.is_empty() && p.raw.iter().any(|r| r.held_out));
@@ -360,4 +362,75 @@ fn an_fp8_kv_cache_holds_twice_the_blocks() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("engine.kv_cache_dtype"), "{e}");
+}
+
+/// The profile `servesim calibrate --device cuda` wrote on an H200 (candle's CUDA backend, bf16) against
+/// the operator tables PyTorch measured on an H200: candle's matmuls are cuBLAS GEMMs, so the calibrated
+/// model's projections and MLP must price what the tables measured. (Its norms and attention are candle's
+/// unfused kernels, not vLLM's, and are not compared.)
+#[test]
+fn a_candle_gpu_profile_prices_the_gemms_the_h200_tables_measured() {
+    let ops = |kind: &str, extra: &str, t: u32, names: &[&str]| -> f64 {
+        let out = assert_cmd::Command::cargo_bin("servesim")
+            .unwrap()
+            .args(["step-cost", "--json", "--prefill", &format!("{t}")])
+            .args(["--set", "hardware.name=\"h200\""])
+            .args(["--set", &format!("cost.kind=\"{kind}\"")])
+            .args(["--set", extra])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        names
+            .iter()
+            .map(|n| v["ops"][n].as_f64().unwrap_or(0.0))
+            .sum()
+    };
+    for t in [1, 64, 512, 2048, 4096] {
+        let candle = ops(
+            "calibrated",
+            "cost.profile=\"data/profiles/h200/candle/profile-llama-3.1-8b.toml\"",
+            t,
+            &["qkv_proj", "o_proj", "mlp_up", "mlp_down"],
+        );
+        let torch = ops(
+            "table",
+            "cost.table.dir=\"data/profiles/h200/llama-3.1-8b\"",
+            t,
+            &[
+                "attn_pre_proj",
+                "attn_post_proj",
+                "mlp_up_proj",
+                "mlp_down_proj",
+            ],
+        );
+        // Measured when the profile was taken: ratios 1.035, 1.032, 1.014, 0.989, 0.982.
+        let ratio = candle / torch;
+        assert!((ratio - 1.0).abs() < 0.05, "{t} tokens: {ratio}");
+    }
+}
+
+/// Without the `cuda` feature (the default build, and CI), `--device cuda` says how to get one; a device
+/// that is not one is named. Neither leaves a profile behind.
+#[test]
+fn calibrating_on_a_gpu_without_the_cuda_build_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("p.toml");
+    for (device, expect) in [
+        ("cuda:1", "--features cuda"),
+        ("tpu", "cpu, cuda or cuda:N"),
+    ] {
+        assert_cmd::Command::cargo_bin("servesim")
+            .unwrap()
+            .args(["calibrate", "--quick", "-q", "--device", device, "--out"])
+            .arg(&out)
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains(expect));
+        assert!(!out.exists());
+    }
 }

@@ -29,6 +29,8 @@ pub struct CalibrateOptions {
     /// A small grid that runs in well under a minute.
     pub quick: bool,
     pub threads: Option<usize>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
     pub repeats: usize,
     pub out: PathBuf,
     pub progress: bool,
@@ -65,27 +67,114 @@ fn cpu_model() -> String {
 
 type CErr = candle_core::Error;
 
-/// Times `f`: `warmup` unmeasured runs, then `repeats` measured; returns (median, min) seconds.
+/// Opens `cpu`, `cuda` or `cuda:N`. CUDA needs a build with the `cuda` feature (candle's CUDA backend,
+/// compiled with nvcc); without it the error says how to build one.
+pub fn open_device(spec: &str) -> Result<Device, ConfigError> {
+    let gpu = match spec {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => {
+                return Err(ConfigError::invalid(
+                    "--device",
+                    format!(
+                        "\"{}\" is not a device; use cpu, cuda or cuda:N",
+                        crate::input::shorten(s, 40)
+                    ),
+                ))
+            }
+        },
+    };
+    open_cuda(gpu)
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda(gpu: usize) -> Result<Device, ConfigError> {
+    Device::new_cuda(gpu).map_err(|e| {
+        ConfigError::invalid(
+            "--device",
+            format!(
+                "CUDA device {gpu} could not be opened ({e}); check nvidia-smi, CUDA_VISIBLE_DEVICES, and \
+                 that libcuda, libcublas, libcublasLt, libcurand and libnvrtc are on LD_LIBRARY_PATH"
+            ),
+        )
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(gpu: usize) -> Result<Device, ConfigError> {
+    Err(ConfigError::invalid(
+        "--device",
+        format!(
+            "cuda:{gpu} needs a servesim built with CUDA: `cargo build --release --features cuda` with nvcc \
+             on PATH (README, \"Calibration on a GPU\")"
+        ),
+    ))
+}
+
+/// Times `f` on `dev`: `warmup` unmeasured runs, then `repeats` measured; returns (median, min) seconds.
+/// A GPU runs kernels asynchronously, so there each measurement is [`GPU_BURST`] calls back to back and
+/// one wait for the device, divided by the calls: the time per call as an engine issuing kernels
+/// eagerly sees it, without a host round trip per kernel.
 fn time<F: FnMut() -> Result<(), CErr>>(
+    dev: &Device,
     mut f: F,
     warmup: usize,
     repeats: usize,
 ) -> Result<(f64, f64), CErr> {
-    for _ in 0..warmup {
+    let burst = if dev.is_cpu() { 1 } else { GPU_BURST };
+    for _ in 0..warmup.max(1) * burst {
         f()?;
     }
+    dev.synchronize()?;
     let mut v = Vec::with_capacity(repeats);
     for _ in 0..repeats {
         let t = Instant::now();
-        f()?;
-        v.push(t.elapsed().as_secs_f64());
+        for _ in 0..burst {
+            f()?;
+        }
+        dev.synchronize()?;
+        v.push(t.elapsed().as_secs_f64() / burst as f64);
     }
     v.sort_by(f64::total_cmp);
     Ok((percentile(&v, 50.0).unwrap_or(0.0), v[0]))
 }
 
+/// Calls per measurement on a GPU (see [`time`]).
+const GPU_BURST: usize = 10;
+
+/// The GPU's name and memory as `nvidia-smi` reports them, for the profile's hardware entry.
+fn gpu_facts(device: &str) -> Option<(String, f64)> {
+    let index = device.strip_prefix("cuda:").unwrap_or("0");
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=name,memory.total",
+            "--format=csv,noheader,nounits",
+            "-i",
+            index,
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let (name, mib) = text.trim().split_once(',')?;
+    Some((
+        name.trim().to_string(),
+        mib.trim().parse::<f64>().ok()? / 1024.0,
+    ))
+}
+
+/// Normal random values of `shape`: f32 on the CPU, bf16 on a GPU (what GPUs serve in).
 fn randn(shape: &[usize], dev: &Device) -> Result<Tensor, CErr> {
-    Tensor::randn(0f32, 1f32, shape, dev)
+    Tensor::randn(0f32, 1f32, shape, dev)?.to_dtype(dtype_on(dev))
+}
+
+fn dtype_on(dev: &Device) -> DType {
+    if dev.is_cpu() {
+        DType::F32
+    } else {
+        DType::BF16
+    }
 }
 
 /// Softmax over the last dimension (max-subtracted), as an attention kernel does it.
@@ -110,7 +199,9 @@ pub(crate) fn causal_mask(qn: usize, c: usize, g: usize, dev: &Device) -> Result
             })
         })
         .collect();
-    Tensor::from_vec(mask, (qn, c), dev)?.repeat((g, 1))
+    Tensor::from_vec(mask, (qn, c), dev)?
+        .to_dtype(dtype_on(dev))?
+        .repeat((g, 1))
 }
 
 /// RMSNorm over the last dimension.
@@ -223,7 +314,7 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     let repeats = o.repeats.max(1);
     let p = plan(o.quick);
-    let dev = Device::Cpu;
+    let dev = open_device(&o.device)?;
     let (h, q, kv, i, v) = (
         m.hidden_size as usize,
         m.q_dim() as usize,
@@ -278,7 +369,7 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
         let wt = w.t().map_err(cerr)?;
         for &t in &p.tokens {
             let x = randn(&[t, inp], &dev).map_err(cerr)?;
-            let timing = time(|| x.matmul(&wt).map(drop), 1, repeats).map_err(cerr)?;
+            let timing = time(&dev, || x.matmul(&wt).map(drop), 1, repeats).map_err(cerr)?;
             let e = (inp * out) as f64;
             push(
                 &mut raw,
@@ -299,6 +390,7 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
         let vv = randn(&[b, kvh, c, hd], &dev).map_err(cerr)?;
         let kt = k.t().map_err(cerr)?;
         let timing = time(
+            &dev,
             || {
                 let s = (qt.matmul(&kt)? * (1.0 / (hd as f64).sqrt()))?;
                 softmax_last(&s)?.matmul(&vv).map(drop)
@@ -325,6 +417,7 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
         let kt = k.t().map_err(cerr)?;
         let mask = causal_mask(qn, c, g, &dev).map_err(cerr)?;
         let timing = time(
+            &dev,
             || {
                 let s = (qt.matmul(&kt)? * (1.0 / (hd as f64).sqrt()))?;
                 let s = s.broadcast_add(&mask)?;
@@ -346,11 +439,11 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
     }
     // Element-wise operators.
     bar.set_message("elementwise");
-    let wn = Tensor::ones(h, DType::F32, &dev).map_err(cerr)?;
+    let wn = Tensor::ones(h, dtype_on(&dev), &dev).map_err(cerr)?;
     for &t in &p.elementwise {
         let x = randn(&[t, h], &dev).map_err(cerr)?;
         let y = randn(&[t, h], &dev).map_err(cerr)?;
-        let timing = time(|| rmsnorm(&x, &wn).map(drop), 1, repeats).map_err(cerr)?;
+        let timing = time(&dev, || rmsnorm(&x, &wn).map(drop), 1, repeats).map_err(cerr)?;
         push(
             &mut raw,
             "rmsnorm",
@@ -358,7 +451,7 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
             format!("{t}x{h}"),
             timing,
         );
-        let timing = time(|| (&x + &y).map(drop), 1, repeats).map_err(cerr)?;
+        let timing = time(&dev, || (&x + &y).map(drop), 1, repeats).map_err(cerr)?;
         push(
             &mut raw,
             "add",
@@ -368,7 +461,7 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
         );
         let a = randn(&[t, i], &dev).map_err(cerr)?;
         let b = randn(&[t, i], &dev).map_err(cerr)?;
-        let timing = time(|| (a.silu()? * &b).map(drop), 1, repeats).map_err(cerr)?;
+        let timing = time(&dev, || (a.silu()? * &b).map(drop), 1, repeats).map_err(cerr)?;
         push(
             &mut raw,
             "silu_mul",
@@ -388,10 +481,11 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
         })?;
     }
     let header = format!(
-        "# servesim calibration profile: {} (scale 1/{}) on {} with {} thread(s), candle {}.\n\
+        "# servesim calibration profile: {} (scale 1/{}) on {} ({}) with {} thread(s), candle {}.\n\
          # Held-out relative error: median {:.1}%, max {:.1}%. Use with cost.kind = \"calibrated\", cost.profile = <this file>.\n\n",
         full.name,
         o.scale,
+        profile.host.device,
         profile.host.cpu,
         threads,
         profile.host.candle_version,
@@ -519,16 +613,19 @@ fn fit_profile(
         c.next().expect("group"),
         c.next().expect("group"),
     );
-    // The host as a hardware entry: best GEMM FLOP/s (T >= 128) and best T = 1 streaming rate (f32 weights).
+    // The host as a hardware entry: best GEMM FLOP/s (T >= 128) and best T = 1 streaming rate.
     let gemm = raw
         .iter()
         .filter(|r| r.op == "linear" && r.features[1] >= 128.0)
         .map(|r| 2.0 * r.features[0] * r.features[1] / r.median_s)
         .fold(0.0, f64::max);
+    let on_gpu = o.device != "cpu";
+    // The T = 1 products stream their weights: f32 on the CPU, bf16 on a GPU.
+    let weight_bytes = if on_gpu { 2.0 } else { 4.0 };
     let stream = raw
         .iter()
         .filter(|r| r.op == "linear" && r.features[1] < 1.5)
-        .map(|r| 4.0 * r.features[0] / r.median_s)
+        .map(|r| weight_bytes * r.features[0] / r.median_s)
         .fold(0.0, f64::max);
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -539,16 +636,26 @@ fn fit_profile(
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let (device_name, memory_gib) = if on_gpu {
+        let (name, gib) = gpu_facts(&o.device).unwrap_or_else(|| (o.device.clone(), 0.0));
+        (format!("{name} ({}, bf16 via candle)", o.device), gib)
+    } else {
+        (
+            format!("{} ({threads} threads, f32 via candle)", cpu_model()),
+            mem_gib,
+        )
+    };
     let hardware = HostHardware {
-        device_name: format!("{} ({threads} threads, f32 via candle)", cpu_model()),
+        device_name,
         peak_bf16_tflops: gemm / 1e12,
         memory_bandwidth_gbps: stream / 1e9,
-        memory_gib: mem_gib,
+        memory_gib,
     };
     Ok(Profile {
         hardware,
         host: Host {
             cpu: cpu_model(),
+            device: o.device.clone(),
             threads,
             candle_version: env!("SERVESIM_CANDLE_VERSION").into(),
             servesim_version: env!("CARGO_PKG_VERSION").into(),

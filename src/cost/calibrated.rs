@@ -74,10 +74,17 @@ pub struct LinearSegment {
     pub fit: Fit,
 }
 
+fn cpu_device() -> String {
+    "cpu".into()
+}
+
 /// Host and library facts, so a profile says where it came from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Host {
     pub cpu: String,
+    /// Where the operators ran: `cpu`, or `cuda:N` (in bf16).
+    #[serde(default = "cpu_device")]
+    pub device: String,
     pub threads: usize,
     pub candle_version: String,
     pub servesim_version: String,

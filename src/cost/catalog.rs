@@ -886,11 +886,13 @@ fn parse_quantization(q: &serde_json::Value, dtype_bytes: u64) -> Result<WeightQ
                 },
             }
         }
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "quant_method \"{}\" is not modelled; servesim models awq, gptq, fp8, fbgemm_fp8 and \
                  compressed-tensors checkpoints",
             crate::input::shorten(other, 40)
-        )),
+        ))
+        }
     })
 }
 
