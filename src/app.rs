@@ -378,6 +378,7 @@ fn step_shape(
         // As B calls of `add(1, L, decode, samples)`.
         s.decode_seqs += b;
         s.decode_context_tokens += b * l;
+        s.decode_max_context = s.decode_max_context.max(l);
         s.sampled += b;
     }
     Ok(shape)

@@ -395,6 +395,7 @@ impl<S: Scheduler> Replica<S> {
         let b = running.len() as u64;
         let mut max_steps = u64::MAX;
         let mut context = 0u64;
+        let mut max_context = 0u64;
         for id in running.iter() {
             let r = &self.requests[id];
             // The last token of the previous step: every request must have sampled it at `now`.
@@ -410,6 +411,7 @@ impl<S: Scheduler> Replica<S> {
             let to_finish = end.saturating_sub(r.num_output_tokens) as u64;
             max_steps = max_steps.min(to_finish);
             context += r.num_computed_tokens as u64 + 1;
+            max_context = max_context.max(r.num_computed_tokens as u64 + 1);
         }
         if max_steps == 0 {
             return None;
@@ -429,12 +431,14 @@ impl<S: Scheduler> Replica<S> {
             block_at.push(ev.new_block_at);
         }
         let mut next_event = event.iter().copied().min().unwrap_or(u64::MAX);
-        let shape_at = |steps: u64| BatchShape {
+        let start = BatchShape {
             decode_seqs: b,
-            decode_context_tokens: context + b * steps,
+            decode_context_tokens: context,
+            decode_max_context: max_context,
             sampled: b,
             ..BatchShape::default()
         };
+        let shape_at = |steps: u64| start.advanced(steps, b);
         // Pricing. Only the contexts change from step to step, so when the cost model prices the one
         // operator that reads them alone (`decode_context_time`), the others are summed once: a step's
         // total is `before` (the operators ahead of it, summed from zero) plus its time plus each later

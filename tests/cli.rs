@@ -503,11 +503,11 @@ fn median_and_worst(errs: &[(String, f64)]) -> (f64, f64) {
 }
 
 /// The H200 tables and the default roofline against 38 whole Llama-3.1-8B steps measured on an H200
-/// (decode at uniform and mixed contexts, prefill, chunked prefill, mixed). As measured when the data
-/// was taken: table median 2.1%, worst -24.0%; roofline median 3.0%, worst -21.0%; both worst cases are the
-/// one decode batch of 15 sequences at 256 tokens and one at 16,384, which both models price at the
-/// batch's mean context while the split-KV kernel's time follows the long sequence. Every other step is
-/// within 9.1% (table) and 14.3% (roofline).
+/// (decode at uniform and mixed contexts, prefill, chunked prefill, mixed). As measured: table median
+/// 2.1%, worst -13.2%; roofline median 3.0%, worst -21.0%; both worst cases are the one decode batch of 15
+/// sequences at 256 tokens and one at 16,384, which the split-KV kernel runs at the pace of the long
+/// sequence: the table prices it no faster than that sequence alone (-24.0% at the mean context alone),
+/// the roofline at the mean context. Every other step is within 9.1% (table) and 14.3% (roofline).
 #[test]
 fn h200_whole_steps_are_predicted_within_the_measured_errors() {
     let file = "data/profiles/h200/steps/steps-8b.csv";
@@ -520,13 +520,13 @@ fn h200_whole_steps_are_predicted_within_the_measured_errors() {
     );
     let roofline = whole_step_errors(file, &[]);
     assert_eq!(table.len(), 38);
-    for (name, errs, median_max, rest_max) in [
-        ("table", &table, 0.05, 0.10),
-        ("roofline", &roofline, 0.10, 0.15),
+    for (name, errs, median_max, worst_max, rest_max) in [
+        ("table", &table, 0.05, 0.15, 0.10),
+        ("roofline", &roofline, 0.10, 0.25, 0.15),
     ] {
         let (median, worst) = median_and_worst(errs);
         assert!(median <= median_max, "{name}: median {median:.3}");
-        assert!(worst <= 0.25, "{name}: worst {worst:.3}");
+        assert!(worst <= worst_max, "{name}: worst {worst:.3}");
         for (step, e) in errs.iter() {
             if step != "--decode 15@256 --decode 1@16384" {
                 assert!(e.abs() <= rest_max, "{name}: {step}: {e:+.3}");

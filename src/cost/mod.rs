@@ -41,6 +41,9 @@ pub struct BatchShape {
     pub decode_seqs: u64,
     /// KV tokens the decode sequences read (sum of their contexts).
     pub decode_context_tokens: u64,
+    /// The longest decode context (0 where unknown: shapes given by their sums only). A split-KV decode
+    /// kernel waits for its longest sequence, so a skewed batch costs more than its mean says.
+    pub decode_max_context: u64,
     /// Requests that sample a token at the end of the step (LM head rows).
     pub sampled: u64,
 }
@@ -52,6 +55,7 @@ impl BatchShape {
         if decode {
             self.decode_seqs += 1;
             self.decode_context_tokens += c;
+            self.decode_max_context = self.decode_max_context.max(c);
         } else {
             self.prefill_tokens += q;
             self.prefill_seqs += 1;
@@ -66,6 +70,20 @@ impl BatchShape {
 
     pub fn total_tokens(&self) -> u64 {
         self.prefill_tokens + self.decode_seqs
+    }
+
+    /// The decode part `steps` decode steps later, every sequence one token longer per step: the context
+    /// sum grows by `step_tokens` (the sequences) per step, the longest context by one.
+    pub fn advanced(&self, steps: u64, step_tokens: u64) -> BatchShape {
+        BatchShape {
+            decode_context_tokens: self.decode_context_tokens + steps * step_tokens,
+            decode_max_context: if self.decode_max_context > 0 {
+                self.decode_max_context + steps
+            } else {
+                0
+            },
+            ..*self
+        }
     }
 }
 
@@ -255,8 +273,8 @@ pub trait CostModel {
     fn name(&self) -> &'static str;
     /// Per-operator times in seconds, overheads included.
     fn breakdown(&self, shape: &StepShape) -> OpTimes;
-    /// For runs of decode steps, which differ from step to step only in `decode_context_tokens`: the one
-    /// operator whose time depends on that count, and its time for a step whose sums are `shape`.
+    /// For runs of decode steps, which differ from step to step only in `decode_context_tokens` and
+    /// `decode_max_context` ([`BatchShape::advanced`]): the one operator whose time depends on them, and its time for a step whose sums are `shape`.
     /// Contract: on `Some((op, t))`, the breakdown of any step with these sums lists `op` with time
     /// exactly `t`, and each of its other operators has the same time in the breakdown of any step whose
     /// sums differ from `shape` only in `decode_context_tokens`. A
@@ -265,8 +283,8 @@ pub trait CostModel {
     fn decode_context_time(&self, _shape: &BatchShape) -> Option<(&'static str, f64)> {
         None
     }
-    /// `decode_context_time` for consecutive steps: `out[k]` is the operator's time for `shape` with
-    /// `k x step_tokens` more context tokens, exactly as `decode_context_time` gives it; returns the
+    /// `decode_context_time` for consecutive steps: `out[k]` is the operator's time for
+    /// `shape.advanced(k, step_tokens)`, exactly as `decode_context_time` gives it; returns the
     /// operator, or None (and `out` unspecified) where `decode_context_time` gives None (for an empty
     /// `out`, either). A model overrides this to price a run of steps in one tight loop.
     fn decode_context_times(
@@ -277,10 +295,7 @@ pub trait CostModel {
     ) -> Option<&'static str> {
         let mut op = None;
         for (k, o) in out.iter_mut().enumerate() {
-            let s = BatchShape {
-                decode_context_tokens: shape.decode_context_tokens + k as u64 * step_tokens,
-                ..*shape
-            };
+            let s = shape.advanced(k as u64, step_tokens);
             let (name, t) = self.decode_context_time(&s)?;
             *o = t;
             op = Some(name);
@@ -329,6 +344,7 @@ pub fn check_decode_context_contract(
 ) -> Result<bool, String> {
     let mut grown = shape.clone();
     grown.sums.decode_context_tokens += grow;
+    grown.sums.decode_max_context += grow.min(1);
     let (Some((op, t)), Some((op2, t2))) = (
         model.decode_context_time(&shape.sums),
         model.decode_context_time(&grown.sums),
@@ -374,10 +390,7 @@ pub fn check_decode_context_contract(
         return Err(format!("decode_context_times does not name {op}"));
     }
     for (k, v) in out.iter().enumerate() {
-        let s = BatchShape {
-            decode_context_tokens: shape.decode_context_tokens + k as u64 * step,
-            ..*shape
-        };
+        let s = shape.advanced(k as u64, step);
         let one = model.decode_context_time(&s).map(|x| x.1.to_bits());
         if one != Some(v.to_bits()) {
             return Err(format!(

@@ -441,7 +441,7 @@ impl CostModel for Roofline {
         let mut s = *shape;
         for o in out.iter_mut() {
             *o = self.attn_decode(&s);
-            s.decode_context_tokens += step_tokens;
+            s = s.advanced(1, step_tokens);
         }
         Some(ATTN_DECODE)
     }

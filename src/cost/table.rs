@@ -7,7 +7,8 @@
 //! Attention is interpolated in the variables its kernels scale with:
 //! - decode, per layer over the (batch B, context L) grid: the log of the time bilinear in (log2 B, log2 L)
 //!   inside the grid; a step's B sequences are priced at their mean context (the split-KV kernel's time
-//!   follows the KV tokens read). Past the grid's largest batch or context the time grows in proportion to the KV tokens read;
+//!   follows the KV tokens read), and never below one sequence at the batch's longest context (the kernel
+//!   waits for its longest sequence). Past the grid's largest batch or context the time grows in proportion to the KV tokens read;
 //!   below its smallest it stays at the smallest measured time (the kernels are latency-bound there);
 //! - prefill, per chunk and layer, over causal (query, key) pairs q (c - q) + q (q + 1) / 2, linearly
 //!   between measured pair counts and in proportion to the pairs past the largest: a prefill from an
@@ -566,7 +567,13 @@ impl TableCost {
         }
         let seqs = b.decode_seqs as f64;
         let mean = b.decode_context_tokens as f64 / seqs;
-        self.roofline.model.num_layers as f64 * a.decode.at(seqs, mean)
+        let mut t = a.decode.at(seqs, mean);
+        // A batch cannot finish before its longest sequence would alone: the split-KV kernel waits for
+        // it (measured: 15 sequences at 256 and one at 16,384 took longer than 16 at their mean 1,264).
+        if b.decode_seqs > 1 && b.decode_max_context as f64 > mean {
+            t = t.max(a.decode.at(1.0, b.decode_max_context as f64));
+        }
+        self.roofline.model.num_layers as f64 * t
     }
 }
 
