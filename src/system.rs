@@ -103,10 +103,23 @@ impl System {
             return Err(ConfigError::invalid(
                 "cost.kind",
                 format!(
-                    "the {} cost model times dense, full-attention, unquantized layers, and model {} has {};                      use cost.kind = \"roofline\", which prices them",
+                    "the {} cost model times dense, full-attention, unquantized layers, and model {} has {}; \
+                     use cost.kind = \"roofline\", which prices them",
                     if cfg.cost.kind == CostKind::Table { "table" } else { "calibrated" },
                     self.model.name,
                     self.model.features()
+                ),
+            ));
+        }
+        if timed && self.model.kv_dtype_bytes != self.model.dtype_bytes {
+            return Err(ConfigError::invalid(
+                "engine.kv_cache_dtype",
+                format!(
+                    "\"{}\" stores the KV cache in {} byte(s) per element, and the {} cost model's attention \
+                     was timed with the model's dtype; use kv_cache_dtype = \"auto\", or cost.kind = \"roofline\"",
+                    cfg.engine.kv_cache_dtype,
+                    self.model.kv_dtype_bytes,
+                    if cfg.cost.kind == CostKind::Table { "table" } else { "calibrated" },
                 ),
             ));
         }

@@ -292,6 +292,16 @@ fn h200_tables_price_attention_and_the_lm_head_from_their_rows() {
         servesim::cost::check_decode_context_contract(m.as_ref(), &d, 7 * 500),
         Ok(true)
     );
+    // And for a skewed batch, priced at its longest sequence (15 at 256 and one at 16,384).
+    let mut skew = StepShape::default();
+    for _ in 0..15 {
+        skew.add(1, 256, true, true);
+    }
+    skew.add(1, 16_384, true, true);
+    assert_eq!(
+        servesim::cost::check_decode_context_contract(m.as_ref(), &skew, 16 * 40),
+        Ok(true)
+    );
 }
 
 #[test]
@@ -357,6 +367,16 @@ fn an_fp8_kv_cache_holds_twice_the_blocks() {
     // floor(avail / (P / 2)) is 2 floor(avail / P) or one more.
     let (auto, fp8) = (blocks("auto"), blocks("fp8"));
     assert!(fp8 == 2 * auto || fp8 == 2 * auto + 1, "{auto} {fp8}");
+    // The table model's attention was timed on a 16-bit cache: an fp8 one is refused there.
+    let cfg = default_with(&[
+        "hardware.name=\"h200\"",
+        "engine.kv_cache_dtype=\"fp8\"",
+        "cost.kind=\"table\"",
+        "cost.table.dir=\"data/profiles/h200/llama-3.1-8b\"",
+    ]);
+    let sys = servesim::system::System::resolve(&cfg).unwrap();
+    let e = sys.cost_model(&cfg).err().unwrap().to_string();
+    assert!(e.contains("engine.kv_cache_dtype"), "{e}");
     let cfg = default_with(&["engine.kv_cache_dtype=\"int4\""]);
     let e = servesim::system::System::resolve(&cfg)
         .unwrap_err()

@@ -186,6 +186,21 @@ const SHAPE_LIMITS: &[(&str, u64)] = &[
     ("sliding_window", u32::MAX as u64),
 ];
 
+/// Config keys that change the architecture in ways servesim does not model, and what they make it.
+const UNMODELLED_KEYS: &[(&str, &str)] = &[
+    (
+        "interleave_moe_layer_step",
+        "a Llama-4 model (MoE on every n-th layer, a dense MLP of intermediate_size_mlp on the others)",
+    ),
+    ("intermediate_size_mlp", "a Llama-4 model (two MLP widths)"),
+    ("attention_chunk_size", "a model with chunked local attention"),
+    ("index_topk", "a sparse-attention model (DeepSeek-V3.2's indexer)"),
+    ("linear_num_value_heads", "a hybrid linear-attention model"),
+    ("layers_block_type", "a hybrid state-space model"),
+    ("mamba_d_state", "a hybrid state-space model"),
+    ("ssm_cfg", "a state-space model"),
+];
+
 fn limit(field: &str) -> u64 {
     SHAPE_LIMITS
         .iter()
@@ -210,7 +225,12 @@ impl ModelShape {
         let mut v: serde_json::Value = serde_json::from_str(text).map_err(unusable)?;
         if v.get("hidden_size").is_none() {
             if let Some(mut t) = v.get("text_config").cloned().filter(|t| t.is_object()) {
-                for k in ["torch_dtype", "dtype", "quantization_config"] {
+                for k in [
+                    "torch_dtype",
+                    "dtype",
+                    "quantization_config",
+                    "tie_word_embeddings",
+                ] {
                     if let (Some(x), None) = (v.get(k), t.get(k)) {
                         t[k] = x.clone();
                     }
@@ -218,8 +238,28 @@ impl ModelShape {
                 v = t;
             }
         }
+        // Keys of architectures servesim does not model: refused rather than priced as something else.
+        for (key, what) in UNMODELLED_KEYS {
+            if v.get(*key).is_some_and(|x| !x.is_null()) {
+                return Err(refuse(format!(
+                    "{key} makes this {what}, which servesim does not model; use a config without it"
+                )));
+            }
+        }
         let c: HfConfig = serde_json::from_value(v).map_err(unusable)?;
         let model_type = c.model_type.clone().unwrap_or_default();
+        if let Some(t) = c
+            .layer_types
+            .iter()
+            .flatten()
+            .find(|t| !matches!(t.as_str(), "sliding_attention" | "full_attention"))
+        {
+            return Err(refuse(format!(
+                "layer_types lists \"{}\", a kind of layer servesim does not model (it models \
+                 full_attention and sliding_attention)",
+                crate::input::shorten(t, 40)
+            )));
+        }
         let dtype = match (c.torch_dtype.as_deref(), c.dtype.as_deref()) {
             (Some(a), Some(b)) if a != b => {
                 return Err(refuse(format!(
@@ -430,7 +470,14 @@ impl ModelShape {
         }
         let widths = [
             ("attention heads", self.num_heads),
-            ("MLP width", self.intermediate_size),
+            (
+                "MLP width",
+                if self.dense_layers() > 0 {
+                    self.intermediate_size
+                } else {
+                    0
+                },
+            ),
             (
                 "expert width",
                 self.moe.map_or(0, |m| m.expert_intermediate_size),
@@ -461,7 +508,7 @@ impl ModelShape {
             } else {
                 (self.num_kv_heads / tp).max(1)
             },
-            intermediate_size: self.intermediate_size / tp,
+            intermediate_size: self.intermediate_size.div_ceil(tp),
             vocab_size: self.vocab_size.div_ceil(tp),
             moe: self.moe.map(|m| MoeShape {
                 expert_intermediate_size: m.expert_intermediate_size / tp,
@@ -568,13 +615,29 @@ impl ModelShape {
     }
 
     /// Bytes of all weights: quantized decoder-layer linears at their quantized size, the rest in dtype.
+    /// A quantized MLA checkpoint also holds 16-bit copies of the KV up-projection for the absorbed decode
+    /// (vLLM has no quantized batched matmul for it).
     pub fn weight_bytes(&self) -> u64 {
         let (q, o) = self.params_split(self.moe.map_or(0, |m| m.num_experts));
         let qb = match &self.quant {
             None => (q * self.dtype_bytes) as f64,
             Some(w) => q as f64 * w.bytes_per_weight(),
         };
-        qb.ceil() as u64 + o * self.dtype_bytes
+        qb.ceil() as u64 + o * self.dtype_bytes + self.absorbed_copy_params() * self.dtype_bytes
+    }
+
+    /// Elements of the 16-bit copies of MLA's KV up-projection a quantized checkpoint keeps for the
+    /// absorbed decode, over all layers (0 otherwise).
+    fn absorbed_copy_params(&self) -> u64 {
+        match (&self.mla, &self.quant) {
+            (Some(m), Some(_)) => {
+                self.num_layers
+                    * m.kv_lora_rank
+                    * self.num_heads
+                    * (m.qk_nope_head_dim + m.v_head_dim)
+            }
+            _ => 0,
+        }
     }
 
     /// Bytes one quantizable weight element occupies (the dtype's when unquantized).
@@ -678,9 +741,15 @@ fn parse_moe(c: &HfConfig, layers: u64) -> Result<Option<MoeShape>, String> {
             )
         })?
     };
+    if expert_intermediate_size > limit("moe_intermediate_size") {
+        return Err(format!(
+            "the experts' width {expert_intermediate_size} is out of range: it must be at most {}",
+            limit("moe_intermediate_size")
+        ));
+    }
     let shared = match (c.shared_expert_intermediate_size, c.n_shared_experts) {
         (Some(w), _) => w,
-        (None, Some(n)) => n * expert_intermediate_size,
+        (None, Some(n)) => n.saturating_mul(expert_intermediate_size),
         (None, None) => 0,
     };
     if shared > limit("shared experts' width") {
@@ -754,6 +823,28 @@ fn parse_sliding_window(c: &HfConfig, model_type: &str) -> Result<Option<Sliding
     Ok(Some(SlidingWindow { window, layers }))
 }
 
+/// Weights per scale of a block-quantized checkpoint: the product of the two block sides in `b`
+/// (`[128, 128]`), each from 1 to 65,536.
+fn block_elements(b: &serde_json::Value, key: &str) -> Result<f64, String> {
+    match b
+        .as_array()
+        .map(|a| a.iter().map(|x| x.as_u64()).collect::<Vec<_>>())
+    {
+        Some(sides)
+            if sides.len() == 2
+                && sides
+                    .iter()
+                    .all(|x| x.is_some_and(|n| (1..=65_536).contains(&n))) =>
+        {
+            Ok(sides.iter().map(|x| x.unwrap() as f64).product())
+        }
+        _ => Err(format!(
+            "{key} = {} must list two block sides from 1 to 65536, e.g. [128, 128]",
+            crate::input::shorten(&b.to_string(), 40)
+        )),
+    }
+}
+
 /// Bits per weight, scale bytes and arithmetic of a `quantization_config`. Supported: `awq` and `gptq`
 /// (weight-only, 16-bit scales per group), `fp8` and `fbgemm_fp8` (W8A8 fp8; float32 scales per
 /// `weight_block_size` block, or per tensor or channel, which servesim counts as no bytes), and
@@ -790,6 +881,11 @@ fn parse_quantization(q: &serde_json::Value, dtype_bytes: u64) -> Result<WeightQ
     Ok(match method.as_str() {
         "awq" => {
             let bits = bits_ok(num(q.get("bits").or(q.get("w_bit"))), 4)?;
+            if bits != 4 {
+                return Err(format!(
+                    "awq with {bits}-bit weights is not served by vLLM; AWQ is 4-bit"
+                ));
+            }
             let zp = q
                 .get("zero_point")
                 .and_then(|z| z.as_bool())
@@ -807,26 +903,17 @@ fn parse_quantization(q: &serde_json::Value, dtype_bytes: u64) -> Result<WeightQ
         }
         "gptq" => {
             let bits = bits_ok(num(q.get("bits")), 4)?;
-            let sym = q.get("sym").and_then(|z| z.as_bool()).unwrap_or(true);
+            // vLLM allocates the packed zero points whether or not the checkpoint is symmetric.
             WeightQuant {
-                scale_bytes_per_weight: group_scales(bits, num(q.get("group_size")), !sym)?,
+                scale_bytes_per_weight: group_scales(bits, num(q.get("group_size")), true)?,
                 method,
                 bits,
                 compute: QuantCompute::WeightOnly,
             }
         }
         "fp8" | "fbgemm_fp8" => {
-            let block = q
-                .get("weight_block_size")
-                .and_then(|b| b.as_array())
-                .map(|b| b.iter().map(|x| x.as_u64().unwrap_or(0)).product::<u64>());
-            let scale = match block {
-                Some(n) if n > 0 => 4.0 / n as f64,
-                Some(_) => {
-                    return Err(
-                        "weight_block_size must list positive block sides, e.g. [128, 128]".into(),
-                    )
-                }
+            let scale = match q.get("weight_block_size").filter(|b| !b.is_null()) {
+                Some(b) => 4.0 / block_elements(b, "weight_block_size")?,
                 None => 0.0,
             };
             WeightQuant {
@@ -856,17 +943,10 @@ fn parse_quantization(q: &serde_json::Value, dtype_bytes: u64) -> Result<WeightQ
             {
                 "group" => group_scales(bits, num(w.get("group_size")), !sym)?,
                 "block" => {
-                    let n = w
+                    let b = w
                         .get("block_structure")
-                        .and_then(|b| b.as_array())
-                        .map(|b| b.iter().map(|x| x.as_u64().unwrap_or(0)).product::<u64>())
-                        .unwrap_or(0);
-                    if n == 0 {
-                        return Err(
-                            "compressed-tensors block strategy needs block_structure".into()
-                        );
-                    }
-                    dtype_bytes as f64 / n as f64
+                        .ok_or("compressed-tensors block strategy needs block_structure")?;
+                    dtype_bytes as f64 / block_elements(b, "block_structure")?
                 }
                 _ => 0.0,
             };
@@ -1236,8 +1316,9 @@ mod tests {
         assert_eq!((w8a8.bits, w8a8.compute), (8, QuantCompute::Int8));
         let gptq =
             parse(r#"{"quant_method": "gptq", "bits": 8, "group_size": 64, "sym": true}"#).unwrap();
-        // 1 B + a 2-byte scale per 64 weights.
-        assert_eq!(gptq.bytes_per_weight(), 1.0 + 2.0 / 64.0);
+        // 1 B + a 2-byte scale and an 8-bit zero point per 64 weights (vLLM allocates the zero points of
+        // symmetric checkpoints too).
+        assert_eq!(gptq.bytes_per_weight(), 1.0 + 3.0 / 64.0);
         let e = parse(r#"{"quant_method": "bitsandbytes"}"#)
             .unwrap_err()
             .to_string();
@@ -1301,6 +1382,37 @@ mod tests {
         assert!(e.contains("qk_nope_head_dim"), "{e}");
         let e = cfg(r#", "sliding_window": "big""#).unwrap_err().to_string();
         assert!(e.contains("sliding_window"), "{e}");
+        // Architectures it does not model are refused, naming the key.
+        for (extra, key) in [
+            (
+                r#", "interleave_moe_layer_step": 2"#,
+                "interleave_moe_layer_step",
+            ),
+            (
+                r#", "layer_types": ["linear_attention"]"#,
+                "linear_attention",
+            ),
+            (r#", "index_topk": 2048"#, "index_topk"),
+        ] {
+            let e = cfg(extra).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("t.json"), "{e}");
+        }
+        // Odd sizes are errors, not panics or silent prices.
+        let e = cfg(
+            r#", "n_routed_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+            "n_shared_experts": 9007199254740992"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("shared experts"), "{e}");
+        for block in ["[]", "[0, 128]", "[4294967296, 4294967296]"] {
+            let e = cfg(&format!(
+                r#", "quantization_config": {{"quant_method": "fp8", "weight_block_size": {block}}}"#
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("weight_block_size"), "{e}");
+        }
     }
 
     #[test]

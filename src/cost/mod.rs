@@ -274,12 +274,12 @@ pub trait CostModel {
     /// Per-operator times in seconds, overheads included.
     fn breakdown(&self, shape: &StepShape) -> OpTimes;
     /// For runs of decode steps, which differ from step to step only in `decode_context_tokens` and
-    /// `decode_max_context` ([`BatchShape::advanced`]): the one operator whose time depends on them, and its time for a step whose sums are `shape`.
-    /// Contract: on `Some((op, t))`, the breakdown of any step with these sums lists `op` with time
-    /// exactly `t`, and each of its other operators has the same time in the breakdown of any step whose
-    /// sums differ from `shape` only in `decode_context_tokens`. A
-    /// leap prices millions of steps, so it prices the rest once. None (the default): every step is priced
-    /// with `breakdown`.
+    /// `decode_max_context` ([`BatchShape::advanced`]): the one operator whose time depends on them, and
+    /// its time for a step whose sums are `shape`. Contract: on `Some((op, t))`, the breakdown of any step
+    /// with these sums lists `op` with time exactly `t`, and each of its other operators has the same time
+    /// in the breakdown of any step whose sums differ from `shape` only in those two. A leap prices
+    /// millions of steps, so it prices the rest once. None (the default): every step is priced with
+    /// `breakdown`.
     fn decode_context_time(&self, _shape: &BatchShape) -> Option<(&'static str, f64)> {
         None
     }
@@ -344,7 +344,9 @@ pub fn check_decode_context_contract(
 ) -> Result<bool, String> {
     let mut grown = shape.clone();
     grown.sums.decode_context_tokens += grow;
-    grown.sums.decode_max_context += grow.min(1);
+    if grown.sums.decode_max_context > 0 {
+        grown.sums.decode_max_context += grow.min(1);
+    }
     let (Some((op, t)), Some((op2, t2))) = (
         model.decode_context_time(&shape.sums),
         model.decode_context_time(&grown.sums),

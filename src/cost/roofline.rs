@@ -52,7 +52,8 @@ struct DecodeAttnConstants {
     bytes_per_s: f64,
     latency_s: f64,
     /// MLA's absorbed up-projections, per layer: FLOPs per decode sequence and the weight bytes read
-    /// once (0 without MLA).
+    /// once (0 without MLA). vLLM runs them as 16-bit batched matmuls whatever the checkpoint's
+    /// quantization (16-bit copies of the KV up-projection).
     absorb_flops_per_seq: f64,
     absorb_weight_bytes: f64,
 }
@@ -89,7 +90,7 @@ impl Roofline {
                         2.0 * heads * (l + r) + 2.0 * heads * l,
                         heads * (l + r) * d + heads * l * d,
                         2.0 * heads * nope * l + 2.0 * heads * l * v,
-                        heads * l * (nope + v) * model.linear_weight_bytes(),
+                        heads * l * (nope + v) * d,
                     )
                 }
             };
@@ -200,11 +201,7 @@ impl Roofline {
         }
         if c.absorb_weight_bytes > 0.0 {
             t += (c.full_layers + c.window_layers)
-                * self.op_at(
-                    s * c.absorb_flops_per_seq,
-                    c.absorb_weight_bytes,
-                    self.layer_flops_per_s(),
-                );
+                * self.op(s * c.absorb_flops_per_seq, c.absorb_weight_bytes);
         }
         t
     }
@@ -226,7 +223,11 @@ impl Roofline {
             }
         };
         let peak = self.hw.peak_bf16_tflops * 1e12 * self.p.prefill_attention_efficiency;
-        let kv_bytes = m.kv_elements_per_layer() as f64 * m.kv_dtype_bytes as f64;
+        // MLA attends over the re-expanded K and V of every head, 16-bit.
+        let kv_bytes = match &m.mla {
+            None => m.kv_elements_per_layer() as f64 * m.kv_dtype_bytes as f64,
+            Some(a) => heads * (a.qk_nope_head_dim + a.qk_rope_head_dim + a.v_head_dim) as f64 * d,
+        };
         let layer = |pairs: f64, context: f64| {
             ((flops_per_pair * pairs) / peak).max(
                 (context * kv_bytes + b.prefill_tokens as f64 * q_bytes_per_token)
@@ -656,10 +657,10 @@ mod tests {
         // DeepSeek-V3 on one rank of 8: 16 heads. Batch 64 at context 4096: 262,144 tokens x 576
         // elements x 2 B = 301,989,888 B per layer at 4800e9 x 0.788 = 3.7824e12 B/s: 79.84 us, FLOPs
         // 262,144 x (2 x 16 x 576 + 2 x 16 x 512) = 9.127e9 at 6.6883e14: 13.6 us (memory-bound); queries
-        // 64 x 16 x 1088 x 2 B = 2.2 MB: 0.59 us; latency 7.3 us: 87.73 us. The absorbed up-projections:
-        // 64 x (2 x 16 x 128 x 512 + 2 x 16 x 512 x 128) = 2.684e8 FLOPs at the fp8 peak 1978.9e12 x
-        // 0.676 = 1.3377e15: 0.2 us; weights 16 x 512 x 256 x (1 + 4/16384) B = 2.1 MB at 3.984e12:
-        // 0.527 us; + 5.2 us: 5.727 us. 61 layers x 93.46 us = 5.701 ms.
+        // 64 x 16 x 1088 x 2 B = 2.2 MB: 0.59 us; latency 7.3 us: 87.73 us. The absorbed up-projections,
+        // 16-bit batched matmuls whatever the checkpoint (as vLLM runs them): 64 x (2 x 16 x 128 x 512 +
+        // 2 x 16 x 512 x 128) = 2.684e8 FLOPs at 6.6883e14: 0.4 us; weights 16 x 512 x 256 x 2 B = 4.19 MB
+        // at 3.984e12: 1.053 us; + 5.2 us: 6.253 us. 61 layers x 93.98 us = 5.733 ms.
         let r = h200("deepseek-v3", 8);
         let t = r.attn_decode(&BatchShape {
             decode_seqs: 64,
@@ -667,7 +668,7 @@ mod tests {
             sampled: 64,
             ..BatchShape::default()
         });
-        assert!((t / 5.701e-3 - 1.0).abs() < 0.005, "{t}");
+        assert!((t / 5.733e-3 - 1.0).abs() < 0.005, "{t}");
     }
 
     #[test]
