@@ -35,6 +35,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         Command::Catalog { what } => emit(&catalog_table(what)),
         Command::Workload { command } => workload_command(command),
         Command::Compare(a) => compare_command(&a),
+        Command::Capacity(a) => capacity_command(&a),
         Command::Calibrate(a) => calibrate_command(&a),
         Command::RooflineCheck(a) => roofline_check_command(&a),
         Command::StepCost(a) => step_cost_command(&a),
@@ -96,6 +97,44 @@ fn run_command(a: &RunArgs) -> Result<(), Error> {
     )?;
     if !a.quiet {
         emit(&human_summary(&outcome))?;
+    }
+    Ok(())
+}
+
+fn capacity_command(a: &crate::cli::CapacityArgs) -> Result<(), Error> {
+    use crate::capacity::{capacity, CapacityOptions, Goal};
+    let cfg = load_config(&a.source)?;
+    let goal = match (a.goal, a.rate) {
+        (crate::cli::GoalArg::MaxRate, _) => Goal::MaxRate,
+        (crate::cli::GoalArg::MinReplicas, Some(rate)) if rate.is_finite() && rate > 0.0 => {
+            Goal::MinReplicas { rate }
+        }
+        (crate::cli::GoalArg::MinReplicas, r) => {
+            return Err(ConfigError::invalid(
+                "--rate",
+                format!("--goal min-replicas needs a positive --rate, got {r:?}"),
+            )
+            .into())
+        }
+    };
+    let o = capacity(
+        &cfg,
+        &CapacityOptions {
+            goal,
+            seeds: a.seeds,
+            precision: a.precision,
+            max_replicas: a.max_replicas,
+            jobs: a.jobs,
+            out: a.out.clone(),
+        },
+    )?;
+    if !a.quiet {
+        emit(&format!(
+            "servesim capacity: {} probes\n{}\nwrote {}\n",
+            o.probes.len(),
+            o.answer,
+            o.out_dir.display()
+        ))?;
     }
     Ok(())
 }

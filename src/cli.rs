@@ -24,6 +24,8 @@ pub enum Command {
     Run(RunArgs),
     /// Run variants of a config on the identical workload and compare them (paired, with CIs and plots).
     Compare(CompareArgs),
+    /// Search the highest load, or the fewest replicas, that meet the `[slo]` criteria in steady state.
+    Capacity(CapacityArgs),
     /// Time the cost model's operators with candle on this machine and fit a calibrated cost model.
     Calibrate(CalibrateArgs),
     /// Compare the roofline, operator by operator, with measured tables (Vidur's mlp.csv, H200 attention).
@@ -124,6 +126,44 @@ pub struct CompareArgs {
     /// Write plots as PNG instead of SVG.
     #[arg(long)]
     pub png: bool,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum GoalArg {
+    /// The highest offered load (sessions/s, or a trace's target_rate) meeting the SLOs.
+    MaxRate,
+    /// The fewest replicas meeting the SLOs at --rate.
+    MinReplicas,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CapacityArgs {
+    #[command(flatten)]
+    pub source: ConfigArgs,
+    /// What to search.
+    #[arg(long, value_enum)]
+    pub goal: GoalArg,
+    /// The offered load for --goal min-replicas (sessions/s, or requests/s for a trace).
+    #[arg(long, required_if_eq("goal", "min-replicas"))]
+    pub rate: Option<f64>,
+    /// Search over this many seeds (seed, seed+1, ...); the answer carries a 95% CI across them.
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u32,
+    /// Stop bisecting the rate when the bracket is narrower than this fraction of its lower end.
+    #[arg(long, default_value_t = 0.02)]
+    pub precision: f64,
+    /// The most replicas --goal min-replicas tries.
+    #[arg(long, default_value_t = 64)]
+    pub max_replicas: u32,
+    /// Searches at once, one thread each (default: one per core). Results do not depend on it.
+    #[arg(long, short = 'j', default_value_t = 0, hide_default_value = true)]
+    pub jobs: usize,
+    /// Output directory (default: results/capacity-<name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,

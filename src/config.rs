@@ -564,14 +564,35 @@ impl Default for CostConfig {
     }
 }
 
-/// Service-level objectives for goodput (`vllm bench serve --goodput`): a request is good when every SLO set
-/// here holds. With none set, goodput is not reported.
+/// Service-level objectives. `ttft_s`, `tpot_s`, `e2e_s` are per-request thresholds for goodput (`vllm
+/// bench serve --goodput`): a request is good when every one set holds; with none set, goodput is not
+/// reported. Every other key is a criterion on a distribution, named as the summary names the statistic
+/// (`<metric>_<stat>_s`, see [`SLO_METRICS`] and [`SLO_STATS`]: `ttft_p99_s = 2.0`): the run meets it
+/// when that statistic is at most the value. The summary reports each criterion and `slo_met`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct SloConfig {
     pub ttft_s: Option<f64>,
     pub tpot_s: Option<f64>,
     pub e2e_s: Option<f64>,
+    /// Criteria on distributions: summary key (`ttft_p99_s`) -> the most it may be, seconds.
+    #[serde(flatten)]
+    pub criteria: std::collections::BTreeMap<String, f64>,
+}
+
+/// Metrics an SLO criterion may name (the summary's latency distributions).
+pub const SLO_METRICS: &[&str] = &["ttft", "tpot", "itl", "e2e", "queue"];
+/// Statistics an SLO criterion may name.
+pub const SLO_STATS: &[&str] = &["mean", "median", "p90", "p99"];
+
+impl SloConfig {
+    /// Whether `key` names a criterion: `<metric>_<stat>_s` with a metric of [`SLO_METRICS`] and a
+    /// statistic of [`SLO_STATS`].
+    pub fn is_criterion(key: &str) -> bool {
+        key.strip_suffix("_s")
+            .and_then(|k| k.split_once('_'))
+            .is_some_and(|(m, s)| SLO_METRICS.contains(&m) && SLO_STATS.contains(&s))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -582,6 +603,10 @@ pub struct OutputConfig {
     /// Stop the simulation at this virtual time even if requests are in flight (they are reported
     /// `unfinished`). Unset: run until every released request finishes.
     pub max_sim_time_s: Option<f64>,
+    /// Virtual seconds of warm-up: requests arriving earlier are run and written to `requests.csv` but
+    /// left out of the latency statistics, goodput and the SLO criteria, and the stability verdict looks
+    /// only after it. 0: everything counts.
+    pub warmup_s: f64,
 }
 
 impl Default for OutputConfig {
@@ -589,6 +614,7 @@ impl Default for OutputConfig {
         OutputConfig {
             timeseries_interval_s: 1.0,
             max_sim_time_s: None,
+            warmup_s: 0.0,
         }
     }
 }
@@ -883,6 +909,32 @@ impl Config {
                     ));
                 }
             }
+        }
+        for (k, v) in &self.slo.criteria {
+            if !SloConfig::is_criterion(k) {
+                return Err(ConfigError::invalid(
+                    format!("slo.{}", crate::input::shorten(k, 40)),
+                    format!(
+                        "not an SLO; use ttft_s, tpot_s or e2e_s (per-request goodput thresholds) or a \
+                         criterion <metric>_<stat>_s with metric {} and stat {} (e.g. ttft_p99_s = 2.0)",
+                        SLO_METRICS.join(", "),
+                        SLO_STATS.join(", ")
+                    ),
+                ));
+            }
+            if !(v.is_finite() && *v > 0.0) {
+                return Err(ConfigError::invalid(
+                    format!("slo.{k}"),
+                    format!("must be positive seconds, got {v}"),
+                ));
+            }
+        }
+        let w = self.output.warmup_s;
+        if !(w.is_finite() && w >= 0.0) {
+            return Err(ConfigError::invalid(
+                "output.warmup_s",
+                format!("must be 0 or more seconds, got {w}"),
+            ));
         }
         let ts = self.output.timeseries_interval_s;
         if !(ts.is_finite() && ts >= 0.001) {

@@ -22,6 +22,7 @@
 pub mod app;
 #[cfg(feature = "calibrate")]
 pub mod calibrate;
+pub mod capacity;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -117,7 +117,9 @@ impl Prepared<'_> {
             workload,
             cost,
         } = self;
-        let metrics = Collector::new(opts.rows.clone(), cfg.slo.clone())?;
+        let metrics = Collector::new(opts.rows.clone(), cfg.slo.clone())?.with_warmup(
+            crate::time::SimTime(crate::time::SimDuration::from_secs_f64(cfg.output.warmup_s).0),
+        );
         let run = RunWorld {
             cfg,
             system: &system,
@@ -354,6 +356,43 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     s.set_opt("itl_std_s", m.itl.std());
     s.set_opt("itl_p90_s", m.itl.quantile(0.9));
     s.set_opt("itl_p99_s", m.itl.quantile(0.99));
+    // Steady state: the warm-up left out, the overload verdict, and each SLO criterion.
+    s.set("warmup_s", cfg.output.warmup_s);
+    s.set("requests_measured", m.measured);
+    let load_end = cfg
+        .workload
+        .duration_s
+        .map_or(u64::MAX, |d| crate::time::SimDuration::from_secs_f64(d).0);
+    let st = m.stability(crate::time::SimTime(load_end));
+    match st.stable {
+        Some(b) => s.set("stable", b),
+        None => s.set("stable", serde_json::Value::Null),
+    }
+    s.set_opt("queue_growth_per_s", st.queue_growth_per_s);
+    // The criteria as one column ("ttft_p99_s<=2;queue_mean_s<=0.1"), those missed as another, so that
+    // every summary has the same columns; each measured value is in its own column above. A criterion
+    // with no value (no request finished after the warm-up) is missed; so is every one of an unstable run.
+    let mut failed = Vec::new();
+    for (key, &target) in &cfg.slo.criteria {
+        if !s.get_f64(key).is_some_and(|v| v <= target) {
+            failed.push(key.as_str());
+        }
+    }
+    s.set(
+        "slo_criteria",
+        cfg.slo
+            .criteria
+            .iter()
+            .map(|(k, v)| format!("{k}<={v}"))
+            .collect::<Vec<_>>()
+            .join(";"),
+    );
+    s.set("slo_missed", failed.join(";"));
+    if cfg.slo.criteria.is_empty() {
+        s.set("slo_met", serde_json::Value::Null);
+    } else {
+        s.set("slo_met", failed.is_empty() && st.stable != Some(false));
+    }
     s.set("prompt_tokens", m.prompt_tokens);
     s.set("output_tokens", m.output_tokens);
     s.set("prompt_tokens_cached", m.cached_tokens);

@@ -1,6 +1,7 @@
 //! servesim's integration tests: one binary, a module per topic.
 
 mod cache;
+mod capacity;
 mod cli;
 mod common;
 mod compare;

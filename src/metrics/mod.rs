@@ -140,8 +140,27 @@ pub struct Collector {
     /// denominator of `prefill_tokens_saved_frac`, which a rejected or never-scheduled prompt would skew.
     pub admitted_prompt_tokens: u64,
     pub last_finish: SimTime,
+    /// Requests arriving before this are written but left out of the latency statistics and goodput
+    /// (`output.warmup_s`).
+    pub warmup: SimTime,
+    /// Finished requests that arrived after the warm-up (the latency statistics' population).
+    pub measured: u64,
+    /// The latest arrival of any request: the end of the offered load.
+    pub last_arrival: SimTime,
+    /// Requests waiting, summed over replicas, at each time-series sample (ns, count), kept whatever the
+    /// row sink: the stability verdict reads it.
+    pub waiting: Vec<(u64, u64)>,
     /// The time series' row buffer.
     row: RowBuf,
+}
+
+/// Whether a run reached a steady state: see [`Collector::stability`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stability {
+    /// None when the measurement window holds fewer than 10 samples.
+    pub stable: Option<bool>,
+    /// Least-squares slope of the waiting requests over the window, requests per second.
+    pub queue_growth_per_s: Option<f64>,
 }
 
 fn csv_err(path: &Path) -> impl FnOnce(csv::Error) -> OutputError + '_ {
@@ -218,8 +237,52 @@ impl Collector {
             finished_output_tokens: 0,
             admitted_prompt_tokens: 0,
             last_finish: SimTime::ZERO,
+            warmup: SimTime::ZERO,
+            measured: 0,
+            last_arrival: SimTime::ZERO,
+            waiting: Vec::new(),
             row,
         })
+    }
+
+    /// Leaves requests arriving before `warmup` out of the statistics (`output.warmup_s`).
+    pub fn with_warmup(mut self, warmup: SimTime) -> Collector {
+        self.warmup = warmup;
+        self
+    }
+
+    /// The overload verdict over the measurement window, from the warm-up to `end` (the end of the offered
+    /// load: the last session start or trace arrival; later turns of running sessions are the backlog
+    /// draining, not load) or the last arrival, whichever is earlier: a run is
+    /// unstable when its waiting queue grows through the window, i.e. when the least-squares trend of the
+    /// waiting requests rises over the window by more than max(10, a quarter of their mean). Below
+    /// capacity the queue fluctuates around a mean and its trend over a long window is flat; past it the
+    /// queue grows at about (arrival rate - service rate) and the trend rises by that times the window.
+    pub fn stability(&self, end: SimTime) -> Stability {
+        let (from, to) = (self.warmup.0, self.last_arrival.0.min(end.0));
+        let pts: Vec<(f64, f64)> = self
+            .waiting
+            .iter()
+            .filter(|(t, _)| *t >= from && *t <= to)
+            .map(|&(t, w)| (t as f64 / 1e9, w as f64))
+            .collect();
+        if pts.len() < 10 {
+            return Stability {
+                stable: None,
+                queue_growth_per_s: None,
+            };
+        }
+        let n = pts.len() as f64;
+        let mt = pts.iter().map(|p| p.0).sum::<f64>() / n;
+        let mw = pts.iter().map(|p| p.1).sum::<f64>() / n;
+        let sxx: f64 = pts.iter().map(|p| (p.0 - mt).powi(2)).sum();
+        let sxy: f64 = pts.iter().map(|p| (p.0 - mt) * (p.1 - mw)).sum();
+        let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+        let span = pts[pts.len() - 1].0 - pts[0].0;
+        Stability {
+            stable: Some(slope * span <= (0.25 * mw).max(10.0)),
+            queue_growth_per_s: Some(slope),
+        }
     }
 
     /// Records `count` tokens that each followed their request's previous token by `gap` (ITL pools every
@@ -245,6 +308,8 @@ impl Collector {
             }
             _ => None,
         };
+        self.last_arrival = self.last_arrival.max(r.arrival);
+        let measured = r.arrival >= self.warmup;
         self.prompt_tokens += r.prompt_tokens as u64;
         self.output_tokens += r.num_output_tokens as u64;
         self.cached_tokens += r.num_cached_tokens.unwrap_or(0) as u64;
@@ -257,24 +322,26 @@ impl Collector {
                 self.finished += 1;
                 self.finished_prompt_tokens += r.prompt_tokens as u64;
                 self.finished_output_tokens += r.num_output_tokens as u64;
-                self.ttft.extend(ttft);
-                self.e2e.extend(e2e);
-                self.queue.extend(queue);
-                self.tpot.extend(tpot);
                 if let Some(f) = r.finish {
                     self.last_finish = self.last_finish.max(f);
-                }
-                // B4: good when every SLO given holds; TPOT counts as 0 for single-token outputs.
-                let ok =
-                    |slo: Option<f64>, v: Option<f64>| slo.is_none_or(|s| v.unwrap_or(0.0) <= s);
-                if ok(self.slo.ttft_s, ttft) && ok(self.slo.tpot_s, tpot) && ok(self.slo.e2e_s, e2e)
-                {
-                    self.good += 1;
                 }
             }
             Status::Rejected => self.rejected += 1,
             Status::Unfinished => self.unfinished += 1,
             Status::Failed => self.failed += 1,
+        }
+        // The latency statistics and goodput count finished requests that arrived after the warm-up.
+        if status == Status::Finished && measured {
+            self.measured += 1;
+            self.ttft.extend(ttft);
+            self.e2e.extend(e2e);
+            self.queue.extend(queue);
+            self.tpot.extend(tpot);
+            // B4: good when every SLO given holds; TPOT counts as 0 for single-token outputs.
+            let ok = |slo: Option<f64>, v: Option<f64>| slo.is_none_or(|s| v.unwrap_or(0.0) <= s);
+            if ok(self.slo.ttft_s, ttft) && ok(self.slo.tpot_s, tpot) && ok(self.slo.e2e_s, e2e) {
+                self.good += 1;
+            }
         }
         let row = RequestRow::new(r, status, tpot);
         match &mut self.requests {
@@ -288,6 +355,10 @@ impl Collector {
     }
 
     pub fn on_sample(&mut self, s: &Sample) -> Result<(), OutputError> {
+        match self.waiting.last_mut() {
+            Some((t, w)) if *t == s.time.0 => *w += s.waiting as u64,
+            _ => self.waiting.push((s.time.0, s.waiting as u64)),
+        }
         let (w, path) = match &mut self.timeseries {
             SampleSink::Discard => return Ok(()),
             SampleSink::Keep(v) => {
