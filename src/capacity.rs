@@ -214,7 +214,8 @@ fn min_replicas_for_seed(
     Ok((Some(pass), probes))
 }
 
-/// Runs the search `o` on `cfg` and writes `capacity.csv` and `capacity.json` into the output directory.
+/// Runs the search `o` on `cfg` and writes `capacity.csv` (every probe), `capacity.json` (the answer) and
+/// `resolved.toml` (the searched config) into the output directory.
 pub fn capacity(cfg: &Config, o: &CapacityOptions) -> Result<CapacityOutcome, Error> {
     if cfg.slo.criteria.is_empty() {
         return Err(ConfigError::invalid(
@@ -256,12 +257,8 @@ pub fn capacity(cfg: &Config, o: &CapacityOptions) -> Result<CapacityOutcome, Er
         }
     }
     // Resolve once up front: a config that cannot run fails before anything is written.
-    System::resolve(&with_rate(
-        cfg,
-        start,
-        cfg.cluster.replicas.max(1),
-        cfg.seed,
-    ))?;
+    let base = with_rate(cfg, start, cfg.cluster.replicas.max(1), cfg.seed);
+    let sys = System::resolve(&base)?;
     let last = cfg.seed.saturating_add(o.seeds as u64 - 1);
     crate::config::check_seed(last, "--seeds")?;
     let seeds: Vec<u64> = (cfg.seed..=last).collect();
@@ -310,6 +307,13 @@ pub fn capacity(cfg: &Config, o: &CapacityOptions) -> Result<CapacityOutcome, Er
         }
     };
     write_probes_csv(&dir.file("capacity.csv"), cfg, &probes)?;
+    // The searched config as resolved (at the starting rate and replica count): the directory is
+    // re-creatable, and a later search may replace it.
+    let resolved = crate::run::resolved_toml(&base, &sys);
+    std::fs::write(dir.file("resolved.toml"), resolved).map_err(|source| OutputError::Io {
+        path: dir.file("resolved.toml"),
+        source,
+    })?;
     let text = serde_json::to_string_pretty(&json).expect("JSON serialises") + "\n";
     std::fs::write(dir.file("capacity.json"), text).map_err(|source| OutputError::Io {
         path: dir.file("capacity.json"),

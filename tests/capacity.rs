@@ -198,3 +198,38 @@ fn capacity_errors_name_what_to_fix_and_leave_nothing() {
         assert!(!out.exists(), "{args:?} left {}", out.display());
     }
 }
+
+/// The README's two capacity examples print what the README shows.
+#[test]
+fn the_readme_capacity_examples_run_as_printed() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for args in [
+        &["--goal", "max-rate", "--seeds", "5"][..],
+        &[
+            "--goal",
+            "min-replicas",
+            "--rate",
+            "8",
+            "--set",
+            "cluster.router=\"least_loaded\"",
+        ][..],
+    ] {
+        let out = assert_cmd::Command::cargo_bin("servesim")
+            .unwrap()
+            .current_dir(tmp.path())
+            .args(["capacity", "--config"])
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/chat-slo.toml"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in String::from_utf8(out.stdout).unwrap().lines() {
+            assert!(readme.contains(line), "README lacks: {line}");
+        }
+    }
+}

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Every file name servesim writes into an output directory: a run's five files, a comparison's tables
-/// and its plots (SVG or PNG).
+/// and its plots (SVG or PNG), a capacity search's probes and answer.
 pub const OUTPUT_FILES: &[&str] = &[
     "requests.csv",
     "summary.json",
@@ -39,6 +39,8 @@ pub const OUTPUT_FILES: &[&str] = &[
     "kv_usage.png",
     "queue.png",
     "prefix_hit_rate.png",
+    "capacity.csv",
+    "capacity.json",
 ];
 
 /// How deep a servesim output tree goes: a comparison holds `seed-S/VARIANT/` folders.
