@@ -112,14 +112,23 @@ fn capacity_command(a: &crate::cli::CapacityArgs) -> Result<(), Error> {
         (crate::cli::GoalArg::MinReplicas, r) => {
             return Err(ConfigError::invalid(
                 "--rate",
-                format!("--goal min-replicas needs a positive --rate, got {r:?}"),
+                match r {
+                    Some(r) => format!("--goal min-replicas needs a positive rate, got {r}"),
+                    None => "--goal min-replicas needs --rate".to_string(),
+                },
             )
             .into())
         }
     };
+    let grid = a
+        .grid
+        .iter()
+        .map(|g| crate::report::Vary::parse_flag(g, "--grid"))
+        .collect::<Result<Vec<_>, _>>()?;
     let o = capacity(
         &cfg,
         &CapacityOptions {
+            grid,
             goal,
             seeds: a.seeds,
             precision: a.precision,

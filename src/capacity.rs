@@ -18,7 +18,7 @@ use crate::config::{Config, WorkloadKind};
 use crate::error::{ConfigError, Error, OutputError};
 use crate::metrics::output::RunDir;
 use crate::metrics::Summary;
-use crate::report::{ci::mean_ci95, effective_jobs, parallel_map};
+use crate::report::{ci::mean_ci95, effective_jobs, parallel_map, variants, Vary};
 use crate::run::{simulate, SimOptions};
 use crate::system::System;
 use serde_json::json;
@@ -46,6 +46,9 @@ pub struct CapacityOptions {
     /// Searches at once (0: one per core); the results do not depend on it.
     pub jobs: usize,
     pub out: Option<PathBuf>,
+    /// Keys and values to search every combination of (`--grid hardware.name=h100-sxm,h200`): one answer
+    /// each. Empty: the config alone.
+    pub grid: Vec<Vary>,
 }
 
 /// One simulated run of the search.
@@ -56,28 +59,44 @@ pub struct Probe {
     pub rate: f64,
     pub stable: Option<bool>,
     pub queue_growth_per_s: Option<f64>,
-    pub slo_met: bool,
+    /// The probe passes: `slo_met` and `stable` both true (a run whose stability is unknown, with fewer
+    /// than 10 time-series samples in its window, does not pass).
+    pub pass: bool,
     /// Each criterion's measured value (None: no finished request after the warm-up).
     pub values: Vec<Option<f64>>,
+    /// Output tokens per second over the run (`output_throughput_tps`), for the costs.
+    pub output_tps: Option<f64>,
 }
 
 /// A search's result.
 #[derive(Clone, Debug)]
 pub struct CapacityOutcome {
-    /// The answer as a planner would paste it.
+    /// The answers as a planner would paste them, one line per grid combination.
     pub answer: String,
-    /// `capacity.json`.
+    /// `capacity.json`: `{"goal", "answers": [one object per combination]}`.
     pub json: serde_json::Value,
-    /// Every probe, by seed then in search order.
+    /// Every probe, by combination, then seed, then in search order (then min-replicas' checks of
+    /// every seed at the answer and one fewer).
     pub probes: Vec<Probe>,
-    /// Per seed: the highest passing rate (`max-rate`) or the fewest passing replicas (`min-replicas`);
-    /// None where none passed within the search's bounds.
-    pub per_seed: Vec<Option<f64>>,
+    /// Per combination, per seed: the highest passing rate (`max-rate`) or the fewest passing replicas
+    /// (`min-replicas`); None where none passed within the search's bounds.
+    pub per_seed: Vec<Vec<Option<f64>>>,
     pub out_dir: PathBuf,
 }
 
-/// Halvings or doublings before a bracket search gives up.
-const MAX_BRACKET_STEPS: u32 = 20;
+/// One grid combination, resolved.
+struct Plan {
+    name: String,
+    cfg: Config,
+    start: f64,
+    /// The config at the starting rate, and its resolved system (for `resolved.toml` and the price).
+    base: Config,
+    sys: System,
+    price: Option<f64>,
+}
+
+/// Halvings or doublings before a bracket search gives up (4096x the starting rate either way).
+const MAX_BRACKET_STEPS: u32 = 12;
 /// Bisection steps at most (a precision of 1e-6 needs 20 from any bracket the doubling finds).
 const MAX_BISECTIONS: u32 = 40;
 
@@ -121,8 +140,10 @@ fn read_probe(cfg: &Config, s: &Summary, rate: f64, replicas: u32, seed: u64) ->
         rate,
         stable: s.0.get("stable").and_then(|v| v.as_bool()),
         queue_growth_per_s: s.get_f64("queue_growth_per_s"),
-        slo_met: s.0.get("slo_met").and_then(|v| v.as_bool()) == Some(true),
+        pass: s.0.get("slo_met").and_then(|v| v.as_bool()) == Some(true)
+            && s.0.get("stable").and_then(|v| v.as_bool()) == Some(true),
         values: cfg.slo.criteria.keys().map(|k| s.get_f64(k)).collect(),
+        output_tps: s.get_f64("output_throughput_tps"),
     }
 }
 
@@ -137,7 +158,7 @@ fn max_rate_for_seed(
     let mut probes = Vec::new();
     let run = |rate: f64, probes: &mut Vec<Probe>| -> Result<bool, Error> {
         let p = probe(cfg, rate, replicas, seed)?;
-        let ok = p.slo_met;
+        let ok = p.pass;
         probes.push(p);
         Ok(ok)
     };
@@ -151,8 +172,16 @@ fn max_rate_for_seed(
             hi *= 2.0;
             steps += 1;
             if steps == MAX_BRACKET_STEPS {
-                // Meets the SLOs at 2^20 times the start: no bound found.
-                return Ok((Some(lo), probes));
+                return Err(ConfigError::invalid(
+                    "slo",
+                    format!(
+                        "the criteria still hold at {lo} (seed {seed}), {}x the starting rate: no load \
+                         breaks them (is the workload bounded by max_sessions or max_requests?); set a \
+                         criterion that load breaks, such as ttft_p99_s",
+                        1u64 << MAX_BRACKET_STEPS
+                    ),
+                )
+                .into());
             }
         }
     } else {
@@ -191,7 +220,7 @@ fn min_replicas_for_seed(
     let mut probes = Vec::new();
     let run = |n: u32, probes: &mut Vec<Probe>| -> Result<bool, Error> {
         let p = probe(cfg, rate, n, seed)?;
-        let ok = p.slo_met;
+        let ok = p.pass;
         probes.push(p);
         Ok(ok)
     };
@@ -214,9 +243,22 @@ fn min_replicas_for_seed(
     Ok((Some(pass), probes))
 }
 
-/// Runs the search `o` on `cfg` and writes `capacity.csv` (every probe), `capacity.json` (the answer) and
-/// `resolved.toml` (the searched config) into the output directory.
-pub fn capacity(cfg: &Config, o: &CapacityOptions) -> Result<CapacityOutcome, Error> {
+/// `cfg` with `overrides` (`key=value`, as `--set` takes them) applied.
+fn with_overrides(cfg: &Config, overrides: &[String]) -> Result<Config, ConfigError> {
+    if overrides.is_empty() {
+        return Ok(cfg.clone());
+    }
+    let text = toml::to_string(cfg).expect("a config serialises");
+    crate::config::Source {
+        origin: "--grid",
+        text: &text,
+    }
+    .parse(overrides)
+}
+
+/// Resolves one combination: its config, starting rate and system, refusing what cannot be searched.
+fn plan(cfg: &Config, name: String, overrides: &[String], goal: Goal) -> Result<Plan, Error> {
+    let cfg = with_overrides(cfg, overrides)?;
     if cfg.slo.criteria.is_empty() {
         return Err(ConfigError::invalid(
             "slo",
@@ -224,19 +266,9 @@ pub fn capacity(cfg: &Config, o: &CapacityOptions) -> Result<CapacityOutcome, Er
         )
         .into());
     }
-    if o.seeds == 0 {
-        return Err(ConfigError::invalid("--seeds", "must be at least 1").into());
-    }
-    if !(o.precision.is_finite() && o.precision >= 1e-6 && o.precision <= 0.5) {
-        return Err(ConfigError::invalid(
-            "--precision",
-            format!("must be between 1e-6 and 0.5, got {}", o.precision),
-        )
-        .into());
-    }
-    let (unit, key) = rate_unit(cfg);
+    let (_, key) = rate_unit(&cfg);
     let start =
-        match (o.goal, rate_of(cfg)) {
+        match (goal, rate_of(&cfg)) {
             (Goal::MinReplicas { rate }, _) => rate,
             (Goal::MaxRate, Some(r)) => r,
             (Goal::MaxRate, None) => return Err(ConfigError::invalid(
@@ -251,65 +283,186 @@ pub fn capacity(cfg: &Config, o: &CapacityOptions) -> Result<CapacityOutcome, Er
             ConfigError::invalid(key, format!("must be a positive rate, got {start}")).into(),
         );
     }
+    if let Some(d) = cfg.workload.duration_s {
+        if cfg.output.warmup_s >= d {
+            return Err(ConfigError::invalid(
+                "output.warmup_s",
+                format!(
+                    "{} s leaves no measurement window before workload.duration_s ({d} s); lower it or \
+                     lengthen the workload",
+                    cfg.output.warmup_s
+                ),
+            )
+            .into());
+        }
+    }
+    let base = with_rate(&cfg, start, cfg.cluster.replicas.max(1), cfg.seed);
+    let sys = System::resolve(&base)?;
+    let price = cfg.hardware.price_per_hour.or(sys.hardware.price_per_hour);
+    Ok(Plan {
+        name,
+        cfg,
+        start,
+        base,
+        sys,
+        price,
+    })
+}
+
+/// Runs the search `o` on `cfg` (each `--grid` combination of it) and writes `capacity.csv` (every
+/// probe), `capacity.json` (the answers) and `resolved.toml` (the first combination's config) into the
+/// output directory. Every combination is resolved before anything runs or is written.
+pub fn capacity(cfg: &Config, o: &CapacityOptions) -> Result<CapacityOutcome, Error> {
+    if o.seeds == 0 {
+        return Err(ConfigError::invalid("--seeds", "must be at least 1").into());
+    }
+    if !(o.precision.is_finite() && o.precision >= 1e-6 && o.precision <= 0.5) {
+        return Err(ConfigError::invalid(
+            "--precision",
+            format!("must be between 1e-6 and 0.5, got {}", o.precision),
+        )
+        .into());
+    }
     if let Goal::MinReplicas { .. } = o.goal {
         if o.max_replicas == 0 {
             return Err(ConfigError::invalid("--max-replicas", "must be at least 1").into());
         }
     }
-    // Resolve once up front: a config that cannot run fails before anything is written.
-    let base = with_rate(cfg, start, cfg.cluster.replicas.max(1), cfg.seed);
-    let sys = System::resolve(&base)?;
     let last = cfg.seed.saturating_add(o.seeds as u64 - 1);
     crate::config::check_seed(last, "--seeds")?;
+    let combos = variants(&o.grid);
+    if combos.len().saturating_mul(o.seeds as usize) > MAX_SEARCHES {
+        return Err(ConfigError::invalid(
+            "--grid / --seeds",
+            format!(
+                "{} combinations x {} seeds is more than {MAX_SEARCHES} searches; search fewer",
+                combos.len(),
+                o.seeds
+            ),
+        )
+        .into());
+    }
+    let plans = combos
+        .into_iter()
+        .map(|v| plan(cfg, v.name, &v.overrides, o.goal))
+        .collect::<Result<Vec<_>, _>>()?;
+    // A trace replays the same arrivals whatever the seed: one search is all there is.
+    let last = if cfg.workload.kind == WorkloadKind::Trace {
+        cfg.seed
+    } else {
+        last
+    };
     let seeds: Vec<u64> = (cfg.seed..=last).collect();
     let out = o
         .out
         .clone()
         .unwrap_or_else(|| Path::new("results").join(format!("capacity-{}", cfg.name)));
     let dir = RunDir::create(&out)?;
-    let jobs = effective_jobs(o.jobs, seeds.len());
-    let results = parallel_map(&seeds, jobs, |&seed| match o.goal {
-        Goal::MaxRate => max_rate_for_seed(cfg, start, seed, o.precision),
-        Goal::MinReplicas { rate } => min_replicas_for_seed(cfg, rate, seed, o.max_replicas)
-            .map(|(n, p)| (n.map(|n| n as f64), p)),
-    });
-    let mut probes = Vec::new();
-    let mut per_seed = Vec::new();
-    for r in results {
-        let (best, p) = r?;
-        per_seed.push(best);
-        probes.extend(p);
-    }
-    let criteria: Vec<String> = cfg
-        .slo
-        .criteria
-        .iter()
-        .map(|(k, v)| format!("{k}<={v}"))
+    let items: Vec<(usize, u64)> = (0..plans.len())
+        .flat_map(|p| seeds.iter().map(move |&s| (p, s)))
         .collect();
-    let system = format!(
-        "{} on {} x {} (TP{}, {})",
-        cfg.model.name,
+    let jobs = effective_jobs(o.jobs, items.len());
+    let results = parallel_map(&items, jobs, |&(p, seed)| {
+        let pl = &plans[p];
         match o.goal {
-            Goal::MaxRate => cfg.cluster.replicas.to_string(),
-            Goal::MinReplicas { .. } => "N".into(),
-        },
-        cfg.hardware.name,
-        cfg.hardware.tensor_parallel,
-        serde_json::to_value(cfg.cluster.router)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default()
-    );
-    let (answer, json) = match o.goal {
-        Goal::MaxRate => answer_max_rate(cfg, &system, unit, &criteria, &per_seed, &probes),
-        Goal::MinReplicas { rate } => {
-            answer_min_replicas(cfg, &system, unit, rate, &criteria, &per_seed, &probes)
+            Goal::MaxRate => max_rate_for_seed(&pl.cfg, pl.start, seed, o.precision),
+            Goal::MinReplicas { rate } => {
+                min_replicas_for_seed(&pl.cfg, rate, seed, o.max_replicas)
+                    .map(|(n, p)| (n.map(|n| n as f64), p))
+            }
         }
-    };
-    write_probes_csv(&dir.file("capacity.csv"), cfg, &probes)?;
-    // The searched config as resolved (at the starting rate and replica count): the directory is
-    // re-creatable, and a later search may replace it.
-    let resolved = crate::run::resolved_toml(&base, &sys);
+    });
+    let mut per_plan: Vec<(Vec<Option<f64>>, Vec<Probe>)> =
+        plans.iter().map(|_| (Vec::new(), Vec::new())).collect();
+    for ((p, _), r) in items.iter().zip(results) {
+        let (best, probes) = r?;
+        per_plan[*p].0.push(best);
+        per_plan[*p].1.extend(probes);
+    }
+    // min-replicas answers the count that passes on every seed: each seed is run at the largest of the
+    // seeds' own minima (and at one fewer, for the report), and the count raised until all pass.
+    let mut needs: Vec<Option<u32>> = vec![None; plans.len()];
+    if let Goal::MinReplicas { rate } = o.goal {
+        for (i, pl) in plans.iter().enumerate() {
+            let (per_seed, probes) = &mut per_plan[i];
+            if per_seed.iter().any(|s| s.is_none()) {
+                continue;
+            }
+            let mut need = per_seed.iter().flatten().fold(0.0f64, |a, &b| a.max(b)) as u32;
+            loop {
+                let mut all = true;
+                for n in [need, need - 1] {
+                    for &seed in &seeds {
+                        if n == 0 || probes.iter().any(|p| p.seed == seed && p.replicas == n) {
+                            continue;
+                        }
+                        probes.push(probe(&pl.cfg, rate, n, seed)?);
+                    }
+                }
+                for &seed in &seeds {
+                    all &= probes
+                        .iter()
+                        .filter(|p| p.seed == seed && p.replicas == need)
+                        .all(|p| p.pass);
+                }
+                if all {
+                    needs[i] = Some(need);
+                    break;
+                }
+                if need >= o.max_replicas {
+                    break;
+                }
+                need += 1;
+            }
+        }
+    }
+    let grid = !o.grid.is_empty();
+    let mut lines = Vec::new();
+    let mut answers = Vec::new();
+    for ((pl, (per_seed, probes)), need) in plans.iter().zip(&per_plan).zip(&needs) {
+        let c = &pl.cfg;
+        let (unit, _) = rate_unit(c);
+        let criteria: Vec<String> = c
+            .slo
+            .criteria
+            .iter()
+            .map(|(k, v)| format!("{k}<={v}"))
+            .collect();
+        let system = format!(
+            "{} on {} x {} (TP{}, {})",
+            c.model.name,
+            match o.goal {
+                Goal::MaxRate => c.cluster.replicas.to_string(),
+                Goal::MinReplicas { .. } => "N".into(),
+            },
+            c.hardware.name,
+            c.hardware.tensor_parallel,
+            serde_json::to_value(c.cluster.router)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default()
+        );
+        let (mut line, mut json) = match o.goal {
+            Goal::MaxRate => answer_max_rate(pl, &system, unit, &criteria, per_seed, probes),
+            Goal::MinReplicas { rate } => {
+                answer_min_replicas(pl, &system, unit, rate, &criteria, per_seed, *need, probes)
+            }
+        };
+        if grid {
+            line = format!("{}: {line}", pl.name);
+        }
+        json["variant"] = json!(pl.name);
+        lines.push(line);
+        answers.push(json);
+    }
+    let json = json!({
+        "goal": match o.goal { Goal::MaxRate => "max-rate", Goal::MinReplicas { .. } => "min-replicas" },
+        "answers": answers,
+    });
+    write_probes_csv(&dir.file("capacity.csv"), &plans, &per_plan)?;
+    // The first combination's config as resolved at the starting rate and replica count: the directory
+    // is re-creatable, and a later search may replace it.
+    let resolved = crate::run::resolved_toml(&plans[0].base, &plans[0].sys);
     std::fs::write(dir.file("resolved.toml"), resolved).map_err(|source| OutputError::Io {
         path: dir.file("resolved.toml"),
         source,
@@ -320,13 +473,51 @@ pub fn capacity(cfg: &Config, o: &CapacityOptions) -> Result<CapacityOutcome, Er
         source,
     })?;
     let out_dir = dir.commit()?;
+    let (per_seed, probes): (Vec<_>, Vec<_>) = per_plan.into_iter().unzip();
     Ok(CapacityOutcome {
-        answer,
+        answer: lines.join("\n"),
         json,
-        probes,
+        probes: probes.into_iter().flatten().collect(),
         per_seed,
         out_dir,
     })
+}
+
+/// Searches (combinations x seeds) one command may run.
+const MAX_SEARCHES: usize = 10_000;
+
+/// Costs at an answer: `gpus` GPUs at the plan's price serving `rate` (sessions or requests per second)
+/// and `tps` output tokens per second. (JSON fields, text for the answer line); none without a price.
+fn costs(
+    pl: &Plan,
+    gpus: u32,
+    rate: f64,
+    tps: Option<f64>,
+    unit: &str,
+) -> (serde_json::Value, String) {
+    let Some(price) = pl.price else {
+        return (json!({"gpus": gpus, "price_per_hour": null}), String::new());
+    };
+    let per_hour = gpus as f64 * price;
+    let per_mtok = tps
+        .filter(|t| *t > 0.0)
+        .map(|t| per_hour / (t * 3600.0) * 1e6);
+    let each = if unit.starts_with("sessions") {
+        "session"
+    } else {
+        "request"
+    };
+    let per_each = per_hour / (rate * 3600.0);
+    let text = format!(
+        "; {gpus} GPU(s) at {price} per GPU-hour: {per_hour:.2} per hour, {} per million output tokens, \
+         {per_each:.5} per {each}",
+        per_mtok.map_or("n/a".to_string(), |c| format!("{c:.3}"))
+    );
+    (
+        json!({"gpus": gpus, "price_per_hour": price, "cost_per_hour": per_hour,
+               "cost_per_million_output_tokens": per_mtok, format!("cost_per_{each}"): per_each}),
+        text,
+    )
 }
 
 /// The criteria's values (mean over seeds) at the probes `pick` selects, one per seed where it finds one.
@@ -356,7 +547,7 @@ fn describe_values(v: &[(String, Option<f64>)]) -> String {
 }
 
 fn answer_max_rate(
-    cfg: &Config,
+    pl: &Plan,
     system: &str,
     unit: &str,
     criteria: &[String],
@@ -383,7 +574,7 @@ fn answer_max_rate(
         .filter_map(|(best, seed)| {
             probes
                 .iter()
-                .find(|p| p.seed == seed && Some(p.rate) == *best && p.slo_met)
+                .find(|p| p.seed == seed && Some(p.rate) == *best && p.pass)
         })
         .collect();
     let above: Vec<&Probe> = seeds_of(probes)
@@ -391,25 +582,33 @@ fn answer_max_rate(
         .filter_map(|seed| {
             probes
                 .iter()
-                .filter(|p| p.seed == seed && !p.slo_met)
+                .filter(|p| p.seed == seed && !p.pass)
                 .min_by(|a, b| a.rate.total_cmp(&b.rate))
         })
         .collect();
+    let cfg = &pl.cfg;
     let at_v = mean_values(cfg, &at);
     let above_v = mean_values(cfg, &above);
+    let lowest = found.iter().copied().fold(f64::INFINITY, f64::min);
     let ci = match half {
-        Some(h) => format!(" [{:.3}, {:.3}] (95% CI, {n} seeds)", mean - h, mean + h),
+        Some(h) => format!(
+            " (mean of {n} seeds' highest passing rates; 95% CI of the mean [{:.3}, {:.3}]; lowest \
+             seed {lowest:.3})",
+            mean - h,
+            mean + h
+        ),
         None => " (1 seed: no interval)".into(),
     };
     let mut answer = format!(
-        "{system} meets {} in steady state up to {mean:.3} {unit}{ci}: at that load {}",
+        "{system} meets {} in steady state up to {mean:.3} {unit}{ci}; at each seed's highest passing \
+         rate (mean) {}",
         criteria.join(", "),
         describe_values(&at_v)
     );
     if !above.is_empty() {
         let unstable = above.iter().filter(|p| p.stable == Some(false)).count();
         answer += &format!(
-            "; just above (mean {:.3} {unit}) it misses: {}{}",
+            "; at each seed's lowest failing rate (mean {:.3} {unit}) {}{}",
             above.iter().map(|p| p.rate).sum::<f64>() / above.len() as f64,
             describe_values(&above_v),
             if unstable > 0 {
@@ -419,48 +618,52 @@ fn answer_max_rate(
             }
         );
     }
+    let gpus = cfg.cluster.replicas * cfg.hardware.tensor_parallel;
+    let (cost, cost_text) = costs(pl, gpus, mean, mean_tps(&at), unit);
+    answer += &cost_text;
     let json = json!({
         "goal": "max-rate", "unit": unit, "criteria": criteria,
         "answer": mean, "ci95_low": half.map(|h| mean - h), "ci95_high": half.map(|h| mean + h),
-        "seeds": n, "per_seed": per_seed,
+        "seeds": n, "per_seed": per_seed, "lowest_seed": lowest,
         "at_answer": at_v.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "just_above": above_v.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "cost": cost,
         "probes": probes.len(),
     });
     (answer, json)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn answer_min_replicas(
-    cfg: &Config,
+    pl: &Plan,
     system: &str,
     unit: &str,
     rate: f64,
     criteria: &[String],
     per_seed: &[Option<f64>],
+    need: Option<u32>,
     probes: &[Probe],
 ) -> (String, serde_json::Value) {
     let n_seeds = per_seed.len();
-    if per_seed.iter().any(|s| s.is_none()) {
+    let Some(need) = need else {
         let answer = format!(
-            "{system} misses {} at {rate} {unit} with up to the largest replica count tried on {} of \
-             {n_seeds} seed(s); raise --max-replicas",
-            criteria.join(", "),
-            per_seed.iter().filter(|s| s.is_none()).count()
+            "{system} misses {} at {rate} {unit} on some of {n_seeds} seed(s) with up to the largest \
+             replica count tried; raise --max-replicas",
+            criteria.join(", ")
         );
         let json = json!({"goal": "min-replicas", "rate": rate, "unit": unit, "criteria": criteria,
                           "answer": null, "per_seed": per_seed, "note": answer});
         return (answer, json);
-    }
-    // The count that passes on every seed (meeting the SLOs is taken to be monotone in replicas).
-    let need = per_seed.iter().flatten().fold(0.0f64, |a, &b| a.max(b)) as u32;
+    };
     let at: Vec<&Probe> = probes
         .iter()
-        .filter(|p| p.replicas == need && p.slo_met)
+        .filter(|p| p.replicas == need && p.pass)
         .collect();
     let below: Vec<&Probe> = probes
         .iter()
-        .filter(|p| p.replicas + 1 == need && !p.slo_met)
+        .filter(|p| p.replicas + 1 == need && !p.pass)
         .collect();
+    let cfg = &pl.cfg;
     let at_v = mean_values(cfg, &at);
     let below_v = mean_values(cfg, &below);
     let mut answer = format!(
@@ -478,14 +681,29 @@ fn answer_min_replicas(
             describe_values(&below_v)
         );
     }
+    let (cost, cost_text) = costs(
+        pl,
+        need * cfg.hardware.tensor_parallel,
+        rate,
+        mean_tps(&at),
+        unit,
+    );
+    answer += &cost_text;
     let json = json!({
         "goal": "min-replicas", "rate": rate, "unit": unit, "criteria": criteria,
         "answer": need, "seeds": n_seeds, "per_seed": per_seed,
         "at_answer": at_v.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "one_fewer": below_v.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "cost": cost,
         "probes": probes.len(),
     });
     (answer, json)
+}
+
+/// Mean output tokens per second over `probes` that report it.
+fn mean_tps(probes: &[&Probe]) -> Option<f64> {
+    let v: Vec<f64> = probes.iter().filter_map(|p| p.output_tps).collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
 /// The seeds of `probes`, in their first-appearance order.
@@ -499,34 +717,56 @@ fn seeds_of(probes: &[Probe]) -> Vec<u64> {
     v
 }
 
-fn write_probes_csv(path: &Path, cfg: &Config, probes: &[Probe]) -> Result<(), OutputError> {
+fn write_probes_csv(
+    path: &Path,
+    plans: &[Plan],
+    per_plan: &[(Vec<Option<f64>>, Vec<Probe>)],
+) -> Result<(), OutputError> {
     let err = |source: csv::Error| OutputError::Csv {
         path: path.to_path_buf(),
         source,
     };
     let mut w = csv::Writer::from_path(path).map_err(err)?;
+    // One criterion column per key any combination names (a grid may vary the criteria).
+    let mut keys: Vec<&String> = plans
+        .iter()
+        .flat_map(|p| p.cfg.slo.criteria.keys())
+        .collect();
+    keys.sort();
+    keys.dedup();
     let mut header = vec![
-        "seed".to_string(),
+        "variant".to_string(),
+        "seed".into(),
         "replicas".into(),
         "rate".into(),
         "stable".into(),
         "queue_growth_per_s".into(),
-        "slo_met".into(),
+        "pass".into(),
+        "output_throughput_tps".into(),
     ];
-    header.extend(cfg.slo.criteria.keys().cloned());
+    header.extend(keys.iter().map(|k| k.to_string()));
     w.write_record(&header).map_err(err)?;
     let opt = |x: Option<f64>| x.map(|v| v.to_string()).unwrap_or_default();
-    for p in probes {
-        let mut row = vec![
-            p.seed.to_string(),
-            p.replicas.to_string(),
-            p.rate.to_string(),
-            p.stable.map(|b| b.to_string()).unwrap_or_default(),
-            opt(p.queue_growth_per_s),
-            p.slo_met.to_string(),
-        ];
-        row.extend(p.values.iter().map(|&v| opt(v)));
-        w.write_record(&row).map_err(err)?;
+    for (pl, (_, probes)) in plans.iter().zip(per_plan) {
+        let own: Vec<&String> = pl.cfg.slo.criteria.keys().collect();
+        for p in probes {
+            let mut row = vec![
+                pl.name.clone(),
+                p.seed.to_string(),
+                p.replicas.to_string(),
+                p.rate.to_string(),
+                p.stable.map(|b| b.to_string()).unwrap_or_default(),
+                opt(p.queue_growth_per_s),
+                p.pass.to_string(),
+                opt(p.output_tps),
+            ];
+            row.extend(keys.iter().map(|k| {
+                own.iter()
+                    .position(|o| o == k)
+                    .map_or(String::new(), |i| opt(p.values[i]))
+            }));
+            w.write_record(&row).map_err(err)?;
+        }
     }
     w.flush().map_err(|source| OutputError::Io {
         path: path.to_path_buf(),

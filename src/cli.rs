@@ -158,6 +158,9 @@ pub struct CapacityArgs {
     /// The most replicas --goal min-replicas tries.
     #[arg(long, default_value_t = 64)]
     pub max_replicas: u32,
+    /// A key and values to answer for each of (repeat for a grid): --grid hardware.name=h100-sxm,h200.
+    #[arg(long, value_name = "KEY=V1,V2,...")]
+    pub grid: Vec<String>,
     /// Searches at once, one thread each (default: one per core). Results do not depend on it.
     #[arg(long, short = 'j', default_value_t = 0, hide_default_value = true)]
     pub jobs: usize,

@@ -267,6 +267,9 @@ pub struct HardwareConfig {
     pub interconnect_gbps: f64,
     /// Fixed cost of one all-reduce, seconds (the same measurement: 17 us for messages up to 64 KB).
     pub allreduce_latency_s: f64,
+    /// What one GPU costs per hour (any currency; `capacity` reports costs in it). Overrides the hardware
+    /// catalog's `price_per_hour`; the shipped catalog lists none, since prices depend on the provider.
+    pub price_per_hour: Option<f64>,
 }
 
 impl Default for HardwareConfig {
@@ -277,6 +280,7 @@ impl Default for HardwareConfig {
             tensor_parallel: 1,
             interconnect_gbps: 270.0,
             allreduce_latency_s: 0.000_017,
+            price_per_hour: None,
         }
     }
 }
@@ -604,8 +608,8 @@ pub struct OutputConfig {
     /// `unfinished`). Unset: run until every released request finishes.
     pub max_sim_time_s: Option<f64>,
     /// Virtual seconds of warm-up: requests arriving earlier are run and written to `requests.csv` but
-    /// left out of the latency statistics, goodput and the SLO criteria, and the stability verdict looks
-    /// only after it. 0: everything counts.
+    /// left out of the TTFT, TPOT, E2E and queue statistics and goodput, and the stability verdict looks
+    /// only after it (ITL pools every token gap, the warm-up's included). 0: everything counts.
     pub warmup_s: f64,
 }
 
@@ -818,6 +822,14 @@ impl Config {
                 "hardware.interconnect_gbps",
                 format!("must be positive, got {}", hw.interconnect_gbps),
             ));
+        }
+        if let Some(p) = hw.price_per_hour {
+            if !(p.is_finite() && p > 0.0) {
+                return Err(ConfigError::invalid(
+                    "hardware.price_per_hour",
+                    format!("must be a positive price, got {p}"),
+                ));
+            }
         }
         if !(hw.allreduce_latency_s.is_finite() && hw.allreduce_latency_s >= 0.0) {
             return Err(ConfigError::invalid(

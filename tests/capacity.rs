@@ -43,6 +43,7 @@ fn opts(goal: Goal, seeds: u32, precision: f64, out: &std::path::Path) -> Capaci
         max_replicas: 16,
         jobs: 0,
         out: Some(out.to_path_buf()),
+        grid: Vec::new(),
     }
 }
 
@@ -57,17 +58,19 @@ fn max_rate_of_md1_matches_pollaczek_khinchine() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = config(&md1(5.0, 2500.0, "[slo]\nqueue_mean_s = 0.1"), &[]);
     let o = capacity(&cfg, &opts(Goal::MaxRate, 4, 0.01, &tmp.path().join("c"))).unwrap();
-    let answer = o.json["answer"].as_f64().unwrap();
+    let answer = o.json["answers"][0]["answer"].as_f64().unwrap();
     assert!((answer / (20.0 / 3.0) - 1.0).abs() < 0.02, "{answer}");
     // The interval is reported and contains the answer; files are written.
     let (lo, hi) = (
-        o.json["ci95_low"].as_f64().unwrap(),
-        o.json["ci95_high"].as_f64().unwrap(),
+        o.json["answers"][0]["ci95_low"].as_f64().unwrap(),
+        o.json["answers"][0]["ci95_high"].as_f64().unwrap(),
     );
     assert!(lo < answer && answer < hi);
     let csv = std::fs::read_to_string(o.out_dir.join("capacity.csv")).unwrap();
     assert_eq!(csv.lines().count(), o.probes.len() + 1);
-    assert!(csv.starts_with("seed,replicas,rate,stable,queue_growth_per_s,slo_met,queue_mean_s"));
+    assert!(csv.starts_with(
+        "variant,seed,replicas,rate,stable,queue_growth_per_s,pass,output_throughput_tps,queue_mean_s"
+    ));
 }
 
 #[test]
@@ -77,7 +80,7 @@ fn the_answer_is_monotone_in_replicas_and_in_the_slo() {
         let cfg = config(&md1(5.0, 1000.0, "[slo]\nqueue_mean_s = 0.1"), extra);
         capacity(&cfg, &opts(Goal::MaxRate, 2, 0.02, &tmp.path().join(name)))
             .unwrap()
-            .json["answer"]
+            .json["answers"][0]["answer"]
             .as_f64()
             .unwrap()
     };
@@ -105,7 +108,7 @@ fn min_replicas_is_the_first_count_that_passes() {
         ),
     )
     .unwrap();
-    let n = o.json["answer"].as_u64().unwrap() as u32;
+    let n = o.json["answers"][0]["answer"].as_u64().unwrap() as u32;
     // 25 requests/s of 0.1 s each need at least 3 servers to be stable (rho < 1).
     assert!(n >= 3, "{n}");
     // Every seed passes at n, some seed fails at n - 1, and every count probed at or above n passes.
@@ -115,14 +118,10 @@ fn min_replicas_is_the_first_count_that_passes() {
             .iter()
             .filter(|p| p.seed == seed && p.replicas == n)
             .collect();
-        assert!(at.iter().all(|p| p.slo_met), "seed {seed} fails at {n}");
+        assert!(at.iter().all(|p| p.pass), "seed {seed} fails at {n}");
     }
-    assert!(o.probes.iter().any(|p| p.replicas == n - 1 && !p.slo_met));
-    assert!(o
-        .probes
-        .iter()
-        .filter(|p| p.replicas >= n)
-        .all(|p| p.slo_met));
+    assert!(o.probes.iter().any(|p| p.replicas == n - 1 && !p.pass));
+    assert!(o.probes.iter().filter(|p| p.replicas >= n).all(|p| p.pass));
 }
 
 #[test]
@@ -139,6 +138,27 @@ fn an_overloaded_run_is_unstable_and_a_loaded_one_is_not() {
     // Half the capacity (rho = 0.5) and 0.9 of it: stable.
     for rate in [5.0, 9.0] {
         assert_eq!(run(rate).0["stable"], serde_json::json!(true), "{rate}");
+    }
+    // Overloaded from the start, with a warm-up that leaves only the last 80 s of a 600 s load: the
+    // backlog is already thousands of requests, and it still grows.
+    let cfg = config(&md1(20.0, 600.0, ""), &["output.warmup_s=520"]);
+    let late = simulate(&cfg, &SimOptions::default()).unwrap().summary;
+    assert_eq!(late.0["stable"], serde_json::json!(false));
+    assert_eq!(late.0["slo_met"], serde_json::Value::Null);
+}
+
+#[test]
+fn goodput_counts_the_window_after_the_warm_up() {
+    // Far below capacity every request meets a loose SLO, so goodput equals the request rate over the
+    // measured window, warm-up or not.
+    for warmup in ["0", "150"] {
+        let cfg = config(
+            &md1(2.0, 300.0, "[slo]\ne2e_s = 10.0"),
+            &[&format!("output.warmup_s={warmup}")],
+        );
+        let s = simulate(&cfg, &SimOptions::default()).unwrap().summary;
+        let good = s.get_f64("goodput_rps").unwrap();
+        assert!((good / 2.0 - 1.0).abs() < 0.15, "warm-up {warmup}: {good}");
     }
 }
 
@@ -232,4 +252,43 @@ fn the_readme_capacity_examples_run_as_printed() {
             assert!(readme.contains(line), "README lacks: {line}");
         }
     }
+}
+
+#[test]
+fn a_grid_answers_each_combination_with_its_costs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        &md1(5.0, 1000.0, "[slo]\nqueue_mean_s = 0.1"),
+        &["hardware.price_per_hour=2.5"],
+    );
+    let mut o = opts(Goal::MaxRate, 2, 0.02, &tmp.path().join("g"));
+    o.grid = vec![servesim::report::Vary::parse_flag("cluster.replicas=1,2", "--grid").unwrap()];
+    let out = capacity(&cfg, &o).unwrap();
+    let answers = out.json["answers"].as_array().unwrap();
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[1]["variant"], "replicas=2");
+    for (a, gpus) in answers.iter().zip([1.0, 2.0]) {
+        let c = &a["cost"];
+        assert_eq!(c["gpus"].as_f64().unwrap(), gpus);
+        // gpus x 2.5 per hour; per session: that over rate x 3600 sessions an hour.
+        let per_hour = c["cost_per_hour"].as_f64().unwrap();
+        assert_eq!(per_hour, gpus * 2.5);
+        let rate = a["answer"].as_f64().unwrap();
+        let per_session = c["cost_per_session"].as_f64().unwrap();
+        assert!((per_session - per_hour / (rate * 3600.0)).abs() < 1e-12);
+        // One output token per request here, so output tokens per second are about the request rate and
+        // a million tokens cost about per_hour / (rate x 3600) x 1e6.
+        let per_mtok = c["cost_per_million_output_tokens"].as_f64().unwrap();
+        assert!(
+            (per_mtok / (per_session * 1e6) - 1.0).abs() < 0.05,
+            "{per_mtok}"
+        );
+    }
+    let csv = std::fs::read_to_string(out.out_dir.join("capacity.csv")).unwrap();
+    assert!(csv.lines().skip(1).any(|l| l.starts_with("replicas=1,")));
+    assert!(csv.lines().skip(1).any(|l| l.starts_with("replicas=2,")));
+    // Without a price there are no costs.
+    let cfg = config(&md1(5.0, 300.0, "[slo]\nqueue_mean_s = 0.1"), &[]);
+    let out = capacity(&cfg, &opts(Goal::MaxRate, 1, 0.1, &tmp.path().join("n"))).unwrap();
+    assert!(out.json["answers"][0]["cost"]["price_per_hour"].is_null());
 }

@@ -1058,6 +1058,10 @@ pub struct HardwareSpec {
     /// Dense int8 tensor peak, TOP/s; W8A8 int8 GEMMs run at it (weight-only without it).
     #[serde(default)]
     pub peak_int8_tops: Option<f64>,
+    /// What one GPU costs per hour, for `capacity`'s costs (`hardware.price_per_hour` overrides it). The
+    /// shipped catalog lists none: prices depend on the provider and the contract.
+    #[serde(default)]
+    pub price_per_hour: Option<f64>,
 }
 
 const HARDWARE: &str = include_str!("../../catalog/hardware.toml");
@@ -1087,6 +1091,7 @@ impl HardwareSpec {
                     ("peak_bf16_tflops", h.peak_bf16_tflops, 1e6),
                     ("peak_fp8_tflops", h.peak_fp8_tflops.unwrap_or(1.0), 1e6),
                     ("peak_int8_tops", h.peak_int8_tops.unwrap_or(1.0), 1e6),
+                    ("price_per_hour", h.price_per_hour.unwrap_or(1.0), 1e9),
                     ("memory_bandwidth_gbps", h.memory_bandwidth_gbps, 1e7),
                     ("memory_gib", h.memory_gib, 1e5),
                 ] {

@@ -528,6 +528,7 @@ mod tests {
                 memory_gib: 1.0,
                 peak_fp8_tflops: None,
                 peak_int8_tops: None,
+                price_per_hour: None,
             },
             RooflineConfig {
                 compute_efficiency: 0.5,

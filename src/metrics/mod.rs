@@ -253,11 +253,12 @@ impl Collector {
 
     /// The overload verdict over the measurement window, from the warm-up to `end` (the end of the offered
     /// load: the last session start or trace arrival; later turns of running sessions are the backlog
-    /// draining, not load) or the last arrival, whichever is earlier: a run is
-    /// unstable when its waiting queue grows through the window, i.e. when the least-squares trend of the
-    /// waiting requests rises over the window by more than max(10, a quarter of their mean). Below
-    /// capacity the queue fluctuates around a mean and its trend over a long window is flat; past it the
-    /// queue grows at about (arrival rate - service rate) and the trend rises by that times the window.
+    /// draining, not load) or the last arrival, whichever is earlier: a run is unstable when its waiting
+    /// queue grows through the window, i.e. when the least-squares trend of the waiting requests rises
+    /// over the window by more than max(10, twice the scatter of the samples around that trend). Below
+    /// capacity the queue fluctuates around a mean and its trend over a long window is flat against its
+    /// scatter; past it the queue grows at about (arrival rate - service rate), whatever backlog it
+    /// started the window with, and the trend rises by that times the window.
     pub fn stability(&self, end: SimTime) -> Stability {
         let (from, to) = (self.warmup.0, self.last_arrival.0.min(end.0));
         let pts: Vec<(f64, f64)> = self
@@ -279,8 +280,15 @@ impl Collector {
         let sxy: f64 = pts.iter().map(|p| (p.0 - mt) * (p.1 - mw)).sum();
         let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
         let span = pts[pts.len() - 1].0 - pts[0].0;
+        // The scatter around the trend: a stable queue's excursions, which a trend must clearly exceed.
+        let resid = (pts
+            .iter()
+            .map(|p| (p.1 - mw - slope * (p.0 - mt)).powi(2))
+            .sum::<f64>()
+            / n)
+            .sqrt();
         Stability {
-            stable: Some(slope * span <= (0.25 * mw).max(10.0)),
+            stable: Some(slope * span <= (2.0 * resid).max(10.0)),
             queue_growth_per_s: Some(slope),
         }
     }

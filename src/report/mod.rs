@@ -53,10 +53,15 @@ pub struct Vary {
 impl Vary {
     /// Parses `key=v1,v2`; commas inside braces, brackets or quotes do not split.
     pub fn parse(arg: &str) -> Result<Vary, ConfigError> {
+        Vary::parse_flag(arg, "--vary")
+    }
+
+    /// [`Vary::parse`] for the option `flag` (named in errors).
+    pub fn parse_flag(arg: &str, flag: &str) -> Result<Vary, ConfigError> {
         let bad = |m: &str| {
             ConfigError::invalid(
-                format!("--vary {arg}"),
-                format!("{m}; write --vary key=value1,value2 (e.g. --vary engine.prefix_caching=true,false)"),
+                format!("{flag} {arg}"),
+                format!("{m}; write {flag} key=value1,value2 (e.g. {flag} engine.prefix_caching=true,false)"),
             )
         };
         let (key, rest) = arg.split_once('=').ok_or_else(|| bad("missing `=`"))?;
