@@ -36,6 +36,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         Command::Workload { command } => workload_command(command),
         Command::Compare(a) => compare_command(&a),
         Command::Capacity(a) => capacity_command(&a),
+        Command::Merge(a) => merge_command(&a),
         Command::Calibrate(a) => calibrate_command(&a),
         Command::RooflineCheck(a) => roofline_check_command(&a),
         Command::StepCost(a) => step_cost_command(&a),
@@ -125,9 +126,31 @@ fn capacity_command(a: &crate::cli::CapacityArgs) -> Result<(), Error> {
         .iter()
         .map(|g| crate::report::Vary::parse_flag(g, "--grid"))
         .collect::<Result<Vec<_>, _>>()?;
+    let shard = match &a.shard {
+        None => None,
+        Some(t) => {
+            let parsed = t.split_once('/').and_then(|(i, n)| {
+                Some((i.trim().parse::<u32>().ok()?, n.trim().parse::<u32>().ok()?))
+            });
+            match parsed {
+                Some(s) => Some(s),
+                None => {
+                    return Err(ConfigError::invalid(
+                        "--shard",
+                        format!(
+                            "\"{}\" is not I/N (e.g. --shard 2/8)",
+                            crate::input::shorten(t, 40)
+                        ),
+                    )
+                    .into())
+                }
+            }
+        }
+    };
     let o = capacity(
         &cfg,
         &CapacityOptions {
+            shard,
             grid,
             goal,
             seeds: a.seeds,
@@ -140,6 +163,20 @@ fn capacity_command(a: &crate::cli::CapacityArgs) -> Result<(), Error> {
     if !a.quiet {
         emit(&format!(
             "servesim capacity: {} probes\n{}\nwrote {}\n",
+            o.probes.len(),
+            o.answer,
+            o.out_dir.display()
+        ))?;
+    }
+    Ok(())
+}
+
+fn merge_command(a: &crate::cli::MergeArgs) -> Result<(), Error> {
+    let o = crate::capacity::merge(&a.dirs, a.out.clone())?;
+    if !a.quiet {
+        emit(&format!(
+            "servesim merge: {} shards, {} probes\n{}\nwrote {}\n",
+            a.dirs.len(),
             o.probes.len(),
             o.answer,
             o.out_dir.display()

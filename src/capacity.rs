@@ -49,6 +49,9 @@ pub struct CapacityOptions {
     /// Keys and values to search every combination of (`--grid hardware.name=h100-sxm,h200`): one answer
     /// each. Empty: the config alone.
     pub grid: Vec<Vary>,
+    /// `(i, n)`: run only shard i of n (1-based) of the (combination, seed) searches and write them as
+    /// `capacity-part.json` for [`merge`]. None: run everything and answer.
+    pub shard: Option<(u32, u32)>,
 }
 
 /// One simulated run of the search.
@@ -309,10 +312,19 @@ fn plan(cfg: &Config, name: String, overrides: &[String], goal: Goal) -> Result<
     })
 }
 
-/// Runs the search `o` on `cfg` (each `--grid` combination of it) and writes `capacity.csv` (every
-/// probe), `capacity.json` (the answers) and `resolved.toml` (the first combination's config) into the
-/// output directory. Every combination is resolved before anything runs or is written.
-pub fn capacity(cfg: &Config, o: &CapacityOptions) -> Result<CapacityOutcome, Error> {
+/// What a capacity command searches, resolved: the combinations, the seeds, and their searches in a
+/// fixed order (combination-major), which sharding partitions.
+struct Prep {
+    name: String,
+    plans: Vec<Plan>,
+    seeds: Vec<u64>,
+    items: Vec<(usize, u64)>,
+}
+
+/// One search's result: its answer (per seed) and its probes.
+type Searched = (Option<f64>, Vec<Probe>);
+
+fn check_options(o: &CapacityOptions) -> Result<(), Error> {
     if o.seeds == 0 {
         return Err(ConfigError::invalid("--seeds", "must be at least 1").into());
     }
@@ -328,8 +340,54 @@ pub fn capacity(cfg: &Config, o: &CapacityOptions) -> Result<CapacityOutcome, Er
             return Err(ConfigError::invalid("--max-replicas", "must be at least 1").into());
         }
     }
-    let last = cfg.seed.saturating_add(o.seeds as u64 - 1);
+    if let Some((i, n)) = o.shard {
+        if n == 0 || i == 0 || i > n {
+            return Err(ConfigError::invalid(
+                "--shard",
+                format!("{i}/{n} is not a shard; use I/N with 1 <= I <= N"),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+fn prepare(cfg: &Config, o: &CapacityOptions, plans: Vec<Plan>) -> Result<Prep, Error> {
+    // A trace replays the same arrivals whatever the seed: one search is all there is.
+    let last = if cfg.workload.kind == WorkloadKind::Trace {
+        cfg.seed
+    } else {
+        cfg.seed.saturating_add(o.seeds as u64 - 1)
+    };
     crate::config::check_seed(last, "--seeds")?;
+    let seeds: Vec<u64> = (cfg.seed..=last).collect();
+    let items: Vec<(usize, u64)> = (0..plans.len())
+        .flat_map(|p| seeds.iter().map(move |&s| (p, s)))
+        .collect();
+    Ok(Prep {
+        name: cfg.name.clone(),
+        plans,
+        seeds,
+        items,
+    })
+}
+
+fn search(prep: &Prep, o: &CapacityOptions, item: usize) -> Result<Searched, Error> {
+    let (p, seed) = prep.items[item];
+    let pl = &prep.plans[p];
+    match o.goal {
+        Goal::MaxRate => max_rate_for_seed(&pl.cfg, pl.start, seed, o.precision),
+        Goal::MinReplicas { rate } => min_replicas_for_seed(&pl.cfg, rate, seed, o.max_replicas)
+            .map(|(n, p)| (n.map(|n| n as f64), p)),
+    }
+}
+
+/// Runs the search `o` on `cfg` (each `--grid` combination of it) and writes `capacity.csv` (every
+/// probe), `capacity.json` (the answers) and `resolved.toml` (the first combination's config) into the
+/// output directory; with `o.shard`, only that shard's searches, as `capacity-part.json`. Every
+/// combination is resolved before anything runs or is written.
+pub fn capacity(cfg: &Config, o: &CapacityOptions) -> Result<CapacityOutcome, Error> {
+    check_options(o)?;
     let combos = variants(&o.grid);
     if combos.len().saturating_mul(o.seeds as usize) > MAX_SEARCHES {
         return Err(ConfigError::invalid(
@@ -346,36 +404,265 @@ pub fn capacity(cfg: &Config, o: &CapacityOptions) -> Result<CapacityOutcome, Er
         .into_iter()
         .map(|v| plan(cfg, v.name, &v.overrides, o.goal))
         .collect::<Result<Vec<_>, _>>()?;
-    // A trace replays the same arrivals whatever the seed: one search is all there is.
-    let last = if cfg.workload.kind == WorkloadKind::Trace {
-        cfg.seed
-    } else {
-        last
-    };
-    let seeds: Vec<u64> = (cfg.seed..=last).collect();
+    let prep = prepare(cfg, o, plans)?;
     let out = o
         .out
         .clone()
         .unwrap_or_else(|| Path::new("results").join(format!("capacity-{}", cfg.name)));
     let dir = RunDir::create(&out)?;
-    let items: Vec<(usize, u64)> = (0..plans.len())
-        .flat_map(|p| seeds.iter().map(move |&s| (p, s)))
+    let mine: Vec<usize> = match o.shard {
+        None => (0..prep.items.len()).collect(),
+        Some((i, n)) => (0..prep.items.len())
+            .filter(|k| k % n as usize == (i - 1) as usize)
+            .collect(),
+    };
+    let jobs = effective_jobs(o.jobs, mine.len());
+    let results = parallel_map(&mine, jobs, |&k| search(&prep, o, k))
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    match o.shard {
+        None => finish(&prep, o, results, dir),
+        Some((i, n)) => {
+            let part = part_json(&prep, o, i, n, &mine, &results);
+            let path = dir.file("capacity-part.json");
+            let text = serde_json::to_string(&part).expect("JSON serialises") + "\n";
+            std::fs::write(&path, text).map_err(|source| OutputError::Io { path, source })?;
+            let out_dir = dir.commit()?;
+            let probes: Vec<Probe> = results.into_iter().flat_map(|r| r.1).collect();
+            Ok(CapacityOutcome {
+                answer: format!(
+                    "shard {i}/{n}: {} of {} searches; join the shards with `servesim merge`",
+                    mine.len(),
+                    prep.items.len()
+                ),
+                json: part,
+                probes,
+                per_seed: Vec::new(),
+                out_dir,
+            })
+        }
+    }
+}
+
+/// The format of `capacity-part.json`.
+const PART_FORMAT: &str = "servesim-capacity-part-1";
+
+fn goal_json(g: Goal) -> serde_json::Value {
+    match g {
+        Goal::MaxRate => json!({"goal": "max-rate"}),
+        Goal::MinReplicas { rate } => json!({"goal": "min-replicas", "rate_bits": rate.to_bits()}),
+    }
+}
+
+fn bits(x: Option<f64>) -> serde_json::Value {
+    x.map_or(serde_json::Value::Null, |v| json!(v.to_bits()))
+}
+
+/// A shard's searches, with everything `merge` needs to finish the answer: the options, each
+/// combination's config (TOML) and each search's probes, numbers as their exact f64 bits.
+fn part_json(
+    prep: &Prep,
+    o: &CapacityOptions,
+    i: u32,
+    n: u32,
+    mine: &[usize],
+    results: &[Searched],
+) -> serde_json::Value {
+    json!({
+        "format": PART_FORMAT,
+        "servesim_version": env!("CARGO_PKG_VERSION"),
+        "shard": i, "shards": n,
+        "name": prep.name,
+        "goal": goal_json(o.goal),
+        "seeds": o.seeds, "precision_bits": o.precision.to_bits(), "max_replicas": o.max_replicas,
+        "plans": prep.plans.iter().map(|p| json!({
+            "name": p.name,
+            "config": toml::to_string(&p.cfg).expect("a config serialises"),
+        })).collect::<Vec<_>>(),
+        "searches": prep.items.len(),
+        "results": mine.iter().zip(results).map(|(k, (best, probes))| json!({
+            "search": k,
+            "best": bits(*best),
+            "probes": probes.iter().map(|p| json!([
+                p.seed, p.replicas, p.rate.to_bits(), p.stable, bits(p.queue_growth_per_s), p.pass,
+                p.values.iter().map(|v| bits(*v)).collect::<Vec<_>>(), bits(p.output_tps),
+            ])).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Joins the shards in `dirs` (each a `capacity --shard I/N` output directory, every I of one N
+/// exactly once, from one command line) into the answer the unsharded command gives, the same bytes.
+pub fn merge(dirs: &[PathBuf], out: Option<PathBuf>) -> Result<CapacityOutcome, Error> {
+    if dirs.is_empty() {
+        return Err(ConfigError::invalid("merge", "give the shards' directories").into());
+    }
+    let bad = |path: &Path, m: String| -> Error {
+        ConfigError::Parse {
+            origin: path.display().to_string(),
+            message: m,
+        }
+        .into()
+    };
+    let mut parts = Vec::new();
+    for d in dirs {
+        let path = d.join("capacity-part.json");
+        let text = crate::input::read_text(crate::input::InputKind::CapacityPart, &path)?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| bad(&path, format!("not a capacity shard ({e})")))?;
+        if v["format"] != PART_FORMAT {
+            return Err(bad(
+                &path,
+                format!("not a {PART_FORMAT} file; re-run the shard with this servesim"),
+            ));
+        }
+        parts.push((path, v));
+    }
+    let (first_path, first) = &parts[0];
+    let same = [
+        "name",
+        "goal",
+        "seeds",
+        "precision_bits",
+        "max_replicas",
+        "plans",
+        "searches",
+        "shards",
+    ];
+    for (path, p) in &parts[1..] {
+        if let Some(k) = same.iter().find(|k| p[**k] != first[**k]) {
+            return Err(bad(
+                path,
+                format!(
+                    "its {k} differs from {}'s: shards of one command line only",
+                    first_path.display()
+                ),
+            ));
+        }
+    }
+    let n = first["shards"].as_u64().unwrap_or(0);
+    let mut seen: Vec<u64> = parts
+        .iter()
+        .map(|(_, p)| p["shard"].as_u64().unwrap_or(0))
         .collect();
-    let jobs = effective_jobs(o.jobs, items.len());
-    let results = parallel_map(&items, jobs, |&(p, seed)| {
-        let pl = &plans[p];
-        match o.goal {
-            Goal::MaxRate => max_rate_for_seed(&pl.cfg, pl.start, seed, o.precision),
-            Goal::MinReplicas { rate } => {
-                min_replicas_for_seed(&pl.cfg, rate, seed, o.max_replicas)
-                    .map(|(n, p)| (n.map(|n| n as f64), p))
+    seen.sort_unstable();
+    if seen != (1..=n).collect::<Vec<_>>() {
+        return Err(ConfigError::invalid(
+            "merge",
+            format!("the shards given are {seen:?}; give each of 1..={n} exactly once"),
+        )
+        .into());
+    }
+    let num = |v: &serde_json::Value| {
+        v.as_u64()
+            .ok_or_else(|| bad(first_path, "a malformed number".into()))
+    };
+    let f = |v: &serde_json::Value| -> Result<Option<f64>, Error> {
+        if v.is_null() {
+            Ok(None)
+        } else {
+            Ok(Some(f64::from_bits(num(v)?)))
+        }
+    };
+    let goal = match first["goal"]["goal"].as_str() {
+        Some("max-rate") => Goal::MaxRate,
+        Some("min-replicas") => Goal::MinReplicas {
+            rate: f64::from_bits(num(&first["goal"]["rate_bits"])?),
+        },
+        _ => return Err(bad(first_path, "an unknown goal".into())),
+    };
+    let o = CapacityOptions {
+        goal,
+        seeds: num(&first["seeds"])? as u32,
+        precision: f64::from_bits(num(&first["precision_bits"])?),
+        max_replicas: num(&first["max_replicas"])? as u32,
+        jobs: 0,
+        out: None,
+        grid: Vec::new(),
+        shard: None,
+    };
+    let mut plans = Vec::new();
+    for p in first["plans"].as_array().into_iter().flatten() {
+        let text = p["config"].as_str().unwrap_or_default();
+        let cfg = crate::config::Source {
+            origin: "capacity shard",
+            text,
+        }
+        .parse(&[])?;
+        plans.push(plan(
+            &cfg,
+            p["name"].as_str().unwrap_or_default().to_string(),
+            &[],
+            goal,
+        )?);
+    }
+    if plans.is_empty() {
+        return Err(bad(first_path, "no combinations".into()));
+    }
+    let base = plans[0].cfg.clone();
+    let prep = prepare(&base, &o, plans)?;
+    let total = prep.items.len();
+    if num(&first["searches"])? as usize != total {
+        return Err(bad(
+            first_path,
+            "its searches do not match its combinations and seeds".into(),
+        ));
+    }
+    let mut results: Vec<Option<Searched>> = (0..total).map(|_| None).collect();
+    for (path, p) in &parts {
+        for r in p["results"].as_array().into_iter().flatten() {
+            let k = num(&r["search"])? as usize;
+            let mut probes = Vec::new();
+            for q in r["probes"].as_array().into_iter().flatten() {
+                let values = q[6]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(&f)
+                    .collect::<Result<Vec<_>, _>>()?;
+                probes.push(Probe {
+                    seed: num(&q[0])?,
+                    replicas: num(&q[1])? as u32,
+                    rate: f64::from_bits(num(&q[2])?),
+                    stable: q[3].as_bool(),
+                    queue_growth_per_s: f(&q[4])?,
+                    pass: q[5].as_bool() == Some(true),
+                    values,
+                    output_tps: f(&q[7])?,
+                });
+            }
+            match results.get_mut(k) {
+                Some(slot @ None) => *slot = Some((f(&r["best"])?, probes)),
+                _ => {
+                    return Err(bad(
+                        path,
+                        format!("search {k} is out of range or given twice"),
+                    ))
+                }
             }
         }
-    });
+    }
+    let results = results
+        .into_iter()
+        .enumerate()
+        .map(|(k, r)| r.ok_or_else(|| bad(first_path, format!("no shard holds search {k}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let out = out.unwrap_or_else(|| Path::new("results").join(format!("capacity-{}", prep.name)));
+    let dir = RunDir::create(&out)?;
+    finish(&prep, &o, results, dir)
+}
+
+/// Answers from every search's result (in `prep.items` order) and writes the answer's files.
+fn finish(
+    prep: &Prep,
+    o: &CapacityOptions,
+    results: Vec<Searched>,
+    dir: RunDir,
+) -> Result<CapacityOutcome, Error> {
+    let (plans, seeds, items) = (&prep.plans, &prep.seeds, &prep.items);
     let mut per_plan: Vec<(Vec<Option<f64>>, Vec<Probe>)> =
         plans.iter().map(|_| (Vec::new(), Vec::new())).collect();
-    for ((p, _), r) in items.iter().zip(results) {
-        let (best, probes) = r?;
+    for ((p, _), (best, probes)) in items.iter().zip(results) {
         per_plan[*p].0.push(best);
         per_plan[*p].1.extend(probes);
     }
@@ -392,14 +679,14 @@ pub fn capacity(cfg: &Config, o: &CapacityOptions) -> Result<CapacityOutcome, Er
             loop {
                 let mut all = true;
                 for n in [need, need - 1] {
-                    for &seed in &seeds {
+                    for &seed in seeds {
                         if n == 0 || probes.iter().any(|p| p.seed == seed && p.replicas == n) {
                             continue;
                         }
                         probes.push(probe(&pl.cfg, rate, n, seed)?);
                     }
                 }
-                for &seed in &seeds {
+                for &seed in seeds {
                     all &= probes
                         .iter()
                         .filter(|p| p.seed == seed && p.replicas == need)
@@ -416,7 +703,7 @@ pub fn capacity(cfg: &Config, o: &CapacityOptions) -> Result<CapacityOutcome, Er
             }
         }
     }
-    let grid = !o.grid.is_empty();
+    let grid = plans.len() > 1 || !plans[0].name.is_empty();
     let mut lines = Vec::new();
     let mut answers = Vec::new();
     for ((pl, (per_seed, probes)), need) in plans.iter().zip(&per_plan).zip(&needs) {
@@ -459,7 +746,7 @@ pub fn capacity(cfg: &Config, o: &CapacityOptions) -> Result<CapacityOutcome, Er
         "goal": match o.goal { Goal::MaxRate => "max-rate", Goal::MinReplicas { .. } => "min-replicas" },
         "answers": answers,
     });
-    write_probes_csv(&dir.file("capacity.csv"), &plans, &per_plan)?;
+    write_probes_csv(&dir.file("capacity.csv"), plans, &per_plan)?;
     // The first combination's config as resolved at the starting rate and replica count: the directory
     // is re-creatable, and a later search may replace it.
     let resolved = crate::run::resolved_toml(&plans[0].base, &plans[0].sys);

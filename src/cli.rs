@@ -26,6 +26,8 @@ pub enum Command {
     Compare(CompareArgs),
     /// Search the highest load, or the fewest replicas, that meet the `[slo]` criteria in steady state.
     Capacity(CapacityArgs),
+    /// Join the shards of one `capacity --shard I/N` command into its answer.
+    Merge(MergeArgs),
     /// Time the cost model's operators with candle on this machine and fit a calibrated cost model.
     Calibrate(CalibrateArgs),
     /// Compare the roofline, operator by operator, with measured tables (Vidur's mlp.csv, H200 attention).
@@ -161,9 +163,25 @@ pub struct CapacityArgs {
     /// A key and values to answer for each of (repeat for a grid): --grid hardware.name=h100-sxm,h200.
     #[arg(long, value_name = "KEY=V1,V2,...")]
     pub grid: Vec<String>,
+    /// Run only shard I of N of the searches (1-based) and write them for `servesim merge`.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
     /// Searches at once, one thread each (default: one per core). Results do not depend on it.
     #[arg(long, short = 'j', default_value_t = 0, hide_default_value = true)]
     pub jobs: usize,
+    /// Output directory (default: results/capacity-<name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MergeArgs {
+    /// The shards' output directories (each holding capacity-part.json).
+    #[arg(required = true)]
+    pub dirs: Vec<PathBuf>,
     /// Output directory (default: results/capacity-<name>).
     #[arg(long)]
     pub out: Option<PathBuf>,

@@ -21,6 +21,7 @@ pub enum InputKind {
     ModelConfig,
     Profile,
     Table,
+    CapacityPart,
 }
 
 impl InputKind {
@@ -32,6 +33,7 @@ impl InputKind {
             InputKind::ModelConfig => "model config.json",
             InputKind::Profile => "calibration profile",
             InputKind::Table => "operator table",
+            InputKind::CapacityPart => "capacity shard",
         }
     }
 
@@ -39,7 +41,9 @@ impl InputKind {
         match self {
             // A trace is held in memory with its parsed records: a Mooncake hash id of 2 characters
             // becomes 24 bytes, so up to 12 times its text. At most a sixteenth of this machine's memory.
-            InputKind::Trace => crate::memory::physical_bytes().map_or(u64::MAX, |m| m / 16),
+            InputKind::Trace | InputKind::CapacityPart => {
+                crate::memory::physical_bytes().map_or(u64::MAX, |m| m / 16)
+            }
             _ => MAX_SMALL_FILE_BYTES,
         }
     }

@@ -44,6 +44,7 @@ fn opts(goal: Goal, seeds: u32, precision: f64, out: &std::path::Path) -> Capaci
         jobs: 0,
         out: Some(out.to_path_buf()),
         grid: Vec::new(),
+        shard: None,
     }
 }
 
@@ -291,4 +292,58 @@ fn a_grid_answers_each_combination_with_its_costs() {
     let cfg = config(&md1(5.0, 300.0, "[slo]\nqueue_mean_s = 0.1"), &[]);
     let out = capacity(&cfg, &opts(Goal::MaxRate, 1, 0.1, &tmp.path().join("n"))).unwrap();
     assert!(out.json["answers"][0]["cost"]["price_per_hour"].is_null());
+}
+
+/// Shards run as separate processes, joined by `servesim merge`, give the unsharded command's bytes.
+#[test]
+fn shards_merged_give_the_unsharded_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg_path = tmp.path().join("md1.toml");
+    std::fs::write(&cfg_path, md1(5.0, 400.0, "[slo]\nqueue_mean_s = 0.1")).unwrap();
+    let servesim = || {
+        let mut c = assert_cmd::Command::cargo_bin("servesim").unwrap();
+        c.current_dir(tmp.path());
+        c
+    };
+    let common = [
+        "capacity",
+        "--config",
+        "md1.toml",
+        "--goal",
+        "min-replicas",
+        "--rate",
+        "12",
+        "--seeds",
+        "2",
+        "--grid",
+        "cluster.router=round_robin,least_loaded",
+        "-q",
+    ];
+    servesim()
+        .args(common)
+        .args(["--out", "whole"])
+        .assert()
+        .success();
+    for i in 1..=3 {
+        servesim()
+            .args(common)
+            .args(["--shard", &format!("{i}/3"), "--out", &format!("part{i}")])
+            .assert()
+            .success();
+    }
+    // Out of order, and a missing shard is an error naming what to give.
+    servesim()
+        .args(["merge", "part1", "part3", "--out", "bad"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("exactly once"));
+    servesim()
+        .args(["merge", "part3", "part1", "part2", "--out", "merged", "-q"])
+        .assert()
+        .success();
+    for f in ["capacity.csv", "capacity.json", "resolved.toml"] {
+        let a = std::fs::read(tmp.path().join("whole").join(f)).unwrap();
+        let b = std::fs::read(tmp.path().join("merged").join(f)).unwrap();
+        assert!(a == b, "{f} differs");
+    }
 }

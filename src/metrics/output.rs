@@ -41,6 +41,7 @@ pub const OUTPUT_FILES: &[&str] = &[
     "prefix_hit_rate.png",
     "capacity.csv",
     "capacity.json",
+    "capacity-part.json",
 ];
 
 /// How deep a servesim output tree goes: a comparison holds `seed-S/VARIANT/` folders.
