@@ -2,17 +2,21 @@
 //!
 //! - `max-rate`: the highest offered load (sessions per second for a generated workload,
 //!   `workload.trace.target_rate` requests per second for a trace) at which the configured system meets
-//!   every `[slo]` criterion in steady state (`slo_met`: the criteria hold and the run is not unstable,
-//!   see `metrics::Collector::stability`). Per seed: bracketing from the configured rate (doubling or
-//!   halving), then bisection until the bracket is narrower than `precision` of its lower end; the
-//!   answer is the seeds' mean of their highest passing rate, with a Student-t 95% interval.
-//! - `min-replicas`: the smallest `cluster.replicas` meeting the criteria at a given rate on every seed
-//!   (doubling, then bisection), with the criteria's values at that count and at one fewer.
+//!   every `[slo]` criterion in steady state: a probe passes when its summary has `slo_met` and `stable`
+//!   both true (see `metrics::Collector::stability`). Per seed: bracketing from the configured rate
+//!   (doubling or halving), then bisection until the bracket is narrower than `precision` of its lower
+//!   end; the answer is the seeds' mean of their highest passing rate, with a Student-t 95% interval of
+//!   that mean and the lowest seed's.
+//! - `min-replicas`: the fewest `cluster.replicas` meeting the criteria at a given rate: per seed by
+//!   doubling then bisection, then every seed is run at the largest of those minima (raised until all
+//!   pass) and at one fewer.
 //!
-//! Both assume that meeting the SLOs is monotone in the searched quantity (more load never helps, more
-//! replicas never hurt), which holds for the shipped routers and engines up to simulation noise. Each
-//! seed's search runs on its own thread (`-j`); probes are deterministic, so the answer and every file
-//! are the same bytes whatever the thread count. Every probe is kept in `capacity.csv`.
+//! `--grid` answers each combination of values; `--shard I/N` runs one part of the (combination, seed)
+//! searches and [`merge`] joins the parts into the unsharded answer, the same bytes. Both goals assume
+//! that meeting the SLOs is monotone in the searched quantity (more load never helps, more replicas never
+//! hurt), which holds for the shipped routers and engines up to simulation noise. Searches run on
+//! threads (`-j`); probes are deterministic, so the answer and every file are the same bytes whatever the
+//! thread count. Every probe is kept in `capacity.csv`.
 
 use crate::config::{Config, WorkloadKind};
 use crate::error::{ConfigError, Error, OutputError};
