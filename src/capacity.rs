@@ -237,7 +237,7 @@ fn min_replicas_for_seed(
             return Ok((None, probes));
         }
         fail = pass;
-        pass = (pass * 2).min(max_replicas);
+        pass = pass.saturating_mul(2).min(max_replicas);
     }
     while pass - fail > 1 {
         let mid = fail + (pass - fail) / 2;
@@ -728,9 +728,8 @@ fn finish(
             },
             c.hardware.name,
             c.hardware.tensor_parallel,
-            serde_json::to_value(c.cluster.router)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
+            crate::run::enum_name(c.cluster.router)
+                .as_str()
                 .unwrap_or_default()
         );
         let (mut line, mut json) = match o.goal {
@@ -811,7 +810,7 @@ fn costs(
     )
 }
 
-/// The criteria's values (mean over seeds) at the probes `pick` selects, one per seed where it finds one.
+/// Each criterion's mean over `probes` (those with a value), in the config's criterion order.
 fn mean_values(cfg: &Config, probes: &[&Probe]) -> Vec<(String, Option<f64>)> {
     cfg.slo
         .criteria

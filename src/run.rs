@@ -266,7 +266,7 @@ pub fn resolved_toml(cfg: &Config, sys: &System) -> String {
 }
 
 /// A config enum as the summary records it: its name in the config (`"least_loaded"`).
-fn enum_name(v: impl serde::Serialize) -> serde_json::Value {
+pub(crate) fn enum_name(v: impl serde::Serialize) -> serde_json::Value {
     serde_json::to_value(v).expect("a config enum serialises")
 }
 

@@ -4,35 +4,14 @@ use crate::common::*;
 use servesim::capacity::{capacity, CapacityOptions, Goal};
 use servesim::run::{simulate, SimOptions};
 
-/// M/D/1: one request at a time (max_num_seqs = 1), every request one step of S = 0.1 s (a 16-token prompt
-/// whose single output token ends it), Poisson arrivals at `rate`.
+/// M/D/1 (`common::md1`) at `rate` for `duration` seconds, sampled every 5 s with 50 s of warm-up, and
+/// `extra` appended (an `[slo]` table).
 fn md1(rate: f64, duration: f64, extra: &str) -> String {
-    format!(
-        r#"
-name = "md1"
-seed = 11
-[workload]
-session_rate = {rate}
-duration_s = {duration}
-turns = {{ dist = "constant", value = 1 }}
-user_tokens = {{ dist = "constant", value = 16 }}
-doc_probability = 0.0
-response_tokens = {{ dist = "constant", value = 1 }}
-system_prompts = []
-[engine]
-max_num_seqs = 1
-prefix_caching = false
-max_model_len = 4096
-num_gpu_blocks = 300
-[cost]
-kind = "linear"
-linear = {{ step_s = 0.1, prefill_token_s = 0.0, decode_seq_s = 0.0, decode_context_token_s = 0.0 }}
-[output]
-timeseries_interval_s = 5.0
-warmup_s = 50.0
-{extra}
-"#
-    )
+    crate::common::md1(
+        rate,
+        &format!("duration_s = {duration}"),
+        "timeseries_interval_s = 5.0\nwarmup_s = 50.0",
+    ) + extra
 }
 
 fn opts(goal: Goal, seeds: u32, precision: f64, out: &std::path::Path) -> CapacityOptions {

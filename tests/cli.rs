@@ -1,5 +1,6 @@
 //! The CLI as a user runs it: the default run, overrides, and bad input (clear error, exit 2, no output).
 
+use crate::common::step_cost_json;
 use assert_cmd::Command;
 use predicates::str::contains;
 use std::path::Path;
@@ -284,19 +285,6 @@ fn toy_recompute_store_prices_every_decode_token_as_a_full_prefill_through_the_c
             "{r:?}: {decode} vs {expect}"
         );
     }
-}
-
-/// `servesim step-cost --json ARGS`, parsed.
-fn step_cost_json(args: &[&str]) -> serde_json::Value {
-    let out = servesim()
-        .args(["step-cost", "--json"])
-        .args(args)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    serde_json::from_slice(&out).unwrap()
 }
 
 /// `step-cost --json` prices the step it is given: with the linear model (10 ms a step, 0.1 ms a prefill

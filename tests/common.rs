@@ -74,3 +74,48 @@ pub fn num(row: &HashMap<String, String>, col: &str) -> f64 {
         .parse()
         .unwrap_or_else(|_| panic!("column {col} = {:?}", row[col]))
 }
+
+/// M/D/1 as a config: one request at a time (`max_num_seqs = 1`), every request one step of S = 0.1 s
+/// (a 16-token prompt whose single output token ends it, under the linear cost model), Poisson arrivals at
+/// `rate`. `bound` ends the workload (`max_sessions = N` or `duration_s = T`); `output` is the body of
+/// `[output]`. Further tables may be appended to the text.
+pub fn md1(rate: f64, bound: &str, output: &str) -> String {
+    format!(
+        r#"
+name = "md1"
+seed = 11
+[workload]
+session_rate = {rate}
+{bound}
+turns = {{ dist = "constant", value = 1 }}
+user_tokens = {{ dist = "constant", value = 16 }}
+doc_probability = 0.0
+response_tokens = {{ dist = "constant", value = 1 }}
+system_prompts = []
+[engine]
+max_num_seqs = 1
+prefix_caching = false
+max_model_len = 4096
+num_gpu_blocks = 300
+[cost]
+kind = "linear"
+linear = {{ step_s = 0.1, prefill_token_s = 0.0, decode_seq_s = 0.0, decode_context_token_s = 0.0 }}
+[output]
+{output}
+"#
+    )
+}
+
+/// `servesim step-cost --json ARGS`, parsed (the command must succeed).
+pub fn step_cost_json(args: &[&str]) -> serde_json::Value {
+    let out = assert_cmd::Command::cargo_bin("servesim")
+        .unwrap()
+        .args(["step-cost", "--json"])
+        .args(args)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    serde_json::from_slice(&out).unwrap()
+}

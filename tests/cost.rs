@@ -391,20 +391,16 @@ fn an_fp8_kv_cache_holds_twice_the_blocks() {
 #[test]
 fn a_candle_gpu_profile_prices_the_gemms_the_h200_tables_measured() {
     let ops = |kind: &str, extra: &str, t: u32, names: &[&str]| -> f64 {
-        let out = assert_cmd::Command::cargo_bin("servesim")
-            .unwrap()
-            .args(["step-cost", "--json", "--prefill", &format!("{t}")])
-            .args(["--set", "hardware.name=\"h200\""])
-            .args(["--set", &format!("cost.kind=\"{kind}\"")])
-            .args(["--set", extra])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = step_cost_json(&[
+            "--prefill",
+            &format!("{t}"),
+            "--set",
+            "hardware.name=\"h200\"",
+            "--set",
+            &format!("cost.kind=\"{kind}\""),
+            "--set",
+            extra,
+        ]);
         names
             .iter()
             .map(|n| v["ops"][n].as_f64().unwrap_or(0.0))

@@ -6,34 +6,15 @@ use crate::common::*;
 
 #[test]
 fn md1_mean_wait_matches_theory() {
-    let s = 0.1; // service seconds
+    let s = 0.1; // service seconds, as common::md1 sets it
     let lambda = 7.0; // arrivals per second
     let rho: f64 = lambda * s;
     let theory = rho * s / (2.0 * (1.0 - rho)); // 0.11667 s
     let n = 100_000;
-    let text = format!(
-        r#"
-name = "md1"
-seed = 11
-[workload]
-session_rate = {lambda}
-max_sessions = {n}
-turns = {{ dist = "constant", value = 1 }}
-user_tokens = {{ dist = "constant", value = 16 }}
-doc_probability = 0.0
-response_tokens = {{ dist = "constant", value = 1 }}
-system_prompts = []
-[engine]
-max_num_seqs = 1
-prefix_caching = false
-max_model_len = 4096
-num_gpu_blocks = 300
-[cost]
-kind = "linear"
-linear = {{ step_s = {s}, prefill_token_s = 0.0, decode_seq_s = 0.0, decode_context_token_s = 0.0 }}
-[output]
-timeseries_interval_s = 1000.0
-"#
+    let text = md1(
+        lambda,
+        &format!("max_sessions = {n}"),
+        "timeseries_interval_s = 1000.0",
     );
     let tmp = tempfile::tempdir().unwrap();
     let (o, dir) = run_in(tmp.path(), "md1", &config(&text, &[]));

@@ -383,18 +383,14 @@ fn model_fields_that_change_the_answer_are_refused_not_dropped() {
     // prefill's MLP work (compute-bound at 4096 tokens) against the dense model.
     let step = |json: &str| -> f64 {
         let p = write(tmp.path(), "s.json", json);
-        let out = servesim()
-            .args(["step-cost", "--json", "--prefill", "4096"])
-            .args(["--set", "hardware.name=\"h200\"", "--set"])
-            .arg(format!("model.name={p:?}"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = step_cost_json(&[
+            "--prefill",
+            "4096",
+            "--set",
+            "hardware.name=\"h200\"",
+            "--set",
+            &format!("model.name={p:?}"),
+        ]);
         v["ops"]["mlp_up"].as_f64().unwrap() + v["ops"]["mlp_down"].as_f64().unwrap()
     };
     let mut moe: serde_json::Value = serde_json::from_str(LLAMA_8B).unwrap();
