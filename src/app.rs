@@ -16,7 +16,7 @@ use crate::workload::trace::{self, native, Trace};
 use clap::Parser;
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Runs the CLI and returns the process exit code (0 ok, 2 bad input, 1 failure while writing). An
 /// interrupt (SIGINT, SIGTERM, SIGHUP) removes the temporary outputs and exits with 128 + the signal from
@@ -158,6 +158,8 @@ fn capacity_command(a: &crate::cli::CapacityArgs) -> Result<(), Error> {
             max_replicas: a.max_replicas,
             jobs: a.jobs,
             out: a.out.clone(),
+            plot: Some(plot_format(a.png)),
+            progress: !a.quiet,
         },
     )?;
     if !a.quiet {
@@ -168,11 +170,27 @@ fn capacity_command(a: &crate::cli::CapacityArgs) -> Result<(), Error> {
             o.out_dir.display()
         ))?;
     }
+    warn_plot(&o.plot);
     Ok(())
 }
 
+fn plot_format(png: bool) -> plot::Format {
+    if png {
+        plot::Format::Png
+    } else {
+        plot::Format::Svg
+    }
+}
+
+/// A capacity plot that could not be drawn is a warning: the answer and its files are written.
+fn warn_plot(p: &Option<Result<PathBuf, String>>) {
+    if let Some(Err(why)) = p {
+        warn(&format!("no capacity plot: {why}"));
+    }
+}
+
 fn merge_command(a: &crate::cli::MergeArgs) -> Result<(), Error> {
-    let o = crate::capacity::merge(&a.dirs, a.out.clone())?;
+    let o = crate::capacity::merge(&a.dirs, a.out.clone(), Some(plot_format(a.png)))?;
     if !a.quiet {
         emit(&format!(
             "servesim merge: {} shards, {} probes\n{}\nwrote {}\n",
@@ -182,6 +200,7 @@ fn merge_command(a: &crate::cli::MergeArgs) -> Result<(), Error> {
             o.out_dir.display()
         ))?;
     }
+    warn_plot(&o.plot);
     Ok(())
 }
 
@@ -198,11 +217,7 @@ fn compare_command(a: &CompareArgs) -> Result<(), Error> {
         seeds: a.seeds,
         seed: a.source.seed,
         out: a.out.clone(),
-        plot_format: if a.png {
-            plot::Format::Png
-        } else {
-            plot::Format::Svg
-        },
+        plot_format: plot_format(a.png),
         jobs: a.jobs,
     })?;
     if let Err(e) = &o.plots {
@@ -733,6 +748,34 @@ fn catalog_table(what: CatalogKind) -> String {
 }
 
 /// A short human-readable summary of a run.
+/// The warm-up and the overload verdict, in words.
+fn steady_state_line(s: &crate::metrics::Summary) -> String {
+    let w = s.get_f64("warmup_s").unwrap_or(0.0);
+    let warmup = if w > 0.0 {
+        format!("warm-up {w:.0} s left out")
+    } else {
+        "no warm-up left out".to_string()
+    };
+    let settled = match s.0.get("warmup_settled").and_then(serde_json::Value::as_bool) {
+        Some(true) => "sessions and KV usage steady",
+        Some(false) => {
+            "sessions or KV usage STILL TRENDING (not in steady state: lengthen workload.duration_s)"
+        }
+        None => "steadiness unknown (fewer than 20 samples after the warm-up)",
+    };
+    let queue = match (
+        s.0.get("stable").and_then(serde_json::Value::as_bool),
+        s.get_f64("queue_growth_per_s"),
+    ) {
+        (Some(true), _) => "queue stable".to_string(),
+        (Some(false), Some(g)) => {
+            format!("UNSTABLE: the waiting queue grows {g:.2} requests/s (overloaded)")
+        }
+        _ => "stability unknown (fewer than 10 samples after the warm-up)".to_string(),
+    };
+    format!("steady     {warmup}; {settled}; {queue}")
+}
+
 pub fn human_summary(o: &RunOutcome) -> String {
     let s = &o.summary;
     let f = |k: &str| s.get_f64(k).unwrap_or(f64::NAN);
@@ -782,6 +825,28 @@ pub fn human_summary(o: &RunOutcome) -> String {
     }
     if let Some(g) = s.get_f64("goodput_rps") {
         let _ = writeln!(out, "  goodput    {g:.2} req/s within the SLOs");
+    }
+    let _ = writeln!(out, "  {}", steady_state_line(s));
+    if let Some(Some(met)) = s.0.get("slo_met").map(serde_json::Value::as_bool) {
+        let missed = s.0["slo_missed"].as_str().unwrap_or_default();
+        let line = if met {
+            format!("met ({})", s.0["slo_criteria"].as_str().unwrap_or_default())
+        } else {
+            let each: Vec<String> = missed
+                .split(';')
+                .map(|k| match s.get_f64(k) {
+                    Some(v) => format!("{k} = {v:.4}"),
+                    None if k == "stable" => "queue not stable".into(),
+                    None => format!("{k} (no value)"),
+                })
+                .collect();
+            format!(
+                "missed: {} (criteria {})",
+                each.join(", "),
+                s.0["slo_criteria"].as_str().unwrap_or_default()
+            )
+        };
+        let _ = writeln!(out, "  SLO        {line}");
     }
     let _ = writeln!(
         out,

@@ -22,11 +22,12 @@ use crate::config::{Config, WorkloadKind};
 use crate::error::{ConfigError, Error, OutputError};
 use crate::metrics::output::RunDir;
 use crate::metrics::Summary;
-use crate::report::{ci::mean_ci95, effective_jobs, parallel_map, variants, Vary};
+use crate::report::{ci::mean_ci95, effective_jobs, parallel_map, plot, variants, Vary};
 use crate::run::{simulate, SimOptions};
 use crate::system::System;
 use serde_json::json;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What to search.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -56,6 +57,10 @@ pub struct CapacityOptions {
     /// `(i, n)`: run only shard i of n (1-based) of the (combination, seed) searches and write them as
     /// `capacity-part.json` for [`merge`]. None: run everything and answer.
     pub shard: Option<(u32, u32)>,
+    /// Draw `capacity.svg` (or `.png`) beside the answer; None: no plot.
+    pub plot: Option<plot::Format>,
+    /// A progress bar on stderr (searches done, probes run), drawn only when stderr is a terminal.
+    pub progress: bool,
 }
 
 /// One simulated run of the search.
@@ -66,6 +71,8 @@ pub struct Probe {
     pub rate: f64,
     pub stable: Option<bool>,
     pub queue_growth_per_s: Option<f64>,
+    /// The session population and KV usage hold steady after the warm-up (`warmup_settled`).
+    pub settled: Option<bool>,
     /// The probe passes: `slo_met` and `stable` both true (a run whose stability is unknown, with fewer
     /// than 10 time-series samples in its window, does not pass).
     pub pass: bool,
@@ -89,6 +96,8 @@ pub struct CapacityOutcome {
     /// (`min-replicas`); None where none passed within the search's bounds.
     pub per_seed: Vec<Vec<Option<f64>>>,
     pub out_dir: PathBuf,
+    /// The plot written (its final path), or why none could be (no font); None when none was asked for.
+    pub plot: Option<Result<PathBuf, String>>,
 }
 
 /// One grid combination, resolved.
@@ -133,10 +142,44 @@ fn with_rate(cfg: &Config, rate: f64, replicas: u32, seed: u64) -> Config {
     c
 }
 
+/// The progress bar on stderr (drawn only when stderr is a terminal): searches done of all, and the
+/// probes run so far.
+struct Tally {
+    bar: indicatif::ProgressBar,
+    probes: AtomicU64,
+}
+
+impl Tally {
+    fn new(show: bool, searches: usize) -> Tally {
+        use std::io::IsTerminal;
+        let bar = if show && std::io::stderr().is_terminal() {
+            indicatif::ProgressBar::new(searches as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "capacity {bar:30} {pos}/{len} searches, {msg} [{elapsed}]",
+            )
+            .expect("static template"),
+        );
+        Tally {
+            bar,
+            probes: AtomicU64::new(0),
+        }
+    }
+
+    fn probe_done(&self) {
+        let n = self.probes.fetch_add(1, Ordering::Relaxed) + 1;
+        self.bar.set_message(format!("{n} probes"));
+    }
+}
+
 /// Runs one probe.
-fn probe(cfg: &Config, rate: f64, replicas: u32, seed: u64) -> Result<Probe, Error> {
+fn probe(cfg: &Config, rate: f64, replicas: u32, seed: u64, t: &Tally) -> Result<Probe, Error> {
     let c = with_rate(cfg, rate, replicas, seed);
     let sim = simulate(&c, &SimOptions::default())?;
+    t.probe_done();
     Ok(read_probe(&c, &sim.summary, rate, replicas, seed))
 }
 
@@ -147,6 +190,7 @@ fn read_probe(cfg: &Config, s: &Summary, rate: f64, replicas: u32, seed: u64) ->
         rate,
         stable: s.0.get("stable").and_then(|v| v.as_bool()),
         queue_growth_per_s: s.get_f64("queue_growth_per_s"),
+        settled: s.0.get("warmup_settled").and_then(|v| v.as_bool()),
         pass: s.0.get("slo_met").and_then(|v| v.as_bool()) == Some(true)
             && s.0.get("stable").and_then(|v| v.as_bool()) == Some(true),
         values: cfg.slo.criteria.keys().map(|k| s.get_f64(k)).collect(),
@@ -160,11 +204,12 @@ fn max_rate_for_seed(
     start: f64,
     seed: u64,
     precision: f64,
+    t: &Tally,
 ) -> Result<(Option<f64>, Vec<Probe>), Error> {
     let replicas = cfg.cluster.replicas;
     let mut probes = Vec::new();
     let run = |rate: f64, probes: &mut Vec<Probe>| -> Result<bool, Error> {
-        let p = probe(cfg, rate, replicas, seed)?;
+        let p = probe(cfg, rate, replicas, seed, t)?;
         let ok = p.pass;
         probes.push(p);
         Ok(ok)
@@ -223,10 +268,11 @@ fn min_replicas_for_seed(
     rate: f64,
     seed: u64,
     max_replicas: u32,
+    t: &Tally,
 ) -> Result<(Option<u32>, Vec<Probe>), Error> {
     let mut probes = Vec::new();
     let run = |n: u32, probes: &mut Vec<Probe>| -> Result<bool, Error> {
-        let p = probe(cfg, rate, n, seed)?;
+        let p = probe(cfg, rate, n, seed, t)?;
         let ok = p.pass;
         probes.push(p);
         Ok(ok)
@@ -291,13 +337,13 @@ fn plan(cfg: &Config, name: String, overrides: &[String], goal: Goal) -> Result<
         );
     }
     if let Some(d) = cfg.workload.duration_s {
-        if cfg.output.warmup_s >= d {
+        if cfg.output.warmup_s.fixed_s() >= d {
             return Err(ConfigError::invalid(
                 "output.warmup_s",
                 format!(
                     "{} s leaves no measurement window before workload.duration_s ({d} s); lower it or \
                      lengthen the workload",
-                    cfg.output.warmup_s
+                    cfg.output.warmup_s.fixed_s()
                 ),
             )
             .into());
@@ -376,14 +422,16 @@ fn prepare(cfg: &Config, o: &CapacityOptions, plans: Vec<Plan>) -> Result<Prep, 
     })
 }
 
-fn search(prep: &Prep, o: &CapacityOptions, item: usize) -> Result<Searched, Error> {
+fn search(prep: &Prep, o: &CapacityOptions, item: usize, t: &Tally) -> Result<Searched, Error> {
     let (p, seed) = prep.items[item];
     let pl = &prep.plans[p];
-    match o.goal {
-        Goal::MaxRate => max_rate_for_seed(&pl.cfg, pl.start, seed, o.precision),
-        Goal::MinReplicas { rate } => min_replicas_for_seed(&pl.cfg, rate, seed, o.max_replicas)
+    let r = match o.goal {
+        Goal::MaxRate => max_rate_for_seed(&pl.cfg, pl.start, seed, o.precision, t),
+        Goal::MinReplicas { rate } => min_replicas_for_seed(&pl.cfg, rate, seed, o.max_replicas, t)
             .map(|(n, p)| (n.map(|n| n as f64), p)),
-    }
+    };
+    t.bar.inc(1);
+    r
 }
 
 /// Runs the search `o` on `cfg` (each `--grid` combination of it) and writes `capacity.csv` (every
@@ -421,11 +469,12 @@ pub fn capacity(cfg: &Config, o: &CapacityOptions) -> Result<CapacityOutcome, Er
             .collect(),
     };
     let jobs = effective_jobs(o.jobs, mine.len());
-    let results = parallel_map(&mine, jobs, |&k| search(&prep, o, k))
+    let t = Tally::new(o.progress, mine.len());
+    let results = parallel_map(&mine, jobs, |&k| search(&prep, o, k, &t))
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
-    match o.shard {
-        None => finish(&prep, o, results, dir),
+    let done = match o.shard {
+        None => finish(&prep, o, results, dir, &t),
         Some((i, n)) => {
             let part = part_json(&prep, o, i, n, &mine, &results);
             let path = dir.file("capacity-part.json");
@@ -443,13 +492,16 @@ pub fn capacity(cfg: &Config, o: &CapacityOptions) -> Result<CapacityOutcome, Er
                 probes,
                 per_seed: Vec::new(),
                 out_dir,
+                plot: None,
             })
         }
-    }
+    };
+    t.bar.finish_and_clear();
+    done
 }
 
 /// The format of `capacity-part.json`.
-const PART_FORMAT: &str = "servesim-capacity-part-1";
+const PART_FORMAT: &str = "servesim-capacity-part-2";
 
 fn goal_json(g: Goal) -> serde_json::Value {
     match g {
@@ -490,6 +542,7 @@ fn part_json(
             "probes": probes.iter().map(|p| json!([
                 p.seed, p.replicas, p.rate.to_bits(), p.stable, bits(p.queue_growth_per_s), p.pass,
                 p.values.iter().map(|v| bits(*v)).collect::<Vec<_>>(), bits(p.output_tps),
+                p.settled,
             ])).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
@@ -497,7 +550,11 @@ fn part_json(
 
 /// Joins the shards in `dirs` (each a `capacity --shard I/N` output directory, every I of one N
 /// exactly once, from one command line) into the answer the unsharded command gives, the same bytes.
-pub fn merge(dirs: &[PathBuf], out: Option<PathBuf>) -> Result<CapacityOutcome, Error> {
+pub fn merge(
+    dirs: &[PathBuf],
+    out: Option<PathBuf>,
+    plot: Option<plot::Format>,
+) -> Result<CapacityOutcome, Error> {
     if dirs.is_empty() {
         return Err(ConfigError::invalid("merge", "give the shards' directories").into());
     }
@@ -584,6 +641,8 @@ pub fn merge(dirs: &[PathBuf], out: Option<PathBuf>) -> Result<CapacityOutcome, 
         out: None,
         grid: Vec::new(),
         shard: None,
+        plot,
+        progress: false,
     };
     let mut plans = Vec::new();
     for p in first["plans"].as_array().into_iter().flatten() {
@@ -633,6 +692,7 @@ pub fn merge(dirs: &[PathBuf], out: Option<PathBuf>) -> Result<CapacityOutcome, 
                     pass: q[5].as_bool() == Some(true),
                     values,
                     output_tps: f(&q[7])?,
+                    settled: q[8].as_bool(),
                 });
             }
             match results.get_mut(k) {
@@ -653,7 +713,7 @@ pub fn merge(dirs: &[PathBuf], out: Option<PathBuf>) -> Result<CapacityOutcome, 
         .collect::<Result<Vec<_>, _>>()?;
     let out = out.unwrap_or_else(|| Path::new("results").join(format!("capacity-{}", prep.name)));
     let dir = RunDir::create(&out)?;
-    finish(&prep, &o, results, dir)
+    finish(&prep, &o, results, dir, &Tally::new(false, 0))
 }
 
 /// Answers from every search's result (in `prep.items` order) and writes the answer's files.
@@ -662,6 +722,7 @@ fn finish(
     o: &CapacityOptions,
     results: Vec<Searched>,
     dir: RunDir,
+    t: &Tally,
 ) -> Result<CapacityOutcome, Error> {
     let (plans, seeds, items) = (&prep.plans, &prep.seeds, &prep.items);
     let mut per_plan: Vec<(Vec<Option<f64>>, Vec<Probe>)> =
@@ -687,7 +748,7 @@ fn finish(
                         if n == 0 || probes.iter().any(|p| p.seed == seed && p.replicas == n) {
                             continue;
                         }
-                        probes.push(probe(&pl.cfg, rate, n, seed)?);
+                        probes.push(probe(&pl.cfg, rate, n, seed, t)?);
                     }
                 }
                 for &seed in seeds {
@@ -762,7 +823,13 @@ fn finish(
         path: dir.file("capacity.json"),
         source,
     })?;
+    // A missing font skips the plot (reported), never the answer.
+    let plot = o.plot.map(|format| {
+        let name = format!("capacity.{}", format.ext());
+        draw_probes(&dir.file(&name), format, o.goal, plans, &per_plan, &answers).map(|()| name)
+    });
     let out_dir = dir.commit()?;
+    let plot = plot.map(|r| r.map(|name| out_dir.join(name)));
     let (per_seed, probes): (Vec<_>, Vec<_>) = per_plan.into_iter().unzip();
     Ok(CapacityOutcome {
         answer: lines.join("\n"),
@@ -770,7 +837,70 @@ fn finish(
         probes: probes.into_iter().flatten().collect(),
         per_seed,
         out_dir,
+        plot,
     })
+}
+
+/// `capacity.svg`: one panel per criterion (of the first combination; other combinations appear where
+/// they have the same criterion), each probe's measured value against the searched rate or replica
+/// count, the target, and each combination's answer (with its 95% interval for `max-rate`).
+fn draw_probes(
+    path: &Path,
+    format: plot::Format,
+    goal: Goal,
+    plans: &[Plan],
+    per_plan: &[(Vec<Option<f64>>, Vec<Probe>)],
+    answers: &[serde_json::Value],
+) -> Result<(), String> {
+    let (unit, _) = rate_unit(&plans[0].cfg);
+    let x_desc = match goal {
+        Goal::MaxRate => format!("offered load ({unit})"),
+        Goal::MinReplicas { rate } => format!("replicas (at {rate} {unit})"),
+    };
+    let panels: Vec<plot::ProbePanel> = plans[0]
+        .cfg
+        .slo
+        .criteria
+        .iter()
+        .map(|(key, &target)| plot::ProbePanel {
+            title: format!("{key} (target {target} s)"),
+            y_desc: format!("{key} (s)"),
+            target,
+            series: plans
+                .iter()
+                .zip(per_plan)
+                .zip(answers)
+                .filter_map(|((pl, (_, probes)), a)| {
+                    let k = pl.cfg.slo.criteria.keys().position(|c| c == key)?;
+                    let points = probes
+                        .iter()
+                        .filter_map(|p| {
+                            let x = match goal {
+                                Goal::MaxRate => p.rate,
+                                Goal::MinReplicas { .. } => p.replicas as f64,
+                            };
+                            Some((x, p.values[k]?, p.pass))
+                        })
+                        .collect();
+                    let band = match (a["ci95_low"].as_f64(), a["ci95_high"].as_f64()) {
+                        (Some(lo), Some(hi)) => Some((lo, hi)),
+                        _ => None,
+                    };
+                    Some(plot::ProbeSeries {
+                        name: if pl.name.is_empty() {
+                            "probes".into()
+                        } else {
+                            pl.name.clone()
+                        },
+                        points,
+                        answer: a["answer"].as_f64(),
+                        band,
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    plot::probe_panels(path, format, &x_desc, &panels, goal == Goal::MaxRate)
 }
 
 /// Searches (combinations x seeds) one command may run.
@@ -890,7 +1020,7 @@ fn answer_max_rate(
         None => " (1 seed: no interval)".into(),
     };
     let mut answer = format!(
-        "{system} meets {} in steady state up to {mean:.3} {unit}{ci}; at each seed's highest passing \
+        "{system} meets {} with a stable queue up to {mean:.3} {unit}{ci}; at each seed's highest passing \
          rate (mean) {}",
         criteria.join(", "),
         describe_values(&at_v)
@@ -908,6 +1038,7 @@ fn answer_max_rate(
             }
         );
     }
+    answer += &trending_note(&at);
     let gpus = cfg.cluster.replicas * cfg.hardware.tensor_parallel;
     let (cost, cost_text) = costs(pl, gpus, mean, mean_tps(&at), unit);
     answer += &cost_text;
@@ -971,6 +1102,7 @@ fn answer_min_replicas(
             describe_values(&below_v)
         );
     }
+    answer += &trending_note(&at);
     let (cost, cost_text) = costs(
         pl,
         need * cfg.hardware.tensor_parallel,
@@ -988,6 +1120,22 @@ fn answer_min_replicas(
         "probes": probes.len(),
     });
     (answer, json)
+}
+
+/// A warning when probes at the answer had not reached a steady state: their session population or KV
+/// usage was still trending after the warm-up, so the window is shorter than the workload needs and a
+/// longer run may fail where these passed.
+fn trending_note(at: &[&Probe]) -> String {
+    let trending = at.iter().filter(|p| p.settled == Some(false)).count();
+    if trending == 0 {
+        return String::new();
+    }
+    format!(
+        "; WARNING: on {trending} of {} seed(s) at the answer the session population or KV usage was \
+         still trending after the warm-up (warmup_settled = false): not yet steady state, and a longer \
+         workload.duration_s may fail where these passed",
+        at.len()
+    )
 }
 
 /// Mean output tokens per second over `probes` that report it.
@@ -1031,6 +1179,7 @@ fn write_probes_csv(
         "rate".into(),
         "stable".into(),
         "queue_growth_per_s".into(),
+        "warmup_settled".into(),
         "pass".into(),
         "output_throughput_tps".into(),
     ];
@@ -1047,6 +1196,7 @@ fn write_probes_csv(
                 p.rate.to_string(),
                 p.stable.map(|b| b.to_string()).unwrap_or_default(),
                 opt(p.queue_growth_per_s),
+                p.settled.map(|b| b.to_string()).unwrap_or_default(),
                 p.pass.to_string(),
                 opt(p.output_tps),
             ];

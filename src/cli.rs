@@ -172,6 +172,9 @@ pub struct CapacityArgs {
     /// Output directory (default: results/capacity-<name>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Draw the probes as PNG instead of SVG.
+    #[arg(long)]
+    pub png: bool,
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,
@@ -185,6 +188,9 @@ pub struct MergeArgs {
     /// Output directory (default: results/capacity-<name>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Draw the probes as PNG instead of SVG.
+    #[arg(long)]
+    pub png: bool,
     /// Print nothing but errors.
     #[arg(long, short)]
     pub quiet: bool,

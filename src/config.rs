@@ -607,10 +607,67 @@ pub struct OutputConfig {
     /// Stop the simulation at this virtual time even if requests are in flight (they are reported
     /// `unfinished`). Unset: run until every released request finishes.
     pub max_sim_time_s: Option<f64>,
-    /// Virtual seconds of warm-up: requests arriving earlier are run and written to `requests.csv` but
-    /// left out of the TTFT, TPOT, E2E and queue statistics and goodput, and the stability verdict looks
-    /// only after it (ITL pools every token gap, the warm-up's included). 0: everything counts.
-    pub warmup_s: f64,
+    /// The warm-up: requests arriving earlier are run and written to `requests.csv` but left out of the
+    /// TTFT, TPOT, E2E and queue statistics and goodput, and the stability verdict looks only after it
+    /// (ITL pools every token gap, the warm-up's included). Seconds (0: everything counts), or `"auto"`:
+    /// found after the run by MSER-5 on the session population and the KV usage (see
+    /// `metrics::warmup`).
+    pub warmup_s: Warmup,
+}
+
+/// `output.warmup_s`: a fixed warm-up in virtual seconds, or `"auto"`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Warmup {
+    Seconds(f64),
+    Auto,
+}
+
+impl Warmup {
+    /// The fixed warm-up in seconds; 0 for `Auto` (known only after the run).
+    pub fn fixed_s(self) -> f64 {
+        match self {
+            Warmup::Seconds(s) => s,
+            Warmup::Auto => 0.0,
+        }
+    }
+}
+
+impl Serialize for Warmup {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Warmup::Seconds(x) => s.serialize_f64(*x),
+            Warmup::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Warmup {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Warmup;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("seconds (a number, 0 or more) or \"auto\"")
+            }
+            fn visit_f64<E: serde::de::Error>(self, x: f64) -> Result<Warmup, E> {
+                Ok(Warmup::Seconds(x))
+            }
+            fn visit_i64<E: serde::de::Error>(self, x: i64) -> Result<Warmup, E> {
+                Ok(Warmup::Seconds(x as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, x: u64) -> Result<Warmup, E> {
+                Ok(Warmup::Seconds(x as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, x: &str) -> Result<Warmup, E> {
+                if x == "auto" {
+                    Ok(Warmup::Auto)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(x), &self))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl Default for OutputConfig {
@@ -618,7 +675,7 @@ impl Default for OutputConfig {
         OutputConfig {
             timeseries_interval_s: 1.0,
             max_sim_time_s: None,
-            warmup_s: 0.0,
+            warmup_s: Warmup::Seconds(0.0),
         }
     }
 }
@@ -941,7 +998,7 @@ impl Config {
                 ));
             }
         }
-        let w = self.output.warmup_s;
+        let w = self.output.warmup_s.fixed_s();
         if !(w.is_finite() && w >= 0.0) {
             return Err(ConfigError::invalid(
                 "output.warmup_s",

@@ -1,6 +1,6 @@
 //! One simulation run from a config to its output directory.
 
-use crate::config::{Config, WorkloadKind};
+use crate::config::{Config, Warmup, WorkloadKind};
 use crate::cost::CostModel;
 use crate::cost::OPERATOR_CLASSES;
 use crate::error::{Error, OutputError};
@@ -117,9 +117,13 @@ impl Prepared<'_> {
             workload,
             cost,
         } = self;
-        let metrics = Collector::new(opts.rows.clone(), cfg.slo.clone())?.with_warmup(
-            crate::time::SimTime(crate::time::SimDuration::from_secs_f64(cfg.output.warmup_s).0),
-        );
+        let metrics = Collector::new(opts.rows.clone(), cfg.slo.clone())?;
+        let metrics = match cfg.output.warmup_s {
+            Warmup::Seconds(w) => metrics.with_warmup(crate::time::SimTime(
+                crate::time::SimDuration::from_secs_f64(w).0,
+            )),
+            Warmup::Auto => metrics.with_auto_warmup(),
+        };
         let run = RunWorld {
             cfg,
             system: &system,
@@ -304,7 +308,17 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     );
     s.set("workload_content", world.workload_content().to_string());
     s.set("sessions", world.sessions_started());
+    let load_end = cfg
+        .workload
+        .duration_s
+        .map_or(u64::MAX, |d| crate::time::SimDuration::from_secs_f64(d).0);
+    let load_end = crate::time::SimTime(load_end);
     let m = &mut world.metrics;
+    let warmup = m.settle_warmup(
+        load_end,
+        crate::time::SimDuration::from_secs_f64(cfg.output.timeseries_interval_s),
+    );
+    let warmup_s = warmup.warmup.as_secs_f64();
     s.set("requests", world.counts.released);
     s.set("requests_finished", m.finished);
     s.set("requests_rejected", m.rejected);
@@ -326,7 +340,7 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     );
     let slo_set = cfg.slo.ttft_s.is_some() || cfg.slo.tpot_s.is_some() || cfg.slo.e2e_s.is_some();
     // Goodput counts the requests after the warm-up, over the time after it.
-    let window = dur - cfg.output.warmup_s;
+    let window = dur - warmup_s;
     s.set_opt(
         "goodput_rps",
         if slo_set && window > 0.0 {
@@ -363,13 +377,14 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     s.set_opt("itl_p90_s", m.itl.quantile(0.9));
     s.set_opt("itl_p99_s", m.itl.quantile(0.99));
     // Steady state: the warm-up left out, the overload verdict, and each SLO criterion.
-    s.set("warmup_s", cfg.output.warmup_s);
+    s.set("warmup_s", warmup_s);
+    // Whether the session population and the KV usage hold steady after the warm-up.
+    match warmup.settled {
+        Some(b) => s.set("warmup_settled", b),
+        None => s.set("warmup_settled", serde_json::Value::Null),
+    }
     s.set("requests_measured", m.measured);
-    let load_end = cfg
-        .workload
-        .duration_s
-        .map_or(u64::MAX, |d| crate::time::SimDuration::from_secs_f64(d).0);
-    let st = m.stability(crate::time::SimTime(load_end));
+    let st = m.stability(load_end);
     match st.stable {
         Some(b) => s.set("stable", b),
         None => s.set("stable", serde_json::Value::Null),

@@ -29,6 +29,8 @@ pub struct RunCounts {
     /// Steps advanced by leaps rather than one by one (not an output: leaping must not change outputs).
     pub leapt_steps: u64,
     pub released: u64,
+    /// Sessions whose last turn has left the system.
+    pub sessions_ended: u64,
     pub events: u64,
     /// The time of the last event other than a time-series sample: the end of the last activity, so that
     /// nothing computed from it depends on `output.timeseries_interval_s`.
@@ -290,6 +292,10 @@ impl<'a, S: Scheduler> World<'a, S> {
                         preemptions: rep.stats.preemptions,
                     })?;
                 }
+                let population = self.workload.population().unwrap_or_else(|| {
+                    self.workload.sessions_started() - self.counts.sessions_ended
+                });
+                self.metrics.on_population(now, population);
                 let next = now + self.sample_interval;
                 if !self.queue.is_empty() && next < HORIZON {
                     self.queue.push(next, Event::Sample);
@@ -369,6 +375,7 @@ impl<'a, S: Scheduler> World<'a, S> {
             NextTurn::At(t) => self.queue.push(t, Event::TurnRelease(session)),
             NextTurn::OwnSchedule => {}
             NextTurn::Ended => {
+                self.counts.sessions_ended += 1;
                 for rep in &mut self.replicas {
                     rep.on_session_end(session);
                 }

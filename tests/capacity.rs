@@ -24,6 +24,8 @@ fn opts(goal: Goal, seeds: u32, precision: f64, out: &std::path::Path) -> Capaci
         out: Some(out.to_path_buf()),
         grid: Vec::new(),
         shard: None,
+        plot: None,
+        progress: false,
     }
 }
 
@@ -49,7 +51,7 @@ fn max_rate_of_md1_matches_pollaczek_khinchine() {
     let csv = std::fs::read_to_string(o.out_dir.join("capacity.csv")).unwrap();
     assert_eq!(csv.lines().count(), o.probes.len() + 1);
     assert!(csv.starts_with(
-        "variant,seed,replicas,rate,stable,queue_growth_per_s,pass,output_throughput_tps,queue_mean_s"
+        "variant,seed,replicas,rate,stable,queue_growth_per_s,warmup_settled,pass,output_throughput_tps,queue_mean_s"
     ));
 }
 
@@ -243,7 +245,21 @@ fn a_grid_answers_each_combination_with_its_costs() {
     );
     let mut o = opts(Goal::MaxRate, 2, 0.02, &tmp.path().join("g"));
     o.grid = vec![servesim::report::Vary::parse_flag("cluster.replicas=1,2", "--grid").unwrap()];
+    o.plot = Some(servesim::report::plot::Format::Svg);
     let out = capacity(&cfg, &o).unwrap();
+    // The plot: one panel for the criterion, its target, and a dot per passing probe (plus one legend
+    // dot per combination); without a font it is skipped, reported, and the answer still written.
+    match (&out.plot, servesim::report::plot::ensure_font()) {
+        (Some(Ok(path)), Ok(_)) => {
+            let svg = std::fs::read_to_string(path).unwrap();
+            assert!(svg.contains("queue_mean_s (target 0.1 s)"), "{svg}");
+            assert!(svg.contains("offered load (sessions/s)"));
+            let passed = out.probes.iter().filter(|p| p.pass).count();
+            assert_eq!(svg.matches("<circle").count(), passed + 2);
+        }
+        (Some(Err(why)), Err(_)) => assert!(why.contains("SERVESIM_FONT"), "{why}"),
+        (p, f) => panic!("plot {p:?} with font {f:?}"),
+    }
     let answers = out.json["answers"].as_array().unwrap();
     assert_eq!(answers.len(), 2);
     assert_eq!(answers[1]["variant"], "replicas=2");
@@ -320,9 +336,79 @@ fn shards_merged_give_the_unsharded_bytes() {
         .args(["merge", "part3", "part1", "part2", "--out", "merged", "-q"])
         .assert()
         .success();
-    for f in ["capacity.csv", "capacity.json", "resolved.toml"] {
+    let mut files = vec!["capacity.csv", "capacity.json", "resolved.toml"];
+    if servesim::report::plot::ensure_font().is_ok() {
+        files.push("capacity.svg");
+    }
+    for f in files {
         let a = std::fs::read(tmp.path().join("whole").join(f)).unwrap();
         let b = std::fs::read(tmp.path().join("merged").join(f)).unwrap();
         assert!(a == b, "{f} differs");
     }
+}
+
+#[test]
+fn the_automatic_warm_up_ends_when_the_session_population_stops_rising() {
+    // Two-turn sessions starting at 20/s with a constant 100 s think time, below capacity: one request
+    // at a time, 0.01 s each, 40 requests/s once both turns flow, rho = 0.4. A session lives 100 s plus
+    // two short services, so the population climbs at 20 sessions/s for 100 s and then holds at about
+    // 2000 (M/D/inf: Poisson, standard deviation 45, i.e. 2.2 s of climb). MSER-5 must not cut before
+    // the climb ends (one 5 s batch of slack), and should cut at its end: the median over 5 seeds within
+    // 10 s of 100 s. Single seeds may cut later, where the population's slow (100 s) fluctuations dip
+    // after the climb, so the test does not ask each seed for the knee.
+    let text = crate::common::md1(
+        20.0,
+        "duration_s = 1000.0\nthink_time_s = { dist = \"constant\", value = 100.0 }",
+        "warmup_s = \"auto\"",
+    )
+    .replace("value = 1 }\nuser", "value = 2 }\nuser")
+    .replace("step_s = 0.1,", "step_s = 0.01,");
+    let mut cuts = Vec::new();
+    for seed in 1..=5 {
+        let cfg = config(&text, &[&format!("seed={seed}")]);
+        let opts = SimOptions {
+            rows: servesim::metrics::Rows::Keep,
+            ..SimOptions::default()
+        };
+        let sim = simulate(&cfg, &opts).unwrap();
+        let s = &sim.summary;
+        assert_eq!(s.0["stable"], serde_json::json!(true));
+        assert_eq!(
+            s.0["warmup_settled"],
+            serde_json::json!(true),
+            "seed {seed}"
+        );
+        let w = s.get_f64("warmup_s").unwrap();
+        assert!((90.0..500.0).contains(&w), "seed {seed}: warm-up {w}");
+        cuts.push(w);
+        // The statistics count exactly the finished requests arriving from the warm-up on.
+        let after = sim
+            .requests
+            .iter()
+            .filter(|r| {
+                r.status == servesim::request::Status::Finished
+                    && r.times[0].is_some_and(|a| a >= (w * 1e9).round() as u64)
+            })
+            .count() as u64;
+        assert_eq!(s.0["requests_measured"], serde_json::json!(after));
+    }
+    cuts.sort_by(f64::total_cmp);
+    assert!((90.0..=110.0).contains(&cuts[2]), "{cuts:?}");
+
+    // Overloaded (rho = 2), the backlog keeps growing: no steady state.
+    let over = config(
+        &crate::common::md1(20.0, "duration_s = 600.0", "warmup_s = \"auto\""),
+        &[],
+    );
+    let s = simulate(&over, &SimOptions::default()).unwrap().summary;
+    assert_eq!(s.0["warmup_settled"], serde_json::json!(false));
+    assert_eq!(s.0["stable"], serde_json::json!(false));
+}
+
+#[test]
+fn a_bad_warm_up_is_refused_by_name() {
+    let e = servesim::config::Config::load(None, &["output.warmup_s=\"soon\"".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("warmup_s") && e.contains("auto"), "{e}");
 }

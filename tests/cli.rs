@@ -17,6 +17,26 @@ const FILES: [&str; 5] = [
     "resolved.toml",
 ];
 
+/// The README's worked example is the default run's real output (all but the wall time).
+#[test]
+fn the_readme_worked_example_prints_as_shown() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = servesim()
+        .current_dir(tmp.path())
+        .arg("run")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    for line in text.lines().filter(|l| !l.starts_with("  wrote ")) {
+        assert!(readme.contains(line), "README lacks: {line}");
+    }
+    assert!(text.lines().count() >= 10, "{text}");
+}
+
 #[test]
 fn default_run_prints_a_summary_and_writes_five_files() {
     let tmp = tempfile::tempdir().unwrap();

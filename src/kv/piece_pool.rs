@@ -827,7 +827,14 @@ impl PiecePool {
                 self.num_blocks - 1
             ));
         }
-        let mut seen = std::collections::HashSet::new();
+        // Block hashes are uniform 64-bit values already: the fast hasher, sized up front.
+        let mut seen: std::collections::HashSet<
+            u64,
+            std::hash::BuildHasherDefault<crate::fasthash::FastHasher>,
+        > = std::collections::HashSet::with_capacity_and_hasher(
+            self.num_blocks as usize,
+            Default::default(),
+        );
         for (ri, r) in self.runs.iter().enumerate() {
             if r.head == NONE {
                 continue;

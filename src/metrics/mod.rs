@@ -12,6 +12,7 @@ pub mod output;
 mod row;
 mod row_thread;
 pub mod stats;
+pub mod warmup;
 
 use crate::config::SloConfig;
 use crate::error::OutputError;
@@ -147,11 +148,46 @@ pub struct Collector {
     pub measured: u64,
     /// The latest arrival of any request: the end of the offered load.
     pub last_arrival: SimTime,
-    /// Requests waiting, summed over replicas, at each time-series sample (ns, count), kept whatever the
-    /// row sink: the stability verdict reads it.
-    pub waiting: Vec<(u64, u64)>,
+    /// The system's state at each time-series sample, kept whatever the row sink: the stability verdict
+    /// and the automatic warm-up read it.
+    pub state: Vec<StatePoint>,
+    /// `output.warmup_s = "auto"`: every finished request's measures, kept until the warm-up is known
+    /// ([`Collector::settle_warmup`]). None: the warm-up is fixed and the measures go straight to the lists.
+    pending: Option<Vec<Measures>>,
     /// The time series' row buffer.
     row: RowBuf,
+}
+
+/// The system at one time-series sample, summed over replicas.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StatePoint {
+    /// Virtual time, ns.
+    pub t: u64,
+    /// Requests waiting.
+    pub waiting: u64,
+    /// KV blocks in use.
+    pub kv_used_blocks: u64,
+    /// Sessions started and not yet ended (the session population).
+    pub sessions: u64,
+}
+
+/// A finished request's latencies in seconds (None: undefined, e.g. TPOT of a one-token output).
+#[derive(Clone, Copy, Debug)]
+struct Measures {
+    arrival: SimTime,
+    ttft: Option<f64>,
+    tpot: Option<f64>,
+    e2e: Option<f64>,
+    queue: Option<f64>,
+}
+
+/// The warm-up and whether the run holds steady after it: see [`Collector::settle_warmup`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WarmupFound {
+    pub warmup: SimTime,
+    /// Both the session population and the KV usage hold steady after the warm-up (None: too few
+    /// samples after it to tell).
+    pub settled: Option<bool>,
 }
 
 /// Whether a run reached a steady state: see [`Collector::stability`].
@@ -240,7 +276,8 @@ impl Collector {
             warmup: SimTime::ZERO,
             measured: 0,
             last_arrival: SimTime::ZERO,
-            waiting: Vec::new(),
+            state: Vec::new(),
+            pending: None,
             row,
         })
     }
@@ -249,6 +286,79 @@ impl Collector {
     pub fn with_warmup(mut self, warmup: SimTime) -> Collector {
         self.warmup = warmup;
         self
+    }
+
+    /// Keeps every finished request's measures until [`Collector::settle_warmup`] decides the warm-up
+    /// (`output.warmup_s = "auto"`): 72 bytes per finished request for the run's length.
+    pub fn with_auto_warmup(mut self) -> Collector {
+        self.warmup = SimTime::ZERO;
+        self.pending = Some(Vec::new());
+        self
+    }
+
+    /// The warm-up and whether the run then holds steady. Both read the session population and the KV
+    /// blocks in use, each resampled every `interval` (the last sample carried forward over idle
+    /// stretches) from time 0 to `end` or the last arrival, whichever is earlier. With
+    /// [`Collector::with_auto_warmup`] the warm-up is the later of MSER-5's two cuts
+    /// ([`warmup::mser5`]), and the kept measures of requests arriving from then on become the
+    /// statistics and goodput; otherwise it is the fixed one. `settled`: both series hold steady after
+    /// the warm-up ([`warmup::holds_steady`]); None when fewer than 20 resampled points follow it.
+    pub fn settle_warmup(
+        &mut self,
+        end: SimTime,
+        interval: crate::time::SimDuration,
+    ) -> WarmupFound {
+        let to = self.last_arrival.0.min(end.0);
+        // At most 10^6 grid points whatever the interval: the rule needs the shape, not every sample.
+        let step = interval.0.max(to / 1_000_000).max(1);
+        let (mut sessions, mut kv) = (Vec::new(), Vec::new());
+        let mut i = 0;
+        let mut cur = StatePoint::default();
+        let mut t = 0;
+        while t <= to && !self.state.is_empty() {
+            while i < self.state.len() && self.state[i].t <= t {
+                cur = self.state[i];
+                i += 1;
+            }
+            sessions.push(cur.sessions as f64);
+            kv.push(cur.kv_used_blocks as f64);
+            t += step;
+        }
+        if let Some(pending) = self.pending.take() {
+            let cut = warmup::mser5(&sessions).max(warmup::mser5(&kv));
+            self.warmup = SimTime(cut as u64 * step);
+            for m in pending {
+                if m.arrival >= self.warmup {
+                    self.measure(m);
+                }
+            }
+        }
+        let from = (self.warmup.0.div_ceil(step) as usize).min(sessions.len());
+        let settled = match (
+            warmup::holds_steady(&sessions[from..]),
+            warmup::holds_steady(&kv[from..]),
+        ) {
+            (Some(a), Some(b)) => Some(a && b),
+            _ => None,
+        };
+        WarmupFound {
+            warmup: self.warmup,
+            settled,
+        }
+    }
+
+    /// Folds a finished, measured request into the latency lists and goodput.
+    fn measure(&mut self, m: Measures) {
+        self.measured += 1;
+        self.ttft.extend(m.ttft);
+        self.e2e.extend(m.e2e);
+        self.queue.extend(m.queue);
+        self.tpot.extend(m.tpot);
+        // B4: good when every SLO given holds; TPOT counts as 0 for single-token outputs.
+        let ok = |slo: Option<f64>, v: Option<f64>| slo.is_none_or(|s| v.unwrap_or(0.0) <= s);
+        if ok(self.slo.ttft_s, m.ttft) && ok(self.slo.tpot_s, m.tpot) && ok(self.slo.e2e_s, m.e2e) {
+            self.good += 1;
+        }
     }
 
     /// The overload verdict over the measurement window, from the warm-up to `end` (the end of the offered
@@ -262,10 +372,10 @@ impl Collector {
     pub fn stability(&self, end: SimTime) -> Stability {
         let (from, to) = (self.warmup.0, self.last_arrival.0.min(end.0));
         let pts: Vec<(f64, f64)> = self
-            .waiting
+            .state
             .iter()
-            .filter(|(t, _)| *t >= from && *t <= to)
-            .map(|&(t, w)| (t as f64 / 1e9, w as f64))
+            .filter(|p| p.t >= from && p.t <= to)
+            .map(|p| (p.t as f64 / 1e9, p.waiting as f64))
             .collect();
         if pts.len() < 10 {
             return Stability {
@@ -340,15 +450,16 @@ impl Collector {
         }
         // The latency statistics and goodput count finished requests that arrived after the warm-up.
         if status == Status::Finished && measured {
-            self.measured += 1;
-            self.ttft.extend(ttft);
-            self.e2e.extend(e2e);
-            self.queue.extend(queue);
-            self.tpot.extend(tpot);
-            // B4: good when every SLO given holds; TPOT counts as 0 for single-token outputs.
-            let ok = |slo: Option<f64>, v: Option<f64>| slo.is_none_or(|s| v.unwrap_or(0.0) <= s);
-            if ok(self.slo.ttft_s, ttft) && ok(self.slo.tpot_s, tpot) && ok(self.slo.e2e_s, e2e) {
-                self.good += 1;
+            let m = Measures {
+                arrival: r.arrival,
+                ttft,
+                tpot,
+                e2e,
+                queue,
+            };
+            match &mut self.pending {
+                Some(p) => p.push(m),
+                None => self.measure(m),
             }
         }
         let row = RequestRow::new(r, status, tpot);
@@ -362,10 +473,30 @@ impl Collector {
         }
     }
 
+    /// The session population at a sample time (after that time's [`Collector::on_sample`] calls).
+    pub fn on_population(&mut self, time: SimTime, sessions: u64) {
+        match self.state.last_mut() {
+            Some(p) if p.t == time.0 => p.sessions = sessions,
+            _ => self.state.push(StatePoint {
+                t: time.0,
+                sessions,
+                ..StatePoint::default()
+            }),
+        }
+    }
+
     pub fn on_sample(&mut self, s: &Sample) -> Result<(), OutputError> {
-        match self.waiting.last_mut() {
-            Some((t, w)) if *t == s.time.0 => *w += s.waiting as u64,
-            _ => self.waiting.push((s.time.0, s.waiting as u64)),
+        match self.state.last_mut() {
+            Some(p) if p.t == s.time.0 => {
+                p.waiting += s.waiting as u64;
+                p.kv_used_blocks += s.used_blocks as u64;
+            }
+            _ => self.state.push(StatePoint {
+                t: s.time.0,
+                waiting: s.waiting as u64,
+                kv_used_blocks: s.used_blocks as u64,
+                sessions: 0,
+            }),
         }
         let (w, path) = match &mut self.timeseries {
             SampleSink::Discard => return Ok(()),

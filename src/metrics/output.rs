@@ -42,6 +42,8 @@ pub const OUTPUT_FILES: &[&str] = &[
     "capacity.csv",
     "capacity.json",
     "capacity-part.json",
+    "capacity.svg",
+    "capacity.png",
 ];
 
 /// How deep a servesim output tree goes: a comparison holds `seed-S/VARIANT/` folders.

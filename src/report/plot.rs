@@ -202,3 +202,181 @@ pub fn cdf_points(values: &[f64]) -> Vec<(f64, f64)> {
     }
     pts
 }
+
+/// One group of probes on a capacity plot: points `(x, y, passed)`, the answer's x and its interval.
+pub struct ProbeSeries {
+    pub name: String,
+    pub points: Vec<(f64, f64, bool)>,
+    pub answer: Option<f64>,
+    pub band: Option<(f64, f64)>,
+}
+
+/// One panel of a capacity plot: a criterion's measured values against the searched quantity, with the
+/// criterion's target as a dashed line.
+pub struct ProbePanel {
+    pub title: String,
+    pub y_desc: String,
+    pub target: f64,
+    pub series: Vec<ProbeSeries>,
+}
+
+/// Draws `panels` one above another to `path`: each probe a dot (passed: every criterion met and stable)
+/// or a cross (failed), the target a dashed line, each series' answer a vertical line over its shaded
+/// interval. y is logarithmic when every value is positive and they span more than 20x (an overloaded
+/// probe's latency is orders of magnitude past the target). `legend_low`: the legend goes to the lower
+/// right (where a load sweep has no probes), else to the upper right (where a replica sweep has none).
+pub fn probe_panels(
+    path: &Path,
+    format: Format,
+    x_desc: &str,
+    panels: &[ProbePanel],
+    legend_low: bool,
+) -> Result<(), String> {
+    ensure_font()?;
+    let size = (900, 60 + 400 * panels.len().max(1) as u32);
+    match format {
+        Format::Svg => draw_panels(
+            SVGBackend::new(path, size).into_drawing_area(),
+            x_desc,
+            panels,
+            legend_low,
+        ),
+        Format::Png => draw_panels(
+            BitMapBackend::new(path, size).into_drawing_area(),
+            x_desc,
+            panels,
+            legend_low,
+        ),
+    }
+}
+
+fn draw_panels<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    x_desc: &str,
+    panels: &[ProbePanel],
+    legend_low: bool,
+) -> Result<(), String> {
+    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| format!("capacity plot: {x:?}");
+    root.fill(&WHITE).map_err(e)?;
+    let areas = root.split_evenly((panels.len().max(1), 1));
+    for (area, p) in areas.into_iter().zip(panels) {
+        let xs = p
+            .series
+            .iter()
+            .flat_map(|s| {
+                s.points
+                    .iter()
+                    .map(|q| q.0)
+                    .chain(s.answer)
+                    .chain(s.band.map(|b| b.0))
+            })
+            .chain(p.series.iter().filter_map(|s| s.band.map(|b| b.1)));
+        let (mut x0, mut x1) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        });
+        if !x0.is_finite() {
+            (x0, x1) = (0.0, 1.0);
+        }
+        let pad = ((x1 - x0) * 0.05).max(x1.abs() * 0.01).max(1e-9);
+        let (x0, x1) = ((x0 - pad).max(0.0), x1 + pad);
+        let ys: Vec<f64> = p
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|q| q.1))
+            .chain([p.target])
+            .filter(|y| y.is_finite())
+            .collect();
+        let lo = ys.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let log_y = lo > 0.0 && hi / lo > 20.0;
+        let (y0, y1) = if log_y {
+            (lo / 1.5, hi * 1.5)
+        } else {
+            (0.0f64.min(lo), if hi > 0.0 { hi * 1.1 } else { 1.0 })
+        };
+        let mut b = ChartBuilder::on(&area);
+        b.caption(&p.title, ("sans-serif", 20))
+            .margin(14)
+            .x_label_area_size(44)
+            .y_label_area_size(72);
+        macro_rules! body {
+            ($chart:expr) => {{
+                let mut chart = $chart;
+                chart
+                    .configure_mesh()
+                    .x_desc(x_desc)
+                    .y_desc(p.y_desc.as_str())
+                    .label_style(("sans-serif", 14))
+                    .axis_desc_style(("sans-serif", 16))
+                    .draw()
+                    .map_err(e)?;
+                for (i, s) in p.series.iter().enumerate() {
+                    let c = color(i);
+                    if let Some((lo, hi)) = s.band {
+                        chart
+                            .draw_series([Rectangle::new(
+                                [(lo, y0), (hi, y1)],
+                                c.mix(0.12).filled(),
+                            )])
+                            .map_err(e)?;
+                    }
+                    if let Some(a) = s.answer {
+                        chart
+                            .draw_series(LineSeries::new([(a, y0), (a, y1)], c.stroke_width(2)))
+                            .map_err(e)?;
+                    }
+                    chart
+                        .draw_series(
+                            s.points
+                                .iter()
+                                .filter(|q| q.2)
+                                .map(|q| Circle::new((q.0, q.1), 4, c.filled())),
+                        )
+                        .map_err(e)?
+                        .label(format!("{} (dot: passed, cross: failed)", s.name))
+                        .legend(move |(x, y)| Circle::new((x + 10, y), 4, c.filled()));
+                    chart
+                        .draw_series(
+                            s.points
+                                .iter()
+                                .filter(|q| !q.2)
+                                .map(|q| Cross::new((q.0, q.1), 5, c.stroke_width(2))),
+                        )
+                        .map_err(e)?;
+                }
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        [(x0, p.target), (x1, p.target)],
+                        8,
+                        6,
+                        BLACK.stroke_width(2),
+                    ))
+                    .map_err(e)?
+                    .label(format!("target {}", p.target))
+                    .legend(|(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 24, y)], BLACK.stroke_width(2))
+                    });
+                chart
+                    .configure_series_labels()
+                    .label_font(("sans-serif", 14))
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(BLACK)
+                    .position(if legend_low {
+                        SeriesLabelPosition::LowerRight
+                    } else {
+                        SeriesLabelPosition::UpperRight
+                    })
+                    .draw()
+                    .map_err(e)?;
+            }};
+        }
+        if log_y {
+            body!(b
+                .build_cartesian_2d(x0..x1, (y0..y1).log_scale())
+                .map_err(e)?);
+        } else {
+            body!(b.build_cartesian_2d(x0..x1, y0..y1).map_err(e)?);
+        }
+    }
+    root.present().map_err(e)
+}

@@ -64,6 +64,8 @@ pub struct Session {
     /// The last finished turn's block hashes: the next prompt starts with that turn's prompt and response,
     /// so its hashes begin with these (unless truncation drops a turn first).
     carried: HashChain,
+    /// Turns were cut at the end of the load (`duration_s` or `max_requests`).
+    cut: bool,
 }
 
 /// A request the generator hands to the world, with its hidden true output length.
@@ -107,6 +109,8 @@ pub struct ConversationGenerator {
     /// Turns of every session started so far (what `max_requests` bounds).
     reserved_turns: u64,
     sessions: FastMap<SessionId, Session>,
+    /// Sessions ended early because the load's end cut their later turns.
+    cut_ended: u64,
     last_start: SimTime,
 }
 
@@ -139,6 +143,7 @@ impl ConversationGenerator {
             next_session: 0,
             next_request: 0,
             reserved_turns: 0,
+            cut_ended: 0,
             sessions: FastMap::default(),
             last_start: SimTime::ZERO,
         }
@@ -194,6 +199,7 @@ impl Workload for ConversationGenerator {
 
     fn start_session(&mut self, id: SessionId, now: SimTime) -> Option<Release> {
         let mut s = self.draw_session(id);
+        let drawn = s.turns.len();
         // `duration_s` keeps a turn when its nominal release time (the session start plus the preceding think
         // times, ignoring service time) falls inside the window. Deciding on nominal times keeps the request
         // set independent of the engine; releases still happen at completion + think time.
@@ -215,6 +221,7 @@ impl Workload for ConversationGenerator {
             let left = m.saturating_sub(self.reserved_turns) as usize;
             s.turns.truncate(left);
         }
+        s.cut = s.turns.len() < drawn;
         self.reserved_turns += s.turns.len() as u64;
         self.sessions.insert(id, s);
         self.release_turn(id, now)
@@ -236,6 +243,10 @@ impl Workload for ConversationGenerator {
         if let Some(s) = self.sessions.get_mut(&id) {
             s.carried = hashes;
         }
+    }
+
+    fn population(&self) -> Option<u64> {
+        Some(self.sessions.len() as u64 + self.cut_ended)
     }
 
     fn sessions_started(&self) -> u64 {
@@ -303,6 +314,7 @@ impl ConversationGenerator {
             history: Vec::new(),
             truncated_turns: 0,
             carried: HashChain::default(),
+            cut: false,
         }
     }
 
@@ -398,6 +410,9 @@ impl ConversationGenerator {
         let last = s.history.last_mut().expect("a released turn is in history");
         last.response.len = output_tokens;
         if s.next_turn >= s.turns.len() {
+            if s.cut {
+                self.cut_ended += 1;
+            }
             self.sessions.remove(&id);
             return None;
         }

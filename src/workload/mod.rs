@@ -55,6 +55,13 @@ pub trait Workload {
     /// next request with them instead of rehashing its whole context; the default drops them.
     fn carry_block_hashes(&mut self, _id: SessionId, _hashes: content::HashChain) {}
     fn sessions_started(&self) -> u64;
+    /// The session population: sessions started and not ended, where a session whose later turns the
+    /// load's end cut counts as alive (under an endless load it would be), so that the population does
+    /// not fall as the load's end approaches (the automatic warm-up reads it up to that end). None:
+    /// sessions started less sessions ended.
+    fn population(&self) -> Option<u64> {
+        None
+    }
     /// How prompts share content (stated in the summary, since traces without content get invented
     /// sharing or none).
     fn content_note(&self) -> &str;
