@@ -30,6 +30,10 @@ pub struct Config {
     pub cost: CostConfig,
     pub slo: SloConfig,
     pub output: OutputConfig,
+    /// The per-conversation KV store (`engine.kv_cache = "conversation"`).
+    pub kv_store: KvStoreConfig,
+    /// Request-level dynamic batching (`engine.kind = "dynamic"`).
+    pub batching: BatchingConfig,
 }
 
 impl Default for Config {
@@ -38,6 +42,8 @@ impl Default for Config {
             name: "run".into(),
             seed: 42,
             workload: WorkloadConfig::default(),
+            kv_store: KvStoreConfig::default(),
+            batching: BatchingConfig::default(),
             model: ModelConfig::default(),
             hardware: HardwareConfig::default(),
             engine: EngineConfig::default(),
@@ -71,6 +77,90 @@ pub struct SystemPrompt {
 
 fn one() -> f64 {
     1.0
+}
+
+/// A sampling profile (`[[workload.sampling]]`): the sampling parameters a share of sessions send with
+/// every turn. Request-level batchers group requests by them (`batching.group_by`); other engines ignore
+/// them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingProfile {
+    pub name: String,
+    #[serde(default = "one")]
+    pub share: f64,
+    #[serde(default = "one")]
+    pub temperature: f64,
+    #[serde(default = "one")]
+    pub top_p: f64,
+    /// -1: all tokens (vLLM's default).
+    #[serde(default = "minus_one")]
+    pub top_k: i64,
+    /// The model the request names (a server hosting several).
+    #[serde(default)]
+    pub model: String,
+}
+
+fn minus_one() -> i64 {
+    -1
+}
+
+/// The sampling fields a request-level batcher may group by (`batching.group_by`).
+pub const GROUP_BY_FIELDS: &[&str] = &["temperature", "top_p", "top_k", "max_tokens", "model"];
+
+/// `[batching]`: request-level dynamic batching (`engine.kind = "dynamic"`, rules D1-D6 in
+/// `scheduler/dynamic.rs`). Ignored by other engines.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingConfig {
+    /// The most requests in a batch; a group this full dispatches at once.
+    pub max_batch_size: u32,
+    /// Seconds the oldest request of a group may wait before its group dispatches anyway.
+    pub max_queue_delay_s: f64,
+    /// Fields that must match for requests to share a batch, of [`GROUP_BY_FIELDS`].
+    pub group_by: Vec<String>,
+    /// A finished request's row leaves the batch (else it is computed as padding until the batch ends).
+    pub early_exit: bool,
+    /// Adapt the batch size limit to the observed batch latency.
+    pub adaptive: Option<AdaptiveConfig>,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        BatchingConfig {
+            max_batch_size: 8,
+            max_queue_delay_s: 0.01,
+            group_by: Vec::new(),
+            early_exit: false,
+            adaptive: None,
+        }
+    }
+}
+
+/// `[batching.adaptive]`: multiplicative decrease, additive increase of the batch size limit (rule D6).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdaptiveConfig {
+    /// Seconds between adjustments.
+    pub interval_s: f64,
+    /// Mean batch latency (dispatch to last token) above which the limit shrinks.
+    pub target_latency_s: f64,
+    pub min_batch_size: u32,
+    /// The limit is multiplied by this (then rounded down) when over the target; in (0, 1).
+    pub decrease_factor: f64,
+    /// The limit grows by this when at or under the target.
+    pub increase_step: u32,
+}
+
+impl Default for AdaptiveConfig {
+    fn default() -> Self {
+        AdaptiveConfig {
+            interval_s: 10.0,
+            target_latency_s: 1.0,
+            min_batch_size: 1,
+            decrease_factor: 0.5,
+            increase_step: 1,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +275,9 @@ pub struct WorkloadConfig {
     pub truncate_context: bool,
     /// Shared system prompts; each session draws one by share. Empty means no system prompt.
     pub system_prompts: Vec<SystemPrompt>,
+    /// Sampling profiles; each session draws one by share (from a stream of its own, so adding profiles
+    /// changes no other draw). Empty: every request has the default sampling parameters.
+    pub sampling: Vec<SamplingProfile>,
 }
 
 impl Default for WorkloadConfig {
@@ -227,6 +320,7 @@ impl Default for WorkloadConfig {
                 tokens: 600,
                 share: 1.0,
             }],
+            sampling: Vec::new(),
         }
     }
 }
@@ -311,19 +405,156 @@ pub enum EngineKind {
     /// vLLM V1: continuous batching with chunked prefill and recompute preemption (the rules in the
     /// README).
     Vllm,
-    /// Test-only (the `toys` feature): one request at a time in arrival order, its whole prompt in one
-    /// step (`scheduler/toy_fifo.rs`). Models no engine; it proves the scheduler slot.
-    #[cfg(feature = "toys")]
-    #[serde(rename = "toy_fifo")]
-    ToyFifo,
+    /// Request-level dynamic batching: by size or timeout, compatible groups, padding, lockstep decode
+    /// (`scheduler/dynamic.rs`, `[batching]`).
+    Dynamic,
+    /// No batching: one request at a time, as soon as the server is free (`scheduler/none.rs`).
+    None,
 }
 
 impl EngineKind {
     /// Every kind, for tests that must cover each (the leap equality tests).
-    #[cfg(not(feature = "toys"))]
-    pub const ALL: &'static [EngineKind] = &[EngineKind::Vllm];
-    #[cfg(feature = "toys")]
-    pub const ALL: &'static [EngineKind] = &[EngineKind::Vllm, EngineKind::ToyFifo];
+    pub const ALL: &'static [EngineKind] =
+        &[EngineKind::Vllm, EngineKind::Dynamic, EngineKind::None];
+
+    /// The KV stores this engine can drive, for the error that refuses any other.
+    pub fn stores(self) -> &'static [KvKind] {
+        match self {
+            // vLLM's scheduler admits, preempts and leaps by its paged pool's block allocations.
+            EngineKind::Vllm => &[KvKind::Paged],
+            // A request-level batch holds its KV until it ends; only stores that always allocate fit.
+            EngineKind::Dynamic => &[KvKind::Conversation, KvKind::Off],
+            EngineKind::None => &[KvKind::Paged, KvKind::Conversation, KvKind::Off],
+        }
+    }
+}
+
+impl Config {
+    fn validate_batching(&self) -> Result<(), ConfigError> {
+        let b = &self.batching;
+        if b.max_batch_size == 0 {
+            return Err(ConfigError::invalid(
+                "batching.max_batch_size",
+                "must be at least 1",
+            ));
+        }
+        let d = b.max_queue_delay_s;
+        if !(d.is_finite() && d >= 0.0) {
+            return Err(ConfigError::invalid(
+                "batching.max_queue_delay_s",
+                format!("must be 0 or more seconds, got {d}"),
+            ));
+        }
+        for f in &b.group_by {
+            if !GROUP_BY_FIELDS.contains(&f.as_str()) {
+                return Err(ConfigError::invalid(
+                    "batching.group_by",
+                    format!("\"{f}\" is not a sampling field; use any of {GROUP_BY_FIELDS:?}"),
+                ));
+            }
+        }
+        if let Some(a) = &b.adaptive {
+            let pos = |k: &str, v: f64| {
+                if v.is_finite() && v > 0.0 {
+                    Ok(())
+                } else {
+                    Err(ConfigError::invalid(
+                        format!("batching.adaptive.{k}"),
+                        format!("must be positive seconds, got {v}"),
+                    ))
+                }
+            };
+            pos("interval_s", a.interval_s)?;
+            pos("target_latency_s", a.target_latency_s)?;
+            if a.min_batch_size == 0 || a.min_batch_size > b.max_batch_size {
+                return Err(ConfigError::invalid(
+                    "batching.adaptive.min_batch_size",
+                    format!(
+                        "must be from 1 to batching.max_batch_size ({}), got {}",
+                        b.max_batch_size, a.min_batch_size
+                    ),
+                ));
+            }
+            if !(a.decrease_factor > 0.0 && a.decrease_factor < 1.0) {
+                return Err(ConfigError::invalid(
+                    "batching.adaptive.decrease_factor",
+                    format!("must be between 0 and 1, got {}", a.decrease_factor),
+                ));
+            }
+            if a.increase_step == 0 {
+                return Err(ConfigError::invalid(
+                    "batching.adaptive.increase_step",
+                    "must be at least 1",
+                ));
+            }
+        }
+        let w = &self.workload;
+        if w.sampling.len() > u16::MAX as usize {
+            return Err(ConfigError::invalid(
+                "workload.sampling",
+                format!("{} profiles; at most {}", w.sampling.len(), u16::MAX),
+            ));
+        }
+        for (i, p) in w.sampling.iter().enumerate() {
+            if !(p.share.is_finite() && p.share > 0.0) {
+                return Err(ConfigError::invalid(
+                    format!("workload.sampling[{i}].share"),
+                    format!("must be positive, got {}", p.share),
+                ));
+            }
+        }
+        let k = &self.kv_store;
+        for (key, v) in [
+            ("max_sessions", k.max_sessions),
+            ("max_tokens", k.max_tokens),
+            ("max_bytes", k.max_bytes),
+        ] {
+            if v == Some(0) {
+                return Err(ConfigError::invalid(
+                    format!("kv_store.{key}"),
+                    "must be at least 1 (leave it unset for no limit, or set kv_store.enabled = false)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A config enum's name as written in a config file (`"vllm"`, `"paged"`), for messages.
+pub fn config_name(v: impl Serialize) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// `[kv_store]`: the limits and switches of the per-conversation store (`kv/conversation.rs`, rules
+/// C1-C5). Ignored by other stores.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvStoreConfig {
+    /// False: every operation is a no-op (C5).
+    pub enabled: bool,
+    /// The most sessions with an entry.
+    pub max_sessions: Option<u64>,
+    /// The most tokens held by entries (unset: the tokens the GPU's KV memory holds).
+    pub max_tokens: Option<u64>,
+    /// The most bytes held by entries (tokens x the model's KV bytes per token).
+    pub max_bytes: Option<u64>,
+    /// Drop a session's entry when its last turn has left (C4).
+    pub release_on_session_end: bool,
+}
+
+impl Default for KvStoreConfig {
+    fn default() -> Self {
+        KvStoreConfig {
+            enabled: true,
+            max_sessions: None,
+            max_tokens: None,
+            max_bytes: None,
+            release_on_session_end: true,
+        }
+    }
 }
 
 /// Which KV store a replica keeps (`engine.kv_cache`); the scheduler owns it, chosen in `system.rs`.
@@ -332,19 +563,15 @@ impl EngineKind {
 pub enum KvKind {
     /// vLLM's paged block pool, with its prefix cache when `prefix_caching` is on (K5-K11, P1).
     Paged,
-    /// Test-only (the `toys` feature): keeps no KV, so every decode token recomputes its whole context
-    /// (`kv/toy_recompute.rs`). Models no engine; it proves the store slot.
-    #[cfg(feature = "toys")]
-    #[serde(rename = "toy_recompute")]
-    ToyRecompute,
+    /// One KV entry per conversation, LRU-bounded by `[kv_store]` (`kv/conversation.rs`).
+    Conversation,
+    /// No KV cache: every decode token recomputes its whole context (`kv/off.rs`).
+    Off,
 }
 
 impl KvKind {
     /// Every kind, for tests that must cover each (the leap equality tests).
-    #[cfg(not(feature = "toys"))]
-    pub const ALL: &'static [KvKind] = &[KvKind::Paged];
-    #[cfg(feature = "toys")]
-    pub const ALL: &'static [KvKind] = &[KvKind::Paged, KvKind::ToyRecompute];
+    pub const ALL: &'static [KvKind] = &[KvKind::Paged, KvKind::Conversation, KvKind::Off];
 }
 
 /// One serving instance, with vLLM V1's knobs and defaults. `None` means "derive as vLLM does"; the resolved
@@ -712,6 +939,24 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_name(&self.name)?;
         check_seed(self.seed, "seed")?;
+        self.validate_batching()?;
+        let e = &self.engine;
+        if !e.kind.stores().contains(&e.kv_cache) {
+            return Err(ConfigError::invalid(
+                "engine.kv_cache",
+                format!(
+                    "engine.kind = \"{}\" cannot drive kv_cache = \"{}\"; it supports {}",
+                    config_name(e.kind),
+                    config_name(e.kv_cache),
+                    e.kind
+                        .stores()
+                        .iter()
+                        .map(|k| format!("\"{}\"", config_name(k)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
         let w = &self.workload;
         if !(w.session_rate.is_finite() && w.session_rate > 0.0) {
             return Err(ConfigError::invalid(

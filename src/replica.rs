@@ -93,6 +93,13 @@ pub struct ReplicaStats {
     /// first-seen order. Integer sums do not depend on the order of the additions, so a leap adds each
     /// operator that stays the same over its steps once, multiplied by the number of steps.
     pub op_fs: Vec<(&'static str, u128)>,
+    /// Padding tokens computed (request-level batching: prompts padded to the longest, rows of finished
+    /// requests in a lockstep batch).
+    pub padding_tokens: u64,
+    /// Request-level batches run (one more than the highest `batch_id` seen) and the requests they
+    /// carried.
+    pub batches: u64,
+    pub batched_requests: u64,
 }
 
 impl ReplicaStats {
@@ -233,6 +240,11 @@ impl<S: Scheduler> Replica<S> {
         self.scheduler.num_waiting()
     }
 
+    /// The scheduler's batch size limit, if it has one (see `Scheduler::batch_limit`).
+    pub fn batch_limit(&self) -> Option<u32> {
+        self.scheduler.batch_limit()
+    }
+
     pub fn num_running(&self) -> usize {
         self.scheduler.num_running()
     }
@@ -303,6 +315,12 @@ impl<S: Scheduler> Replica<S> {
         let recompute = self.recompute;
         for &(id, n) in &plan.scheduled {
             let r = self.requests.get_mut(&id).expect("scheduled request");
+            if r.first_scheduled.is_none() {
+                if let Some(b) = r.batch_id {
+                    self.stats.batches = self.stats.batches.max(b + 1);
+                    self.stats.batched_requests += 1;
+                }
+            }
             r.first_scheduled.get_or_insert(now);
             let computed = r.num_computed_tokens; // already advanced by n (S6)
             let samples = computed == r.num_tokens();
@@ -317,9 +335,10 @@ impl<S: Scheduler> Replica<S> {
                 shape.add(n, computed, decode, samples);
             }
         }
-        if plan.padding > 0 {
-            shape.add_padding(plan.padding);
+        for p in &plan.padding {
+            shape.add_padding(p.tokens, p.context, p.decode);
         }
+        self.stats.padding_tokens += shape.padding_tokens;
         let ops = cost.breakdown(shape);
         let dur = step_duration(total_seconds(&ops));
         self.stats.add_ops(&ops);
@@ -646,7 +665,7 @@ impl<S: Scheduler> Replica<S> {
     /// Removes requests that finished at `now`, freeing their blocks; returns them in `done`'s order.
     fn retire(&mut self, done: Vec<(RequestId, StopReason)>, now: SimTime) -> Vec<Request> {
         let ids: Vec<RequestId> = done.iter().map(|d| d.0).collect();
-        self.scheduler.finish_requests(&ids);
+        self.scheduler.finish_requests(&ids, now);
         let mut out = Vec::with_capacity(done.len());
         for (id, reason) in done {
             let mut r = self.requests.remove(&id).expect("finished request");
@@ -720,10 +739,10 @@ impl<S: Scheduler> Replica<S> {
         Some(r)
     }
 
-    /// Removes every request still held (end of a truncated run), releasing their blocks.
-    pub fn drain(&mut self) -> Vec<Request> {
+    /// Removes every request still held (end of a truncated run at `now`), releasing their blocks.
+    pub fn drain(&mut self, now: SimTime) -> Vec<Request> {
         let ids = self.scheduler.all_requests();
-        self.scheduler.finish_requests(&ids);
+        self.scheduler.finish_requests(&ids, now);
         let mut out: Vec<Request> = ids
             .into_iter()
             .filter_map(|id| self.requests.remove(&id))

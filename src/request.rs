@@ -102,6 +102,12 @@ pub struct Request {
     /// Tokens computed in prefill chunks, recomputation after preemption included.
     pub prefilled_tokens: u64,
     pub preemptions: u32,
+    /// The sampling profile (index into `workload.sampling`; 0 without profiles).
+    pub sampling: u16,
+    /// The request-level batch that ran it (`engine.kind = "dynamic"`), numbered per replica from 0.
+    pub batch_id: Option<u64>,
+    /// Padding tokens its batch computed to bring its prompt to the batch's longest.
+    pub padding_tokens: u32,
 }
 
 impl Request {
@@ -149,6 +155,9 @@ impl Request {
             finish_reason: None,
             prefilled_tokens: 0,
             preemptions: 0,
+            sampling: 0,
+            batch_id: None,
+            padding_tokens: 0,
         }
     }
 

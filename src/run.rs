@@ -428,8 +428,10 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     );
     let (mut q, mut h, mut pq, mut ph, mut pre, mut ev, mut steps) = (0, 0, 0, 0, 0, 0, 0);
     let (mut usage_s, mut peak) = (0.0, 0.0f64);
+    let mut store = crate::kv::conversation::StoreCounters::default();
     for r in &world.replicas {
         let kv = r.kv().stats();
+        store.add(&kv.store);
         q += kv.prefix.queries;
         h += kv.prefix.hits;
         pq += kv.prefix.preempted_queries;
@@ -453,6 +455,16 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     s.set("preempted_prefix_cache_hits", ph);
     s.set("num_preemptions", pre);
     s.set("kv_cache_evictions", ev);
+    // The per-conversation store (zero for other stores), summed over replicas.
+    s.set("kv_store_lookups", store.lookups);
+    s.set("kv_store_hits", store.hits);
+    s.set("kv_store_stale", store.stale);
+    s.set("kv_store_evictions", store.evictions);
+    s.set("kv_store_releases", store.releases);
+    s.set("kv_store_entries", store.entries);
+    s.set("kv_store_tokens", store.tokens);
+    s.set("kv_store_bytes", store.bytes);
+    s.set("kv_store_tokens_peak", store.peak_tokens);
     let span = world.counts.end.as_secs_f64() * cfg.cluster.replicas as f64;
     s.set_opt(
         "kv_cache_usage_perc_mean",
@@ -460,6 +472,27 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     );
     s.set("kv_cache_usage_perc_peak", peak);
     s.set("steps", steps);
+    // Request-level batching (zero for continuous batching): batches, their mean size, and the share
+    // of the computed tokens that were padding (padding over padding + prompt tokens computed + output
+    // tokens).
+    let (mut batches, mut batched, mut padding) = (0u64, 0u64, 0u64);
+    for r in &world.replicas {
+        batches += r.stats.batches;
+        batched += r.stats.batched_requests;
+        padding += r.stats.padding_tokens;
+    }
+    s.set("batches", batches);
+    s.set_opt(
+        "batch_size_mean",
+        (batches > 0).then(|| batched as f64 / batches as f64),
+    );
+    s.set("padding_tokens", padding);
+    let m = &world.metrics;
+    let real = m.prefilled_tokens + m.output_tokens;
+    s.set_opt(
+        "padding_waste_frac",
+        (padding + real > 0).then(|| padding as f64 / (padding + real) as f64),
+    );
     // The share of the run the engines were computing (a step in flight), averaged over replicas.
     let busy: f64 = world
         .replicas

@@ -183,10 +183,25 @@ impl System {
                 )
                 .with_scope(cfg.engine.prefix_cache_scope)
             }),
-            #[cfg(feature = "toys")]
-            KvKind::ToyRecompute => {
-                self.build_engine(cfg, w, || crate::kv::toy_recompute::ToyRecompute)
+            KvKind::Conversation => {
+                let k = &cfg.kv_store;
+                let capacity = self.sizing.num_gpu_blocks as u64 * cfg.engine.block_size as u64;
+                let limits = crate::kv::conversation::StoreLimits {
+                    max_sessions: k.max_sessions,
+                    max_tokens: Some(k.max_tokens.unwrap_or(capacity)),
+                    max_bytes: k.max_bytes,
+                };
+                let bytes = self.model.kv_bytes_per_token();
+                self.build_engine(cfg, w, || {
+                    crate::kv::conversation::ConversationStore::new(
+                        k.enabled,
+                        limits,
+                        bytes,
+                        k.release_on_session_end,
+                    )
+                })
             }
+            KvKind::Off => self.build_engine(cfg, w, || crate::kv::off::KvOff),
         }
     }
 
@@ -214,9 +229,16 @@ impl System {
                     Replica::new(id, scheduler, max_model_len)
                 })
             }
-            #[cfg(feature = "toys")]
-            EngineKind::ToyFifo => w.with(&|id| {
-                let scheduler = crate::scheduler::toy_fifo::ToyFifo::new(store(), max_model_len);
+            EngineKind::Dynamic => {
+                let p = dynamic_params(cfg, max_model_len);
+                w.with(&|id| {
+                    let scheduler =
+                        crate::scheduler::dynamic::DynamicBatcher::new(store(), p.clone());
+                    Replica::new(id, scheduler, max_model_len)
+                })
+            }
+            EngineKind::None => w.with(&|id| {
+                let scheduler = crate::scheduler::none::NoBatching::new(store(), max_model_len);
                 Replica::new(id, scheduler, max_model_len)
             }),
         }
@@ -225,6 +247,55 @@ impl System {
     /// The cluster's router, of the configured policy.
     pub fn router(&self, cfg: &Config) -> Box<dyn crate::cluster::router::Router> {
         crate::cluster::router::build(cfg.cluster.router)
+    }
+}
+
+/// `[batching]` resolved for the dynamic batcher: each sampling profile's group is the first profile
+/// with the same values in the `group_by` fields.
+fn dynamic_params(cfg: &Config, max_model_len: u32) -> crate::scheduler::dynamic::DynamicParams {
+    use crate::scheduler::dynamic::{Adaptive, DynamicParams};
+    use crate::time::SimDuration;
+    let b = &cfg.batching;
+    let by = |f: &str| b.group_by.iter().any(|g| g == f);
+    let keys: Vec<String> = cfg
+        .workload
+        .sampling
+        .iter()
+        .map(|p| {
+            let mut k = String::new();
+            if by("temperature") {
+                k += &format!("t{:?};", p.temperature.to_bits());
+            }
+            if by("top_p") {
+                k += &format!("p{:?};", p.top_p.to_bits());
+            }
+            if by("top_k") {
+                k += &format!("k{};", p.top_k);
+            }
+            if by("model") {
+                k += &format!("m{};", p.model);
+            }
+            k
+        })
+        .collect();
+    let profile_group = keys
+        .iter()
+        .map(|k| keys.iter().position(|x| x == k).expect("its own key") as u32)
+        .collect();
+    DynamicParams {
+        max_batch_size: b.max_batch_size,
+        max_queue_delay: SimDuration::from_secs_f64(b.max_queue_delay_s),
+        early_exit: b.early_exit,
+        adaptive: b.adaptive.as_ref().map(|a| Adaptive {
+            interval: SimDuration::from_secs_f64(a.interval_s),
+            target_latency: SimDuration::from_secs_f64(a.target_latency_s),
+            min_batch_size: a.min_batch_size,
+            decrease_factor: a.decrease_factor,
+            increase_step: a.increase_step,
+        }),
+        profile_group,
+        group_by_max_tokens: by("max_tokens"),
+        max_model_len,
     }
 }
 

@@ -159,7 +159,8 @@ impl<'a, S: Scheduler> World<'a, S> {
         self.progress.finish();
         // Whatever is still held when the run stops is reported as unfinished.
         for i in 0..self.replicas.len() {
-            for r in self.replicas[i].drain() {
+            let end = self.counts.end;
+            for r in self.replicas[i].drain(end) {
                 self.metrics.on_request_done(&r, Status::Unfinished)?;
             }
         }
@@ -290,6 +291,9 @@ impl<'a, S: Scheduler> World<'a, S> {
                         prefix_queries: kv.prefix.queries,
                         prefix_hits: kv.prefix.hits,
                         preemptions: rep.stats.preemptions,
+                        store_entries: kv.store.entries,
+                        store_tokens: kv.store.tokens,
+                        batch_size_limit: rep.batch_limit().unwrap_or(0),
                     })?;
                 }
                 let population = self.workload.population().unwrap_or_else(|| {
@@ -529,7 +533,7 @@ mod tests {
         fn kv_mut(&mut self) -> &mut KvCacheManager {
             &mut self.kv
         }
-        fn finish_requests(&mut self, finished: &[RequestId]) {
+        fn finish_requests(&mut self, finished: &[RequestId], _now: SimTime) {
             self.running.retain(|id| !finished.contains(id));
         }
         fn abort(&mut self, req: &Request) -> bool {

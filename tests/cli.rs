@@ -215,9 +215,9 @@ fn catalog_lists_models_and_hardware() {
 /// Runs the binary on the embedded default with `sets`, linear step costs (10 ms a step, 0.1 ms a
 /// prefill token, 1 ms a decode sequence, no context term) and one replica; returns the finished rows as
 /// (scheduled, first token, finish, prompt, cached, output) with times in seconds.
-fn toy_rows(sets: &[&str]) -> Vec<(f64, f64, f64, f64, f64, f64)> {
+fn one_at_a_time_rows(sets: &[&str]) -> Vec<(f64, f64, f64, f64, f64, f64)> {
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("toy");
+    let out = tmp.path().join("one");
     let mut cmd = servesim();
     cmd.args(["run", "--quiet", "--out"]).arg(&out);
     for s in [
@@ -260,12 +260,12 @@ fn toy_rows(sets: &[&str]) -> Vec<(f64, f64, f64, f64, f64, f64)> {
     rows
 }
 
-/// The test-only toy scheduler (`scheduler/toy_fifo.rs`, one `EngineKind` arm) runs through the CLI: one
-/// request at a time, so no two requests' [scheduled, finish] overlap, and each decode step runs one
-/// sequence alone: 0.010 + 0.001 = 0.011 s per output token after the first.
+/// `engine.kind = "none"` runs one request at a time, so no two requests' [scheduled, finish] overlap,
+/// and each decode step runs one sequence alone: 0.010 + 0.001 = 0.011 s per output token after the
+/// first.
 #[test]
-fn toy_fifo_runs_one_request_at_a_time_through_the_cli() {
-    let mut rows = toy_rows(&["engine.kind=\"toy_fifo\""]);
+fn no_batching_runs_one_request_at_a_time_through_the_cli() {
+    let mut rows = one_at_a_time_rows(&["engine.kind=\"none\""]);
     rows.sort_by(|a, b| a.0.total_cmp(&b.0));
     for w in rows.windows(2) {
         assert!(
@@ -285,16 +285,12 @@ fn toy_fifo_runs_one_request_at_a_time_through_the_cli() {
     }
 }
 
-/// The test-only toy store (`kv/toy_recompute.rs`, one `KvKind` arm) runs through the CLI under the
-/// one-at-a-time scheduler: nothing is cached, and decode step k (k = 1 .. output - 1) recomputes the
-/// prompt P plus k outputs as a prefill: 0.010 + 0.0001 (P + k) s, so the decode phase takes
-/// (o - 1) 0.010 + 0.0001 ((o - 1) P + (o - 1) o / 2) s.
+/// `engine.kv_cache = "off"` under no batching: nothing is cached, and decode step k (k from 1 to the
+/// output length o less one) recomputes the prompt P plus k outputs as a prefill: 0.010 + 0.0001 (P + k)
+/// s, so the decode phase takes (o - 1) 0.010 + 0.0001 ((o - 1) P + (o - 1) o / 2) s.
 #[test]
-fn toy_recompute_store_prices_every_decode_token_as_a_full_prefill_through_the_cli() {
-    let rows = toy_rows(&[
-        "engine.kind=\"toy_fifo\"",
-        "engine.kv_cache=\"toy_recompute\"",
-    ]);
+fn kv_off_prices_every_decode_token_as_a_full_prefill_through_the_cli() {
+    let rows = one_at_a_time_rows(&["engine.kind=\"none\"", "engine.kv_cache=\"off\""]);
     for r in &rows {
         let (p, o) = (r.3, r.5);
         assert_eq!(r.4, 0.0, "no prefix hits without a cache: {r:?}");

@@ -46,13 +46,18 @@ fn leap_equals_step_for_every_engine_and_store_kind() {
     for &kind in EngineKind::ALL {
         let engine = match kind {
             EngineKind::Vllm => "vllm",
-            EngineKind::ToyFifo => "toy_fifo",
+            EngineKind::Dynamic => "dynamic",
+            EngineKind::None => "none",
         };
         for &store in KvKind::ALL {
             let kv = match store {
                 KvKind::Paged => "paged",
-                KvKind::ToyRecompute => "toy_recompute",
+                KvKind::Conversation => "conversation",
+                KvKind::Off => "off",
             };
+            if !kind.stores().contains(&store) {
+                continue;
+            }
             let name = format!("{engine} over {kv}");
             let e = format!("engine.kind=\"{engine}\"");
             let k = format!("engine.kv_cache=\"{kv}\"");

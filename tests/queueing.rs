@@ -1,11 +1,21 @@
-//! The queueing core against M/D/1: one request at a time (max_num_seqs = 1), a constant service time
-//! (one step of S seconds: a 16-token prompt whose single output token ends the request), Poisson arrivals.
-//! Theory (Pollaczek-Khinchine): mean wait Wq = rho S / (2 (1 - rho)).
+//! The queueing core against M/D/1: one request at a time (vLLM with max_num_seqs = 1, or no batching), a
+//! constant service time (one step of S seconds: a 16-token prompt whose single output token ends the
+//! request), Poisson arrivals. Theory (Pollaczek-Khinchine): mean wait Wq = rho S / (2 (1 - rho)).
 
 use crate::common::*;
 
 #[test]
 fn md1_mean_wait_matches_theory() {
+    md1_check(&[]);
+}
+
+#[test]
+fn md1_holds_without_batching() {
+    md1_check(&["engine.kind=\"none\""]);
+    md1_check(&["engine.kind=\"none\"", "engine.kv_cache=\"off\""]);
+}
+
+fn md1_check(overrides: &[&str]) {
     let s = 0.1; // service seconds, as common::md1 sets it
     let lambda = 7.0; // arrivals per second
     let rho: f64 = lambda * s;
@@ -17,7 +27,7 @@ fn md1_mean_wait_matches_theory() {
         "timeseries_interval_s = 1000.0",
     );
     let tmp = tempfile::tempdir().unwrap();
-    let (o, dir) = run_in(tmp.path(), "md1", &config(&text, &[]));
+    let (o, dir) = run_in(tmp.path(), "md1", &config(&text, overrides));
     let rows = read_rows(&dir.join("requests.csv"));
     assert_eq!(rows.len(), n);
     // Service is exactly S for every request: E2E - queue = S.

@@ -68,7 +68,7 @@ impl H {
                 }
             }
         }
-        self.s.finish_requests(&done);
+        self.s.finish_requests(&done, servesim::time::SimTime::ZERO);
         for id in done {
             let mut r = self.reqs.remove(&id).unwrap();
             self.s.kv_mut().free(&mut r);

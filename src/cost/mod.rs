@@ -140,9 +140,10 @@ impl StepShape {
         }
     }
 
-    /// Adds `tokens` of padding, priced as a prefill chunk of that many tokens with no earlier context.
-    pub fn add_padding(&mut self, tokens: u32) {
-        self.add(tokens, tokens, false, false);
+    /// Adds `tokens` of padding ending at `context`: a prefill chunk (prompt padding), or with `decode`
+    /// one decode row that samples (the row of a finished request in a lockstep batch).
+    pub fn add_padding(&mut self, tokens: u32, context: u32, decode: bool) {
+        self.add(tokens, context, decode, decode);
         self.padding_tokens += tokens as u64;
     }
 }
@@ -424,7 +425,7 @@ mod tests {
         let mut s = StepShape::default();
         s.add(100, 300, false, false);
         s.add(1, 50, true, true);
-        s.add_padding(20);
+        s.add_padding(20, 20, false);
         assert_eq!(
             s.prefill_chunks,
             vec![

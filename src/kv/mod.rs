@@ -11,7 +11,9 @@
 //!   cache (engine-semantics K5-K10, P1), kept in one of two representations, `piece_pool.rs` (runs of
 //!   blocks) and `block_pool.rs` (per block), with `hash_index.rs` for hash lookups;
 //! - `sizing.rs`: how many blocks a GPU holds and the engine's limits, resolved as vLLM resolves them;
-//! - `toy_recompute.rs` (the `toys` feature, tests only): a store that keeps nothing.
+//! - `conversation.rs`: one KV entry per conversation, bounded by sessions, tokens or bytes with LRU
+//!   eviction, released when the conversation ends (request-level serving stacks);
+//! - `off.rs`: no KV cache; every decode token recomputes the whole context.
 //!
 //! To add a store: one file here implementing [`KvStore`], one `KvKind` arm in `config.rs` (the
 //! `engine.kv_cache` key), and its construction in `System::build` (`system.rs`); the exhaustive
@@ -26,12 +28,12 @@
 //! turn and readable by routers; a store decides only whether to compute them ([`KvStore::on_enqueue`]).
 
 pub mod block_pool;
+pub mod conversation;
 mod hash_index;
+pub mod off;
 pub mod paged;
 pub mod piece_pool;
 pub mod sizing;
-#[cfg(feature = "toys")]
-pub mod toy_recompute;
 
 pub use block_pool::{BlockId, BlockPool};
 pub use paged::{DecodeRule, KvCacheManager};
@@ -86,9 +88,11 @@ pub struct KvStats {
     pub free_blocks: u32,
     /// Free blocks that still hold cached content.
     pub free_cached_blocks: u32,
-    /// Cached blocks evicted so far.
+    /// Cached blocks evicted so far (a conversation store: entries evicted).
     pub evictions: u64,
     pub prefix: PrefixStats,
+    /// A per-conversation store's entries and counters (zero for other stores).
+    pub store: conversation::StoreCounters,
 }
 
 impl KvStats {

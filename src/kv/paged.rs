@@ -620,6 +620,7 @@ impl KvStore for KvCacheManager {
             free_cached_blocks: self.num_free_cached(),
             evictions: self.evictions(),
             prefix: self.stats,
+            store: Default::default(),
         }
     }
 

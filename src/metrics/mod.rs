@@ -49,6 +49,8 @@ pub const REQUEST_COLUMNS: &[&str] = &[
     "queue_s",
     "preemptions",
     "priority",
+    "batch_id",
+    "padding_tokens",
 ];
 
 /// Column order of `timeseries.csv`.
@@ -65,6 +67,9 @@ pub const TIMESERIES_COLUMNS: &[&str] = &[
     "prefix_cache_queries",
     "prefix_cache_hits",
     "num_preemptions",
+    "kv_store_entries",
+    "kv_store_tokens",
+    "batch_size_limit",
 ];
 
 /// One time-series sample of one replica.
@@ -82,6 +87,11 @@ pub struct Sample {
     pub prefix_queries: u64,
     pub prefix_hits: u64,
     pub preemptions: u64,
+    /// A per-conversation store's entries and the tokens they hold (0 for other stores).
+    pub store_entries: u64,
+    pub store_tokens: u64,
+    /// A request-level batcher's batch size limit (0 for other engines).
+    pub batch_size_limit: u32,
 }
 
 /// Where a run's rows go.
@@ -520,6 +530,9 @@ impl Collector {
         row.int(s.prefix_queries);
         row.int(s.prefix_hits);
         row.int(s.preemptions);
+        row.int(s.store_entries);
+        row.int(s.store_tokens);
+        row.int(s.batch_size_limit);
         w.write_all(row.line()).map_err(io_err(path))
     }
 

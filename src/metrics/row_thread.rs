@@ -47,6 +47,9 @@ pub struct RequestRow {
     pub tpot: Option<f64>,
     pub preemptions: u32,
     pub priority: i64,
+    /// The request-level batch that ran it, and the padding its prompt carried there.
+    pub batch_id: Option<u64>,
+    pub padding_tokens: u32,
 }
 
 impl RequestRow {
@@ -75,6 +78,8 @@ impl RequestRow {
             tpot,
             preemptions: r.preemptions,
             priority: r.priority,
+            batch_id: r.batch_id,
+            padding_tokens: r.padding_tokens,
         }
     }
 
@@ -107,6 +112,11 @@ impl RequestRow {
         opt_secs_ns(row, self.queue);
         row.int(self.preemptions);
         row.int(self.priority);
+        match self.batch_id {
+            Some(b) => row.int(b),
+            None => row.empty(),
+        }
+        row.int(self.padding_tokens);
     }
 }
 
@@ -243,6 +253,8 @@ mod tests {
             tpot: (i % 2 == 0).then_some(i as f64 / 7.0),
             preemptions: (i % 4) as u32,
             priority: -(i as i64 % 3),
+            batch_id: (i % 3 == 0).then_some(i / 3),
+            padding_tokens: (i % 7) as u32,
         }
     }
 

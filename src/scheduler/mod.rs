@@ -13,6 +13,10 @@
 //! A policy may also wait: `schedule` answers [`Next::Idle`] (until an arrival) or [`Next::WakeAt`] (a
 //! batch timeout), and the world schedules it again then.
 //!
+//! The policies: `vllm_v1.rs` (continuous batching, vLLM V1), `dynamic.rs` (request-level dynamic
+//! batching: by size or timeout, compatible groups, padding, lockstep decode, adaptive size),
+//! `none.rs` (one request at a time).
+//!
 //! To add a policy (an engine family): one file here implementing [`Scheduler`], one `EngineKind` arm in
 //! `config.rs`, and its construction in `System::build_engine` (`system.rs`); the exhaustive match in
 //! `tests/leap.rs` then fails to compile until the leap tests cover it. A new policy is correct before
@@ -20,8 +24,8 @@
 //! let the replica leap over runs of decode steps, implement it under the leap contract written at the
 //! top of `replica.rs`.
 
-#[cfg(feature = "toys")]
-pub mod toy_fifo;
+pub mod dynamic;
+pub mod none;
 pub mod vllm_v1;
 pub mod waiting;
 
@@ -44,6 +48,17 @@ pub enum Next {
 
 pub use crate::request::RequestTable;
 
+/// Tokens a step computes for no request: a request-level batch's prompt padded to its longest, or the
+/// row of a request that has finished in a lockstep batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PaddingChunk {
+    pub tokens: u32,
+    /// The padded row's context after this chunk (its attention span).
+    pub context: u32,
+    /// A decode row (one token, sampled) rather than prefill padding.
+    pub decode: bool,
+}
+
 /// What one step computes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StepPlan {
@@ -51,9 +66,8 @@ pub struct StepPlan {
     pub scheduled: Vec<(RequestId, u32)>,
     /// Requests preempted while planning this step, in preemption order.
     pub preempted: Vec<RequestId>,
-    /// Tokens computed for no request (a request-level batch padded to its longest prompt), priced as a
-    /// prefill chunk of this many tokens; 0 for continuous batching.
-    pub padding: u32,
+    /// Padding the step computes besides its requests (empty for continuous batching).
+    pub padding: Vec<PaddingChunk>,
 }
 
 impl StepPlan {
@@ -61,7 +75,7 @@ impl StepPlan {
     pub fn clear(&mut self) {
         self.scheduled.clear();
         self.preempted.clear();
-        self.padding = 0;
+        self.padding.clear();
     }
 
     pub fn total_tokens(&self) -> u64 {
@@ -91,8 +105,9 @@ pub trait Scheduler {
     /// The replica's KV store, which this policy allocates through.
     fn kv(&self) -> &Self::Kv;
     fn kv_mut(&mut self) -> &mut Self::Kv;
-    /// Removes finished requests from the running set (their blocks are freed by the caller).
-    fn finish_requests(&mut self, finished: &[RequestId]);
+    /// Removes requests that finished at `now` (the end of the step that sampled their last token, or
+    /// the end of a truncated run) from the running set; their blocks are freed by the caller.
+    fn finish_requests(&mut self, finished: &[RequestId], now: SimTime);
     /// Drops request `req` from whichever queue holds it (a client timeout, a cancelled request); its
     /// blocks are freed by the caller. False when the policy does not hold it. Call only between steps.
     fn abort(&mut self, req: &Request) -> bool;
@@ -116,5 +131,10 @@ pub trait Scheduler {
     /// report (invariant 5).
     fn may_idle_with_work(&self) -> bool {
         false
+    }
+    /// The current batch size limit of a policy that has one (an adaptive request-level batcher), for
+    /// the time series; None for the others.
+    fn batch_limit(&self) -> Option<u32> {
+        None
     }
 }

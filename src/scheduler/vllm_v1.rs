@@ -221,7 +221,7 @@ impl<K: KvStore> Scheduler for VllmScheduler<K> {
         }
     }
 
-    fn finish_requests(&mut self, finished: &[RequestId]) {
+    fn finish_requests(&mut self, finished: &[RequestId], _now: SimTime) {
         if !finished.is_empty() {
             self.running.retain(|id| !finished.contains(id));
         }

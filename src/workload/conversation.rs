@@ -66,6 +66,8 @@ pub struct Session {
     carried: HashChain,
     /// Turns were cut at the end of the load (`duration_s` or `max_requests`).
     cut: bool,
+    /// The sampling profile every turn sends (index into `workload.sampling`).
+    pub sampling: u16,
 }
 
 /// A request the generator hands to the world, with its hidden true output length.
@@ -315,7 +317,27 @@ impl ConversationGenerator {
             truncated_turns: 0,
             carried: HashChain::default(),
             cut: false,
+            sampling: self.draw_sampling(id),
         }
+    }
+
+    /// The session's sampling profile, by share, from a stream of its own (so that adding profiles
+    /// changes no other draw); 0 without profiles.
+    fn draw_sampling(&self, id: SessionId) -> u16 {
+        let p = &self.cfg.sampling;
+        if p.len() <= 1 {
+            return 0;
+        }
+        let mut rng = self.streams.indexed("workload.sampling", id);
+        let total: f64 = p.iter().map(|x| x.share).sum();
+        let mut u = rng.random::<f64>() * total;
+        for (i, x) in p.iter().enumerate() {
+            if u < x.share {
+                return i as u16;
+            }
+            u -= x.share;
+        }
+        (p.len() - 1) as u16
     }
 
     /// Releases the session's next turn as a request arriving `now`, or None when the session is over or
@@ -391,6 +413,7 @@ impl ConversationGenerator {
             max_tokens,
         );
         request.block_hashes = std::mem::take(&mut s.carried);
+        request.sampling = s.sampling;
         let nr = NewRequest {
             request,
             true_output_tokens: spec.response_tokens,

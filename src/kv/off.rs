@@ -1,15 +1,17 @@
-//! Test-only: a store that keeps no KV. Nothing is cached or held, every allocation succeeds, and every
-//! decode token recomputes its request's whole context ([`KvStore::recomputes_context`]). It models no
-//! engine; it exists to prove that a store is one file plus one `KvKind` arm, through the CLI and the
-//! leap tests (it never leaps: `decode_rule` keeps its default).
+//! `engine.kv_cache = "off"`: no KV cache at all, as a model run without `past_key_values`. Nothing is
+//! cached or held, every allocation succeeds, and every decode token recomputes its request's whole
+//! context ([`KvStore::recomputes_context`]): the replica prices the token as a forward pass (a prefill
+//! chunk) over the prompt and every token generated so far, so generating o tokens after a prompt of P
+//! costs the prefill of P, then of P + 1, ..., P + o - 1. No prefix reuse, no KV memory. It never leaps
+//! (`decode_rule` keeps its default: every decode step is priced as a prefill).
 
 use super::{CacheHit, KvStats, KvStore};
 use crate::request::{Request, RequestTable};
 
 #[derive(Clone, Debug, Default)]
-pub struct ToyRecompute;
+pub struct KvOff;
 
-impl KvStore for ToyRecompute {
+impl KvStore for KvOff {
     fn get_computed_blocks(&mut self, _req: &mut Request) -> CacheHit {
         CacheHit::default()
     }

@@ -1,7 +1,8 @@
-//! Test-only: strict one-at-a-time FIFO. The oldest request runs alone, its whole prompt (less any prefix
-//! hit) in one step, then one decode step per token until it finishes; only then does the next start.
-//! It models no engine (no token budget, no chunking, no preemption); it exists to prove that a policy
-//! is one file plus one `EngineKind` arm, through the CLI and the leap tests.
+//! `engine.kind = "none"`: no batching. A server that runs one request at a time, as soon as it is free:
+//! the oldest waiting request runs alone, its whole prompt (less what its KV store already holds) in one
+//! step, then one decode step per token until it finishes; only then does the next start. No token budget,
+//! no chunking, no preemption: a lone request always fits (sizing guarantees one `max_model_len` sequence
+//! does). The waiting queue is the only delay (an M/G/1 queue; with a constant service time, M/D/1).
 
 use super::{Next, RequestTable, Scheduler, StepPlan};
 use crate::kv::{CacheHit, KvStore};
@@ -11,7 +12,7 @@ use std::collections::VecDeque;
 
 /// One request at a time, oldest first, over store `K`.
 #[derive(Clone, Debug)]
-pub struct ToyFifo<K> {
+pub struct NoBatching<K> {
     kv: K,
     max_model_len: u32,
     waiting: VecDeque<RequestId>,
@@ -19,11 +20,11 @@ pub struct ToyFifo<K> {
     running: Vec<RequestId>,
 }
 
-impl<K: KvStore> ToyFifo<K> {
+impl<K: KvStore> NoBatching<K> {
     /// An empty policy over `kv`, for an engine of context length `max_model_len` (the replica stops a
     /// request there; steady decode is declared only below it).
-    pub fn new(kv: K, max_model_len: u32) -> ToyFifo<K> {
-        ToyFifo {
+    pub fn new(kv: K, max_model_len: u32) -> NoBatching<K> {
+        NoBatching {
             kv,
             max_model_len,
             waiting: VecDeque::new(),
@@ -32,7 +33,7 @@ impl<K: KvStore> ToyFifo<K> {
     }
 }
 
-impl<K: KvStore> Scheduler for ToyFifo<K> {
+impl<K: KvStore> Scheduler for NoBatching<K> {
     type Kv = K;
 
     fn add_request(&mut self, req: &Request) {
@@ -77,7 +78,7 @@ impl<K: KvStore> Scheduler for ToyFifo<K> {
         &mut self.kv
     }
 
-    fn finish_requests(&mut self, finished: &[RequestId]) {
+    fn finish_requests(&mut self, finished: &[RequestId], _now: SimTime) {
         self.running.retain(|id| !finished.contains(id));
     }
 
