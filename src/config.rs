@@ -417,7 +417,8 @@ impl EngineKind {
     pub const ALL: &'static [EngineKind] =
         &[EngineKind::Vllm, EngineKind::Dynamic, EngineKind::None];
 
-    /// The KV stores this engine can drive, for the error that refuses any other.
+    /// The KV stores this engine can drive (the first is its default), for the error that refuses any
+    /// other.
     pub fn stores(self) -> &'static [KvKind] {
         match self {
             // vLLM's scheduler admits, preempts and leaps by its paged pool's block allocations.
@@ -581,8 +582,10 @@ impl KvKind {
 pub struct EngineConfig {
     /// The engine family (default `vllm`).
     pub kind: EngineKind,
-    /// The KV store (default `paged`).
-    pub kv_cache: KvKind,
+    /// The KV store; unset, the engine's own (the first of [`EngineKind::stores`]: `paged` for vLLM and
+    /// no batching, `conversation` for dynamic batching), so that a change of engine brings its store;
+    /// `resolved.toml` names the one used.
+    pub kv_cache: Option<KvKind>,
     pub policy: SchedulingPolicy,
     pub max_num_batched_tokens: Option<u32>,
     pub max_num_seqs: Option<u32>,
@@ -608,11 +611,18 @@ pub struct EngineConfig {
     pub kv_cache_dtype: String,
 }
 
+impl EngineConfig {
+    /// The KV store: `kv_cache`, or the engine's own when unset.
+    pub fn kv_kind(&self) -> KvKind {
+        self.kv_cache.unwrap_or(self.kind.stores()[0])
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             kind: EngineKind::Vllm,
-            kv_cache: KvKind::Paged,
+            kv_cache: None,
             policy: SchedulingPolicy::Fcfs,
             max_num_batched_tokens: None,
             max_num_seqs: None,
@@ -941,13 +951,13 @@ impl Config {
         check_seed(self.seed, "seed")?;
         self.validate_batching()?;
         let e = &self.engine;
-        if !e.kind.stores().contains(&e.kv_cache) {
+        if !e.kind.stores().contains(&e.kv_kind()) {
             return Err(ConfigError::invalid(
                 "engine.kv_cache",
                 format!(
                     "engine.kind = \"{}\" cannot drive kv_cache = \"{}\"; it supports {}",
                     config_name(e.kind),
-                    config_name(e.kv_cache),
+                    config_name(e.kv_kind()),
                     e.kind
                         .stores()
                         .iter()

@@ -248,6 +248,7 @@ pub fn resolved_toml(cfg: &Config, sys: &System) -> String {
     c.engine.max_model_len = Some(s.max_model_len);
     c.engine.num_gpu_blocks = Some(s.num_gpu_blocks);
     c.engine.activation_reserve_gib = Some(s.activation_reserve_gib);
+    c.engine.kv_cache = Some(c.engine.kv_kind());
     let body = toml::to_string(&c).expect("a config serialises");
     format!(
         "# servesim {VERSION}: the resolved configuration of this run (re-run it with --config).\n\
@@ -288,7 +289,7 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     s.set("router", enum_name(cfg.cluster.router));
     s.set("tensor_parallel", cfg.hardware.tensor_parallel);
     s.set("engine", enum_name(cfg.engine.kind));
-    s.set("kv_cache", enum_name(cfg.engine.kv_cache));
+    s.set("kv_cache", enum_name(cfg.engine.kv_kind()));
     s.set("policy", enum_name(cfg.engine.policy));
     s.set("workload_kind", enum_name(cfg.workload.kind));
     // The offered load: sessions per second for a generated workload, empty for a trace replay.

@@ -174,7 +174,7 @@ impl System {
     /// store kind `engine.kv_cache`: one `match` per slot. The types are fixed here, once per run, so
     /// that everything `w` builds around them (the world and its loop) is compiled for the pair.
     pub fn build<W: WithReplicas>(&self, cfg: &Config, w: W) -> W::Out {
-        match cfg.engine.kv_cache {
+        match cfg.engine.kv_kind() {
             KvKind::Paged => self.build_engine(cfg, w, || {
                 KvCacheManager::new(
                     self.sizing.num_gpu_blocks,

@@ -1,5 +1,6 @@
 //! servesim's integration tests: one binary, a module per topic.
 
+mod batching;
 mod cache;
 mod capacity;
 mod cli;

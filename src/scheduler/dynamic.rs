@@ -373,3 +373,74 @@ impl<K: KvStore> Scheduler for DynamicBatcher<K> {
         Some(self.limit)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::off::KvOff;
+
+    fn batcher() -> DynamicBatcher<KvOff> {
+        DynamicBatcher::new(
+            KvOff,
+            DynamicParams {
+                max_batch_size: 8,
+                max_queue_delay: SimDuration::ZERO,
+                early_exit: false,
+                adaptive: Some(Adaptive {
+                    interval: SimDuration::from_secs_f64(1.0),
+                    target_latency: SimDuration::from_secs_f64(0.5),
+                    min_batch_size: 1,
+                    decrease_factor: 0.5,
+                    increase_step: 3,
+                }),
+                profile_group: vec![0],
+                group_by_max_tokens: false,
+                max_model_len: 1024,
+            },
+        )
+    }
+
+    fn at(s: f64) -> SimTime {
+        SimTime::ZERO + SimDuration::from_secs_f64(s)
+    }
+
+    /// A batch that took `lat` seconds ended.
+    fn ended(b: &mut DynamicBatcher<KvOff>, lat: f64) {
+        b.latency_sum += SimDuration::from_secs_f64(lat);
+        b.latency_count += 1;
+    }
+
+    #[test]
+    fn d6_the_limit_halves_over_the_target_and_grows_under_it_at_interval_ends_only() {
+        let mut b = batcher();
+        assert_eq!(b.batch_limit(), Some(8));
+        // Before the first interval end (1 s): no change, however slow the batches.
+        ended(&mut b, 2.0);
+        b.adjust(at(0.9));
+        assert_eq!(b.limit, 8);
+        // At 1.2 s the mean latency (2 s) is over 0.5 s: 8 x 0.5 = 4.
+        b.adjust(at(1.2));
+        assert_eq!(b.limit, 4);
+        // Later in the same interval: no change.
+        ended(&mut b, 2.0);
+        b.adjust(at(1.9));
+        assert_eq!(b.limit, 4);
+        // 4 -> 2 -> 1, then clamped at min_batch_size 1 (0.5 rounds down to 0).
+        for (t, want) in [(2.0, 2), (3.0, 1), (4.0, 1)] {
+            ended(&mut b, 1.0);
+            b.adjust(at(t));
+            assert_eq!(b.limit, want, "at {t}");
+        }
+        // No batch ended in the interval: unchanged.
+        b.adjust(at(5.0));
+        assert_eq!(b.limit, 1);
+        // Fast batches: 1 + 3 = 4, 7, then clamped at max_batch_size 8. The mean is over the batches
+        // since the last change: 0.1 and 0.7 average 0.4, under the target.
+        for (t, want) in [(6.0, 4), (7.0, 7), (8.0, 8)] {
+            ended(&mut b, 0.1);
+            ended(&mut b, 0.7);
+            b.adjust(at(t));
+            assert_eq!(b.limit, want, "at {t}");
+        }
+    }
+}
