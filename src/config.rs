@@ -466,6 +466,12 @@ impl Config {
                 }
             };
             pos("interval_s", a.interval_s)?;
+            if a.interval_s < 1e-6 {
+                return Err(ConfigError::invalid(
+                    "batching.adaptive.interval_s",
+                    format!("must be at least 1 microsecond, got {}", a.interval_s),
+                ));
+            }
             pos("target_latency_s", a.target_latency_s)?;
             if a.min_batch_size == 0 || a.min_batch_size > b.max_batch_size {
                 return Err(ConfigError::invalid(

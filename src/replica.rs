@@ -12,7 +12,8 @@
 //! 1. **Scheduler.** While nothing is added, finished or allocated, every `schedule` would pick the same
 //!    requests, one token each, in the same order, and change no other state ([`Scheduler::steady_decode`]
 //!    says so, or returns None, its default, and the replica steps one by one). A policy with per-step state
-//!    (an adaptive batch size, a decaying ratio, a random draw) must return None.
+//!    (a decaying ratio, a random draw) must return None; state that changes only when no request runs
+//!    (the dynamic batcher's adaptive limit, adjusted at dispatch) does not matter.
 //! 2. **KV calls.** Between KV events, the store's `allocate_slots(r, 1)` is a no-op; its
 //!    [`KvStore::decode_rule`] predicts exactly the steps where it is not (the paged store's
 //!    `DecodeRule::event` sits beside the fast path it mirrors, in `kv/paged.rs`), or is None, its
@@ -336,7 +337,12 @@ impl<S: Scheduler> Replica<S> {
             }
         }
         for p in &plan.padding {
-            shape.add_padding(p.tokens, p.context, p.decode);
+            if p.decode && recompute {
+                // A padding row recomputes its context too.
+                shape.add_padding(p.context, p.context, false);
+            } else {
+                shape.add_padding(p.tokens, p.context, p.decode);
+            }
         }
         self.stats.padding_tokens += shape.padding_tokens;
         let ops = cost.breakdown(shape);
@@ -688,13 +694,15 @@ impl<S: Scheduler> Replica<S> {
         out
     }
 
-    /// Debug builds check the full invariants after every step on pools up to 256 blocks; larger pools
-    /// every (blocks / 256)-th step, so the O(blocks) check costs about 256 block visits per step (the
-    /// tests' small pools are checked every step; the long runs of the examples stay fast enough to
-    /// test).
+    /// Debug builds check the full invariants, which visit every block, store entry and held request,
+    /// after every step while there are up to 256 of them; with more, every (count / 256)-th step, so
+    /// the check costs about 256 visits per step (the tests' small scenes are checked every step; long
+    /// runs, overloaded ones with deep queues included, stay fast enough to test).
     #[cfg(debug_assertions)]
     fn maybe_check_invariants(&self) {
-        let stride = (self.scheduler.kv().stats().usable_blocks as u64 / 256).max(1);
+        let kv = self.scheduler.kv().stats();
+        let size = kv.usable_blocks as u64 + kv.store.entries + self.requests.len() as u64;
+        let stride = (size / 256).max(1);
         if self.stats.steps % stride == 0 {
             self.check_invariants();
         }

@@ -108,6 +108,9 @@ pub struct Request {
     pub batch_id: Option<u64>,
     /// Padding tokens its batch computed to bring its prompt to the batch's longest.
     pub padding_tokens: u32,
+    /// The workload knows no turn of its session follows this one (a closed-loop session's last turn),
+    /// so a per-conversation store need not keep its KV.
+    pub last_turn: bool,
 }
 
 impl Request {
@@ -158,6 +161,7 @@ impl Request {
             sampling: 0,
             batch_id: None,
             padding_tokens: 0,
+            last_turn: false,
         }
     }
 

@@ -293,6 +293,9 @@ impl<'a, S: Scheduler> World<'a, S> {
                         preemptions: rep.stats.preemptions,
                         store_entries: kv.store.entries,
                         store_tokens: kv.store.tokens,
+                        store_bytes: kv.store.bytes,
+                        store_hits: kv.store.hits,
+                        store_evictions: kv.store.evictions,
                         batch_size_limit: rep.batch_limit().unwrap_or(0),
                     })?;
                 }

@@ -19,6 +19,16 @@ fn replay(
     engine: &str,
     extra: &str,
 ) -> (Vec<RequestRow>, servesim::metrics::Summary) {
+    replay_set(rows, engine, extra, &[])
+}
+
+/// [`replay`] with `--set` overrides.
+fn replay_set(
+    rows: &[Row],
+    engine: &str,
+    extra: &str,
+    sets: &[&str],
+) -> (Vec<RequestRow>, servesim::metrics::Summary) {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("t.csv");
     let mut text = servesim::workload::trace::native::COLUMNS.join(",") + "\n";
@@ -56,7 +66,7 @@ linear = {{ step_s = 0.01, prefill_token_s = 0.0001, decode_seq_s = 0.001, decod
 "#,
             path.display()
         ),
-        &[],
+        sets,
     );
     let sim = simulate(
         &cfg,
@@ -227,6 +237,30 @@ fn d4_lockstep_decode_with_and_without_early_exit() {
 }
 
 #[test]
+fn d4_a_finished_row_attends_over_the_padded_length() {
+    // With 1 us per decode context token: A (100 tokens, 1 output) ends with the prefill; B (40 tokens,
+    // 3 outputs) was padded to 100, so the batch's padded length is 100. B's decode steps price B's own
+    // row at its context (41, then 42) and A's padding row at the padded length plus the steps (101,
+    // 102): 0.01 + 0.002 + 142e-6 and 0.01 + 0.002 + 144e-6 after the 0.03 s prefill.
+    let (rows, s) = replay_set(
+        &[
+            (1, 1, 0.0, &[(1, 100)], 11, 1, 1),
+            (2, 1, 0.0, &[(2, 40)], 12, 3, 3),
+        ],
+        DYNAMIC,
+        "[batching]\nmax_batch_size = 2",
+        &["cost.linear.decode_context_token_s=0.000001"],
+    );
+    assert!(
+        close(times(&rows[1]), (0.0, 0.03, 0.054286)),
+        "{:?}",
+        times(&rows[1])
+    );
+    // 60 tokens of prompt padding and two padding rows.
+    assert_eq!(s.get_f64("padding_tokens"), Some(62.0));
+}
+
+#[test]
 fn kv_off_recomputes_the_context_in_a_batch_too() {
     // One request of 100 prompt tokens and 3 outputs alone (batches of 1): prefill 0.02 s, then decode
     // tokens 2 and 3 recompute 101 and 102 tokens: 0.01 + 0.0101 and 0.01 + 0.0102 s.
@@ -262,8 +296,8 @@ fn c1_c2_c4_a_conversation_store_serves_the_next_turn_and_releases_at_the_end() 
         assert_eq!(s.get_f64("kv_store_hits"), Some(1.0));
         assert_eq!(s.get_f64("kv_store_releases"), Some(1.0));
         assert_eq!(s.get_f64("kv_store_entries"), Some(0.0));
-        // Stored: 109 after turn 1, 134 after turn 2 (130 + 5 - 1).
-        assert_eq!(s.get_f64("kv_store_tokens_peak"), Some(134.0));
+        // Stored: 109 after turn 1; turn 2 is the session's last, so it is released, not stored.
+        assert_eq!(s.get_f64("kv_store_tokens_peak"), Some(109.0));
         // Disabled, nothing is reused.
         let (rows, s) = replay(&turns, &engine, "[kv_store]\nenabled = false");
         assert_eq!(rows[1].cached_tokens, 0);

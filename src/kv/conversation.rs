@@ -17,14 +17,17 @@
 //!   `num_gpu_blocks` x `block_size`). The running requests' own KV is not bounded here (the batch size
 //!   bounds it).
 //! - C4 (release). When a session ends (its last turn has left), its entry is dropped
-//!   (`release_on_session_end`, default true).
+//!   (`release_on_session_end`, default true). A turn the workload marks as its session's last
+//!   (`Request::last_turn`: a closed-loop session's final turn) is not stored at all, so that it evicts
+//!   no other session's entry on its way out; it counts as a release.
 //! - C5 (disabled). With `enabled = false` every operation is a no-op: nothing is stored, nothing hits,
 //!   no memory.
 //!
 //! The store counts lookups (one per admitted request), hits (admissions that reused tokens), the tokens
 //! reused (`prefix_cache_hits`, over `prefix_cache_queries` = prompt tokens, as the paged store counts
 //! them), evictions (C3) and releases (C4). It keeps no blocks: the block counts in the time series are
-//! zero, and its entries and tokens have columns of their own.
+//! zero, and its entries and tokens have columns of their own. A decode token never touches it, so the
+//! replica may leap over runs of decode steps ([`super::DecodeRule::never`]).
 
 use super::{CacheHit, KvStats, KvStore, PrefixStats};
 use crate::event::SessionId;
@@ -261,6 +264,10 @@ impl KvStore for ConversationStore {
         if !self.enabled {
             return;
         }
+        if req.last_turn && self.release_on_session_end {
+            self.stats.releases += (req.num_computed_tokens > 0) as u64;
+            return;
+        }
         let tokens = req.num_computed_tokens as u64;
         let segments = computed_segments(req, tokens);
         self.store(req.session, segments, tokens);
@@ -274,6 +281,16 @@ impl KvStore for ConversationStore {
 
     fn used_blocks(&self) -> u32 {
         0
+    }
+
+    /// Leap contract, condition 2: a decode token's allocation is always a no-op here (only an
+    /// admission moves an entry), `on_token` and `after_step` do nothing, and nothing fails.
+    fn decode_rule(&self) -> Option<super::DecodeRule> {
+        Some(super::DecodeRule::never())
+    }
+
+    fn leap_fits(&self, _new_blocks: u32) -> bool {
+        true
     }
 
     fn stats(&self) -> KvStats {

@@ -397,14 +397,31 @@ pub struct DecodeRule {
     pub block_size: u32,
     /// Full blocks are registered in the prefix cache as they fill.
     pub registers: bool,
+    /// The store never acts on a decode token (it allocates nothing per token): no event, ever.
+    pub never: bool,
 }
 
 impl DecodeRule {
+    /// The rule of a store whose one-token `allocate_slots` is always a no-op and that needs no block.
+    pub fn never() -> DecodeRule {
+        DecodeRule {
+            block_size: 0,
+            registers: false,
+            never: true,
+        }
+    }
+
     /// For a request whose counters are those of leap step `from`: the first step at which its
     /// allocation does something, and the first that needs a new block. In step `from + k` it computes
     /// token number `computed + k + 1`.
     #[inline]
     pub fn event(&self, req: &Request, from: u64) -> DecodeEvent {
+        if self.never {
+            return DecodeEvent {
+                at: u64::MAX,
+                new_block_at: u64::MAX,
+            };
+        }
         let bs = self.block_size as u64;
         let next = req.num_computed_tokens as u64 + 1;
         let needs_block = req.kv.num_blocks_held() as u64 * bs + 1;
@@ -641,6 +658,7 @@ impl KvStore for KvCacheManager {
         Some(DecodeRule {
             block_size: self.block_size,
             registers: self.caching,
+            never: false,
         })
     }
 

@@ -69,6 +69,9 @@ pub const TIMESERIES_COLUMNS: &[&str] = &[
     "num_preemptions",
     "kv_store_entries",
     "kv_store_tokens",
+    "kv_store_bytes",
+    "kv_store_hits",
+    "kv_store_evictions",
     "batch_size_limit",
 ];
 
@@ -87,9 +90,13 @@ pub struct Sample {
     pub prefix_queries: u64,
     pub prefix_hits: u64,
     pub preemptions: u64,
-    /// A per-conversation store's entries and the tokens they hold (0 for other stores).
+    /// A per-conversation store's entries, the tokens and bytes they hold, and its cumulative hits and
+    /// evictions (0 for other stores).
     pub store_entries: u64,
     pub store_tokens: u64,
+    pub store_bytes: u64,
+    pub store_hits: u64,
+    pub store_evictions: u64,
     /// A request-level batcher's batch size limit (0 for other engines).
     pub batch_size_limit: u32,
 }
@@ -175,7 +182,8 @@ pub struct StatePoint {
     pub t: u64,
     /// Requests waiting.
     pub waiting: u64,
-    /// KV blocks in use.
+    /// KV in use: blocks held by requests (a paged store), plus the tokens a per-conversation store
+    /// holds (a run has one kind of store, so the series keeps one unit).
     pub kv_used_blocks: u64,
     /// Sessions started and not yet ended (the session population).
     pub sessions: u64,
@@ -499,12 +507,12 @@ impl Collector {
         match self.state.last_mut() {
             Some(p) if p.t == s.time.0 => {
                 p.waiting += s.waiting as u64;
-                p.kv_used_blocks += s.used_blocks as u64;
+                p.kv_used_blocks += s.used_blocks as u64 + s.store_tokens;
             }
             _ => self.state.push(StatePoint {
                 t: s.time.0,
                 waiting: s.waiting as u64,
-                kv_used_blocks: s.used_blocks as u64,
+                kv_used_blocks: s.used_blocks as u64 + s.store_tokens,
                 sessions: 0,
             }),
         }
@@ -532,6 +540,9 @@ impl Collector {
         row.int(s.preemptions);
         row.int(s.store_entries);
         row.int(s.store_tokens);
+        row.int(s.store_bytes);
+        row.int(s.store_hits);
+        row.int(s.store_evictions);
         row.int(s.batch_size_limit);
         w.write_all(row.line()).map_err(io_err(path))
     }

@@ -69,13 +69,6 @@ struct Member {
     done: bool,
 }
 
-/// Counters for the summary.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BatchCounters {
-    pub batches: u64,
-    pub batched_requests: u64,
-}
-
 /// Request-level dynamic batching (rules D1-D6) over store `K`.
 #[derive(Clone, Debug)]
 pub struct DynamicBatcher<K> {
@@ -95,7 +88,8 @@ pub struct DynamicBatcher<K> {
     next_adjust: SimTime,
     latency_sum: SimDuration,
     latency_count: u64,
-    counters: BatchCounters,
+    /// Batches dispatched so far (the next batch's id).
+    batches: u64,
 }
 
 impl<K: KvStore> DynamicBatcher<K> {
@@ -117,13 +111,8 @@ impl<K: KvStore> DynamicBatcher<K> {
             next_adjust,
             latency_sum: SimDuration::ZERO,
             latency_count: 0,
-            counters: BatchCounters::default(),
+            batches: 0,
         }
-    }
-
-    /// Batches dispatched and the requests they carried.
-    pub fn counters(&self) -> BatchCounters {
-        self.counters
     }
 
     fn key(&self, r: &Request) -> (u32, u32) {
@@ -149,9 +138,9 @@ impl<K: KvStore> DynamicBatcher<K> {
         if now < self.next_adjust {
             return;
         }
-        while self.next_adjust <= now {
-            self.next_adjust += a.interval;
-        }
+        // The first boundary after now, directly (an idle stretch may span many intervals).
+        let iv = a.interval.0.max(1);
+        self.next_adjust = SimTime((now.0 / iv).saturating_add(1).saturating_mul(iv));
         if self.latency_count == 0 {
             return;
         }
@@ -159,7 +148,9 @@ impl<K: KvStore> DynamicBatcher<K> {
         self.limit = if mean > a.target_latency.0 {
             ((self.limit as f64 * a.decrease_factor).floor() as u32).max(a.min_batch_size)
         } else {
-            (self.limit + a.increase_step).min(self.p.max_batch_size)
+            self.limit
+                .saturating_add(a.increase_step)
+                .min(self.p.max_batch_size)
         };
         self.latency_sum = SimDuration::ZERO;
         self.latency_count = 0;
@@ -195,9 +186,8 @@ impl<K: KvStore> DynamicBatcher<K> {
             self.groups.remove(&key);
         }
         self.num_waiting -= ids.len();
-        self.counters.batches += 1;
-        self.counters.batched_requests += ids.len() as u64;
-        let batch_id = self.counters.batches - 1;
+        let batch_id = self.batches;
+        self.batches += 1;
         let mut longest = 0;
         for &id in &ids {
             let r = reqs.get_mut(&id).expect("waiting request in table");
@@ -293,6 +283,18 @@ impl<K: KvStore> Scheduler for DynamicBatcher<K> {
     }
 
     fn finish_requests(&mut self, finished: &[RequestId], now: SimTime) {
+        // At a truncated run's end the replica drains waiting requests too (a step finishes only
+        // running ones, so the scan over the queues happens once, at the end).
+        if self.num_waiting > 0 && finished.iter().any(|id| !self.active.contains(id)) {
+            let mut gone = 0;
+            for q in self.groups.values_mut() {
+                let n = q.len();
+                q.retain(|x| !finished.contains(&x.0));
+                gone += n - q.len();
+            }
+            self.groups.retain(|_, q| !q.is_empty());
+            self.num_waiting -= gone;
+        }
         if self.active.is_empty() {
             return;
         }

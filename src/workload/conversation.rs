@@ -414,12 +414,15 @@ impl ConversationGenerator {
         );
         request.block_hashes = std::mem::take(&mut s.carried);
         request.sampling = s.sampling;
+        request.last_turn = k + 1 == s.turns.len();
         let nr = NewRequest {
             request,
             true_output_tokens: spec.response_tokens,
         };
         if rejected {
-            self.sessions.remove(&id);
+            if self.sessions.remove(&id).is_some_and(|s| s.cut) {
+                self.cut_ended += 1;
+            }
             Some(Release::Rejected(nr))
         } else {
             Some(Release::Request(nr))

@@ -279,6 +279,9 @@ pub struct TraceWorkload {
     next_turn: Vec<usize>,
     /// Open loop, per session: replayed records that have not left the system yet.
     open_left: Vec<u32>,
+    /// Open loop, per session: a record of it has been queued; and how many sessions have one.
+    open_started: Vec<bool>,
+    open_started_count: u64,
     closed: bool,
     max_model_len: u32,
     next_request: u64,
@@ -400,6 +403,8 @@ impl TraceWorkload {
         Ok(TraceWorkload {
             next_turn: vec![0; n_sessions],
             open_left: sessions.iter().map(|v| v.len() as u32).collect(),
+            open_started: vec![false; n_sessions],
+            open_started_count: 0,
             records,
             sessions,
             dense,
@@ -494,6 +499,12 @@ impl Workload for TraceWorkload {
     fn next_session_start(&mut self) -> Option<(SessionId, SimTime)> {
         let s = self.starts.get(self.next_start).copied();
         self.next_start += 1;
+        if let (Some((i, _)), false) = (s, self.closed) {
+            let d = self.dense[&self.records[i as usize].session];
+            if !std::mem::replace(&mut self.open_started[d], true) {
+                self.open_started_count += 1;
+            }
+        }
         s
     }
 
@@ -509,7 +520,10 @@ impl Workload for TraceWorkload {
         let s = *self.dense.get(&id)?;
         let i = *self.sessions.get(s)?.get(self.next_turn[s])?;
         self.next_turn[s] += 1;
-        let rel = self.release_record(i, now);
+        let mut rel = self.release_record(i, now);
+        if let Release::Request(nr) = &mut rel {
+            nr.request.last_turn = self.next_turn[s] == self.sessions[s].len();
+        }
         if matches!(rel, Release::Rejected(_)) {
             // The session cannot go on without this turn's answer.
             self.next_turn[s] = usize::MAX / 2;
@@ -544,11 +558,7 @@ impl Workload for TraceWorkload {
         if self.closed {
             self.next_start.min(self.starts.len()) as u64
         } else {
-            let mut seen = HashSet::new();
-            for &(i, _) in &self.starts[..self.next_start.min(self.starts.len())] {
-                seen.insert(self.records[i as usize].session);
-            }
-            seen.len() as u64
+            self.open_started_count
         }
     }
 
