@@ -1279,6 +1279,14 @@ impl Config {
             ("output.timeseries_interval_s", Some(ts)),
             ("output.max_sim_time_s", self.output.max_sim_time_s),
             ("workload.duration_s", self.workload.duration_s),
+            (
+                "batching.max_queue_delay_s",
+                Some(self.batching.max_queue_delay_s),
+            ),
+            (
+                "batching.adaptive.interval_s",
+                self.batching.adaptive.as_ref().map(|a| a.interval_s),
+            ),
         ] {
             if let Some(v) = v.filter(|&v| v > horizon_s) {
                 return Err(ConfigError::invalid(

@@ -308,3 +308,35 @@ pub trait WithReplicas {
     /// will call, though no world keeps it yet).
     fn with<S: Scheduler + 'static>(self, make: &dyn Fn(ReplicaId) -> Replica<S>) -> Self::Out;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_profiles_share_a_group_when_their_group_by_fields_match() {
+        let profile = |name: &str, temperature: f64, top_p: f64| crate::config::SamplingProfile {
+            name: name.into(),
+            share: 1.0,
+            temperature,
+            top_p,
+            top_k: -1,
+            model: String::new(),
+        };
+        let mut cfg = Config::default();
+        cfg.workload.sampling = vec![
+            profile("a", 1.0, 1.0),
+            profile("b", 0.7, 1.0),
+            profile("c", 1.0, 0.9),
+        ];
+        cfg.batching.group_by = vec!["temperature".into()];
+        assert_eq!(dynamic_params(&cfg, 100).profile_group, [0, 1, 0]);
+        cfg.batching.group_by = vec!["temperature".into(), "top_p".into()];
+        assert_eq!(dynamic_params(&cfg, 100).profile_group, [0, 1, 2]);
+        cfg.batching.group_by = Vec::new();
+        assert_eq!(dynamic_params(&cfg, 100).profile_group, [0, 0, 0]);
+        cfg.batching.group_by = vec!["max_tokens".into()];
+        let p = dynamic_params(&cfg, 100);
+        assert!(p.group_by_max_tokens && p.profile_group == [0, 0, 0]);
+    }
+}

@@ -306,6 +306,62 @@ fn c1_c2_c4_a_conversation_store_serves_the_next_turn_and_releases_at_the_end() 
 }
 
 #[test]
+fn bad_batching_settings_are_refused_by_key() {
+    for (set, key) in [
+        ("batching.max_batch_size=0", "batching.max_batch_size"),
+        (
+            "batching.max_queue_delay_s=-1",
+            "batching.max_queue_delay_s",
+        ),
+        (
+            "batching.max_queue_delay_s=1e30",
+            "batching.max_queue_delay_s",
+        ),
+        ("batching.group_by=[\"colour\"]", "batching.group_by"),
+        (
+            "batching.adaptive={min_batch_size=9}",
+            "batching.adaptive.min_batch_size",
+        ),
+        (
+            "batching.adaptive={decrease_factor=1.5}",
+            "batching.adaptive.decrease_factor",
+        ),
+        (
+            "batching.adaptive={interval_s=1e-12}",
+            "batching.adaptive.interval_s",
+        ),
+        ("kv_store.max_tokens=0", "kv_store.max_tokens"),
+        (
+            "workload.sampling=[{name=\"a\", share=0}]",
+            "workload.sampling[0].share",
+        ),
+    ] {
+        let e = servesim::config::Config::load(None, &[set.to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{set}: {e}");
+    }
+}
+
+/// Sampling profiles are drawn from a stream of their own: adding them changes nothing for an engine
+/// that ignores them.
+#[test]
+fn sampling_profiles_change_no_other_draw() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = default_with(&["workload.duration_s=30"]);
+    let with = default_with(&[
+        "workload.duration_s=30",
+        "workload.sampling=[{name=\"greedy\", temperature=0.0}, {name=\"creative\", temperature=1.2, share=3}]",
+    ]);
+    let (_, a) = run_in(tmp.path(), "a", &base);
+    let (_, b) = run_in(tmp.path(), "b", &with);
+    assert_eq!(
+        std::fs::read(a.join("requests.csv")).unwrap(),
+        std::fs::read(b.join("requests.csv")).unwrap()
+    );
+}
+
+#[test]
 fn unsupported_engine_and_store_pairs_are_refused_by_name() {
     for (kind, store) in [
         ("vllm", "off"),
