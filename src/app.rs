@@ -87,6 +87,9 @@ fn warn(text: &str) {
 
 fn run_command(a: &RunArgs) -> Result<(), Error> {
     let cfg = load_config(&a.source)?;
+    for w in cfg.ignored_settings() {
+        warn(&format!("warning: ignored: {w}"));
+    }
     let outcome = run(
         &cfg,
         &RunOptions {
@@ -185,7 +188,7 @@ fn plot_format(png: bool) -> plot::Format {
 /// A capacity plot that could not be drawn is a warning: the answer and its files are written.
 fn warn_plot(p: &Option<Result<PathBuf, String>>) {
     if let Some(Err(why)) = p {
-        warn(&format!("no capacity plot: {why}"));
+        warn(&format!("warning: no capacity plot: {why}"));
     }
 }
 

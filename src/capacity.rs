@@ -336,19 +336,6 @@ fn plan(cfg: &Config, name: String, overrides: &[String], goal: Goal) -> Result<
             ConfigError::invalid(key, format!("must be a positive rate, got {start}")).into(),
         );
     }
-    if let Some(d) = cfg.workload.duration_s {
-        if cfg.output.warmup_s.fixed_s() >= d {
-            return Err(ConfigError::invalid(
-                "output.warmup_s",
-                format!(
-                    "{} s leaves no measurement window before workload.duration_s ({d} s); lower it or \
-                     lengthen the workload",
-                    cfg.output.warmup_s.fixed_s()
-                ),
-            )
-            .into());
-        }
-    }
     let base = with_rate(&cfg, start, cfg.cluster.replicas.max(1), cfg.seed);
     let sys = System::resolve(&base)?;
     let price = cfg.hardware.price_per_hour.or(sys.hardware.price_per_hour);

@@ -431,6 +431,33 @@ impl EngineKind {
 }
 
 impl Config {
+    /// Settings that the chosen engine or store ignores, as sentences for a warning (not errors: a
+    /// comparison across engines keeps one config for all of them).
+    pub fn ignored_settings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let e = &self.engine;
+        if e.kind != EngineKind::Dynamic && self.batching != BatchingConfig::default() {
+            out.push(format!(
+                "[batching] applies to engine.kind = \"dynamic\" only; this run's engine is \"{}\"",
+                config_name(e.kind)
+            ));
+        }
+        if e.kv_kind() != KvKind::Conversation && self.kv_store != KvStoreConfig::default() {
+            out.push(format!(
+                "[kv_store] applies to engine.kv_cache = \"conversation\" only; this run's store is \"{}\"",
+                config_name(e.kv_kind())
+            ));
+        }
+        if e.kv_kind() != KvKind::Paged && !e.prefix_caching {
+            out.push(
+                "engine.prefix_caching applies to the paged store only; turn a conversation store off \
+                 with kv_store.enabled = false"
+                    .into(),
+            );
+        }
+        out
+    }
+
     fn validate_batching(&self) -> Result<(), ConfigError> {
         let b = &self.batching;
         if b.max_batch_size == 0 {
@@ -503,11 +530,29 @@ impl Config {
             ));
         }
         for (i, p) in w.sampling.iter().enumerate() {
+            let bad = |k: &str, m: String| {
+                Err(ConfigError::invalid(
+                    format!("workload.sampling[{i}].{k}"),
+                    m,
+                ))
+            };
             if !(p.share.is_finite() && p.share > 0.0) {
-                return Err(ConfigError::invalid(
-                    format!("workload.sampling[{i}].share"),
-                    format!("must be positive, got {}", p.share),
-                ));
+                return bad("share", format!("must be positive, got {}", p.share));
+            }
+            if !(p.temperature.is_finite() && p.temperature >= 0.0) {
+                return bad(
+                    "temperature",
+                    format!("must be 0 (greedy) or more, got {}", p.temperature),
+                );
+            }
+            if !(p.top_p > 0.0 && p.top_p <= 1.0) {
+                return bad("top_p", format!("must be in (0, 1], got {}", p.top_p));
+            }
+            if p.top_k == 0 || p.top_k < -1 {
+                return bad(
+                    "top_k",
+                    format!("must be -1 (all tokens) or at least 1, got {}", p.top_k),
+                );
             }
         }
         let k = &self.kv_store;
@@ -1264,6 +1309,15 @@ impl Config {
             return Err(ConfigError::invalid(
                 "output.warmup_s",
                 format!("must be 0 or more seconds, got {w}"),
+            ));
+        }
+        if let Some(d) = self.workload.duration_s.filter(|&d| w > 0.0 && w >= d) {
+            return Err(ConfigError::invalid(
+                "output.warmup_s",
+                format!(
+                    "{w} s leaves no measurement window before workload.duration_s ({d} s); lower it or \
+                     lengthen the workload"
+                ),
             ));
         }
         let ts = self.output.timeseries_interval_s;

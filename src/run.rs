@@ -302,7 +302,11 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     s.set("num_gpu_blocks", sys.sizing.num_gpu_blocks);
     s.set("max_num_batched_tokens", sys.sizing.max_num_batched_tokens);
     s.set("max_num_seqs", sys.sizing.max_num_seqs);
-    s.set("prefix_caching", cfg.engine.prefix_caching);
+    // vLLM's prefix caching switch applies to the paged store only (null for the others).
+    match cfg.engine.kv_kind() {
+        crate::config::KvKind::Paged => s.set("prefix_caching", cfg.engine.prefix_caching),
+        _ => s.set("prefix_caching", serde_json::Value::Null),
+    }
     s.set(
         "prefix_cache_scope",
         enum_name(cfg.engine.prefix_cache_scope),
@@ -467,11 +471,13 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     s.set("kv_store_bytes", store.bytes);
     s.set("kv_store_tokens_peak", store.peak_tokens);
     let span = world.counts.end.as_secs_f64() * cfg.cluster.replicas as f64;
+    // Block usage means nothing for a store without blocks (conversation, off): null, not 0.
+    let blocks = cfg.engine.kv_kind() == crate::config::KvKind::Paged;
     s.set_opt(
         "kv_cache_usage_perc_mean",
-        (span > 0.0).then(|| usage_s / span),
+        (blocks && span > 0.0).then(|| usage_s / span),
     );
-    s.set("kv_cache_usage_perc_peak", peak);
+    s.set_opt("kv_cache_usage_perc_peak", blocks.then_some(peak));
     s.set("steps", steps);
     // Request-level batching (zero for continuous batching): batches, their mean size, and the share
     // of the computed tokens that were padding (padding over padding + prompt tokens computed + output

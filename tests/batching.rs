@@ -295,6 +295,9 @@ fn c1_c2_c4_a_conversation_store_serves_the_next_turn_and_releases_at_the_end() 
         );
         assert_eq!(s.get_f64("kv_store_hits"), Some(1.0));
         assert_eq!(s.get_f64("kv_store_releases"), Some(1.0));
+        // Block figures do not apply to a store without blocks.
+        assert!(s.0["kv_cache_usage_perc_mean"].is_null() && s.0["prefix_caching"].is_null());
+        assert_eq!(s.get_f64("kv_cache_evictions"), Some(0.0));
         assert_eq!(s.get_f64("kv_store_entries"), Some(0.0));
         // Stored: 109 after turn 1; turn 2 is the session's last, so it is released, not stored.
         assert_eq!(s.get_f64("kv_store_tokens_peak"), Some(109.0));
@@ -335,6 +338,20 @@ fn bad_batching_settings_are_refused_by_key() {
             "workload.sampling=[{name=\"a\", share=0}]",
             "workload.sampling[0].share",
         ),
+        (
+            "workload.sampling=[{name=\"a\", temperature=-3}]",
+            "workload.sampling[0].temperature",
+        ),
+        (
+            "workload.sampling=[{name=\"a\"}, {name=\"b\", top_p=7}]",
+            "workload.sampling[1].top_p",
+        ),
+        (
+            "workload.sampling=[{name=\"a\", top_k=0}]",
+            "workload.sampling[0].top_k",
+        ),
+        // The embedded workload lasts 300 s.
+        ("output.warmup_s=400", "output.warmup_s"),
     ] {
         let e = servesim::config::Config::load(None, &[set.to_string()])
             .unwrap_err()
@@ -359,6 +376,30 @@ fn sampling_profiles_change_no_other_draw() {
         std::fs::read(a.join("requests.csv")).unwrap(),
         std::fs::read(b.join("requests.csv")).unwrap()
     );
+}
+
+/// Settings the chosen engine or store ignores are run, with a warning naming them.
+#[test]
+fn ignored_settings_are_named_in_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert_cmd::Command::cargo_bin("servesim")
+        .unwrap()
+        .args([
+            "run",
+            "-q",
+            "--set",
+            "workload.duration_s=5",
+            "--set",
+            "batching.max_batch_size=4",
+            "--set",
+            "kv_store.max_sessions=10",
+            "--out",
+        ])
+        .arg(tmp.path().join("w"))
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("ignored: [batching]"))
+        .stderr(predicates::str::contains("ignored: [kv_store]"));
 }
 
 #[test]

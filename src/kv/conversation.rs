@@ -298,8 +298,9 @@ impl KvStore for ConversationStore {
         store.entries = self.entries.len() as u64;
         store.tokens = self.tokens;
         store.bytes = self.tokens.saturating_mul(self.bytes_per_token);
+        // `evictions` counts cached blocks evicted, which a store without blocks has none of; its
+        // entries evicted are `store.evictions`.
         KvStats {
-            evictions: store.evictions,
             prefix: store.prefix,
             store,
             ..KvStats::default()
