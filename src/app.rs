@@ -851,23 +851,56 @@ pub fn human_summary(o: &RunOutcome) -> String {
         };
         let _ = writeln!(out, "  SLO        {line}");
     }
-    let _ = writeln!(
-        out,
-        "  prefix cache hit rate {:.1}% ({} of {} queried tokens), prefill saved {:.1}%, {} evictions",
-        100.0 * f("prefix_cache_hit_rate"),
-        s.0["prefix_cache_hits"],
-        s.0["prefix_cache_queries"],
-        100.0 * f("prefill_tokens_saved_frac"),
-        s.0["kv_cache_evictions"]
-    );
-    let _ = writeln!(
-        out,
-        "  KV usage mean {:.1}%, peak {:.1}%; {} preemptions; {} steps",
-        100.0 * f("kv_cache_usage_perc_mean"),
-        100.0 * f("kv_cache_usage_perc_peak"),
-        s.0["num_preemptions"],
-        s.0["steps"]
-    );
+    match s.0["kv_cache"].as_str() {
+        Some("conversation") => {
+            let _ = writeln!(
+                out,
+                "  KV store   {} of {} turns reused their conversation's KV ({} of {} prompt tokens), {} \
+                 evictions, {} releases, peak {} tokens",
+                s.0["kv_store_hits"],
+                s.0["kv_store_lookups"],
+                s.0["prefix_cache_hits"],
+                s.0["prefix_cache_queries"],
+                s.0["kv_store_evictions"],
+                s.0["kv_store_releases"],
+                s.0["kv_store_tokens_peak"]
+            );
+        }
+        Some("off") => {
+            let _ = writeln!(out, "  KV cache   off: every token recomputes its context");
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "  prefix cache hit rate {:.1}% ({} of {} queried tokens), prefill saved {:.1}%, {} \
+                 evictions",
+                100.0 * f("prefix_cache_hit_rate"),
+                s.0["prefix_cache_hits"],
+                s.0["prefix_cache_queries"],
+                100.0 * f("prefill_tokens_saved_frac"),
+                s.0["kv_cache_evictions"]
+            );
+            let _ = writeln!(
+                out,
+                "  KV usage mean {:.1}%, peak {:.1}%; {} preemptions; {} steps",
+                100.0 * f("kv_cache_usage_perc_mean"),
+                100.0 * f("kv_cache_usage_perc_peak"),
+                s.0["num_preemptions"],
+                s.0["steps"]
+            );
+        }
+    }
+    if let Some(b) = s.get_f64("batch_size_mean") {
+        let _ = writeln!(
+            out,
+            "  batches    {}, mean size {b:.2}, padding {:.1}% of the tokens computed",
+            s.0["batches"],
+            100.0 * f("padding_waste_frac")
+        );
+    }
+    if s.0["kv_cache"].as_str() != Some("paged") {
+        let _ = writeln!(out, "  steps      {}", s.0["steps"]);
+    }
     let _ = writeln!(
         out,
         "  wrote {} ({} events, {} steps advanced by leaps, in {:.2} s wall)",

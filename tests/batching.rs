@@ -378,6 +378,41 @@ fn sampling_profiles_change_no_other_draw() {
     );
 }
 
+/// A dynamic run's terminal summary shows its store and batches, and nothing undefined.
+#[test]
+fn a_dynamic_run_prints_its_store_and_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (kind, store, line) in [
+        ("dynamic", "conversation", "KV store"),
+        ("dynamic", "off", "KV cache   off"),
+    ] {
+        let out = assert_cmd::Command::cargo_bin("servesim")
+            .unwrap()
+            .args([
+                "run",
+                "--set",
+                "workload.duration_s=5",
+                "--set",
+                &format!("engine.kind=\"{kind}\""),
+                "--set",
+                &format!("engine.kv_cache=\"{store}\""),
+                "--out",
+            ])
+            .arg(tmp.path().join(store))
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(line) && text.contains("  batches    "),
+            "{text}"
+        );
+        assert!(!text.contains("NaN"), "{text}");
+    }
+}
+
 /// Settings the chosen engine or store ignores are run, with a warning naming them.
 #[test]
 fn ignored_settings_are_named_in_a_warning() {
