@@ -401,20 +401,9 @@ impl Collector {
                 queue_growth_per_s: None,
             };
         }
-        let n = pts.len() as f64;
-        let mt = pts.iter().map(|p| p.0).sum::<f64>() / n;
-        let mw = pts.iter().map(|p| p.1).sum::<f64>() / n;
-        let sxx: f64 = pts.iter().map(|p| (p.0 - mt).powi(2)).sum();
-        let sxy: f64 = pts.iter().map(|p| (p.0 - mt) * (p.1 - mw)).sum();
-        let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+        let (slope, resid) = warmup::trend_xy(&pts);
         let span = pts[pts.len() - 1].0 - pts[0].0;
-        // The scatter around the trend: a stable queue's excursions, which a trend must clearly exceed.
-        let resid = (pts
-            .iter()
-            .map(|p| (p.1 - mw - slope * (p.0 - mt)).powi(2))
-            .sum::<f64>()
-            / n)
-            .sqrt();
+        // The scatter around the trend is a stable queue's excursions, which a trend must clearly exceed.
         Stability {
             stable: Some(slope * span <= (2.0 * resid).max(10.0)),
             queue_growth_per_s: Some(slope),

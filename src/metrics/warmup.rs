@@ -65,22 +65,25 @@ pub fn holds_steady(series: &[f64]) -> Option<bool> {
 
 /// The least-squares line through `y` at x = 0, 1, ...: (slope per step, root mean square residual).
 pub fn trend(y: &[f64]) -> (f64, f64) {
-    let n = y.len() as f64;
-    if y.len() < 2 {
+    let pts: Vec<(f64, f64)> = y.iter().enumerate().map(|(i, &v)| (i as f64, v)).collect();
+    trend_xy(&pts)
+}
+
+/// The least-squares line through the points `(x, y)`: (slope, root mean square residual); a slope of 0
+/// when every x is equal (fewer than two points included).
+pub fn trend_xy(pts: &[(f64, f64)]) -> (f64, f64) {
+    if pts.is_empty() {
         return (0.0, 0.0);
     }
-    let mx = (n - 1.0) / 2.0;
-    let my = y.iter().sum::<f64>() / n;
-    let (mut sxx, mut sxy) = (0.0, 0.0);
-    for (i, &v) in y.iter().enumerate() {
-        sxx += (i as f64 - mx).powi(2);
-        sxy += (i as f64 - mx) * (v - my);
-    }
-    let slope = sxy / sxx;
-    let resid = (y
+    let n = pts.len() as f64;
+    let mt = pts.iter().map(|p| p.0).sum::<f64>() / n;
+    let mw = pts.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = pts.iter().map(|p| (p.0 - mt).powi(2)).sum();
+    let sxy: f64 = pts.iter().map(|p| (p.0 - mt) * (p.1 - mw)).sum();
+    let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    let resid = (pts
         .iter()
-        .enumerate()
-        .map(|(i, &v)| (v - my - slope * (i as f64 - mx)).powi(2))
+        .map(|p| (p.1 - mw - slope * (p.0 - mt)).powi(2))
         .sum::<f64>()
         / n)
         .sqrt();
