@@ -448,6 +448,45 @@ impl Config {
                 config_name(e.kv_kind())
             ));
         }
+        let c = &self.cluster;
+        for (policy, set, table) in [
+            (
+                RouterPolicy::ConsistentHash,
+                c.consistent_hash != ConsistentHashConfig::default(),
+                "consistent_hash",
+            ),
+            (
+                RouterPolicy::PrefixAware,
+                c.prefix_aware != PrefixAwareConfig::default(),
+                "prefix_aware",
+            ),
+            (
+                RouterPolicy::CacheAware,
+                c.cache_aware != CacheAwareConfig::default(),
+                "cache_aware",
+            ),
+        ] {
+            if set && c.router != policy {
+                out.push(format!(
+                    "[cluster.{table}] applies to cluster.router = \"{table}\" only; this run's router is \"{}\"",
+                    config_name(c.router)
+                ));
+            }
+        }
+        let reads_load = matches!(
+            c.router,
+            RouterPolicy::LeastLoaded
+                | RouterPolicy::PowerOfTwo
+                | RouterPolicy::ConsistentHash
+                | RouterPolicy::CacheAware
+        );
+        if c.load_signal != LoadSignal::Requests && !reads_load {
+            out.push(format!(
+                "cluster.load_signal applies to the least_loaded, power_of_two, consistent_hash and \
+                 cache_aware routers; this run's router is \"{}\"",
+                config_name(c.router)
+            ));
+        }
         if e.kv_kind() != KvKind::Paged && !e.prefix_caching {
             out.push(
                 "engine.prefix_caching applies to the paged store only; turn a conversation store off \
@@ -692,12 +731,134 @@ impl Default for EngineConfig {
     }
 }
 
+/// The routing policy (`cluster.router`); each is one file under `src/cluster/router/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RouterPolicy {
+    /// Up replicas in turn.
     RoundRobin,
+    /// The lowest `cluster.load_signal`.
     LeastLoaded,
+    /// Hash of the session id modulo the number of up replicas (vLLM production-stack's simplest
+    /// stickiness; most sessions move when the count changes).
     SessionAffinity,
+    /// Two distinct random up replicas, the less loaded wins (SGLang gateway `power_of_two`, R6).
+    PowerOfTwo,
+    /// A ring with virtual nodes and bounded loads (`[cluster.consistent_hash]`, R6).
+    ConsistentHash,
+    /// The llm-d / Gateway API inference extension scorer (`[cluster.prefix_aware]`, R1, R3, R4).
+    PrefixAware,
+    /// The SGLang gateway's cache-aware policy (`[cluster.cache_aware]`, R5).
+    CacheAware,
+}
+
+/// What a router reads as a replica's load (`cluster.load_signal`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadSignal {
+    /// Requests held, waiting or running (SGLang's in-flight count, vLLM's num_requests_*).
+    Requests,
+    /// Prompt tokens of the requests held: the work outstanding, in tokens.
+    Tokens,
+    /// KV-cache usage, 0 to 1 (vLLM's `kv_cache_usage_perc`).
+    KvUsage,
+}
+
+/// What the consistent-hash ring hashes (`cluster.consistent_hash.key`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashKey {
+    /// The session id (a routing-key header: SGLang `consistent_hashing`, production-stack `session`).
+    Session,
+    /// The prompt's first `prefix_tokens` tokens (SGLang `prefix_hash`).
+    Prefix,
+}
+
+/// `[cluster.consistent_hash]` (R6).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsistentHashConfig {
+    pub key: HashKey,
+    /// Tokens hashed under `key = "prefix"` (SGLang: 256).
+    pub prefix_tokens: u32,
+    /// Points per replica on the ring (SGLang: 150).
+    pub virtual_nodes: u32,
+    /// c of consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2018): a replica
+    /// takes a key only while its load, with the key, stays within c x the mean load (rounded up for
+    /// request counts); else the next replica on the ring. Unset: no bound (plain consistent hashing).
+    pub load_bound: Option<f64>,
+}
+
+impl Default for ConsistentHashConfig {
+    fn default() -> Self {
+        ConsistentHashConfig {
+            key: HashKey::Session,
+            prefix_tokens: 256,
+            virtual_nodes: 150,
+            load_bound: Some(1.25),
+        }
+    }
+}
+
+/// `[cluster.prefix_aware]`: the Gateway API inference extension's approximate prefix scorer (R1) with
+/// the queue and KV-utilisation scorers (R3), summed by weight and the best taken (R4).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrefixAwareConfig {
+    /// Tokens per hashed block (GIE `blockSizeTokens`, 16; unset: the engine's block size, GIE's
+    /// `autoTune`).
+    pub block_size: Option<u32>,
+    /// Blocks of a prompt matched at most (GIE `maxPrefixBlocksToMatch`).
+    pub max_prefix_blocks: u32,
+    /// Blocks each replica's index holds, least recently used out first (unset: the replica's GPU block
+    /// count, as GIE does when it knows it).
+    pub index_blocks: Option<u64>,
+    /// Weights of the prefix, queue and KV-utilisation scores (llm-d's precise-prefix config: 2, 1, 1).
+    pub prefix_weight: f64,
+    pub queue_weight: f64,
+    pub kv_usage_weight: f64,
+}
+
+impl Default for PrefixAwareConfig {
+    fn default() -> Self {
+        PrefixAwareConfig {
+            block_size: None,
+            max_prefix_blocks: 256,
+            index_blocks: None,
+            prefix_weight: 2.0,
+            queue_weight: 1.0,
+            kv_usage_weight: 1.0,
+        }
+    }
+}
+
+/// `[cluster.cache_aware]`: the SGLang gateway's cache-aware policy (R5). Defaults are the launcher's
+/// (`sglang_router` `RouterArgs`), which a deployment gets; sizes count characters, a token as 4 (R1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheAwareConfig {
+    /// Matched share of the prompt above which the request follows its cache.
+    pub cache_threshold: f64,
+    /// Imbalanced when max - min load exceeds this ...
+    pub balance_abs_threshold: f64,
+    /// ... and max exceeds this x min.
+    pub balance_rel_threshold: f64,
+    /// Seconds between evictions of each replica's least recently used leaves.
+    pub eviction_interval_s: f64,
+    /// Characters each replica may hold in the tree after an eviction.
+    pub max_tree_size: u64,
+}
+
+impl Default for CacheAwareConfig {
+    fn default() -> Self {
+        CacheAwareConfig {
+            cache_threshold: 0.3,
+            balance_abs_threshold: 64.0,
+            balance_rel_threshold: 1.5,
+            eviction_interval_s: 120.0,
+            max_tree_size: 1 << 26,
+        }
+    }
 }
 
 /// Replicas behind a router.
@@ -706,6 +867,15 @@ pub enum RouterPolicy {
 pub struct ClusterConfig {
     pub replicas: u32,
     pub router: RouterPolicy,
+    /// The load that `least_loaded`, `power_of_two`, bounded loads and `cache_aware` compare.
+    pub load_signal: LoadSignal,
+    /// Routers see replica load (queues, tokens, KV usage) as of their last scrape, taken at an arrival
+    /// at least this long after the previous one: 0 is a live view (R4: pod metrics are scraped, so they
+    /// lag). Replica states (up, draining) are always current.
+    pub signal_delay_s: f64,
+    pub consistent_hash: ConsistentHashConfig,
+    pub prefix_aware: PrefixAwareConfig,
+    pub cache_aware: CacheAwareConfig,
 }
 
 impl Default for ClusterConfig {
@@ -713,7 +883,92 @@ impl Default for ClusterConfig {
         ClusterConfig {
             replicas: 1,
             router: RouterPolicy::RoundRobin,
+            load_signal: LoadSignal::Requests,
+            signal_delay_s: 0.0,
+            consistent_hash: ConsistentHashConfig::default(),
+            prefix_aware: PrefixAwareConfig::default(),
+            cache_aware: CacheAwareConfig::default(),
         }
+    }
+}
+
+impl ClusterConfig {
+    /// Checks every cluster key; errors name the key.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.replicas == 0 {
+            return Err(ConfigError::invalid(
+                "cluster.replicas",
+                "must be at least 1",
+            ));
+        }
+        let nonneg = |k: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(ConfigError::invalid(
+                    format!("cluster.{k}"),
+                    format!("must be a finite number, 0 or more, got {v}"),
+                ))
+            }
+        };
+        nonneg("signal_delay_s", self.signal_delay_s)?;
+        let h = &self.consistent_hash;
+        if h.virtual_nodes == 0 || h.virtual_nodes > 10_000 {
+            return Err(ConfigError::invalid(
+                "cluster.consistent_hash.virtual_nodes",
+                format!("must be from 1 to 10000, got {}", h.virtual_nodes),
+            ));
+        }
+        if h.prefix_tokens == 0 {
+            return Err(ConfigError::invalid(
+                "cluster.consistent_hash.prefix_tokens",
+                "must be at least 1",
+            ));
+        }
+        if let Some(c) = h.load_bound {
+            if !(c.is_finite() && c >= 1.0) {
+                return Err(ConfigError::invalid(
+                    "cluster.consistent_hash.load_bound",
+                    format!(
+                        "must be at least 1 (c x the mean load; below 1 no replica could take a key), got {c}; \
+                         remove the key for no bound"
+                    ),
+                ));
+            }
+        }
+        let p = &self.prefix_aware;
+        if p.block_size == Some(0) {
+            return Err(ConfigError::invalid(
+                "cluster.prefix_aware.block_size",
+                "must be at least 1 token",
+            ));
+        }
+        if p.max_prefix_blocks == 0 {
+            return Err(ConfigError::invalid(
+                "cluster.prefix_aware.max_prefix_blocks",
+                "must be at least 1",
+            ));
+        }
+        if p.index_blocks == Some(0) {
+            return Err(ConfigError::invalid(
+                "cluster.prefix_aware.index_blocks",
+                "must be at least 1",
+            ));
+        }
+        nonneg("prefix_aware.prefix_weight", p.prefix_weight)?;
+        nonneg("prefix_aware.queue_weight", p.queue_weight)?;
+        nonneg("prefix_aware.kv_usage_weight", p.kv_usage_weight)?;
+        let c = &self.cache_aware;
+        if !(0.0..=1.0).contains(&c.cache_threshold) {
+            return Err(ConfigError::invalid(
+                "cluster.cache_aware.cache_threshold",
+                format!("must be from 0 to 1, got {}", c.cache_threshold),
+            ));
+        }
+        nonneg("cache_aware.balance_abs_threshold", c.balance_abs_threshold)?;
+        nonneg("cache_aware.balance_rel_threshold", c.balance_rel_threshold)?;
+        nonneg("cache_aware.eviction_interval_s", c.eviction_interval_s)?;
+        Ok(())
     }
 }
 
@@ -1215,12 +1470,7 @@ impl Config {
                 "cost.kind = \"calibrated\" needs a profile from `servesim calibrate`",
             ));
         }
-        if self.cluster.replicas == 0 {
-            return Err(ConfigError::invalid(
-                "cluster.replicas",
-                "must be at least 1",
-            ));
-        }
+        self.cluster.validate()?;
         let r = &self.cost.roofline;
         for (k, v) in [
             ("cost.roofline.compute_efficiency", r.compute_efficiency),

@@ -255,6 +255,7 @@ impl<S: Scheduler> Replica<S> {
         ReplicaView {
             id: self.id,
             state: self.state,
+            degraded: false,
             num_waiting: self.scheduler.num_waiting(),
             num_running: self.scheduler.num_running(),
             prompt_tokens: self.prompt_tokens,

@@ -246,7 +246,15 @@ impl System {
 
     /// The cluster's router, of the configured policy.
     pub fn router(&self, cfg: &Config) -> Box<dyn crate::cluster::router::Router> {
-        crate::cluster::router::build(cfg.cluster.router)
+        crate::cluster::router::build(
+            &cfg.cluster,
+            crate::cluster::router::RouterContext {
+                slots: cfg.cluster.replicas,
+                seed: cfg.seed,
+                gpu_blocks: self.sizing.num_gpu_blocks as u64,
+                block_size: cfg.engine.block_size,
+            },
+        )
     }
 }
 

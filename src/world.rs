@@ -45,8 +45,11 @@ pub struct World<'a, S> {
     queue: EventQueue<Event>,
     pub replicas: Vec<Replica<S>>,
     router: Box<dyn Router>,
-    /// The replicas as the router sees them, refreshed at each arrival (kept to reuse its storage).
+    /// The replicas as the router sees them: loads as of `views_at` (see `cluster.signal_delay_s`),
+    /// states as of the last arrival.
     views: Vec<ReplicaView>,
+    views_at: Option<SimTime>,
+    signal_delay: SimDuration,
     workload: Box<dyn Workload>,
     cost: Box<dyn CostModel>,
     pub metrics: Collector,
@@ -84,6 +87,8 @@ impl<'a, S: Scheduler> World<'a, S> {
             queue: EventQueue::new(),
             replicas,
             views: Vec::new(),
+            views_at: None,
+            signal_delay: SimDuration::from_secs_f64(cfg.cluster.signal_delay_s),
             router,
             workload,
             cost,
@@ -333,9 +338,8 @@ impl<'a, S: Scheduler> World<'a, S> {
             }
             Some(Release::Request(nr)) => {
                 self.counts.released += 1;
-                self.views.clear();
-                self.views.extend(self.replicas.iter().map(Replica::view));
-                match self.router.route(&nr.request, &self.views) {
+                self.refresh_views(now);
+                match self.router.route(&nr.request, now, &self.views) {
                     Route::To(rid) => {
                         debug_assert!(
                             self.views.get(rid as usize).is_some_and(|v| v.is_up()),
@@ -386,6 +390,24 @@ impl<'a, S: Scheduler> World<'a, S> {
                 for rep in &mut self.replicas {
                     rep.on_session_end(session);
                 }
+            }
+        }
+    }
+
+    /// Brings the router's view up to `now`: a fresh scrape of every replica's load when the last is
+    /// `cluster.signal_delay_s` old or more (at every arrival when it is 0), else only their states,
+    /// which a front end always knows.
+    fn refresh_views(&mut self, now: SimTime) {
+        if self
+            .views_at
+            .is_none_or(|at| now.since(at) >= self.signal_delay)
+        {
+            self.views_at = Some(now);
+            self.views.clear();
+            self.views.extend(self.replicas.iter().map(Replica::view));
+        } else {
+            for (v, r) in self.views.iter_mut().zip(&self.replicas) {
+                v.state = r.state;
             }
         }
     }
@@ -628,7 +650,7 @@ mod tests {
     struct RejectOddSessions;
 
     impl Router for RejectOddSessions {
-        fn route(&mut self, req: &Request, _replicas: &[ReplicaView]) -> Route {
+        fn route(&mut self, req: &Request, _now: SimTime, _replicas: &[ReplicaView]) -> Route {
             if req.session % 2 == 1 {
                 Route::Reject
             } else {

@@ -17,6 +17,7 @@
 
 pub mod router;
 
+use crate::config::LoadSignal;
 use crate::event::ReplicaId;
 
 /// Whether a replica takes new requests.
@@ -37,6 +38,8 @@ pub struct ReplicaView {
     /// The replica's stable id (its index in the list).
     pub id: ReplicaId,
     pub state: ReplicaState,
+    /// Reports itself degraded (KV usage over `admission.max_kv_usage_degraded`): routers pass it over.
+    pub degraded: bool,
     /// Requests waiting to be scheduled.
     pub num_waiting: usize,
     /// Requests running (admitted, holding KV).
@@ -54,9 +57,23 @@ impl ReplicaView {
         self.num_waiting + self.num_running
     }
 
-    /// True when the replica takes new requests.
+    /// True when the replica is up (it may still be degraded).
     pub fn is_up(&self) -> bool {
         self.state == ReplicaState::Up
+    }
+
+    /// True when routers may send it a request: up and not degraded.
+    pub fn takes_new(&self) -> bool {
+        self.is_up() && !self.degraded
+    }
+
+    /// Its load as `signal` reads it: requests held, prompt tokens held, or KV usage.
+    pub fn load(&self, signal: LoadSignal) -> f64 {
+        match signal {
+            LoadSignal::Requests => self.num_requests() as f64,
+            LoadSignal::Tokens => self.prompt_tokens as f64,
+            LoadSignal::KvUsage => self.kv_usage,
+        }
     }
 }
 
