@@ -803,6 +803,25 @@ pub fn human_summary(o: &RunOutcome) -> String {
         "  requests   {} finished, {} rejected, {} unfinished{failed}, from {} sessions over {:.1} s of virtual time",
         s.0["requests_finished"], s.0["requests_rejected"], s.0["requests_unfinished"], s.0["sessions"], f("duration_s")
     );
+    // Overload: shown only when something was refused, abandoned or retried.
+    let n = |k: &str| s.0.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+    let overload = n("rejected_queue_full")
+        + n("rejected_unavailable")
+        + n("requests_timed_out")
+        + n("requests_retried");
+    if overload > 0 {
+        let _ = writeln!(
+            out,
+            "  overload   success rate {:.1}% of {} offered: {} queue full (429), {} unavailable (503), {} \
+             timed out, {} retries",
+            100.0 * f("success_rate"),
+            n("requests_offered"),
+            n("rejected_queue_full"),
+            n("rejected_unavailable"),
+            n("requests_timed_out"),
+            n("requests_retried"),
+        );
+    }
     let _ = writeln!(
         out,
         "  throughput {:.2} req/s, {:.0} output tok/s, {:.0} total tok/s",

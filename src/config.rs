@@ -34,6 +34,8 @@ pub struct Config {
     pub kv_store: KvStoreConfig,
     /// Request-level dynamic batching (`engine.kind = "dynamic"`).
     pub batching: BatchingConfig,
+    /// Admission control at each replica; unset: every request is queued, however long the queue.
+    pub admission: Option<AdmissionConfig>,
 }
 
 impl Default for Config {
@@ -44,6 +46,7 @@ impl Default for Config {
             workload: WorkloadConfig::default(),
             kv_store: KvStoreConfig::default(),
             batching: BatchingConfig::default(),
+            admission: None,
             model: ModelConfig::default(),
             hardware: HardwareConfig::default(),
             engine: EngineConfig::default(),
@@ -278,6 +281,15 @@ pub struct WorkloadConfig {
     /// Sampling profiles; each session draws one by share (from a stream of its own, so adding profiles
     /// changes no other draw). Empty: every request has the default sampling parameters.
     pub sampling: Vec<SamplingProfile>,
+    /// The client gives up on a request with no first token this many seconds after it sent it: the
+    /// request is aborted (status `timed_out`, its KV freed, as vLLM aborts a request whose client went
+    /// away). Unset: clients wait for ever.
+    pub client_timeout_s: Option<f64>,
+    /// Times a client sends a request again after a rejection or a timeout, `retry_after_s` later (the
+    /// 429 `Retry-After` a client honours). Each attempt is a row of `requests.csv` with the same
+    /// request id and its `attempt` number.
+    pub max_retries: u32,
+    pub retry_after_s: f64,
 }
 
 impl Default for WorkloadConfig {
@@ -321,6 +333,9 @@ impl Default for WorkloadConfig {
                 share: 1.0,
             }],
             sampling: Vec::new(),
+            client_timeout_s: None,
+            max_retries: 0,
+            retry_after_s: 1.0,
         }
     }
 }
@@ -728,6 +743,44 @@ impl Default for EngineConfig {
             async_scheduling: true,
             kv_cache_dtype: "auto".into(),
         }
+    }
+}
+
+/// `[admission]`: each replica's overload protection. A request the router sends to a replica whose
+/// queue holds `max_waiting` requests is refused (status `rejected`, reason `queue_full`: the 429
+/// analogue); a replica whose KV usage exceeds `max_kv_usage_degraded` reports itself degraded and
+/// routers pass it over; with every replica degraded or down a request is refused (reason
+/// `unavailable`: the 503 analogue). Both read the replica's state at the arrival, the degraded flag
+/// through the router's view (as old as `cluster.signal_delay_s`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// Requests a replica's waiting queue holds at most; unset: no limit.
+    pub max_waiting: Option<u32>,
+    /// KV usage (0 to 1) above which a replica is degraded; unset: never degraded.
+    pub max_kv_usage_degraded: Option<f64>,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            max_waiting: None,
+            max_kv_usage_degraded: Some(0.9),
+        }
+    }
+}
+
+impl AdmissionConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(u) = self.max_kv_usage_degraded {
+            if !(u > 0.0 && u <= 1.0) {
+                return Err(ConfigError::invalid(
+                    "admission.max_kv_usage_degraded",
+                    format!("must be a KV usage above 0 and at most 1, got {u}; remove the key to never degrade"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1471,6 +1524,30 @@ impl Config {
             ));
         }
         self.cluster.validate()?;
+        if let Some(a) = &self.admission {
+            a.validate()?;
+        }
+        let w = &self.workload;
+        if let Some(t) = w.client_timeout_s {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(ConfigError::invalid(
+                    "workload.client_timeout_s",
+                    format!("must be positive seconds, got {t}; remove the key for clients that wait for ever"),
+                ));
+            }
+        }
+        if !(w.retry_after_s.is_finite() && w.retry_after_s >= 0.0) {
+            return Err(ConfigError::invalid(
+                "workload.retry_after_s",
+                format!("must be 0 or more seconds, got {}", w.retry_after_s),
+            ));
+        }
+        if w.max_retries > 100 {
+            return Err(ConfigError::invalid(
+                "workload.max_retries",
+                format!("at most 100, got {}", w.max_retries),
+            ));
+        }
         let r = &self.cost.roofline;
         for (k, v) in [
             ("cost.roofline.compute_efficiency", r.compute_efficiency),
@@ -1590,6 +1667,13 @@ impl Config {
             (
                 "batching.adaptive.interval_s",
                 self.batching.adaptive.as_ref().map(|a| a.interval_s),
+            ),
+            ("workload.client_timeout_s", self.workload.client_timeout_s),
+            ("workload.retry_after_s", Some(self.workload.retry_after_s)),
+            ("cluster.signal_delay_s", Some(self.cluster.signal_delay_s)),
+            (
+                "cluster.cache_aware.eviction_interval_s",
+                Some(self.cluster.cache_aware.eviction_interval_s),
             ),
         ] {
             if let Some(v) = v.filter(|&v| v > horizon_s) {

@@ -101,6 +101,9 @@ pub struct ReplicaStats {
     /// carried.
     pub batches: u64,
     pub batched_requests: u64,
+    /// Requests routed here (attempts, retries included) and their prompt tokens.
+    pub requests: u64,
+    pub prompt_tokens: u64,
 }
 
 impl ReplicaStats {
@@ -171,6 +174,9 @@ pub struct Replica<S> {
     pub schedule_pending: bool,
     /// The scheduler holds requests but said it runs nothing until another arrives (invariant 5).
     pub waits_for_arrival: bool,
+    /// Requests whose clients gave up while a step was in flight: aborted when it ends, as vLLM
+    /// handles aborts between steps.
+    pub pending_aborts: Vec<RequestId>,
     pub stats: ReplicaStats,
     /// The plan of the last finished step, emptied by the next `schedule`: its lists are reused, as a plan
     /// grown push by push every step showed in profiles.
@@ -225,6 +231,7 @@ impl<S: Scheduler> Replica<S> {
             in_flight: None,
             schedule_pending: false,
             waits_for_arrival: false,
+            pending_aborts: Vec::new(),
             stats: ReplicaStats::default(),
             spare_plan: StepPlan::default(),
             leap_scratch: LeapScratch::default(),
@@ -275,6 +282,8 @@ impl<S: Scheduler> Replica<S> {
     pub fn enqueue(&mut self, mut req: Request, true_output_tokens: u32) {
         req.replica = self.id;
         self.prompt_tokens += req.prompt_tokens as u64;
+        self.stats.requests += 1;
+        self.stats.prompt_tokens += req.prompt_tokens as u64;
         self.waits_for_arrival = false;
         // Capacity only: the oracle's length decides nothing in the store.
         let capacity = req.prompt_tokens as u64 + true_output_tokens as u64;
@@ -730,10 +739,15 @@ impl<S: Scheduler> Replica<S> {
         self.scheduler.kv_mut().on_session_end(session);
     }
 
+    /// Request `id`, if this replica holds it.
+    pub fn request(&self, id: RequestId) -> Option<&Request> {
+        self.requests.get(&id).map(|r| &**r)
+    }
+
     /// Removes request `id` between steps (a client timeout, a cancelled request): the scheduler drops it
-    /// and its KV blocks are freed. Returns it, or None when this replica does not hold it or a step is in
-    /// flight (abort then at the step's end).
-    pub fn abort(&mut self, id: RequestId) -> Option<Request> {
+    /// and its KV blocks are freed. Returns it with its true output length, or None when this replica
+    /// does not hold it or a step is in flight (abort then at the step's end).
+    pub fn abort(&mut self, id: RequestId) -> Option<(Request, u32)> {
         if self.in_flight.is_some() {
             return None;
         }
@@ -744,8 +758,8 @@ impl<S: Scheduler> Replica<S> {
         let mut r = *self.requests.remove(&id).expect("held");
         self.prompt_tokens -= r.prompt_tokens as u64;
         self.scheduler.kv_mut().free(&mut r);
-        self.true_output.remove(&id);
-        Some(r)
+        let out = self.true_output.remove(&id).expect("held");
+        Some((r, out))
     }
 
     /// Removes every request still held (end of a truncated run at `now`), releasing their blocks.
@@ -842,8 +856,8 @@ mod tests {
         r.finish_step(SimTime::ZERO + d, |_, _| {});
         // 40 + 1 tokens each: 3 blocks each of the 10 usable.
         assert_eq!(r.kv().stats().free_blocks, 10 - 6);
-        let a = r.abort(1).expect("held");
-        assert_eq!(a.id, 1);
+        let (a, out) = r.abort(1).expect("held");
+        assert_eq!((a.id, out), (1, 8));
         assert_eq!(r.kv().stats().free_blocks, 10 - 3);
         assert_eq!((r.num_running(), r.num_waiting()), (1, 0));
         assert!(r.abort(1).is_none() && r.abort(99).is_none());

@@ -25,6 +25,8 @@ pub enum Status {
     Unfinished,
     /// Recorded as failed by the replayed trace (BurstGPT rows with 0 response tokens): not run.
     Failed,
+    /// Its client gave up with no first token after `workload.client_timeout_s`; aborted.
+    TimedOut,
 }
 
 impl Status {
@@ -34,6 +36,38 @@ impl Status {
             Status::Rejected => "rejected",
             Status::Unfinished => "unfinished",
             Status::Failed => "failed",
+            Status::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// Why a request was refused or abandoned (`requests.csv` `failure_reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    /// Its prompt does not fit the model's context (the workload's refusal).
+    ContextLength,
+    /// The replica the router chose had `admission.max_waiting` requests waiting (HTTP 429).
+    QueueFull,
+    /// No replica took new requests: all down, draining or degraded (HTTP 503).
+    Unavailable,
+    /// No first token within `workload.client_timeout_s`.
+    ClientTimeout,
+}
+
+impl FailureReason {
+    pub const ALL: [FailureReason; 4] = [
+        FailureReason::ContextLength,
+        FailureReason::QueueFull,
+        FailureReason::Unavailable,
+        FailureReason::ClientTimeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::ContextLength => "context_length",
+            FailureReason::QueueFull => "queue_full",
+            FailureReason::Unavailable => "unavailable",
+            FailureReason::ClientTimeout => "client_timeout",
         }
     }
 }
@@ -111,6 +145,10 @@ pub struct Request {
     /// The workload knows no turn of its session follows this one (a closed-loop session's last turn),
     /// so a per-conversation store need not keep its KV.
     pub last_turn: bool,
+    /// Attempts before this one (client retries, `workload.max_retries`): 0 for the first.
+    pub attempt: u32,
+    /// Why it was refused or abandoned (rejected and timed-out requests).
+    pub failure: Option<FailureReason>,
 }
 
 impl Request {
@@ -162,7 +200,29 @@ impl Request {
             batch_id: None,
             padding_tokens: 0,
             last_turn: false,
+            attempt: 0,
+            failure: None,
         }
+    }
+
+    /// The same request sent again at `now` by its client (a retry): the same id, session, turn, prompt
+    /// and parameters, attempt + 1, and none of this attempt's progress.
+    pub fn retry(&self, now: SimTime) -> Request {
+        let mut r = Request::new(
+            self.id,
+            self.session,
+            self.turn,
+            self.priority,
+            now,
+            self.prompt.clone(),
+            self.output_content,
+            self.max_tokens,
+        );
+        r.prompt_tokens = self.prompt_tokens;
+        r.sampling = self.sampling;
+        r.last_turn = self.last_turn;
+        r.attempt = self.attempt + 1;
+        r
     }
 
     /// Prompt plus outputs so far (vLLM `num_tokens`).

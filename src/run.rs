@@ -82,6 +82,89 @@ pub struct Simulation {
     pub requests: Vec<RequestRow>,
     /// Every time-series sample, in file order ([`Rows::Keep`] only).
     pub timeseries: Vec<Sample>,
+    /// Each replica's totals, by id (`replicas.csv`).
+    pub replicas: Vec<ReplicaSummary>,
+}
+
+/// One replica's totals over the run: a row of `replicas.csv` (columns in [`REPLICA_COLUMNS`] order).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplicaSummary {
+    pub replica: u32,
+    /// Requests routed to it (retries included) and their prompt tokens.
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    /// Prefix-cache lookups and hits in tokens (vLLM's `prefix_cache_queries` / `_hits`), and their ratio
+    /// (empty with no lookup).
+    pub prefix_cache_queries: u64,
+    pub prefix_cache_hits: u64,
+    pub prefix_cache_hit_rate: Option<f64>,
+    /// Seconds with a step in flight.
+    pub busy_s: f64,
+    pub steps: u64,
+    pub num_preemptions: u64,
+}
+
+/// Column order of `replicas.csv`.
+pub const REPLICA_COLUMNS: &[&str] = &[
+    "replica",
+    "requests",
+    "prompt_tokens",
+    "prefix_cache_queries",
+    "prefix_cache_hits",
+    "prefix_cache_hit_rate",
+    "busy_s",
+    "steps",
+    "num_preemptions",
+];
+
+impl ReplicaSummary {
+    fn of<S: Scheduler>(r: &crate::replica::Replica<S>) -> ReplicaSummary {
+        let kv = r.kv().stats();
+        ReplicaSummary {
+            replica: r.id,
+            requests: r.stats.requests,
+            prompt_tokens: r.stats.prompt_tokens,
+            prefix_cache_queries: kv.prefix.queries,
+            prefix_cache_hits: kv.prefix.hits,
+            prefix_cache_hit_rate: (kv.prefix.queries > 0)
+                .then(|| kv.prefix.hits as f64 / kv.prefix.queries as f64),
+            busy_s: r.stats.busy.as_secs_f64(),
+            steps: r.stats.steps,
+            num_preemptions: r.stats.preemptions,
+        }
+    }
+
+    fn record(&self) -> Vec<String> {
+        vec![
+            self.replica.to_string(),
+            self.requests.to_string(),
+            self.prompt_tokens.to_string(),
+            self.prefix_cache_queries.to_string(),
+            self.prefix_cache_hits.to_string(),
+            self.prefix_cache_hit_rate
+                .map_or(String::new(), |v| v.to_string()),
+            self.busy_s.to_string(),
+            self.steps.to_string(),
+            self.num_preemptions.to_string(),
+        ]
+    }
+}
+
+/// Writes `replicas.csv`.
+fn write_replicas(path: &Path, rows: &[ReplicaSummary]) -> Result<(), OutputError> {
+    let err = |source| OutputError::Csv {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut w = csv::Writer::from_path(path).map_err(err)?;
+    w.write_record(REPLICA_COLUMNS).map_err(err)?;
+    for r in rows {
+        w.write_record(r.record()).map_err(err)?;
+    }
+    w.flush().map_err(|source| OutputError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// A config resolved into the parts of a run, before anything runs or is written: resolving is where a
@@ -141,6 +224,7 @@ impl Prepared<'_> {
             leapt_steps: done.leapt_steps,
             requests: done.requests,
             timeseries: done.timeseries,
+            replicas: done.replicas,
         })
     }
 }
@@ -162,6 +246,7 @@ struct Ran {
     leapt_steps: u64,
     requests: Vec<RequestRow>,
     timeseries: Vec<Sample>,
+    replicas: Vec<ReplicaSummary>,
 }
 
 impl WithReplicas for RunWorld<'_> {
@@ -183,7 +268,9 @@ impl WithReplicas for RunWorld<'_> {
         world.run()?;
         let summary = summarize(&mut world, self.system, &self.opts.variant);
         let (requests, timeseries) = world.metrics.take_rows();
+        let replicas = world.replicas.iter().map(ReplicaSummary::of).collect();
         Ok(Ran {
+            replicas,
             summary,
             events: world.counts.events,
             leapt_steps: world.counts.leapt_steps,
@@ -220,6 +307,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
     })?;
     write(&dir.file("summary.json"), &sim.summary.to_json())?;
     sim.summary.write_csv(&dir.file("summary.csv"))?;
+    write_replicas(&dir.file("replicas.csv"), &sim.replicas)?;
     write(&dir.file("resolved.toml"), &resolved_toml(cfg, &sim.system))?;
     let out_dir = dir.commit()?;
     Ok(RunOutcome {
@@ -329,6 +417,21 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     s.set("requests_rejected", m.rejected);
     s.set("requests_unfinished", m.unfinished);
     s.set("requests_failed", m.failed);
+    s.set("requests_timed_out", m.timed_out);
+    // Overload: refusals and abandonments by reason, retries, and the share of the requests offered
+    // (first attempts, the trace's recorded failures left out) that finished.
+    for (reason, n) in crate::request::FailureReason::ALL.iter().zip(m.failures) {
+        if *reason != crate::request::FailureReason::ClientTimeout {
+            s.set(&format!("rejected_{}", reason.as_str()), n);
+        }
+    }
+    s.set("requests_retried", m.retries);
+    let offered = world.counts.released - m.retries - m.failed;
+    s.set("requests_offered", offered);
+    s.set_opt(
+        "success_rate",
+        (offered > 0).then(|| m.finished as f64 / offered as f64),
+    );
     // B3: duration runs from the start (first arrival at t = 0) to the last completion.
     let dur = m.last_finish.as_secs_f64();
     s.set("duration_s", dur);
@@ -509,6 +612,41 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     s.set_opt(
         "busy_frac",
         (dur > 0.0).then(|| busy / (dur * cfg.cluster.replicas as f64)),
+    );
+    // Balance across replicas: requests and prompt tokens routed to each (mean, max, coefficient of
+    // variation = population standard deviation / mean), and the spread of their prefix-cache hit rates.
+    let per: Vec<ReplicaSummary> = world.replicas.iter().map(ReplicaSummary::of).collect();
+    for (key, xs) in [
+        (
+            "replica_requests",
+            per.iter().map(|r| r.requests as f64).collect::<Vec<_>>(),
+        ),
+        (
+            "replica_prompt_tokens",
+            per.iter().map(|r| r.prompt_tokens as f64).collect(),
+        ),
+    ] {
+        let n = xs.len() as f64;
+        let mean = xs.iter().sum::<f64>() / n;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+        s.set(&format!("{key}_mean"), mean);
+        s.set(
+            &format!("{key}_max"),
+            xs.iter().copied().fold(0.0, f64::max),
+        );
+        s.set_opt(
+            &format!("{key}_cv"),
+            (mean > 0.0).then(|| var.sqrt() / mean),
+        );
+    }
+    let rates: Vec<f64> = per.iter().filter_map(|r| r.prefix_cache_hit_rate).collect();
+    s.set_opt(
+        "replica_hit_rate_min",
+        rates.iter().copied().reduce(f64::min),
+    );
+    s.set_opt(
+        "replica_hit_rate_max",
+        rates.iter().copied().reduce(f64::max),
     );
     // Where the engine's time went, by operator class (seconds summed over steps and replicas).
     // Every class is listed, zero where absent, so that summaries of any runs stack into one table.

@@ -8,10 +8,11 @@ use crate::cost::CostModel;
 use crate::engine::EventQueue;
 use crate::error::{ConfigError, Error, OutputError};
 use crate::event::{Event, ReplicaId, SessionId};
+use crate::fasthash::FastMap;
 use crate::kv::KvStore;
 use crate::metrics::{Collector, Sample};
 use crate::replica::{Leapt, Replica, StepStart};
-use crate::request::{Request, Status};
+use crate::request::{FailureReason, Request, RequestId, Status};
 use crate::scheduler::Scheduler;
 use crate::time::{SimDuration, SimTime};
 use crate::workload::conversation::Release;
@@ -50,6 +51,15 @@ pub struct World<'a, S> {
     views: Vec<ReplicaView>,
     views_at: Option<SimTime>,
     signal_delay: SimDuration,
+    /// `admission.max_kv_usage_degraded`, when set.
+    degraded_above: Option<f64>,
+    /// `admission.max_waiting`, when set.
+    max_waiting: Option<usize>,
+    client_timeout: Option<SimDuration>,
+    retry_after: SimDuration,
+    /// Requests refused or abandoned whose clients will send them again (`Event::Retry`), with their
+    /// true output lengths.
+    retrying: FastMap<RequestId, (Request, u32)>,
     workload: Box<dyn Workload>,
     cost: Box<dyn CostModel>,
     pub metrics: Collector,
@@ -89,6 +99,18 @@ impl<'a, S: Scheduler> World<'a, S> {
             views: Vec::new(),
             views_at: None,
             signal_delay: SimDuration::from_secs_f64(cfg.cluster.signal_delay_s),
+            degraded_above: cfg.admission.as_ref().and_then(|a| a.max_kv_usage_degraded),
+            max_waiting: cfg
+                .admission
+                .as_ref()
+                .and_then(|a| a.max_waiting)
+                .map(|m| m as usize),
+            client_timeout: cfg
+                .workload
+                .client_timeout_s
+                .map(SimDuration::from_secs_f64),
+            retry_after: SimDuration::from_secs_f64(cfg.workload.retry_after_s),
+            retrying: FastMap::default(),
             router,
             workload,
             cost,
@@ -172,7 +194,7 @@ impl<'a, S: Scheduler> World<'a, S> {
         let m = &self.metrics;
         assert_eq!(
             self.counts.released,
-            m.finished + m.rejected + m.unfinished + m.failed,
+            m.finished + m.rejected + m.unfinished + m.failed + m.timed_out,
             "invariant 1: request conservation"
         );
         Ok(self.metrics.flush()?)
@@ -266,6 +288,31 @@ impl<'a, S: Scheduler> World<'a, S> {
                     }
                 }
             }
+            Event::Timeout(rid, id) => {
+                let Some(deadline) = self.client_timeout else {
+                    return Ok(());
+                };
+                let rep = &mut self.replicas[rid as usize];
+                // Gone (finished, or another attempt's deadline), or its first token came in time.
+                let due = rep
+                    .request(id)
+                    .is_some_and(|r| r.first_token.is_none() && r.arrival + deadline <= now);
+                if !due {
+                    return Ok(());
+                }
+                if rep.is_busy() {
+                    rep.pending_aborts.push(id);
+                } else {
+                    let (r, out) = rep.abort(id).expect("held between steps");
+                    self.give_up(now, r, out, Status::TimedOut, FailureReason::ClientTimeout)?;
+                    self.request_schedule(rid, now);
+                }
+            }
+            Event::Retry(id) => {
+                let (r, out) = self.retrying.remove(&id).expect("queued with its retry");
+                self.counts.released += 1;
+                self.send(now, r, out)?;
+            }
             Event::Sample => {
                 // Every value a row holds changes only at an event. When none ran since the last sample
                 // (an idle stretch, or one long step in flight) the rows would repeat the last ones but
@@ -320,8 +367,9 @@ impl<'a, S: Scheduler> World<'a, S> {
     fn admit(&mut self, now: SimTime, rel: Option<Release>) -> Result<(), OutputError> {
         match rel {
             None => Ok(()),
-            Some(Release::Rejected(nr)) => {
+            Some(Release::Rejected(mut nr)) => {
                 self.counts.released += 1;
+                nr.request.failure = Some(FailureReason::ContextLength);
                 self.metrics
                     .on_request_done(&nr.request, Status::Rejected)?;
                 // The workload ends a session whose prompt cannot fit (closed loop: the next turn
@@ -338,26 +386,77 @@ impl<'a, S: Scheduler> World<'a, S> {
             }
             Some(Release::Request(nr)) => {
                 self.counts.released += 1;
-                self.refresh_views(now);
-                match self.router.route(&nr.request, now, &self.views) {
-                    Route::To(rid) => {
-                        debug_assert!(
-                            self.views.get(rid as usize).is_some_and(|v| v.is_up()),
-                            "a router routes only to a replica that is up"
-                        );
-                        self.replicas[rid as usize].enqueue(nr.request, nr.true_output_tokens);
-                        self.request_schedule(rid, now);
-                    }
-                    Route::Reject => {
-                        // As after a failed turn: the user sees the refusal and goes on.
-                        self.metrics
-                            .on_request_done(&nr.request, Status::Rejected)?;
-                        self.turn_done(nr.request.session, 0, now);
-                    }
-                }
-                Ok(())
+                self.send(now, nr.request, nr.true_output_tokens)
             }
         }
+    }
+
+    /// Routes a request (a first attempt or a retry) and queues it at its replica, or refuses it: no
+    /// replica takes new requests (`unavailable`), or the chosen one's queue is full (`queue_full`).
+    fn send(
+        &mut self,
+        now: SimTime,
+        mut req: Request,
+        true_output: u32,
+    ) -> Result<(), OutputError> {
+        self.refresh_views(now);
+        match self.router.route(&req, now, &self.views) {
+            Route::To(rid) => {
+                debug_assert!(
+                    self.views.get(rid as usize).is_some_and(|v| v.takes_new()),
+                    "a router routes only to a replica that takes new requests"
+                );
+                let rep = &mut self.replicas[rid as usize];
+                if self.max_waiting.is_some_and(|m| rep.num_waiting() >= m) {
+                    req.replica = rid;
+                    return self.give_up(
+                        now,
+                        req,
+                        true_output,
+                        Status::Rejected,
+                        FailureReason::QueueFull,
+                    );
+                }
+                if let Some(t) = self.client_timeout {
+                    self.queue
+                        .push(req.arrival + t, Event::Timeout(rid, req.id));
+                }
+                rep.enqueue(req, true_output);
+                self.request_schedule(rid, now);
+                Ok(())
+            }
+            Route::Reject => self.give_up(
+                now,
+                req,
+                true_output,
+                Status::Rejected,
+                FailureReason::Unavailable,
+            ),
+        }
+    }
+
+    /// Records a refused or abandoned attempt; its client sends it again after `retry_after_s` while it
+    /// has retries left, else goes on to the session's next turn as after a failed one.
+    fn give_up(
+        &mut self,
+        now: SimTime,
+        mut req: Request,
+        true_output: u32,
+        status: Status,
+        reason: FailureReason,
+    ) -> Result<(), OutputError> {
+        req.failure = Some(reason);
+        // An abandoned request leaves the system when its abort takes effect.
+        req.finish = (status == Status::TimedOut).then_some(now);
+        self.metrics.on_request_done(&req, status)?;
+        if req.attempt < self.cfg.workload.max_retries {
+            let at = now + self.retry_after;
+            self.retrying.insert(req.id, (req.retry(at), true_output));
+            self.queue.push(at, Event::Retry(req.id));
+        } else {
+            self.turn_done(req.session, 0, now);
+        }
+        Ok(())
     }
 
     /// What follows a step of replica `rid` that ended at `now` and finished `done`: their rows, their
@@ -368,11 +467,24 @@ impl<'a, S: Scheduler> World<'a, S> {
         now: SimTime,
         done: Vec<Request>,
     ) -> Result<(), OutputError> {
+        let pending = std::mem::take(&mut self.replicas[rid as usize].pending_aborts);
         for mut r in done {
+            if pending.contains(&r.id) {
+                // Its client had left before this step ended. It stopped at its true length (or was
+                // cut at the same cap a retry would be), so a retry generates as many tokens.
+                let out = r.num_output_tokens;
+                self.give_up(now, r, out, Status::TimedOut, FailureReason::ClientTimeout)?;
+                continue;
+            }
             self.metrics.on_request_done(&r, Status::Finished)?;
             self.workload
                 .carry_block_hashes(r.session, std::mem::take(&mut r.block_hashes));
             self.turn_done(r.session, r.num_output_tokens, now);
+        }
+        for id in pending {
+            if let Some((r, out)) = self.replicas[rid as usize].abort(id) {
+                self.give_up(now, r, out, Status::TimedOut, FailureReason::ClientTimeout)?;
+            }
         }
         self.request_schedule(rid, now);
         Ok(())
@@ -405,6 +517,11 @@ impl<'a, S: Scheduler> World<'a, S> {
             self.views_at = Some(now);
             self.views.clear();
             self.views.extend(self.replicas.iter().map(Replica::view));
+            if let Some(u) = self.degraded_above {
+                for v in &mut self.views {
+                    v.degraded = v.kv_usage > u;
+                }
+            }
         } else {
             for (v, r) in self.views.iter_mut().zip(&self.replicas) {
                 v.state = r.state;

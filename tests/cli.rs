@@ -9,11 +9,12 @@ fn servesim() -> Command {
     Command::cargo_bin("servesim").unwrap()
 }
 
-const FILES: [&str; 5] = [
+const FILES: [&str; 6] = [
     "requests.csv",
     "summary.json",
     "summary.csv",
     "timeseries.csv",
+    "replicas.csv",
     "resolved.toml",
 ];
 
@@ -38,7 +39,7 @@ fn the_readme_worked_example_prints_as_shown() {
 }
 
 #[test]
-fn default_run_prints_a_summary_and_writes_five_files() {
+fn default_run_prints_a_summary_and_writes_six_files() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("default");
     // The embedded default, shortened so the debug build stays quick; everything else as shipped.

@@ -1,7 +1,8 @@
 //! Shared helpers: configs from text, runs into temp dirs, CSV readers.
 
 use servesim::config::{Config, Source};
-use servesim::run::{run, RunOptions, RunOutcome};
+use servesim::metrics::RequestRow;
+use servesim::run::{run, simulate, RunOptions, RunOutcome, SimOptions};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -118,4 +119,78 @@ pub fn step_cost_json(args: &[&str]) -> serde_json::Value {
         .stdout
         .clone();
     serde_json::from_slice(&out).unwrap()
+}
+
+/// One trace row: (session, turn, arrival or think time s, prompt as (content, tokens) segments,
+/// response content, output tokens, max tokens).
+pub type Row<'a> = (u64, u32, f64, &'a [(u64, u32)], u64, u32, u32);
+
+/// Replays `rows` (closed loop: turn 1 at its arrival, later turns their think time after the previous
+/// turn ends) with `engine` lines in the `[engine]` table and `extra` tables appended; returns the rows
+/// in request id order and the summary.
+pub fn replay(
+    rows: &[Row],
+    engine: &str,
+    extra: &str,
+) -> (Vec<RequestRow>, servesim::metrics::Summary) {
+    replay_set(rows, engine, extra, &[])
+}
+
+/// [`replay`] with `--set` overrides.
+pub fn replay_set(
+    rows: &[Row],
+    engine: &str,
+    extra: &str,
+    sets: &[&str],
+) -> (Vec<RequestRow>, servesim::metrics::Summary) {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("t.csv");
+    let mut text = servesim::workload::trace::native::COLUMNS.join(",") + "\n";
+    for &(session, turn, t, prompt, resp, out, max) in rows {
+        let segs: Vec<String> = prompt
+            .iter()
+            .map(|&(c, n)| format!("{c:016x}:{n}"))
+            .collect();
+        let (arrival, think) = if turn == 1 {
+            (format!("{t}"), String::new())
+        } else {
+            (String::new(), format!("{t}"))
+        };
+        text += &format!(
+            "{session},{turn},{arrival},{think},0,{},{resp:016x},{out},{max}\n",
+            segs.join(" ")
+        );
+    }
+    std::fs::write(&path, text).unwrap();
+    let cfg = config(
+        &format!(
+            r#"
+name = "batching"
+[workload]
+kind = "trace"
+trace = {{ format = "servesim", path = "{}", mode = "closed" }}
+[engine]
+max_model_len = 4096
+num_gpu_blocks = 1000
+{engine}
+[cost]
+kind = "linear"
+linear = {{ step_s = 0.01, prefill_token_s = 0.0001, decode_seq_s = 0.001, decode_context_token_s = 0.0 }}
+{extra}
+"#,
+            path.display()
+        ),
+        sets,
+    );
+    let sim = simulate(
+        &cfg,
+        &SimOptions {
+            rows: servesim::metrics::Rows::Keep,
+            ..SimOptions::default()
+        },
+    )
+    .unwrap();
+    let mut rows = sim.requests;
+    rows.sort_by_key(|r| r.id);
+    (rows, sim.summary)
 }

@@ -6,6 +6,11 @@ use servesim::config::{Config, EngineKind, KvKind};
 use servesim::run::{run, RunOptions};
 
 fn both(name: &str, cfg: &Config) -> u64 {
+    both_summary(name, cfg).0
+}
+
+/// [`both`], with the run's summary.
+fn both_summary(name: &str, cfg: &Config) -> (u64, servesim::metrics::Summary) {
     let tmp = tempfile::tempdir().unwrap();
     let go = |no_leap: bool, dir: &str| {
         run(
@@ -29,12 +34,13 @@ fn both(name: &str, cfg: &Config) -> u64 {
         "summary.json",
         "summary.csv",
         "timeseries.csv",
+        "replicas.csv",
     ] {
         let x = std::fs::read(tmp.path().join("leap").join(f)).unwrap();
         let y = std::fs::read(tmp.path().join("step").join(f)).unwrap();
         assert!(x == y, "{name}: {f} differs between leaping and stepping");
     }
-    a.leapt_steps
+    (a.leapt_steps, a.summary)
 }
 
 /// Every engine kind over every KV store kind, each on a workload with prefix hits and one with
@@ -150,6 +156,49 @@ fn leap_equals_step_with_replicas_priorities_and_no_cache() {
         ],
     );
     assert!(both("replicas", &cfg) > 100);
+}
+
+/// Every router, over loaded replicas with admission control, client timeouts that abort requests
+/// mid-step and retries: aborts, refusals and routing decisions are the same whether steps leap.
+#[test]
+fn leap_equals_step_for_every_router_with_admission_timeouts_and_retries() {
+    for router in [
+        "round_robin",
+        "least_loaded",
+        "session_affinity",
+        "power_of_two",
+        "consistent_hash",
+        "prefix_aware",
+        "cache_aware",
+    ] {
+        let r = format!("cluster.router=\"{router}\"");
+        let cfg = config(
+            SMALL_CHAT,
+            &[
+                "cluster.replicas=3",
+                &r,
+                "cluster.signal_delay_s=0.5",
+                "workload.session_rate=30.0",
+                "workload.duration_s=30.0",
+                "workload.client_timeout_s=1.0",
+                "workload.max_retries=1",
+                "workload.retry_after_s=0.5",
+                "admission.max_waiting=8",
+                "admission.max_kv_usage_degraded=0.8",
+                "engine.num_gpu_blocks=3000",
+            ],
+        );
+        let (leapt, s) = both_summary(router, &cfg);
+        assert!(leapt > 100, "{router}");
+        for k in [
+            "requests_timed_out",
+            "rejected_queue_full",
+            "rejected_unavailable",
+            "requests_retried",
+        ] {
+            assert!(s.0[k].as_u64().unwrap() > 0, "{router}: no {k}");
+        }
+    }
 }
 
 #[test]

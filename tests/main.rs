@@ -4,6 +4,7 @@ mod batching;
 mod cache;
 mod capacity;
 mod cli;
+mod cluster;
 mod common;
 mod compare;
 mod cost;

@@ -16,7 +16,7 @@ pub mod warmup;
 
 use crate::config::SloConfig;
 use crate::error::OutputError;
-use crate::request::{Request, Status};
+use crate::request::{FailureReason, Request, Status};
 use crate::time::SimTime;
 use histogram::LogHistogram;
 use row::RowBuf;
@@ -51,6 +51,8 @@ pub const REQUEST_COLUMNS: &[&str] = &[
     "priority",
     "batch_id",
     "padding_tokens",
+    "attempt",
+    "failure_reason",
 ];
 
 /// Column order of `timeseries.csv`.
@@ -143,6 +145,12 @@ pub struct Collector {
     /// Recorded failures replayed from a trace (never run).
     pub failed: u64,
     pub unfinished: u64,
+    /// Abandoned by their clients (`workload.client_timeout_s`).
+    pub timed_out: u64,
+    /// Rejected and timed-out rows by reason, in `FailureReason::ALL` order.
+    pub failures: [u64; 4],
+    /// Rows of attempts after the first (client retries).
+    pub retries: u64,
     pub good: u64,
     /// Token sums over every row of `requests.csv` (whatever its status): the summary's `prompt_tokens`,
     /// `output_tokens`, `prompt_tokens_cached` and `prefill_tokens_computed`.
@@ -280,6 +288,9 @@ impl Collector {
             itl: LogHistogram::default(),
             finished: 0,
             rejected: 0,
+            timed_out: 0,
+            failures: [0; 4],
+            retries: 0,
             failed: 0,
             unfinished: 0,
             good: 0,
@@ -454,6 +465,17 @@ impl Collector {
             Status::Rejected => self.rejected += 1,
             Status::Unfinished => self.unfinished += 1,
             Status::Failed => self.failed += 1,
+            Status::TimedOut => self.timed_out += 1,
+        }
+        if let Some(f) = r.failure {
+            let i = FailureReason::ALL
+                .iter()
+                .position(|&x| x == f)
+                .expect("listed");
+            self.failures[i] += 1;
+        }
+        if r.attempt > 0 {
+            self.retries += 1;
         }
         // The latency statistics and goodput count finished requests that arrived after the warm-up.
         if status == Status::Finished && measured {

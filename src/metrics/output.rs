@@ -18,13 +18,14 @@ use crate::error::OutputError;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Every file name servesim writes into an output directory: a run's five files, a comparison's tables
+/// Every file name servesim writes into an output directory: a run's six files, a comparison's tables
 /// and its plots (SVG or PNG), a capacity search's probes and answer.
 pub const OUTPUT_FILES: &[&str] = &[
     "requests.csv",
     "summary.json",
     "summary.csv",
     "timeseries.csv",
+    "replicas.csv",
     "resolved.toml",
     "comparison.csv",
     "comparison_seeds.csv",

@@ -10,7 +10,7 @@ use super::io_err;
 use super::row::RowBuf;
 use crate::error::OutputError;
 use crate::event::{ReplicaId, SessionId};
-use crate::request::{Request, RequestId, Status, StopReason};
+use crate::request::{FailureReason, Request, RequestId, Status, StopReason};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -29,7 +29,8 @@ pub struct RequestRow {
     pub id: RequestId,
     pub session: SessionId,
     pub turn: u32,
-    /// None for requests that never reached a replica (rejected, recorded failures).
+    /// None for requests that never reached a replica (rejected by the workload or the router,
+    /// recorded failures); a `queue_full` rejection names the replica that refused it.
     pub replica: Option<ReplicaId>,
     pub status: Status,
     pub reason: Option<StopReason>,
@@ -50,6 +51,8 @@ pub struct RequestRow {
     /// The request-level batch that ran it, and the padding its prompt carried there.
     pub batch_id: Option<u64>,
     pub padding_tokens: u32,
+    pub attempt: u32,
+    pub failure: Option<FailureReason>,
 }
 
 impl RequestRow {
@@ -59,7 +62,13 @@ impl RequestRow {
             id: r.id,
             session: r.session,
             turn: r.turn,
-            replica: (!matches!(status, Status::Rejected | Status::Failed)).then_some(r.replica),
+            replica: match status {
+                Status::Failed => None,
+                Status::Rejected => {
+                    (r.failure == Some(FailureReason::QueueFull)).then_some(r.replica)
+                }
+                _ => Some(r.replica),
+            },
             status,
             reason: r.finish_reason,
             times: [
@@ -80,6 +89,8 @@ impl RequestRow {
             priority: r.priority,
             batch_id: r.batch_id,
             padding_tokens: r.padding_tokens,
+            attempt: r.attempt,
+            failure: r.failure,
         }
     }
 
@@ -117,6 +128,8 @@ impl RequestRow {
             None => row.empty(),
         }
         row.int(self.padding_tokens);
+        row.int(self.attempt);
+        row.str(self.failure.map(|f| f.as_str()).unwrap_or(""));
     }
 }
 
@@ -255,6 +268,8 @@ mod tests {
             priority: -(i as i64 % 3),
             batch_id: (i % 3 == 0).then_some(i / 3),
             padding_tokens: (i % 7) as u32,
+            attempt: (i % 2) as u32,
+            failure: (i % 5 == 0).then_some(FailureReason::QueueFull),
         }
     }
 

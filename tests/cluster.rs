@@ -1,0 +1,204 @@
+//! Admission control, client timeouts and retries (`[admission]`, `workload.client_timeout_s`,
+//! `workload.max_retries`), on hand-made native traces with the linear cost model: 10 ms a step, 0.1 ms
+//! a prefill token, 1 ms a decode row, nothing per context token. Every expected time below is that
+//! arithmetic.
+
+use crate::common::*;
+use servesim::metrics::RequestRow;
+
+fn secs(ns: Option<u64>) -> Option<f64> {
+    ns.map(|n| n as f64 / 1e9)
+}
+
+fn close(a: Option<f64>, b: f64) -> bool {
+    a.is_some_and(|a| (a - b).abs() < 1e-6)
+}
+
+/// (status, failure reason, attempt) of each row, in id then attempt order.
+fn outcomes(rows: &[RequestRow]) -> Vec<(u64, &'static str, &'static str, u32)> {
+    let mut v: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.id,
+                r.status.as_str(),
+                r.failure.map_or("", |f| f.as_str()),
+                r.attempt,
+            )
+        })
+        .collect();
+    v.sort_by_key(|&(id, _, _, a)| (id, a));
+    v
+}
+
+/// No batching (one request at a time): A runs from 0 s, B and C wait behind it.
+const ONE_AT_A_TIME: &str = "kind = \"none\"";
+
+#[test]
+fn a_full_queue_refuses_with_queue_full_and_names_the_replica() {
+    // A (0 s) runs; B (1 ms) waits: 1 waiting. C (2 ms) finds the queue at max_waiting = 1: refused.
+    // D (2 s) arrives after A (0.02 + 9 x 0.011 = 0.119 s) and B (done by 0.238 s): it runs.
+    let (rows, s) = replay(
+        &[
+            (1, 1, 0.0, &[(1, 100)], 11, 10, 10),
+            (2, 1, 0.001, &[(2, 100)], 12, 10, 10),
+            (3, 1, 0.002, &[(3, 100)], 13, 10, 10),
+            (4, 1, 2.0, &[(4, 100)], 14, 10, 10),
+        ],
+        ONE_AT_A_TIME,
+        "[admission]\nmax_waiting = 1",
+    );
+    assert_eq!(
+        outcomes(&rows)
+            .iter()
+            .map(|o| (o.1, o.2))
+            .collect::<Vec<_>>(),
+        [
+            ("finished", ""),
+            ("finished", ""),
+            ("rejected", "queue_full"),
+            ("finished", "")
+        ]
+    );
+    // Request ids count from 0: C is 2.
+    let c = rows.iter().find(|r| r.id == 2).unwrap();
+    assert_eq!(c.replica, Some(0), "a 429 names the replica");
+    assert_eq!(s.0["rejected_queue_full"], 1);
+    assert_eq!(s.0["requests_offered"], 4);
+    assert_eq!(s.0["success_rate"], 0.75);
+}
+
+#[test]
+fn every_replica_degraded_refuses_with_unavailable() {
+    // Two replicas in turn, 21 blocks of 16 tokens each (20 usable). A 200-token prompt holds 13 blocks:
+    // 65% usage, over max_kv_usage_degraded = 0.5. A (0 s) goes to replica 0, B (0.1 s) to replica 1;
+    // each decodes 100 tokens (0.04 + 99 x 0.011 = 1.129 s). C (0.2 s) finds both degraded: refused.
+    // D (5 s) finds both idle: the turn goes on to replica 0.
+    let (rows, s) = replay_set(
+        &[
+            (1, 1, 0.0, &[(1, 200)], 11, 100, 100),
+            (2, 1, 0.1, &[(2, 200)], 12, 100, 100),
+            (3, 1, 0.2, &[(3, 200)], 13, 100, 100),
+            (4, 1, 5.0, &[(4, 200)], 14, 100, 100),
+        ],
+        "",
+        "[cluster]\nreplicas = 2\n[admission]\nmax_kv_usage_degraded = 0.5",
+        &["engine.num_gpu_blocks=21", "engine.max_model_len=320"],
+    );
+    let o = outcomes(&rows);
+    assert_eq!(o[2].1, "rejected");
+    assert_eq!(o[2].2, "unavailable");
+    let replicas: Vec<_> = rows.iter().map(|r| r.replica).collect();
+    assert_eq!(replicas, [Some(0), Some(1), None, Some(0)]);
+    assert_eq!(s.0["rejected_unavailable"], 1);
+    // Without admission control all four run.
+    let (rows, _) = replay_set(
+        &[
+            (1, 1, 0.0, &[(1, 200)], 11, 100, 100),
+            (2, 1, 0.1, &[(2, 200)], 12, 100, 100),
+            (3, 1, 0.2, &[(3, 200)], 13, 100, 100),
+        ],
+        "",
+        "[cluster]\nreplicas = 2",
+        &["engine.num_gpu_blocks=21", "engine.max_model_len=320"],
+    );
+    assert!(rows.iter().all(|r| r.status.as_str() == "finished"));
+}
+
+#[test]
+fn a_client_timeout_aborts_at_the_step_end_and_a_retry_succeeds() {
+    // A (0 s) runs alone: prefill 0.01 + 0.0001 x 100 = 0.02 s, then 99 decode steps of 0.011 s, done
+    // at 0.02 + 99 x 0.011 = 1.109 s. B (1 ms) waits behind it with a 0.5 s timeout: its deadline,
+    // 0.501 s, falls in A's decode step from 0.493 (0.02 + 43 x 0.011) to 0.504; the abort takes effect
+    // when that step ends, 0.504 s. Its retry goes 1 s later, 1.504 s, and runs at once: first token
+    // 0.02 s later, 1.524 s.
+    let trace = [
+        (1, 1, 0.0, &[(1, 100)][..], 11, 100, 100),
+        (2, 1, 0.001, &[(2, 100)][..], 12, 5, 5),
+    ];
+    let (rows, s) = replay(&trace, ONE_AT_A_TIME, "");
+    assert!(rows.iter().all(|r| r.status.as_str() == "finished"));
+    assert_eq!(s.0["success_rate"], 1.0);
+    let (rows, s) = replay_set(
+        &trace,
+        ONE_AT_A_TIME,
+        "",
+        &["workload.client_timeout_s=0.5"],
+    );
+    let o = outcomes(&rows);
+    // Request ids count from 0: B is 1.
+    assert_eq!(o[1], (1, "timed_out", "client_timeout", 0));
+    let b = rows.iter().find(|r| r.id == 1).unwrap();
+    assert!(close(secs(b.times[3]), 0.504), "{:?}", b.times);
+    assert_eq!(b.times[2], None, "no first token");
+    assert_eq!(s.0["requests_timed_out"], 1);
+    assert_eq!(s.0["success_rate"], 0.5);
+    let (rows, s) = replay_set(
+        &trace,
+        ONE_AT_A_TIME,
+        "",
+        &["workload.client_timeout_s=0.5", "workload.max_retries=2"],
+    );
+    let o = outcomes(&rows);
+    assert_eq!(
+        o,
+        [
+            (0, "finished", "", 0),
+            (1, "timed_out", "client_timeout", 0),
+            (1, "finished", "", 1)
+        ]
+    );
+    let retry = rows.iter().find(|r| r.id == 1 && r.attempt == 1).unwrap();
+    assert!(close(secs(retry.times[0]), 1.504), "{:?}", retry.times);
+    assert!(close(secs(retry.times[2]), 1.524), "{:?}", retry.times);
+    assert_eq!(s.0["requests_retried"], 1);
+    assert_eq!(s.0["requests_offered"], 2);
+    assert_eq!(s.0["success_rate"], 1.0);
+}
+
+#[test]
+fn bad_cluster_admission_and_client_settings_are_refused_by_key() {
+    for (set, key) in [
+        ("cluster.router=\"fastest\"", "cluster.router"),
+        ("cluster.load_signal=\"vibes\"", "cluster.load_signal"),
+        ("cluster.signal_delay_s=-1", "cluster.signal_delay_s"),
+        ("cluster.signal_delay_s=1e30", "cluster.signal_delay_s"),
+        (
+            "cluster.consistent_hash.load_bound=0.5",
+            "cluster.consistent_hash.load_bound",
+        ),
+        (
+            "cluster.consistent_hash.virtual_nodes=0",
+            "cluster.consistent_hash.virtual_nodes",
+        ),
+        (
+            "cluster.consistent_hash.key=\"user\"",
+            "cluster.consistent_hash.key",
+        ),
+        (
+            "cluster.prefix_aware.block_size=0",
+            "cluster.prefix_aware.block_size",
+        ),
+        (
+            "cluster.prefix_aware.queue_weight=-1",
+            "cluster.prefix_aware.queue_weight",
+        ),
+        (
+            "cluster.cache_aware.cache_threshold=1.5",
+            "cluster.cache_aware.cache_threshold",
+        ),
+        (
+            "admission.max_kv_usage_degraded=0",
+            "admission.max_kv_usage_degraded",
+        ),
+        ("admission.max_queue=3", "admission"),
+        ("workload.client_timeout_s=0", "workload.client_timeout_s"),
+        ("workload.retry_after_s=-2", "workload.retry_after_s"),
+        ("workload.max_retries=1000", "workload.max_retries"),
+    ] {
+        let e = servesim::config::Config::load(None, &[set.to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{set}: {e}");
+    }
+}
