@@ -650,6 +650,7 @@ fn workload_command(c: WorkloadCommand) -> Result<(), Error> {
                             cfg.workload.duration_s,
                             cfg.workload.max_requests,
                             sys.sizing.max_model_len,
+                            crate::system::rate_shape(&cfg),
                         )?
                         .into_trace(),
                         WorkloadKind::Conversational => Trace {

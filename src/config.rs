@@ -69,6 +69,155 @@ pub enum ArrivalProcess {
     Gamma,
 }
 
+/// How a piecewise schedule's factor runs between its points.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interpolation {
+    /// Each point's factor holds until the next point.
+    #[default]
+    Step,
+    /// The factor runs linearly from point to point (the last holds).
+    Linear,
+}
+
+/// `workload.rate_schedule`: the arrival rate over time, as a factor on the base rate
+/// (`workload.session_rate`, or a trace's `speedup`). See `workload/rate.rs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RateSchedule {
+    /// Factors at times: `points = [[0, 1.0], [600, 3.0]]` (seconds, factor), the first at 0 s.
+    Piecewise {
+        points: Vec<(f64, f64)>,
+        #[serde(default)]
+        interpolation: Interpolation,
+    },
+    /// 1 + amplitude x sin(2 pi (t - phase_s) / period_s), amplitude from 0 to 1.
+    Diurnal {
+        period_s: f64,
+        amplitude: f64,
+        #[serde(default)]
+        phase_s: f64,
+    },
+    /// On/off bursts: a two-state Markov-modulated Poisson process, factor `high` for an exponential
+    /// time of mean `high_mean_s`, then `low` for one of mean `low_mean_s`, and so on.
+    Bursts {
+        high: f64,
+        low: f64,
+        high_mean_s: f64,
+        low_mean_s: f64,
+    },
+}
+
+impl RateSchedule {
+    /// The largest factor the schedule reaches.
+    pub fn max_factor(&self) -> f64 {
+        match self {
+            RateSchedule::Piecewise { points, .. } => {
+                points.iter().map(|p| p.1).fold(0.0, f64::max)
+            }
+            RateSchedule::Diurnal { amplitude, .. } => 1.0 + amplitude,
+            RateSchedule::Bursts { high, low, .. } => high.max(*low),
+        }
+    }
+
+    /// The schedule's name in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RateSchedule::Piecewise { .. } => "piecewise",
+            RateSchedule::Diurnal { .. } => "diurnal",
+            RateSchedule::Bursts { .. } => "bursts",
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("workload.rate_schedule.{k}");
+        let finite_nonneg = |k: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(ConfigError::invalid(
+                    key(k),
+                    format!("must be a finite number, 0 or more, got {v}"),
+                ))
+            }
+        };
+        match self {
+            RateSchedule::Piecewise { points, .. } => {
+                if points.first().is_none_or(|p| p.0 != 0.0) {
+                    return Err(ConfigError::invalid(
+                        key("points"),
+                        "must start with a point at time 0, as [[0, factor], [time_s, factor], ...]",
+                    ));
+                }
+                for (i, w) in points.windows(2).enumerate() {
+                    if !(w[1].0.is_finite() && w[1].0 > w[0].0) {
+                        return Err(ConfigError::invalid(
+                            key(&format!("points[{}]", i + 1)),
+                            format!("times must increase: {} s follows {} s", w[1].0, w[0].0),
+                        ));
+                    }
+                }
+                for (i, p) in points.iter().enumerate() {
+                    finite_nonneg(&format!("points[{i}]"), p.1)?;
+                }
+                if points.iter().all(|p| p.1 == 0.0) {
+                    return Err(ConfigError::invalid(
+                        key("points"),
+                        "every factor is 0: nothing would arrive",
+                    ));
+                }
+            }
+            RateSchedule::Diurnal {
+                period_s,
+                amplitude,
+                phase_s,
+            } => {
+                if !(period_s.is_finite() && *period_s > 0.0) {
+                    return Err(ConfigError::invalid(
+                        key("period_s"),
+                        format!("must be positive seconds, got {period_s}"),
+                    ));
+                }
+                if !(0.0..=1.0).contains(amplitude) {
+                    return Err(ConfigError::invalid(
+                        key("amplitude"),
+                        format!(
+                            "must be from 0 to 1 (the rate never goes negative), got {amplitude}"
+                        ),
+                    ));
+                }
+                if !phase_s.is_finite() {
+                    return Err(ConfigError::invalid(key("phase_s"), "must be finite"));
+                }
+            }
+            RateSchedule::Bursts {
+                high,
+                low,
+                high_mean_s,
+                low_mean_s,
+            } => {
+                finite_nonneg("high", *high)?;
+                finite_nonneg("low", *low)?;
+                if *high == 0.0 && *low == 0.0 {
+                    return Err(ConfigError::invalid(
+                        key("high"),
+                        "high and low are both 0: nothing would arrive",
+                    ));
+                }
+                for (k, v) in [("high_mean_s", high_mean_s), ("low_mean_s", low_mean_s)] {
+                    if !(v.is_finite() && *v > 0.0) {
+                        return Err(ConfigError::invalid(
+                            key(k),
+                            format!("must be positive seconds, got {v}"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A shared system prompt and the share of sessions that use it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -248,6 +397,8 @@ pub struct WorkloadConfig {
     pub arrival: ArrivalProcess,
     /// Gamma shape when `arrival = "gamma"`.
     pub burstiness: f64,
+    /// The rate over time, a factor on `session_rate` (or a trace's `speedup`); unset: constant.
+    pub rate_schedule: Option<RateSchedule>,
     /// No session starts after this many seconds, and a turn is kept only if its nominal release time
     /// (session start + earlier think times, service time ignored) is earlier, so the request set does not
     /// depend on the engine. For traces: the replay window from the trace start.
@@ -306,6 +457,7 @@ impl Default for WorkloadConfig {
             session_rate: 1.0,
             arrival: ArrivalProcess::Poisson,
             burstiness: 1.0,
+            rate_schedule: None,
             duration_s: None,
             max_sessions: None,
             max_requests: None,
@@ -1342,6 +1494,9 @@ impl Config {
                 format!("must be a positive gamma shape, got {}", w.burstiness),
             ));
         }
+        if let Some(r) = &w.rate_schedule {
+            r.validate()?;
+        }
         if w.kind == WorkloadKind::Conversational {
             check_arrivals(w)?;
         }
@@ -1527,6 +1682,7 @@ impl Config {
         if let Some(a) = &self.admission {
             a.validate()?;
         }
+
         let w = &self.workload;
         if let Some(t) = w.client_timeout_s {
             if !(t.is_finite() && t > 0.0) {
@@ -1710,7 +1866,9 @@ fn check_arrivals(w: &WorkloadConfig) -> Result<(), ConfigError> {
         ArrivalProcess::Poisson => 1.0,
         ArrivalProcess::Gamma => w.burstiness,
     };
-    let zero_share = Gamma::new(k, k * w.session_rate)
+    // The schedule's peak is where gaps are shortest.
+    let peak = w.session_rate * w.rate_schedule.as_ref().map_or(1.0, |r| r.max_factor());
+    let zero_share = Gamma::new(k, k * peak)
         .map(|g| g.cdf(0.5e-9))
         .ok()
         .filter(|p| p.is_finite())
@@ -1743,7 +1901,7 @@ fn check_arrivals(w: &WorkloadConfig) -> Result<(), ConfigError> {
     let bounds = [
         (
             "workload.duration_s",
-            w.duration_s.map(|d| d * w.session_rate),
+            w.duration_s.map(|d| d * peak),
             "shorten duration_s",
         ),
         (

@@ -385,6 +385,10 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
         "session_rate",
         (cfg.workload.kind == WorkloadKind::Conversational).then_some(cfg.workload.session_rate),
     );
+    s.set(
+        "rate_schedule",
+        cfg.workload.rate_schedule.as_ref().map_or("", |r| r.kind()),
+    );
     s.set("block_size", cfg.engine.block_size);
     s.set("max_model_len", sys.sizing.max_model_len);
     s.set("num_gpu_blocks", sys.sizing.num_gpu_blocks);

@@ -65,6 +65,7 @@ impl System {
                 w.duration_s,
                 w.max_requests,
                 self.sizing.max_model_len,
+                rate_shape(cfg),
             )?),
         })
     }
@@ -256,6 +257,16 @@ impl System {
             },
         )
     }
+}
+
+/// `workload.rate_schedule` ready to reshape arrivals, drawing (bursts) from its own stream.
+pub fn rate_shape(cfg: &Config) -> Option<crate::workload::rate::RateShape> {
+    cfg.workload.rate_schedule.as_ref().map(|r| {
+        crate::workload::rate::RateShape::new(
+            r,
+            RngStreams::new(cfg.seed).stream("workload.rate_schedule"),
+        )
+    })
 }
 
 /// `[batching]` resolved for the dynamic batcher: each sampling profile's group is the first profile

@@ -195,10 +195,81 @@ fn bad_cluster_admission_and_client_settings_are_refused_by_key() {
         ("workload.client_timeout_s=0", "workload.client_timeout_s"),
         ("workload.retry_after_s=-2", "workload.retry_after_s"),
         ("workload.max_retries=1000", "workload.max_retries"),
+        (
+            "workload.rate_schedule={kind=\"piecewise\", points=[[5, 1.0]]}",
+            "workload.rate_schedule.points",
+        ),
+        (
+            "workload.rate_schedule={kind=\"piecewise\", points=[[0, 1.0], [0, 2.0]]}",
+            "workload.rate_schedule.points[1]",
+        ),
+        (
+            "workload.rate_schedule={kind=\"diurnal\", period_s=100, amplitude=2}",
+            "workload.rate_schedule.amplitude",
+        ),
+        (
+            "workload.rate_schedule={kind=\"bursts\", high=0, low=0, high_mean_s=1, low_mean_s=1}",
+            "workload.rate_schedule.high",
+        ),
+        (
+            "workload.rate_schedule={kind=\"weekly\"}",
+            "workload.rate_schedule",
+        ),
     ] {
         let e = servesim::config::Config::load(None, &[set.to_string()])
             .unwrap_err()
             .to_string();
         assert!(e.contains(key), "{set}: {e}");
+    }
+}
+
+/// Single-turn sessions at 2/s over 600 s, the rate tripled from 300 s: the session starts per window
+/// match the integrated rate, 2 x 300 = 600 and 2 x 3 x 300 = 1800, each a Poisson count within 4
+/// standard deviations (4 sqrt(mu)); the same schedule on a trace moves each record to where the
+/// integrated speed reaches its recorded time.
+#[test]
+fn a_rate_schedule_shapes_arrivals_of_sessions_and_of_a_trace() {
+    let cfg = default_with(&[
+        "workload.session_rate=2",
+        "workload.duration_s=600",
+        "workload.turns={dist=\"constant\", value=1}",
+        "workload.rate_schedule={kind=\"piecewise\", points=[[0, 1.0], [300, 3.0]]}",
+        "engine.kind=\"none\"",
+        "cost.kind=\"linear\"",
+    ]);
+    let sim = servesim::run::simulate(
+        &cfg,
+        &servesim::run::SimOptions {
+            rows: servesim::metrics::Rows::Keep,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let arrivals: Vec<f64> = sim
+        .requests
+        .iter()
+        .map(|r| r.times[0].unwrap() as f64 / 1e9)
+        .collect();
+    let n = |a: f64, b: f64| arrivals.iter().filter(|&&t| t >= a && t < b).count() as f64;
+    for (a, b, mu) in [(0.0, 300.0, 600.0), (300.0, 600.0, 1800.0)] {
+        let got = n(a, b);
+        assert!((got - mu).abs() <= 4.0 * f64::sqrt(mu), "[{a}, {b}): {got}");
+    }
+    assert_eq!(sim.summary.0["rate_schedule"], "piecewise");
+    // A trace of one arrival a second; speed 1 until 50 s, then 2: a record at 80 s arrives at
+    // 50 + 30 / 2 = 65 s.
+    let prompts: Vec<[(u64, u32); 1]> = (0..100).map(|i| [(i as u64 + 1, 10)]).collect();
+    let trace: Vec<_> = (0..100)
+        .map(|i| (i as u64 + 1, 1, i as f64, &prompts[i][..], 99, 1, 1))
+        .collect();
+    let (rows, _) = replay(
+        &trace,
+        "",
+        "[workload.rate_schedule]\nkind = \"piecewise\"\npoints = [[0, 1.0], [50, 2.0]]",
+    );
+    for r in &rows {
+        let x = r.id as f64;
+        let expect = if x < 50.0 { x } else { 50.0 + (x - 50.0) / 2.0 };
+        assert!(close(secs(r.times[0]), expect), "{x}: {:?}", r.times[0]);
     }
 }

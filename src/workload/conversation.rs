@@ -104,6 +104,8 @@ pub struct ConversationGenerator {
     arrivals: StreamRng,
     samplers: Samplers,
     gap_gamma: Option<Gamma<f64>>,
+    /// `workload.rate_schedule`, with the last session start in float seconds it advances from.
+    schedule: Option<(crate::workload::rate::RateShape, f64)>,
     horizon: Option<SimTime>,
     max_model_len: u32,
     next_session: SessionId,
@@ -138,6 +140,10 @@ impl ConversationGenerator {
             arrivals: streams.stream("workload.arrivals"),
             streams,
             gap_gamma,
+            schedule: cfg.rate_schedule.as_ref().map(|r| {
+                let rng = streams.stream("workload.rate_schedule");
+                (crate::workload::rate::RateShape::new(r, rng), 0.0)
+            }),
             horizon: cfg
                 .duration_s
                 .map(|d| SimTime::ZERO + SimDuration::from_secs_f64(d)),
@@ -187,6 +193,11 @@ impl Workload for ConversationGenerator {
         // The first session starts at t = 0 so every run opens with traffic.
         let t = if self.next_session == 0 {
             SimTime::ZERO
+        } else if let Some((shape, last)) = &mut self.schedule {
+            // The gap, in seconds at the base rate, spent at the scheduled rate (`workload/rate.rs`).
+            let x = shape.advance(*last, gap)?;
+            *last = x;
+            (SimTime::ZERO + SimDuration::from_secs_f64(x)).max(self.last_start)
         } else {
             self.last_start + SimDuration::from_secs_f64(gap)
         };

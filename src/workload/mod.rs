@@ -1,6 +1,6 @@
 //! Workloads: the conversational session generator (`conversation.rs`), trace replay (`trace/`, one
 //! reader per format), their distributions (`dist.rs`), the content model with its tagged hash chains
-//! (`content.rs`), and export of a generated workload as a trace (`export.rs`).
+//! (`content.rs`), load over time (`rate.rs`), and export of a generated workload as a trace (`export.rs`).
 //!
 //! To add a workload kind: one file implementing [`Workload`], one `WorkloadKind` arm in `config.rs`, and
 //! its construction in `System::workload` (`system.rs`). To add a trace format: see `trace/`.
@@ -9,6 +9,7 @@ pub mod content;
 pub mod conversation;
 pub mod dist;
 pub mod export;
+pub mod rate;
 pub mod trace;
 
 use crate::event::SessionId;

@@ -25,6 +25,7 @@ use crate::error::ConfigError;
 use crate::event::SessionId;
 use crate::request::Request;
 use crate::time::{SimDuration, SimTime};
+use crate::workload::rate::RateShape;
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -287,28 +288,45 @@ pub struct TraceWorkload {
     next_request: u64,
     content: String,
     has_sessions: bool,
-    /// The replay's time origin (nominal seconds) and the factor its times are scaled by.
-    origin: f64,
-    scale: f64,
+    /// Each record's replay time in seconds (None: not replayed).
+    replay_s: Vec<Option<f64>>,
 }
 
 impl TraceWorkload {
+    /// Reads the trace and prepares its replay; `shape` (`workload.rate_schedule`) reshapes its speed
+    /// over time.
     pub fn load(
         cfg: &TraceConfig,
         duration_s: Option<f64>,
         max_requests: Option<u64>,
         max_model_len: u32,
+        shape: Option<RateShape>,
     ) -> Result<TraceWorkload, ConfigError> {
         let trace = read(cfg)?;
-        Self::new(trace, cfg, duration_s, max_requests, max_model_len)
+        Self::with_schedule(trace, cfg, duration_s, max_requests, max_model_len, shape)
     }
 
+    /// The replay of `trace` at a constant speed.
     pub fn new(
         trace: Trace,
         cfg: &TraceConfig,
         duration_s: Option<f64>,
         max_requests: Option<u64>,
         max_model_len: u32,
+    ) -> Result<TraceWorkload, ConfigError> {
+        Self::with_schedule(trace, cfg, duration_s, max_requests, max_model_len, None)
+    }
+
+    /// The replay of `trace`, its speed a factor `shape` on `speedup` over replay time: a record
+    /// `x` seconds (at the base speed) after the replay's origin arrives at the time the integral of
+    /// the factor reaches `x` (`workload/rate.rs`). Think times keep the base speed.
+    pub fn with_schedule(
+        trace: Trace,
+        cfg: &TraceConfig,
+        duration_s: Option<f64>,
+        max_requests: Option<u64>,
+        max_model_len: u32,
+        mut shape: Option<RateShape>,
     ) -> Result<TraceWorkload, ConfigError> {
         let closed = match cfg.mode {
             ReplayMode::Closed => {
@@ -351,15 +369,29 @@ impl TraceWorkload {
             }
             scale = ((n - 1) as f64 / span) / rate;
         }
+        // Each record's replay time in seconds, in time order (so a schedule advances step by step);
+        // None past a schedule's end (a factor of 0 for ever).
+        let mut replay_s: Vec<Option<f64>> = vec![None; records.len()];
+        let mut last = (0.0, 0.0);
+        for &i in &order {
+            let x = ((nominal[i] - origin) * scale).max(0.0);
+            replay_s[i] = match &mut shape {
+                None => Some(x),
+                Some(s) => s.advance(last.1, x - last.0).inspect(|&t| last = (x, t)),
+            };
+            if replay_s[i].is_none() {
+                break;
+            }
+        }
         let mut keep = vec![false; records.len()];
         for (k, &i) in order.iter().enumerate() {
             if max_requests.is_some_and(|m| k as u64 >= m) {
                 break;
             }
-            if duration_s.is_some_and(|d| (nominal[i] - origin) * scale >= d) {
-                break;
+            match replay_s[i] {
+                Some(t) if duration_s.is_none_or(|d| t < d) => keep[i] = true,
+                _ => break,
             }
-            keep[i] = true;
         }
         // Closed loop: a session keeps its turns up to its first dropped one.
         let mut dense = std::collections::HashMap::new();
@@ -381,17 +413,20 @@ impl TraceWorkload {
             }
             sessions[s].push(i);
         }
-        let at = |t: f64| SimTime::ZERO + SimDuration::from_secs_f64((t - origin).max(0.0) * scale);
+        let at = |i: usize| {
+            SimTime::ZERO
+                + SimDuration::from_secs_f64(replay_s[i].expect("kept records have times"))
+        };
         let mut starts: Vec<(u64, SimTime)> = if closed {
             sessions
                 .iter()
                 .filter(|v| !v.is_empty())
-                .map(|v| (records[v[0]].session, at(nominal[v[0]])))
+                .map(|v| (records[v[0]].session, at(v[0])))
                 .collect()
         } else {
             (0..records.len())
                 .filter(|&i| keep[i])
-                .map(|i| (i as u64, at(nominal[i])))
+                .map(|i| (i as u64, at(i)))
                 .collect()
         };
         starts.sort_by_key(|&(id, t)| (t, id));
@@ -415,8 +450,7 @@ impl TraceWorkload {
             next_request: 0,
             content: trace.content,
             has_sessions: trace.has_sessions,
-            origin,
-            scale,
+            replay_s,
         })
     }
 
@@ -428,14 +462,17 @@ impl TraceWorkload {
         for &i in self.sessions.iter().flatten() {
             kept[i] = true;
         }
-        let (origin, scale) = (self.origin, self.scale);
+        let replay_s = self.replay_s;
         let out: Vec<TraceRecord> = self
             .records
             .into_iter()
             .zip(kept)
-            .filter(|(_, k)| *k)
-            .map(|(mut r, _)| {
-                r.arrival_s = r.arrival_s.map(|a| ((a - origin) * scale).max(0.0));
+            .enumerate()
+            .filter(|(_, (_, k))| *k)
+            .map(|(i, (mut r, _))| {
+                if r.arrival_s.is_some() {
+                    r.arrival_s = replay_s[i];
+                }
                 r
             })
             .collect();
