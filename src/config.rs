@@ -990,7 +990,8 @@ pub struct ConsistentHashConfig {
     pub virtual_nodes: u32,
     /// c of consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2018): a replica
     /// takes a key only while its load, with the key, stays within c x the mean load (rounded up for
-    /// request counts); else the next replica on the ring. Unset: no bound (plain consistent hashing).
+    /// request counts); else the next replica on the ring. `inf` (or unset): no bound, plain consistent
+    /// hashing.
     pub load_bound: Option<f64>,
 }
 
@@ -1066,6 +1067,32 @@ impl Default for CacheAwareConfig {
     }
 }
 
+/// What a cluster event does (`[[cluster.events]]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterAction {
+    /// A new replica joins, cold (empty KV cache), and takes requests at once; it gets the next id.
+    AddReplica,
+    /// Replica `replica` leaves: it takes nothing new, the requests it holds that never started are
+    /// routed again (their arrival times kept), the started ones finish there; then it is down.
+    RemoveReplica,
+    /// Replica `replica` is drained: it takes nothing new and finishes everything it holds, waiting
+    /// requests included; then it is down.
+    Drain,
+}
+
+/// A change to the cluster at a time (`[[cluster.events]]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterEvent {
+    /// Seconds of virtual time.
+    pub at_s: f64,
+    pub action: ClusterAction,
+    /// The replica it acts on (`remove_replica`, `drain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<u32>,
+}
+
 /// Replicas behind a router.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1081,6 +1108,9 @@ pub struct ClusterConfig {
     pub consistent_hash: ConsistentHashConfig,
     pub prefix_aware: PrefixAwareConfig,
     pub cache_aware: CacheAwareConfig,
+    /// Replicas joining and leaving during the run, applied in time order (ties in list order) before
+    /// the arrivals of the same instant.
+    pub events: Vec<ClusterEvent>,
 }
 
 impl Default for ClusterConfig {
@@ -1093,11 +1123,81 @@ impl Default for ClusterConfig {
             consistent_hash: ConsistentHashConfig::default(),
             prefix_aware: PrefixAwareConfig::default(),
             cache_aware: CacheAwareConfig::default(),
+            events: Vec::new(),
         }
     }
 }
 
 impl ClusterConfig {
+    /// Replica slots over the run: the replicas at the start plus one per `add_replica` event. Ids
+    /// 0..replicas are up at the start; the others join in event order.
+    pub fn slots(&self) -> u32 {
+        self.replicas
+            + self
+                .events
+                .iter()
+                .filter(|e| e.action == ClusterAction::AddReplica)
+                .count() as u32
+    }
+
+    /// The events in the order they apply: by time, ties in list order (a stable sort).
+    pub fn events_in_order(&self) -> Vec<(usize, &ClusterEvent)> {
+        let mut v: Vec<_> = self.events.iter().enumerate().collect();
+        v.sort_by(|a, b| a.1.at_s.total_cmp(&b.1.at_s));
+        v
+    }
+
+    /// Checks the events against the cluster they act on, in order: a replica removed or drained must
+    /// be up then.
+    fn validate_events(&self) -> Result<(), ConfigError> {
+        let horizon_s = crate::time::HORIZON.as_secs_f64();
+        let mut up: Vec<bool> = (0..self.slots()).map(|i| i < self.replicas).collect();
+        let mut next = self.replicas;
+        for (i, e) in self.events_in_order() {
+            let key = |k: &str| format!("cluster.events[{i}].{k}");
+            if !(e.at_s.is_finite() && e.at_s >= 0.0 && e.at_s < horizon_s) {
+                return Err(ConfigError::invalid(
+                    key("at_s"),
+                    format!("must be seconds of virtual time, 0 or more, got {}", e.at_s),
+                ));
+            }
+            match e.action {
+                ClusterAction::AddReplica => {
+                    if e.replica.is_some() {
+                        return Err(ConfigError::invalid(
+                            key("replica"),
+                            format!(
+                                "add_replica takes no replica: the new one gets the next id ({next})"
+                            ),
+                        ));
+                    }
+                    up[next as usize] = true;
+                    next += 1;
+                }
+                ClusterAction::RemoveReplica | ClusterAction::Drain => {
+                    let Some(r) = e.replica else {
+                        return Err(ConfigError::invalid(
+                            key("replica"),
+                            format!("{} needs the replica id it acts on", config_name(e.action)),
+                        ));
+                    };
+                    if !up.get(r as usize).copied().unwrap_or(false) {
+                        return Err(ConfigError::invalid(
+                            key("replica"),
+                            format!(
+                                "replica {r} is not up at {} s (ids 0..{} are up at the start; each \
+                                 add_replica gives the next id)",
+                                e.at_s, self.replicas
+                            ),
+                        ));
+                    }
+                    up[r as usize] = false;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Checks every cluster key; errors name the key.
     fn validate(&self) -> Result<(), ConfigError> {
         if self.replicas == 0 {
@@ -1131,12 +1231,12 @@ impl ClusterConfig {
             ));
         }
         if let Some(c) = h.load_bound {
-            if !(c.is_finite() && c >= 1.0) {
+            if c.is_nan() || c < 1.0 {
                 return Err(ConfigError::invalid(
                     "cluster.consistent_hash.load_bound",
                     format!(
                         "must be at least 1 (c x the mean load; below 1 no replica could take a key), got {c}; \
-                         remove the key for no bound"
+                         inf for no bound"
                     ),
                 ));
             }
@@ -1173,7 +1273,7 @@ impl ClusterConfig {
         nonneg("cache_aware.balance_abs_threshold", c.balance_abs_threshold)?;
         nonneg("cache_aware.balance_rel_threshold", c.balance_rel_threshold)?;
         nonneg("cache_aware.eviction_interval_s", c.eviction_interval_s)?;
-        Ok(())
+        self.validate_events()
     }
 }
 

@@ -26,25 +26,29 @@ pub enum Event {
     Timeout(ReplicaId, RequestId),
     /// A client sends a refused or abandoned request again (`workload.max_retries`).
     Retry(RequestId),
+    /// Cluster event `cluster.events[i]` (a replica joins, leaves or is drained).
+    Cluster(u32),
     /// Take a time-series sample of every replica.
     Sample,
 }
 
 impl EventClass for Event {
-    /// Same-instant order. Completions come first so that the blocks and batch slots they release are visible
+    /// Same-instant order. Cluster events come first: a replica that joins or leaves at an instant
+    /// does so before anything else there sees the cluster. Completions come next so that the blocks and batch slots they release are visible
     /// to everything else at that instant (a first token at the very instant of its client's deadline is in
     /// time); arrivals, retries and client timeouts come next, in the order they were queued, so that a
     /// request arriving at the very instant a step ends can join the next step; scheduling follows, seeing
     /// them all; samples come last so they record the state the instant settled into.
     fn class(&self) -> u8 {
         match self {
-            Event::StepDone(_) => 0,
-            Event::SessionStart(_) => 1,
-            Event::TurnRelease(_) => 1,
-            Event::Timeout(..) => 1,
-            Event::Retry(_) => 1,
-            Event::Schedule(_) => 2,
-            Event::Sample => 3,
+            Event::Cluster(_) => 0,
+            Event::StepDone(_) => 1,
+            Event::SessionStart(_) => 2,
+            Event::TurnRelease(_) => 2,
+            Event::Timeout(..) => 2,
+            Event::Retry(_) => 2,
+            Event::Schedule(_) => 3,
+            Event::Sample => 4,
         }
     }
 }

@@ -54,7 +54,7 @@ pub fn estimate_kv_bytes(cfg: &Config, num_gpu_blocks: u32) -> u64 {
     let per_replica = (num_gpu_blocks as u64)
         .saturating_mul(BYTES_PER_BLOCK)
         .saturating_add(BYTES_PER_REPLICA);
-    per_replica.saturating_mul(cfg.cluster.replicas as u64)
+    per_replica.saturating_mul(cfg.cluster.slots() as u64)
 }
 
 /// Refuses a run whose estimate exceeds the usable share of `physical` bytes (this machine's memory when

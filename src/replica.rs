@@ -104,6 +104,18 @@ pub struct ReplicaStats {
     /// Requests routed here (attempts, retries included) and their prompt tokens.
     pub requests: u64,
     pub prompt_tokens: u64,
+    /// The stretches it was up or draining, in ns: (start, end), the last open (None) while it is.
+    pub up: Vec<(u64, Option<u64>)>,
+}
+
+impl ReplicaStats {
+    /// Nanoseconds it was up or draining within [0, t].
+    pub fn up_within(&self, t: SimTime) -> u64 {
+        self.up
+            .iter()
+            .map(|&(a, b)| b.unwrap_or(u64::MAX).min(t.0).saturating_sub(a))
+            .sum()
+    }
 }
 
 impl ReplicaStats {
@@ -177,6 +189,8 @@ pub struct Replica<S> {
     /// Requests whose clients gave up while a step was in flight: aborted when it ends, as vLLM
     /// handles aborts between steps.
     pub pending_aborts: Vec<RequestId>,
+    /// Leaving (`remove_replica`): its unstarted requests go back to the router between steps.
+    pub reroute_pending: bool,
     pub stats: ReplicaStats,
     /// The plan of the last finished step, emptied by the next `schedule`: its lists are reused, as a plan
     /// grown push by push every step showed in profiles.
@@ -217,8 +231,11 @@ pub struct Leapt {
 }
 
 impl<S: Scheduler> Replica<S> {
+    /// A replica, up from time 0 (the world sets later joiners down until they join).
     pub fn new(id: ReplicaId, scheduler: S, max_model_len: u32) -> Replica<S> {
         let recompute = scheduler.kv().recomputes_context();
+        let mut stats = ReplicaStats::default();
+        stats.up.push((0, None));
         Replica {
             recompute,
             id,
@@ -232,7 +249,8 @@ impl<S: Scheduler> Replica<S> {
             schedule_pending: false,
             waits_for_arrival: false,
             pending_aborts: Vec::new(),
-            stats: ReplicaStats::default(),
+            reroute_pending: false,
+            stats,
             spare_plan: StepPlan::default(),
             leap_scratch: LeapScratch::default(),
             shape: StepShape::default(),
@@ -737,6 +755,36 @@ impl<S: Scheduler> Replica<S> {
     /// Session `session` has ended (see `KvStore::on_session_end`).
     pub fn on_session_end(&mut self, session: SessionId) {
         self.scheduler.kv_mut().on_session_end(session);
+    }
+
+    /// Sets its state at `now`, opening or closing an up stretch (`ReplicaStats::up`).
+    pub fn set_state(&mut self, state: ReplicaState, now: SimTime) {
+        let was_down = self.state == ReplicaState::Down;
+        let is_down = state == ReplicaState::Down;
+        if was_down && !is_down {
+            self.stats.up.push((now.0, None));
+        } else if !was_down && is_down {
+            if let Some(last) = self.stats.up.last_mut() {
+                last.1 = Some(now.0);
+            }
+        }
+        self.state = state;
+    }
+
+    /// The requests it holds that were never scheduled, in (arrival, id) order: what a leaving
+    /// replica hands back to the router.
+    pub fn unstarted(&self) -> Vec<RequestId> {
+        let mut v: Vec<(SimTime, RequestId)> = self
+            .scheduler
+            .all_requests()
+            .into_iter()
+            .filter_map(|id| {
+                let r = self.requests.get(&id)?;
+                r.first_scheduled.is_none().then_some((r.arrival, id))
+            })
+            .collect();
+        v.sort_unstable();
+        v.into_iter().map(|(_, id)| id).collect()
     }
 
     /// Request `id`, if this replica holds it.

@@ -225,6 +225,14 @@ impl Request {
         r
     }
 
+    /// The same attempt handed back by a leaving replica before it started, to be routed again: its
+    /// arrival and attempt kept, nothing else.
+    pub fn reroute(&self) -> Request {
+        let mut r = self.retry(self.arrival);
+        r.attempt = self.attempt;
+        r
+    }
+
     /// Prompt plus outputs so far (vLLM `num_tokens`).
     pub fn num_tokens(&self) -> u32 {
         self.prompt_tokens + self.num_output_tokens

@@ -254,7 +254,7 @@ impl WithReplicas for RunWorld<'_> {
 
     fn with<S: Scheduler + 'static>(self, make: &dyn Fn(ReplicaId) -> Replica<S>) -> Self::Out {
         let cfg = self.cfg;
-        let replicas = (0..cfg.cluster.replicas).map(make).collect();
+        let replicas = (0..cfg.cluster.slots()).map(make).collect();
         let mut world = World::new(
             cfg,
             replicas,
@@ -374,6 +374,7 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     s.set("hardware", cfg.hardware.name.clone());
     s.set("cost_model", world.cost_model_name());
     s.set("replicas", cfg.cluster.replicas);
+    s.set("cluster_events", cfg.cluster.events.len());
     s.set("router", enum_name(cfg.cluster.router));
     s.set("tensor_parallel", cfg.hardware.tensor_parallel);
     s.set("engine", enum_name(cfg.engine.kind));
@@ -577,7 +578,21 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     s.set("kv_store_tokens", store.tokens);
     s.set("kv_store_bytes", store.bytes);
     s.set("kv_store_tokens_peak", store.peak_tokens);
-    let span = world.counts.end.as_secs_f64() * cfg.cluster.replicas as f64;
+    // Replica-seconds within [0, t]: every replica up all along without cluster events, else each one's
+    // up (or draining) time.
+    let replica_seconds = |t: crate::time::SimTime| {
+        if cfg.cluster.events.is_empty() {
+            t.as_secs_f64() * cfg.cluster.replicas as f64
+        } else {
+            world
+                .replicas
+                .iter()
+                .map(|r| r.stats.up_within(t))
+                .sum::<u64>() as f64
+                / 1e9
+        }
+    };
+    let span = replica_seconds(world.counts.end);
     // Block usage means nothing for a store without blocks (conversation, off): null, not 0.
     let blocks = cfg.engine.kv_kind() == crate::config::KvKind::Paged;
     s.set_opt(
@@ -615,7 +630,7 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
         .sum();
     s.set_opt(
         "busy_frac",
-        (dur > 0.0).then(|| busy / (dur * cfg.cluster.replicas as f64)),
+        (dur > 0.0).then(|| busy / replica_seconds(m.last_finish)),
     );
     // Balance across replicas: requests and prompt tokens routed to each (mean, max, coefficient of
     // variation = population standard deviation / mean), and the spread of their prefix-cache hit rates.

@@ -250,7 +250,7 @@ impl System {
         crate::cluster::router::build(
             &cfg.cluster,
             crate::cluster::router::RouterContext {
-                slots: cfg.cluster.replicas,
+                slots: cfg.cluster.slots(),
                 seed: cfg.seed,
                 gpu_blocks: self.sizing.num_gpu_blocks as u64,
                 block_size: cfg.engine.block_size,

@@ -60,6 +60,8 @@ pub struct World<'a, S> {
     /// Requests refused or abandoned whose clients will send them again (`Event::Retry`), with their
     /// true output lengths.
     retrying: FastMap<RequestId, (Request, u32)>,
+    /// The slot the next `add_replica` event brings up.
+    next_slot: u32,
     workload: Box<dyn Workload>,
     cost: Box<dyn CostModel>,
     pub metrics: Collector,
@@ -91,7 +93,13 @@ impl<'a, S: Scheduler> World<'a, S> {
         show_progress: bool,
         leap: bool,
     ) -> World<'a, S> {
+        let mut replicas = replicas;
+        // Slots past the starting replicas join with `add_replica` events.
+        for r in replicas.iter_mut().skip(cfg.cluster.replicas as usize) {
+            r.set_state(crate::cluster::ReplicaState::Down, SimTime::ZERO);
+        }
         World {
+            next_slot: cfg.cluster.replicas,
             cfg,
             wake_at: vec![None; replicas.len()],
             queue: EventQueue::new(),
@@ -134,6 +142,10 @@ impl<'a, S: Scheduler> World<'a, S> {
     pub fn run(&mut self) -> Result<(), Error> {
         if let Some((id, t)) = self.workload.next_session_start() {
             self.queue.push(t, Event::SessionStart(id));
+        }
+        for (i, e) in self.cfg.cluster.events_in_order() {
+            let at = SimTime::ZERO + SimDuration::from_secs_f64(e.at_s);
+            self.queue.push(at, Event::Cluster(i as u32));
         }
         self.queue.push(SimTime::ZERO, Event::Sample);
         while let Some(t) = self.queue.peek_time() {
@@ -305,7 +317,27 @@ impl<'a, S: Scheduler> World<'a, S> {
                 } else {
                     let (r, out) = rep.abort(id).expect("held between steps");
                     self.give_up(now, r, out, Status::TimedOut, FailureReason::ClientTimeout)?;
+                    self.settle_leaving(rid, now)?;
                     self.request_schedule(rid, now);
+                }
+            }
+            Event::Cluster(i) => {
+                use crate::cluster::ReplicaState;
+                use crate::config::ClusterAction;
+                let e = &self.cfg.cluster.events[i as usize];
+                match e.action {
+                    ClusterAction::AddReplica => {
+                        let id = self.next_slot;
+                        self.next_slot += 1;
+                        self.replicas[id as usize].set_state(ReplicaState::Up, now);
+                    }
+                    ClusterAction::RemoveReplica | ClusterAction::Drain => {
+                        let id = e.replica.expect("validated");
+                        let rep = &mut self.replicas[id as usize];
+                        rep.set_state(ReplicaState::Draining, now);
+                        rep.reroute_pending = e.action == ClusterAction::RemoveReplica;
+                        self.settle_leaving(id, now)?;
+                    }
                 }
             }
             Event::Retry(id) => {
@@ -324,7 +356,12 @@ impl<'a, S: Scheduler> World<'a, S> {
                     return Ok(());
                 }
                 self.active_since_sample = false;
-                for rep in &self.replicas {
+                // Replicas not yet joined, or gone, write no rows.
+                for rep in self
+                    .replicas
+                    .iter()
+                    .filter(|r| r.state != crate::cluster::ReplicaState::Down || r.has_work())
+                {
                     let kv = rep.kv().stats();
                     self.metrics.on_sample(&Sample {
                         time: now,
@@ -349,6 +386,7 @@ impl<'a, S: Scheduler> World<'a, S> {
                         store_hits: kv.store.hits,
                         store_evictions: kv.store.evictions,
                         batch_size_limit: rep.batch_limit().unwrap_or(0),
+                        state: rep.state,
                     })?;
                 }
                 let population = self.workload.population().unwrap_or_else(|| {
@@ -486,7 +524,30 @@ impl<'a, S: Scheduler> World<'a, S> {
                 self.give_up(now, r, out, Status::TimedOut, FailureReason::ClientTimeout)?;
             }
         }
+        self.settle_leaving(rid, now)?;
         self.request_schedule(rid, now);
+        Ok(())
+    }
+
+    /// A leaving replica between steps: a removed one hands its unstarted requests back to the router
+    /// (their arrival kept, so their clients' deadlines stand); one that holds nothing more is down.
+    fn settle_leaving(&mut self, rid: ReplicaId, now: SimTime) -> Result<(), OutputError> {
+        let rep = &mut self.replicas[rid as usize];
+        if rep.state != crate::cluster::ReplicaState::Draining || rep.is_busy() {
+            return Ok(());
+        }
+        if std::mem::take(&mut rep.reroute_pending) {
+            for id in rep.unstarted() {
+                let (r, out) = self.replicas[rid as usize]
+                    .abort(id)
+                    .expect("held between steps");
+                self.send(now, r.reroute(), out)?;
+            }
+        }
+        let rep = &mut self.replicas[rid as usize];
+        if !rep.has_work() {
+            rep.set_state(crate::cluster::ReplicaState::Down, now);
+        }
         Ok(())
     }
 

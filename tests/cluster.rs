@@ -273,3 +273,165 @@ fn a_rate_schedule_shapes_arrivals_of_sessions_and_of_a_trace() {
         assert!(close(secs(r.times[0]), expect), "{x}: {:?}", r.times[0]);
     }
 }
+
+/// Three requests on two replicas in turn, one at a time each (A on 0, B on 1, C behind A on 0), and
+/// replica 0 leaving at 50 ms, mid-way through A's decode step from 42 to 53 ms.
+fn leaving(action: &str) -> (Vec<RequestRow>, servesim::metrics::Summary) {
+    let events = format!(
+        "[cluster]\nreplicas = 2\nevents = [{{ at_s = 0.05, action = \"{action}\", replica = 0 }}]"
+    );
+    replay(
+        &[
+            (1, 1, 0.0, &[(1, 100)], 11, 10, 10),
+            (2, 1, 0.001, &[(2, 100)], 12, 10, 10),
+            (3, 1, 0.002, &[(3, 100)], 13, 10, 10),
+            (4, 1, 5.0, &[(4, 100)], 14, 10, 10),
+        ],
+        ONE_AT_A_TIME,
+        &events,
+    )
+}
+
+#[test]
+fn a_removed_replica_finishes_what_started_and_hands_back_the_rest() {
+    // Each request: prefill 0.01 + 0.0001 x 100 = 0.02 s, then 9 decode steps of 0.011 s: 0.119 s.
+    // A (0 s) finishes on replica 0 at 0.119. C never started: at the end of the step in flight (53 ms)
+    // it goes back to the router, which has only replica 1: it waits behind B (done at 0.120), first
+    // token at 0.140, done at 0.239, its arrival still 2 ms. D (5 s) goes to replica 1.
+    let (rows, _) = leaving("remove_replica");
+    let replicas: Vec<_> = rows.iter().map(|r| r.replica).collect();
+    assert_eq!(replicas, [Some(0), Some(1), Some(1), Some(1)]);
+    let c = &rows[2];
+    assert!(close(secs(c.times[0]), 0.002));
+    assert!(close(secs(c.times[1]), 0.120), "{:?}", c.times);
+    assert!(close(secs(c.times[3]), 0.239), "{:?}", c.times);
+    assert!(close(secs(rows[0].times[3]), 0.119));
+    assert!(rows.iter().all(|r| r.status.as_str() == "finished"));
+}
+
+#[test]
+fn a_drained_replica_finishes_everything_it_holds() {
+    // C stays on replica 0 and runs after A: from 0.119 to 0.238. D (5 s) goes to replica 1.
+    let (rows, _) = leaving("drain");
+    let replicas: Vec<_> = rows.iter().map(|r| r.replica).collect();
+    assert_eq!(replicas, [Some(0), Some(1), Some(0), Some(1)]);
+    assert!(close(secs(rows[2].times[1]), 0.119), "{:?}", rows[2].times);
+    assert!(close(secs(rows[2].times[3]), 0.238));
+}
+
+#[test]
+fn an_added_replica_takes_requests_from_when_it_joins() {
+    // One replica, a second joining at 1 s; round robin. A (0 s) on 0; B (2 s) on the new replica 1.
+    // Each is busy 0.119 s. Busy share over the replicas' up time: 0.238 / (2.119 + 1.119) = 0.0735
+    // (the run ends with B's finish, 2.119 s; replica 1 is up from 1 s).
+    let (rows, s) = replay(
+        &[
+            (1, 1, 0.0, &[(1, 100)], 11, 10, 10),
+            (2, 1, 2.0, &[(2, 100)], 12, 10, 10),
+        ],
+        ONE_AT_A_TIME,
+        "[cluster]\nreplicas = 1\nevents = [{ at_s = 1.0, action = \"add_replica\" }]",
+    );
+    let replicas: Vec<_> = rows.iter().map(|r| r.replica).collect();
+    assert_eq!(replicas, [Some(0), Some(1)]);
+    let busy = s.get_f64("busy_frac").unwrap();
+    assert!((busy - 0.238 / 3.238).abs() < 1e-9, "{busy}");
+    assert_eq!(s.0["cluster_events"], 1);
+}
+
+#[test]
+fn bad_cluster_events_are_refused_by_key() {
+    for (set, key) in [
+        (
+            "cluster.events=[{at_s=1, action=\"drain\"}]",
+            "cluster.events[0].replica",
+        ),
+        (
+            "cluster.events=[{at_s=1, action=\"drain\", replica=3}]",
+            "cluster.events[0].replica",
+        ),
+        (
+            "cluster.events=[{at_s=2, action=\"drain\", replica=0}, {at_s=1, action=\"drain\", replica=0}]",
+            "cluster.events[0].replica",
+        ),
+        (
+            "cluster.events=[{at_s=-1, action=\"add_replica\"}]",
+            "cluster.events[0].at_s",
+        ),
+        (
+            "cluster.events=[{at_s=1, action=\"add_replica\", replica=0}]",
+            "cluster.events[0].replica",
+        ),
+        (
+            "cluster.events=[{at_s=1, action=\"explode\"}]",
+            "cluster.events",
+        ),
+    ] {
+        let e = servesim::config::Config::load(None, &[set.to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{set}: {e}");
+    }
+    // Added replicas get the next ids, in time order: the one added at 1 s is 1, at 2 s is 2.
+    servesim::config::Config::load(
+        None,
+        &[
+            "cluster.events=[{at_s=2, action=\"add_replica\"}, {at_s=1, action=\"add_replica\"}, \
+           {at_s=3, action=\"remove_replica\", replica=2}]"
+                .to_string(),
+        ],
+    )
+    .unwrap();
+}
+
+/// Share of sessions with turns on both sides of `t` whose first turn after it ran on another replica.
+fn moved_share(rows: &[RequestRow], t: f64) -> (f64, usize) {
+    let mut by: std::collections::BTreeMap<u64, Vec<&RequestRow>> = Default::default();
+    for r in rows.iter().filter(|r| r.replica.is_some()) {
+        by.entry(r.session).or_default().push(r);
+    }
+    let (mut moved, mut n) = (0, 0);
+    for v in by.values_mut() {
+        v.sort_by_key(|r| r.turn);
+        for w in v.windows(2) {
+            let (a, b) = (secs(w[0].times[0]).unwrap(), secs(w[1].times[0]).unwrap());
+            if a < t && b >= t {
+                n += 1;
+                moved += usize::from(w[0].replica != w[1].replica);
+            }
+        }
+    }
+    (moved as f64 / n as f64, n)
+}
+
+/// Scaling out from 4 to 5 replicas: hash-mod-N moves 4/5 of the sessions (h mod 4 == h mod 5 only for
+/// h mod 20 < 4), a ring about 1/5 (the new replica's share). With a few hundred sessions across the
+/// event, a binomial share's standard deviation is under 0.03: 0.1 is over 3 of them.
+#[test]
+fn scaling_out_moves_four_fifths_of_sessions_by_modulo_and_a_fifth_on_a_ring() {
+    let run = |router: &str| {
+        let r = format!("cluster.router=\"{router}\"");
+        let cfg = default_with(&[
+            "cluster.replicas=4",
+            &r,
+            "cluster.consistent_hash.load_bound=inf",
+            "workload.session_rate=4",
+            "workload.duration_s=600",
+            "cluster.events=[{at_s=300, action=\"add_replica\"}]",
+        ]);
+        let sim = servesim::run::simulate(
+            &cfg,
+            &servesim::run::SimOptions {
+                rows: servesim::metrics::Rows::Keep,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        moved_share(&sim.requests, 300.0)
+    };
+    let (modulo, n) = run("session_affinity");
+    assert!(n > 150, "{n}");
+    assert!((modulo - 0.8).abs() < 0.1, "{modulo}");
+    let (ring, _) = run("consistent_hash");
+    assert!((ring - 0.2).abs() < 0.1, "{ring}");
+}

@@ -159,7 +159,8 @@ fn leap_equals_step_with_replicas_priorities_and_no_cache() {
 }
 
 /// Every router, over loaded replicas with admission control, client timeouts that abort requests
-/// mid-step and retries: aborts, refusals and routing decisions are the same whether steps leap.
+/// mid-step, retries, and replicas joining, leaving and draining: aborts, refusals, hand-backs and
+/// routing decisions are the same whether steps leap.
 #[test]
 fn leap_equals_step_for_every_router_with_admission_timeouts_and_retries() {
     for router in [
@@ -186,6 +187,7 @@ fn leap_equals_step_for_every_router_with_admission_timeouts_and_retries() {
                 "admission.max_waiting=8",
                 "admission.max_kv_usage_degraded=0.8",
                 "engine.num_gpu_blocks=3000",
+                "cluster.events=[{at_s=5, action=\"add_replica\"}, {at_s=10, action=\"remove_replica\", replica=0}, {at_s=15, action=\"drain\", replica=3}]",
             ],
         );
         let (leapt, s) = both_summary(router, &cfg);

@@ -11,9 +11,10 @@
 //! implementing [`router::Router`], one `RouterPolicy` arm in `config.rs` (the `cluster.router` key),
 //! and its construction in [`router::build`].
 //!
-//! Not built yet: admission control, client timeouts, cluster events (a replica added, drained,
-//! restarted). The states they will set are here ([`ReplicaState`]) and every router honours them, but
-//! today every replica stays [`ReplicaState::Up`] for the whole run.
+//! Admission control (`[admission]`), client timeouts and retries, and cluster events
+//! (`[[cluster.events]]`: a replica added, removed or drained) are applied by the world
+//! (`world.rs`), which sets each replica's [`ReplicaState`] and `degraded` flag; routers only honour
+//! them ([`ReplicaView::takes_new`]).
 
 pub mod router;
 
@@ -30,6 +31,16 @@ pub enum ReplicaState {
     Draining,
     /// Not serving.
     Down,
+}
+
+impl ReplicaState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaState::Up => "up",
+            ReplicaState::Draining => "draining",
+            ReplicaState::Down => "down",
+        }
+    }
 }
 
 /// What a router sees of one replica at an arrival.

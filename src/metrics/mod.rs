@@ -75,6 +75,7 @@ pub const TIMESERIES_COLUMNS: &[&str] = &[
     "kv_store_hits",
     "kv_store_evictions",
     "batch_size_limit",
+    "replica_state",
 ];
 
 /// One time-series sample of one replica.
@@ -101,6 +102,8 @@ pub struct Sample {
     pub store_evictions: u64,
     /// A request-level batcher's batch size limit (0 for other engines).
     pub batch_size_limit: u32,
+    /// `up`, `draining` or `down` (`[[cluster.events]]`).
+    pub state: crate::cluster::ReplicaState,
 }
 
 /// Where a run's rows go.
@@ -555,6 +558,7 @@ impl Collector {
         row.int(s.store_hits);
         row.int(s.store_evictions);
         row.int(s.batch_size_limit);
+        row.str(s.state.as_str());
         w.write_all(row.line()).map_err(io_err(path))
     }
 

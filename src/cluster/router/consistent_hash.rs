@@ -44,7 +44,7 @@ impl ConsistentHash {
             ring,
             key: cfg.key,
             prefix_tokens: cfg.prefix_tokens,
-            bound: cfg.load_bound,
+            bound: cfg.load_bound.filter(|c| c.is_finite()),
             signal,
             seen: vec![false; slots as usize],
         }
