@@ -94,7 +94,7 @@ pub fn check_fits_parallel(
              bytes{}), more than the {} MiB this machine can give it ({:.0}% of {} MiB); lower \
              cluster.replicas or {blocks_key}{}",
             need >> 20,
-            cfg.cluster.replicas,
+            cfg.cluster.slots(),
             BYTES_PER_BLOCK,
             if parallel > 1 {
                 format!(", x {parallel} runs at once")

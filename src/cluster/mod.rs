@@ -93,7 +93,8 @@ impl ReplicaView {
 pub enum Route {
     /// Send the request to the replica with this id (one that is up).
     To(ReplicaId),
-    /// Refuse it: no replica can take it (recorded with status `rejected`; its session goes on after
-    /// the next think time, as after a failed turn).
+    /// Refuse it: no replica can take it (recorded with status `rejected`, reason `unavailable`; its
+    /// client retries if it has retries left, else its session goes on after the next think time, as
+    /// after a failed turn).
     Reject,
 }

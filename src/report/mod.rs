@@ -31,6 +31,7 @@ pub const METRICS: &[&str] = &[
     "request_throughput_rps",
     "output_throughput_tps",
     "goodput_rps",
+    "success_rate",
     "prefix_cache_hit_rate",
     "prefill_tokens_computed",
     "prefill_tokens_saved_frac",
