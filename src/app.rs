@@ -90,6 +90,9 @@ fn run_command(a: &RunArgs) -> Result<(), Error> {
     for w in cfg.ignored_settings() {
         warn(&format!("warning: ignored: {w}"));
     }
+    for w in cfg.warnings() {
+        warn(&format!("warning: {w}"));
+    }
     let outcome = run(
         &cfg,
         &RunOptions {

@@ -312,10 +312,11 @@ fn with_overrides(cfg: &Config, overrides: &[String]) -> Result<Config, ConfigEr
 /// Resolves one combination: its config, starting rate and system, refusing what cannot be searched.
 fn plan(cfg: &Config, name: String, overrides: &[String], goal: Goal) -> Result<Plan, Error> {
     let cfg = with_overrides(cfg, overrides)?;
-    if cfg.slo.criteria.is_empty() {
+    if cfg.slo.criteria.is_empty() && cfg.slo.min_success_rate.is_none() {
         return Err(ConfigError::invalid(
             "slo",
-            "capacity needs at least one SLO criterion to meet, e.g. --set slo.ttft_p99_s=2.0",
+            "capacity needs at least one SLO criterion to meet, e.g. --set slo.ttft_p99_s=2.0 or \
+             --set slo.min_success_rate=0.99",
         )
         .into());
     }

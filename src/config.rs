@@ -664,6 +664,29 @@ impl Config {
         out
     }
 
+    /// Settings that are valid but probably not what the user meant, as one line each (printed by `run`
+    /// as warnings, after [`Config::ignored_settings`]).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let c = &self.cluster;
+        // Events that leave no replica up: every request is then refused.
+        let mut up = c.replicas as i64;
+        for (i, e) in c.events_in_order() {
+            up += match e.action {
+                ClusterAction::AddReplica => 1,
+                _ => -1,
+            };
+            if up == 0 {
+                out.push(format!(
+                    "cluster.events[{i}] leaves no replica taking requests from {} s: every request from then \
+                     on is refused (unavailable) until one is added",
+                    e.at_s
+                ));
+            }
+        }
+        out
+    }
+
     fn validate_batching(&self) -> Result<(), ConfigError> {
         let b = &self.batching;
         if b.max_batch_size == 0 {
@@ -1182,12 +1205,18 @@ impl ClusterConfig {
                         ));
                     };
                     if !up.get(r as usize).copied().unwrap_or(false) {
+                        let ids: Vec<String> = (0..up.len())
+                            .filter(|&i| up[i])
+                            .map(|i| i.to_string())
+                            .collect();
                         return Err(ConfigError::invalid(
                             key("replica"),
                             format!(
-                                "replica {r} is not up at {} s (ids 0..{} are up at the start; each \
-                                 add_replica gives the next id)",
-                                e.at_s, self.replicas
+                                "replica {r} is not up at {} s; the replicas up then are [{}] (ids 0 to {} \
+                                 start up, each add_replica takes the next id, in time order)",
+                                e.at_s,
+                                ids.join(", "),
+                                self.replicas - 1
                             ),
                         ));
                     }
@@ -1427,6 +1456,9 @@ pub struct SloConfig {
     pub ttft_s: Option<f64>,
     pub tpot_s: Option<f64>,
     pub e2e_s: Option<f64>,
+    /// A criterion on the share of offered requests served (`success_rate`, which counts refusals
+    /// and client timeouts against the run): at least this much.
+    pub min_success_rate: Option<f64>,
     /// Criteria on distributions: summary key (`ttft_p99_s`) -> the most it may be, seconds.
     #[serde(flatten)]
     pub criteria: std::collections::BTreeMap<String, f64>,
@@ -1782,6 +1814,14 @@ impl Config {
         if let Some(a) = &self.admission {
             a.validate()?;
         }
+        if let Some(m) = self.slo.min_success_rate {
+            if !(0.0..=1.0).contains(&m) {
+                return Err(ConfigError::invalid(
+                    "slo.min_success_rate",
+                    format!("must be a share from 0 to 1, got {m}"),
+                ));
+            }
+        }
 
         let w = &self.workload;
         if let Some(t) = w.client_timeout_s {
@@ -2117,7 +2157,9 @@ impl Source<'_> {
             .find(|o| o.split_once('=').is_some_and(|(k, _)| related(k.trim())));
         let place = match by_override {
             Some(o) => Some(format!("set by --set {o}")),
-            None => key_line(self.text, &path).map(|n| format!("set at {} line {n}", self.origin)),
+            None => key_line(self.text, &key)
+                .or_else(|| key_line(self.text, &path))
+                .map(|n| format!("set at {} line {n}", self.origin)),
         };
         ConfigError::Invalid {
             key: match place {
@@ -2129,7 +2171,8 @@ impl Source<'_> {
     }
 }
 
-/// The line of `text` where the dotted key `path` is written, if it is.
+/// The line of `text` where the dotted key `path` is written, if it is. A part `name[i]` is element i
+/// of an array of tables (`[[name]]`) or of inline tables.
 fn key_line(text: &str, path: &str) -> Option<usize> {
     use toml_edit::TableLike;
     let doc = toml_edit::ImDocument::parse(text).ok()?;
@@ -2137,10 +2180,32 @@ fn key_line(text: &str, path: &str) -> Option<usize> {
     let mut span = None;
     let mut parts = path.split('.').peekable();
     while let Some(part) = parts.next() {
-        let (k, item) = table.get_key_value(part)?;
+        let (name, index) = match part.split_once('[') {
+            Some((n, rest)) => (n, rest.strip_suffix(']')?.parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let (k, item) = table.get_key_value(name)?;
         span = k.span().or_else(|| item.span());
+        let item_table: &dyn TableLike = match index {
+            None => {
+                if parts.peek().is_none() {
+                    break;
+                }
+                item.as_table_like()?
+            }
+            Some(i) => {
+                if let Some(t) = item.as_array_of_tables().and_then(|a| a.get(i)) {
+                    span = t.span().or(span);
+                    t
+                } else {
+                    let t = item.as_array()?.get(i)?.as_inline_table()?;
+                    span = t.span().or(span);
+                    t
+                }
+            }
+        };
         if parts.peek().is_some() {
-            table = item.as_table_like()?;
+            table = item_table;
         }
     }
     let start = span?.start;

@@ -101,9 +101,12 @@ pub struct ReplicaStats {
     /// carried.
     pub batches: u64,
     pub batched_requests: u64,
-    /// Requests routed here (attempts, retries included) and their prompt tokens.
+    /// Requests routed here and queued (attempts, retries and hand-backs included) and their prompt
+    /// tokens.
     pub requests: u64,
     pub prompt_tokens: u64,
+    /// Requests routed here and refused because its queue was full (`queue_full`).
+    pub refused: u64,
     /// The stretches it was up or draining, in ns: (start, end), the last open (None) while it is.
     pub up: Vec<(u64, Option<u64>)>,
 }

@@ -90,9 +90,11 @@ pub struct Simulation {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReplicaSummary {
     pub replica: u32,
-    /// Requests routed to it (retries included) and their prompt tokens.
+    /// Requests routed to it and queued (retries and hand-backs included) and their prompt tokens.
     pub requests: u64,
     pub prompt_tokens: u64,
+    /// Requests routed to it and refused, its queue full (`queue_full`).
+    pub refused_queue_full: u64,
     /// Prefix-cache lookups and hits in tokens (vLLM's `prefix_cache_queries` / `_hits`), and their ratio
     /// (empty with no lookup).
     pub prefix_cache_queries: u64,
@@ -109,6 +111,7 @@ pub const REPLICA_COLUMNS: &[&str] = &[
     "replica",
     "requests",
     "prompt_tokens",
+    "refused_queue_full",
     "prefix_cache_queries",
     "prefix_cache_hits",
     "prefix_cache_hit_rate",
@@ -124,6 +127,7 @@ impl ReplicaSummary {
             replica: r.id,
             requests: r.stats.requests,
             prompt_tokens: r.stats.prompt_tokens,
+            refused_queue_full: r.stats.refused,
             prefix_cache_queries: kv.prefix.queries,
             prefix_cache_hits: kv.prefix.hits,
             prefix_cache_hit_rate: (kv.prefix.queries > 0)
@@ -139,6 +143,7 @@ impl ReplicaSummary {
             self.replica.to_string(),
             self.requests.to_string(),
             self.prompt_tokens.to_string(),
+            self.refused_queue_full.to_string(),
             self.prefix_cache_queries.to_string(),
             self.prefix_cache_hits.to_string(),
             self.prefix_cache_hit_rate
@@ -497,7 +502,12 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
         None => s.set("warmup_settled", serde_json::Value::Null),
     }
     s.set("requests_measured", m.measured);
-    let st = m.stability(load_end);
+    let queue_cap = cfg
+        .admission
+        .as_ref()
+        .and_then(|a| a.max_waiting)
+        .map(|w| w as u64 * cfg.cluster.slots() as u64);
+    let st = m.stability(load_end, queue_cap);
     match st.stable {
         Some(b) => s.set("stable", b),
         None => s.set("stable", serde_json::Value::Null),
@@ -512,20 +522,24 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
             failed.push(key.as_str());
         }
     }
-    s.set(
-        "slo_criteria",
-        cfg.slo
-            .criteria
-            .iter()
-            .map(|(k, v)| format!("{k}<={v}"))
-            .collect::<Vec<_>>()
-            .join(";"),
-    );
+    let mut listed: Vec<String> = cfg
+        .slo
+        .criteria
+        .iter()
+        .map(|(k, v)| format!("{k}<={v}"))
+        .collect();
+    if let Some(min) = cfg.slo.min_success_rate {
+        listed.push(format!("success_rate>={min}"));
+        if !s.get_f64("success_rate").is_some_and(|v| v >= min) {
+            failed.push("success_rate");
+        }
+    }
+    s.set("slo_criteria", listed.join(";"));
     if st.stable == Some(false) {
         failed.push("stable");
     }
     s.set("slo_missed", failed.join(";"));
-    if cfg.slo.criteria.is_empty() {
+    if cfg.slo.criteria.is_empty() && cfg.slo.min_success_rate.is_none() {
         s.set("slo_met", serde_json::Value::Null);
     } else {
         s.set("slo_met", failed.is_empty());

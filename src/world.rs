@@ -62,6 +62,8 @@ pub struct World<'a, S> {
     retrying: FastMap<RequestId, (Request, u32)>,
     /// The slot the next `add_replica` event brings up.
     next_slot: u32,
+    /// The time of the last sample that wrote rows.
+    last_sample: Option<SimTime>,
     workload: Box<dyn Workload>,
     cost: Box<dyn CostModel>,
     pub metrics: Collector,
@@ -96,10 +98,12 @@ impl<'a, S: Scheduler> World<'a, S> {
         let mut replicas = replicas;
         // Slots past the starting replicas join with `add_replica` events.
         for r in replicas.iter_mut().skip(cfg.cluster.replicas as usize) {
-            r.set_state(crate::cluster::ReplicaState::Down, SimTime::ZERO);
+            r.state = crate::cluster::ReplicaState::Down;
+            r.stats.up.clear();
         }
         World {
             next_slot: cfg.cluster.replicas,
+            last_sample: None,
             cfg,
             wake_at: vec![None; replicas.len()],
             queue: EventQueue::new(),
@@ -356,12 +360,19 @@ impl<'a, S: Scheduler> World<'a, S> {
                     return Ok(());
                 }
                 self.active_since_sample = false;
-                // Replicas not yet joined, or gone, write no rows.
-                for rep in self
-                    .replicas
-                    .iter()
-                    .filter(|r| r.state != crate::cluster::ReplicaState::Down || r.has_work())
-                {
+                // Replicas not yet joined, or gone, write no rows, but for one row saying `down` at the
+                // first sample after they left.
+                let last = self.last_sample;
+                self.last_sample = Some(now);
+                for rep in self.replicas.iter().filter(|r| {
+                    r.state != crate::cluster::ReplicaState::Down
+                        || r.has_work()
+                        || r.stats
+                            .up
+                            .last()
+                            .and_then(|u| u.1)
+                            .is_some_and(|end| last.is_none_or(|l| end > l.0))
+                }) {
                     let kv = rep.kv().stats();
                     self.metrics.on_sample(&Sample {
                         time: now,
@@ -446,6 +457,7 @@ impl<'a, S: Scheduler> World<'a, S> {
                 );
                 let rep = &mut self.replicas[rid as usize];
                 if self.max_waiting.is_some_and(|m| rep.num_waiting() >= m) {
+                    rep.stats.refused += 1;
                     req.replica = rid;
                     return self.give_up(
                         now,

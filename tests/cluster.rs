@@ -66,6 +66,23 @@ fn a_full_queue_refuses_with_queue_full_and_names_the_replica() {
     assert_eq!(s.0["rejected_queue_full"], 1);
     assert_eq!(s.0["requests_offered"], 4);
     assert_eq!(s.0["success_rate"], 0.75);
+    assert_eq!(s.0["slo_met"], serde_json::Value::Null);
+    // A success-rate criterion of 0.8 is missed (0.75); 0.75 is met.
+    for (min, met) in [(0.8, false), (0.75, true)] {
+        let (_, s) = replay(
+            &[
+                (1, 1, 0.0, &[(1, 100)], 11, 10, 10),
+                (2, 1, 0.001, &[(2, 100)], 12, 10, 10),
+                (3, 1, 0.002, &[(3, 100)], 13, 10, 10),
+                (4, 1, 2.0, &[(4, 100)], 14, 10, 10),
+            ],
+            ONE_AT_A_TIME,
+            &format!("[admission]\nmax_waiting = 1\n[slo]\nmin_success_rate = {min}"),
+        );
+        assert_eq!(s.0["slo_met"], met, "{min}");
+        assert_eq!(s.0["slo_missed"] == "success_rate", !met);
+        assert_eq!(s.0["slo_criteria"], format!("success_rate>={min}"));
+    }
 }
 
 #[test]
@@ -434,4 +451,42 @@ fn scaling_out_moves_four_fifths_of_sessions_by_modulo_and_a_fifth_on_a_ring() {
     assert!((modulo - 0.8).abs() < 0.1, "{modulo}");
     let (ring, _) = run("consistent_hash");
     assert!((ring - 0.2).abs() < 0.1, "{ring}");
+}
+
+/// Stale load signals herd: two idle replicas behind `least_loaded`, four requests 0.5 s apart, each
+/// taking 0.02 + 99 x 0.011 = 1.109 s alone. Seeing live loads the router spreads them; seeing loads
+/// scraped at 0 s (both idle) and not again for 10 s, it sends every one to replica 0.
+#[test]
+fn stale_load_signals_herd_requests_onto_one_replica() {
+    let trace: Vec<Row> = (0..4)
+        .map(|i| {
+            (
+                i as u64 + 1,
+                1,
+                0.5 * i as f64,
+                &[(7, 100)][..],
+                11,
+                100,
+                100,
+            )
+        })
+        .collect();
+    let live = replay(
+        &trace,
+        ONE_AT_A_TIME,
+        "[cluster]\nreplicas = 2\nrouter = \"least_loaded\"",
+    )
+    .0;
+    // Live: at 0 s both idle: 0. At 0.5 s replica 0 holds A: 1. At 1.0 s each holds one (A, B): the
+    // lowest id, 0. At 1.5 s A is done (1.109 s), so 0 holds C and 1 holds B: a tie again, 0.
+    let live: Vec<_> = live.iter().map(|r| r.replica.unwrap()).collect();
+    assert_eq!(live, [0, 1, 0, 0]);
+    let stale = replay(
+        &trace,
+        ONE_AT_A_TIME,
+        "[cluster]\nreplicas = 2\nrouter = \"least_loaded\"\nsignal_delay_s = 10.0",
+    )
+    .0;
+    let stale: Vec<_> = stale.iter().map(|r| r.replica.unwrap()).collect();
+    assert_eq!(stale, [0, 0, 0, 0]);
 }

@@ -401,7 +401,11 @@ impl Collector {
     /// capacity the queue fluctuates around a mean and its trend over a long window is flat against its
     /// scatter; past it the queue grows at about (arrival rate - service rate), whatever backlog it
     /// started the window with, and the trend rises by that times the window.
-    pub fn stability(&self, end: SimTime) -> Stability {
+    ///
+    /// `queue_cap`: the most requests that can wait at once (`admission.max_waiting` x replicas), if
+    /// bounded: a rise within it is a queue filling to its limit, not growth without bound (overload
+    /// then shows as refusals, in `success_rate`).
+    pub fn stability(&self, end: SimTime, queue_cap: Option<u64>) -> Stability {
         let (from, to) = (self.warmup.0, self.last_arrival.0.min(end.0));
         let pts: Vec<(f64, f64)> = self
             .state
@@ -419,7 +423,9 @@ impl Collector {
         let span = pts[pts.len() - 1].0 - pts[0].0;
         // The scatter around the trend is a stable queue's excursions, which a trend must clearly exceed.
         Stability {
-            stable: Some(slope * span <= (2.0 * resid).max(10.0)),
+            stable: Some(
+                slope * span <= (2.0 * resid).max(10.0).max(queue_cap.unwrap_or(0) as f64),
+            ),
             queue_growth_per_s: Some(slope),
         }
     }
@@ -624,5 +630,31 @@ impl Summary {
             path: path.to_path_buf(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A waiting queue climbing steadily from 0 to 30 over 100 samples rises by 30 with no scatter: over
+    /// the threshold of 10, unstable; with a cap of 32 waiting requests it is a queue filling to its
+    /// limit, stable.
+    #[test]
+    fn a_queue_filling_to_its_cap_is_not_growth_without_bound() {
+        let mut c = Collector::new(Rows::Discard, SloConfig::default()).unwrap();
+        for i in 0..=100u64 {
+            c.state.push(StatePoint {
+                t: i * 1_000_000_000,
+                waiting: (i * 30) / 100,
+                ..StatePoint::default()
+            });
+        }
+        c.last_arrival = SimTime(100_000_000_000);
+        let end = SimTime(100_000_000_000);
+        assert_eq!(c.stability(end, None).stable, Some(false));
+        assert_eq!(c.stability(end, Some(32)).stable, Some(true));
+        // A cap below the rise does not hide it.
+        assert_eq!(c.stability(end, Some(20)).stable, Some(false));
     }
 }

@@ -509,6 +509,8 @@ fn read_requests(path: &Path) -> Result<Rows, OutputError> {
             rec[s].parse().expect("own integer"),
             rec[t].parse().expect("own integer"),
         );
+        // Rows are in the order requests left: a retried turn's last row, its final attempt, stands
+        // for it.
         out.insert(
             key,
             [
