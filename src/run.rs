@@ -502,11 +502,11 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
         None => s.set("warmup_settled", serde_json::Value::Null),
     }
     s.set("requests_measured", m.measured);
-    let queue_cap = cfg
-        .admission
-        .as_ref()
-        .and_then(|a| a.max_waiting)
-        .map(|w| w as u64 * cfg.cluster.slots() as u64);
+    // Admission holds new arrivals to max_waiting per replica; preempted requests wait too, at most as
+    // many as can run at once (max_num_seqs).
+    let queue_cap = cfg.admission.as_ref().and_then(|a| a.max_waiting).map(|w| {
+        (w as u64 + sys.sizing.max_num_seqs as u64) * cfg.cluster.slots() as u64
+    });
     let st = m.stability(load_end, queue_cap);
     match st.stable {
         Some(b) => s.set("stable", b),

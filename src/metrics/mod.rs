@@ -402,9 +402,10 @@ impl Collector {
     /// scatter; past it the queue grows at about (arrival rate - service rate), whatever backlog it
     /// started the window with, and the trend rises by that times the window.
     ///
-    /// `queue_cap`: the most requests that can wait at once (`admission.max_waiting` x replicas), if
-    /// bounded: a rise within it is a queue filling to its limit, not growth without bound (overload
-    /// then shows as refusals, in `success_rate`).
+    /// `queue_cap`: the most requests that can wait at once, if bounded (with `admission.max_waiting`:
+    /// that plus the preempted requests, at most `max_num_seqs`, per replica): a rise within it is a
+    /// queue filling to its limit, not growth without bound (overload then shows as refusals, in
+    /// `success_rate`).
     pub fn stability(&self, end: SimTime, queue_cap: Option<u64>) -> Stability {
         let (from, to) = (self.warmup.0, self.last_arrival.0.min(end.0));
         let pts: Vec<(f64, f64)> = self
