@@ -205,10 +205,11 @@ impl RateSchedule {
                     ));
                 }
                 for (k, v) in [("high_mean_s", high_mean_s), ("low_mean_s", low_mean_s)] {
-                    if !(v.is_finite() && *v > 0.0) {
+                    // Each dwell is a segment walked between arrivals: a floor keeps that finite.
+                    if !(v.is_finite() && *v >= 1e-3) {
                         return Err(ConfigError::invalid(
                             key(k),
-                            format!("must be positive seconds, got {v}"),
+                            format!("must be at least 0.001 seconds, got {v}"),
                         ));
                     }
                 }
@@ -684,6 +685,22 @@ impl Config {
                 ));
             }
         }
+        if c.router == RouterPolicy::CacheAware
+            && c.load_signal != LoadSignal::Requests
+            && (
+                c.cache_aware.balance_abs_threshold,
+                c.cache_aware.balance_rel_threshold,
+            ) == (
+                CacheAwareConfig::default().balance_abs_threshold,
+                CacheAwareConfig::default().balance_rel_threshold,
+            )
+        {
+            out.push(format!(
+                "cluster.cache_aware.balance_abs_threshold (64) counts requests, as SGLang's does; with \
+                 load_signal = \"{}\" set it in that signal's units",
+                config_name(c.load_signal)
+            ));
+        }
         out
     }
 
@@ -947,6 +964,12 @@ impl Default for AdmissionConfig {
 
 impl AdmissionConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_waiting == Some(0) {
+            return Err(ConfigError::invalid(
+                "admission.max_waiting",
+                "must be at least 1 (0 would refuse every request); remove the key for no limit",
+            ));
+        }
         if let Some(u) = self.max_kv_usage_degraded {
             if !(u > 0.0 && u <= 1.0) {
                 return Err(ConfigError::invalid(
@@ -1842,6 +1865,16 @@ impl Config {
             return Err(ConfigError::invalid(
                 "workload.max_retries",
                 format!("at most 100, got {}", w.max_retries),
+            ));
+        }
+        if w.max_retries as f64 * w.retry_after_s > crate::time::HORIZON.as_secs_f64() / 2.0 {
+            return Err(ConfigError::invalid(
+                "workload.retry_after_s",
+                format!(
+                    "{} retries {} s apart would pass the clock's horizon (146 years of virtual time); \
+                     give a shorter retry_after_s or fewer max_retries",
+                    w.max_retries, w.retry_after_s
+                ),
             ));
         }
         let r = &self.cost.roofline;

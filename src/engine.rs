@@ -130,6 +130,11 @@ impl<E: EventClass> EventQueue<E> {
         Some((time, e.event))
     }
 
+    /// The earliest pending event and its time.
+    pub fn peek(&self) -> Option<(SimTime, &E)> {
+        self.heap.peek().map(|Reverse(e)| (e.time(), &e.event))
+    }
+
     /// The time of the earliest pending event.
     pub fn peek_time(&self) -> Option<SimTime> {
         self.heap.peek().map(|Reverse(e)| e.time())

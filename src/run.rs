@@ -504,9 +504,11 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     s.set("requests_measured", m.measured);
     // Admission holds new arrivals to max_waiting per replica; preempted requests wait too, at most as
     // many as can run at once (max_num_seqs).
-    let queue_cap = cfg.admission.as_ref().and_then(|a| a.max_waiting).map(|w| {
-        (w as u64 + sys.sizing.max_num_seqs as u64) * cfg.cluster.slots() as u64
-    });
+    let queue_cap = cfg
+        .admission
+        .as_ref()
+        .and_then(|a| a.max_waiting)
+        .map(|w| (w as u64 + sys.sizing.max_num_seqs as u64) * cfg.cluster.slots() as u64);
     let st = m.stability(load_end, queue_cap);
     match st.stable {
         Some(b) => s.set("stable", b),
@@ -648,7 +650,13 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     );
     // Balance across replicas: requests and prompt tokens routed to each (mean, max, coefficient of
     // variation = population standard deviation / mean), and the spread of their prefix-cache hit rates.
-    let per: Vec<ReplicaSummary> = world.replicas.iter().map(ReplicaSummary::of).collect();
+    // Over the replicas that were ever up (a slot whose add_replica never came is left out).
+    let per: Vec<ReplicaSummary> = world
+        .replicas
+        .iter()
+        .filter(|r| !r.stats.up.is_empty())
+        .map(ReplicaSummary::of)
+        .collect();
     for (key, xs) in [
         (
             "replica_requests",

@@ -152,7 +152,15 @@ impl<'a, S: Scheduler> World<'a, S> {
             self.queue.push(at, Event::Cluster(i as u32));
         }
         self.queue.push(SimTime::ZERO, Event::Sample);
-        while let Some(t) = self.queue.peek_time() {
+        while let Some((t, &head)) = self.queue.peek() {
+            // A client deadline for a request that has left, or has its first token, does nothing:
+            // dropped here, it neither ends nor stops nor extends the run.
+            if let Event::Timeout(rid, id) = head {
+                if !self.timeout_due(rid, id, t) {
+                    self.queue.pop();
+                    continue;
+                }
+            }
             if let Some(stop) = self.stop_at.filter(|&s| t > s) {
                 self.counts.stopped_early = true;
                 // Time-weighted means then cover exactly [0, stop].
@@ -305,17 +313,9 @@ impl<'a, S: Scheduler> World<'a, S> {
                 }
             }
             Event::Timeout(rid, id) => {
-                let Some(deadline) = self.client_timeout else {
-                    return Ok(());
-                };
+                // Only due deadlines reach here (`run` drops the others).
+                debug_assert!(self.timeout_due(rid, id, now));
                 let rep = &mut self.replicas[rid as usize];
-                // Gone (finished, or another attempt's deadline), or its first token came in time.
-                let due = rep
-                    .request(id)
-                    .is_some_and(|r| r.first_token.is_none() && r.arrival + deadline <= now);
-                if !due {
-                    return Ok(());
-                }
                 if rep.is_busy() {
                     rep.pending_aborts.push(id);
                 } else {
@@ -577,6 +577,17 @@ impl<'a, S: Scheduler> World<'a, S> {
                 }
             }
         }
+    }
+
+    /// Whether the client deadline `Event::Timeout(rid, id)` at `now` aborts anything: replica `rid`
+    /// still holds request `id`, with no first token, and this is its attempt's deadline (another
+    /// attempt's, or a handed-back request's old replica's, finds nothing).
+    fn timeout_due(&self, rid: ReplicaId, id: RequestId, now: SimTime) -> bool {
+        self.client_timeout.is_some_and(|deadline| {
+            self.replicas[rid as usize]
+                .request(id)
+                .is_some_and(|r| r.first_token.is_none() && r.arrival + deadline <= now)
+        })
     }
 
     /// Brings the router's view up to `now`: a fresh scrape of every replica's load when the last is

@@ -171,6 +171,23 @@ fn a_client_timeout_aborts_at_the_step_end_and_a_retry_succeeds() {
     assert_eq!(s.0["requests_retried"], 1);
     assert_eq!(s.0["requests_offered"], 2);
     assert_eq!(s.0["success_rate"], 1.0);
+    // A deadline no request reaches changes nothing, not even the run's end (its timeout events, left
+    // behind by requests that got their first tokens, do nothing).
+    let (_, base) = replay(&trace, ONE_AT_A_TIME, "");
+    let (_, late) = replay_set(
+        &trace,
+        ONE_AT_A_TIME,
+        "",
+        &["workload.client_timeout_s=1000"],
+    );
+    for k in [
+        "sim_end_s",
+        "kv_cache_usage_perc_mean",
+        "busy_frac",
+        "ttft_mean_s",
+    ] {
+        assert_eq!(base.0[k], late.0[k], "{k}");
+    }
 }
 
 #[test]
@@ -288,6 +305,22 @@ fn a_rate_schedule_shapes_arrivals_of_sessions_and_of_a_trace() {
         let x = r.id as f64;
         let expect = if x < 50.0 { x } else { 50.0 + (x - 50.0) / 2.0 };
         assert!(close(secs(r.times[0]), expect), "{x}: {:?}", r.times[0]);
+    }
+    // A linear ramp from speed 0 at 0 s to 4 at 100 s: the integral to t is 0.02 t^2, so a record at
+    // x s arrives at sqrt(x / 0.02): the one at 0 s at 0, the one at 5 s at 15.811 s.
+    let (rows, _) = replay(
+        &trace,
+        "",
+        "[workload.rate_schedule]\nkind = \"piecewise\"\npoints = [[0, 0.0], [100, 4.0]]\ninterpolation = \"linear\"",
+    );
+    for r in rows.iter().filter(|r| r.id <= 40) {
+        let expect = (r.id as f64 / 0.02).sqrt();
+        assert!(
+            close(secs(r.times[0]), expect),
+            "{}: {:?}",
+            r.id,
+            r.times[0]
+        );
     }
 }
 

@@ -95,7 +95,18 @@ impl RateShape {
         RateShape { shape }
     }
 
-    /// The factor at time `t` (seconds).
+    /// Forgets the bursts path before the segment holding `t`: arrivals only move forward, so memory
+    /// stays bounded however long the run.
+    fn forget_before(&mut self, t: f64) {
+        if let Shape::Bursts { path, .. } = &mut self.shape {
+            let i = path.partition_point(|p| p.0 <= t).saturating_sub(1);
+            if i > 64 {
+                path.drain(..i);
+            }
+        }
+    }
+
+    /// The factor at time `t` (seconds; for bursts, no earlier than the last arrival placed).
     pub fn factor(&mut self, t: f64) -> f64 {
         match &self.shape {
             Shape::Diurnal {
@@ -148,6 +159,9 @@ impl RateShape {
         let mut x = t;
         let mut left = area;
         loop {
+            if left <= 0.0 {
+                return Some(x);
+            }
             let (start, f0, slope, end) = self.segment(x);
             let fx = f0 + slope * (x - start);
             let len = end - x;
@@ -164,7 +178,9 @@ impl RateShape {
                 // fx d + slope d^2 / 2 = left, in the form stable for small slopes.
                 let disc = (fx * fx + 2.0 * slope * left).max(0.0);
                 let d = 2.0 * left / (fx + disc.sqrt());
-                return Some(x + d.min(len));
+                let at = x + d.min(len);
+                self.forget_before(at);
+                return Some(at);
             }
             if len.is_infinite() {
                 return None;

@@ -13,12 +13,12 @@ const RING_SEED: u64 = 0x7269_6e67_7365_6564;
 ///
 /// Every replica slot of the run owns `virtual_nodes` points on a 64-bit ring. A request's key (its
 /// session id, or its first `prefix_tokens` prompt tokens) hashes to a point; walking clockwise, the
-/// first replica that takes new requests and has room gets it. Room: with `load_bound` = c, a replica
-/// takes the key only if its load with the key is at most c x the mean load with the key over the
-/// replicas taking new requests (for request counts, rounded up: ceil(c (m + 1) / n) with m requests
-/// held by n replicas), so no replica ever exceeds that. Since the replicas' room adds to at least the
-/// load, one always has room; under a KV-usage signal (where a request adds no known weight) a bound
-/// that none meets falls back to the least loaded.
+/// first replica that takes new requests and has room gets it. Room: with `load_bound` = c and request
+/// counts, a replica takes the key only if its load with the key is at most ceil(c (m + 1) / n), m
+/// requests held by the n replicas taking new requests, so no replica ever exceeds that; the caps add
+/// to more than m, so one always has room. With prompt tokens or KV usage, a replica has room while its
+/// load before the key is at most c x the mean load (with the key's tokens): the least loaded always
+/// has. Were none to have room, the least loaded takes it.
 ///
 /// Replicas that are down or draining keep their points but are passed over, so a replica leaving moves
 /// only its own keys, and one joining takes about 1/(n + 1) of them.
@@ -130,7 +130,13 @@ impl Router for ConsistentHash {
         let mut pick = None;
         self.walk(h, |r| {
             let v = &replicas[r as usize];
-            if v.takes_new() && cap.is_none_or(|cap| v.load(signal) + weight <= cap) {
+            // Requests: room while the load with the key is within the cap. Tokens and KV usage: while
+            // the load before it is (a prompt may outweigh c x the mean on its own).
+            let with = match signal {
+                LoadSignal::Requests => weight,
+                _ => 0.0,
+            };
+            if v.takes_new() && cap.is_none_or(|cap| v.load(signal) + with <= cap) {
                 pick = Some(r);
             }
             pick.is_some()
@@ -254,6 +260,43 @@ mod tests {
             r.route(&request(7), t, &views(&[0; 4], &[home as usize])),
             Route::To(next)
         );
+    }
+
+    #[test]
+    fn a_token_bound_keeps_sessions_home_until_their_home_is_loaded() {
+        let cfg = ConsistentHashConfig::default();
+        let mut r = ConsistentHash::new(4, &cfg, LoadSignal::Tokens);
+        let t = SimTime::ZERO;
+        let idle = views(&[0; 4], &[]);
+        let mut plain = ConsistentHash::new(
+            4,
+            &ConsistentHashConfig {
+                load_bound: None,
+                ..cfg.clone()
+            },
+            LoadSignal::Tokens,
+        );
+        // Idle: every session goes to its ring home, whatever its prompt's size (10 tokens here).
+        for s in 0..32 {
+            assert_eq!(
+                r.route(&request(s), t, &idle),
+                plain.route(&request(s), t, &idle)
+            );
+        }
+        // The home holding 4000 prompt tokens, the others 1000: mean with the key (4000 + 3000 + 10) / 4
+        // = 1752.5, cap 1.25 x that = 2190.6 < 4000: the next on the ring takes it.
+        let Route::To(home) = r.route(&request(7), t, &idle) else {
+            panic!()
+        };
+        let mut v = views(&[1; 4], &[]);
+        for x in &mut v {
+            x.prompt_tokens = 1000;
+        }
+        v[home as usize].prompt_tokens = 4000;
+        let mut not_home = [true; 4];
+        not_home[home as usize] = false;
+        let next = r.owner(r.key_hash(&request(7)), &not_home).unwrap();
+        assert_eq!(r.route(&request(7), t, &v), Route::To(next));
     }
 
     #[test]

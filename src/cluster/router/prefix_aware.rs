@@ -6,7 +6,6 @@ use crate::time::SimTime;
 use crate::workload::content::extend_block_hashes;
 use lru::LruCache;
 use rand::Rng;
-use std::num::NonZeroUsize;
 
 /// GIE's index capacity when it does not know the engine's block count (R1).
 pub const DEFAULT_INDEX_BLOCKS: u64 = 31_250;
@@ -28,6 +27,8 @@ pub struct PrefixAware {
     block_size: u32,
     max_blocks: usize,
     weights: [f64; 3],
+    /// Blocks each replica's index holds at most.
+    cap: usize,
     index: Vec<LruCache<u64, ()>>,
     rng: StreamRng,
     chain: Vec<u64>,
@@ -52,12 +53,13 @@ impl PrefixAware {
                 (gpu_blocks * engine_block_size as u64 / block_size as u64).max(1)
             }
         });
-        let cap = NonZeroUsize::new(cap.min(usize::MAX as u64) as usize).expect("validated >= 1");
         PrefixAware {
+            cap: cap.max(1).min(usize::MAX as u64) as usize,
             block_size,
             max_blocks: cfg.max_prefix_blocks as usize,
             weights: [cfg.prefix_weight, cfg.queue_weight, cfg.kv_usage_weight],
-            index: (0..slots).map(|_| LruCache::new(cap)).collect(),
+            // Unbounded maps trimmed by hand: a bounded LruCache allocates its whole capacity up front.
+            index: (0..slots).map(|_| LruCache::unbounded()).collect(),
             rng,
             chain: Vec::new(),
             matched: vec![0; slots as usize],
@@ -129,6 +131,9 @@ impl Router for PrefixAware {
         let idx = &mut self.index[pick];
         for &h in &self.chain {
             idx.put(h, ());
+            if idx.len() > self.cap {
+                idx.pop_lru();
+            }
         }
         Route::To(pick as u32)
     }

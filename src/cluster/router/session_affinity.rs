@@ -4,24 +4,24 @@ use crate::rng::mix;
 use crate::time::SimTime;
 
 /// Every turn of a session goes to the same replica: a hash of the session id modulo the number of
-/// replicas taking new requests, indexing them in id order. Stable while that set is; when it changes
-/// (a replica added, drained or down) about n/(n+1) of the sessions move, which is what a consistent-hash
-/// ring (`consistent_hash`) avoids.
+/// replicas up, indexing them in id order. Stable while that set is; when it changes (a replica added,
+/// drained or down) about n/(n+1) of the sessions move, which is what a consistent-hash ring
+/// (`consistent_hash`) avoids. A degraded home (`[admission]`) passes the session to the next replica
+/// up that takes new requests, without moving anyone else.
 pub struct SessionAffinity;
 
 impl Router for SessionAffinity {
     fn route(&mut self, req: &Request, _now: SimTime, replicas: &[ReplicaView]) -> Route {
-        let n = replicas.iter().filter(|v| v.takes_new()).count();
+        let up: Vec<&ReplicaView> = replicas.iter().filter(|v| v.is_up()).collect();
+        let n = up.len();
         if n == 0 {
             return Route::Reject;
         }
         let home = (mix(req.session, 0x5e55) % n as u64) as usize;
-        let v = replicas
-            .iter()
-            .filter(|v| v.takes_new())
-            .nth(home)
-            .expect("home < n");
-        Route::To(v.id)
+        (0..n)
+            .map(|k| up[(home + k) % n])
+            .find(|v| v.takes_new())
+            .map_or(Route::Reject, |v| Route::To(v.id))
     }
 }
 
@@ -44,6 +44,18 @@ mod tests {
             r.route(&request(17), t, &views(&[0; 4], &[0, 1, 2, 3])),
             Route::Reject
         );
+        // Its home degraded: the next replica up, and every other session stays put.
+        let Route::To(home) = a else { panic!() };
+        let mut v = views(&[0; 4], &[]);
+        v[home as usize].degraded = true;
+        assert_eq!(r.route(&request(17), t, &v), Route::To((home + 1) % 4));
+        let idle = views(&[0; 4], &[]);
+        for s in 0..64 {
+            let before = r.route(&request(s), t, &idle);
+            if before != a {
+                assert_eq!(r.route(&request(s), t, &v), before);
+            }
+        }
     }
 
     #[test]
