@@ -183,6 +183,16 @@ fn probe(cfg: &Config, rate: f64, replicas: u32, seed: u64, t: &Tally) -> Result
     Ok(read_probe(&c, &sim.summary, rate, replicas, seed))
 }
 
+/// The summary keys a probe records, in order: each `[slo]` criterion, then `success_rate` when
+/// `slo.min_success_rate` is set.
+fn criterion_keys(cfg: &Config) -> Vec<String> {
+    let mut keys: Vec<String> = cfg.slo.criteria.keys().cloned().collect();
+    if cfg.slo.min_success_rate.is_some() {
+        keys.push("success_rate".into());
+    }
+    keys
+}
+
 fn read_probe(cfg: &Config, s: &Summary, rate: f64, replicas: u32, seed: u64) -> Probe {
     Probe {
         seed,
@@ -193,7 +203,7 @@ fn read_probe(cfg: &Config, s: &Summary, rate: f64, replicas: u32, seed: u64) ->
         settled: s.0.get("warmup_settled").and_then(|v| v.as_bool()),
         pass: s.0.get("slo_met").and_then(|v| v.as_bool()) == Some(true)
             && s.0.get("stable").and_then(|v| v.as_bool()) == Some(true),
-        values: cfg.slo.criteria.keys().map(|k| s.get_f64(k)).collect(),
+        values: criterion_keys(cfg).iter().map(|k| s.get_f64(k)).collect(),
         output_tps: s.get_f64("output_throughput_tps"),
     }
 }
@@ -928,16 +938,19 @@ fn costs(
     )
 }
 
-/// Each criterion's mean over `probes` (those with a value), in the config's criterion order.
+/// Each criterion's mean over `probes` (those with a value), in the config's criterion order, then the
+/// success rate when `slo.min_success_rate` is set.
 fn mean_values(cfg: &Config, probes: &[&Probe]) -> Vec<(String, Option<f64>)> {
-    cfg.slo
-        .criteria
-        .keys()
+    criterion_keys(cfg)
+        .into_iter()
         .enumerate()
         .map(|(i, k)| {
-            let v: Vec<f64> = probes.iter().filter_map(|p| p.values[i]).collect();
+            let v: Vec<f64> = probes
+                .iter()
+                .filter_map(|p| p.values.get(i).copied().flatten())
+                .collect();
             (
-                k.clone(),
+                k,
                 (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64),
             )
         })
@@ -1154,10 +1167,7 @@ fn write_probes_csv(
     };
     let mut w = csv::Writer::from_path(path).map_err(err)?;
     // One criterion column per key any combination names (a grid may vary the criteria).
-    let mut keys: Vec<&String> = plans
-        .iter()
-        .flat_map(|p| p.cfg.slo.criteria.keys())
-        .collect();
+    let mut keys: Vec<String> = plans.iter().flat_map(|p| criterion_keys(&p.cfg)).collect();
     keys.sort();
     keys.dedup();
     let mut header = vec![
@@ -1175,7 +1185,7 @@ fn write_probes_csv(
     w.write_record(&header).map_err(err)?;
     let opt = |x: Option<f64>| x.map(|v| v.to_string()).unwrap_or_default();
     for (pl, (_, probes)) in plans.iter().zip(per_plan) {
-        let own: Vec<&String> = pl.cfg.slo.criteria.keys().collect();
+        let own = criterion_keys(&pl.cfg);
         for p in probes {
             let mut row = vec![
                 pl.name.clone(),
@@ -1191,7 +1201,8 @@ fn write_probes_csv(
             row.extend(keys.iter().map(|k| {
                 own.iter()
                     .position(|o| o == k)
-                    .map_or(String::new(), |i| opt(p.values[i]))
+                    .and_then(|i| p.values.get(i).copied().flatten())
+                    .map_or(String::new(), |v| v.to_string())
             }));
             w.write_record(&row).map_err(err)?;
         }

@@ -412,3 +412,50 @@ fn a_bad_warm_up_is_refused_by_name() {
         .to_string();
     assert!(e.contains("warmup_s") && e.contains("auto"), "{e}");
 }
+
+/// With admission control, refusals keep the served requests' queueing short however few the replicas:
+/// a latency criterion alone passes with too few (measured: 2 replicas for 25 requests/s of 0.1 s, below
+/// the 3 that rho < 1 needs). A success-rate floor counts the refusals, so it needs more (measured: 4),
+/// and every seed at the answer serves at least that share.
+#[test]
+fn a_success_rate_floor_counts_refusals_against_a_probe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = md1(
+        5.0,
+        600.0,
+        "[slo]\nqueue_mean_s = 0.05\n[admission]\nmax_waiting = 1",
+    );
+    let find = |extra: &[&str], dir: &str| {
+        let cfg = config(&text, extra);
+        capacity(
+            &cfg,
+            &opts(
+                Goal::MinReplicas { rate: 25.0 },
+                2,
+                0.02,
+                &tmp.path().join(dir),
+            ),
+        )
+        .unwrap()
+    };
+    let latency = find(&[], "a");
+    let floor = find(&["slo.min_success_rate=0.99"], "b");
+    let n =
+        |o: &servesim::capacity::CapacityOutcome| o.json["answers"][0]["answer"].as_u64().unwrap();
+    assert!(n(&floor) > n(&latency), "{} vs {}", n(&floor), n(&latency));
+    let at: Vec<_> = floor
+        .probes
+        .iter()
+        .filter(|p| p.replicas as u64 == n(&floor))
+        .collect();
+    assert!(!at.is_empty());
+    for p in at {
+        assert!(p.values.last().unwrap().unwrap() >= 0.99, "{:?}", p.values);
+    }
+    let csv = std::fs::read_to_string(floor.out_dir.join("capacity.csv")).unwrap();
+    assert!(csv
+        .lines()
+        .next()
+        .unwrap()
+        .ends_with("queue_mean_s,success_rate"));
+}
