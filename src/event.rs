@@ -33,12 +33,13 @@ pub enum Event {
 }
 
 impl EventClass for Event {
-    /// Same-instant order. Cluster events come first: a replica that joins or leaves at an instant
-    /// does so before anything else there sees the cluster. Completions come next so that the blocks and batch slots they release are visible
-    /// to everything else at that instant (a first token at the very instant of its client's deadline is in
-    /// time); arrivals, retries and client timeouts come next, in the order they were queued, so that a
-    /// request arriving at the very instant a step ends can join the next step; scheduling follows, seeing
-    /// them all; samples come last so they record the state the instant settled into.
+    /// Same-instant order. Cluster events come first: a replica that joins or leaves at an instant does
+    /// so before anything else there sees the cluster. Completions come next, so that the blocks and
+    /// batch slots they release are visible to everything else at that instant (and a first token at the
+    /// very instant of its client's deadline is in time). Arrivals, retries and client timeouts follow,
+    /// in the order they were queued, so that a request arriving at the very instant a step ends can join
+    /// the next step; scheduling follows, seeing them all; samples come last, so they record the state
+    /// the instant settled into.
     fn class(&self) -> u8 {
         match self {
             Event::Cluster(_) => 0,
