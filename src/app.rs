@@ -812,17 +812,19 @@ pub fn human_summary(o: &RunOutcome) -> String {
     let overload = n("rejected_queue_full")
         + n("rejected_unavailable")
         + n("requests_timed_out")
+        + n("requests_aborted")
         + n("requests_retried");
     if overload > 0 {
         let _ = writeln!(
             out,
             "  overload   success rate {:.1}% of {} offered: {} queue full (429), {} unavailable (503), {} \
-             timed out, {} retries",
+             timed out, {} aborted by restarts, {} retries",
             100.0 * f("success_rate"),
             n("requests_offered"),
             n("rejected_queue_full"),
             n("rejected_unavailable"),
             n("requests_timed_out"),
+            n("requests_aborted"),
             n("requests_retried"),
         );
     }

@@ -675,6 +675,7 @@ impl Config {
         for (i, e) in c.events_in_order() {
             up += match e.action {
                 ClusterAction::AddReplica => 1,
+                ClusterAction::Restart => 0,
                 _ => -1,
             };
             if up == 0 {
@@ -906,6 +907,9 @@ pub struct EngineConfig {
     /// vLLM's `--kv-cache-dtype`: `auto` (the model's dtype), `fp8` / `fp8_e4m3` / `fp8_e5m2` (one byte
     /// per element: twice the blocks, half the bytes each decode step reads), `bfloat16`, `float16`.
     pub kv_cache_dtype: String,
+    /// Seconds a restarted replica is down before it serves again (`restart` in `[[cluster.events]]`):
+    /// the model load and warm-up.
+    pub startup_s: f64,
 }
 
 impl EngineConfig {
@@ -934,6 +938,7 @@ impl Default for EngineConfig {
             prefix_cache_scope: CacheScope::Global,
             async_scheduling: true,
             kv_cache_dtype: "auto".into(),
+            startup_s: 60.0,
         }
     }
 }
@@ -1125,6 +1130,10 @@ pub enum ClusterAction {
     /// Replica `replica` is drained: it takes nothing new and finishes everything it holds, waiting
     /// requests included; then it is down.
     Drain,
+    /// Replica `replica` restarts cold: at the end of the step in flight every request it holds is
+    /// aborted (status `aborted`, reason `replica_restart`; clients retry as after a refusal), its KV
+    /// cache is lost, and it is down for `engine.startup_s`, then up.
+    Restart,
 }
 
 /// A change to the cluster at a time (`[[cluster.events]]`).
@@ -1195,9 +1204,11 @@ impl ClusterConfig {
 
     /// Checks the events against the cluster they act on, in order: a replica removed or drained must
     /// be up then.
-    fn validate_events(&self) -> Result<(), ConfigError> {
+    fn validate_events(&self, startup_s: f64) -> Result<(), ConfigError> {
         let horizon_s = crate::time::HORIZON.as_secs_f64();
         let mut up: Vec<bool> = (0..self.slots()).map(|i| i < self.replicas).collect();
+        // A restarting replica is back at this time (seconds).
+        let mut back = vec![f64::NEG_INFINITY; self.slots() as usize];
         let mut next = self.replicas;
         for (i, e) in self.events_in_order() {
             let key = |k: &str| format!("cluster.events[{i}].{k}");
@@ -1220,7 +1231,7 @@ impl ClusterConfig {
                     up[next as usize] = true;
                     next += 1;
                 }
-                ClusterAction::RemoveReplica | ClusterAction::Drain => {
+                ClusterAction::RemoveReplica | ClusterAction::Drain | ClusterAction::Restart => {
                     let Some(r) = e.replica else {
                         return Err(ConfigError::invalid(
                             key("replica"),
@@ -1243,7 +1254,21 @@ impl ClusterConfig {
                             ),
                         ));
                     }
-                    up[r as usize] = false;
+                    if e.at_s < back[r as usize] {
+                        return Err(ConfigError::invalid(
+                            key("at_s"),
+                            format!(
+                                "replica {r} is restarting until {} s (engine.startup_s after its restart); \
+                                 act on it after that",
+                                back[r as usize]
+                            ),
+                        ));
+                    }
+                    if e.action == ClusterAction::Restart {
+                        back[r as usize] = e.at_s + startup_s;
+                    } else {
+                        up[r as usize] = false;
+                    }
                 }
             }
         }
@@ -1325,7 +1350,7 @@ impl ClusterConfig {
         nonneg("cache_aware.balance_abs_threshold", c.balance_abs_threshold)?;
         nonneg("cache_aware.balance_rel_threshold", c.balance_rel_threshold)?;
         nonneg("cache_aware.eviction_interval_s", c.eviction_interval_s)?;
-        self.validate_events()
+        Ok(())
     }
 }
 
@@ -1834,6 +1859,14 @@ impl Config {
             ));
         }
         self.cluster.validate()?;
+        let su = self.engine.startup_s;
+        if !(su.is_finite() && su >= 0.0 && su < crate::time::HORIZON.as_secs_f64() / 2.0) {
+            return Err(ConfigError::invalid(
+                "engine.startup_s",
+                format!("must be 0 or more seconds, within the clock's horizon, got {su}"),
+            ));
+        }
+        self.cluster.validate_events(su)?;
         if let Some(a) = &self.admission {
             a.validate()?;
         }

@@ -26,8 +26,10 @@ pub enum Event {
     Timeout(ReplicaId, RequestId),
     /// A client sends a refused or abandoned request again (`workload.max_retries`).
     Retry(RequestId),
-    /// Cluster event `cluster.events[i]` (a replica joins, leaves or is drained).
+    /// Cluster event `cluster.events[i]` (a replica joins, leaves, is drained or restarts).
     Cluster(u32),
+    /// A restarted replica has loaded its model and serves again.
+    ReplicaReady(ReplicaId),
     /// Take a time-series sample of every replica.
     Sample,
 }
@@ -43,6 +45,7 @@ impl EventClass for Event {
     fn class(&self) -> u8 {
         match self {
             Event::Cluster(_) => 0,
+            Event::ReplicaReady(_) => 0,
             Event::StepDone(_) => 1,
             Event::SessionStart(_) => 2,
             Event::TurnRelease(_) => 2,

@@ -51,7 +51,7 @@ use crate::cost::{
 };
 use crate::event::ReplicaId;
 use crate::event::SessionId;
-use crate::kv::{CacheHit, KvStore};
+use crate::kv::{CacheHit, KvStats, KvStore};
 use crate::metrics::histogram::Batch;
 use crate::request::{Request, RequestId, StopReason};
 use crate::scheduler::{Next, RequestTable, Scheduler, StepPlan};
@@ -170,6 +170,14 @@ impl ReplicaStats {
     }
 }
 
+/// The cumulative KV counters of the stores a replica had before its restarts.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Retired {
+    pub evictions: u64,
+    pub prefix: crate::kv::PrefixStats,
+    pub store: crate::kv::conversation::StoreCounters,
+}
+
 /// A replica running policy `S` (which owns its KV store).
 pub struct Replica<S> {
     /// Stable for the whole run (the replica's index in the cluster).
@@ -194,6 +202,10 @@ pub struct Replica<S> {
     pub pending_aborts: Vec<RequestId>,
     /// Leaving (`remove_replica`): its unstarted requests go back to the router between steps.
     pub reroute_pending: bool,
+    /// Restarting (`restart`): between steps it drops what it holds and its cache.
+    pub restart_pending: bool,
+    /// The cumulative KV counters of the stores it had before restarts (see [`Replica::kv_stats`]).
+    pub retired: Retired,
     pub stats: ReplicaStats,
     /// The plan of the last finished step, emptied by the next `schedule`: its lists are reused, as a plan
     /// grown push by push every step showed in profiles.
@@ -253,6 +265,8 @@ impl<S: Scheduler> Replica<S> {
             waits_for_arrival: false,
             pending_aborts: Vec::new(),
             reroute_pending: false,
+            restart_pending: false,
+            retired: Retired::default(),
             stats,
             spare_plan: StepPlan::default(),
             leap_scratch: LeapScratch::default(),
@@ -760,6 +774,38 @@ impl<S: Scheduler> Replica<S> {
         self.scheduler.kv_mut().on_session_end(session);
     }
 
+    /// Its store's statistics, the cumulative counters including those of the stores a restart
+    /// replaced (occupancy is the current store's).
+    pub fn kv_stats(&self) -> KvStats {
+        let mut k = self.scheduler.kv().stats();
+        let r = &self.retired;
+        k.evictions += r.evictions;
+        k.prefix.queries += r.prefix.queries;
+        k.prefix.hits += r.prefix.hits;
+        k.prefix.preempted_queries += r.prefix.preempted_queries;
+        k.prefix.preempted_hits += r.prefix.preempted_hits;
+        k.store.lookups += r.store.lookups;
+        k.store.hits += r.store.hits;
+        k.store.stale += r.store.stale;
+        k.store.evictions += r.store.evictions;
+        k.store.releases += r.store.releases;
+        k.store.peak_tokens = k.store.peak_tokens.max(r.store.peak_tokens);
+        k
+    }
+
+    /// Takes over `old`'s history after a restart replaced it with this fresh replica: its statistics,
+    /// its retired KV counters plus its store's, its state.
+    pub fn succeed(&mut self, old: Replica<S>) {
+        let k = old.kv_stats();
+        self.retired = Retired {
+            evictions: k.evictions,
+            prefix: k.prefix,
+            store: k.store,
+        };
+        self.stats = old.stats;
+        self.state = old.state;
+    }
+
     /// Sets its state at `now`, opening or closing an up stretch (`ReplicaStats::up`).
     pub fn set_state(&mut self, state: ReplicaState, now: SimTime) {
         let was_down = self.state == ReplicaState::Down;
@@ -777,13 +823,22 @@ impl<S: Scheduler> Replica<S> {
     /// The requests it holds that were never scheduled, in (arrival, id) order: what a leaving
     /// replica hands back to the router.
     pub fn unstarted(&self) -> Vec<RequestId> {
+        self.held_where(|r| r.first_scheduled.is_none())
+    }
+
+    /// Every request it holds, in (arrival, id) order.
+    pub fn held(&self) -> Vec<RequestId> {
+        self.held_where(|_| true)
+    }
+
+    fn held_where(&self, keep: impl Fn(&Request) -> bool) -> Vec<RequestId> {
         let mut v: Vec<(SimTime, RequestId)> = self
             .scheduler
             .all_requests()
             .into_iter()
             .filter_map(|id| {
                 let r = self.requests.get(&id)?;
-                r.first_scheduled.is_none().then_some((r.arrival, id))
+                keep(r).then_some((r.arrival, id))
             })
             .collect();
         v.sort_unstable();

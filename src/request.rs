@@ -27,6 +27,8 @@ pub enum Status {
     Failed,
     /// Its client gave up with no first token after `workload.client_timeout_s`; aborted.
     TimedOut,
+    /// Dropped by its replica: a restart aborted it (`failure = ReplicaRestart`).
+    Aborted,
 }
 
 impl Status {
@@ -37,6 +39,7 @@ impl Status {
             Status::Unfinished => "unfinished",
             Status::Failed => "failed",
             Status::TimedOut => "timed_out",
+            Status::Aborted => "aborted",
         }
     }
 }
@@ -52,14 +55,17 @@ pub enum FailureReason {
     Unavailable,
     /// No first token within `workload.client_timeout_s`.
     ClientTimeout,
+    /// Its replica restarted while holding it (`restart` in `[[cluster.events]]`).
+    ReplicaRestart,
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 4] = [
+    pub const ALL: [FailureReason; 5] = [
         FailureReason::ContextLength,
         FailureReason::QueueFull,
         FailureReason::Unavailable,
         FailureReason::ClientTimeout,
+        FailureReason::ReplicaRestart,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +74,7 @@ impl FailureReason {
             FailureReason::QueueFull => "queue_full",
             FailureReason::Unavailable => "unavailable",
             FailureReason::ClientTimeout => "client_timeout",
+            FailureReason::ReplicaRestart => "replica_restart",
         }
     }
 }

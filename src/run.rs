@@ -5,7 +5,6 @@ use crate::cost::CostModel;
 use crate::cost::OPERATOR_CLASSES;
 use crate::error::{Error, OutputError};
 use crate::event::ReplicaId;
-use crate::kv::KvStore;
 use crate::metrics::output::RunDir;
 use crate::metrics::stats::describe;
 use crate::metrics::{Collector, RequestRow, Rows, Sample, Summary};
@@ -122,7 +121,7 @@ pub const REPLICA_COLUMNS: &[&str] = &[
 
 impl ReplicaSummary {
     fn of<S: Scheduler>(r: &crate::replica::Replica<S>) -> ReplicaSummary {
-        let kv = r.kv().stats();
+        let kv = r.kv_stats();
         ReplicaSummary {
             replica: r.id,
             requests: r.stats.requests,
@@ -270,6 +269,7 @@ impl WithReplicas for RunWorld<'_> {
             self.opts.progress,
             !self.opts.no_leap,
         );
+        world.set_factory(make);
         world.run()?;
         let summary = summarize(&mut world, self.system, &self.opts.variant);
         let (requests, timeseries) = world.metrics.take_rows();
@@ -428,10 +428,15 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     s.set("requests_unfinished", m.unfinished);
     s.set("requests_failed", m.failed);
     s.set("requests_timed_out", m.timed_out);
+    s.set("requests_aborted", m.aborted);
     // Overload: refusals and abandonments by reason, retries, and the share of the requests offered
     // (first attempts, the trace's recorded failures left out) that finished.
     for (reason, n) in crate::request::FailureReason::ALL.iter().zip(m.failures) {
-        if *reason != crate::request::FailureReason::ClientTimeout {
+        if !matches!(
+            reason,
+            crate::request::FailureReason::ClientTimeout
+                | crate::request::FailureReason::ReplicaRestart
+        ) {
             s.set(&format!("rejected_{}", reason.as_str()), n);
         }
     }
@@ -559,7 +564,7 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     let (mut usage_s, mut peak) = (0.0, 0.0f64);
     let mut store = crate::kv::conversation::StoreCounters::default();
     for r in &world.replicas {
-        let kv = r.kv().stats();
+        let kv = r.kv_stats();
         store.add(&kv.store);
         q += kv.prefix.queries;
         h += kv.prefix.hits;

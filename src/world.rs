@@ -9,7 +9,6 @@ use crate::engine::EventQueue;
 use crate::error::{ConfigError, Error, OutputError};
 use crate::event::{Event, ReplicaId, SessionId};
 use crate::fasthash::FastMap;
-use crate::kv::KvStore;
 use crate::metrics::{Collector, Sample};
 use crate::replica::{Leapt, Replica, StepStart};
 use crate::request::{FailureReason, Request, RequestId, Status};
@@ -64,6 +63,8 @@ pub struct World<'a, S> {
     next_slot: u32,
     /// The time of the last sample that wrote rows.
     last_sample: Option<SimTime>,
+    /// Makes a fresh replica for a slot (a restart's), when the world was given one.
+    factory: Option<&'a dyn Fn(ReplicaId) -> Replica<S>>,
     workload: Box<dyn Workload>,
     cost: Box<dyn CostModel>,
     pub metrics: Collector,
@@ -104,6 +105,7 @@ impl<'a, S: Scheduler> World<'a, S> {
         World {
             next_slot: cfg.cluster.replicas,
             last_sample: None,
+            factory: None,
             cfg,
             wake_at: vec![None; replicas.len()],
             queue: EventQueue::new(),
@@ -138,6 +140,11 @@ impl<'a, S: Scheduler> World<'a, S> {
             progress: Progress::new(show_progress, cfg.workload.duration_s),
             leap,
         }
+    }
+
+    /// Gives the world the factory that made its replicas, for restarts (`restart` events need it).
+    pub fn set_factory(&mut self, make: &'a dyn Fn(ReplicaId) -> Replica<S>) {
+        self.factory = Some(make);
     }
 
     /// Runs to the end: every released request finished, or `max_sim_time_s` reached. Virtual time past
@@ -218,7 +225,7 @@ impl<'a, S: Scheduler> World<'a, S> {
         let m = &self.metrics;
         assert_eq!(
             self.counts.released,
-            m.finished + m.rejected + m.unfinished + m.failed + m.timed_out,
+            m.finished + m.rejected + m.unfinished + m.failed + m.timed_out + m.aborted,
             "invariant 1: request conservation"
         );
         Ok(self.metrics.flush()?)
@@ -342,7 +349,18 @@ impl<'a, S: Scheduler> World<'a, S> {
                         rep.reroute_pending = e.action == ClusterAction::RemoveReplica;
                         self.settle_leaving(id, now)?;
                     }
+                    ClusterAction::Restart => {
+                        let id = e.replica.expect("validated");
+                        let rep = &mut self.replicas[id as usize];
+                        // It stops taking requests now; what it holds goes at the step's end.
+                        rep.set_state(ReplicaState::Draining, now);
+                        rep.restart_pending = true;
+                        self.settle_leaving(id, now)?;
+                    }
                 }
+            }
+            Event::ReplicaReady(id) => {
+                self.replicas[id as usize].set_state(crate::cluster::ReplicaState::Up, now);
             }
             Event::Retry(id) => {
                 let (r, out) = self.retrying.remove(&id).expect("queued with its retry");
@@ -373,7 +391,7 @@ impl<'a, S: Scheduler> World<'a, S> {
                             .and_then(|u| u.1)
                             .is_some_and(|end| last.is_none_or(|l| end > l.0))
                 }) {
-                    let kv = rep.kv().stats();
+                    let kv = rep.kv_stats();
                     self.metrics.on_sample(&Sample {
                         time: now,
                         replica: rep.id,
@@ -548,6 +566,9 @@ impl<'a, S: Scheduler> World<'a, S> {
         if rep.state != crate::cluster::ReplicaState::Draining || rep.is_busy() {
             return Ok(());
         }
+        if rep.restart_pending {
+            return self.restart(rid, now);
+        }
         if std::mem::take(&mut rep.reroute_pending) {
             for id in rep.unstarted() {
                 let (r, out) = self.replicas[rid as usize]
@@ -560,6 +581,29 @@ impl<'a, S: Scheduler> World<'a, S> {
         if !rep.has_work() {
             rep.set_state(crate::cluster::ReplicaState::Down, now);
         }
+        Ok(())
+    }
+
+    /// Restarts replica `rid` between steps: every request it holds is aborted (its client retries as
+    /// after a refusal), a fresh replica from the factory takes its place with an empty cache and its
+    /// history (`Replica::succeed`), down until `engine.startup_s` from now.
+    fn restart(&mut self, rid: ReplicaId, now: SimTime) -> Result<(), OutputError> {
+        let make = self
+            .factory
+            .expect("a world that runs restart events is given its replica factory");
+        for id in self.replicas[rid as usize].held() {
+            let (r, out) = self.replicas[rid as usize]
+                .abort(id)
+                .expect("held between steps");
+            self.give_up(now, r, out, Status::Aborted, FailureReason::ReplicaRestart)?;
+        }
+        let old = std::mem::replace(&mut self.replicas[rid as usize], make(rid));
+        let rep = &mut self.replicas[rid as usize];
+        rep.succeed(old);
+        rep.set_state(crate::cluster::ReplicaState::Down, now);
+        self.wake_at[rid as usize] = None;
+        let ready = now + SimDuration::from_secs_f64(self.cfg.engine.startup_s);
+        self.queue.push(ready, Event::ReplicaReady(rid));
         Ok(())
     }
 

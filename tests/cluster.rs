@@ -416,6 +416,11 @@ fn bad_cluster_events_are_refused_by_key() {
             "cluster.events=[{at_s=1, action=\"explode\"}]",
             "cluster.events",
         ),
+        (
+            "cluster.events=[{at_s=1, action=\"restart\", replica=0}, {at_s=30, action=\"drain\", replica=0}]",
+            "cluster.events[1].at_s",
+        ),
+        ("engine.startup_s=-1", "engine.startup_s"),
     ] {
         let e = servesim::config::Config::load(None, &[set.to_string()])
             .unwrap_err()
@@ -522,4 +527,52 @@ fn stale_load_signals_herd_requests_onto_one_replica() {
     .0;
     let stale: Vec<_> = stale.iter().map(|r| r.replica.unwrap()).collect();
     assert_eq!(stale, [0, 0, 0, 0]);
+}
+
+#[test]
+fn a_restart_drops_what_the_replica_holds_and_its_cache_then_serves_again() {
+    // Two replicas in turn, one request at a time each, 100-token prompts (6 full 16-token blocks) and
+    // 10 output tokens (0.119 s each). A (0 s) on 0, B (1 ms) on 1, C (2 ms) behind A
+    // on 0. Replica 0 restarts at 50 ms: at the end of the step in flight (53 ms) A and C are aborted,
+    // and it is down for 1 s, until 1.053 s. D (0.5 s) goes to replica 1, the only one up. E (2 s) goes
+    // to replica 0 (round robin, after 1), which serves again, cold: E repeats A's prompt, which replica
+    // 0 had cached before the restart, and finds nothing.
+    let (rows, s) = replay_set(
+        &[
+            (1, 1, 0.0, &[(1, 100)], 11, 10, 10),
+            (2, 1, 0.001, &[(2, 100)], 12, 10, 10),
+            (3, 1, 0.002, &[(3, 100)], 13, 10, 10),
+            (4, 1, 0.5, &[(4, 100)], 14, 10, 10),
+            (5, 1, 2.0, &[(1, 100)], 15, 10, 10),
+        ],
+        ONE_AT_A_TIME,
+        "[cluster]\nreplicas = 2\nevents = [{ at_s = 0.05, action = \"restart\", replica = 0 }]",
+        &["engine.startup_s=1.0"],
+    );
+    let o = outcomes(&rows);
+    assert_eq!(o[0], (0, "aborted", "replica_restart", 0));
+    assert_eq!(o[2], (2, "aborted", "replica_restart", 0));
+    let replicas: Vec<_> = rows.iter().map(|r| r.replica).collect();
+    assert_eq!(replicas, [Some(0), Some(1), Some(0), Some(1), Some(0)]);
+    let e = rows.iter().find(|r| r.id == 4).unwrap();
+    assert_eq!(e.status.as_str(), "finished");
+    assert_eq!(e.cached_tokens, 0, "the cache was lost");
+    assert_eq!(s.0["requests_aborted"], 2);
+    // The prefix-cache counters carry across the restart: A's lookup (before it), B, D and E were
+    // admitted, 100 tokens each; C never was.
+    assert_eq!(s.0["prefix_cache_queries"], 400);
+    // Without the restart, E would hit A's 96 cached tokens (6 full blocks).
+    let (rows, _) = replay(
+        &[
+            (1, 1, 0.0, &[(1, 100)], 11, 10, 10),
+            (2, 1, 0.001, &[(2, 100)], 12, 10, 10),
+            (3, 1, 0.002, &[(3, 100)], 13, 10, 10),
+            (4, 1, 0.5, &[(4, 100)], 14, 10, 10),
+            (5, 1, 2.0, &[(1, 100)], 15, 10, 10),
+        ],
+        ONE_AT_A_TIME,
+        "[cluster]\nreplicas = 2",
+    );
+    let e = rows.iter().find(|r| r.id == 4).unwrap();
+    assert_eq!((e.replica, e.cached_tokens), (Some(0), 96));
 }

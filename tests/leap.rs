@@ -187,7 +187,8 @@ fn leap_equals_step_for_every_router_with_admission_timeouts_and_retries() {
                 "admission.max_waiting=8",
                 "admission.max_kv_usage_degraded=0.8",
                 "engine.num_gpu_blocks=3000",
-                "cluster.events=[{at_s=5, action=\"add_replica\"}, {at_s=10, action=\"remove_replica\", replica=0}, {at_s=15, action=\"drain\", replica=3}]",
+                "cluster.events=[{at_s=5, action=\"add_replica\"}, {at_s=10, action=\"remove_replica\", replica=0}, {at_s=15, action=\"drain\", replica=3}, {at_s=20, action=\"restart\", replica=1}]",
+                "engine.startup_s=3",
             ],
         );
         let (leapt, s) = both_summary(router, &cfg);
@@ -197,6 +198,7 @@ fn leap_equals_step_for_every_router_with_admission_timeouts_and_retries() {
             "rejected_queue_full",
             "rejected_unavailable",
             "requests_retried",
+            "requests_aborted",
         ] {
             assert!(s.0[k].as_u64().unwrap() > 0, "{router}: no {k}");
         }

@@ -150,8 +150,10 @@ pub struct Collector {
     pub unfinished: u64,
     /// Abandoned by their clients (`workload.client_timeout_s`).
     pub timed_out: u64,
-    /// Rejected and timed-out rows by reason, in `FailureReason::ALL` order.
-    pub failures: [u64; 4],
+    /// Dropped by a restarting replica.
+    pub aborted: u64,
+    /// Rejected, timed-out and aborted rows by reason, in `FailureReason::ALL` order.
+    pub failures: [u64; 5],
     /// Rows of attempts after the first (client retries).
     pub retries: u64,
     pub good: u64,
@@ -292,7 +294,8 @@ impl Collector {
             finished: 0,
             rejected: 0,
             timed_out: 0,
-            failures: [0; 4],
+            aborted: 0,
+            failures: [0; 5],
             retries: 0,
             failed: 0,
             unfinished: 0,
@@ -476,6 +479,7 @@ impl Collector {
             Status::Unfinished => self.unfinished += 1,
             Status::Failed => self.failed += 1,
             Status::TimedOut => self.timed_out += 1,
+            Status::Aborted => self.aborted += 1,
         }
         if let Some(f) = r.failure {
             let i = FailureReason::ALL
