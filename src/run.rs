@@ -271,9 +271,9 @@ impl WithReplicas for RunWorld<'_> {
         );
         world.set_factory(make);
         world.run()?;
-        let summary = summarize(&mut world, self.system, &self.opts.variant);
+        let replicas: Vec<ReplicaSummary> = world.replicas.iter().map(ReplicaSummary::of).collect();
+        let summary = summarize(&mut world, self.system, &self.opts.variant, &replicas);
         let (requests, timeseries) = world.metrics.take_rows();
-        let replicas = world.replicas.iter().map(ReplicaSummary::of).collect();
         Ok(Ran {
             replicas,
             summary,
@@ -368,7 +368,13 @@ pub(crate) fn enum_name(v: impl serde::Serialize) -> serde_json::Value {
     serde_json::to_value(v).expect("a config enum serialises")
 }
 
-fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) -> Summary {
+/// The run's summary; `replicas` is each replica's [`ReplicaSummary`], by id.
+fn summarize<S: Scheduler>(
+    world: &mut World<S>,
+    sys: &System,
+    variant: &str,
+    replicas: &[ReplicaSummary],
+) -> Summary {
     let cfg = world.config().clone();
     let mut s = Summary::default();
     s.set("name", cfg.name.clone());
@@ -509,12 +515,14 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     s.set("requests_measured", m.measured);
     // Admission holds new arrivals to max_waiting per replica; preempted requests wait too, at most as
     // many as can run at once (max_num_seqs).
-    let queue_cap = cfg
-        .admission
-        .as_ref()
-        .and_then(|a| a.max_waiting)
-        .map(|w| (w as u64 + sys.sizing.max_num_seqs as u64) * cfg.cluster.slots() as u64);
-    let st = m.stability(load_end, queue_cap);
+    let limit = cfg.admission.as_ref().and_then(|a| a.max_waiting).map(|w| {
+        let n = cfg.cluster.slots() as u64;
+        (
+            w as u64 * n,
+            (w as u64 + sys.sizing.max_num_seqs as u64) * n,
+        )
+    });
+    let st = m.stability(load_end, limit);
     match st.stable {
         Some(b) => s.set("stable", b),
         None => s.set("stable", serde_json::Value::Null),
@@ -656,13 +664,14 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
     // Balance across replicas: requests and prompt tokens routed to each (mean, max, coefficient of
     // variation = population standard deviation / mean), and the spread of their prefix-cache hit rates.
     // Over the replicas that were ever up (a slot whose add_replica never came is left out).
-    let per: Vec<ReplicaSummary> = world
+    let per: Vec<&ReplicaSummary> = world
         .replicas
         .iter()
-        .filter(|r| !r.stats.up.is_empty())
-        .map(ReplicaSummary::of)
+        .zip(replicas)
+        .filter(|(r, _)| !r.stats.up.is_empty())
+        .map(|(_, p)| p)
         .collect();
-    for (key, xs) in [
+    for (key, mut xs) in [
         (
             "replica_requests",
             per.iter().map(|r| r.requests as f64).collect::<Vec<_>>(),
@@ -672,17 +681,15 @@ fn summarize<S: Scheduler>(world: &mut World<S>, sys: &System, variant: &str) ->
             per.iter().map(|r| r.prompt_tokens as f64).collect(),
         ),
     ] {
-        let n = xs.len() as f64;
-        let mean = xs.iter().sum::<f64>() / n;
-        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
-        s.set(&format!("{key}_mean"), mean);
-        s.set(
-            &format!("{key}_max"),
-            xs.iter().copied().fold(0.0, f64::max),
-        );
+        let d = describe(&mut xs);
+        s.set_opt(&format!("{key}_mean"), d.mean);
+        s.set_opt(&format!("{key}_max"), xs.last().copied());
         s.set_opt(
             &format!("{key}_cv"),
-            (mean > 0.0).then(|| var.sqrt() / mean),
+            d.mean
+                .zip(d.std)
+                .filter(|m| m.0 > 0.0)
+                .map(|(m, sd)| sd / m),
         );
     }
     let rates: Vec<f64> = per.iter().filter_map(|r| r.prefix_cache_hit_rate).collect();

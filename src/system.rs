@@ -259,14 +259,9 @@ impl System {
     }
 }
 
-/// `workload.rate_schedule` ready to reshape arrivals, drawing (bursts) from its own stream.
+/// `workload.rate_schedule` ready to reshape arrivals.
 pub fn rate_shape(cfg: &Config) -> Option<crate::workload::rate::RateShape> {
-    cfg.workload.rate_schedule.as_ref().map(|r| {
-        crate::workload::rate::RateShape::new(
-            r,
-            RngStreams::new(cfg.seed).stream("workload.rate_schedule"),
-        )
-    })
+    crate::workload::rate::RateShape::of(&cfg.workload, RngStreams::new(cfg.seed))
 }
 
 /// `[batching]` resolved for the dynamic batcher: each sampling profile's group is the first profile
@@ -323,8 +318,7 @@ fn dynamic_params(cfg: &Config, max_model_len: u32) -> crate::scheduler::dynamic
 pub trait WithReplicas {
     type Out;
     /// Called once with the replica factory: `make(id)` is replica `id`, empty and idle (a run calls it
-    /// for each replica at its start; it is the factory a cluster event that adds or restarts a replica
-    /// will call, though no world keeps it yet).
+    /// for each replica slot at its start, and again for a slot a `restart` event renews).
     fn with<S: Scheduler + 'static>(self, make: &dyn Fn(ReplicaId) -> Replica<S>) -> Self::Out;
 }
 

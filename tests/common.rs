@@ -194,3 +194,14 @@ linear = {{ step_s = 0.01, prefill_token_s = 0.0001, decode_seq_s = 0.001, decod
     rows.sort_by_key(|r| r.id);
     (rows, sim.summary)
 }
+
+/// Each `--set` override of `cases` is refused by `Config::load` with an error naming its key (the
+/// second of the pair).
+pub fn assert_refused_by_key(cases: &[(&str, &str)]) {
+    for (set, key) in cases {
+        let e = Config::load(None, &[set.to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{set}: {e}");
+    }
+}

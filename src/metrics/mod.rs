@@ -405,11 +405,12 @@ impl Collector {
     /// scatter; past it the queue grows at about (arrival rate - service rate), whatever backlog it
     /// started the window with, and the trend rises by that times the window.
     ///
-    /// `queue_cap`: the most requests that can wait at once, if bounded (with `admission.max_waiting`:
-    /// that plus the preempted requests, at most `max_num_seqs`, per replica): a rise within it is a
-    /// queue filling to its limit, not growth without bound (overload then shows as refusals, in
-    /// `success_rate`).
-    pub fn stability(&self, end: SimTime, queue_cap: Option<u64>) -> Stability {
+    /// `limit`, with admission control: (the waiting requests admission holds new arrivals to, the most
+    /// that can wait at once with preempted requests too). When the queue reached the first in the
+    /// window, a rise within the second is a queue filling to its limit, not growth without bound
+    /// (overload then shows as refusals, in `success_rate`); a queue that never reached it is judged as
+    /// without a limit.
+    pub fn stability(&self, end: SimTime, limit: Option<(u64, u64)>) -> Stability {
         let (from, to) = (self.warmup.0, self.last_arrival.0.min(end.0));
         let pts: Vec<(f64, f64)> = self
             .state
@@ -425,11 +426,13 @@ impl Collector {
         }
         let (slope, resid) = warmup::trend_xy(&pts);
         let span = pts[pts.len() - 1].0 - pts[0].0;
+        let peak = pts.iter().map(|p| p.1).fold(0.0, f64::max);
+        let cap = limit
+            .filter(|&(reached, _)| peak >= reached as f64)
+            .map_or(0.0, |(_, most)| most as f64);
         // The scatter around the trend is a stable queue's excursions, which a trend must clearly exceed.
         Stability {
-            stable: Some(
-                slope * span <= (2.0 * resid).max(10.0).max(queue_cap.unwrap_or(0) as f64),
-            ),
+            stable: Some(slope * span <= (2.0 * resid).max(10.0).max(cap)),
             queue_growth_per_s: Some(slope),
         }
     }
@@ -643,8 +646,8 @@ mod tests {
     use super::*;
 
     /// A waiting queue climbing steadily from 0 to 30 over 100 samples rises by 30 with no scatter: over
-    /// the threshold of 10, unstable; with a cap of 32 waiting requests it is a queue filling to its
-    /// limit, stable.
+    /// the threshold of 10, unstable; with admission holding it to 30 (32 with preempted requests) it is
+    /// a queue filling to its limit, stable.
     #[test]
     fn a_queue_filling_to_its_cap_is_not_growth_without_bound() {
         let mut c = Collector::new(Rows::Discard, SloConfig::default()).unwrap();
@@ -658,8 +661,11 @@ mod tests {
         c.last_arrival = SimTime(100_000_000_000);
         let end = SimTime(100_000_000_000);
         assert_eq!(c.stability(end, None).stable, Some(false));
-        assert_eq!(c.stability(end, Some(32)).stable, Some(true));
+        // Admission holds arrivals to 30 waiting (reached), 32 with preempted requests.
+        assert_eq!(c.stability(end, Some((30, 32))).stable, Some(true));
         // A cap below the rise does not hide it.
-        assert_eq!(c.stability(end, Some(20)).stable, Some(false));
+        assert_eq!(c.stability(end, Some((20, 20))).stable, Some(false));
+        // A limit the queue never reached (a nominal one, 1000) changes nothing.
+        assert_eq!(c.stability(end, Some((1000, 1100))).stable, Some(false));
     }
 }

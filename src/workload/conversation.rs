@@ -140,10 +140,7 @@ impl ConversationGenerator {
             arrivals: streams.stream("workload.arrivals"),
             streams,
             gap_gamma,
-            schedule: cfg.rate_schedule.as_ref().map(|r| {
-                let rng = streams.stream("workload.rate_schedule");
-                (crate::workload::rate::RateShape::new(r, rng), 0.0)
-            }),
+            schedule: crate::workload::rate::RateShape::of(cfg, streams).map(|s| (s, 0.0)),
             horizon: cfg
                 .duration_s
                 .map(|d| SimTime::ZERO + SimDuration::from_secs_f64(d)),

@@ -13,8 +13,8 @@
 //! between `high` and `low`, each held for an exponential time of its mean, drawn from the stream
 //! `workload.rate_schedule`; the first state is drawn from the chain's stationary law).
 
-use crate::config::{Interpolation, RateSchedule};
-use crate::rng::StreamRng;
+use crate::config::{Interpolation, RateSchedule, WorkloadConfig};
+use crate::rng::{RngStreams, StreamRng};
 use rand::Rng;
 use std::f64::consts::TAU;
 
@@ -44,7 +44,17 @@ enum Shape {
     },
 }
 
+/// The random stream bursts draw their dwell times from.
+pub const STREAM: &str = "workload.rate_schedule";
+
 impl RateShape {
+    /// The workload's schedule, if it has one, drawing from [`STREAM`].
+    pub fn of(w: &WorkloadConfig, streams: RngStreams) -> Option<RateShape> {
+        w.rate_schedule
+            .as_ref()
+            .map(|r| RateShape::new(r, streams.stream(STREAM)))
+    }
+
     pub fn new(cfg: &RateSchedule, mut rng: StreamRng) -> RateShape {
         let shape = match cfg {
             RateSchedule::Piecewise {
@@ -248,10 +258,9 @@ fn diurnal_advance(t: f64, area: f64, period: f64, amplitude: f64, phase: f64) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::RngStreams;
 
     fn shape(cfg: &RateSchedule) -> RateShape {
-        RateShape::new(cfg, RngStreams::new(5).stream("workload.rate_schedule"))
+        RateShape::new(cfg, RngStreams::new(5).stream(STREAM))
     }
 
     /// Poisson arrivals at base rate `rate` through `s`, up to `end` seconds.
