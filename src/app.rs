@@ -86,7 +86,10 @@ fn warn(text: &str) {
 }
 
 fn run_command(a: &RunArgs) -> Result<(), Error> {
-    let cfg = load_config(&a.source)?;
+    let mut cfg = load_config(&a.source)?;
+    if let Some(p) = &a.warm_start {
+        cfg.kv.warm_start = Some(p.to_string_lossy().into_owned());
+    }
     for w in cfg.ignored_settings() {
         warn(&format!("warning: ignored: {w}"));
     }
@@ -100,6 +103,7 @@ fn run_command(a: &RunArgs) -> Result<(), Error> {
             progress: !a.quiet,
             no_leap: a.no_leap,
             variant: String::new(),
+            save_cache: a.save_cache.clone(),
         },
     )?;
     if !a.quiet {

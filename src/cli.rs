@@ -106,6 +106,13 @@ pub struct RunArgs {
     /// are identical; this exists to check that and to measure the leap.
     #[arg(long)]
     pub no_leap: bool,
+    /// Save every replica's KV cache (GPU prefix cache and offload tiers) at the end of the run to this
+    /// file, for `--warm-start` (format: `src/kv/persist.rs`, the README's "Warm start").
+    #[arg(long, value_name = "FILE")]
+    pub save_cache: Option<PathBuf>,
+    /// Start every replica's caches from a file `--save-cache` wrote (sets kv.warm_start).
+    #[arg(long, value_name = "FILE")]
+    pub warm_start: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]

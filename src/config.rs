@@ -36,6 +36,8 @@ pub struct Config {
     pub batching: BatchingConfig,
     /// Admission control at each replica; unset: every request is queued, however long the queue.
     pub admission: Option<AdmissionConfig>,
+    /// KV cache tiers below GPU memory (`[kv.offload]`).
+    pub kv: KvConfig,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             kv_store: KvStoreConfig::default(),
             batching: BatchingConfig::default(),
             admission: None,
+            kv: KvConfig::default(),
             model: ModelConfig::default(),
             hardware: HardwareConfig::default(),
             engine: EngineConfig::default(),
@@ -853,6 +856,133 @@ impl Default for KvStoreConfig {
             max_bytes: None,
             release_on_session_end: true,
         }
+    }
+}
+
+/// `[kv]`: what a replica keeps of the KV cache besides its GPU pool.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvConfig {
+    /// Offload tiers (CPU memory, local disk); unset: GPU memory only.
+    pub offload: Option<OffloadConfig>,
+    /// A cache file (`servesim run --save-cache`) to start every replica's caches from; unset or empty:
+    /// a cold start. Read relative to the working directory, as trace paths are.
+    pub warm_start: Option<String>,
+}
+
+/// The connector that offloads KV below GPU memory (`kv.offload.backend`; see `kv/tier.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffloadBackend {
+    /// vLLM's native offloading connector: one CPU tier of GPU-sized blocks, write-through of every full
+    /// block, asynchronous loads (engine-semantics O1-O3).
+    Native,
+    /// LMCache: 256-token chunks of the prompt, CPU then local disk, synchronous loads (L1-L3).
+    Lmcache,
+}
+
+/// `[kv.offload]`: KV tiers below GPU memory, per replica.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OffloadConfig {
+    pub backend: OffloadBackend,
+    /// CPU tier size, GiB per replica (vLLM `--kv-offloading-size`; LMCache `max_local_cpu_size`, 5.0).
+    pub cpu_gib: f64,
+    /// Local disk tier size, GiB per replica (LMCache `max_local_disk_size`, 0 = none; native has none).
+    pub disk_gib: f64,
+    /// LMCache chunk size, tokens (`chunk_size`, 256); a multiple of `engine.block_size`.
+    pub chunk_tokens: u32,
+    /// GPU-CPU link bandwidth, GB/s (10^9 bytes); unset: the hardware catalog's `host_link_gbps`.
+    pub cpu_bandwidth_gbps: Option<f64>,
+    /// Latency of one load from CPU memory, seconds.
+    pub cpu_latency_s: f64,
+    /// Disk read bandwidth, GB/s.
+    pub disk_bandwidth_gbps: f64,
+    /// Latency of one load from disk, seconds.
+    pub disk_latency_s: f64,
+    /// Whether the CPU tier keeps its content across a `restart` (true for a cache server outside the
+    /// engine process; vLLM's and LMCache's in-process CPU tiers lose it). The disk tier always does.
+    pub cpu_survives_restart: bool,
+}
+
+impl Default for OffloadConfig {
+    fn default() -> Self {
+        OffloadConfig {
+            backend: OffloadBackend::Native,
+            cpu_gib: 5.0,
+            disk_gib: 0.0,
+            chunk_tokens: 256,
+            cpu_bandwidth_gbps: None,
+            // The H200's measured pinned-copy latency, ~6 us (data/profiles/h200-host-link).
+            cpu_latency_s: 6e-6,
+            // A PCIe 4.0 NVMe drive's sequential read, and its read latency (datasheet class figures).
+            disk_bandwidth_gbps: 6.0,
+            disk_latency_s: 100e-6,
+            cpu_survives_restart: false,
+        }
+    }
+}
+
+impl OffloadConfig {
+    fn validate(&self, engine: &EngineConfig) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("kv.offload.{k}");
+        if engine.kind != EngineKind::Vllm
+            || engine.kv_kind() != KvKind::Paged
+            || !engine.prefix_caching
+        {
+            return Err(ConfigError::invalid(
+                "kv.offload",
+                "offload tiers extend vLLM's paged prefix cache: they need engine.kind = \"vllm\", \
+                 engine.kv_cache = \"paged\" and engine.prefix_caching = true; remove [kv.offload] otherwise",
+            ));
+        }
+        let pos = |k: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(ConfigError::invalid(
+                    key(k),
+                    format!("must be a number above 0, got {v}"),
+                ))
+            }
+        };
+        let nonneg = |k: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(ConfigError::invalid(
+                    key(k),
+                    format!("must be a number, 0 or more, got {v}"),
+                ))
+            }
+        };
+        pos("cpu_gib", self.cpu_gib)?;
+        nonneg("disk_gib", self.disk_gib)?;
+        nonneg("cpu_latency_s", self.cpu_latency_s)?;
+        nonneg("disk_latency_s", self.disk_latency_s)?;
+        pos("disk_bandwidth_gbps", self.disk_bandwidth_gbps)?;
+        if let Some(b) = self.cpu_bandwidth_gbps {
+            pos("cpu_bandwidth_gbps", b)?;
+        }
+        if self.backend == OffloadBackend::Native && self.disk_gib > 0.0 {
+            return Err(ConfigError::invalid(
+                key("disk_gib"),
+                "vLLM's native offloading has a CPU tier only; use backend = \"lmcache\" for a disk tier, \
+                 or set disk_gib = 0",
+            ));
+        }
+        if self.backend == OffloadBackend::Lmcache
+            && (self.chunk_tokens == 0 || self.chunk_tokens % engine.block_size != 0)
+        {
+            return Err(ConfigError::invalid(
+                key("chunk_tokens"),
+                format!(
+                    "must be a positive multiple of engine.block_size ({}), got {}",
+                    engine.block_size, self.chunk_tokens
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1869,6 +1999,9 @@ impl Config {
         self.cluster.validate_events(su)?;
         if let Some(a) = &self.admission {
             a.validate()?;
+        }
+        if let Some(o) = &self.kv.offload {
+            o.validate(&self.engine)?;
         }
         if let Some(m) = self.slo.min_success_rate {
             if !(0.0..=1.0).contains(&m) {

@@ -176,6 +176,7 @@ pub struct Retired {
     pub evictions: u64,
     pub prefix: crate::kv::PrefixStats,
     pub store: crate::kv::conversation::StoreCounters,
+    pub offload: Option<crate::kv::OffloadStats>,
 }
 
 /// A replica running policy `S` (which owns its KV store).
@@ -391,8 +392,15 @@ impl<S: Scheduler> Replica<S> {
         }
         self.stats.padding_tokens += shape.padding_tokens;
         let ops = cost.breakdown(shape);
-        let dur = step_duration(total_seconds(&ops));
+        // LMCache's synchronous load runs inside the forward pass, before it (L3): added, not overlapped.
+        let dur = step_duration(total_seconds(&ops)) + plan.kv_load;
         self.stats.add_ops(&ops);
+        if plan.kv_load.0 > 0 {
+            self.stats.add_ops(&[crate::cost::OpTime {
+                op: crate::cost::op::KV_LOAD,
+                seconds: plan.kv_load.as_secs_f64(),
+            }]);
+        }
         self.stats.steps += 1;
         self.stats.busy += dur;
         self.stats.last_batch_tokens = plan.total_tokens();
@@ -790,7 +798,16 @@ impl<S: Scheduler> Replica<S> {
         k.store.evictions += r.store.evictions;
         k.store.releases += r.store.releases;
         k.store.peak_tokens = k.store.peak_tokens.max(r.store.peak_tokens);
+        if let (Some(o), Some(ro)) = (k.offload.as_mut(), r.offload.as_ref()) {
+            o.add_counters(ro);
+        }
         k
+    }
+
+    /// Fills its idle, empty store from a cache snapshot (a warm start; a restart's surviving tiers).
+    pub fn restore_cache(&mut self, snap: &crate::kv::CacheSnapshot) {
+        debug_assert!(self.requests.is_empty() && self.in_flight.is_none());
+        self.scheduler.kv_mut().restore(snap);
     }
 
     /// Takes over `old`'s history after a restart replaced it with this fresh replica: its statistics,
@@ -801,6 +818,7 @@ impl<S: Scheduler> Replica<S> {
             evictions: k.evictions,
             prefix: k.prefix,
             store: k.store,
+            offload: k.offload,
         };
         self.stats = old.stats;
         self.state = old.state;

@@ -136,8 +136,12 @@ pub struct Request {
     pub first_token: Option<SimTime>,
     pub last_token: Option<SimTime>,
     pub finish: Option<SimTime>,
-    /// Prefix-cache hit at first admission, tokens (vLLM `num_cached_tokens`).
+    /// Tokens counted as computed at first admission, from the GPU prefix cache and lower tiers together
+    /// (vLLM `num_cached_tokens`).
     pub num_cached_tokens: Option<u32>,
+    /// Of those, tokens loaded from the CPU and disk tiers (`kv.offload`), and how long the load took.
+    pub cached_tokens_tier: [u32; 2],
+    pub kv_load: crate::time::SimDuration,
     /// Why generation stopped (finished requests only).
     pub finish_reason: Option<StopReason>,
     /// Tokens computed in prefill chunks, recomputation after preemption included.
@@ -200,6 +204,8 @@ impl Request {
             last_token: None,
             finish: None,
             num_cached_tokens: None,
+            cached_tokens_tier: [0; 2],
+            kv_load: crate::time::SimDuration(0),
             finish_reason: None,
             prefilled_tokens: 0,
             preemptions: 0,

@@ -30,6 +30,8 @@ pub struct RunOptions {
     /// The variant's label in a comparison (its directory name), recorded in the summary's `variant`;
     /// empty for a plain run.
     pub variant: String,
+    /// Where to save every replica's cache at the end (`--save-cache`; see `kv::persist`).
+    pub save_cache: Option<PathBuf>,
 }
 
 /// What a finished run produced.
@@ -54,6 +56,8 @@ pub struct SimOptions {
     pub no_leap: bool,
     /// Recorded in the summary's `variant`.
     pub variant: String,
+    /// Keep every replica's cache content at the end ([`Simulation::cache`]).
+    pub keep_cache: bool,
 }
 
 impl Default for SimOptions {
@@ -63,6 +67,7 @@ impl Default for SimOptions {
             progress: false,
             no_leap: false,
             variant: String::new(),
+            keep_cache: false,
         }
     }
 }
@@ -83,6 +88,10 @@ pub struct Simulation {
     pub timeseries: Vec<Sample>,
     /// Each replica's totals, by id (`replicas.csv`).
     pub replicas: Vec<ReplicaSummary>,
+    /// Every replica slot's cache content at the end, by id ([`SimOptions::keep_cache`] only; else
+    /// empty), and the header a cache file of it carries.
+    pub cache: Vec<crate::kv::CacheSnapshot>,
+    pub cache_header: crate::kv::persist::Header,
 }
 
 /// One replica's totals over the run: a row of `replicas.csv` (columns in [`REPLICA_COLUMNS`] order).
@@ -178,19 +187,35 @@ pub struct Prepared<'a> {
     system: System,
     workload: Box<dyn Workload>,
     cost: Box<dyn CostModel>,
+    /// `kv.warm_start`'s snapshots, one per replica slot.
+    warm: Vec<crate::kv::CacheSnapshot>,
 }
 
-/// Resolves `cfg` (model, hardware, sizing, workload files, cost tables).
+/// Resolves `cfg` (model, hardware, sizing, workload files, cost tables, a warm start's cache file).
 pub fn prepare(cfg: &Config) -> Result<Prepared<'_>, Error> {
     let system = System::resolve(cfg)?;
     let workload = system.workload(cfg)?;
     let cost = system.cost_model(cfg)?;
+    let warm = match cfg.kv.warm_start.as_deref() {
+        None | Some("") => Vec::new(),
+        Some(path) => crate::kv::persist::read(
+            Path::new(path),
+            &cache_header(cfg, &system),
+            cfg.cluster.slots(),
+        )?,
+    };
     Ok(Prepared {
         cfg,
         system,
         workload,
         cost,
+        warm,
     })
+}
+
+/// The header of a cache file a run of `cfg` writes or reads.
+fn cache_header(cfg: &Config, system: &System) -> crate::kv::persist::Header {
+    crate::kv::persist::Header::of(cfg, system.offload.as_ref().map(|o| o.unit_tokens()))
 }
 
 impl Prepared<'_> {
@@ -203,6 +228,7 @@ impl Prepared<'_> {
             system,
             workload,
             cost,
+            warm,
         } = self;
         let metrics = Collector::new(opts.rows.clone(), cfg.slo.clone())?;
         let metrics = match cfg.output.warmup_s {
@@ -218,8 +244,10 @@ impl Prepared<'_> {
             cost,
             metrics,
             opts,
+            warm,
         };
         let done = system.build(cfg, run)?;
+        let cache_header = cache_header(cfg, &system);
         Ok(Simulation {
             summary: done.summary,
             system,
@@ -229,6 +257,8 @@ impl Prepared<'_> {
             requests: done.requests,
             timeseries: done.timeseries,
             replicas: done.replicas,
+            cache: done.cache,
+            cache_header,
         })
     }
 }
@@ -241,6 +271,7 @@ struct RunWorld<'a> {
     cost: Box<dyn CostModel>,
     metrics: Collector,
     opts: &'a SimOptions,
+    warm: Vec<crate::kv::CacheSnapshot>,
 }
 
 /// What [`RunWorld`] returns.
@@ -251,6 +282,7 @@ struct Ran {
     requests: Vec<RequestRow>,
     timeseries: Vec<Sample>,
     replicas: Vec<ReplicaSummary>,
+    cache: Vec<crate::kv::CacheSnapshot>,
 }
 
 impl WithReplicas for RunWorld<'_> {
@@ -258,7 +290,10 @@ impl WithReplicas for RunWorld<'_> {
 
     fn with<S: Scheduler + 'static>(self, make: &dyn Fn(ReplicaId) -> Replica<S>) -> Self::Out {
         let cfg = self.cfg;
-        let replicas = (0..cfg.cluster.slots()).map(make).collect();
+        let mut replicas: Vec<Replica<S>> = (0..cfg.cluster.slots()).map(make).collect();
+        for (r, snap) in replicas.iter_mut().zip(&self.warm) {
+            r.restore_cache(snap);
+        }
         let mut world = World::new(
             cfg,
             replicas,
@@ -274,7 +309,17 @@ impl WithReplicas for RunWorld<'_> {
         let replicas: Vec<ReplicaSummary> = world.replicas.iter().map(ReplicaSummary::of).collect();
         let summary = summarize(&mut world, self.system, &self.opts.variant, &replicas);
         let (requests, timeseries) = world.metrics.take_rows();
+        let cache = if self.opts.keep_cache {
+            world
+                .replicas
+                .iter()
+                .map(|r| crate::kv::KvStore::snapshot(r.kv()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Ran {
+            cache,
             replicas,
             summary,
             events: world.counts.events,
@@ -309,12 +354,21 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
         progress: opts.progress,
         no_leap: opts.no_leap,
         variant: opts.variant.clone(),
+        keep_cache: opts.save_cache.is_some(),
     })?;
     write(&dir.file("summary.json"), &sim.summary.to_json())?;
     sim.summary.write_csv(&dir.file("summary.csv"))?;
     write_replicas(&dir.file("replicas.csv"), &sim.replicas)?;
     write(&dir.file("resolved.toml"), &resolved_toml(cfg, &sim.system))?;
-    let out_dir = dir.commit()?;
+    // Last, so that a failure before leaves no cache file, and one here leaves no run directory.
+    if let Some(path) = &opts.save_cache {
+        crate::kv::persist::write(path, &sim.cache_header, &sim.cache)?;
+    }
+    let out_dir = dir.commit().inspect_err(|_| {
+        if let Some(path) = &opts.save_cache {
+            let _ = std::fs::remove_file(path);
+        }
+    })?;
     Ok(RunOutcome {
         out_dir,
         summary: sim.summary,
@@ -416,6 +470,14 @@ fn summarize<S: Scheduler>(
         enum_name(cfg.engine.prefix_cache_scope),
     );
     s.set("workload_content", world.workload_content().to_string());
+    s.set("warm_start", cfg.kv.warm_start.clone().unwrap_or_default());
+    s.set(
+        "kv_offload",
+        cfg.kv
+            .offload
+            .as_ref()
+            .map_or(serde_json::Value::Null, |o| enum_name(o.backend)),
+    );
     s.set("sessions", world.sessions_started());
     let load_end = cfg
         .workload
@@ -607,6 +669,54 @@ fn summarize<S: Scheduler>(
     s.set("kv_store_tokens", store.tokens);
     s.set("kv_store_bytes", store.bytes);
     s.set("kv_store_tokens_peak", store.peak_tokens);
+    // The offload tiers (`kv.offload`), summed over replicas: vLLM's connector counters, and per tier
+    // the tokens loaded from it, the bytes moved and its usage at the end (units held / capacity).
+    if cfg.kv.offload.is_some() {
+        let mut off = crate::kv::OffloadStats::default();
+        let mut used = [0u64; 2];
+        let mut cap = [0u64; 2];
+        for r in &world.replicas {
+            if let Some(o) = r.kv_stats().offload {
+                off.add_counters(&o);
+                for i in 0..2 {
+                    used[i] += o.tiers[i].used_units;
+                    cap[i] += o.tiers[i].capacity_units;
+                }
+            }
+        }
+        s.set("external_prefix_cache_queries", off.queries);
+        s.set("external_prefix_cache_hits", off.hits);
+        s.set_opt(
+            "external_prefix_cache_hit_rate",
+            (off.queries > 0).then(|| off.hits as f64 / off.queries as f64),
+        );
+        s.set(
+            "prompt_tokens_cached_gpu",
+            m.cached_tokens - m.cached_tokens_tier[0] - m.cached_tokens_tier[1],
+        );
+        s.set("kv_offload_load_s", off.load_s);
+        for kind in crate::kv::tier::TierKind::ALL {
+            let (i, name) = (kind as usize, kind.as_str());
+            let t = &off.tiers[i];
+            s.set(
+                &format!("prompt_tokens_cached_{name}"),
+                m.cached_tokens_tier[i],
+            );
+            s.set(&format!("kv_offload_{name}_hit_tokens"), t.hit_tokens);
+            s.set(&format!("kv_offload_{name}_loaded_bytes"), t.loaded_bytes);
+            s.set(&format!("kv_offload_{name}_stored_bytes"), t.stored_bytes);
+            s.set(&format!("kv_offload_{name}_evictions"), t.evictions);
+            s.set(
+                &format!("kv_offload_{name}_skipped_stores"),
+                t.skipped_stores,
+            );
+            s.set(&format!("kv_offload_{name}_capacity_units"), cap[i]);
+            s.set_opt(
+                &format!("kv_offload_{name}_usage_perc"),
+                (cap[i] > 0).then(|| used[i] as f64 / cap[i] as f64),
+            );
+        }
+    }
     // Replica-seconds within [0, t]: every replica up all along without cluster events, else each one's
     // up (or draining) time.
     let replica_seconds = |t: crate::time::SimTime| {

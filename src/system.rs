@@ -9,7 +9,9 @@
 //! [`System::build`]. The compiler then points at every `match` over the kinds, the leap tests
 //! included.
 
-use crate::config::{Config, CostKind, EngineKind, KvKind, WorkloadKind};
+use crate::config::{
+    Config, CostKind, EngineKind, KvKind, OffloadBackend, OffloadConfig, WorkloadKind,
+};
 use crate::cost::catalog::{HardwareSpec, ModelShape};
 use crate::cost::linear::LinearCost;
 use crate::cost::roofline::Roofline;
@@ -18,7 +20,8 @@ use crate::cost::CostModel;
 use crate::error::ConfigError;
 use crate::event::ReplicaId;
 use crate::kv::sizing::{size_engine_tp, EngineSizing};
-use crate::kv::{KvCacheManager, KvStore};
+use crate::kv::tier::{Backend, OffloadParams, TierKind, TierParams};
+use crate::kv::{KvCacheManager, KvStore, Tiered};
 use crate::replica::Replica;
 use crate::rng::RngStreams;
 use crate::scheduler::vllm_v1::{Limits, VllmScheduler};
@@ -34,6 +37,8 @@ pub struct System {
     pub model: ModelShape,
     pub hardware: HardwareSpec,
     pub sizing: EngineSizing,
+    /// The offload tiers, resolved (`kv.offload`); None without them.
+    pub offload: Option<OffloadParams>,
 }
 
 impl System {
@@ -44,10 +49,17 @@ impl System {
             HardwareSpec::load_with(&cfg.hardware.name, cfg.hardware.catalog.as_deref())?;
         let sizing = size_engine_tp(&cfg.engine, &model, &hardware, cfg.hardware.tensor_parallel)?;
         crate::memory::check_fits(cfg, sizing.num_gpu_blocks, None)?;
+        let offload = cfg
+            .kv
+            .offload
+            .as_ref()
+            .map(|o| offload_params(cfg, o, &model, &hardware))
+            .transpose()?;
         Ok(System {
             model,
             hardware,
             sizing,
+            offload,
         })
     }
 
@@ -175,15 +187,20 @@ impl System {
     /// store kind `engine.kv_cache`: one `match` per slot. The types are fixed here, once per run, so
     /// that everything `w` builds around them (the world and its loop) is compiled for the pair.
     pub fn build<W: WithReplicas>(&self, cfg: &Config, w: W) -> W::Out {
+        let paged = || {
+            KvCacheManager::new(
+                self.sizing.num_gpu_blocks,
+                cfg.engine.block_size,
+                cfg.engine.prefix_caching,
+            )
+            .with_scope(cfg.engine.prefix_cache_scope)
+        };
+        if let Some(p) = &self.offload {
+            // Validation admits tiers only over vLLM's paged prefix cache.
+            return self.build_vllm(cfg, w, || Tiered::new(paged(), p.clone()));
+        }
         match cfg.engine.kv_kind() {
-            KvKind::Paged => self.build_engine(cfg, w, || {
-                KvCacheManager::new(
-                    self.sizing.num_gpu_blocks,
-                    cfg.engine.block_size,
-                    cfg.engine.prefix_caching,
-                )
-                .with_scope(cfg.engine.prefix_cache_scope)
-            }),
+            KvKind::Paged => self.build_engine(cfg, w, paged),
             KvKind::Conversation => {
                 let k = &cfg.kv_store;
                 let capacity = self.sizing.num_gpu_blocks as u64 * cfg.engine.block_size as u64;
@@ -213,23 +230,9 @@ impl System {
         w: W,
         store: impl Fn() -> K,
     ) -> W::Out {
-        let s = &self.sizing;
-        let max_model_len = s.max_model_len;
+        let max_model_len = self.sizing.max_model_len;
         match cfg.engine.kind {
-            EngineKind::Vllm => {
-                let limits = Limits {
-                    max_num_batched_tokens: s.max_num_batched_tokens,
-                    max_num_seqs: s.max_num_seqs,
-                    max_model_len,
-                    enable_chunked_prefill: cfg.engine.enable_chunked_prefill,
-                    long_prefill_token_threshold: cfg.engine.long_prefill_token_threshold,
-                    policy: cfg.engine.policy,
-                };
-                w.with(&|id| {
-                    let scheduler = VllmScheduler::new(limits.clone(), store());
-                    Replica::new(id, scheduler, max_model_len)
-                })
-            }
+            EngineKind::Vllm => self.build_vllm(cfg, w, store),
             EngineKind::Dynamic => {
                 let p = dynamic_params(cfg, max_model_len);
                 w.with(&|id| {
@@ -245,6 +248,28 @@ impl System {
         }
     }
 
+    /// vLLM's scheduler over the store `store()` makes.
+    fn build_vllm<K: KvStore + 'static, W: WithReplicas>(
+        &self,
+        cfg: &Config,
+        w: W,
+        store: impl Fn() -> K,
+    ) -> W::Out {
+        let s = &self.sizing;
+        let limits = Limits {
+            max_num_batched_tokens: s.max_num_batched_tokens,
+            max_num_seqs: s.max_num_seqs,
+            max_model_len: s.max_model_len,
+            enable_chunked_prefill: cfg.engine.enable_chunked_prefill,
+            long_prefill_token_threshold: cfg.engine.long_prefill_token_threshold,
+            policy: cfg.engine.policy,
+        };
+        w.with(&|id| {
+            let scheduler = VllmScheduler::new(limits.clone(), store());
+            Replica::new(id, scheduler, s.max_model_len)
+        })
+    }
+
     /// The cluster's router, of the configured policy.
     pub fn router(&self, cfg: &Config) -> Box<dyn crate::cluster::router::Router> {
         crate::cluster::router::build(
@@ -257,6 +282,76 @@ impl System {
             },
         )
     }
+}
+
+/// `kv.offload` resolved: tier sizes in units (GiB / bytes per unit, the engines' own division, O1),
+/// links in bytes per second.
+fn offload_params(
+    cfg: &Config,
+    o: &OffloadConfig,
+    model: &ModelShape,
+    hardware: &HardwareSpec,
+) -> Result<OffloadParams, ConfigError> {
+    let bs = cfg.engine.block_size;
+    let unit_blocks = match o.backend {
+        OffloadBackend::Native => 1,
+        OffloadBackend::Lmcache => o.chunk_tokens / bs,
+    };
+    let bytes_per_token = model.kv_bytes_per_token();
+    let unit_bytes = (unit_blocks * bs) as u64 * bytes_per_token;
+    let units = |gib: f64| (gib * (1u64 << 30) as f64 / unit_bytes as f64).floor() as u64;
+    let cpu_gbps = o.cpu_bandwidth_gbps.or(hardware.host_link_gbps).ok_or_else(|| {
+        ConfigError::invalid(
+            "kv.offload.cpu_bandwidth_gbps",
+            format!(
+                "hardware {} lists no host_link_gbps in its catalog; set kv.offload.cpu_bandwidth_gbps \
+                 (the GPU-host link's one-way GB/s)",
+                hardware.name
+            ),
+        )
+    })?;
+    let cpu_units = units(o.cpu_gib);
+    if cpu_units == 0 {
+        return Err(ConfigError::invalid(
+            "kv.offload.cpu_gib",
+            format!(
+                "{} GiB holds no {}-token unit of {} KiB; raise it",
+                o.cpu_gib,
+                unit_blocks * bs,
+                unit_bytes / 1024
+            ),
+        ));
+    }
+    let mut tiers = vec![(
+        TierKind::Cpu,
+        TierParams {
+            capacity_units: cpu_units,
+            bandwidth_bytes_per_s: cpu_gbps * 1e9,
+            latency_s: o.cpu_latency_s,
+            survives_restart: o.cpu_survives_restart,
+        },
+    )];
+    if units(o.disk_gib) > 0 {
+        tiers.push((
+            TierKind::Disk,
+            TierParams {
+                capacity_units: units(o.disk_gib),
+                bandwidth_bytes_per_s: o.disk_bandwidth_gbps * 1e9,
+                latency_s: o.disk_latency_s,
+                survives_restart: true,
+            },
+        ));
+    }
+    Ok(OffloadParams {
+        backend: match o.backend {
+            OffloadBackend::Native => Backend::Native,
+            OffloadBackend::Lmcache => Backend::LmCache,
+        },
+        block_size: bs,
+        unit_blocks,
+        bytes_per_token,
+        tiers,
+    })
 }
 
 /// `workload.rate_schedule` ready to reshape arrivals.

@@ -392,6 +392,7 @@ impl<'a, S: Scheduler> World<'a, S> {
                             .is_some_and(|end| last.is_none_or(|l| end > l.0))
                 }) {
                     let kv = rep.kv_stats();
+                    let off = kv.offload.unwrap_or_default();
                     self.metrics.on_sample(&Sample {
                         time: now,
                         replica: rep.id,
@@ -416,6 +417,11 @@ impl<'a, S: Scheduler> World<'a, S> {
                         store_evictions: kv.store.evictions,
                         batch_size_limit: rep.batch_limit().unwrap_or(0),
                         state: rep.state,
+                        external_queries: off.queries,
+                        external_hits: off.hits,
+                        tier_usage: off.tiers.map(|t| t.usage()),
+                        loaded_bytes: off.tiers.iter().map(|t| t.loaded_bytes).sum(),
+                        stored_bytes: off.tiers.iter().map(|t| t.stored_bytes).sum(),
                     })?;
                 }
                 let population = self.workload.population().unwrap_or_else(|| {
@@ -585,8 +591,9 @@ impl<'a, S: Scheduler> World<'a, S> {
     }
 
     /// Restarts replica `rid` between steps: every request it holds is aborted (its client retries as
-    /// after a refusal), a fresh replica from the factory takes its place with an empty cache and its
-    /// history (`Replica::succeed`), down until `engine.startup_s` from now.
+    /// after a refusal), a fresh replica from the factory takes its place with an empty GPU cache, the
+    /// persistent offload tiers of the old one and its history (`Replica::succeed`), down until
+    /// `engine.startup_s` from now.
     fn restart(&mut self, rid: ReplicaId, now: SimTime) -> Result<(), OutputError> {
         let make = self
             .factory
@@ -599,6 +606,9 @@ impl<'a, S: Scheduler> World<'a, S> {
         }
         let old = std::mem::replace(&mut self.replicas[rid as usize], make(rid));
         let rep = &mut self.replicas[rid as usize];
+        // The tiers that persist (local disk; CPU memory only in a cache server of its own) keep their
+        // content; the GPU cache is lost.
+        rep.restore_cache(&crate::kv::KvStore::restart_keep(old.kv()));
         rep.succeed(old);
         rep.set_state(crate::cluster::ReplicaState::Down, now);
         self.wake_at[rid as usize] = None;

@@ -48,6 +48,7 @@ pub fn run_in(dir: &Path, name: &str, cfg: &Config) -> (RunOutcome, PathBuf) {
             progress: false,
             no_leap: false,
             variant: String::new(),
+            save_cache: None,
         },
     )
     .unwrap_or_else(|e| panic!("run {name}: {e}"));

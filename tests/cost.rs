@@ -78,6 +78,7 @@ fn table_cost_model_runs_and_rejects_a_table_for_another_model() {
             progress: false,
             no_leap: false,
             variant: String::new(),
+            save_cache: None,
         },
     )
     .unwrap_err()

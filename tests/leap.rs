@@ -20,6 +20,7 @@ fn both_summary(name: &str, cfg: &Config) -> (u64, servesim::metrics::Summary) {
                 progress: false,
                 no_leap,
                 variant: String::new(),
+                save_cache: None,
             },
         )
         .unwrap()

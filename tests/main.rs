@@ -12,6 +12,7 @@ mod determinism;
 mod kv_property;
 mod leap;
 mod mooncake;
+mod offload;
 mod queueing;
 mod robustness;
 mod rules;

@@ -1062,6 +1062,10 @@ pub struct HardwareSpec {
     /// shipped catalog lists none: prices depend on the provider and the contract.
     #[serde(default)]
     pub price_per_hour: Option<f64>,
+    /// GPU-host link bandwidth one way, GB/s, as pinned copies reach it: what offloaded KV loads from CPU
+    /// memory over (`kv.offload.cpu_bandwidth_gbps` overrides it).
+    #[serde(default)]
+    pub host_link_gbps: Option<f64>,
 }
 
 const HARDWARE: &str = include_str!("../../catalog/hardware.toml");

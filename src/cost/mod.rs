@@ -171,6 +171,9 @@ pub mod op {
     pub const ALLREDUCE: &str = "allreduce";
     pub const OVERHEAD: &str = "overhead";
     pub const KV_WRITE: &str = "kv_write";
+    /// A synchronous KV load from a lower tier (`kv.offload`, LMCache), priced by the replica, not a
+    /// cost model.
+    pub const KV_LOAD: &str = "kv_load";
     pub const EMBEDDING: &str = "embedding";
     pub const STEP: &str = "step";
     pub const PREFILL_TOKENS: &str = "prefill_tokens";
@@ -216,6 +219,7 @@ pub const OPERATOR_CLASSES: &[&str] = &[
     op::MLP_UP_PROJ,
     op::MLP_DOWN_PROJ,
     op::ADD,
+    op::KV_LOAD,
 ];
 
 /// Most operator classes a breakdown may hold.

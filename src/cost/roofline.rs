@@ -529,6 +529,7 @@ mod tests {
                 peak_fp8_tflops: None,
                 peak_int8_tops: None,
                 price_per_hour: None,
+                host_link_gbps: None,
             },
             RooflineConfig {
                 compute_efficiency: 0.5,

@@ -153,6 +153,42 @@ impl BlockPool {
         p
     }
 
+    /// The hashes of the free cached blocks, from the head of the free queue (evicted first) to its
+    /// tail; a hash registered twice (K8) is listed once, at its later position.
+    pub fn cached_in_queue_order(&self) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .ring
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &b)| {
+                let x = &self.m[b as usize];
+                (x.qpos == self.head_pos + i as u64 && x.ref_cnt == 0)
+                    .then(|| x.hash())
+                    .flatten()
+            })
+            .collect();
+        let mut seen = crate::fasthash::FastSet::default();
+        out.reverse();
+        out.retain(|h| seen.insert(*h));
+        out.reverse();
+        out
+    }
+
+    /// A pool whose free queue holds its empty blocks first, then blocks cached with `hashes` (distinct),
+    /// in order: a warm start's GPU cache, the last hash evicted last. Extra hashes beyond the pool's
+    /// usable blocks are dropped from the front (the least recent).
+    pub fn warm(num_blocks: u32, hashes: &[u64]) -> BlockPool {
+        let usable = num_blocks as usize - 1;
+        let hashes = &hashes[hashes.len().saturating_sub(usable)..];
+        let empty = usable - hashes.len();
+        let mut blocks = vec![(0u32, None); num_blocks as usize];
+        for (i, &h) in hashes.iter().enumerate() {
+            blocks[1 + empty + i] = (0, Some(h));
+        }
+        let queue: Vec<BlockId> = (1..num_blocks).collect();
+        BlockPool::restore(num_blocks, &blocks, &queue, 0)
+    }
+
     /// A pool for a replica without the prefix cache (see the module docs): every block is held by at
     /// most one request, nothing is ever registered or touched, and blocks are told apart only so that
     /// invariant checks can account for them.

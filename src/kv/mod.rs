@@ -32,8 +32,10 @@ pub mod conversation;
 mod hash_index;
 pub mod off;
 pub mod paged;
+pub mod persist;
 pub mod piece_pool;
 pub mod sizing;
+pub mod tier;
 
 pub use block_pool::{BlockId, BlockPool};
 pub use paged::{DecodeRule, KvCacheManager};
@@ -42,6 +44,7 @@ pub use piece_pool::PieceTable;
 
 use crate::event::SessionId;
 use crate::request::{Request, RequestId, RequestTable};
+pub use tier::{CacheSnapshot, ExternalHit, OffloadStats, Tiered};
 
 /// A request's KV state in a paged store: the blocks it holds and how many of them the prefix cache has
 /// registered. Other stores leave it empty.
@@ -93,6 +96,8 @@ pub struct KvStats {
     pub prefix: PrefixStats,
     /// A per-conversation store's entries and counters (zero for other stores).
     pub store: conversation::StoreCounters,
+    /// The offload tiers' counters and occupancy, for a store with tiers ([`Tiered`]).
+    pub offload: Option<OffloadStats>,
 }
 
 impl KvStats {
@@ -190,6 +195,32 @@ pub trait KvStore {
 
     /// K3 / K10: releases everything the request holds (finished, preempted or aborted).
     fn free(&mut self, req: &mut Request);
+
+    /// O3 / L3: what lower tiers add after the GPU hit of `local_tokens` for a request with nothing
+    /// computed (asked right after [`get_computed_blocks`](KvStore::get_computed_blocks)); nothing for a
+    /// store without tiers. May refresh the tiers' recency (the engines touch on lookup). The scheduler
+    /// then allocates the loaded tokens with the new ones.
+    fn get_external_hit(&mut self, _req: &mut Request, _local_tokens: u32) -> ExternalHit {
+        ExternalHit::default()
+    }
+
+    /// Records an external hit once, when the request it was made for is admitted (as P1 counts).
+    fn record_external(&mut self, _req: &Request, _ext: &ExternalHit) {}
+
+    /// The cache's content, reference-free, in eviction order (`--save-cache`): the GPU prefix cache's
+    /// free cached blocks and each tier's units. Empty for a store that keeps none.
+    fn snapshot(&self) -> CacheSnapshot {
+        CacheSnapshot::default()
+    }
+
+    /// Fills an idle, empty store from a snapshot (`--warm-start`, or the tiers a restart keeps): the
+    /// most recent entries that fit, in the snapshot's order. A store that keeps no cache ignores it.
+    fn restore(&mut self, _snap: &CacheSnapshot) {}
+
+    /// What survives a restart of the replica: the tiers that persist (local disk), none of the GPU.
+    fn restart_keep(&self) -> CacheSnapshot {
+        CacheSnapshot::default()
+    }
 
     /// A request joins the replica: the store may compute its block hashes. `capacity_tokens` is the
     /// number of tokens the request's hash list should have room for (capacity only: nothing may be

@@ -638,7 +638,35 @@ impl KvStore for KvCacheManager {
             evictions: self.evictions(),
             prefix: self.stats,
             store: Default::default(),
+            offload: None,
         }
+    }
+
+    /// The free cached blocks' hashes in free-queue order (head first). Held blocks are left out: a
+    /// snapshot is reference-free, and a run saves it once nothing is held.
+    fn snapshot(&self) -> super::CacheSnapshot {
+        let gpu = match &self.pool {
+            _ if !self.caching => Vec::new(),
+            Pool::Blocks(p) => p.cached_in_queue_order(),
+            Pool::Pieces(p) => p.to_block_pool().0.cached_in_queue_order(),
+        };
+        super::CacheSnapshot {
+            gpu,
+            ..Default::default()
+        }
+    }
+
+    /// A warm start: the pool becomes a per-block pool (runs of blocks need the chains the hashes came
+    /// from, which a snapshot does not keep) with the snapshot's hashes cached and free, the most recent
+    /// last in the free queue. Only into an idle, empty manager with the prefix cache on.
+    fn restore(&mut self, snap: &super::CacheSnapshot) {
+        if !self.caching || snap.gpu.is_empty() {
+            return;
+        }
+        debug_assert_eq!(self.num_used(), 0, "a warm start into a pool in use");
+        self.pool = Pool::Blocks(BlockPool::warm(self.num_blocks(), &snap.gpu));
+        self.translation = None;
+        self.memo = None;
     }
 
     /// Invariant 2 over every request of the replica, and no request with computed tokens beyond the

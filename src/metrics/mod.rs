@@ -41,6 +41,10 @@ pub const REQUEST_COLUMNS: &[&str] = &[
     "finish_s",
     "prompt_tokens",
     "cached_tokens",
+    "cached_tokens_gpu",
+    "cached_tokens_cpu",
+    "cached_tokens_disk",
+    "kv_load_s",
     "prefilled_tokens",
     "output_tokens",
     "ttft_s",
@@ -76,6 +80,12 @@ pub const TIMESERIES_COLUMNS: &[&str] = &[
     "kv_store_evictions",
     "batch_size_limit",
     "replica_state",
+    "external_prefix_cache_queries",
+    "external_prefix_cache_hits",
+    "kv_offload_cpu_usage_perc",
+    "kv_offload_disk_usage_perc",
+    "kv_offload_loaded_bytes",
+    "kv_offload_stored_bytes",
 ];
 
 /// One time-series sample of one replica.
@@ -104,6 +114,13 @@ pub struct Sample {
     pub batch_size_limit: u32,
     /// `up`, `draining` or `down` (`[[cluster.events]]`).
     pub state: crate::cluster::ReplicaState,
+    /// The offload tiers (`kv.offload`; zeros without them): cumulative connector lookups and hits in
+    /// tokens, each tier's usage (units held / capacity), cumulative bytes loaded and stored, all tiers.
+    pub external_queries: u64,
+    pub external_hits: u64,
+    pub tier_usage: [f64; 2],
+    pub loaded_bytes: u64,
+    pub stored_bytes: u64,
 }
 
 /// Where a run's rows go.
@@ -162,6 +179,8 @@ pub struct Collector {
     pub prompt_tokens: u64,
     pub output_tokens: u64,
     pub cached_tokens: u64,
+    /// Of `cached_tokens`, loaded from the CPU and disk tiers.
+    pub cached_tokens_tier: [u64; 2],
     pub prefilled_tokens: u64,
     /// Prompt and output tokens of finished requests only, the basis of the throughputs (`vllm bench
     /// serve` counts completed requests, B1).
@@ -303,6 +322,7 @@ impl Collector {
             prompt_tokens: 0,
             output_tokens: 0,
             cached_tokens: 0,
+            cached_tokens_tier: [0; 2],
             prefilled_tokens: 0,
             finished_prompt_tokens: 0,
             finished_output_tokens: 0,
@@ -465,6 +485,8 @@ impl Collector {
         self.prompt_tokens += r.prompt_tokens as u64;
         self.output_tokens += r.num_output_tokens as u64;
         self.cached_tokens += r.num_cached_tokens.unwrap_or(0) as u64;
+        self.cached_tokens_tier[0] += r.cached_tokens_tier[0] as u64;
+        self.cached_tokens_tier[1] += r.cached_tokens_tier[1] as u64;
         self.prefilled_tokens += r.prefilled_tokens;
         if r.num_cached_tokens.is_some() {
             self.admitted_prompt_tokens += r.prompt_tokens as u64;
@@ -573,6 +595,12 @@ impl Collector {
         row.int(s.store_evictions);
         row.int(s.batch_size_limit);
         row.str(s.state.as_str());
+        row.int(s.external_queries);
+        row.int(s.external_hits);
+        row.f6(s.tier_usage[0]);
+        row.f6(s.tier_usage[1]);
+        row.int(s.loaded_bytes);
+        row.int(s.stored_bytes);
         w.write_all(row.line()).map_err(io_err(path))
     }
 

@@ -38,6 +38,10 @@ pub struct RequestRow {
     pub times: [Option<u64>; 4],
     pub prompt_tokens: u32,
     pub cached_tokens: u32,
+    /// Of `cached_tokens`, those loaded from the CPU and disk tiers.
+    pub cached_tokens_tier: [u32; 2],
+    /// Nanoseconds the tier load took.
+    pub kv_load: u64,
     pub prefilled_tokens: u64,
     pub output_tokens: u32,
     /// TTFT, E2E and queueing time, in nanoseconds.
@@ -79,6 +83,8 @@ impl RequestRow {
             ],
             prompt_tokens: r.prompt_tokens,
             cached_tokens: r.num_cached_tokens.unwrap_or(0),
+            cached_tokens_tier: r.cached_tokens_tier,
+            kv_load: r.kv_load.0,
             prefilled_tokens: r.prefilled_tokens,
             output_tokens: r.num_output_tokens,
             ttft: span(r.first_token),
@@ -112,6 +118,11 @@ impl RequestRow {
         }
         row.int(self.prompt_tokens);
         row.int(self.cached_tokens);
+        let [cpu, disk] = self.cached_tokens_tier;
+        row.int(self.cached_tokens - cpu - disk);
+        row.int(cpu);
+        row.int(disk);
+        row.secs_ns(self.kv_load);
         row.int(self.prefilled_tokens);
         row.int(self.output_tokens);
         opt_secs_ns(row, self.ttft);
@@ -258,6 +269,8 @@ mod tests {
             ],
             prompt_tokens: i as u32 * 7,
             cached_tokens: i as u32,
+            cached_tokens_tier: [i as u32 / 2, 0],
+            kv_load: i * 11,
             prefilled_tokens: i * 6,
             output_tokens: (i % 300) as u32,
             ttft: None,

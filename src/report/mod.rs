@@ -288,6 +288,7 @@ pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
                 progress: false,
                 no_leap: false,
                 variant: v.name.clone(),
+                save_cache: None,
             },
         )
         .map(|r| r.summary)

@@ -68,6 +68,9 @@ pub struct StepPlan {
     pub preempted: Vec<RequestId>,
     /// Padding the step computes besides its requests (empty for continuous batching).
     pub padding: Vec<PaddingChunk>,
+    /// Seconds of synchronous KV loads from lower tiers the step carries (LMCache L3: added to the
+    /// step's time); 0 without offload.
+    pub kv_load: crate::time::SimDuration,
 }
 
 impl StepPlan {
@@ -76,6 +79,7 @@ impl StepPlan {
         self.scheduled.clear();
         self.preempted.clear();
         self.padding.clear();
+        self.kv_load = crate::time::SimDuration::ZERO;
     }
 
     pub fn total_tokens(&self) -> u64 {

@@ -5,7 +5,7 @@
 use super::waiting::WaitingQueue;
 use super::{Next, RequestTable, Scheduler, StepPlan};
 use crate::config::SchedulingPolicy;
-use crate::kv::{CacheHit, KvStore};
+use crate::kv::{CacheHit, ExternalHit, KvStore};
 use crate::request::{Request, RequestId};
 use crate::time::SimTime;
 use std::collections::VecDeque;
@@ -30,6 +30,10 @@ pub struct VllmScheduler<K> {
     waiting: WaitingQueue,
     /// Admission order.
     running: Vec<RequestId>,
+    /// Requests admitted with an asynchronous load from a lower tier (O3, vLLM's
+    /// `WAITING_FOR_REMOTE_KVS`): their blocks are allocated, and they rejoin the waiting queue's front
+    /// at the first step planned at or after their copy is done. In admission order.
+    loading: Vec<(RequestId, SimTime)>,
 }
 
 impl<K: KvStore> VllmScheduler<K> {
@@ -43,6 +47,7 @@ impl<K: KvStore> VllmScheduler<K> {
             kv,
             waiting,
             running: Vec::new(),
+            loading: Vec::new(),
         }
     }
 
@@ -113,7 +118,7 @@ impl<K: KvStore> Scheduler for VllmScheduler<K> {
         self.waiting.push_back(req);
     }
 
-    fn schedule(&mut self, _now: SimTime, reqs: &mut RequestTable, plan: &mut StepPlan) -> Next {
+    fn schedule(&mut self, now: SimTime, reqs: &mut RequestTable, plan: &mut StepPlan) -> Next {
         plan.clear();
         let mut budget = self.limits.max_num_batched_tokens;
 
@@ -154,36 +159,63 @@ impl<K: KvStore> Scheduler for VllmScheduler<K> {
 
         // Phase B (S5): admit from the waiting queue only if this step preempted no one.
         if plan.preempted.is_empty() {
+            // O3: requests whose load is done rejoin the queue's front, in the order they were parked.
+            if self.loading.iter().any(|&(_, t)| t <= now) {
+                let ready: Vec<RequestId> = self
+                    .loading
+                    .iter()
+                    .filter(|&&(_, t)| t <= now)
+                    .map(|&(id, _)| id)
+                    .collect();
+                self.loading.retain(|&(_, t)| t > now);
+                for id in ready.into_iter().rev() {
+                    self.waiting.push_front(&reqs[&id]);
+                }
+            }
             while budget > 0 && (self.running.len() as u32) < self.limits.max_num_seqs {
                 let Some(id) = self.waiting.peek() else { break };
                 let r = reqs.get_mut(&id).expect("waiting request in table");
                 let looked_up = r.num_computed_tokens == 0;
-                let hit = if looked_up {
-                    self.kv.get_computed_blocks(r)
+                let (hit, ext) = if looked_up {
+                    let hit = self.kv.get_computed_blocks(r);
+                    let ext = self.kv.get_external_hit(r, hit.tokens);
+                    (hit, ext)
                 } else {
-                    CacheHit::default()
+                    (CacheHit::default(), ExternalHit::default())
                 };
-                let mut n = r.num_tokens() - hit.tokens;
+                let computed = r.num_computed_tokens + hit.tokens + ext.computed;
+                let mut n = r.num_tokens() - computed;
                 if self.limits.long_prefill_token_threshold > 0 {
                     n = n.min(self.limits.long_prefill_token_threshold);
                 }
-                if !self.limits.enable_chunked_prefill && n > budget {
+                if !ext.asynchronous && !self.limits.enable_chunked_prefill && n > budget {
                     break;
                 }
                 n = n.min(budget);
+                // An asynchronous load allocates only the loaded tokens now; a synchronous one also
+                // the step's new tokens. Loaded tokens never count against the budget.
+                let alloc = if ext.asynchronous { 0 } else { n } + ext.tokens();
                 let hit_tokens = hit.tokens;
-                if !self.kv.allocate_slots(r, n, hit) {
+                if !self.kv.allocate_slots(r, alloc, hit) {
                     break;
                 }
                 self.waiting.pop();
                 if looked_up {
                     self.kv.record_admission(r, hit_tokens);
+                    self.kv.record_external(r, &ext);
                 }
-                r.num_computed_tokens = hit_tokens;
-                r.in_prefill = true;
+                r.num_computed_tokens = computed;
                 if r.num_cached_tokens.is_none() {
-                    r.num_cached_tokens = Some(hit_tokens);
+                    r.num_cached_tokens = Some(computed);
+                    r.cached_tokens_tier = ext.computed_by_tier();
+                    r.kv_load = ext.load;
                 }
+                if ext.asynchronous {
+                    self.loading.push((id, now + ext.load));
+                    continue;
+                }
+                plan.kv_load += ext.load;
+                r.in_prefill = true;
                 self.running.push(id);
                 plan.scheduled.push((id, n));
                 budget -= n;
@@ -196,10 +228,11 @@ impl<K: KvStore> Scheduler for VllmScheduler<K> {
         }
         // vLLM never waits for anything but an arrival; in a run it then holds nothing (sizing guarantees
         // a lone max_model_len sequence fits), which the replica checks.
-        if plan.scheduled.is_empty() {
-            Next::Idle
-        } else {
-            Next::Run
+        // A request waiting for its load wakes the replica when the copy is done.
+        match self.loading.iter().map(|&(_, t)| t).min() {
+            _ if !plan.scheduled.is_empty() => Next::Run,
+            Some(t) => Next::WakeAt(t.max(now + crate::time::SimDuration(1))),
+            None => Next::Idle,
         }
     }
 
@@ -217,7 +250,13 @@ impl<K: KvStore> Scheduler for VllmScheduler<K> {
                 self.running.remove(i);
                 true
             }
-            None => self.waiting.remove(req),
+            None => match self.loading.iter().position(|&(id, _)| id == req.id) {
+                Some(i) => {
+                    self.loading.remove(i);
+                    true
+                }
+                None => self.waiting.remove(req),
+            },
         }
     }
 
@@ -227,8 +266,9 @@ impl<K: KvStore> Scheduler for VllmScheduler<K> {
         }
     }
 
+    /// Waiting requests, those waiting for a load included (as vLLM counts them).
     fn num_waiting(&self) -> usize {
-        self.waiting.len()
+        self.waiting.len() + self.loading.len()
     }
 
     fn num_running(&self) -> usize {
@@ -237,6 +277,7 @@ impl<K: KvStore> Scheduler for VllmScheduler<K> {
 
     fn all_requests(&self) -> Vec<RequestId> {
         let mut v = self.waiting.ids();
+        v.extend(self.loading.iter().map(|&(id, _)| id));
         v.extend_from_slice(&self.running);
         v
     }
@@ -244,6 +285,7 @@ impl<K: KvStore> Scheduler for VllmScheduler<K> {
     fn steady_decode(&self, reqs: &RequestTable) -> Option<&[RequestId]> {
         // Phase B would run (and might admit) whenever something waits, so nothing may wait.
         if !self.waiting.is_empty()
+            || !self.loading.is_empty()
             || self.running.is_empty()
             || self.running.len() as u64 > self.limits.max_num_batched_tokens as u64
         {
