@@ -886,7 +886,8 @@ pub enum OffloadBackend {
 #[serde(deny_unknown_fields, default)]
 pub struct OffloadConfig {
     pub backend: OffloadBackend,
-    /// CPU tier size, GiB per replica (vLLM `--kv-offloading-size`; LMCache `max_local_cpu_size`, 5.0).
+    /// CPU tier size, GiB per replica (vLLM `--kv-offloading-size`; LMCache `max_local_cpu_size`, 5.0);
+    /// 0: no CPU tier (LMCache: disk only; with `disk_gib` 0 too, no offload at all).
     pub cpu_gib: f64,
     /// Local disk tier size, GiB per replica (LMCache `max_local_disk_size`, 0 = none; native has none).
     pub disk_gib: f64,
@@ -956,7 +957,7 @@ impl OffloadConfig {
                 ))
             }
         };
-        pos("cpu_gib", self.cpu_gib)?;
+        nonneg("cpu_gib", self.cpu_gib)?;
         nonneg("disk_gib", self.disk_gib)?;
         nonneg("cpu_latency_s", self.cpu_latency_s)?;
         nonneg("disk_latency_s", self.disk_latency_s)?;

@@ -54,7 +54,8 @@ impl System {
             .offload
             .as_ref()
             .map(|o| offload_params(cfg, o, &model, &hardware))
-            .transpose()?;
+            .transpose()?
+            .flatten();
         Ok(System {
             model,
             hardware,
@@ -285,13 +286,17 @@ impl System {
 }
 
 /// `kv.offload` resolved: tier sizes in units (GiB / bytes per unit, the engines' own division, O1),
-/// links in bytes per second.
+/// links in bytes per second; None when both sizes are 0 (no tier: the GPU pool alone, so that a
+/// comparison over `cpu_gib` can start at 0).
 fn offload_params(
     cfg: &Config,
     o: &OffloadConfig,
     model: &ModelShape,
     hardware: &HardwareSpec,
-) -> Result<OffloadParams, ConfigError> {
+) -> Result<Option<OffloadParams>, ConfigError> {
+    if o.cpu_gib == 0.0 && o.disk_gib == 0.0 {
+        return Ok(None);
+    }
     let bs = cfg.engine.block_size;
     let unit_blocks = match o.backend {
         OffloadBackend::Native => 1,
@@ -310,28 +315,35 @@ fn offload_params(
             ),
         )
     })?;
-    let cpu_units = units(o.cpu_gib);
-    if cpu_units == 0 {
-        return Err(ConfigError::invalid(
-            "kv.offload.cpu_gib",
+    let too_small = |key: &str, gib: f64| {
+        ConfigError::invalid(
+            format!("kv.offload.{key}"),
             format!(
-                "{} GiB holds no {}-token unit of {} KiB; raise it",
-                o.cpu_gib,
+                "{gib} GiB holds no {}-token unit of {} KiB; raise it, or set 0 for no such tier",
                 unit_blocks * bs,
                 unit_bytes / 1024
             ),
+        )
+    };
+    let mut tiers = Vec::new();
+    if o.cpu_gib > 0.0 {
+        if units(o.cpu_gib) == 0 {
+            return Err(too_small("cpu_gib", o.cpu_gib));
+        }
+        tiers.push((
+            TierKind::Cpu,
+            TierParams {
+                capacity_units: units(o.cpu_gib),
+                bandwidth_bytes_per_s: cpu_gbps * 1e9,
+                latency_s: o.cpu_latency_s,
+                survives_restart: o.cpu_survives_restart,
+            },
         ));
     }
-    let mut tiers = vec![(
-        TierKind::Cpu,
-        TierParams {
-            capacity_units: cpu_units,
-            bandwidth_bytes_per_s: cpu_gbps * 1e9,
-            latency_s: o.cpu_latency_s,
-            survives_restart: o.cpu_survives_restart,
-        },
-    )];
-    if units(o.disk_gib) > 0 {
+    if o.disk_gib > 0.0 {
+        if units(o.disk_gib) == 0 {
+            return Err(too_small("disk_gib", o.disk_gib));
+        }
         tiers.push((
             TierKind::Disk,
             TierParams {
@@ -342,7 +354,7 @@ fn offload_params(
             },
         ));
     }
-    Ok(OffloadParams {
+    Ok(Some(OffloadParams {
         backend: match o.backend {
             OffloadBackend::Native => Backend::Native,
             OffloadBackend::Lmcache => Backend::LmCache,
@@ -351,7 +363,7 @@ fn offload_params(
         unit_blocks,
         bytes_per_token,
         tiers,
-    })
+    }))
 }
 
 /// `workload.rate_schedule` ready to reshape arrivals.

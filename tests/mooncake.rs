@@ -12,9 +12,19 @@ const TRACE: &str = "data/traces/mooncake/conversation_trace.jsonl";
 /// hits the longest run of leading blocks some earlier request had (vLLM's lookup stops at the first miss),
 /// capped at floor((input - 1) / 16) blocks; queried tokens are its input length.
 fn oracle() -> (u64, u64, usize) {
+    let (queries, hits, _, n) = oracles();
+    (queries, hits, n)
+}
+
+/// [`oracle`], and the hits an unbounded CPU tier behind the GPU allows under vLLM's native offload
+/// (O3): the CPU serves every full block seen before (it has all of them: write-through), after the GPU
+/// hit, up to floor(input / 16) blocks, not the GPU's floor((input - 1) / 16); a request whose whole
+/// prompt (a multiple of 16) was seen then recomputes one token, not a block: 15 tokens more than the
+/// GPU alone allows.
+fn oracles() -> (u64, u64, u64, usize) {
     let text = std::fs::read_to_string(TRACE).expect("the shared Mooncake trace");
     let mut seen: HashSet<(Vec<u64>, usize)> = HashSet::new();
-    let (mut queries, mut hits, mut n) = (0u64, 0u64, 0usize);
+    let (mut queries, mut hits, mut cpu_hits, mut n) = (0u64, 0u64, 0u64, 0usize);
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let len = v["input_length"].as_u64().unwrap() as usize;
@@ -28,17 +38,15 @@ fn oracle() -> (u64, u64, usize) {
             .map(|b| (ids[..b * 16 / 512 + 1].to_vec(), b % 32))
             .collect();
         let cap = (len - 1) / 16;
-        let h = keys
-            .iter()
-            .take(cap)
-            .take_while(|k| seen.contains(*k))
-            .count();
+        let run = keys.iter().take_while(|k| seen.contains(*k)).count();
         queries += len as u64;
-        hits += 16 * h as u64;
+        hits += 16 * run.min(cap) as u64;
+        let whole = len % 16 == 0 && run == len / 16;
+        cpu_hits += 16 * run as u64 - whole as u64;
         seen.extend(keys);
         n += 1;
     }
-    (queries, hits, n)
+    (queries, hits, cpu_hits, n)
 }
 
 fn trace_config(extra: &[&str]) -> servesim::config::Config {
@@ -80,4 +88,44 @@ fn infinite_cache_hit_rate_equals_the_trace_oracle_and_realistic_memory_is_lower
     assert!(r.get_f64("kv_cache_evictions").unwrap() > 0.0);
     assert!(r.get_f64("prefix_cache_hit_rate").unwrap() < oracle_rate);
     assert!(r.get_f64("prompt_tokens_cached").unwrap() < hits as f64);
+}
+
+/// Offload on the Mooncake trace with one H100's GPU memory (27,973 blocks) and vLLM's native CPU tier:
+/// the tokens served from cache rise with the CPU tier's size and reach, with a tier that never evicts,
+/// exactly the bound `oracles` derives, the GPU-only reuse (37.36%) plus 15 tokens for each whole-prompt
+/// repeat whose length is a multiple of 16.
+#[test]
+fn offload_hits_rise_with_the_cpu_tier_up_to_what_the_lookup_rule_allows() {
+    let (queries, gpu_bound, cpu_bound, _) = oracles();
+    assert!(
+        cpu_bound >= gpu_bound && cpu_bound - gpu_bound < 16 * 16,
+        "{cpu_bound} {gpu_bound}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    // The oracle test's budget (every prompt computed in one step, so every block is registered before
+    // a later lookup); the linear cost, fast to run.
+    let base = [
+        "engine.num_gpu_blocks=27973",
+        "engine.max_num_batched_tokens=200000",
+        "engine.max_num_seqs=100000",
+        "cost.kind=\"linear\"",
+    ];
+    let mut cached = Vec::new();
+    for cpu in [None, Some("512"), Some("1000000")] {
+        let mut extra = base.to_vec();
+        let set = cpu.map(|g| format!("kv.offload.cpu_gib={g}"));
+        extra.extend(set.as_deref());
+        let (run, _) = run_in(tmp.path(), cpu.unwrap_or("none"), &trace_config(&extra));
+        let s = &run.summary;
+        assert_eq!(s.get_f64("prefix_cache_queries"), Some(queries as f64));
+        cached.push(s.get_f64("prompt_tokens_cached").unwrap() as u64);
+    }
+    assert!(cached.windows(2).all(|w| w[0] < w[1]), "{cached:?}");
+    assert!(cached[0] < gpu_bound);
+    assert_eq!(
+        cached[2], cpu_bound,
+        "an unbounded CPU tier reaches the bound"
+    );
+    let rate = cached[2] as f64 / queries as f64;
+    assert!((rate - 0.3736).abs() < 0.001, "{rate}");
 }

@@ -413,3 +413,118 @@ fn a_cache_saved_then_restored_then_saved_again_is_the_same_file() {
     fresh.on_enqueue(&mut r, 100);
     assert_eq!(fresh.get_computed_blocks(&mut r).tokens, 32);
 }
+
+fn servesim() -> assert_cmd::Command {
+    assert_cmd::Command::cargo_bin("servesim").unwrap()
+}
+
+#[test]
+fn offload_settings_that_cannot_run_are_refused_by_key() {
+    crate::common::assert_refused_by_key(&[
+        ("kv.offload.disk_gib=10", "kv.offload.disk_gib"),
+        ("kv.offload.cpu_gib=-1", "kv.offload.cpu_gib"),
+        ("kv.offload.cpu_latency_s=nan", "kv.offload.cpu_latency_s"),
+    ]);
+    let e = servesim::config::Config::load(
+        None,
+        &[
+            "kv.offload.cpu_gib=1".to_string(),
+            "engine.kind=\"dynamic\"".to_string(),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("kv.offload") && e.contains("vllm"), "{e}");
+    let e = servesim::config::Config::load(
+        None,
+        &[
+            "kv.offload.backend=\"lmcache\"".to_string(),
+            "kv.offload.chunk_tokens=100".to_string(),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("kv.offload.chunk_tokens"), "{e}");
+}
+
+/// A short chat run on a small pool, with the native CPU tier.
+const SHORT: &[&str] = &[
+    "workload.duration_s=30",
+    "engine.max_model_len=32768",
+    "engine.num_gpu_blocks=4000",
+    "kv.offload.cpu_gib=8",
+];
+
+fn set_args(sets: &[&str]) -> Vec<String> {
+    sets.iter()
+        .flat_map(|s| ["--set".to_string(), s.to_string()])
+        .collect()
+}
+
+#[test]
+fn a_warm_start_hits_where_a_cold_start_misses_and_bad_cache_files_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache.json");
+    servesim()
+        .args(["run", "-q", "--out"])
+        .arg(tmp.path().join("first"))
+        .args(set_args(SHORT))
+        .args(["--set", "seed=7", "--save-cache"])
+        .arg(&cache)
+        .assert()
+        .success();
+    let rows_of = |name: &str, warm: bool| {
+        let mut c = servesim();
+        c.args(["run", "-q", "--out"])
+            .arg(tmp.path().join(name))
+            .args(set_args(SHORT));
+        if warm {
+            c.arg("--warm-start").arg(&cache);
+        }
+        c.assert().success();
+        let rows = crate::common::read_rows(&tmp.path().join(name).join("requests.csv"));
+        let first = rows
+            .into_iter()
+            .find(|r| r["request_id"] == "0")
+            .expect("request 0");
+        (
+            first["cached_tokens"].clone(),
+            first["prompt_tokens"].clone(),
+        )
+    };
+    // Request 0 of a cold run finds an empty cache; warm-started from another day's traffic (seed 7),
+    // it hits the shared 592-token system prompt (37 blocks of 16), kept in the saved GPU cache.
+    assert_eq!(rows_of("cold", false).0, "0");
+    assert_eq!(rows_of("warm", true).0, "592");
+
+    // A corrupted file: exit 2, the file and the checksum named, no output left.
+    let text = std::fs::read_to_string(&cache).unwrap();
+    let bad = tmp.path().join("bad.json");
+    let at = text.find("\"gpu\":[").unwrap() + 8;
+    let mut corrupted = text.clone();
+    corrupted.replace_range(at..at + 1, if &text[at..at + 1] == "9" { "8" } else { "9" });
+    std::fs::write(&bad, corrupted).unwrap();
+    let out = tmp.path().join("refused");
+    servesim()
+        .args(["run", "-q", "--out"])
+        .arg(&out)
+        .args(set_args(SHORT))
+        .arg("--warm-start")
+        .arg(&bad)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("bad.json"))
+        .stderr(predicates::str::contains("checksum"));
+    assert!(!out.exists());
+    // A mismatched block size: exit 2, naming it.
+    servesim()
+        .args(["run", "-q", "--out"])
+        .arg(&out)
+        .args(set_args(SHORT))
+        .args(["--set", "engine.block_size=32", "--warm-start"])
+        .arg(&cache)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("block_size"));
+    assert!(!out.exists());
+}

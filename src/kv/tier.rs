@@ -359,6 +359,7 @@ impl<K: KvStore> KvStore for Tiered<K> {
         match self.p.backend {
             Backend::Native => {
                 let keys: Vec<u64> = (0..full_units).map(|i| self.key(&hashes, i)).collect();
+                // Native offload has one tier, CPU memory (the config refuses a disk tier).
                 let t = &mut self.tiers[0];
                 for k in keys.iter().rev() {
                     t.lru.promote(k);
@@ -417,7 +418,7 @@ impl<K: KvStore> KvStore for Tiered<K> {
                     for k in &keys {
                         self.tiers[ti].lru.promote(k);
                     }
-                    if kind == TierKind::Disk {
+                    if kind == TierKind::Disk && self.tiers[0].kind == TierKind::Cpu {
                         let added = self.tiers[0].put_each(&keys);
                         let b = added * ut as u64 * self.p.bytes_per_token;
                         self.stats.tiers[TierKind::Cpu as usize].stored_bytes += b;
