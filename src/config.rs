@@ -678,7 +678,7 @@ impl Config {
         for (i, e) in c.events_in_order() {
             up += match e.action {
                 ClusterAction::AddReplica => 1,
-                ClusterAction::Restart => 0,
+                ClusterAction::Restart | ClusterAction::SwapModel => 0,
                 _ => -1,
             };
             if up == 0 {
@@ -1265,6 +1265,10 @@ pub enum ClusterAction {
     /// aborted (status `aborted`, reason `replica_restart`; clients retry as after a refusal), its KV
     /// cache is lost, and it is down for `engine.startup_s`, then up.
     Restart,
+    /// Replica `replica` changes model: as a restart, but it is down for `swap_s` (default
+    /// `engine.startup_s`), every cache it kept is flushed (the offload tiers too: they hold the old
+    /// model's KV), and it then serves `model`, sized and priced for it.
+    SwapModel,
 }
 
 /// A change to the cluster at a time (`[[cluster.events]]`).
@@ -1274,9 +1278,22 @@ pub struct ClusterEvent {
     /// Seconds of virtual time.
     pub at_s: f64,
     pub action: ClusterAction,
-    /// The replica it acts on (`remove_replica`, `drain`).
+    /// The replica it acts on (every action but `add_replica`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<u32>,
+    /// `swap_model`: the model served afterwards (as `model.name`: a catalog name or a config.json).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// `swap_model`: seconds the replica is down loading it (unset: `engine.startup_s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_s: Option<f64>,
+}
+
+impl ClusterEvent {
+    /// Seconds a `restart` or `swap_model` keeps its replica down.
+    pub fn down_s(&self, startup_s: f64) -> f64 {
+        self.swap_s.unwrap_or(startup_s)
+    }
 }
 
 /// Replicas behind a router.
@@ -1326,6 +1343,31 @@ impl ClusterConfig {
                 .count() as u32
     }
 
+    /// The models replicas serve: `model` (index 0), then each `swap_model` event's model not listed
+    /// yet, in list order; [`ClusterConfig::model_index`] finds an event's.
+    pub fn swap_models(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = Vec::new();
+        for e in &self.events {
+            if let (ClusterAction::SwapModel, Some(m)) = (e.action, e.model.as_deref()) {
+                if !v.contains(&m) {
+                    v.push(m);
+                }
+            }
+        }
+        v
+    }
+
+    /// The index of a `swap_model` event's model among the run's models (1 + its place in
+    /// [`ClusterConfig::swap_models`]; 0 is `model`).
+    pub fn model_index(&self, e: &ClusterEvent) -> usize {
+        let m = e.model.as_deref().unwrap_or_default();
+        1 + self
+            .swap_models()
+            .iter()
+            .position(|x| *x == m)
+            .expect("a validated swap_model event names its model")
+    }
+
     /// The events in the order they apply: by time, ties in list order (a stable sort).
     pub fn events_in_order(&self) -> Vec<(usize, &ClusterEvent)> {
         let mut v: Vec<_> = self.events.iter().enumerate().collect();
@@ -1349,6 +1391,28 @@ impl ClusterConfig {
                     format!("must be seconds of virtual time, 0 or more, got {}", e.at_s),
                 ));
             }
+            if e.action != ClusterAction::SwapModel && (e.model.is_some() || e.swap_s.is_some()) {
+                return Err(ConfigError::invalid(
+                    key(if e.model.is_some() { "model" } else { "swap_s" }),
+                    format!("only swap_model takes it, not {}", config_name(e.action)),
+                ));
+            }
+            if e.action == ClusterAction::SwapModel {
+                if e.model.as_deref().is_none_or(str::is_empty) {
+                    return Err(ConfigError::invalid(
+                        key("model"),
+                        "swap_model needs the model served afterwards (a catalog name, as model.name)",
+                    ));
+                }
+                if let Some(d) = e.swap_s {
+                    if !(d.is_finite() && d >= 0.0 && d < horizon_s / 2.0) {
+                        return Err(ConfigError::invalid(
+                            key("swap_s"),
+                            format!("must be 0 or more seconds, got {d}"),
+                        ));
+                    }
+                }
+            }
             match e.action {
                 ClusterAction::AddReplica => {
                     if e.replica.is_some() {
@@ -1362,7 +1426,10 @@ impl ClusterConfig {
                     up[next as usize] = true;
                     next += 1;
                 }
-                ClusterAction::RemoveReplica | ClusterAction::Drain | ClusterAction::Restart => {
+                ClusterAction::RemoveReplica
+                | ClusterAction::Drain
+                | ClusterAction::Restart
+                | ClusterAction::SwapModel => {
                     let Some(r) = e.replica else {
                         return Err(ConfigError::invalid(
                             key("replica"),
@@ -1389,14 +1456,14 @@ impl ClusterConfig {
                         return Err(ConfigError::invalid(
                             key("at_s"),
                             format!(
-                                "replica {r} is restarting until {} s (engine.startup_s after its restart); \
-                                 act on it after that",
+                                "replica {r} is restarting until {} s (engine.startup_s, or swap_s, after \
+                                 its restart or model swap); act on it after that",
                                 back[r as usize]
                             ),
                         ));
                     }
-                    if e.action == ClusterAction::Restart {
-                        back[r as usize] = e.at_s + startup_s;
+                    if matches!(e.action, ClusterAction::Restart | ClusterAction::SwapModel) {
+                        back[r as usize] = e.at_s + e.down_s(startup_s);
                     } else {
                         up[r as usize] = false;
                     }

@@ -205,6 +205,10 @@ pub struct Replica<S> {
     pub reroute_pending: bool,
     /// Restarting (`restart`): between steps it drops what it holds and its cache.
     pub restart_pending: bool,
+    /// The model it serves (`System::of_model`): 0 but after a `swap_model`.
+    pub model: usize,
+    /// The model a pending restart brings (a `swap_model`), with how long it is down, seconds.
+    pub swap_pending: Option<(usize, f64)>,
     /// The cumulative KV counters of the stores it had before restarts (see [`Replica::kv_stats`]).
     pub retired: Retired,
     pub stats: ReplicaStats,
@@ -267,6 +271,8 @@ impl<S: Scheduler> Replica<S> {
             pending_aborts: Vec::new(),
             reroute_pending: false,
             restart_pending: false,
+            model: 0,
+            swap_pending: None,
             retired: Retired::default(),
             stats,
             spare_plan: StepPlan::default(),
@@ -802,6 +808,12 @@ impl<S: Scheduler> Replica<S> {
             o.add_counters(ro);
         }
         k
+    }
+
+    /// The same replica, serving model `m` (a factory's last step).
+    pub fn serving(mut self, m: usize) -> Replica<S> {
+        self.model = m;
+        self
     }
 
     /// Fills its idle, empty store from a cache snapshot (a warm start; a restart's surviving tiers).

@@ -27,7 +27,8 @@ pub enum Status {
     Failed,
     /// Its client gave up with no first token after `workload.client_timeout_s`; aborted.
     TimedOut,
-    /// Dropped by its replica: a restart aborted it (`failure = ReplicaRestart`).
+    /// Dropped by its replica: a restart or a model swap aborted it (`failure = ReplicaRestart` or
+    /// `ModelSwap`).
     Aborted,
 }
 
@@ -57,15 +58,18 @@ pub enum FailureReason {
     ClientTimeout,
     /// Its replica restarted while holding it (`restart` in `[[cluster.events]]`).
     ReplicaRestart,
+    /// Its replica changed model while holding it (`swap_model`).
+    ModelSwap,
 }
 
 impl FailureReason {
-    pub const ALL: [FailureReason; 5] = [
+    pub const ALL: [FailureReason; 6] = [
         FailureReason::ContextLength,
         FailureReason::QueueFull,
         FailureReason::Unavailable,
         FailureReason::ClientTimeout,
         FailureReason::ReplicaRestart,
+        FailureReason::ModelSwap,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +79,7 @@ impl FailureReason {
             FailureReason::Unavailable => "unavailable",
             FailureReason::ClientTimeout => "client_timeout",
             FailureReason::ReplicaRestart => "replica_restart",
+            FailureReason::ModelSwap => "model_swap",
         }
     }
 }

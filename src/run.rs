@@ -98,6 +98,8 @@ pub struct Simulation {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReplicaSummary {
     pub replica: u32,
+    /// The model it serves at the end (`model.name`, or a `swap_model` event's).
+    pub model: String,
     /// Requests routed to it and queued (retries and hand-backs included) and their prompt tokens.
     pub requests: u64,
     pub prompt_tokens: u64,
@@ -117,6 +119,7 @@ pub struct ReplicaSummary {
 /// Column order of `replicas.csv`.
 pub const REPLICA_COLUMNS: &[&str] = &[
     "replica",
+    "model",
     "requests",
     "prompt_tokens",
     "refused_queue_full",
@@ -129,10 +132,15 @@ pub const REPLICA_COLUMNS: &[&str] = &[
 ];
 
 impl ReplicaSummary {
-    fn of<S: Scheduler>(r: &crate::replica::Replica<S>) -> ReplicaSummary {
+    fn of<S: Scheduler>(r: &crate::replica::Replica<S>, cfg: &Config) -> ReplicaSummary {
         let kv = r.kv_stats();
+        let models = cfg.cluster.swap_models();
         ReplicaSummary {
             replica: r.id,
+            model: match r.model {
+                0 => cfg.model.name.clone(),
+                m => models[m - 1].to_string(),
+            },
             requests: r.stats.requests,
             prompt_tokens: r.stats.prompt_tokens,
             refused_queue_full: r.stats.refused,
@@ -149,6 +157,7 @@ impl ReplicaSummary {
     fn record(&self) -> Vec<String> {
         vec![
             self.replica.to_string(),
+            self.model.clone(),
             self.requests.to_string(),
             self.prompt_tokens.to_string(),
             self.refused_queue_full.to_string(),
@@ -186,7 +195,8 @@ pub struct Prepared<'a> {
     cfg: &'a Config,
     system: System,
     workload: Box<dyn Workload>,
-    cost: Box<dyn CostModel>,
+    /// One per model of the run (`System::of_model` order).
+    costs: Vec<Box<dyn CostModel>>,
     /// `kv.warm_start`'s snapshots, one per replica slot.
     warm: Vec<crate::kv::CacheSnapshot>,
 }
@@ -195,7 +205,7 @@ pub struct Prepared<'a> {
 pub fn prepare(cfg: &Config) -> Result<Prepared<'_>, Error> {
     let system = System::resolve(cfg)?;
     let workload = system.workload(cfg)?;
-    let cost = system.cost_model(cfg)?;
+    let costs = system.cost_models(cfg)?;
     let warm = match cfg.kv.warm_start.as_deref() {
         None | Some("") => Vec::new(),
         Some(path) => crate::kv::persist::read(
@@ -208,7 +218,7 @@ pub fn prepare(cfg: &Config) -> Result<Prepared<'_>, Error> {
         cfg,
         system,
         workload,
-        cost,
+        costs,
         warm,
     })
 }
@@ -227,7 +237,7 @@ impl Prepared<'_> {
             cfg,
             system,
             workload,
-            cost,
+            costs,
             warm,
         } = self;
         let metrics = Collector::new(opts.rows.clone(), cfg.slo.clone())?;
@@ -241,7 +251,7 @@ impl Prepared<'_> {
             cfg,
             system: &system,
             workload,
-            cost,
+            costs,
             metrics,
             opts,
             warm,
@@ -268,7 +278,8 @@ struct RunWorld<'a> {
     cfg: &'a Config,
     system: &'a System,
     workload: Box<dyn Workload>,
-    cost: Box<dyn CostModel>,
+    /// One per model of the run (`System::of_model` order).
+    costs: Vec<Box<dyn CostModel>>,
     metrics: Collector,
     opts: &'a SimOptions,
     warm: Vec<crate::kv::CacheSnapshot>,
@@ -288,25 +299,35 @@ struct Ran {
 impl WithReplicas for RunWorld<'_> {
     type Out = Result<Ran, Error>;
 
-    fn with<S: Scheduler + 'static>(self, make: &dyn Fn(ReplicaId) -> Replica<S>) -> Self::Out {
+    fn with<S: Scheduler + 'static>(
+        self,
+        make: &dyn Fn(ReplicaId, usize) -> Replica<S>,
+    ) -> Self::Out {
         let cfg = self.cfg;
-        let mut replicas: Vec<Replica<S>> = (0..cfg.cluster.slots()).map(make).collect();
+        let mut replicas: Vec<Replica<S>> =
+            (0..cfg.cluster.slots()).map(|id| make(id, 0)).collect();
         for (r, snap) in replicas.iter_mut().zip(&self.warm) {
             r.restore_cache(snap);
         }
+        let mut costs = self.costs.into_iter();
         let mut world = World::new(
             cfg,
             replicas,
             self.system.router(cfg),
             self.workload,
-            self.cost,
+            costs.next().expect("the first model's cost"),
             self.metrics,
             self.opts.progress,
             !self.opts.no_leap,
         );
         world.set_factory(make);
+        world.add_swap_costs(costs.collect());
         world.run()?;
-        let replicas: Vec<ReplicaSummary> = world.replicas.iter().map(ReplicaSummary::of).collect();
+        let replicas: Vec<ReplicaSummary> = world
+            .replicas
+            .iter()
+            .map(|r| ReplicaSummary::of(r, cfg))
+            .collect();
         let summary = summarize(&mut world, self.system, &self.opts.variant, &replicas);
         let (requests, timeseries) = world.metrics.take_rows();
         let cache = if self.opts.keep_cache {
@@ -340,6 +361,14 @@ pub fn simulate(cfg: &Config, opts: &SimOptions) -> Result<Simulation, Error> {
 /// `resolved.toml`: [`simulate`] with a file sink around it. Nothing is written when the config cannot be
 /// resolved, and nothing is left behind when a run fails.
 pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
+    if opts.save_cache.is_some() && !cfg.cluster.swap_models().is_empty() {
+        return Err(crate::error::ConfigError::invalid(
+            "--save-cache",
+            "a cache file holds one model's KV, and this run's swap_model events change a replica's model; \
+             save the cache of a run without them",
+        )
+        .into());
+    }
     let prepared = prepare(cfg)?;
     let out = opts
         .out
@@ -504,6 +533,7 @@ fn summarize<S: Scheduler>(
             reason,
             crate::request::FailureReason::ClientTimeout
                 | crate::request::FailureReason::ReplicaRestart
+                | crate::request::FailureReason::ModelSwap
         ) {
             s.set(&format!("rejected_{}", reason.as_str()), n);
         }

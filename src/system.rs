@@ -39,10 +39,60 @@ pub struct System {
     pub sizing: EngineSizing,
     /// The offload tiers, resolved (`kv.offload`); None without them.
     pub offload: Option<OffloadParams>,
+    /// The models `swap_model` events bring, resolved as `model` is (model m >= 1 is `swaps[m - 1]`,
+    /// in `ClusterConfig::swap_models` order).
+    pub swaps: Vec<System>,
 }
 
 impl System {
+    /// Resolves the config's model and each model a `swap_model` event brings. A swapped-in model must
+    /// take prompts as long as the first (the workload refuses longer ones for every replica).
     pub fn resolve(cfg: &Config) -> Result<System, ConfigError> {
+        let mut sys = System::resolve_one(cfg)?;
+        for name in cfg.cluster.swap_models() {
+            let key = format!("cluster.events: swap_model to \"{name}\"");
+            let other = System::resolve_one(&for_model(cfg, name))
+                .map_err(|e| ConfigError::invalid(&key, e.to_string()))?;
+            if other.sizing.max_model_len < sys.sizing.max_model_len {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "its max_model_len is {}, below the {} of {}: set engine.max_model_len to at most {}",
+                        other.sizing.max_model_len,
+                        sys.sizing.max_model_len,
+                        cfg.model.name,
+                        other.sizing.max_model_len
+                    ),
+                ));
+            }
+            sys.swaps.push(other);
+        }
+        Ok(sys)
+    }
+
+    /// Model `m` of the run (0: `model`; see [`System::swaps`]).
+    pub fn of_model(&self, m: usize) -> &System {
+        if m == 0 {
+            self
+        } else {
+            &self.swaps[m - 1]
+        }
+    }
+
+    /// One cost model per model of the run, in [`System::of_model`] order.
+    pub fn cost_models(&self, cfg: &Config) -> Result<Vec<Box<dyn CostModel>>, ConfigError> {
+        let mut v = vec![self.cost_model(cfg)?];
+        for (name, sys) in cfg.cluster.swap_models().into_iter().zip(&self.swaps) {
+            let key = format!("cluster.events: swap_model to \"{name}\"");
+            v.push(
+                sys.cost_model(&for_model(cfg, name))
+                    .map_err(|e| ConfigError::invalid(key, e.to_string()))?,
+            );
+        }
+        Ok(v)
+    }
+
+    fn resolve_one(cfg: &Config) -> Result<System, ConfigError> {
         let model = ModelShape::load(&cfg.model.name)?
             .with_dtypes(&cfg.model.dtype, &cfg.engine.kv_cache_dtype)?;
         let hardware =
@@ -61,6 +111,7 @@ impl System {
             hardware,
             sizing,
             offload,
+            swaps: Vec::new(),
         })
     }
 
@@ -188,86 +239,91 @@ impl System {
     /// store kind `engine.kv_cache`: one `match` per slot. The types are fixed here, once per run, so
     /// that everything `w` builds around them (the world and its loop) is compiled for the pair.
     pub fn build<W: WithReplicas>(&self, cfg: &Config, w: W) -> W::Out {
-        let paged = || {
+        let paged = |m: usize| {
             KvCacheManager::new(
-                self.sizing.num_gpu_blocks,
+                self.of_model(m).sizing.num_gpu_blocks,
                 cfg.engine.block_size,
                 cfg.engine.prefix_caching,
             )
             .with_scope(cfg.engine.prefix_cache_scope)
         };
-        if let Some(p) = &self.offload {
-            // Validation admits tiers only over vLLM's paged prefix cache.
-            return self.build_vllm(cfg, w, || Tiered::new(paged(), p.clone()));
+        if self.offload.is_some() {
+            // Validation admits tiers only over vLLM's paged prefix cache; every model has them.
+            return self.build_vllm(cfg, w, |m| {
+                let p = self
+                    .of_model(m)
+                    .offload
+                    .clone()
+                    .expect("tiers for every model");
+                Tiered::new(paged(m), p)
+            });
         }
         match cfg.engine.kv_kind() {
             KvKind::Paged => self.build_engine(cfg, w, paged),
             KvKind::Conversation => {
                 let k = &cfg.kv_store;
-                let capacity = self.sizing.num_gpu_blocks as u64 * cfg.engine.block_size as u64;
-                let limits = crate::kv::conversation::StoreLimits {
-                    max_sessions: k.max_sessions,
-                    max_tokens: Some(k.max_tokens.unwrap_or(capacity)),
-                    max_bytes: k.max_bytes,
-                };
-                let bytes = self.model.kv_bytes_per_token();
-                self.build_engine(cfg, w, || {
+                self.build_engine(cfg, w, |m| {
+                    let sys = self.of_model(m);
+                    let capacity = sys.sizing.num_gpu_blocks as u64 * cfg.engine.block_size as u64;
+                    let limits = crate::kv::conversation::StoreLimits {
+                        max_sessions: k.max_sessions,
+                        max_tokens: Some(k.max_tokens.unwrap_or(capacity)),
+                        max_bytes: k.max_bytes,
+                    };
                     crate::kv::conversation::ConversationStore::new(
                         k.enabled,
                         limits,
-                        bytes,
+                        sys.model.kv_bytes_per_token(),
                         k.release_on_session_end,
                     )
                 })
             }
-            KvKind::Off => self.build_engine(cfg, w, || crate::kv::off::KvOff),
+            KvKind::Off => self.build_engine(cfg, w, |_| crate::kv::off::KvOff),
         }
     }
 
-    /// [`System::build`] with the store chosen: `store()` makes one replica's store.
+    /// [`System::build`] with the store chosen: `store(m)` makes one replica's store for model `m`.
     fn build_engine<K: KvStore + 'static, W: WithReplicas>(
         &self,
         cfg: &Config,
         w: W,
-        store: impl Fn() -> K,
+        store: impl Fn(usize) -> K,
     ) -> W::Out {
-        let max_model_len = self.sizing.max_model_len;
         match cfg.engine.kind {
             EngineKind::Vllm => self.build_vllm(cfg, w, store),
-            EngineKind::Dynamic => {
+            EngineKind::Dynamic => w.with(&|id, m| {
+                let max_model_len = self.of_model(m).sizing.max_model_len;
                 let p = dynamic_params(cfg, max_model_len);
-                w.with(&|id| {
-                    let scheduler =
-                        crate::scheduler::dynamic::DynamicBatcher::new(store(), p.clone());
-                    Replica::new(id, scheduler, max_model_len)
-                })
-            }
-            EngineKind::None => w.with(&|id| {
-                let scheduler = crate::scheduler::none::NoBatching::new(store(), max_model_len);
-                Replica::new(id, scheduler, max_model_len)
+                let scheduler = crate::scheduler::dynamic::DynamicBatcher::new(store(m), p);
+                Replica::new(id, scheduler, max_model_len).serving(m)
+            }),
+            EngineKind::None => w.with(&|id, m| {
+                let max_model_len = self.of_model(m).sizing.max_model_len;
+                let scheduler = crate::scheduler::none::NoBatching::new(store(m), max_model_len);
+                Replica::new(id, scheduler, max_model_len).serving(m)
             }),
         }
     }
 
-    /// vLLM's scheduler over the store `store()` makes.
+    /// vLLM's scheduler over the store `store(m)` makes.
     fn build_vllm<K: KvStore + 'static, W: WithReplicas>(
         &self,
         cfg: &Config,
         w: W,
-        store: impl Fn() -> K,
+        store: impl Fn(usize) -> K,
     ) -> W::Out {
-        let s = &self.sizing;
-        let limits = Limits {
-            max_num_batched_tokens: s.max_num_batched_tokens,
-            max_num_seqs: s.max_num_seqs,
-            max_model_len: s.max_model_len,
-            enable_chunked_prefill: cfg.engine.enable_chunked_prefill,
-            long_prefill_token_threshold: cfg.engine.long_prefill_token_threshold,
-            policy: cfg.engine.policy,
-        };
-        w.with(&|id| {
-            let scheduler = VllmScheduler::new(limits.clone(), store());
-            Replica::new(id, scheduler, s.max_model_len)
+        w.with(&|id, m| {
+            let s = &self.of_model(m).sizing;
+            let limits = Limits {
+                max_num_batched_tokens: s.max_num_batched_tokens,
+                max_num_seqs: s.max_num_seqs,
+                max_model_len: s.max_model_len,
+                enable_chunked_prefill: cfg.engine.enable_chunked_prefill,
+                long_prefill_token_threshold: cfg.engine.long_prefill_token_threshold,
+                policy: cfg.engine.policy,
+            };
+            let scheduler = VllmScheduler::new(limits, store(m));
+            Replica::new(id, scheduler, s.max_model_len).serving(m)
         })
     }
 
@@ -366,6 +422,13 @@ fn offload_params(
     }))
 }
 
+/// `cfg` serving model `name` instead (a `swap_model` event's).
+fn for_model(cfg: &Config, name: &str) -> Config {
+    let mut c = cfg.clone();
+    c.model.name = name.to_string();
+    c
+}
+
 /// `workload.rate_schedule` ready to reshape arrivals.
 pub fn rate_shape(cfg: &Config) -> Option<crate::workload::rate::RateShape> {
     crate::workload::rate::RateShape::of(&cfg.workload, RngStreams::new(cfg.seed))
@@ -424,9 +487,13 @@ fn dynamic_params(cfg: &Config, max_model_len: u32) -> crate::scheduler::dynamic
 /// [`System::build`]).
 pub trait WithReplicas {
     type Out;
-    /// Called once with the replica factory: `make(id)` is replica `id`, empty and idle (a run calls it
-    /// for each replica slot at its start, and again for a slot a `restart` event renews).
-    fn with<S: Scheduler + 'static>(self, make: &dyn Fn(ReplicaId) -> Replica<S>) -> Self::Out;
+    /// Called once with the replica factory: `make(id, m)` is replica `id` serving model `m`
+    /// ([`System::of_model`]), empty and idle (a run calls it for each replica slot at its start with
+    /// model 0, and again for a slot a `restart` or `swap_model` event renews).
+    fn with<S: Scheduler + 'static>(
+        self,
+        make: &dyn Fn(ReplicaId, usize) -> Replica<S>,
+    ) -> Self::Out;
 }
 
 #[cfg(test)]

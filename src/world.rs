@@ -63,10 +63,12 @@ pub struct World<'a, S> {
     next_slot: u32,
     /// The time of the last sample that wrote rows.
     last_sample: Option<SimTime>,
-    /// Makes a fresh replica for a slot (a restart's), when the world was given one.
-    factory: Option<&'a dyn Fn(ReplicaId) -> Replica<S>>,
+    /// Makes a fresh replica for a slot serving a model (a restart's, a model swap's), when the world
+    /// was given one.
+    factory: Option<&'a dyn Fn(ReplicaId, usize) -> Replica<S>>,
     workload: Box<dyn Workload>,
-    cost: Box<dyn CostModel>,
+    /// One cost model per model of the run (`System::of_model` order); a replica steps with its model's.
+    costs: Vec<Box<dyn CostModel>>,
     pub metrics: Collector,
     sample_interval: SimDuration,
     /// Per replica, the earliest time its scheduler asked to be woken (`Next::WakeAt`), while queued.
@@ -127,7 +129,7 @@ impl<'a, S: Scheduler> World<'a, S> {
             retrying: FastMap::default(),
             router,
             workload,
-            cost,
+            costs: vec![cost],
             metrics,
             sample_interval: SimDuration::from_secs_f64(cfg.output.timeseries_interval_s),
             active_since_sample: true,
@@ -142,9 +144,16 @@ impl<'a, S: Scheduler> World<'a, S> {
         }
     }
 
-    /// Gives the world the factory that made its replicas, for restarts (`restart` events need it).
-    pub fn set_factory(&mut self, make: &'a dyn Fn(ReplicaId) -> Replica<S>) {
+    /// Gives the world the factory that made its replicas, for restarts (`restart` and `swap_model`
+    /// events need it).
+    pub fn set_factory(&mut self, make: &'a dyn Fn(ReplicaId, usize) -> Replica<S>) {
         self.factory = Some(make);
+    }
+
+    /// Gives the world the cost models of the models `swap_model` events bring, after the first's (the
+    /// one [`World::new`] took), in `System::of_model` order.
+    pub fn add_swap_costs(&mut self, costs: Vec<Box<dyn CostModel>>) {
+        self.costs.extend(costs);
     }
 
     /// Runs to the end: every released request finished, or `max_sim_time_s` reached. Virtual time past
@@ -281,7 +290,7 @@ impl<'a, S: Scheduler> World<'a, S> {
                 if !rep.is_busy() && rep.has_work() {
                     let metrics = &mut self.metrics;
                     let leapt = if self.leap {
-                        rep.leap(now, horizon, self.cost.as_ref(), |gaps| {
+                        rep.leap(now, horizon, self.costs[rep.model].as_ref(), |gaps| {
                             metrics.on_token_gaps(gaps)
                         })
                     } else {
@@ -303,7 +312,7 @@ impl<'a, S: Scheduler> World<'a, S> {
                             self.after_step(rid, end, done)?;
                         }
                     } else {
-                        match rep.start_step(now, self.cost.as_ref()) {
+                        match rep.start_step(now, self.costs[rep.model].as_ref()) {
                             StepStart::Started(d) => self.queue.push(now + d, Event::StepDone(rid)),
                             StepStart::Idle => {}
                             // The earliest wake per replica is queued; a later one would be redundant
@@ -349,12 +358,16 @@ impl<'a, S: Scheduler> World<'a, S> {
                         rep.reroute_pending = e.action == ClusterAction::RemoveReplica;
                         self.settle_leaving(id, now)?;
                     }
-                    ClusterAction::Restart => {
+                    ClusterAction::Restart | ClusterAction::SwapModel => {
                         let id = e.replica.expect("validated");
+                        let startup = self.cfg.engine.startup_s;
+                        let swap = (e.action == ClusterAction::SwapModel)
+                            .then(|| (self.cfg.cluster.model_index(e), e.down_s(startup)));
                         let rep = &mut self.replicas[id as usize];
                         // It stops taking requests now; what it holds goes at the step's end.
                         rep.set_state(ReplicaState::Draining, now);
                         rep.restart_pending = true;
+                        rep.swap_pending = swap;
                         self.settle_leaving(id, now)?;
                     }
                 }
@@ -594,25 +607,39 @@ impl<'a, S: Scheduler> World<'a, S> {
     /// after a refusal), a fresh replica from the factory takes its place with an empty GPU cache, the
     /// persistent offload tiers of the old one and its history (`Replica::succeed`), down until
     /// `engine.startup_s` from now.
+    /// A pending `swap_model` makes it a swap: the new replica serves the other model, no cache is kept
+    /// (the tiers hold the old model's KV), and it is down for the swap's `swap_s`.
     fn restart(&mut self, rid: ReplicaId, now: SimTime) -> Result<(), OutputError> {
         let make = self
             .factory
             .expect("a world that runs restart events is given its replica factory");
+        let rep = &self.replicas[rid as usize];
+        let (model, down_s) = rep
+            .swap_pending
+            .unwrap_or((rep.model, self.cfg.engine.startup_s));
+        let swap = rep.swap_pending.is_some();
         for id in self.replicas[rid as usize].held() {
             let (r, out) = self.replicas[rid as usize]
                 .abort(id)
                 .expect("held between steps");
-            self.give_up(now, r, out, Status::Aborted, FailureReason::ReplicaRestart)?;
+            let reason = if swap {
+                FailureReason::ModelSwap
+            } else {
+                FailureReason::ReplicaRestart
+            };
+            self.give_up(now, r, out, Status::Aborted, reason)?;
         }
-        let old = std::mem::replace(&mut self.replicas[rid as usize], make(rid));
+        let old = std::mem::replace(&mut self.replicas[rid as usize], make(rid, model));
         let rep = &mut self.replicas[rid as usize];
         // The tiers that persist (local disk; CPU memory only in a cache server of its own) keep their
         // content; the GPU cache is lost.
-        rep.restore_cache(&crate::kv::KvStore::restart_keep(old.kv()));
+        if !swap {
+            rep.restore_cache(&crate::kv::KvStore::restart_keep(old.kv()));
+        }
         rep.succeed(old);
         rep.set_state(crate::cluster::ReplicaState::Down, now);
         self.wake_at[rid as usize] = None;
-        let ready = now + SimDuration::from_secs_f64(self.cfg.engine.startup_s);
+        let ready = now + SimDuration::from_secs_f64(down_s);
         self.queue.push(ready, Event::ReplicaReady(rid));
         Ok(())
     }
@@ -702,7 +729,7 @@ impl<'a, S: Scheduler> World<'a, S> {
     }
 
     pub fn cost_model_name(&self) -> &'static str {
-        self.cost.name()
+        self.costs[0].name()
     }
 
     pub fn config(&self) -> &Config {
@@ -940,13 +967,13 @@ mod tests {
             type Out = Vec<crate::metrics::RequestRow>;
             fn with<S: Scheduler + 'static>(
                 self,
-                make: &dyn Fn(ReplicaId) -> Replica<S>,
+                make: &dyn Fn(ReplicaId, usize) -> Replica<S>,
             ) -> Self::Out {
                 let metrics =
                     Collector::new(crate::metrics::Rows::Keep, self.cfg.slo.clone()).unwrap();
                 let mut w = World::new(
                     self.cfg,
-                    (0..2).map(make).collect(),
+                    (0..2).map(|id| make(id, 0)).collect(),
                     Box::new(RejectOddSessions),
                     self.sys.workload(self.cfg).unwrap(),
                     self.sys.cost_model(self.cfg).unwrap(),

@@ -548,3 +548,54 @@ fn a_restart_drops_what_the_replica_holds_and_its_cache_then_serves_again() {
     let e = rows.iter().find(|r| r.id == 4).unwrap();
     assert_eq!((e.replica, e.cached_tokens), (Some(0), 96));
 }
+
+#[test]
+fn a_model_swap_aborts_what_the_replica_holds_flushes_its_cache_and_serves_the_other_model() {
+    // As the restart above, priced by the roofline (Llama-3.1-8B on an H100: A's 10 tokens take about
+    // 50 ms, so A is in flight at 20 ms), replica 0 swapping to the 4-layer `tiny` model at 20 ms, down
+    // for 1 s. A and C are aborted (model_swap); D (0.5 s) goes to replica 1; E (2 s) to replica 0,
+    // which serves `tiny` from an empty cache: it misses A's prompt, and decodes faster than D did on
+    // Llama-3.1-8B.
+    let trace = abc_then(&[
+        (4, 1, 0.5, &[(4, 100)], 14, 10, 10),
+        (5, 1, 2.0, &[(1, 100)], 15, 10, 10),
+    ]);
+    let swap =
+        "[cluster]\nreplicas = 2\nevents = [{ at_s = 0.02, action = \"swap_model\", replica = 0, \
+                model = \"tiny\", swap_s = 1.0 }]";
+    let sets = ["cost.kind=\"roofline\"", "model.dtype=\"bfloat16\""];
+    let (rows, s) = replay_set(&trace, ONE_AT_A_TIME, swap, &sets);
+    let o = outcomes(&rows);
+    assert_eq!(o[0], (0, "aborted", "model_swap", 0));
+    assert_eq!(o[2], (2, "aborted", "model_swap", 0));
+    assert_eq!(s.0["requests_aborted"], 2);
+    let d = rows.iter().find(|r| r.id == 3).unwrap();
+    let e = rows.iter().find(|r| r.id == 4).unwrap();
+    assert_eq!((d.replica, e.replica), (Some(1), Some(0)));
+    assert_eq!(e.cached_tokens, 0, "the cache was flushed");
+    assert!(
+        e.tpot.unwrap() < 0.5 * d.tpot.unwrap(),
+        "{:?} {:?}",
+        e.tpot,
+        d.tpot
+    );
+}
+
+#[test]
+fn swap_model_settings_are_checked_by_key() {
+    let event = |e: &str| format!("cluster.events=[{e}]");
+    crate::common::assert_refused_by_key(&[
+        (
+            &event("{at_s=1.0, action=\"swap_model\", replica=0}"),
+            "cluster.events[0].model",
+        ),
+        (
+            &event("{at_s=1.0, action=\"restart\", replica=0, model=\"tiny\"}"),
+            "cluster.events[0].model",
+        ),
+        (
+            &event("{at_s=1.0, action=\"swap_model\", replica=0, model=\"tiny\", swap_s=-1.0}"),
+            "cluster.events[0].swap_s",
+        ),
+    ]);
+}

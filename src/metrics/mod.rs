@@ -170,7 +170,7 @@ pub struct Collector {
     /// Dropped by a restarting replica.
     pub aborted: u64,
     /// Rejected, timed-out and aborted rows by reason, in `FailureReason::ALL` order.
-    pub failures: [u64; 5],
+    pub failures: [u64; 6],
     /// Rows of attempts after the first (client retries).
     pub retries: u64,
     pub good: u64,
@@ -314,7 +314,7 @@ impl Collector {
             rejected: 0,
             timed_out: 0,
             aborted: 0,
-            failures: [0; 5],
+            failures: [0; 6],
             retries: 0,
             failed: 0,
             unfinished: 0,
