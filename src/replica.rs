@@ -209,6 +209,8 @@ pub struct Replica<S> {
     pub model: usize,
     /// The model a pending restart brings (a `swap_model`), with how long it is down, seconds.
     pub swap_pending: Option<(usize, f64)>,
+    /// While down after a restart or a model swap: when it is back (its `ReplicaReady` event).
+    pub ready_at: Option<SimTime>,
     /// The cumulative KV counters of the stores it had before restarts (see [`Replica::kv_stats`]).
     pub retired: Retired,
     pub stats: ReplicaStats,
@@ -273,6 +275,7 @@ impl<S: Scheduler> Replica<S> {
             restart_pending: false,
             model: 0,
             swap_pending: None,
+            ready_at: None,
             retired: Retired::default(),
             stats,
             spare_plan: StepPlan::default(),

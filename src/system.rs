@@ -390,7 +390,8 @@ fn offload_params(
             TierKind::Cpu,
             TierParams {
                 capacity_units: units(o.cpu_gib),
-                bandwidth_bytes_per_s: cpu_gbps * 1e9,
+                // Each tensor-parallel GPU copies its share of the KV over its own host link.
+                bandwidth_bytes_per_s: cpu_gbps * 1e9 * cfg.hardware.tensor_parallel as f64,
                 latency_s: o.cpu_latency_s,
                 survives_restart: o.cpu_survives_restart,
             },

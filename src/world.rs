@@ -351,6 +351,15 @@ impl<'a, S: Scheduler> World<'a, S> {
                         self.next_slot += 1;
                         self.replicas[id as usize].set_state(ReplicaState::Up, now);
                     }
+                    ClusterAction::RemoveReplica | ClusterAction::Drain
+                        if self.replicas[e.replica.expect("validated") as usize]
+                            .ready_at
+                            .is_some() =>
+                    {
+                        // Still down from a restart (which took effect at the end of the step in
+                        // flight, after its event): it does not come back.
+                        self.replicas[e.replica.expect("validated") as usize].ready_at = None;
+                    }
                     ClusterAction::RemoveReplica | ClusterAction::Drain => {
                         let id = e.replica.expect("validated");
                         let rep = &mut self.replicas[id as usize];
@@ -364,16 +373,26 @@ impl<'a, S: Scheduler> World<'a, S> {
                         let swap = (e.action == ClusterAction::SwapModel)
                             .then(|| (self.cfg.cluster.model_index(e), e.down_s(startup)));
                         let rep = &mut self.replicas[id as usize];
-                        // It stops taking requests now; what it holds goes at the step's end.
-                        rep.set_state(ReplicaState::Draining, now);
-                        rep.restart_pending = true;
                         rep.swap_pending = swap;
-                        self.settle_leaving(id, now)?;
+                        if rep.ready_at.is_some() {
+                            // Still down from a restart: this one starts over from now.
+                            self.restart(id, now)?;
+                        } else {
+                            // It stops taking requests now; what it holds goes at the step's end.
+                            rep.set_state(ReplicaState::Draining, now);
+                            rep.restart_pending = true;
+                            self.settle_leaving(id, now)?;
+                        }
                     }
                 }
             }
             Event::ReplicaReady(id) => {
-                self.replicas[id as usize].set_state(crate::cluster::ReplicaState::Up, now);
+                // Only the restart it was queued for: a later restart or a removal replaced it.
+                let rep = &mut self.replicas[id as usize];
+                if rep.ready_at == Some(now) {
+                    rep.ready_at = None;
+                    rep.set_state(crate::cluster::ReplicaState::Up, now);
+                }
             }
             Event::Retry(id) => {
                 let (r, out) = self.retrying.remove(&id).expect("queued with its retry");
@@ -640,6 +659,7 @@ impl<'a, S: Scheduler> World<'a, S> {
         rep.set_state(crate::cluster::ReplicaState::Down, now);
         self.wake_at[rid as usize] = None;
         let ready = now + SimDuration::from_secs_f64(down_s);
+        rep.ready_at = Some(ready);
         self.queue.push(ready, Event::ReplicaReady(rid));
         Ok(())
     }

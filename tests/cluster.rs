@@ -599,3 +599,29 @@ fn swap_model_settings_are_checked_by_key() {
         ),
     ]);
 }
+
+#[test]
+fn an_event_on_a_replica_still_down_from_a_restart_applies_at_once() {
+    // As the restart test: replica 0 restarts at 50 ms, which takes effect at the end of A's step in
+    // flight (53 ms), so it is down until 1.053 s. A removal at 1.05 s (allowed: startup_s after the
+    // event) finds it still down: it stays down, and E (2 s) goes to replica 1, not to replica 0
+    // coming back at 1.053 s.
+    let trace = abc_then(&[
+        (4, 1, 0.5, &[(4, 100)], 14, 10, 10),
+        (5, 1, 2.0, &[(1, 100)], 15, 10, 10),
+    ]);
+    let events =
+        "[cluster]\nreplicas = 2\nevents = [{ at_s = 0.05, action = \"restart\", replica = 0 }, \
+                  { at_s = 1.05, action = \"remove_replica\", replica = 0 }]";
+    let (rows, _) = replay_set(&trace, ONE_AT_A_TIME, events, &["engine.startup_s=1.0"]);
+    let e = rows.iter().find(|r| r.id == 4).unwrap();
+    assert_eq!((e.replica, e.status.as_str()), (Some(1), "finished"));
+    // A second restart at 1.05 s instead starts the down time over: replica 0 is back at 2.05 s, so E
+    // (2 s) still goes to replica 1.
+    let events =
+        "[cluster]\nreplicas = 2\nevents = [{ at_s = 0.05, action = \"restart\", replica = 0 }, \
+                  { at_s = 1.05, action = \"restart\", replica = 0 }]";
+    let (rows, _) = replay_set(&trace, ONE_AT_A_TIME, events, &["engine.startup_s=1.0"]);
+    let e = rows.iter().find(|r| r.id == 4).unwrap();
+    assert_eq!(e.replica, Some(1));
+}

@@ -30,6 +30,7 @@
 pub mod block_pool;
 pub mod conversation;
 mod hash_index;
+mod lru_set;
 pub mod off;
 pub mod paged;
 pub mod persist;

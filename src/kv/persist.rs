@@ -146,7 +146,7 @@ pub fn parse(text: &str, want: &Header, slots: u32) -> Result<Vec<CacheSnapshot>
             m.get("version").map_or("missing".into(), |v| v.to_string())
         ));
     }
-    let Some(Value::String(sum)) = m.remove("checksum") else {
+    let Some(Value::String(sum)) = m.shift_remove("checksum") else {
         return Err(
             "field checksum is missing; the file is truncated or was not written by servesim"
                 .into(),
@@ -224,6 +224,11 @@ pub fn parse(text: &str, want: &Header, slots: u32) -> Result<Vec<CacheSnapshot>
     reps.iter()
         .enumerate()
         .map(|(i, r)| {
+            if !r.is_object() {
+                return Err(format!(
+                    "replicas[{i}] is {r}, not an object with gpu, cpu and disk lists"
+                ));
+            }
             let gpu = list(r, i, "gpu")?;
             let mut seen = crate::fasthash::FastSet::default();
             if let Some(h) = gpu.iter().find(|h| !seen.insert(**h)) {

@@ -3,10 +3,12 @@
 //!
 //! Two backends, each following its engine's rules (engine-semantics §5 and §7):
 //! - `native`, vLLM's offloading connector (O1-O3): one CPU tier keyed by GPU block hash (one offloaded
-//!   block = one GPU block, `block_size_factor` 1), LRU (`LRUOffloadingManager`). Write-through: after
+//!   block = one GPU block, `block_size_factor` 1), LRU. Write-through: after
 //!   each step, every scheduled request offers the full blocks it has newly computed, prompt and
 //!   output alike, in one store; blocks the tier lacks are added at its MRU end after evicting from its
-//!   LRU end, and if the tier cannot hold them all the whole store is skipped. Lookup at admission,
+//!   LRU end (never a block of the store itself), and if too few can be evicted the store is skipped
+//!   and retried with the next step's blocks; after a store the request's blocks are touched, first
+//!   block last (`CPUOffloadingManager`, `OffloadingConnectorScheduler`). Lookup at admission,
 //!   after the GPU hit: the request's offloaded blocks are touched (the first block ends most recent,
 //!   as `touch` walks the hashes in reverse), then the hit is the run of CPU blocks right after the GPU
 //!   hit, at least one block. The load is **asynchronous**: the request gets its GPU blocks and waits
@@ -21,20 +23,22 @@
 //!   step that admits the request (`StepPlan::kv_load`).
 //!
 //! Load time (L4, a parameter, not in any engine's source): per tier, bytes / bandwidth + one latency,
-//! bytes = tokens × the model's KV bytes per token. Stores are not priced: both engines copy to the host
-//! off the forward pass's critical path.
+//! bytes = tokens × the model's KV bytes per token, the CPU tier's bandwidth the host link's times the
+//! tensor-parallel size (each GPU copies its share over its own link). Stores are not priced: both
+//! engines copy to the host off the forward pass's critical path.
 //!
 //! Simplifications, stated: a stored unit is visible at the end of the step that computed it (vLLM: when
 //! its copy completes); blocks being loaded are not pinned against eviction; a request whose hit is
 //! still loading for another request hits the GPU blocks registered at that request's admission instead
-//! of waiting (vLLM delays registering them until the load is done). LMCache's partial last chunk
+//! of waiting (vLLM delays registering them until the load is done), and those blocks stay cached if
+//! that request is aborted before its load ends. LMCache's partial last chunk
 //! (`save_unfull_chunk`) is not stored: it only ever matches an identical prompt.
 
+use super::lru_set::LruSet;
 use super::{CacheHit, KvStats, KvStore};
 use crate::event::SessionId;
 use crate::request::{Request, RequestId, RequestTable};
 use crate::time::SimDuration;
-use lru::LruCache;
 
 /// Which connector moves KV between GPU and the lower tiers (`kv.offload.backend`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,7 +199,7 @@ impl ExternalHit {
 struct Tier {
     kind: TierKind,
     p: TierParams,
-    lru: LruCache<u64, ()>,
+    lru: LruSet,
     stats: TierStats,
 }
 
@@ -204,7 +208,7 @@ impl Tier {
         Tier {
             kind,
             p,
-            lru: LruCache::unbounded(),
+            lru: LruSet::default(),
             stats: TierStats {
                 capacity_units: p.capacity_units,
                 ..TierStats::default()
@@ -212,8 +216,10 @@ impl Tier {
         }
     }
 
-    /// Native O2: adds the `keys` the tier lacks at its MRU end, in order, after evicting from its LRU
-    /// end; all or nothing (None: skipped, nothing changed). Returns the units added.
+    /// Native O2 (`CPUOffloadingManager.prepare_store`): adds the `keys` the tier lacks at its MRU end,
+    /// in order, after evicting least recent units that are not among `keys` (the whole batch is
+    /// protected); all or nothing: None, nothing changed, when too few can be evicted. Returns the
+    /// units added.
     fn store_batch(&mut self, keys: &[u64]) -> Option<u64> {
         let new: Vec<u64> = keys
             .iter()
@@ -221,19 +227,27 @@ impl Tier {
             .filter(|k| !self.lru.contains(k))
             .collect();
         let n = new.len() as u64;
-        if n > self.p.capacity_units {
-            self.stats.skipped_stores += 1;
-            return None;
-        }
-        // As `LRUOffloadingManager.prepare_store`: the keys already held are filtered out first, so
-        // making room may evict one of them (it is not stored again).
         let room = self.p.capacity_units - self.lru.len() as u64;
-        for _ in room..n {
-            self.lru.pop_lru();
-            self.stats.evictions += 1;
+        if n > room {
+            let need = (n - room) as usize;
+            let protected: crate::fasthash::FastSet<u64> = keys.iter().copied().collect();
+            let victims: Vec<u64> = self
+                .lru
+                .iter_lru()
+                .filter(|k| !protected.contains(k))
+                .take(need)
+                .collect();
+            if victims.len() < need {
+                self.stats.skipped_stores += 1;
+                return None;
+            }
+            for k in &victims {
+                self.lru.remove(k);
+            }
+            self.stats.evictions += need as u64;
         }
         for k in new {
-            self.lru.push(k, ());
+            self.lru.push(k);
         }
         Some(n)
     }
@@ -250,18 +264,10 @@ impl Tier {
                 self.lru.pop_lru();
                 self.stats.evictions += 1;
             }
-            self.lru.push(k, ());
+            self.lru.push(k);
             added += 1;
         }
         added
-    }
-
-    /// Stores `keys` by the backend's rule; the units added.
-    fn store(&mut self, backend: Backend, keys: &[u64]) -> u64 {
-        match backend {
-            Backend::Native => self.store_batch(keys).unwrap_or(0),
-            Backend::LmCache => self.put_each(keys),
-        }
     }
 
     fn load_time(&self, bytes: u64) -> f64 {
@@ -313,7 +319,7 @@ impl<K: KvStore> Tiered<K> {
     /// A tier's unit keys in eviction order, least recent first (tests).
     pub fn tier_keys(&self, kind: TierKind) -> Vec<u64> {
         self.tier(kind)
-            .map(|t| t.lru.iter().rev().map(|(k, _)| *k).collect())
+            .map(|t| t.lru.iter_lru().collect())
             .unwrap_or_default()
     }
 
@@ -371,7 +377,7 @@ impl<K: KvStore> KvStore for Tiered<K> {
                 let start = (local_tokens / ut) as usize;
                 let hits = keys[start..]
                     .iter()
-                    .take_while(|k| t.lru.contains(*k))
+                    .take_while(|k| t.lru.contains(k))
                     .count();
                 let tokens = ((start + hits) as u32 * ut).saturating_sub(local_tokens);
                 if tokens < ut {
@@ -475,7 +481,10 @@ impl<K: KvStore> KvStore for Tiered<K> {
         self.inner.on_token(req)
     }
 
-    /// O2 / L2: write-through of the full units each scheduled request has newly computed.
+    /// O2 / L2: write-through of the full units each scheduled request has newly computed. Native: one
+    /// store per request, retried with the next step's units when the tier could not take it; after a
+    /// store that added units, the request's units are touched (its first ends most recent), as vLLM's
+    /// connector does. LMCache: a put per chunk into every tier.
     fn after_step(&mut self, reqs: &mut RequestTable, scheduled: &[(RequestId, u32)]) {
         self.inner.after_step(reqs, scheduled);
         let unit_bytes = self.p.unit_tokens() as u64 * self.p.bytes_per_token;
@@ -487,16 +496,34 @@ impl<K: KvStore> KvStore for Tiered<K> {
             if reached <= offered {
                 continue;
             }
-            self.offered.insert(id, reached);
             let chain = r.block_hashes.share();
             let hashes = chain.hashes();
             let keys: Vec<u64> = (offered as usize..reached as usize)
                 .map(|i| self.key(&hashes, i))
                 .collect();
-            for ti in 0..self.tiers.len() {
-                let added = self.tiers[ti].store(self.p.backend, &keys);
-                let kind = self.tiers[ti].kind;
-                self.stats_of(kind).stored_bytes += added * unit_bytes;
+            match self.p.backend {
+                Backend::Native => {
+                    let Some(added) = self.tiers[0].store_batch(&keys) else {
+                        continue;
+                    };
+                    self.offered.insert(id, reached);
+                    if added > 0 {
+                        let t = &mut self.tiers[0];
+                        for i in (0..reached as usize).rev() {
+                            t.lru
+                                .promote(&hashes[(i + 1) * self.p.unit_blocks as usize - 1]);
+                        }
+                        self.stats.tiers[TierKind::Cpu as usize].stored_bytes += added * unit_bytes;
+                    }
+                }
+                Backend::LmCache => {
+                    self.offered.insert(id, reached);
+                    for ti in 0..self.tiers.len() {
+                        let added = self.tiers[ti].put_each(&keys);
+                        let kind = self.tiers[ti].kind;
+                        self.stats_of(kind).stored_bytes += added * unit_bytes;
+                    }
+                }
             }
         }
     }
@@ -540,7 +567,7 @@ impl<K: KvStore> KvStore for Tiered<K> {
     fn snapshot(&self) -> CacheSnapshot {
         let mut s = self.inner.snapshot();
         for t in &self.tiers {
-            s.tiers[t.kind as usize] = t.lru.iter().rev().map(|(k, _)| *k).collect();
+            s.tiers[t.kind as usize] = t.lru.iter_lru().collect();
         }
         s
     }
@@ -553,7 +580,7 @@ impl<K: KvStore> KvStore for Tiered<K> {
             let skip = keys.len().saturating_sub(t.p.capacity_units as usize);
             t.lru.clear();
             for &k in &keys[skip..] {
-                t.lru.push(k, ());
+                t.lru.push(k);
             }
         }
     }
@@ -562,9 +589,40 @@ impl<K: KvStore> KvStore for Tiered<K> {
         let mut s = CacheSnapshot::default();
         for t in &self.tiers {
             if t.p.survives_restart {
-                s.tiers[t.kind as usize] = t.lru.iter().rev().map(|(k, _)| *k).collect();
+                s.tiers[t.kind as usize] = t.lru.iter_lru().collect();
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_native_store_never_evicts_a_unit_of_its_own_batch() {
+        let mut t = Tier::new(
+            TierKind::Cpu,
+            TierParams {
+                capacity_units: 3,
+                bandwidth_bytes_per_s: 1.0,
+                latency_s: 0.0,
+                survives_restart: false,
+            },
+        );
+        for k in [1, 2, 3] {
+            t.lru.push(k);
+        }
+        // [1, 2, 3], 1 least recent. Storing [1, 9] adds 9 and must evict one unit: 1 is in the batch,
+        // so 2 goes.
+        assert_eq!(t.store_batch(&[1, 9]), Some(1));
+        assert_eq!(t.lru.iter_lru().collect::<Vec<_>>(), [1, 3, 9]);
+        // Storing 4 new units into 3: skipped, nothing changed.
+        assert_eq!(t.store_batch(&[4, 5, 6, 7]), None);
+        assert_eq!(t.lru.iter_lru().collect::<Vec<_>>(), [1, 3, 9]);
+        // [3, 9, 5, 6]: 3 and 9 are held, 5 and 6 new; only 1 may go, and 2 must: skipped.
+        assert_eq!(t.store_batch(&[3, 9, 5, 6]), None);
+        assert_eq!(t.stats.skipped_stores, 2);
     }
 }

@@ -94,6 +94,95 @@ impl<K: KvStore> VllmScheduler<K> {
         self.waiting.push_front(r);
         id
     }
+    /// Phase B's admission loop (S5): requests back from a load first, then the waiting queue in order,
+    /// each all or nothing, until the budget, `max_num_seqs` or an allocation stops it.
+    fn admit(
+        &mut self,
+        now: SimTime,
+        reqs: &mut RequestTable,
+        plan: &mut StepPlan,
+        budget: &mut u32,
+    ) {
+        // O3: requests whose load is done rejoin the queue's front, in the order they were parked.
+        if self.loading.iter().any(|&(_, t)| t <= now) {
+            let ready: Vec<RequestId> = self
+                .loading
+                .iter()
+                .filter(|&&(_, t)| t <= now)
+                .map(|&(id, _)| id)
+                .collect();
+            self.loading.retain(|&(_, t)| t > now);
+            for id in ready.into_iter().rev() {
+                self.waiting.push_front(&reqs[&id]);
+            }
+        }
+        while *budget > 0 && (self.running.len() as u32) < self.limits.max_num_seqs {
+            let Some(id) = self.waiting.peek() else { break };
+            let r = reqs.get_mut(&id).expect("waiting request in table");
+            let looked_up = r.num_computed_tokens == 0;
+            let (hit, ext) = if looked_up {
+                let hit = self.kv.get_computed_blocks(r);
+                let ext = self.kv.get_external_hit(r, hit.tokens);
+                (hit, ext)
+            } else {
+                (CacheHit::default(), ExternalHit::default())
+            };
+            let computed = r.num_computed_tokens + hit.tokens + ext.computed;
+            let mut n = r.num_tokens() - computed;
+            if self.limits.long_prefill_token_threshold > 0 {
+                n = n.min(self.limits.long_prefill_token_threshold);
+            }
+            if !ext.asynchronous && !self.limits.enable_chunked_prefill && n > *budget {
+                break;
+            }
+            n = n.min(*budget);
+            // An asynchronous load allocates only the loaded tokens now; a synchronous one also
+            // the step's new tokens. Loaded tokens never count against the budget.
+            let alloc = if ext.asynchronous { 0 } else { n } + ext.tokens();
+            let hit_tokens = hit.tokens;
+            if !self.kv.allocate_slots(r, alloc, hit) {
+                break;
+            }
+            self.waiting.pop();
+            if looked_up {
+                self.kv.record_admission(r, hit_tokens);
+                self.kv.record_external(r, &ext);
+            }
+            r.num_computed_tokens = computed;
+            if r.num_cached_tokens.is_none() {
+                r.num_cached_tokens = Some(computed);
+                r.cached_tokens_tier = ext.computed_by_tier();
+                r.kv_load = ext.load;
+            }
+            if ext.asynchronous {
+                self.loading.push((id, now + ext.load));
+                continue;
+            }
+            plan.kv_load += ext.load;
+            r.in_prefill = true;
+            self.running.push(id);
+            plan.scheduled.push((id, n));
+            *budget -= n;
+        }
+    }
+
+    /// Every waiting request that holds blocks (back from a load) releases them and will be looked up
+    /// again (see `schedule`); true if there was one.
+    fn release_loaded(&mut self, reqs: &mut RequestTable, plan: &mut StepPlan) -> bool {
+        let mut any = false;
+        for id in self.waiting.ids() {
+            let r = reqs.get_mut(&id).expect("waiting request in table");
+            if r.num_computed_tokens > 0 {
+                self.kv.free(r);
+                r.num_computed_tokens = 0;
+                r.preemptions += 1;
+                r.was_preempted = true;
+                plan.preempted.push(id);
+                any = true;
+            }
+        }
+        any
+    }
 }
 
 fn tokens_wanted(r: &Request, limits: &Limits, computed: u32, budget: u32) -> u32 {
@@ -159,66 +248,17 @@ impl<K: KvStore> Scheduler for VllmScheduler<K> {
 
         // Phase B (S5): admit from the waiting queue only if this step preempted no one.
         if plan.preempted.is_empty() {
-            // O3: requests whose load is done rejoin the queue's front, in the order they were parked.
-            if self.loading.iter().any(|&(_, t)| t <= now) {
-                let ready: Vec<RequestId> = self
-                    .loading
-                    .iter()
-                    .filter(|&&(_, t)| t <= now)
-                    .map(|&(id, _)| id)
-                    .collect();
-                self.loading.retain(|&(_, t)| t > now);
-                for id in ready.into_iter().rev() {
-                    self.waiting.push_front(&reqs[&id]);
-                }
-            }
-            while budget > 0 && (self.running.len() as u32) < self.limits.max_num_seqs {
-                let Some(id) = self.waiting.peek() else { break };
-                let r = reqs.get_mut(&id).expect("waiting request in table");
-                let looked_up = r.num_computed_tokens == 0;
-                let (hit, ext) = if looked_up {
-                    let hit = self.kv.get_computed_blocks(r);
-                    let ext = self.kv.get_external_hit(r, hit.tokens);
-                    (hit, ext)
-                } else {
-                    (CacheHit::default(), ExternalHit::default())
-                };
-                let computed = r.num_computed_tokens + hit.tokens + ext.computed;
-                let mut n = r.num_tokens() - computed;
-                if self.limits.long_prefill_token_threshold > 0 {
-                    n = n.min(self.limits.long_prefill_token_threshold);
-                }
-                if !ext.asynchronous && !self.limits.enable_chunked_prefill && n > budget {
-                    break;
-                }
-                n = n.min(budget);
-                // An asynchronous load allocates only the loaded tokens now; a synchronous one also
-                // the step's new tokens. Loaded tokens never count against the budget.
-                let alloc = if ext.asynchronous { 0 } else { n } + ext.tokens();
-                let hit_tokens = hit.tokens;
-                if !self.kv.allocate_slots(r, alloc, hit) {
-                    break;
-                }
-                self.waiting.pop();
-                if looked_up {
-                    self.kv.record_admission(r, hit_tokens);
-                    self.kv.record_external(r, &ext);
-                }
-                r.num_computed_tokens = computed;
-                if r.num_cached_tokens.is_none() {
-                    r.num_cached_tokens = Some(computed);
-                    r.cached_tokens_tier = ext.computed_by_tier();
-                    r.kv_load = ext.load;
-                }
-                if ext.asynchronous {
-                    self.loading.push((id, now + ext.load));
-                    continue;
-                }
-                plan.kv_load += ext.load;
-                r.in_prefill = true;
-                self.running.push(id);
-                plan.scheduled.push((id, n));
-                budget -= n;
+            self.admit(now, reqs, plan, &mut budget);
+            // Requests back from a load hold blocks that nothing preempts (they are not running): with
+            // nothing running or loading, a head that cannot be admitted would wait forever, as vLLM
+            // would. They give their blocks back instead (preemptions; the blocks stay cached, so their
+            // next lookup finds them) and admission runs again: a lone request always fits.
+            if plan.scheduled.is_empty()
+                && self.running.is_empty()
+                && self.loading.is_empty()
+                && self.release_loaded(reqs, plan)
+            {
+                self.admit(now, reqs, plan, &mut budget);
             }
         }
 
