@@ -822,7 +822,7 @@ pub fn human_summary(o: &RunOutcome) -> String {
         let _ = writeln!(
             out,
             "  overload   success rate {:.1}% of {} offered: {} queue full (429), {} unavailable (503), {} \
-             timed out, {} aborted by restarts, {} retries",
+             timed out, {} aborted by restarts or model swaps, {} retries",
             100.0 * f("success_rate"),
             n("requests_offered"),
             n("rejected_queue_full"),
@@ -909,6 +909,19 @@ pub fn human_summary(o: &RunOutcome) -> String {
                 100.0 * f("prefill_tokens_saved_frac"),
                 s.0["kv_cache_evictions"]
             );
+            if let Some(ext) = s.get_f64("external_prefix_cache_hits") {
+                let cached = f("prompt_tokens_cached").max(1.0);
+                let _ = writeln!(
+                    out,
+                    "  offload    {} tokens loaded from tiers ({:.1}% of the cached tokens from CPU, {:.1}% from \
+                     disk), {:.3} s of loads, {:.2} GB loaded",
+                    ext,
+                    100.0 * f("prompt_tokens_cached_cpu") / cached,
+                    100.0 * f("prompt_tokens_cached_disk") / cached,
+                    f("kv_offload_load_s"),
+                    (f("kv_offload_cpu_loaded_bytes") + f("kv_offload_disk_loaded_bytes")) / 1e9
+                );
+            }
             let _ = writeln!(
                 out,
                 "  KV usage mean {:.1}%, peak {:.1}%; {} preemptions; {} steps",

@@ -619,6 +619,16 @@ impl Config {
                 config_name(e.kv_kind())
             ));
         }
+        if let Some(o) = &self.kv.offload {
+            if o.backend == OffloadBackend::Native
+                && o.chunk_tokens != OffloadConfig::default().chunk_tokens
+            {
+                out.push(
+                    "kv.offload.chunk_tokens applies to backend = \"lmcache\" only; native offload keeps GPU-sized blocks"
+                        .to_string(),
+                );
+            }
+        }
         let c = &self.cluster;
         for (policy, set, table) in [
             (

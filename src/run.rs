@@ -374,6 +374,9 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
         .out
         .clone()
         .unwrap_or_else(|| Path::new("results").join(&cfg.name));
+    if let Some(path) = &opts.save_cache {
+        check_cache_path(path, &out)?;
+    }
     let dir = RunDir::create(&out)?;
     let sim = prepared.simulate(&SimOptions {
         rows: Rows::Files {
@@ -406,6 +409,38 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
         events: sim.events,
         leapt_steps: sim.leapt_steps,
     })
+}
+
+/// `--save-cache`'s path, checked before the run: its folder must exist, and it may not lie in the run
+/// directory (which is replaced as a whole, and would then hold a file that is not a run output).
+fn check_cache_path(path: &Path, out: &Path) -> Result<(), crate::error::ConfigError> {
+    let bad = |m: String| crate::error::ConfigError::invalid("--save-cache", m);
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    if abs(path).starts_with(abs(out)) {
+        return Err(bad(format!(
+            "{} lies in the run directory {}, which a run replaces as a whole; save it beside it",
+            path.display(),
+            out.display()
+        )));
+    }
+    if !parent.is_dir() {
+        return Err(bad(format!(
+            "{}: folder {} does not exist; create it or save elsewhere",
+            path.display(),
+            parent.display()
+        )));
+    }
+    if path.is_dir() {
+        return Err(bad(format!(
+            "{} is a folder; give a file name",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 fn write(path: &Path, text: &str) -> Result<(), OutputError> {
@@ -500,12 +535,13 @@ fn summarize<S: Scheduler>(
     );
     s.set("workload_content", world.workload_content().to_string());
     s.set("warm_start", cfg.kv.warm_start.clone().unwrap_or_default());
+    // The backend of the tiers this run has (null without any: no [kv.offload], or both sizes 0).
     s.set(
         "kv_offload",
-        cfg.kv
-            .offload
-            .as_ref()
-            .map_or(serde_json::Value::Null, |o| enum_name(o.backend)),
+        match (&cfg.kv.offload, &sys.offload) {
+            (Some(o), Some(_)) => enum_name(o.backend),
+            _ => serde_json::Value::Null,
+        },
     );
     s.set("sessions", world.sessions_started());
     let load_end = cfg

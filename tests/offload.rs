@@ -555,3 +555,24 @@ fn a_warm_start_hits_where_a_cold_start_misses_and_bad_cache_files_are_refused()
         .stderr(predicates::str::contains("block_size"));
     assert!(!out.exists());
 }
+
+#[test]
+fn a_cache_path_that_cannot_be_written_is_refused_before_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (path, says) in [
+        (tmp.path().join("missing").join("c.json"), "does not exist"),
+        (tmp.path().join("out").join("c.json"), "run directory"),
+    ] {
+        servesim()
+            .args(["run", "-q", "--out"])
+            .arg(tmp.path().join("out"))
+            .args(set_args(SHORT))
+            .arg("--save-cache")
+            .arg(&path)
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains("--save-cache"))
+            .stderr(predicates::str::contains(says));
+        assert!(!tmp.path().join("out").exists());
+    }
+}

@@ -162,7 +162,8 @@ pub fn parse(text: &str, want: &Header, slots: u32) -> Result<Vec<CacheSnapshot>
     let scheme = field_u64("hash_scheme");
     if scheme != Some(crate::workload::content::HASH_SCHEME as u64) {
         return Err(format!(
-            "field hash_scheme is {scheme:?}, and this servesim hashes blocks with scheme {}: its hashes would never match; save the cache again with this servesim",
+            "field hash_scheme is {}, and this servesim hashes blocks with scheme {}: its hashes would never match; save the cache again with this servesim",
+            scheme.map_or("missing".into(), |s| s.to_string()),
             crate::workload::content::HASH_SCHEME
         ));
     }
@@ -176,7 +177,8 @@ pub fn parse(text: &str, want: &Header, slots: u32) -> Result<Vec<CacheSnapshot>
     let bs = field_u64("block_size");
     if bs != Some(want.block_size as u64) {
         return Err(format!(
-            "field block_size is {bs:?} and the run's engine.block_size is {}; block hashes depend on it: use the same block size",
+            "field block_size is {} and the run's engine.block_size is {}; block hashes depend on it: use the same block size",
+            bs.map_or("missing".into(), |b| b.to_string()),
             want.block_size
         ));
     }

@@ -175,6 +175,9 @@ pub struct ExternalHit {
     /// True: the request waits for the copy before it is scheduled (native); false: the copy is added
     /// to the admitting step (LMCache).
     pub asynchronous: bool,
+    /// LMCache: the units each tier serves (`first..last`, by `Tiered`'s tier order), read back from
+    /// the tiers when the request is admitted (`KvStore::record_external`).
+    pub(crate) served: [(u32, u32); 2],
 }
 
 impl ExternalHit {
@@ -415,20 +418,8 @@ impl<K: KvStore> KvStore for Tiered<K> {
                     let tokens = hi - lo;
                     let kind = self.tiers[ti].kind;
                     out.tier_tokens[kind as usize] = tokens;
+                    out.served[ti] = (lo / ut, hi.div_ceil(ut));
                     secs += self.tiers[ti].load_time(tokens as u64 * self.p.bytes_per_token);
-                    // The chunks served, touched (a get refreshes LMCache's LRU); from disk also
-                    // written back into the CPU tier (promotion).
-                    let first = (lo / ut) as usize;
-                    let last = hi.div_ceil(ut) as usize;
-                    let keys: Vec<u64> = (first..last).map(|i| self.key(&hashes, i)).collect();
-                    for k in &keys {
-                        self.tiers[ti].lru.promote(k);
-                    }
-                    if kind == TierKind::Disk && self.tiers[0].kind == TierKind::Cpu {
-                        let added = self.tiers[0].put_each(&keys);
-                        let b = added * ut as u64 * self.p.bytes_per_token;
-                        self.stats.tiers[TierKind::Cpu as usize].stored_bytes += b;
-                    }
                 }
                 out.load = SimDuration::from_secs_f64(secs).max(SimDuration(1));
             }
@@ -448,10 +439,30 @@ impl<K: KvStore> KvStore for Tiered<K> {
 
     /// vLLM's connector counters follow P1 (a preempted request's lookup is not exported); the tiers'
     /// loaded tokens and bytes count every load.
+    ///
+    /// LMCache reads the chunks it serves now, at admission: a read refreshes a chunk's recency, and a
+    /// chunk read from disk is put into the CPU tier (promotion).
     fn record_external(&mut self, req: &Request, ext: &ExternalHit) {
         if !req.was_preempted {
             self.stats.queries += req.num_tokens() as u64;
             self.stats.hits += ext.tokens() as u64;
+        }
+        if self.p.backend == Backend::LmCache && ext.tokens() > 0 {
+            let chain = req.block_hashes.share();
+            let hashes = chain.hashes();
+            let unit_bytes = self.p.unit_tokens() as u64 * self.p.bytes_per_token;
+            for (ti, &(first, last)) in ext.served.iter().enumerate().take(self.tiers.len()) {
+                let keys: Vec<u64> = (first as usize..last as usize)
+                    .map(|i| self.key(&hashes, i))
+                    .collect();
+                for k in &keys {
+                    self.tiers[ti].lru.promote(k);
+                }
+                if self.tiers[ti].kind == TierKind::Disk && self.tiers[0].kind == TierKind::Cpu {
+                    let added = self.tiers[0].put_each(&keys);
+                    self.stats.tiers[TierKind::Cpu as usize].stored_bytes += added * unit_bytes;
+                }
+            }
         }
         self.stats.load_s += ext.load.as_secs_f64();
         let bpt = self.p.bytes_per_token;
