@@ -13,7 +13,10 @@
 //! - `sizing.rs`: how many blocks a GPU holds and the engine's limits, resolved as vLLM resolves them;
 //! - `conversation.rs`: one KV entry per conversation, bounded by sessions, tokens or bytes with LRU
 //!   eviction, released when the conversation ends (request-level serving stacks);
-//! - `off.rs`: no KV cache; every decode token recomputes the whole context.
+//! - `off.rs`: no KV cache; every decode token recomputes the whole context;
+//! - `tier.rs`: offload tiers below GPU memory (CPU, local disk; vLLM's native connector or LMCache),
+//!   a decorator ([`Tiered`]) around the paged store, with `lru_set.rs` as each tier's index;
+//! - `persist.rs`: cache files (`--save-cache`, warm starts), built from [`KvStore::snapshot`].
 //!
 //! To add a store: one file here implementing [`KvStore`], one `KvKind` arm in `config.rs` (the
 //! `engine.kv_cache` key), and its construction in `System::build` (`system.rs`); the exhaustive
@@ -21,6 +24,11 @@
 //! before it is fast: [`KvStore::decode_rule`] defaults to None, and the replica then steps one by one.
 //! To let the replica leap over runs of decode steps, implement it under the leap contract written at
 //! the top of `replica.rs` (condition 2).
+//!
+//! To add an offload tier (a remote store, say): a `TierKind` arm in `tier.rs` with its place in the
+//! lookup order, its size and link in `OffloadConfig` (`config.rs`) resolved in `offload_params`
+//! (`system.rs`); to add a connector with other rules, a `Backend` arm and its lookup and store in
+//! `Tiered`.
 //!
 //! A store keeps its per-request state either in the request's one KV field ([`KvState`], the paged
 //! store's block table) or in a map of its own keyed by request id. The request's block hashes
