@@ -123,28 +123,26 @@ pub struct Variant {
     pub overrides: Vec<String>,
 }
 
-/// The grid of every combination of the varied values; the first is the baseline.
+/// The grid of every combination of the varied values; the first is the baseline. Each variant's name
+/// is its settings, `key=value` joined by `+` (see [`name_piece`]): readable, unique, and reversible
+/// ([`parse_variant_name`]).
 pub fn variants(varies: &[Vary]) -> Vec<Variant> {
     let mut out = vec![Variant {
         name: String::new(),
         overrides: Vec::new(),
     }];
     for v in varies {
-        let short = v.key.rsplit('.').next().unwrap_or(&v.key);
+        // The key's last part, unless another varied key ends the same way.
+        let last = |k: &str| k.rsplit('.').next().unwrap_or(k).to_string();
+        let short = last(&v.key);
+        let shared = varies.iter().filter(|w| last(&w.key) == short).count() > 1;
+        let key = if shared { v.key.clone() } else { short };
         out = out
             .into_iter()
             .flat_map(|base| {
+                let key = key.clone();
                 v.values.iter().map(move |val| {
-                    let piece: String = format!("{short}={val}")
-                        .chars()
-                        .map(|c| {
-                            if c.is_ascii_alphanumeric() || "._=-".contains(c) {
-                                c
-                            } else {
-                                '_'
-                            }
-                        })
-                        .collect();
+                    let piece = name_piece(&key, val);
                     let mut o = base.overrides.clone();
                     o.push(format!("{}={}", v.key, val));
                     Variant {
@@ -160,6 +158,68 @@ pub fn variants(varies: &[Vary]) -> Vec<Variant> {
             .collect();
     }
     out
+}
+
+/// One setting of a variant's name: `key=value`. A string shows without its quotes when `--vary`
+/// reads that text back as the same string (`router=round_robin`; not an empty string, a number in
+/// quotes, or one with quotes or spaces at its ends); any other value shows as TOML writes it. Every byte but
+/// ASCII letters, digits and `._-` is then percent-encoded (`/` is `%2F`, a quote `%22`), so a name is a
+/// valid folder name and decodes back to the setting.
+pub fn name_piece(key: &str, raw: &str) -> String {
+    let value = toml_value(raw);
+    let text = match &value {
+        toml::Value::String(s) if !s.is_empty() && toml_value(s) == value => s.clone(),
+        v => v.to_string(),
+    };
+    format!("{}={}", percent_encode(key), percent_encode(&text))
+}
+
+/// A value as `--vary` reads it: TOML, or else the text as a string.
+fn toml_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()))
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+            out.push(b as char);
+        } else {
+            out += &format!("%{b:02X}");
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A variant's name back to its settings: (key as named, the value's TOML text). The key is the varied
+/// key's last part unless two varied keys share it. None for a name `variants` does not make.
+pub fn parse_variant_name(name: &str) -> Option<Vec<(String, String)>> {
+    name.split('+')
+        .map(|piece| {
+            let (k, v) = piece.split_once('=')?;
+            Some((percent_decode(k)?, percent_decode(v)?))
+        })
+        .collect()
 }
 
 /// What to compare.
@@ -856,15 +916,52 @@ mod tests {
         assert_eq!(
             names,
             [
-                "prefix_caching=true+policy=_fcfs_",
-                "prefix_caching=true+policy=_priority_",
-                "prefix_caching=false+policy=_fcfs_",
-                "prefix_caching=false+policy=_priority_"
+                "prefix_caching=true+policy=fcfs",
+                "prefix_caching=true+policy=priority",
+                "prefix_caching=false+policy=fcfs",
+                "prefix_caching=false+policy=priority"
             ]
         );
         assert_eq!(
             vs[3].overrides,
             ["engine.prefix_caching=false", "engine.policy=\"priority\""]
         );
+    }
+
+    #[test]
+    fn variant_names_are_readable_unique_and_decode_to_their_settings() {
+        let varies = [
+            Vary::parse("cluster.router=\"round_robin\",least_loaded").unwrap(),
+            Vary::parse("kv.warm_start=\"\",/tmp/a+b.json,\"1\",1").unwrap(),
+            Vary::parse("engine.block_size=16,32").unwrap(),
+            Vary::parse("cluster.prefix_aware.block_size=16,64").unwrap(),
+            Vary::parse("workload.turns={dist=\"constant\", value=3},{dist=\"constant\", value=4}")
+                .unwrap(),
+        ];
+        let vs = variants(&varies);
+        assert_eq!(
+            vs[0].name,
+            "router=round_robin+warm_start=%22%22+engine.block_size=16+\
+             cluster.prefix_aware.block_size=16+turns=%7B%20dist%20%3D%20%22constant%22%2C%20value%20%3D%203%20%7D"
+        );
+        assert!(vs
+            .iter()
+            .any(|v| v.name.contains("warm_start=%2Ftmp%2Fa%2Bb.json+")));
+        // "1" (a string) and 1 (a number) stay apart.
+        assert!(vs.iter().any(|v| v.name.contains("warm_start=%221%22+")));
+        assert!(vs.iter().any(|v| v.name.contains("warm_start=1+")));
+        let mut names: Vec<&str> = vs.iter().map(|v| v.name.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), vs.len(), "unique");
+        // Every name decodes to its settings: the same keys' values, as TOML reads them.
+        for v in &vs {
+            let settings = parse_variant_name(&v.name).unwrap();
+            assert_eq!(settings.len(), v.overrides.len());
+            for ((_, text), o) in settings.iter().zip(&v.overrides) {
+                let (_, raw) = o.split_once('=').unwrap();
+                assert_eq!(toml_value(text), toml_value(raw), "{}", v.name);
+            }
+        }
     }
 }
