@@ -795,10 +795,12 @@ pub fn human_summary(o: &RunOutcome) -> String {
     use std::fmt::Write;
     let _ = writeln!(
         out,
-        "servesim run: {} on {} ({} replica(s), {} KV blocks each), cost model {}",
+        "servesim run: {} on {} ({} replica(s) x {} GPU(s) = {} GPU(s); {} KV blocks per replica), cost model {}",
         s.0["model"].as_str().unwrap_or("?"),
         s.0["hardware"].as_str().unwrap_or("?"),
         s.0["replicas"],
+        s.0["tensor_parallel"],
+        s.0["replicas"].as_u64().unwrap_or(0) * s.0["tensor_parallel"].as_u64().unwrap_or(0),
         s.0["num_gpu_blocks"],
         s.0["cost_model"].as_str().unwrap_or("?"),
     );

@@ -463,9 +463,10 @@ pub fn resolved_toml(cfg: &Config, sys: &System) -> String {
     let body = toml::to_string(&c).expect("a config serialises");
     format!(
         "# servesim {VERSION}: the resolved configuration of this run (re-run it with --config).\n\
-         # model {}: {:.3} B parameters, weights {:.2} GiB, KV {} bytes per token\n\
-         # hardware {}: {} GiB, {} GB/s, {} TFLOP/s bf16\n\
-         # KV cache: {} blocks of {} tokens = {:.2} GiB, {} tokens\n\n{body}",
+         # model {}: {:.3} B parameters; weights {:.2} GiB per GPU; KV {} bytes per token per replica\n\
+         # hardware {}, per GPU: {} GiB, {} GB/s, {} TFLOP/s bf16; {} GPU(s) per replica (tensor_parallel) \
+         x {} replica(s) = {} GPU(s)\n\
+         # KV cache per replica: {} blocks of {} tokens, {} tokens usable; {:.2} GiB per GPU\n\n{body}",
         sys.model.name,
         sys.model.total_params() as f64 / 1e9,
         s.weights_gib,
@@ -474,10 +475,13 @@ pub fn resolved_toml(cfg: &Config, sys: &System) -> String {
         sys.hardware.memory_gib,
         sys.hardware.memory_bandwidth_gbps,
         sys.hardware.peak_bf16_tflops,
+        cfg.hardware.tensor_parallel,
+        cfg.cluster.replicas,
+        cfg.hardware.tensor_parallel * cfg.cluster.replicas,
         s.num_gpu_blocks,
         cfg.engine.block_size,
-        s.kv_cache_gib,
         (s.num_gpu_blocks as u64 - 1) * cfg.engine.block_size as u64,
+        s.kv_cache_gib,
     )
 }
 

@@ -140,3 +140,29 @@ fn simulate_without_files_gives_runs_summary_and_rows() {
     assert_eq!(one, parallel_map(&seeds, 3, go));
     assert_ne!(one[0], one[1], "different seeds, different runs");
 }
+
+#[test]
+fn the_resolved_header_labels_figures_per_gpu_or_per_replica_and_counts_gpus() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = default_with(&[
+        "model.name=\"llama-3.1-70b\"",
+        "hardware.tensor_parallel=2",
+        "cluster.replicas=3",
+        "engine.max_model_len=16384",
+        "workload.duration_s=5",
+    ]);
+    let (_, out) = run_in(tmp.path(), "tp2", &cfg);
+    let text = std::fs::read_to_string(out.join("resolved.toml")).unwrap();
+    // KV per token, whole replica: 80 layers x 2 (K, V) x 8 KV heads x 128 x 2 bytes = 327,680.
+    assert!(
+        text.contains("KV 327680 bytes per token per replica"),
+        "{text}"
+    );
+    assert!(text.contains("GiB per GPU; KV"), "{text}");
+    assert!(text.contains("h100-sxm, per GPU: 79.19 GiB"), "{text}");
+    assert!(
+        text.contains("2 GPU(s) per replica (tensor_parallel) x 3 replica(s) = 6 GPU(s)"),
+        "{text}"
+    );
+    assert!(text.contains("# KV cache per replica: "), "{text}");
+}
