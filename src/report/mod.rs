@@ -799,9 +799,18 @@ fn diff(v: &str, base: &str) -> String {
     }
 }
 
+/// The widest a table line gets before its variant columns wrap into further blocks (each repeating
+/// the metric column).
+const TABLE_WIDTH: usize = 120;
+
+/// The terminal table: a row per metric, a column per variant. A variant's cell is its value (with
+/// several seeds, the mean across seeds ± its 95% half-width) and, beside the baseline, its change: one
+/// seed, the relative change; several seeds, the paired difference from the baseline (mean of the
+/// per-seed differences ± its 95% half-width, Student t), marked `*` when that interval excludes zero.
+/// Columns are as wide as their widest cell, so cells never run together; a grid wider than
+/// [`TABLE_WIDTH`] wraps into blocks of columns.
 fn render_table(names: &[&str], sums: &[Vec<Summary>]) -> String {
     let multi = sums.len() > 1;
-    // Every cell first, so each column is as wide as its widest cell (a mean with its CI and a delta).
     let rows: Vec<Vec<String>> = METRICS
         .iter()
         .map(|m| {
@@ -821,20 +830,37 @@ fn render_table(names: &[&str], sums: &[Vec<Summary>]) -> String {
                             .collect::<Vec<_>>(),
                     );
                     if !mean.is_finite() {
-                        "-".to_string()
-                    } else if vi == 0 || base == 0.0 || !base.is_finite() {
-                        match (multi, h) {
-                            (true, Some(h)) => format!("{} ±{}", short(mean), short(h)),
-                            _ => short(mean),
-                        }
-                    } else {
-                        let pct = 100.0 * (mean - base) / base.abs();
-                        match (multi, h) {
-                            (true, Some(h)) => {
-                                format!("{} ±{} ({pct:+.0}%)", short(mean), short(h))
+                        return "-".to_string();
+                    }
+                    let value = match (multi, h) {
+                        (true, Some(h)) => format!("{} ±{}", short(mean), short(h)),
+                        _ => short(mean),
+                    };
+                    if vi == 0 {
+                        return value;
+                    }
+                    if multi {
+                        // Paired: the difference within each seed, then its mean and interval.
+                        let diffs: Vec<f64> = sums
+                            .iter()
+                            .filter_map(|s| Some(val(&s[vi], m)? - val(&s[0], m)?))
+                            .collect();
+                        match mean_ci95(&diffs) {
+                            (d, Some(h)) if d.is_finite() => {
+                                let mark = if d.abs() > h { " *" } else { "" };
+                                format!(
+                                    "{value} (Δ {}{} ±{}{mark})",
+                                    sign(d),
+                                    short(d.abs()),
+                                    short(h)
+                                )
                             }
-                            _ => format!("{} ({pct:+.1}%)", short(mean)),
+                            _ => value,
                         }
+                    } else if base == 0.0 || !base.is_finite() {
+                        value
+                    } else {
+                        format!("{value} ({:+.1}%)", 100.0 * (mean - base) / base.abs())
                     }
                 })
                 .collect()
@@ -850,22 +876,54 @@ fn render_table(names: &[&str], sums: &[Vec<Summary>]) -> String {
                 + 2
         })
         .collect();
-    let mut out = String::new();
-    let _ = write!(out, "{:<26}", "metric");
-    for (n, w) in names.iter().zip(&widths) {
-        let _ = write!(out, "{n:>w$}");
+    let label = METRICS.iter().map(|m| m.len()).max().unwrap_or(0) + 2;
+    // Blocks of consecutive variant columns that fit the width (at least one column each).
+    let mut blocks: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut start = 0;
+    let mut used = label;
+    for (vi, w) in widths.iter().enumerate() {
+        if vi > start && used + w > TABLE_WIDTH {
+            blocks.push(start..vi);
+            start = vi;
+            used = label;
+        }
+        used += w;
     }
-    out.push('\n');
-    for (m, row) in METRICS.iter().zip(&rows) {
-        let _ = write!(out, "{m:<26}");
-        for (cell, w) in row.iter().zip(&widths) {
-            // Right-aligned by characters (`±` is one character of two bytes).
-            let pad = w.saturating_sub(cell.chars().count());
-            let _ = write!(out, "{}{cell}", " ".repeat(pad));
+    blocks.push(start..names.len());
+    let mut out = String::new();
+    for (bi, block) in blocks.iter().enumerate() {
+        if bi > 0 {
+            out.push('\n');
+        }
+        let _ = write!(out, "{:<label$}", "metric");
+        for vi in block.clone() {
+            let w = widths[vi];
+            let _ = write!(out, "{:>w$}", names[vi]);
         }
         out.push('\n');
+        for (m, row) in METRICS.iter().zip(&rows) {
+            let _ = write!(out, "{m:<label$}");
+            for vi in block.clone() {
+                // Right-aligned by characters (`±` and `Δ` are one character of two bytes).
+                let cell = &row[vi];
+                let pad = widths[vi].saturating_sub(cell.chars().count());
+                let _ = write!(out, "{}{cell}", " ".repeat(pad));
+            }
+            out.push('\n');
+        }
+    }
+    if multi {
+        out += "Δ: paired difference from the first variant, mean over seeds ± 95% half-width; * the interval excludes 0\n";
     }
     out
+}
+
+fn sign(x: f64) -> &'static str {
+    if x < 0.0 {
+        "-"
+    } else {
+        "+"
+    }
 }
 
 fn short(x: f64) -> String {
@@ -962,6 +1020,81 @@ mod tests {
                 let (_, raw) = o.split_once('=').unwrap();
                 assert_eq!(toml_value(text), toml_value(raw), "{}", v.name);
             }
+        }
+    }
+
+    fn summary(pairs: &[(&str, f64)]) -> Summary {
+        let mut s = Summary::default();
+        for &(k, v) in pairs {
+            s.set(k, v);
+        }
+        s
+    }
+
+    #[test]
+    fn the_table_shows_the_paired_difference_with_its_interval_and_marks_it_when_it_excludes_zero()
+    {
+        // Three seeds, p99 TTFT: baseline 0.5, 0.9, 0.1; variant 0.85, 1.3, 0.4. Each variant's own
+        // interval is wide (baseline: mean 0.5, sd 0.4, t(2) = 4.3027, half-width 4.3027 x 0.4 / sqrt 3 =
+        // 0.9937; variant: mean 0.85, sd 0.45, half-width 1.118), but the per-seed differences 0.35,
+        // 0.40, 0.30 have mean 0.35, sd 0.05, half-width 4.3027 x 0.05 / sqrt 3 = 0.1242: it excludes
+        // zero, so it is marked.
+        let seeds: Vec<Vec<Summary>> = [(0.5, 0.85), (0.9, 1.3), (0.1, 0.4)]
+            .iter()
+            .map(|&(a, b)| vec![summary(&[("ttft_p99_s", a)]), summary(&[("ttft_p99_s", b)])])
+            .collect();
+        let t = render_table(&["base", "other"], &seeds);
+        let line = t.lines().find(|l| l.starts_with("ttft_p99_s")).unwrap();
+        assert!(line.contains("0.5000 ±0.9937"), "{line}");
+        assert!(
+            line.contains("0.8500 ±1.12 (Δ +0.3500 ±0.1242 *)"),
+            "{line}"
+        );
+        // Differences of both signs (0.35, -0.4, 0.3): the interval spans zero, no mark.
+        let seeds: Vec<Vec<Summary>> = [(0.5, 0.85), (0.9, 0.5), (0.1, 0.4)]
+            .iter()
+            .map(|&(a, b)| vec![summary(&[("ttft_p99_s", a)]), summary(&[("ttft_p99_s", b)])])
+            .collect();
+        let t = render_table(&["base", "other"], &seeds);
+        let line = t.lines().find(|l| l.starts_with("ttft_p99_s")).unwrap();
+        assert!(line.contains("(Δ +0.0833 ±"), "{line}");
+        assert!(!line.contains('*'), "{line}");
+    }
+
+    #[test]
+    fn a_wide_grid_wraps_into_blocks_and_no_cells_run_together() {
+        // Nine variants with long names and wide values (a 9-variant grid was 300+ characters wide).
+        let names: Vec<String> = (0..9)
+            .map(|i| format!("router=consistent_hash+replicas={i}"))
+            .collect();
+        let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        let row: Vec<Summary> = (0..9)
+            .map(|i| {
+                summary(&[
+                    ("ttft_mean_s", 0.0374 + i as f64),
+                    ("kv_cache_evictions", 1.23e6),
+                ])
+            })
+            .collect();
+        let t = render_table(&names, &[row]);
+        assert!(t.lines().all(|l| l.chars().count() <= TABLE_WIDTH), "{t}");
+        for n in &names {
+            assert_eq!(t.matches(n).count(), 1, "{n} once: {t}");
+        }
+        let blocks = t.split("\n\n").count();
+        assert!(blocks >= 3, "{t}");
+        // Every value line: cells separated by at least two spaces (right-aligned in columns wider
+        // than any cell), so no two values touch.
+        for l in t.lines().filter(|l| l.starts_with("ttft_mean_s")) {
+            let cells: Vec<&str> = l.split("  ").filter(|c| !c.trim().is_empty()).collect();
+            assert!(cells.len() >= 2, "{l}");
+            assert!(
+                cells
+                    .iter()
+                    .skip(1)
+                    .all(|c| !c.trim().contains(' ') || c.contains('(')),
+                "{l}"
+            );
         }
     }
 }
