@@ -134,16 +134,7 @@ impl RateSchedule {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let key = |k: &str| format!("workload.rate_schedule.{k}");
-        let finite_nonneg = |k: &str, v: f64| {
-            if v.is_finite() && v >= 0.0 {
-                Ok(())
-            } else {
-                Err(ConfigError::invalid(
-                    key(k),
-                    format!("must be a finite number, 0 or more, got {v}"),
-                ))
-            }
-        };
+        let finite_nonneg = |k: &str, v: f64| check_nonneg(key(k), v);
         match self {
             RateSchedule::Piecewise { points, .. } => {
                 if points.first().is_none_or(|p| p.0 != 0.0) {
@@ -833,6 +824,30 @@ impl Config {
 }
 
 /// A config enum's name as written in a config file (`"vllm"`, `"paged"`), for messages.
+/// `v` is a finite number, 0 or more; else an error naming `key`.
+fn check_nonneg(key: impl Into<String>, v: f64) -> Result<(), ConfigError> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("must be a finite number, 0 or more, got {v}"),
+        ))
+    }
+}
+
+/// `v` is a finite number above 0; else an error naming `key`.
+fn check_positive(key: impl Into<String>, v: f64) -> Result<(), ConfigError> {
+    if v.is_finite() && v > 0.0 {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("must be a finite number above 0, got {v}"),
+        ))
+    }
+}
+
 pub fn config_name(v: impl Serialize) -> String {
     match serde_json::to_value(v) {
         Ok(serde_json::Value::String(s)) => s,
@@ -947,26 +962,8 @@ impl OffloadConfig {
                  engine.kv_cache = \"paged\" and engine.prefix_caching = true; remove [kv.offload] otherwise",
             ));
         }
-        let pos = |k: &str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(())
-            } else {
-                Err(ConfigError::invalid(
-                    key(k),
-                    format!("must be a number above 0, got {v}"),
-                ))
-            }
-        };
-        let nonneg = |k: &str, v: f64| {
-            if v.is_finite() && v >= 0.0 {
-                Ok(())
-            } else {
-                Err(ConfigError::invalid(
-                    key(k),
-                    format!("must be a number, 0 or more, got {v}"),
-                ))
-            }
-        };
+        let pos = |k: &str, v: f64| check_positive(key(k), v);
+        let nonneg = |k: &str, v: f64| check_nonneg(key(k), v);
         nonneg("cpu_gib", self.cpu_gib)?;
         nonneg("disk_gib", self.disk_gib)?;
         nonneg("cpu_latency_s", self.cpu_latency_s)?;
@@ -1491,16 +1488,7 @@ impl ClusterConfig {
                 "must be at least 1",
             ));
         }
-        let nonneg = |k: &str, v: f64| {
-            if v.is_finite() && v >= 0.0 {
-                Ok(())
-            } else {
-                Err(ConfigError::invalid(
-                    format!("cluster.{k}"),
-                    format!("must be a finite number, 0 or more, got {v}"),
-                ))
-            }
-        };
+        let nonneg = |k: &str, v: f64| check_nonneg(format!("cluster.{k}"), v);
         nonneg("signal_delay_s", self.signal_delay_s)?;
         let h = &self.consistent_hash;
         if h.virtual_nodes == 0 || h.virtual_nodes > 10_000 {

@@ -703,9 +703,19 @@ fn summarize<S: Scheduler>(
     let (mut q, mut h, mut pq, mut ph, mut pre, mut ev, mut steps) = (0, 0, 0, 0, 0, 0, 0);
     let (mut usage_s, mut peak) = (0.0, 0.0f64);
     let mut store = crate::kv::conversation::StoreCounters::default();
+    // The offload tiers' counters, and each tier's units held and capacity, summed over replicas.
+    let mut off = crate::kv::OffloadStats::default();
+    let (mut used, mut cap) = ([0u64; 2], [0u64; 2]);
     for r in &world.replicas {
         let kv = r.kv_stats();
         store.add(&kv.store);
+        if let Some(o) = &kv.offload {
+            off.add_counters(o);
+            for i in 0..2 {
+                used[i] += o.tiers[i].used_units;
+                cap[i] += o.tiers[i].capacity_units;
+            }
+        }
         q += kv.prefix.queries;
         h += kv.prefix.hits;
         pq += kv.prefix.preempted_queries;
@@ -742,18 +752,6 @@ fn summarize<S: Scheduler>(
     // The offload tiers (`kv.offload`), summed over replicas: vLLM's connector counters, and per tier
     // the tokens loaded from it, the bytes moved and its usage at the end (units held / capacity).
     if cfg.kv.offload.is_some() {
-        let mut off = crate::kv::OffloadStats::default();
-        let mut used = [0u64; 2];
-        let mut cap = [0u64; 2];
-        for r in &world.replicas {
-            if let Some(o) = r.kv_stats().offload {
-                off.add_counters(&o);
-                for i in 0..2 {
-                    used[i] += o.tiers[i].used_units;
-                    cap[i] += o.tiers[i].capacity_units;
-                }
-            }
-        }
         s.set("external_prefix_cache_queries", off.queries);
         s.set("external_prefix_cache_hits", off.hits);
         s.set_opt(

@@ -381,33 +381,41 @@ fn offload_params(
             ),
         )
     };
-    let mut tiers = Vec::new();
-    if o.cpu_gib > 0.0 {
-        if units(o.cpu_gib) == 0 {
-            return Err(too_small("cpu_gib", o.cpu_gib));
-        }
-        tiers.push((
+    // Each tensor-parallel GPU copies its share of the KV over its own host link.
+    let cpu_bw = cpu_gbps * 1e9 * cfg.hardware.tensor_parallel as f64;
+    let specs = [
+        (
             TierKind::Cpu,
-            TierParams {
-                capacity_units: units(o.cpu_gib),
-                // Each tensor-parallel GPU copies its share of the KV over its own host link.
-                bandwidth_bytes_per_s: cpu_gbps * 1e9 * cfg.hardware.tensor_parallel as f64,
-                latency_s: o.cpu_latency_s,
-                survives_restart: o.cpu_survives_restart,
-            },
-        ));
-    }
-    if o.disk_gib > 0.0 {
-        if units(o.disk_gib) == 0 {
-            return Err(too_small("disk_gib", o.disk_gib));
+            "cpu_gib",
+            o.cpu_gib,
+            cpu_bw,
+            o.cpu_latency_s,
+            o.cpu_survives_restart,
+        ),
+        (
+            TierKind::Disk,
+            "disk_gib",
+            o.disk_gib,
+            o.disk_bandwidth_gbps * 1e9,
+            o.disk_latency_s,
+            true,
+        ),
+    ];
+    let mut tiers = Vec::new();
+    for (kind, key, gib, bandwidth_bytes_per_s, latency_s, survives_restart) in specs {
+        if gib == 0.0 {
+            continue;
+        }
+        if units(gib) == 0 {
+            return Err(too_small(key, gib));
         }
         tiers.push((
-            TierKind::Disk,
+            kind,
             TierParams {
-                capacity_units: units(o.disk_gib),
-                bandwidth_bytes_per_s: o.disk_bandwidth_gbps * 1e9,
-                latency_s: o.disk_latency_s,
-                survives_restart: true,
+                capacity_units: units(gib),
+                bandwidth_bytes_per_s,
+                latency_s,
+                survives_restart,
             },
         ));
     }

@@ -54,10 +54,7 @@ impl Header {
         Header {
             model: cfg.model.name.clone(),
             block_size: cfg.engine.block_size,
-            prefix_cache_scope: crate::run::enum_name(cfg.engine.prefix_cache_scope)
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
+            prefix_cache_scope: crate::config::config_name(cfg.engine.prefix_cache_scope),
             offload_unit_tokens,
         }
     }

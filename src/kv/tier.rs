@@ -367,7 +367,9 @@ impl<K: KvStore> KvStore for Tiered<K> {
         let mut out = ExternalHit::default();
         match self.p.backend {
             Backend::Native => {
-                let keys: Vec<u64> = (0..full_units).map(|i| self.key(&hashes, i)).collect();
+                // A unit is one GPU block here (`block_size_factor` 1): its key is its block's hash.
+                debug_assert_eq!(self.p.unit_blocks, 1);
+                let keys = &hashes[..full_units];
                 // Native offload has one tier, CPU memory (the config refuses a disk tier).
                 let t = &mut self.tiers[0];
                 for k in keys.iter().rev() {
