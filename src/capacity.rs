@@ -898,7 +898,14 @@ fn draw_probes(
                 .collect(),
         })
         .collect();
-    plot::probe_panels(path, format, &x_desc, &panels, goal == Goal::MaxRate)
+    plot::probe_panels(
+        path,
+        format,
+        &x_desc,
+        &panels,
+        goal == Goal::MaxRate,
+        goal != Goal::MaxRate,
+    )
 }
 
 /// Searches (combinations x seeds) one command may run.

@@ -112,6 +112,12 @@ fn ci_half_width_shrinks_with_more_seeds() {
         .unwrap();
         let cmp = read_rows(&o.out_dir.join("comparison.csv"));
         assert_eq!(num(&cmp[0], "seeds"), n as f64);
+        // Plots draw every seed: a mean line and a min-max band (one polygon) per variant.
+        for f in ["ttft_cdf", "e2e_cdf", "kv_usage", "queue"] {
+            let svg = std::fs::read_to_string(o.out_dir.join(format!("{f}.svg"))).unwrap();
+            assert!(svg.contains(&format!("mean over the {n} seeds")), "{f}");
+            assert_eq!(svg.matches("<polygon").count(), 2, "{f}");
+        }
         let seeds = read_rows(&o.out_dir.join("comparison_seeds.csv"));
         assert_eq!(seeds.len(), 2 * n as usize);
         let of = |v: &str| -> Vec<f64> {

@@ -367,7 +367,11 @@ pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
     let names: Vec<&str> = vs.iter().map(|v| v.name.as_str()).collect();
     write_comparison(&root, &names, &seeds, &summaries)?;
     let (paired, unpaired) = write_paired(&root, &names, &seeds)?;
-    let plots = write_plots(&root, &names, &seeds, o.plot_format);
+    let figs = plot::ensure_font().and_then(|_| figures(&root, &names, &seeds));
+    let plots = figs
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|figs| write_plots(&root, figs, o.plot_format));
     // The directory must look like a run directory to be replaced by a later comparison.
     std::fs::write(
         root.join("resolved.toml"),
@@ -648,141 +652,185 @@ fn write_paired(root: &Path, names: &[&str], seeds: &[u64]) -> Result<(usize, us
     Ok((paired, unpaired))
 }
 
-struct PlotSpec<'a> {
-    file: &'static str,
-    chart: plot::Chart<'a>,
+/// One figure of a comparison: its file stem and chart, series owned.
+pub struct Figure {
+    pub file: &'static str,
+    pub title: &'static str,
+    pub note: String,
+    pub x_desc: &'static str,
+    pub y_desc: &'static str,
+    pub series: Vec<plot::Series>,
+    pub log_x: bool,
+    pub integer_y: bool,
 }
 
-/// Plots from the first seed: TTFT and E2E CDFs, KV usage, waiting queue and prefix hit rate over time.
-fn write_plots(
-    root: &Path,
-    names: &[&str],
-    seeds: &[u64],
-    format: plot::Format,
-) -> Result<Vec<PathBuf>, String> {
-    plot::ensure_font()?;
-    let seed = seeds[0];
-    let mut ttft = Vec::new();
-    let mut e2e = Vec::new();
-    let mut usage = Vec::new();
-    let mut queue = Vec::new();
-    let mut hit = Vec::new();
-    for n in names {
-        let d = variant_dir(root, seeds, seed, n);
-        let col = |file: &str, c: &str| -> Result<Vec<Vec<String>>, String> {
-            let mut r = csv::Reader::from_path(d.join(file)).map_err(|e| e.to_string())?;
-            let h = r.headers().map_err(|e| e.to_string())?.clone();
-            let cols: Vec<usize> = c
-                .split(',')
-                .map(|c| h.iter().position(|x| x == c).expect("own column"))
-                .collect();
-            r.records()
-                .map(|rec| {
-                    let rec = rec.map_err(|e| e.to_string())?;
-                    Ok(cols.iter().map(|&i| rec[i].to_string()).collect())
-                })
-                .collect()
-        };
-        let f = |s: &str| s.parse::<f64>().ok();
-        let req = col("requests.csv", "ttft_s,e2e_s")?;
-        ttft.push((
-            n.to_string(),
-            plot::cdf_points(&req.iter().filter_map(|r| f(&r[0])).collect::<Vec<_>>()),
-        ));
-        e2e.push((
-            n.to_string(),
-            plot::cdf_points(&req.iter().filter_map(|r| f(&r[1])).collect::<Vec<_>>()),
-        ));
-        // Time series: sum over replicas per sample time.
-        let ts = col(
-            "timeseries.csv",
-            "time_s,num_requests_waiting,kv_cache_usage_perc,prefix_cache_queries,prefix_cache_hits",
-        )?;
-        let mut by_t: BTreeMap<u64, [f64; 5]> = BTreeMap::new();
-        for r in &ts {
-            let t = f(&r[0]).unwrap_or(0.0);
-            let e = by_t
-                .entry((t * 1e6).round() as u64)
-                .or_insert([t, 0.0, 0.0, 0.0, 0.0]);
-            for k in 1..5 {
-                e[k] += f(&r[k]).unwrap_or(0.0);
-            }
+impl Figure {
+    pub fn chart(&self) -> plot::Chart<'_> {
+        plot::Chart {
+            title: self.title,
+            note: &self.note,
+            x_desc: self.x_desc,
+            y_desc: self.y_desc,
+            series: &self.series,
+            log_x: self.log_x,
+            integer_y: self.integer_y,
         }
-        let replicas = (ts.len() / by_t.len().max(1)).max(1) as f64;
-        usage.push((
-            n.to_string(),
-            steps(by_t.values().map(|v| (v[0], v[2] / replicas))),
-        ));
-        queue.push((n.to_string(), steps(by_t.values().map(|v| (v[0], v[1])))));
-        // Hit rate per 10-sample window, from the cumulative counters (as a Prometheus rate() would).
-        let pts: Vec<[f64; 5]> = by_t.values().copied().collect();
-        let mut h = Vec::new();
-        for w in pts.windows(11).step_by(5) {
-            let (a, b) = (w[0], w[10]);
-            let dq = b[3] - a[3];
-            if dq > 0.0 {
-                h.push((b[0], (b[4] - a[4]) / dq));
-            }
-        }
-        hit.push((n.to_string(), h));
     }
-    let ext = format.ext();
-    let plots = [
-        PlotSpec {
-            file: "ttft_cdf",
-            chart: plot::Chart {
-                title: "Time to first token: CDF",
-                x_desc: "time to first token (s, log scale)",
-                y_desc: "fraction of requests",
-                series: &ttft,
-                log_x: true,
-            },
-        },
-        PlotSpec {
-            file: "e2e_cdf",
-            chart: plot::Chart {
-                title: "End-to-end latency: CDF",
-                x_desc: "end-to-end latency (s, log scale)",
-                y_desc: "fraction of requests",
-                series: &e2e,
-                log_x: true,
-            },
-        },
-        PlotSpec {
-            file: "kv_usage",
-            chart: plot::Chart {
-                title: "KV-cache usage over time",
-                x_desc: "virtual time (s)",
-                y_desc: "KV usage (fraction of blocks pinned)",
-                series: &usage,
-                log_x: false,
-            },
-        },
-        PlotSpec {
-            file: "queue",
-            chart: plot::Chart {
-                title: "Waiting requests over time",
-                x_desc: "virtual time (s)",
-                y_desc: "requests waiting (all replicas)",
-                series: &queue,
-                log_x: false,
-            },
-        },
-        PlotSpec {
-            file: "prefix_hit_rate",
-            chart: plot::Chart {
-                title: "Prefix-cache hit rate over time",
-                x_desc: "virtual time (s)",
-                y_desc: "hit tokens / queried tokens (10-sample window)",
-                series: &hit,
-                log_x: false,
-            },
-        },
-    ];
+}
+
+/// Columns `cols` (comma-separated) of every row of a CSV file of a run.
+fn read_cols(path: &Path, cols: &str) -> Result<Vec<Vec<String>>, String> {
+    let e = |e: csv::Error| format!("{}: {e}", path.display());
+    let mut r = csv::Reader::from_path(path).map_err(e)?;
+    let h = r.headers().map_err(e)?.clone();
+    let idx: Vec<usize> = cols
+        .split(',')
+        .map(|c| h.iter().position(|x| x == c).expect("own column"))
+        .collect();
+    r.records()
+        .map(|rec| {
+            let rec = rec.map_err(e)?;
+            Ok(idx.iter().map(|&i| rec[i].to_string()).collect())
+        })
+        .collect()
+}
+
+/// The comparison's figures from every seed's outputs: TTFT and E2E CDFs, KV usage, waiting requests
+/// and prefix hit rate over time. With several seeds each line is the mean across seeds and a band spans
+/// their minimum and maximum ([`plot::quantile_band`], [`plot::hold_band`]).
+pub fn figures(root: &Path, names: &[&str], seeds: &[u64]) -> Result<Vec<Figure>, String> {
+    let f = |s: &str| s.parse::<f64>().ok();
+    let (mut ttft, mut e2e, mut usage, mut queue, mut hit) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for n in names {
+        let (mut t1, mut t2, mut t3, mut t4, mut t5) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for &seed in seeds {
+            let d = variant_dir(root, seeds, seed, n);
+            let req = read_cols(&d.join("requests.csv"), "ttft_s,e2e_s")?;
+            t1.push(req.iter().filter_map(|r| f(&r[0])).collect::<Vec<_>>());
+            t2.push(req.iter().filter_map(|r| f(&r[1])).collect::<Vec<_>>());
+            // Time series: summed over replicas per sample time.
+            let ts = read_cols(
+                &d.join("timeseries.csv"),
+                "time_s,num_requests_waiting,kv_cache_usage_perc,prefix_cache_queries,prefix_cache_hits",
+            )?;
+            let mut by_t: BTreeMap<u64, [f64; 5]> = BTreeMap::new();
+            for r in &ts {
+                let t = f(&r[0]).unwrap_or(0.0);
+                let e = by_t
+                    .entry((t * 1e6).round() as u64)
+                    .or_insert([t, 0.0, 0.0, 0.0, 0.0]);
+                for k in 1..5 {
+                    e[k] += f(&r[k]).unwrap_or(0.0);
+                }
+            }
+            let replicas = (ts.len() / by_t.len().max(1)).max(1) as f64;
+            t3.push(by_t.values().map(|v| (v[0], v[2] / replicas)).collect());
+            t4.push(by_t.values().map(|v| (v[0], v[1])).collect());
+            // Hit rate per 10-sample window, from the cumulative counters (as a Prometheus rate() would).
+            // A run that never queries the cache (prefix caching off) hits nothing: a line at zero.
+            let pts: Vec<[f64; 5]> = by_t.values().copied().collect();
+            let never = pts.last().is_none_or(|p| p[3] == 0.0);
+            let mut h = Vec::new();
+            for w in pts.windows(11).step_by(5) {
+                let (a, b) = (w[0], w[10]);
+                let dq = b[3] - a[3];
+                if dq > 0.0 {
+                    h.push((b[0], (b[4] - a[4]) / dq));
+                } else if never {
+                    h.push((b[0], 0.0));
+                }
+            }
+            t5.push(h);
+        }
+        ttft.push(plot::quantile_band(n, &t1));
+        e2e.push(plot::quantile_band(n, &t2));
+        // Time series are step functions: each value holds until the next row.
+        let stepped = |mut s: plot::Series| {
+            s.line = steps(s.line);
+            s.band = s.band.map(|(lo, hi)| (steps(lo), steps(hi)));
+            s
+        };
+        usage.push(stepped(plot::hold_band(n, &t3)));
+        queue.push(stepped(plot::hold_band(n, &t4)));
+        hit.push(plot::hold_band(n, &t5));
+    }
+    let note = if seeds.len() > 1 {
+        format!(
+            "seeds {}-{}: line = mean over the {} seeds, band = their min-max",
+            seeds[0],
+            seeds[seeds.len() - 1],
+            seeds.len()
+        )
+    } else {
+        format!("seed {}", seeds[0])
+    };
+    let fig = |file, title, x_desc, y_desc, series, log_x, integer_y| Figure {
+        file,
+        title,
+        note: note.clone(),
+        x_desc,
+        y_desc,
+        series,
+        log_x,
+        integer_y,
+    };
+    Ok(vec![
+        fig(
+            "ttft_cdf",
+            "Time to first token: CDF",
+            "time to first token (s, log scale)",
+            "fraction of requests",
+            ttft,
+            true,
+            false,
+        ),
+        fig(
+            "e2e_cdf",
+            "End-to-end latency: CDF",
+            "end-to-end latency (s, log scale)",
+            "fraction of requests",
+            e2e,
+            true,
+            false,
+        ),
+        fig(
+            "kv_usage",
+            "KV-cache usage over time",
+            "virtual time (s)",
+            "KV usage (fraction of GPU blocks in use)",
+            usage,
+            false,
+            false,
+        ),
+        fig(
+            "queue",
+            "Waiting requests over time",
+            "virtual time (s)",
+            "requests waiting (count, all replicas)",
+            queue,
+            false,
+            true,
+        ),
+        fig(
+            "prefix_hit_rate",
+            "Prefix-cache hit rate over time",
+            "virtual time (s)",
+            "hit rate (hit / queried tokens; 0: cache off)",
+            hit,
+            false,
+            false,
+        ),
+    ])
+}
+
+/// Draws `figs` into `root`, one file each.
+fn write_plots(root: &Path, figs: &[Figure], format: plot::Format) -> Result<Vec<PathBuf>, String> {
     let mut written = Vec::new();
-    for p in plots {
-        let path = root.join(format!("{}.{ext}", p.file));
-        plot::lines(&path, format, &p.chart)?;
+    for fig in figs {
+        let path = root.join(format!("{}.{}", fig.file, format.ext()));
+        plot::lines(&path, format, &fig.chart())?;
         written.push(path);
     }
     Ok(written)
