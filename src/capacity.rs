@@ -22,7 +22,7 @@ use crate::config::{Config, WorkloadKind};
 use crate::error::{ConfigError, Error, OutputError};
 use crate::metrics::output::RunDir;
 use crate::metrics::Summary;
-use crate::report::{ci::mean_ci95, effective_jobs, parallel_map, plot, variants, Vary};
+use crate::report::{ci::mean_ci95, effective_jobs, html, parallel_map, plot, variants, Vary};
 use crate::run::{simulate, SimOptions};
 use crate::system::System;
 use serde_json::json;
@@ -812,7 +812,7 @@ fn finish(
     // The first combination's config as resolved at the starting rate and replica count: the directory
     // is re-creatable, and a later search may replace it.
     let resolved = crate::run::resolved_toml(&plans[0].base, &plans[0].sys);
-    std::fs::write(dir.file("resolved.toml"), resolved).map_err(|source| OutputError::Io {
+    std::fs::write(dir.file("resolved.toml"), &resolved).map_err(|source| OutputError::Io {
         path: dir.file("resolved.toml"),
         source,
     })?;
@@ -822,10 +822,46 @@ fn finish(
         source,
     })?;
     // A missing font skips the plot (reported), never the answer.
-    let plot = o.plot.map(|format| {
-        let name = format!("capacity.{}", format.ext());
-        draw_probes(&dir.file(&name), format, o.goal, plans, &per_plan, &answers).map(|()| name)
+    let (plot, figure) = match o.plot {
+        Some(format) => {
+            let name = format!("capacity.{}", format.ext());
+            let svg = draw_probes(
+                Some((&dir.file(&name), format)),
+                o.goal,
+                plans,
+                &per_plan,
+                &answers,
+            );
+            (Some(svg.clone().map(|_| name)), svg)
+        }
+        None => (None, draw_probes(None, o.goal, plans, &per_plan, &answers)),
+    };
+    let probes_csv = || -> Result<(Vec<String>, Vec<Vec<String>>), csv::Error> {
+        let mut r = csv::Reader::from_path(dir.file("capacity.csv"))?;
+        let header = r.headers()?.iter().map(str::to_string).collect();
+        let rows = r
+            .records()
+            .map(|rec| Ok(rec?.iter().map(str::to_string).collect()))
+            .collect::<Result<_, csv::Error>>()?;
+        Ok((header, rows))
+    };
+    let page = html::capacity_page(&html::CapacityPage {
+        title: format!("servesim capacity: {}", prep.name),
+        answers: lines.clone(),
+        figure: figure.map(|svg| html::Figure {
+            title: "probes against the searched quantity".into(),
+            svg,
+        }),
+        probes: probes_csv().map_err(|source| OutputError::Csv {
+            path: dir.file("capacity.csv"),
+            source,
+        })?,
+        settings: resolved,
     });
+    std::fs::write(dir.file("report.html"), page).map_err(|source| OutputError::Io {
+        path: dir.file("report.html"),
+        source,
+    })?;
     let out_dir = dir.commit()?;
     let plot = plot.map(|r| r.map(|name| out_dir.join(name)));
     let (per_seed, probes): (Vec<_>, Vec<_>) = per_plan.into_iter().unzip();
@@ -839,17 +875,17 @@ fn finish(
     })
 }
 
-/// `capacity.svg`: one panel per criterion (of the first combination; other combinations appear where
-/// they have the same criterion), each probe's measured value against the searched rate or replica
-/// count, the target, and each combination's answer (with its 95% interval for `max-rate`).
+/// The probe plot as SVG text, also drawn to `file` (path, format) where given: one panel per criterion
+/// (of the first combination; other combinations appear where they have the same criterion), each
+/// probe's measured value against the searched rate or replica count, the target, and each combination's
+/// answer (with its 95% interval for `max-rate`).
 fn draw_probes(
-    path: &Path,
-    format: plot::Format,
+    file: Option<(&Path, plot::Format)>,
     goal: Goal,
     plans: &[Plan],
     per_plan: &[(Vec<Option<f64>>, Vec<Probe>)],
     answers: &[serde_json::Value],
-) -> Result<(), String> {
+) -> Result<String, String> {
     let (unit, _) = rate_unit(&plans[0].cfg);
     let x_desc = match goal {
         Goal::MaxRate => format!("offered load ({unit})"),
@@ -898,14 +934,16 @@ fn draw_probes(
                 .collect(),
         })
         .collect();
-    plot::probe_panels(
-        path,
-        format,
-        &x_desc,
-        &panels,
-        goal == Goal::MaxRate,
-        goal != Goal::MaxRate,
-    )
+    let (low, integer) = (goal == Goal::MaxRate, goal != Goal::MaxRate);
+    let svg = plot::probe_panels_svg(&x_desc, &panels, low, integer)?;
+    match file {
+        Some((path, plot::Format::Svg)) => {
+            std::fs::write(path, &svg).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        Some((path, format)) => plot::probe_panels(path, format, &x_desc, &panels, low, integer)?,
+        None => {}
+    }
+    Ok(svg)
 }
 
 /// Searches (combinations x seeds) one command may run.

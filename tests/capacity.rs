@@ -6,7 +6,7 @@ use servesim::run::{simulate, SimOptions};
 
 /// M/D/1 (`common::md1`) at `rate` for `duration` seconds, sampled every 5 s with 50 s of warm-up, and
 /// `extra` appended (an `[slo]` table).
-fn md1(rate: f64, duration: f64, extra: &str) -> String {
+pub fn md1(rate: f64, duration: f64, extra: &str) -> String {
     crate::common::md1(
         rate,
         &format!("duration_s = {duration}"),
@@ -14,7 +14,7 @@ fn md1(rate: f64, duration: f64, extra: &str) -> String {
     ) + extra
 }
 
-fn opts(goal: Goal, seeds: u32, precision: f64, out: &std::path::Path) -> CapacityOptions {
+pub fn opts(goal: Goal, seeds: u32, precision: f64, out: &std::path::Path) -> CapacityOptions {
     CapacityOptions {
         goal,
         seeds,

@@ -14,6 +14,7 @@ mod leap;
 mod mooncake;
 mod offload;
 mod queueing;
+mod report_html;
 mod robustness;
 mod rules;
 mod runs;

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// Every file name servesim writes into an output directory: a run's six files, a comparison's tables
-/// and its plots (SVG or PNG), a capacity search's probes and answer.
+/// and its plots (SVG or PNG), a capacity search's probes and answer, and either's `report.html`.
 pub const OUTPUT_FILES: &[&str] = &[
     "requests.csv",
     "summary.json",
@@ -45,6 +45,7 @@ pub const OUTPUT_FILES: &[&str] = &[
     "capacity-part.json",
     "capacity.svg",
     "capacity.png",
+    "report.html",
 ];
 
 /// How deep a servesim output tree goes: a comparison holds `seed-S/VARIANT/` folders.

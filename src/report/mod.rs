@@ -3,6 +3,7 @@
 //! configurations on several threads with results in a fixed order, for any caller that needs it.
 
 pub mod ci;
+pub mod html;
 pub mod plot;
 
 use crate::config::Config;
@@ -383,6 +384,41 @@ pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
     )
     .map_err(io(&root))?;
     let table = render_table(&names, &summaries);
+    let page = html::compare_page(&html::ComparePage {
+        title: format!("servesim compare: {}", configs[0].name),
+        facts: compare_facts(o, &vs, &seeds, paired, unpaired),
+        names: &names,
+        overrides: vs.iter().map(|v| v.overrides.clone()).collect(),
+        rows: METRICS
+            .iter()
+            .copied()
+            .zip(table_cells(&names, &summaries))
+            .collect(),
+        legend: if seeds.len() > 1 {
+            SEEDS_LEGEND
+        } else {
+            "In parentheses: the change from the first variant."
+        },
+        figures: figs.and_then(|figs| {
+            figs.iter()
+                .map(|f| {
+                    Ok(html::Figure {
+                        title: f.title.to_string(),
+                        svg: plot::lines_svg(&f.chart())?,
+                    })
+                })
+                .collect()
+        }),
+        settings: names
+            .iter()
+            .map(|n| {
+                let p = variant_dir(&root, &seeds, seeds[0], n).join("resolved.toml");
+                std::fs::read_to_string(&p).map_err(io(&p))
+            })
+            .collect::<Result<_, _>>()?,
+    });
+    let path = root.join("report.html");
+    std::fs::write(&path, page).map_err(io(&path))?;
     let out_dir = dir.commit()?;
     let plots = plots.map(|ps| {
         ps.into_iter()
@@ -399,6 +435,48 @@ pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
         unpaired,
         plots,
     })
+}
+
+/// The lines under the report's title: what ran and how it paired.
+fn compare_facts(
+    o: &CompareOptions,
+    vs: &[Variant],
+    seeds: &[u64],
+    paired: usize,
+    unpaired: usize,
+) -> Vec<String> {
+    let config = o
+        .config
+        .as_ref()
+        .map_or("the embedded default workload".to_string(), |p| {
+            p.display().to_string()
+        });
+    let mut sets = o.set.join(" ");
+    if !sets.is_empty() {
+        sets = format!(", with {sets}");
+    }
+    vec![
+        format!("Config: {config}{sets}."),
+        format!(
+            "Varied: {}.",
+            o.varies
+                .iter()
+                .map(|v| format!("{} = {}", v.key, v.values.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        format!(
+            "{} variants x {} seed(s) ({}); every variant ran the identical workload of each seed; {paired} \
+             requests paired across variants, {unpaired} unpaired.",
+            vs.len(),
+            seeds.len(),
+            seeds
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ]
 }
 
 /// The threads `jobs` gives `items` runs (0: one per available core), at most one per run.
@@ -851,15 +929,40 @@ fn diff(v: &str, base: &str) -> String {
 /// the metric column).
 const TABLE_WIDTH: usize = 120;
 
-/// The terminal table: a row per metric, a column per variant. A variant's cell is its value (with
-/// several seeds, the mean across seeds ± its 95% half-width) and, beside the baseline, its change: one
-/// seed, the relative change; several seeds, the paired difference from the baseline (mean of the
-/// per-seed differences ± its 95% half-width, Student t), marked `*` when that interval excludes zero.
-/// Columns are as wide as their widest cell, so cells never run together; a grid wider than
-/// [`TABLE_WIDTH`] wraps into blocks of columns.
-fn render_table(names: &[&str], sums: &[Vec<Summary>]) -> String {
+/// One cell of the comparison table: a variant's value for a metric and its change from the baseline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cell {
+    /// The value (with several seeds, the mean across seeds ± its 95% half-width); `-` when absent.
+    pub value: String,
+    /// One seed: the relative change (`+12.5%`); several: the paired difference and its interval
+    /// (`Δ +0.35 ±0.12 *`). None for the baseline.
+    pub change: Option<String>,
+    /// Several seeds, and the paired difference's interval excludes zero.
+    pub significant: bool,
+}
+
+impl Cell {
+    /// The cell as one line of text: `value (change)`.
+    pub fn text(&self) -> String {
+        match &self.change {
+            Some(c) => format!("{} ({c})", self.value),
+            None => self.value.clone(),
+        }
+    }
+}
+
+/// The legend under a table with several seeds.
+const SEEDS_LEGEND: &str =
+    "Δ: paired difference from the first variant, mean over seeds ± 95% half-width; * the interval excludes 0";
+
+/// The comparison table's cells: a row per metric of [`METRICS`], a cell per variant. A variant's value
+/// is its metric (with several seeds, the mean across seeds ± its 95% half-width) and, beside the
+/// baseline, its change: one seed, the relative change; several seeds, the paired difference from the
+/// baseline (mean of the per-seed differences ± its 95% half-width, Student t), marked `*` when that
+/// interval excludes zero. `sums` is indexed by seed, then variant.
+pub fn table_cells(names: &[&str], sums: &[Vec<Summary>]) -> Vec<Vec<Cell>> {
     let multi = sums.len() > 1;
-    let rows: Vec<Vec<String>> = METRICS
+    METRICS
         .iter()
         .map(|m| {
             let base = mean_ci95(
@@ -877,15 +980,22 @@ fn render_table(names: &[&str], sums: &[Vec<Summary>]) -> String {
                             .filter_map(|s| val(&s[vi], m))
                             .collect::<Vec<_>>(),
                     );
+                    let mut cell = Cell {
+                        value: "-".into(),
+                        change: None,
+                        significant: false,
+                    };
                     if !mean.is_finite() {
-                        return "-".to_string();
+                        return cell;
                     }
-                    let value = match (multi, h) {
-                        (true, Some(h)) => format!("{} ±{}", short(mean), short(h)),
+                    cell.value = match (multi, h) {
+                        (true, Some(h)) => {
+                            format!("{} ±{}", short(mean), short_at(h, mean.abs().max(h)))
+                        }
                         _ => short(mean),
                     };
                     if vi == 0 {
-                        return value;
+                        return cell;
                     }
                     if multi {
                         // Paired: the difference within each seed, then its mean and interval.
@@ -893,26 +1003,36 @@ fn render_table(names: &[&str], sums: &[Vec<Summary>]) -> String {
                             .iter()
                             .filter_map(|s| Some(val(&s[vi], m)? - val(&s[0], m)?))
                             .collect();
-                        match mean_ci95(&diffs) {
-                            (d, Some(h)) if d.is_finite() => {
-                                let mark = if d.abs() > h { " *" } else { "" };
-                                format!(
-                                    "{value} (Δ {}{} ±{}{mark})",
+                        if let (d, Some(h)) = mean_ci95(&diffs) {
+                            if d.is_finite() {
+                                cell.significant = d.abs() > h;
+                                cell.change = Some(format!(
+                                    "Δ {}{} ±{}{}",
                                     sign(d),
                                     short(d.abs()),
-                                    short(h)
-                                )
+                                    short_at(h, d.abs().max(h)),
+                                    if cell.significant { " *" } else { "" }
+                                ));
                             }
-                            _ => value,
                         }
-                    } else if base == 0.0 || !base.is_finite() {
-                        value
-                    } else {
-                        format!("{value} ({:+.1}%)", 100.0 * (mean - base) / base.abs())
+                    } else if base != 0.0 && base.is_finite() {
+                        cell.change = Some(format!("{:+.1}%", 100.0 * (mean - base) / base.abs()));
                     }
+                    cell
                 })
                 .collect()
         })
+        .collect()
+}
+
+/// The terminal table of [`table_cells`]: a row per metric, a column per variant. Columns are as wide
+/// as their widest cell, so cells never run together; a grid wider than [`TABLE_WIDTH`] wraps into
+/// blocks of columns.
+fn render_table(names: &[&str], sums: &[Vec<Summary>]) -> String {
+    let multi = sums.len() > 1;
+    let rows: Vec<Vec<String>> = table_cells(names, sums)
+        .iter()
+        .map(|r| r.iter().map(Cell::text).collect())
         .collect();
     let widths: Vec<usize> = (0..names.len())
         .map(|vi| {
@@ -961,7 +1081,8 @@ fn render_table(names: &[&str], sums: &[Vec<Summary>]) -> String {
         }
     }
     if multi {
-        out += "Δ: paired difference from the first variant, mean over seeds ± 95% half-width; * the interval excludes 0\n";
+        out += SEEDS_LEGEND;
+        out.push('\n');
     }
     out
 }
@@ -974,9 +1095,15 @@ fn sign(x: f64) -> &'static str {
     }
 }
 
+/// `x` in a few characters: scientific from 1e5, no decimals from 100, two from 1, else four.
 fn short(x: f64) -> String {
-    let a = x.abs();
-    if a == 0.0 {
+    short_at(x, x)
+}
+
+/// `x` at the precision [`short`] gives `reference` (a half-width printed as its mean is: `1.27 ±0.29`).
+fn short_at(x: f64, reference: f64) -> String {
+    let a = reference.abs();
+    if x == 0.0 {
         "0".into()
     } else if a >= 1e5 {
         format!("{x:.3e}")
@@ -1110,6 +1237,34 @@ mod tests {
     }
 
     #[test]
+    fn the_seeds_table_as_a_reader_sees_it() {
+        // Three variants over three seeds, several metrics with values of every width; the snapshot is
+        // the table printed (update as in `a_wide_grid_wraps_into_blocks_and_no_cells_run_together`).
+        let seeds: Vec<Vec<Summary>> = (0..3)
+            .map(|s| {
+                let s = s as f64;
+                (0..3)
+                    .map(|v| {
+                        let v = v as f64;
+                        summary(&[
+                            ("completed", 2000.0 + 10.0 * s - 5.0 * v),
+                            ("ttft_mean_s", 0.05 + 0.01 * s + 0.03 * v),
+                            ("ttft_p99_s", 0.5 + 0.4 * s * (1.0 - s / 2.0) + 0.35 * v),
+                            ("prefix_cache_hit_rate", 0.7 - 0.3 * v + 0.01 * s * v),
+                            ("kv_cache_evictions", 1.5e5 * (1.0 + v) + 2e3 * s),
+                        ])
+                    })
+                    .collect()
+            })
+            .collect();
+        let t = render_table(
+            &["prefix_caching=true", "cpu_gib=64", "cpu_gib=256"],
+            &seeds,
+        );
+        insta::assert_snapshot!("seeds_paired", t);
+    }
+
+    #[test]
     fn a_wide_grid_wraps_into_blocks_and_no_cells_run_together() {
         // Nine variants with long names and wide values (a 9-variant grid was 300+ characters wide).
         let names: Vec<String> = (0..9)
@@ -1125,6 +1280,9 @@ mod tests {
             })
             .collect();
         let t = render_table(&names, &[row]);
+        // The whole table as a reader sees it; update with `INSTA_UPDATE=always cargo test` (or
+        // `cargo insta review`) and read the diff of the .snap file before committing it.
+        insta::assert_snapshot!("wide_grid", t);
         assert!(t.lines().all(|l| l.chars().count() <= TABLE_WIDTH), "{t}");
         for n in &names {
             assert_eq!(t.matches(n).count(), 1, "{n} once: {t}");

@@ -624,6 +624,26 @@ pub fn probe_panels(
     }
 }
 
+/// [`probe_panels`] as an SVG document (for a page that inlines its figures).
+pub fn probe_panels_svg(
+    x_desc: &str,
+    panels: &[ProbePanel],
+    legend_low: bool,
+    integer_x: bool,
+) -> Result<String, String> {
+    ensure_font()?;
+    let mut s = String::new();
+    let size = (900, 60 + 400 * panels.len().max(1) as u32);
+    draw_panels(
+        SVGBackend::with_string(&mut s, size).into_drawing_area(),
+        x_desc,
+        panels,
+        legend_low,
+        integer_x,
+    )?;
+    Ok(s)
+}
+
 fn draw_panels<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     x_desc: &str,
