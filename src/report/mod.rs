@@ -1,6 +1,8 @@
 //! Paired comparisons: every variant of a config on the identical workload, over one or more seeds, with
-//! per-request pairing, confidence intervals (`ci.rs`) and plots (`plot.rs`); [`parallel_map`] runs many
-//! configurations on several threads with results in a fixed order, for any caller that needs it.
+//! per-request pairing, confidence intervals (`ci.rs`), plots (`plot.rs`) and the self-contained
+//! `report.html` (`html.rs`, also used by `capacity`); [`parallel_map`] runs many configurations on
+//! several threads with results in a fixed order, for any caller that needs it. One more figure is one
+//! more entry in [`figures`]; one more metric, one more name in [`METRICS`].
 
 pub mod ci;
 pub mod html;

@@ -490,7 +490,7 @@ pub fn cdf_points(values: &[f64]) -> Vec<(f64, f64)> {
 }
 
 /// Levels at which [`quantile_band`] reads each seed's quantiles.
-const BAND_LEVELS: usize = 400;
+pub const BAND_LEVELS: usize = 400;
 
 /// A CDF across seeds: one seed, its empirical CDF ([`cdf_points`]); several, at each of
 /// [`BAND_LEVELS`] levels q the mean of the seeds' q-quantiles (the line: the quantile average) and
