@@ -185,33 +185,32 @@ fn toml_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()))
 }
 
+/// Every byte but ASCII letters, digits and `._-` (`NON_ALPHANUMERIC` less those three).
+const ENCODED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'-');
+
 fn percent_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
-            out.push(b as char);
-        } else {
-            out += &format!("%{b:02X}");
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, ENCODED).to_string()
 }
 
+/// None for a name with a malformed escape or bytes that are not UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
+    // The crate passes a `%` without two hex digits through; a name `variants` made never has one.
     let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+    let malformed = b.iter().enumerate().any(|(i, &c)| {
+        c == b'%'
+            && !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    if malformed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
 }
 
 /// A variant's name back to its settings: (key as named, the value's TOML text). The key is the varied
@@ -1198,6 +1197,17 @@ mod tests {
                 assert_eq!(toml_value(text), toml_value(raw), "{}", v.name);
             }
         }
+        // Names no grid makes: a bad escape, an escape of bytes that are not UTF-8, no `=`.
+        for bad in ["a=%2", "a=%zz1", "a=%FF", "a"] {
+            assert_eq!(parse_variant_name(bad), None, "{bad}");
+        }
+        assert_eq!(
+            parse_variant_name("path=%2Ftmp%2Fc.json+router=round_robin"),
+            Some(vec![
+                ("path".into(), "/tmp/c.json".into()),
+                ("router".into(), "round_robin".into())
+            ])
+        );
     }
 
     fn summary(pairs: &[(&str, f64)]) -> Summary {
