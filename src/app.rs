@@ -2,7 +2,7 @@
 
 use crate::cli::{
     CalibrateArgs, CatalogKind, Cli, Command, CompareArgs, ConfigArgs, FormatArg,
-    RooflineCheckArgs, RunArgs, StepCostArgs, WorkloadCommand,
+    RooflineCheckArgs, RunArgs, StepCostArgs, ValidateArgs, WorkloadCommand,
 };
 use crate::config::{Config, TraceConfig, TraceFormat, WorkloadKind};
 use crate::cost::catalog::{hardware_names, model_names, HardwareSpec, ModelShape};
@@ -38,6 +38,7 @@ pub fn main_with_args<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         Command::Capacity(a) => capacity_command(&a),
         Command::Merge(a) => merge_command(&a),
         Command::Calibrate(a) => calibrate_command(&a),
+        Command::Validate(a) => validate_command(&a),
         Command::RooflineCheck(a) => roofline_check_command(&a),
         Command::StepCost(a) => step_cost_command(&a),
     };
@@ -311,6 +312,34 @@ fn calibrate_command(a: &CalibrateArgs) -> Result<(), Error> {
         emit(&out_text)?;
     }
     Ok(())
+}
+
+#[cfg(feature = "calibrate")]
+fn validate_command(a: &ValidateArgs) -> Result<(), Error> {
+    let o = crate::validate::validate(&crate::validate::ValidateOptions {
+        config: a.config.clone(),
+        set: a.set.clone(),
+        seed: a.seed,
+        quick: a.quick,
+        profile: a.profile.clone(),
+        noise_steps: a.noise_steps,
+        noise_repeats: a.noise_repeats,
+        out: a.out.clone(),
+        progress: !a.quiet,
+    })?;
+    if !a.quiet {
+        emit(&format!("{}wrote {}\n", o.text, o.out_dir.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "calibrate"))]
+fn validate_command(_a: &ValidateArgs) -> Result<(), Error> {
+    Err(ConfigError::invalid(
+        "validate",
+        "this servesim was built without the `calibrate` feature; rebuild with default features",
+    )
+    .into())
 }
 
 #[cfg(not(feature = "calibrate"))]

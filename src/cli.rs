@@ -30,6 +30,8 @@ pub enum Command {
     Merge(MergeArgs),
     /// Time the cost model's operators with candle on this machine and fit a calibrated cost model.
     Calibrate(CalibrateArgs),
+    /// Run a simulated schedule on real candle kernels: predicted against measured, per step and request.
+    Validate(ValidateArgs),
     /// Compare the roofline, operator by operator, with measured tables (Vidur's mlp.csv, H200 attention).
     RooflineCheck(RooflineCheckArgs),
     /// Predict one engine step's duration and per-operator breakdown with the configured cost model.
@@ -199,6 +201,36 @@ pub struct MergeArgs {
     #[arg(long)]
     pub png: bool,
     /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ValidateArgs {
+    /// Workload and system config (TOML); without it, the embedded `workloads/validate.toml`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a config key (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Master random seed (overrides the config's `seed`).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// A handful of requests on the tiny model and a quick calibration: seconds.
+    #[arg(long)]
+    pub quick: bool,
+    /// A calibration profile taken on this host (default: calibrate the model first).
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// Steps executed again to measure the machine's noise.
+    #[arg(long, default_value_t = 20)]
+    pub noise_steps: usize,
+    /// Times each of those steps runs.
+    #[arg(long, default_value_t = 5)]
+    pub noise_repeats: usize,
+    /// Output directory (default: results/validate-<name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     #[arg(long, short)]
     pub quiet: bool,
 }

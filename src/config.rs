@@ -494,6 +494,9 @@ pub struct ModelConfig {
     pub name: String,
     /// vLLM's `--dtype`: `auto` (the checkpoint's `torch_dtype`), `bfloat16`, `float16` or `float32`.
     pub dtype: String,
+    /// Divides the model's widths and heads (as `calibrate --scale` does): 1 is the model itself; 8 makes
+    /// Llama-3.1-8B a model that runs on a CPU host, for `servesim validate`.
+    pub width_divisor: u32,
 }
 
 impl Default for ModelConfig {
@@ -501,6 +504,7 @@ impl Default for ModelConfig {
         ModelConfig {
             name: "llama-3.1-8b".into(),
             dtype: "auto".into(),
+            width_divisor: 1,
         }
     }
 }

@@ -44,5 +44,7 @@ pub mod run;
 pub mod scheduler;
 pub mod system;
 pub mod time;
+#[cfg(feature = "calibrate")]
+pub mod validate;
 pub mod workload;
 pub mod world;

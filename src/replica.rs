@@ -68,6 +68,30 @@ pub enum StepStart {
     WakeAt(SimTime),
 }
 
+/// One request's part of a recorded step ([`StepRecord`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepRow {
+    pub request: RequestId,
+    /// Tokens computed for it in the step: a prefill chunk's length, or 1 for a decode.
+    pub tokens: u32,
+    /// Its context after the step (tokens with KV, the step's included).
+    pub context: u32,
+    pub decode: bool,
+    /// The step samples a token for it (a decode, or a chunk that completes the prompt).
+    pub samples: bool,
+}
+
+/// One engine step as the simulator ran it: when, for how long, and what it computed for whom (recorded
+/// with `SimOptions::record_steps`, for `servesim validate` to execute the same schedule on real kernels).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepRecord {
+    pub start: SimTime,
+    pub duration: SimDuration,
+    pub rows: Vec<StepRow>,
+    /// Requests preempted while planning the step (their KV freed before it ran).
+    pub preempted: Vec<RequestId>,
+}
+
 /// A step in flight.
 #[derive(Debug)]
 struct InFlight {
@@ -224,6 +248,8 @@ pub struct Replica<S> {
     /// The store recomputes the context for every decode token (`KvStore::recomputes_context`, a fixed
     /// property of the store, read once).
     recompute: bool,
+    /// Every step started, when recording (`SimOptions::record_steps`; runs stepped one by one).
+    pub step_log: Option<Vec<StepRecord>>,
 }
 
 #[derive(Default)]
@@ -281,6 +307,7 @@ impl<S: Scheduler> Replica<S> {
             spare_plan: StepPlan::default(),
             leap_scratch: LeapScratch::default(),
             shape: StepShape::default(),
+            step_log: None,
         }
     }
 
@@ -369,6 +396,7 @@ impl<S: Scheduler> Replica<S> {
         let shape = &mut self.shape;
         shape.clear();
         let recompute = self.recompute;
+        let mut rows = Vec::new();
         for &(id, n) in &plan.scheduled {
             let r = self.requests.get_mut(&id).expect("scheduled request");
             if r.first_scheduled.is_none() {
@@ -383,6 +411,15 @@ impl<S: Scheduler> Replica<S> {
             let decode = !r.in_prefill;
             if r.in_prefill {
                 r.prefilled_tokens += n as u64;
+            }
+            if self.step_log.is_some() {
+                rows.push(StepRow {
+                    request: id,
+                    tokens: n,
+                    context: computed,
+                    decode,
+                    samples,
+                });
             }
             if decode && recompute {
                 // No KV kept: the token recomputes the whole context, a prefill chunk of it.
@@ -409,6 +446,14 @@ impl<S: Scheduler> Replica<S> {
                 op: crate::cost::op::KV_LOAD,
                 seconds: plan.kv_load.as_secs_f64(),
             }]);
+        }
+        if let Some(log) = &mut self.step_log {
+            log.push(StepRecord {
+                start: now,
+                duration: dur,
+                rows,
+                preempted: plan.preempted.clone(),
+            });
         }
         self.stats.steps += 1;
         self.stats.busy += dur;

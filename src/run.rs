@@ -8,7 +8,7 @@ use crate::event::ReplicaId;
 use crate::metrics::output::RunDir;
 use crate::metrics::stats::describe;
 use crate::metrics::{Collector, RequestRow, Rows, Sample, Summary};
-use crate::replica::Replica;
+use crate::replica::{Replica, StepRecord};
 use crate::scheduler::Scheduler;
 use crate::system::{System, WithReplicas};
 use crate::workload::Workload;
@@ -58,6 +58,8 @@ pub struct SimOptions {
     pub variant: String,
     /// Keep every replica's cache content at the end ([`Simulation::cache`]).
     pub keep_cache: bool,
+    /// Record every engine step ([`Simulation::steps`]); the run is stepped one by one (no leaps).
+    pub record_steps: bool,
 }
 
 impl Default for SimOptions {
@@ -68,6 +70,7 @@ impl Default for SimOptions {
             no_leap: false,
             variant: String::new(),
             keep_cache: false,
+            record_steps: false,
         }
     }
 }
@@ -92,6 +95,8 @@ pub struct Simulation {
     /// empty), and the header a cache file of it carries.
     pub cache: Vec<crate::kv::CacheSnapshot>,
     pub cache_header: crate::kv::persist::Header,
+    /// Every replica's steps in order, by id ([`SimOptions::record_steps`] only; else empty).
+    pub steps: Vec<Vec<StepRecord>>,
 }
 
 /// One replica's totals over the run: a row of `replicas.csv` (columns in [`REPLICA_COLUMNS`] order).
@@ -268,6 +273,7 @@ impl Prepared<'_> {
             timeseries: done.timeseries,
             replicas: done.replicas,
             cache: done.cache,
+            steps: done.steps,
             cache_header,
         })
     }
@@ -294,6 +300,7 @@ struct Ran {
     timeseries: Vec<Sample>,
     replicas: Vec<ReplicaSummary>,
     cache: Vec<crate::kv::CacheSnapshot>,
+    steps: Vec<Vec<StepRecord>>,
 }
 
 impl WithReplicas for RunWorld<'_> {
@@ -309,6 +316,11 @@ impl WithReplicas for RunWorld<'_> {
         for (r, snap) in replicas.iter_mut().zip(&self.warm) {
             r.restore_cache(snap);
         }
+        if self.opts.record_steps {
+            for r in &mut replicas {
+                r.step_log = Some(Vec::new());
+            }
+        }
         let mut costs = self.costs.into_iter();
         let mut world = World::new(
             cfg,
@@ -318,7 +330,7 @@ impl WithReplicas for RunWorld<'_> {
             costs.next().expect("the first model's cost"),
             self.metrics,
             self.opts.progress,
-            !self.opts.no_leap,
+            !self.opts.no_leap && !self.opts.record_steps,
         );
         world.set_factory(make);
         world.add_swap_costs(costs.collect());
@@ -339,7 +351,13 @@ impl WithReplicas for RunWorld<'_> {
         } else {
             Vec::new()
         };
+        let steps = world
+            .replicas
+            .iter_mut()
+            .map(|r| r.step_log.take().unwrap_or_default())
+            .collect();
         Ok(Ran {
+            steps,
             cache,
             replicas,
             summary,
@@ -387,6 +405,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
         no_leap: opts.no_leap,
         variant: opts.variant.clone(),
         keep_cache: opts.save_cache.is_some(),
+        record_steps: false,
     })?;
     write(&dir.file("summary.json"), &sim.summary.to_json())?;
     sim.summary.write_csv(&dir.file("summary.csv"))?;

@@ -93,8 +93,11 @@ impl System {
     }
 
     fn resolve_one(cfg: &Config) -> Result<System, ConfigError> {
-        let model = ModelShape::load(&cfg.model.name)?
-            .with_dtypes(&cfg.model.dtype, &cfg.engine.kv_cache_dtype)?;
+        let mut model = ModelShape::load(&cfg.model.name)?;
+        if cfg.model.width_divisor != 1 {
+            model = model.scaled(cfg.model.width_divisor, "model.width_divisor")?;
+        }
+        let model = model.with_dtypes(&cfg.model.dtype, &cfg.engine.kv_cache_dtype)?;
         let hardware =
             HardwareSpec::load_with(&cfg.hardware.name, cfg.hardware.catalog.as_deref())?;
         let sizing = size_engine_tp(&cfg.engine, &model, &hardware, cfg.hardware.tensor_parallel)?;

@@ -19,4 +19,6 @@ mod robustness;
 mod rules;
 mod runs;
 mod traces;
+#[cfg(feature = "calibrate")]
+mod validate;
 mod workload;

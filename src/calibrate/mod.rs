@@ -36,23 +36,6 @@ pub struct CalibrateOptions {
     pub progress: bool,
 }
 
-/// The model's shape scaled down by `scale` (widths and heads divided, head_dim kept).
-pub fn scaled_shape(m: &ModelShape, scale: u32) -> Result<ModelShape, ConfigError> {
-    let s = scale as u64;
-    if s == 0 {
-        return Err(ConfigError::invalid("--scale", "must be at least 1"));
-    }
-    Ok(ModelShape {
-        name: format!("{} / {scale}", m.name),
-        hidden_size: (m.hidden_size / s).max(64),
-        intermediate_size: (m.intermediate_size / s).max(64),
-        num_heads: (m.num_heads / s).max(1),
-        num_kv_heads: (m.num_kv_heads / s).max(1),
-        vocab_size: (m.vocab_size / s).max(256),
-        ..m.clone()
-    })
-}
-
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -167,6 +150,19 @@ fn gpu_facts(device: &str) -> Option<(String, f64)> {
 /// Normal random values of `shape`: f32 on the CPU, bf16 on a GPU (what GPUs serve in).
 fn randn(shape: &[usize], dev: &Device) -> Result<Tensor, CErr> {
     Tensor::randn(0f32, 1f32, shape, dev)?.to_dtype(dtype_on(dev))
+}
+
+/// Bytes of distinct operands a timed operator cycles through: several times a server CPU's last-level
+/// cache (32 MiB here) and a GPU's L2, so each call reads its operand from memory, as a forward pass
+/// does (every layer's weights and every sequence's KV cache are its own). Timing one operand again and
+/// again measures a hot cache instead: a T = 1 projection then ran 3x faster than in a real step.
+const COLD_BYTES: usize = 96 << 20;
+
+/// `make()` called often enough that the results together pass [`COLD_BYTES`] (at least once, at most
+/// 1,024 times), each `bytes` large.
+fn cold_copies<T>(bytes: usize, mut make: impl FnMut() -> Result<T, CErr>) -> Result<Vec<T>, CErr> {
+    let n = (COLD_BYTES / bytes.max(1)).clamp(1, 1024);
+    (0..n).map(|_| make()).collect()
 }
 
 fn dtype_on(dev: &Device) -> DType {
@@ -306,7 +302,7 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
         )
         .into());
     }
-    let m = scaled_shape(&full, o.scale)?;
+    let m = full.scaled(o.scale, "--scale")?;
     let threads = o
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -366,10 +362,21 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
     for (name, inp, out) in linears {
         bar.set_message(name.to_string());
         let w = randn(&[out, inp], &dev).map_err(cerr)?;
-        let wt = w.t().map_err(cerr)?;
+        let ws =
+            cold_copies(out * inp * w.dtype().size_in_bytes(), || w.copy()?.t()).map_err(cerr)?;
+        let mut next = 0;
         for &t in &p.tokens {
             let x = randn(&[t, inp], &dev).map_err(cerr)?;
-            let timing = time(&dev, || x.matmul(&wt).map(drop), 1, repeats).map_err(cerr)?;
+            let timing = time(
+                &dev,
+                || {
+                    next += 1;
+                    x.matmul(&ws[next % ws.len()]).map(drop)
+                },
+                1,
+                repeats,
+            )
+            .map_err(cerr)?;
             let e = (inp * out) as f64;
             push(
                 &mut raw,
@@ -381,19 +388,38 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
             bar.inc(1);
         }
     }
-    // Decode attention: one query per sequence against its KV, GQA-native (queries grouped per KV head).
+    // Attention as a step executes it (`forward::attend`, one sequence at a time over its own KV cache:
+    // the new keys and values written in, then the queries over the context), so the fit's per-sequence
+    // and per-chunk terms carry what each sequence costs beyond its arithmetic.
+    // Decode: `b` sequences of one query each at context `c`.
     bar.set_message("attn_decode");
     let g = heads / kvh;
+    let cache = |c: usize| -> Result<(Tensor, Tensor), CErr> {
+        Ok((
+            Tensor::ones((kvh, c, hd), dtype_on(&dev), &dev)?,
+            Tensor::ones((kvh, c, hd), dtype_on(&dev), &dev)?,
+        ))
+    };
+    let kv_bytes = |c: usize| 2 * kvh * c * hd * dtype_on(&dev).size_in_bytes();
+    let mut next = 0;
     for &(b, c) in &p.decode {
-        let qt = randn(&[b, kvh, g, hd], &dev).map_err(cerr)?;
-        let k = randn(&[b, kvh, c, hd], &dev).map_err(cerr)?;
-        let vv = randn(&[b, kvh, c, hd], &dev).map_err(cerr)?;
-        let kt = k.t().map_err(cerr)?;
+        let part = randn(&[b, q + 2 * kv], &dev).map_err(cerr)?;
+        let sets = cold_copies(b * kv_bytes(c), || {
+            (0..b).map(|_| cache(c)).collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(cerr)?;
         let timing = time(
             &dev,
             || {
-                let s = (qt.matmul(&kt)? * (1.0 / (hd as f64).sqrt()))?;
-                softmax_last(&s)?.matmul(&vv).map(drop)
+                next += 1;
+                let outs = sets[next % sets.len()]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (kc, vc))| {
+                        forward::attend(&m, &part.narrow(0, i, 1)?, kc, vc, c, None)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Tensor::cat(&outs, 0).map(drop)
             },
             1,
             repeats,
@@ -408,20 +434,22 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
         );
         bar.inc(1);
     }
-    // Prefill attention: a chunk of `qn` queries over `c` keys with a causal mask.
+    // Prefill: a chunk of `qn` queries ending a context of `c` keys, with its causal mask (made before
+    // the clock starts, as the executor makes it).
     bar.set_message("attn_prefill");
     for &(qn, c) in &p.prefill {
-        let qt = randn(&[kvh, g * qn, hd], &dev).map_err(cerr)?;
-        let k = randn(&[kvh, c, hd], &dev).map_err(cerr)?;
-        let vv = randn(&[kvh, c, hd], &dev).map_err(cerr)?;
-        let kt = k.t().map_err(cerr)?;
-        let mask = causal_mask(qn, c, g, &dev).map_err(cerr)?;
+        let part = randn(&[qn, q + 2 * kv], &dev).map_err(cerr)?;
+        let caches = cold_copies(kv_bytes(c), || cache(c)).map_err(cerr)?;
+        let mask = causal_mask(qn, c, g, &dev)
+            .and_then(|t| t.to_dtype(dtype_on(&dev)))
+            .map_err(cerr)?;
         let timing = time(
             &dev,
             || {
-                let s = (qt.matmul(&kt)? * (1.0 / (hd as f64).sqrt()))?;
-                let s = s.broadcast_add(&mask)?;
-                softmax_last(&s)?.matmul(&vv).map(drop)
+                next += 1;
+                let (kc, vc) = &caches[next % caches.len()];
+                let o = forward::attend(&m, &part, kc, vc, c, Some(&mask))?;
+                Tensor::cat(&[o], 0).map(drop)
             },
             1,
             repeats,

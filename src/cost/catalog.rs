@@ -376,6 +376,25 @@ impl ModelShape {
         })
     }
 
+    /// This shape with its widths and heads divided by `divisor` (head_dim, layers and context kept; at
+    /// least 64 wide, one head, a 256-token vocabulary): a model shaped like this one that runs on a host
+    /// (`calibrate --scale`, `model.width_divisor`). `key` names the setting in errors.
+    pub fn scaled(&self, divisor: u32, key: &str) -> Result<ModelShape, ConfigError> {
+        let s = divisor as u64;
+        if s == 0 {
+            return Err(ConfigError::invalid(key, "must be at least 1"));
+        }
+        Ok(ModelShape {
+            name: format!("{} / {divisor}", self.name),
+            hidden_size: (self.hidden_size / s).max(64),
+            intermediate_size: (self.intermediate_size / s).max(64),
+            num_heads: (self.num_heads / s).max(1),
+            num_kv_heads: (self.num_kv_heads / s).max(1),
+            vocab_size: (self.vocab_size / s).max(256),
+            ..self.clone()
+        })
+    }
+
     /// Loads a catalog entry by name, or a `config.json` when `name` is a path to an existing file.
     pub fn load(name: &str) -> Result<ModelShape, ConfigError> {
         if let Some((_, text)) = MODELS.iter().find(|(n, _)| *n == name) {

@@ -46,6 +46,12 @@ pub const OUTPUT_FILES: &[&str] = &[
     "capacity.svg",
     "capacity.png",
     "report.html",
+    "profile.toml",
+    "validation.csv",
+    "validation_requests.csv",
+    "validation_summary.json",
+    "validation_steps.svg",
+    "validation_ttft_error.svg",
 ];
 
 /// How deep a servesim output tree goes: a comparison holds `seed-S/VARIANT/` folders.

@@ -470,6 +470,69 @@ fn panel<DB: DrawingBackend>(
     Ok(())
 }
 
+/// Draws `chart`'s series as dots on log-log axes with the line y = x (predicted against measured), to
+/// `path` as SVG. Series past [`MAX_OVERLAID`] share colours.
+pub fn scatter(path: &Path, chart: &Chart) -> Result<(), String> {
+    ensure_font()?;
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    let e = |x: DrawingAreaErrorKind<std::io::Error>| format!("plot {}: {x:?}", chart.title);
+    root.fill(&WHITE).map_err(e)?;
+    let mut area = root.titled(chart.title, ("sans-serif", 24)).map_err(e)?;
+    if !chart.note.is_empty() {
+        area = area.titled(chart.note, ("sans-serif", 15)).map_err(e)?;
+    }
+    let vals = chart
+        .series
+        .iter()
+        .flat_map(|s| s.line.iter().flat_map(|&(x, y)| [x, y]))
+        .filter(|v| *v > 0.0 && v.is_finite());
+    let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
+    let (lo, hi) = if lo.is_finite() && hi > lo {
+        (lo / 1.2, hi * 1.2)
+    } else {
+        (1e-3, 1.0)
+    };
+    let mut c = ChartBuilder::on(&area)
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(72)
+        .build_cartesian_2d(log_axis(lo, hi), log_axis(lo, hi))
+        .map_err(e)?;
+    c.configure_mesh()
+        .x_desc(chart.x_desc)
+        .y_desc(chart.y_desc)
+        .x_label_formatter(&|v| tick_label(*v))
+        .y_label_formatter(&|v| tick_label(*v))
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 17))
+        .draw()
+        .map_err(e)?;
+    c.draw_series(LineSeries::new([(lo, lo), (hi, hi)], BLACK.stroke_width(1)))
+        .map_err(e)?;
+    for (i, s) in chart.series.iter().enumerate() {
+        let colour = style(i).0;
+        c.draw_series(
+            s.line
+                .iter()
+                .filter(|&&(x, y)| x > 0.0 && y > 0.0)
+                .map(|&(x, y)| Circle::new((x, y), 2, colour.filled())),
+        )
+        .map_err(e)?
+        .label(s.name.as_str())
+        .legend(move |(x, y)| Circle::new((x + 10, y), 4, colour.filled()));
+    }
+    c.configure_series_labels()
+        .label_font(("sans-serif", 16))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(e)?;
+    root.present().map_err(e)
+}
+
 /// The empirical CDF of `values` as plot points (sorted value, fraction at or below).
 pub fn cdf_points(values: &[f64]) -> Vec<(f64, f64)> {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();

@@ -1,0 +1,107 @@
+//! `servesim validate --quick`: the pipeline's invariants on a real (tiny) model, not its error bounds
+//! (those depend on the machine; the README reports them).
+
+use servesim::validate::{validate, ValidateOptions};
+
+fn quick(
+    out: &std::path::Path,
+    set: &[&str],
+) -> Result<servesim::validate::ValidateOutcome, servesim::error::Error> {
+    validate(&ValidateOptions {
+        config: None,
+        set: set.iter().map(|s| s.to_string()).collect(),
+        seed: None,
+        quick: true,
+        profile: None,
+        noise_steps: 3,
+        noise_repeats: 3,
+        out: Some(out.to_path_buf()),
+        progress: false,
+    })
+}
+
+fn rows(path: &std::path::Path) -> Vec<std::collections::HashMap<String, String>> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let h = r.headers().unwrap().clone();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            h.iter()
+                .zip(rec.iter())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn quick_validation_executes_every_step_and_rebuilds_timelines_consistently() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = quick(&tmp.path().join("v"), &[]).unwrap();
+    // Every simulated step ran on the real kernels.
+    assert!(o.steps_simulated > 0);
+    assert_eq!(o.steps_executed, o.steps_simulated);
+    let s = &o.summary;
+    assert_eq!(s["steps"].as_u64().unwrap() as usize, o.steps_simulated);
+    // The quick workload: 6 requests, all finished and compared.
+    assert_eq!(s["requests"], 6);
+    // The rebuild, given the predicted durations, lands every request's first and last token where the
+    // simulator put them (up to float rounding of nanoseconds).
+    assert!(s["rebuild_gap_s"].as_f64().unwrap() < 1e-6, "{s}");
+    for k in ["ttft_mean_s", "ttft_p90_s", "tpot_mean_s", "e2e_mean_s"] {
+        let e = &s["request_errors"][k];
+        for f in ["predicted", "measured"] {
+            let v = e[f].as_f64().unwrap();
+            assert!(v.is_finite() && v > 0.0, "{k} {f} {v}");
+        }
+        assert!(e["error"].as_f64().unwrap().is_finite(), "{k}");
+    }
+    assert_eq!(s["noise"]["repeated_steps"], 3);
+    assert!(s["noise"]["median_spread"].as_f64().unwrap() >= 0.0);
+    // Files: a row per step, each measured; a row per request whose measured timeline is ordered.
+    let steps = rows(&o.out_dir.join("validation.csv"));
+    assert_eq!(steps.len(), o.steps_simulated);
+    let (mut busy_p, mut busy_m) = (0.0, 0.0);
+    for r in &steps {
+        let (p, m): (f64, f64) = (
+            r["predicted_s"].parse().unwrap(),
+            r["measured_s"].parse().unwrap(),
+        );
+        assert!(p > 0.0 && m > 0.0, "{r:?}");
+        busy_p += p;
+        busy_m += m;
+    }
+    assert!((busy_p - s["predicted_busy_s"].as_f64().unwrap()).abs() < 1e-6);
+    assert!((busy_m - s["measured_busy_s"].as_f64().unwrap()).abs() < 1e-6);
+    // The first step prefills the first arrival's prompt.
+    assert_eq!(steps[0]["kind"], "prefill");
+    let reqs = rows(&o.out_dir.join("validation_requests.csv"));
+    assert_eq!(reqs.len(), 6);
+    for r in &reqs {
+        let f = |k: &str| r[k].parse::<f64>().unwrap();
+        assert!(f("ttft_measured_s") > 0.0);
+        assert!(f("e2e_measured_s") >= f("ttft_measured_s"));
+        assert!(f("e2e_predicted_s") >= f("ttft_predicted_s"));
+    }
+    // The calibration it took first, and the run's settings, are beside the results.
+    for f in ["profile.toml", "resolved.toml", "validation_summary.json"] {
+        assert!(o.out_dir.join(f).is_file(), "{f}");
+    }
+    assert!(
+        o.text.contains("per request") && o.text.contains("noise"),
+        "{}",
+        o.text
+    );
+}
+
+#[test]
+fn validate_refuses_what_it_cannot_execute_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("v");
+    let e = quick(&out, &["cluster.replicas=2"]).unwrap_err();
+    assert!(e.to_string().contains("cluster.replicas = 1"), "{e}");
+    assert_eq!(e.exit_code(), 2);
+    let e = quick(&out, &["engine.kind=\"dynamic\""]).unwrap_err();
+    assert!(e.to_string().contains("engine.kind"), "{e}");
+    assert!(!out.exists());
+}
