@@ -148,6 +148,13 @@ impl KvCaches {
     }
 }
 
+/// The gated MLP's activation as a step computes it (and `calibrate` times it): SiLU of the first half of
+/// the fused up projection's output (`up`: (tokens, 2 i)) times its second half; both halves are strided
+/// views, which candle's element-wise kernels walk more slowly than contiguous tensors.
+pub(crate) fn gated(up: &Tensor, i: usize) -> Result<Tensor, CErr> {
+    up.narrow(1, 0, i)?.silu()? * up.narrow(1, i, i)?
+}
+
 /// One sequence's attention in a step, as [`Stack::execute`] runs it (and `calibrate` times it): its `n`
 /// new keys and values, from `part` (its (n, q + 2 kv) rows of the fused QKV output), written into its
 /// cache (`kc`, `vc`: (kv_heads, capacity, head_dim)) at [context - n, context); its queries over the
@@ -275,7 +282,7 @@ impl Stack {
             let a = Tensor::cat(&outs, 0)?;
             x = (x + a.matmul(&l.wo.t()?)?)?;
             let up = rmsnorm(&x, &l.n2)?.matmul(&l.wup.t()?)?;
-            let act = (up.narrow(1, 0, i)?.silu()? * up.narrow(1, i, i)?)?;
+            let act = gated(&up, i)?;
             x = (x + act.matmul(&l.wdown.t()?)?)?;
         }
         // candle computes on the CPU eagerly: the logits exist when the call returns.
