@@ -85,9 +85,10 @@ fn headless(browser: &Path, dir: &Path, args: &[String], page: &Path) -> (String
     (o.join().unwrap(), e.join().unwrap())
 }
 
-/// Opens `page` in `browser`: a screenshot (to `shot`), its console and network log, then its DOM.
-fn open(browser: &Path, page: &Path, shot: &Path) -> Opened {
-    let dir = page.parent().unwrap();
+/// Opens `page` in `browser`: a screenshot (to `shot`), its console and network log, then its DOM. The
+/// browser's profile and log go to `work`, not beside the page.
+fn open(browser: &Path, page: &Path, shot: &Path, work: &Path) -> Opened {
+    let dir = work;
     let net = dir.join("netlog.json");
     let (_, err) = headless(
         browser,
@@ -134,6 +135,17 @@ fn keep_screenshot(shot: &Path, name: &str) {
     }
 }
 
+/// What in a page's source would load anything: a file beside it (which Chromium reads without the
+/// network log) as much as a URL.
+fn loads(html: &str) -> Vec<&'static str> {
+    [
+        "src=", "href=", "url(", "@import", "<link", "<script", "<iframe", "<object",
+    ]
+    .into_iter()
+    .filter(|p| html.to_ascii_lowercase().contains(p))
+    .collect()
+}
+
 /// Checks the page: no console message, no request, a PNG screenshot.
 fn assert_clean(o: &Opened, shot: &Path) {
     assert!(o.console.is_empty(), "console: {:#?}", o.console);
@@ -151,13 +163,12 @@ fn the_harness_sees_console_errors_and_network_requests() {
     let Some(browser) = chromium() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let page = tmp.path().join("bad.html");
-    std::fs::write(
-        &page,
-        "<!doctype html><title>bad</title><img src=\"https://example.invalid/x.png\">\
-         <script>console.error('boom'); missing();</script>",
-    )
-    .unwrap();
-    let o = open(&browser, &page, &tmp.path().join("bad.png"));
+    let html = "<!doctype html><title>bad</title><img src=\"https://example.invalid/x.png\">\
+                <img src=\"beside.png\"><script>console.error('boom'); missing();</script>";
+    std::fs::write(&page, html).unwrap();
+    // A file beside the page is caught in the source (the browser reads it without the network log).
+    assert_eq!(loads(html), ["src=", "<script"]);
+    let o = open(&browser, &page, &tmp.path().join("bad.png"), tmp.path());
     assert!(
         o.console.iter().any(|l| l.contains("boom")),
         "{:?}",
@@ -183,10 +194,11 @@ fn the_compare_report_renders_offline_with_no_console_errors() {
     .unwrap();
     let page = o.out_dir.join("report.html");
     let html = std::fs::read_to_string(&page).unwrap();
-    // Five plots inline, no file beside it needed.
+    // Five plots inline, nothing loaded from beside it or anywhere.
     assert_eq!(html.matches("<svg ").count(), 5);
+    assert!(loads(&html).is_empty(), "{:?}", loads(&html));
     let shot = tmp.path().join("compare.png");
-    let opened = open(&browser, &page, &shot);
+    let opened = open(&browser, &page, &shot, tmp.path());
     assert_clean(&opened, &shot);
     keep_screenshot(&shot, "compare-report.png");
     // The browser parsed the table (a row per metric, a column per variant), every plot and the
@@ -219,8 +231,10 @@ fn the_capacity_report_renders_offline_with_no_console_errors() {
     opts.plot = Some(plot::Format::Svg);
     let out = capacity(&cfg, &opts).unwrap();
     let page = out.out_dir.join("report.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(loads(&html).is_empty(), "{:?}", loads(&html));
     let shot = tmp.path().join("capacity.png");
-    let opened = open(&browser, &page, &shot);
+    let opened = open(&browser, &page, &shot, tmp.path());
     assert_clean(&opened, &shot);
     keep_screenshot(&shot, "capacity-report.png");
     // The answer line, the probe plot and a row per probe.

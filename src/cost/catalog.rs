@@ -384,6 +384,23 @@ impl ModelShape {
         if s == 0 {
             return Err(ConfigError::invalid(key, "must be at least 1"));
         }
+        if s > 1 && (self.moe.is_some() || self.mla.is_some()) {
+            return Err(ConfigError::invalid(
+                key,
+                "scales dense models only (its expert and MLA widths would stay full size); use 1",
+            ));
+        }
+        let (heads, kv_heads) = ((self.num_heads / s).max(1), (self.num_kv_heads / s).max(1));
+        if heads % kv_heads != 0 {
+            return Err(ConfigError::invalid(
+                key,
+                format!(
+                    "{} / {divisor} leaves {heads} query heads over {kv_heads} KV heads, not whole groups; \
+                     pick a divisor of both {} and {}",
+                    self.name, self.num_heads, self.num_kv_heads
+                ),
+            ));
+        }
         Ok(ModelShape {
             name: format!("{} / {divisor}", self.name),
             hidden_size: (self.hidden_size / s).max(64),

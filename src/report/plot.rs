@@ -232,6 +232,10 @@ pub fn linear_ticks(lo: f64, hi: f64, integer: bool) -> Vec<f64> {
         step = step.max(1.0).round();
     }
     let (k0, k1) = ((lo / step).ceil() as i64, (hi / step).floor() as i64);
+    if step.is_nan() || step <= 0.0 || k1.saturating_sub(k0) > 100 {
+        // A span too small for f64 to step through (about 1e-300): no ticks rather than billions.
+        return Vec::new();
+    }
     (k0..=k1).map(|k| k as f64 * step).collect()
 }
 
@@ -259,6 +263,11 @@ pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     if t.len() > 10 {
         t = decade(&[1.0]);
     }
+    if t.len() > 10 {
+        // Past ten decades, every k-th power of ten.
+        let k = t.len().div_ceil(10);
+        t = t.into_iter().step_by(k).collect();
+    }
     if t.len() < 3 {
         t = linear_ticks(lo, hi, false)
             .into_iter()
@@ -269,7 +278,8 @@ pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
 }
 
 /// An axis with ticks at the given values only (plotters' own choice puts log ticks at values such as
-/// 0.23000000000000001 and lets labels overlap); labels come from the mesh's formatter ([`tick_label`]).
+/// 0.23000000000000001 and lets labels overlap); labels come from the mesh's formatter ([`tick_label`] at
+/// [`tick_decimals`]).
 struct Ticked<R> {
     inner: R,
     ticks: Vec<f64>,
@@ -309,20 +319,41 @@ fn linear_axis(lo: f64, hi: f64, ticks: Vec<f64>) -> Ticked<RangedCoordf64> {
     }
 }
 
-/// A log axis over `lo..hi` (positive) ticked at [`log_ticks`].
-fn log_axis(lo: f64, hi: f64) -> Ticked<LogCoord<f64>> {
+/// A log axis over `lo..hi` (positive) ticked at `ticks` ([`log_ticks`]).
+fn log_axis(lo: f64, hi: f64, ticks: Vec<f64>) -> Ticked<LogCoord<f64>> {
     Ticked {
         inner: (lo..hi).log_scale().into(),
-        ticks: log_ticks(lo, hi),
+        ticks,
     }
 }
 
-/// A tick label: at most three significant digits, no trailing zeros (`0.23`, `700`, `0.0005`).
-pub fn tick_label(v: f64) -> String {
+/// The decimals an axis's labels need to tell its ticks apart: those of the smallest gap between
+/// neighbouring ticks (0.5 apart: one; 200 apart: none; 0.01, 0.02, 0.05 on a log axis: two), or of the
+/// one tick's own size.
+pub fn tick_decimals(ticks: &[f64]) -> usize {
+    let gap = ticks
+        .windows(2)
+        .map(|w| (w[1] - w[0]).abs())
+        .filter(|g| *g > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    let scale = if gap.is_finite() {
+        gap
+    } else {
+        ticks.first().map_or(1.0, |v| v.abs() / 100.0)
+    };
+    if !(scale > 0.0 && scale.is_finite()) {
+        return 0;
+    }
+    // A gap of 0.30000000000000004 is 0.3: round before taking the magnitude.
+    (-(scale * (1.0 + 1e-9)).log10().floor()).clamp(0.0, 12.0) as usize
+}
+
+/// A tick label with `decimals` places, trailing zeros dropped (`0.23`, `700`, `0.0005`), no float noise.
+pub fn tick_label(v: f64, decimals: usize) -> String {
     if v == 0.0 || !v.is_finite() {
         return "0".into();
     }
-    let d = (2 - v.abs().log10().floor() as i32).max(0) as usize;
+    let d = decimals;
     let s = format!("{v:.d$}");
     let s = if s.contains('.') {
         s.trim_end_matches('0').trim_end_matches('.').to_string()
@@ -378,7 +409,14 @@ fn panel<DB: DrawingBackend>(
     } = *chart;
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| format!("plot {title}: {x:?}");
     let (x0, x1, y0, y1) = bounds(series, log_x);
-    let y_ticks = linear_ticks(y0.max(0.0).min(y1), y1, integer_y);
+    let y_ticks = linear_ticks(y0, y1, integer_y);
+    let dy = tick_decimals(&y_ticks);
+    let x_ticks = if log_x {
+        log_ticks(x0, x1)
+    } else {
+        linear_ticks(x0, x1, false)
+    };
+    let dx = tick_decimals(&x_ticks);
     let small = highlight.is_some();
     let mut b = ChartBuilder::on(area);
     b.margin(if small { 8 } else { 16 })
@@ -405,8 +443,8 @@ fn panel<DB: DrawingBackend>(
             c.configure_mesh()
                 .x_desc(x_desc)
                 .y_desc(y_desc)
-                .x_label_formatter(&|v| tick_label(*v))
-                .y_label_formatter(&|v| tick_label(*v))
+                .x_label_formatter(&|v| tick_label(*v, dx))
+                .y_label_formatter(&|v| tick_label(*v, dy))
                 .label_style(("sans-serif", label_size))
                 .axis_desc_style(("sans-serif", desc_size))
                 .draw()
@@ -462,10 +500,12 @@ fn panel<DB: DrawingBackend>(
     }
     let y = linear_axis(y0, y1, y_ticks);
     if log_x {
-        body!(b.build_cartesian_2d(log_axis(x0, x1), y).map_err(e)?);
-    } else {
-        let x = linear_axis(x0, x1, linear_ticks(x0, x1, false));
+        let x = log_axis(x0, x1, x_ticks);
         body!(b.build_cartesian_2d(x, y).map_err(e)?);
+    } else {
+        body!(b
+            .build_cartesian_2d(linear_axis(x0, x1, x_ticks), y)
+            .map_err(e)?);
     }
     Ok(())
 }
@@ -491,20 +531,26 @@ pub fn scatter(path: &Path, chart: &Chart) -> Result<(), String> {
     });
     let (lo, hi) = if lo.is_finite() && hi > lo {
         (lo / 1.2, hi * 1.2)
+    } else if lo.is_finite() {
+        (lo / 10.0, lo * 10.0)
     } else {
         (1e-3, 1.0)
     };
+    let d = tick_decimals(&log_ticks(lo, hi));
     let mut c = ChartBuilder::on(&area)
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(72)
-        .build_cartesian_2d(log_axis(lo, hi), log_axis(lo, hi))
+        .build_cartesian_2d(
+            log_axis(lo, hi, log_ticks(lo, hi)),
+            log_axis(lo, hi, log_ticks(lo, hi)),
+        )
         .map_err(e)?;
     c.configure_mesh()
         .x_desc(chart.x_desc)
         .y_desc(chart.y_desc)
-        .x_label_formatter(&|v| tick_label(*v))
-        .y_label_formatter(&|v| tick_label(*v))
+        .x_label_formatter(&|v| tick_label(*v, d))
+        .y_label_formatter(&|v| tick_label(*v, d))
         .label_style(("sans-serif", 15))
         .axis_desc_style(("sans-serif", 17))
         .draw()
@@ -752,6 +798,13 @@ fn draw_panels<DB: DrawingBackend>(
         } else {
             (0.0f64.min(lo), if hi > 0.0 { hi * 1.1 } else { 1.0 })
         };
+        let x_ticks = linear_ticks(x0, x1, integer_x);
+        let y_ticks = if log_y {
+            log_ticks(y0, y1)
+        } else {
+            linear_ticks(y0, y1, false)
+        };
+        let (dx, dy) = (tick_decimals(&x_ticks), tick_decimals(&y_ticks));
         let mut b = ChartBuilder::on(&area);
         b.caption(&p.title, ("sans-serif", 20))
             .margin(14)
@@ -764,8 +817,8 @@ fn draw_panels<DB: DrawingBackend>(
                     .configure_mesh()
                     .x_desc(x_desc)
                     .y_desc(p.y_desc.as_str())
-                    .x_label_formatter(&|v| tick_label(*v))
-                    .y_label_formatter(&|v| tick_label(*v))
+                    .x_label_formatter(&|v| tick_label(*v, dx))
+                    .y_label_formatter(&|v| tick_label(*v, dy))
                     .label_style(("sans-serif", 14))
                     .axis_desc_style(("sans-serif", 16))
                     .draw()
@@ -835,12 +888,14 @@ fn draw_panels<DB: DrawingBackend>(
                     .map_err(e)?;
             }};
         }
-        let x = linear_axis(x0, x1, linear_ticks(x0, x1, integer_x));
+        let x = linear_axis(x0, x1, x_ticks);
         if log_y {
-            body!(b.build_cartesian_2d(x, log_axis(y0, y1)).map_err(e)?);
-        } else {
-            let y = linear_axis(y0, y1, linear_ticks(y0, y1, false));
+            let y = log_axis(y0, y1, y_ticks);
             body!(b.build_cartesian_2d(x, y).map_err(e)?);
+        } else {
+            body!(b
+                .build_cartesian_2d(x, linear_axis(y0, y1, y_ticks))
+                .map_err(e)?);
         }
     }
     root.present().map_err(e)
@@ -899,7 +954,7 @@ mod tests {
         assert_eq!(
             log_ticks(0.051, 0.081)
                 .iter()
-                .map(|&v| tick_label(v))
+                .map(|&v| tick_label(v, 3))
                 .collect::<Vec<_>>(),
             ["0.055", "0.06", "0.065", "0.07", "0.075", "0.08"]
         );
@@ -907,16 +962,31 @@ mod tests {
         // integers print without a decimal point.
         let t = linear_ticks(0.0, 700.0, true);
         assert_eq!(t, [0.0, 200.0, 400.0, 600.0]);
-        assert_eq!(tick_label(t[3]), "600");
+        assert_eq!(tick_decimals(&t), 0);
+        assert_eq!(tick_label(t[3], 0), "600");
         // A count axis up to 3: a 0.5 step is raised to 1.
         assert_eq!(linear_ticks(0.0, 3.0, true), [0.0, 1.0, 2.0, 3.0]);
         // Float noise never reaches a label.
-        assert_eq!(tick_label(0.23 + 1e-16), "0.23");
-        assert_eq!(tick_label(0.07 * 3.0), "0.21");
-        assert_eq!(tick_label(0.1 + 0.2), "0.3");
-        assert_eq!(tick_label(0.0005), "0.0005");
-        assert_eq!(tick_label(-0.0), "0");
-        assert_eq!(tick_label(12345.0), "12345");
+        assert_eq!(tick_label(0.23 + 1e-16, 2), "0.23");
+        assert_eq!(tick_label(0.07 * 3.0, 2), "0.21");
+        assert_eq!(tick_label(0.1 + 0.2, 1), "0.3");
+        assert_eq!(tick_label(0.0005, 4), "0.0005");
+        assert_eq!(tick_label(-0.0, 0), "0");
+        assert_eq!(tick_label(12345.0, 0), "12345");
+        // Decimals follow the gap between ticks, so neighbours never print alike: 99.5 ... 101 in halves
+        // (by three significant digits 100.5 would read 100), 1-2-5 ticks from 0.01.
+        let t = linear_ticks(99.4, 101.2, false);
+        let labels: Vec<String> = t
+            .iter()
+            .map(|&v| tick_label(v, tick_decimals(&t)))
+            .collect();
+        assert_eq!(labels, ["99.5", "100", "100.5", "101"]);
+        let t = log_ticks(0.0071, 2.3);
+        assert_eq!(tick_decimals(&t), 2);
+        assert_eq!(tick_label(t[3], 2), "0.1");
+        // Fifteen decades: at most ten ticks; a span too small to step through: none.
+        assert!(log_ticks(1e-6, 1e9).len() <= 10);
+        assert!(linear_ticks(0.0, 1e-320, false).len() <= 101);
     }
 
     #[test]

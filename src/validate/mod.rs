@@ -41,7 +41,7 @@ pub const QUICK: &[&str] = &[
     "model.name=\"tiny\"",
     "model.width_divisor=1",
     "workload.max_requests=6",
-    "workload.duration_s=10.0",
+    "workload.duration_s=120.0",
     "workload.user_tokens={dist=\"constant\", value=48}",
     "workload.response_tokens={dist=\"constant\", value=6}",
 ];
@@ -93,6 +93,29 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
 /// Refuses what the executor cannot run: several replicas, cluster events, engines other than vLLM's,
 /// stores other than the paged pool, offload tiers, models other than dense Llama-shaped ones.
 fn check(cfg: &Config) -> Result<(), ConfigError> {
+    let model = crate::cost::catalog::ModelShape::load(&cfg.model.name)?
+        .scaled(cfg.model.width_divisor, "model.width_divisor")?;
+    if !model.is_dense_full_attention() {
+        return Err(ConfigError::invalid(
+            "model.name",
+            "validate executes dense, full-attention, unquantized Llama-shaped models; pick one such",
+        ));
+    }
+    if cfg.hardware.tensor_parallel != 1 {
+        return Err(ConfigError::invalid(
+            "hardware.tensor_parallel",
+            "validate executes the whole model on one host; set hardware.tensor_parallel = 1",
+        ));
+    }
+    if cfg.output.max_sim_time_s.is_some()
+        || cfg.workload.client_timeout_s.is_some()
+        || cfg.workload.max_retries > 0
+    {
+        return Err(ConfigError::invalid(
+            "output.max_sim_time_s / workload.client_timeout_s / workload.max_retries",
+            "validate compares requests that run to completion once; unset these",
+        ));
+    }
     if cfg.cluster.replicas != 1 || !cfg.cluster.events.is_empty() {
         return Err(ConfigError::invalid(
             "cluster",
@@ -162,13 +185,6 @@ pub fn validate(o: &ValidateOptions) -> Result<ValidateOutcome, Error> {
     cfg.cost.kind = CostKind::Calibrated;
     cfg.cost.profile = Some(profile.display().to_string());
     let model = crate::system::System::resolve(&cfg)?.model;
-    if model.moe.is_some() || model.mla.is_some() {
-        return Err(ConfigError::invalid(
-            "model.name",
-            "validate executes dense Llama-shaped models; pick one without experts or MLA",
-        )
-        .into());
-    }
     let sim = simulate(
         &cfg,
         &SimOptions {
@@ -273,7 +289,19 @@ pub fn validate(o: &ValidateOptions) -> Result<ValidateOutcome, Error> {
     }
     bar.finish_and_clear();
     let predicted: Vec<f64> = steps.iter().map(|s| s.duration.as_secs_f64()).collect();
-    let report = Report::new(steps, &predicted, &measured, &sim.requests, &noise);
+    let arrivals: HashMap<u64, f64> = sim
+        .requests
+        .iter()
+        .filter_map(|r| Some((r.id, r.times[0]? as f64 * 1e-9)))
+        .collect();
+    let report = Report::new(
+        steps,
+        &predicted,
+        &measured,
+        &sim.requests,
+        &noise,
+        &arrivals,
+    );
     report.write_steps(&dir.file("validation.csv"), steps)?;
     report.write_requests(&dir.file("validation_requests.csv"))?;
     let summary = report.summary(&cfg, &model.name, &profile_name, steps.len());
@@ -332,9 +360,11 @@ impl Report {
         measured: &[f64],
         rows: &[RequestRow],
         noise: &[Vec<f64>],
+        arrivals: &HashMap<u64, f64>,
     ) -> Report {
-        let p_times = step_times(steps, predicted);
-        let m_times = step_times(steps, measured);
+        let arrival = |id| arrivals.get(&id).copied().unwrap_or(0.0);
+        let p_times = step_times(steps, predicted, arrival);
+        let m_times = step_times(steps, measured, arrival);
         let p_tok = request_tokens(steps, &p_times);
         let m_tok = request_tokens(steps, &m_times);
         let mut rebuild_gap = 0.0f64;
@@ -345,14 +375,22 @@ impl Report {
             else {
                 continue;
             };
-            if r.output_tokens == 0 {
+            if r.status != crate::request::Status::Finished || r.output_tokens == 0 {
                 continue;
             }
             let arrival = arrival as f64 * 1e-9;
             let ns = |t: Option<u64>| t.map_or(f64::NAN, |t| t as f64 * 1e-9);
-            rebuild_gap = rebuild_gap
-                .max((p.first - ns(r.times[2])).abs())
-                .max((p.last - ns(r.times[3])).abs());
+            // NaN (a time the simulator did not record) must fail the check, not vanish in `max`.
+            for gap in [
+                (p.first - ns(r.times[2])).abs(),
+                (p.last - ns(r.times[3])).abs(),
+            ] {
+                rebuild_gap = if gap.is_nan() {
+                    f64::INFINITY
+                } else {
+                    rebuild_gap.max(gap)
+                };
+            }
             let tl = |t: &timeline::Tokens| {
                 let tpot = (r.output_tokens > 1)
                     .then(|| (t.last - t.first) / (r.output_tokens - 1) as f64);

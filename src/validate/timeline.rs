@@ -9,8 +9,13 @@ use std::collections::BTreeMap;
 /// Each step's (start, end), seconds, when step k takes `durations[k]`. A step that followed the previous
 /// one back to back in the simulation starts when the previous one ends; one that started after an idle
 /// gap (at an arrival or a wake-up) starts at that same time, or when the previous step ends if that is
-/// later.
-pub fn step_times(steps: &[StepRecord], durations: &[f64]) -> Vec<(f64, f64)> {
+/// later. Either way no step starts before the arrival of a request it computes (`arrival`, seconds): one
+/// that arrived while the previous step ran joins when that step ends, however short it measured.
+pub fn step_times(
+    steps: &[StepRecord],
+    durations: &[f64],
+    arrival: impl Fn(RequestId) -> f64,
+) -> Vec<(f64, f64)> {
     let mut out = Vec::with_capacity(steps.len());
     let mut prev_end_ns: Option<u64> = None;
     let mut prev_end = f64::NEG_INFINITY;
@@ -20,6 +25,11 @@ pub fn step_times(steps: &[StepRecord], durations: &[f64]) -> Vec<(f64, f64)> {
             Some(e) if s.start.0 <= e => prev_end,
             _ => predicted.max(prev_end),
         };
+        let start = s
+            .rows
+            .iter()
+            .map(|r| arrival(r.request))
+            .fold(start, f64::max);
         out.push((start, start + d));
         prev_end_ns = Some(s.start.0 + s.duration.0);
         prev_end = start + d;
@@ -120,20 +130,34 @@ mod tests {
             step(10, 10, &[(1, false, true)]),
             step(50, 10, &[(1, true, true), (2, false, true)]),
         ];
+        // Requests 1 and 2 arrive at 0 and 50 ms.
+        let arrival = |id: u64| if id == 2 { 0.050 } else { 0.0 };
         // Predicted durations give back the simulated times.
-        let t = step_times(&steps, &[0.010, 0.010, 0.010]);
+        let t = step_times(&steps, &[0.010, 0.010, 0.010], arrival);
         close(&t, &[(0.0, 0.010), (0.010, 0.020), (0.050, 0.060)]);
         // Measured 30 ms each: the second follows the first (30-60), the third starts when the second
         // ends (60 > its arrival at 50).
-        let t = step_times(&steps, &[0.030, 0.030, 0.030]);
+        let t = step_times(&steps, &[0.030, 0.030, 0.030], arrival);
         close(&t, &[(0.0, 0.030), (0.030, 0.060), (0.060, 0.090)]);
         // Measured 5 ms: the third still waits for its arrival at 50.
-        let t = step_times(&steps, &[0.005, 0.005, 0.005]);
+        let t = step_times(&steps, &[0.005, 0.005, 0.005], arrival);
         close(&t, &[(0.0, 0.005), (0.005, 0.010), (0.050, 0.055)]);
         // Request 1: first token at the end of step 2, last at the end of step 3; request 2: step 3 only.
         let r = request_tokens(&steps, &t);
         close(&[(r[&1].first, r[&1].last)], &[(0.010, 0.055)]);
         close(&[(r[&2].first, r[&2].last)], &[(0.055, 0.055)]);
+        // Request 3 arrives at 15 ms, while the simulated step 0-20 runs, and joins the step that follows
+        // it back to back (20-30). Measured at 5 ms each, the first step ends at 5: the second may not
+        // start before request 3 arrives at 15.
+        let joined = [
+            step(0, 20, &[(1, false, true)]),
+            step(20, 10, &[(1, true, true), (3, false, true)]),
+        ];
+        let arrival = |id: u64| if id == 3 { 0.015 } else { 0.0 };
+        close(
+            &step_times(&joined, &[0.005, 0.005], arrival),
+            &[(0.0, 0.005), (0.015, 0.020)],
+        );
         assert_eq!(StepKind::of(&steps[0]), StepKind::Prefill);
         assert_eq!(StepKind::of(&steps[2]), StepKind::Mixed);
     }
