@@ -92,6 +92,13 @@ fn quick_validation_executes_every_step_and_rebuilds_timelines_consistently() {
         "{}",
         o.text
     );
+    // The settings name the profile where it now is, not the temporary folder it was written in.
+    let resolved = std::fs::read_to_string(o.out_dir.join("resolved.toml")).unwrap();
+    let profile = o.out_dir.join("profile.toml").display().to_string();
+    assert!(
+        resolved.contains(&format!("profile = \"{profile}\"")),
+        "{resolved}"
+    );
 }
 
 #[test]
@@ -103,5 +110,21 @@ fn validate_refuses_what_it_cannot_execute_and_writes_nothing() {
     assert_eq!(e.exit_code(), 2);
     let e = quick(&out, &["engine.kind=\"dynamic\""]).unwrap_err();
     assert!(e.to_string().contains("engine.kind"), "{e}");
+    // A mixture of experts is named as the problem, whatever the divisor.
+    for d in ["1", "8"] {
+        let e = quick(
+            &out,
+            &[
+                "model.name=\"mixtral-8x7b\"",
+                &format!("model.width_divisor={d}"),
+            ],
+        )
+        .unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("model.name") && m.contains("catalog models"),
+            "{m}"
+        );
+    }
     assert!(!out.exists());
 }

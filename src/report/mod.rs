@@ -953,8 +953,8 @@ impl Cell {
 }
 
 /// The legend under a table with several seeds.
-const SEEDS_LEGEND: &str =
-    "Δ: paired difference from the first variant, mean over seeds ± 95% half-width; * the interval excludes 0";
+const SEEDS_LEGEND: &str = "values: mean over the seeds ± 95% half-width (Student t)\n\
+     Δ: paired difference from the first variant, mean over seeds ± 95% half-width; * the interval excludes 0";
 
 /// The comparison table's cells: a row per metric of [`METRICS`], a cell per variant. A variant's value
 /// is its metric (with several seeds, the mean across seeds ± its 95% half-width) and, beside the

@@ -93,14 +93,18 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
 /// Refuses what the executor cannot run: several replicas, cluster events, engines other than vLLM's,
 /// stores other than the paged pool, offload tiers, models other than dense Llama-shaped ones.
 fn check(cfg: &Config) -> Result<(), ConfigError> {
-    let model = crate::cost::catalog::ModelShape::load(&cfg.model.name)?
-        .scaled(cfg.model.width_divisor, "model.width_divisor")?;
+    let model = crate::cost::catalog::ModelShape::load(&cfg.model.name)?;
     if !model.is_dense_full_attention() {
         return Err(ConfigError::invalid(
             "model.name",
-            "validate executes dense, full-attention, unquantized Llama-shaped models; pick one such",
+            format!(
+                "validate executes dense, full-attention, unquantized Llama-shaped models, and \"{}\" is not \
+                 one; pick one such as llama-3.1-8b, llama-2-7b, qwen2.5-7b or tiny (`servesim catalog models`)",
+                cfg.model.name
+            ),
         ));
     }
+    model.scaled(cfg.model.width_divisor, "model.width_divisor")?;
     if cfg.hardware.tensor_parallel != 1 {
         return Err(ConfigError::invalid(
             "hardware.tensor_parallel",
@@ -311,8 +315,12 @@ pub fn validate(o: &ValidateOptions) -> Result<ValidateOutcome, Error> {
         serde_json::to_string_pretty(&summary).expect("JSON serialises") + "\n",
     )
     .map_err(io(&path))?;
+    // The settings as they ran, naming the profile where it will be (not the temporary output folder),
+    // so `servesim run --config resolved.toml` re-runs the simulation.
+    let mut shown = cfg.clone();
+    shown.cost.profile = Some(profile_name.display().to_string());
     let path = dir.file("resolved.toml");
-    std::fs::write(&path, resolved_toml(&cfg, &sim.system)).map_err(io(&path))?;
+    std::fs::write(&path, resolved_toml(&shown, &sim.system)).map_err(io(&path))?;
     let plots = report.plots(&dir);
     let mut text = report.text(&model.name, steps.len());
     if let Err(why) = plots {
@@ -622,8 +630,12 @@ impl Report {
         let (p, m): (f64, f64) = (self.predicted.iter().sum(), self.measured.iter().sum());
         let _ = writeln!(
             t,
-            "validated {steps} steps of {model}: predicted busy {p:.3} s, measured {m:.3} s ({:+.1}%)",
+            "validated {steps} steps of {model}: the steps' predicted time {p:.3} s, measured {m:.3} s ({:+.1}%)",
             100.0 * rel_error(p, m)
+        );
+        let _ = writeln!(
+            t,
+            "error = predicted / measured - 1: negative where the simulator predicts faster than measured"
         );
         let _ = writeln!(
             t,
