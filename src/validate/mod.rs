@@ -166,8 +166,9 @@ pub fn validate(o: &ValidateOptions) -> Result<ValidateOutcome, Error> {
         .clone()
         .unwrap_or_else(|| Path::new("results").join(format!("validate-{}", cfg.name)));
     let dir = RunDir::create(&out)?;
-    // The profile: given, the config's, or a fresh calibration of this model's shape on this host.
-    // (where it is read now, what the summary names: a fresh one's place once the output is in place)
+    // The profile: given, the config's, or a fresh calibration of this model's shape on this host. A fresh
+    // one is read from the temporary output folder (`profile`) and named where it will be once the output
+    // is in place (`profile_name`).
     let (profile, profile_name) = match (&o.profile, cfg.cost.kind, &cfg.cost.profile) {
         (Some(p), _, _) => (p.clone(), p.clone()),
         (None, CostKind::Calibrated, Some(p)) => (PathBuf::from(p), PathBuf::from(p)),
