@@ -370,10 +370,26 @@ pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
     write_comparison(&root, &names, &seeds, &summaries)?;
     let (paired, unpaired) = write_paired(&root, &names, &seeds)?;
     let figs = plot::ensure_font().and_then(|_| figures(&root, &names, &seeds));
-    let plots = figs
-        .as_ref()
-        .map_err(Clone::clone)
-        .and_then(|figs| write_plots(&root, figs, o.plot_format));
+    // Each figure drawn to SVG once: the report inlines it, and an SVG plot file is the same text.
+    let svgs: Result<Vec<html::Figure>, String> =
+        figs.as_ref().map_err(Clone::clone).and_then(|figs| {
+            figs.iter()
+                .map(|f| {
+                    Ok(html::Figure {
+                        title: f.title.to_string(),
+                        svg: plot::lines_svg(&f.chart())?,
+                    })
+                })
+                .collect()
+        });
+    let plots = figs.and_then(|figs| {
+        write_plots(
+            &root,
+            &figs,
+            svgs.as_ref().map_err(Clone::clone)?,
+            o.plot_format,
+        )
+    });
     // The directory must look like a run directory to be replaced by a later comparison.
     std::fs::write(
         root.join("resolved.toml"),
@@ -400,16 +416,7 @@ pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
         } else {
             "In parentheses: the change from the first variant."
         },
-        figures: figs.and_then(|figs| {
-            figs.iter()
-                .map(|f| {
-                    Ok(html::Figure {
-                        title: f.title.to_string(),
-                        svg: plot::lines_svg(&f.chart())?,
-                    })
-                })
-                .collect()
-        }),
+        figures: svgs,
         settings: names
             .iter()
             .map(|n| {
@@ -905,11 +912,23 @@ pub fn figures(root: &Path, names: &[&str], seeds: &[u64]) -> Result<Vec<Figure>
 }
 
 /// Draws `figs` into `root`, one file each.
-fn write_plots(root: &Path, figs: &[Figure], format: plot::Format) -> Result<Vec<PathBuf>, String> {
+/// Writes `figs` into `root`, one file each: SVG as already drawn (`svgs`, in the same order), PNG
+/// drawn anew.
+fn write_plots(
+    root: &Path,
+    figs: &[Figure],
+    svgs: &[html::Figure],
+    format: plot::Format,
+) -> Result<Vec<PathBuf>, String> {
     let mut written = Vec::new();
-    for fig in figs {
+    for (fig, svg) in figs.iter().zip(svgs) {
         let path = root.join(format!("{}.{}", fig.file, format.ext()));
-        plot::lines(&path, format, &fig.chart())?;
+        match format {
+            plot::Format::Svg => {
+                std::fs::write(&path, &svg.svg).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            plot::Format::Png => plot::lines(&path, format, &fig.chart())?,
+        }
         written.push(path);
     }
     Ok(written)
@@ -1226,24 +1245,26 @@ mod tests {
         // 0.9937; variant: mean 0.85, sd 0.45, half-width 1.118), but the per-seed differences 0.35,
         // 0.40, 0.30 have mean 0.35, sd 0.05, half-width 4.3027 x 0.05 / sqrt 3 = 0.1242: it excludes
         // zero, so it is marked.
-        let seeds: Vec<Vec<Summary>> = [(0.5, 0.85), (0.9, 1.3), (0.1, 0.4)]
-            .iter()
-            .map(|&(a, b)| vec![summary(&[("ttft_p99_s", a)]), summary(&[("ttft_p99_s", b)])])
-            .collect();
-        let t = render_table(&["base", "other"], &seeds);
-        let line = t.lines().find(|l| l.starts_with("ttft_p99_s")).unwrap();
+        // The table's p99 TTFT line for (baseline, variant) values per seed.
+        let line_of = |pairs: [(f64, f64); 3]| -> String {
+            let seeds: Vec<Vec<Summary>> = pairs
+                .iter()
+                .map(|&(a, b)| vec![summary(&[("ttft_p99_s", a)]), summary(&[("ttft_p99_s", b)])])
+                .collect();
+            let t = render_table(&["base", "other"], &seeds);
+            t.lines()
+                .find(|l| l.starts_with("ttft_p99_s"))
+                .unwrap()
+                .to_string()
+        };
+        let line = line_of([(0.5, 0.85), (0.9, 1.3), (0.1, 0.4)]);
         assert!(line.contains("0.5000 ±0.9937"), "{line}");
         assert!(
             line.contains("0.8500 ±1.12 (Δ +0.3500 ±0.1242 *)"),
             "{line}"
         );
         // Differences of both signs (0.35, -0.4, 0.3): the interval spans zero, no mark.
-        let seeds: Vec<Vec<Summary>> = [(0.5, 0.85), (0.9, 0.5), (0.1, 0.4)]
-            .iter()
-            .map(|&(a, b)| vec![summary(&[("ttft_p99_s", a)]), summary(&[("ttft_p99_s", b)])])
-            .collect();
-        let t = render_table(&["base", "other"], &seeds);
-        let line = t.lines().find(|l| l.starts_with("ttft_p99_s")).unwrap();
+        let line = line_of([(0.5, 0.85), (0.9, 0.5), (0.1, 0.4)]);
         assert!(line.contains("(Δ +0.0833 ±"), "{line}");
         assert!(!line.contains('*'), "{line}");
     }

@@ -367,13 +367,37 @@ pub fn tick_label(v: f64, decimals: usize) -> String {
     }
 }
 
+/// Fills `root` white and draws `chart`'s title and note above: the area left for the plot.
+fn titled<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    chart: &Chart,
+) -> Result<DrawingArea<DB, Shift>, DrawingAreaErrorKind<DB::ErrorType>> {
+    root.fill(&WHITE)?;
+    let area = root.titled(chart.title, ("sans-serif", 24))?;
+    if chart.note.is_empty() {
+        Ok(area)
+    } else {
+        area.titled(chart.note, ("sans-serif", 15))
+    }
+}
+
+/// Draws the series' legend of `c` at `position` in a boxed, translucent frame.
+fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    c: &mut ChartContext<'a, DB, CT>,
+    font: u32,
+    position: SeriesLabelPosition,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    c.configure_series_labels()
+        .label_font(("sans-serif", font))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(position)
+        .draw()
+}
+
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -> Result<(), String> {
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| format!("plot {}: {x:?}", chart.title);
-    root.fill(&WHITE).map_err(e)?;
-    let mut area = root.titled(chart.title, ("sans-serif", 24)).map_err(e)?;
-    if !chart.note.is_empty() {
-        area = area.titled(chart.note, ("sans-serif", 15)).map_err(e)?;
-    }
+    let area = titled(&root, chart).map_err(e)?;
     let n = chart.series.len();
     if n <= MAX_OVERLAID {
         panel(&area, chart, None)?;
@@ -484,17 +508,12 @@ fn panel<DB: DrawingBackend>(
                 }
             }
             if highlight.is_none() && !series.is_empty() {
-                c.configure_series_labels()
-                    .label_font(("sans-serif", 16))
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK)
-                    .position(if log_x {
-                        SeriesLabelPosition::LowerRight
-                    } else {
-                        SeriesLabelPosition::UpperLeft
-                    })
-                    .draw()
-                    .map_err(e)?;
+                let position = if log_x {
+                    SeriesLabelPosition::LowerRight
+                } else {
+                    SeriesLabelPosition::UpperLeft
+                };
+                legend(&mut c, 16, position).map_err(e)?;
             }
         }};
     }
@@ -516,11 +535,7 @@ pub fn scatter(path: &Path, chart: &Chart) -> Result<(), String> {
     ensure_font()?;
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     let e = |x: DrawingAreaErrorKind<std::io::Error>| format!("plot {}: {x:?}", chart.title);
-    root.fill(&WHITE).map_err(e)?;
-    let mut area = root.titled(chart.title, ("sans-serif", 24)).map_err(e)?;
-    if !chart.note.is_empty() {
-        area = area.titled(chart.note, ("sans-serif", 15)).map_err(e)?;
-    }
+    let area = titled(&root, chart).map_err(e)?;
     let vals = chart
         .series
         .iter()
@@ -569,13 +584,7 @@ pub fn scatter(path: &Path, chart: &Chart) -> Result<(), String> {
         .label(s.name.as_str())
         .legend(move |(x, y)| Circle::new((x + 10, y), 4, colour.filled()));
     }
-    c.configure_series_labels()
-        .label_font(("sans-serif", 16))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(e)?;
+    legend(&mut c, 16, SeriesLabelPosition::UpperLeft).map_err(e)?;
     root.present().map_err(e)
 }
 
@@ -874,18 +883,12 @@ fn draw_panels<DB: DrawingBackend>(
                             BLACK.stroke_width(2),
                         )
                     });
-                chart
-                    .configure_series_labels()
-                    .label_font(("sans-serif", 14))
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK)
-                    .position(if legend_low {
-                        SeriesLabelPosition::LowerRight
-                    } else {
-                        SeriesLabelPosition::UpperRight
-                    })
-                    .draw()
-                    .map_err(e)?;
+                let position = if legend_low {
+                    SeriesLabelPosition::LowerRight
+                } else {
+                    SeriesLabelPosition::UpperRight
+                };
+                legend(&mut chart, 14, position).map_err(e)?;
             }};
         }
         let x = linear_axis(x0, x1, x_ticks);
