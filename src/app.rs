@@ -303,6 +303,25 @@ fn calibrate_command(a: &CalibrateArgs) -> Result<(), Error> {
             100.0 * p.median_rel_error,
             100.0 * p.max_rel_error
         );
+        let steps = p.raw.iter().filter(|r| r.op == "step").count();
+        if let ([a0, a1, a2], Ok(m)) = (
+            p.step_residual.coef.as_slice(),
+            crate::cost::catalog::ModelShape::load(&a.model)
+                .and_then(|m| m.scaled(scale, "--scale")),
+        ) {
+            // The features of one layer-step, one decode sequence, one prefill token.
+            let mut one = crate::cost::BatchShape::default();
+            one.add(1, 1, false, false);
+            let f = crate::cost::calibrated::residual_features(&m, &one);
+            let _ = writeln!(
+                w,
+                "step residual, fitted to {steps} whole steps: {:.3} ms a step + {:.3} ms a decode sequence + \
+                 {:.4} ms a prefill token",
+                1e3 * a0 * f[0],
+                1e3 * a1 * f[0],
+                1e3 * a2 * f[2]
+            );
+        }
         let _ = writeln!(
             w,
             "wrote {} (use: --set cost.kind=calibrated --set cost.profile={})",

@@ -48,30 +48,58 @@ fn quick_validation_executes_every_step_and_rebuilds_timelines_consistently() {
     // The rebuild, given the predicted durations, lands every request's first and last token where the
     // simulator put them (up to float rounding of nanoseconds).
     assert!(s["rebuild_gap_s"].as_f64().unwrap() < 1e-6, "{s}");
-    for k in ["ttft_mean_s", "ttft_p90_s", "tpot_mean_s", "e2e_mean_s"] {
-        let e = &s["request_errors"][k];
-        for f in ["predicted", "measured"] {
-            let v = e[f].as_f64().unwrap();
-            assert!(v.is_finite() && v > 0.0, "{k} {f} {v}");
+    // Every cost model prices the executed schedule: the schedule's own, the host's roofline, a linear fit.
+    let models = ["calibrated", "roofline", "linear"];
+    assert_eq!(s["schedule_cost_model"], "calibrated");
+    for m in models {
+        let c = &s["cost_models"][m];
+        for k in ["ttft_mean_s", "ttft_p90_s", "tpot_mean_s", "e2e_mean_s"] {
+            let e = &c["request_errors"][k];
+            for f in ["predicted", "measured"] {
+                let v = e[f].as_f64().unwrap();
+                assert!(v.is_finite() && v > 0.0, "{m} {k} {f} {v}");
+            }
+            assert!(e["error"].as_f64().unwrap().is_finite(), "{m} {k}");
+            // Every model is compared with the same measurement.
+            assert_eq!(
+                e["measured"],
+                s["cost_models"]["calibrated"]["request_errors"][k]["measured"]
+            );
         }
-        assert!(e["error"].as_f64().unwrap().is_finite(), "{k}");
     }
+    // The linear model is scored on the steps it was not fitted to: the odd ones.
+    let n = o.steps_simulated as u64;
+    assert_eq!(
+        s["cost_models"]["linear"]["step_errors"]["all"]["steps"],
+        n / 2
+    );
+    assert_eq!(
+        s["cost_models"]["roofline"]["step_errors"]["all"]["steps"],
+        n
+    );
     assert_eq!(s["noise"]["repeated_steps"], 3);
     assert!(s["noise"]["median_spread"].as_f64().unwrap() >= 0.0);
-    // Files: a row per step, each measured; a row per request whose measured timeline is ordered.
+    // Files: a row per step, each measured and priced by each model; a row per request whose timelines
+    // are ordered.
     let steps = rows(&o.out_dir.join("validation.csv"));
     assert_eq!(steps.len(), o.steps_simulated);
-    let (mut busy_p, mut busy_m) = (0.0, 0.0);
-    for r in &steps {
-        let (p, m): (f64, f64) = (
-            r["predicted_s"].parse().unwrap(),
-            r["measured_s"].parse().unwrap(),
-        );
-        assert!(p > 0.0 && m > 0.0, "{r:?}");
-        busy_p += p;
-        busy_m += m;
+    let mut busy_m = 0.0;
+    for m in models {
+        let mut busy_p = 0.0;
+        for r in &steps {
+            let p: f64 = r[&format!("{m}_s")].parse().unwrap();
+            assert!(p > 0.0, "{m} {r:?}");
+            busy_p += p;
+        }
+        let want = s["cost_models"][m]["predicted_busy_s"].as_f64().unwrap();
+        assert!((busy_p - want).abs() < 1e-6, "{m}");
     }
-    assert!((busy_p - s["predicted_busy_s"].as_f64().unwrap()).abs() < 1e-6);
+    for (k, r) in steps.iter().enumerate() {
+        let m: f64 = r["measured_s"].parse().unwrap();
+        assert!(m > 0.0, "{r:?}");
+        busy_m += m;
+        assert_eq!(r["linear_scored"], (k % 2 == 1).to_string());
+    }
     assert!((busy_m - s["measured_busy_s"].as_f64().unwrap()).abs() < 1e-6);
     // The first step prefills the first arrival's prompt.
     assert_eq!(steps[0]["kind"], "prefill");
@@ -81,7 +109,12 @@ fn quick_validation_executes_every_step_and_rebuilds_timelines_consistently() {
         let f = |k: &str| r[k].parse::<f64>().unwrap();
         assert!(f("ttft_measured_s") > 0.0);
         assert!(f("e2e_measured_s") >= f("ttft_measured_s"));
-        assert!(f("e2e_predicted_s") >= f("ttft_predicted_s"));
+        for m in models {
+            assert!(
+                f(&format!("e2e_{m}_s")) >= f(&format!("ttft_{m}_s"))
+                    && f(&format!("ttft_{m}_s")) > 0.0
+            );
+        }
     }
     // The calibration it took first, and the run's settings, are beside the results.
     for f in ["profile.toml", "resolved.toml", "validation_summary.json"] {

@@ -82,6 +82,19 @@ impl Stack {
     /// Median wall seconds of `repeats` executions of `step` (after one warm-up), each prefill chunk and
     /// decode a request of its own with a KV cache holding its context ([`Stack::execute`]).
     pub fn time_step(&self, step: &Step, repeats: usize) -> Result<f64, CErr> {
+        let (rows, caches) = self.prepare(step)?;
+        self.execute(&rows, &caches)?;
+        let mut v = Vec::new();
+        for _ in 0..repeats.max(1) {
+            v.push(self.execute(&rows, &caches)?);
+        }
+        v.sort_by(f64::total_cmp);
+        Ok(v[v.len() / 2])
+    }
+
+    /// `step`'s rows for [`Stack::execute`], each prefill chunk and decode a request of its own, and their
+    /// KV caches holding their contexts.
+    pub fn prepare(&self, step: &Step) -> Result<(Vec<ExecRow>, KvCaches), CErr> {
         let rows: Vec<ExecRow> = step
             .prefill
             .iter()
@@ -99,13 +112,7 @@ impl Stack {
         for r in &rows {
             self.ensure_cache(&mut caches, r, r.context)?;
         }
-        self.execute(&rows, &caches)?;
-        let mut v = Vec::new();
-        for _ in 0..repeats.max(1) {
-            v.push(self.execute(&rows, &caches)?);
-        }
-        v.sort_by(f64::total_cmp);
-        Ok(v[v.len() / 2])
+        Ok((rows, caches))
     }
 }
 

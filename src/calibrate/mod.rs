@@ -8,8 +8,8 @@
 pub mod forward;
 
 use crate::cost::calibrated::{
-    fit_relative_nonneg, Fit, FitError, Host, HostHardware, LinearSegment, LogCurve, Profile,
-    RawTiming,
+    fit_relative_nonneg, fit_weighted_nonneg, residual_features, Fit, FitError, Host, HostHardware,
+    LinearSegment, LogCurve, Profile, RawTiming,
 };
 use crate::cost::catalog::ModelShape;
 use crate::error::{ConfigError, Error, OutputError};
@@ -343,9 +343,6 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
         )
         .expect("static template"),
     );
-    let cerr = |e: CErr| -> Error {
-        ConfigError::invalid("calibrate", format!("candle failed: {e}")).into()
-    };
     let mut raw: Vec<RawTiming> = Vec::new();
     let push =
         |raw: &mut Vec<RawTiming>, op: &str, features: Vec<f64>, shape: String, t: (f64, f64)| {
@@ -499,7 +496,11 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
         bar.inc(3);
     }
     bar.finish_and_clear();
-    let profile = fit_profile(raw, &full, o, threads, started.elapsed().as_secs_f64())?;
+    let mut profile = fit_profile(raw, &full, o, threads, started.elapsed().as_secs_f64())?;
+    if dev.is_cpu() && m.weight_bytes() <= MAX_STEP_WEIGHT_BYTES {
+        fit_step_residual(&mut profile, &m, o.quick, repeats)?;
+        profile.host.seconds = started.elapsed().as_secs_f64();
+    }
     let text = toml::to_string(&profile).expect("a profile serialises");
     if let Some(dir) = o.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| OutputError::Io {
@@ -528,10 +529,101 @@ pub fn calibrate(o: &CalibrateOptions) -> Result<Profile, Error> {
     Ok(profile)
 }
 
+fn cerr(e: CErr) -> Error {
+    ConfigError::invalid("calibrate", format!("candle failed: {e}")).into()
+}
+
+/// Largest weights (bytes, f32) whose whole steps calibration executes for the step residual; a larger
+/// shape's profile has none (`--scale` makes one that fits).
+const MAX_STEP_WEIGHT_BYTES: u64 = 2 << 30;
+
+/// Times whole steps through the executor `validate` uses, in rounds, and fits what their operators,
+/// timed alone, miss ([`Profile::step_residual`]): by least squares on the remainder, each step weighted by
+/// 1 / its time squared (relative errors), coefficients kept >= 0. The steps are recorded in `raw` as
+/// op `step` (features [`residual_features`]).
+fn fit_step_residual(
+    profile: &mut Profile,
+    m: &ModelShape,
+    quick: bool,
+    repeats: usize,
+) -> Result<(), Error> {
+    let (ctx, chunks) = if quick {
+        (64, [16, 32, 48, 64, 96])
+    } else {
+        (256, [32, 64, 96, 160, 256])
+    };
+    let mut steps: Vec<forward::Step> = [1, 2, 4, 8]
+        .into_iter()
+        .map(|n| forward::Step {
+            prefill: vec![],
+            decode: vec![ctx; n],
+        })
+        .collect();
+    steps.extend(chunks.into_iter().map(|c| forward::Step {
+        prefill: vec![(c, c)],
+        decode: vec![],
+    }));
+    steps.push(forward::Step {
+        prefill: vec![(chunks[1], chunks[1])],
+        decode: vec![ctx; 2],
+    });
+    let stack = forward::Stack::new(m).map_err(cerr)?;
+    use crate::cost::CostModel as _;
+    let cost = crate::cost::calibrated::CalibratedCost {
+        profile: profile.clone(),
+        model: m.clone(),
+    };
+    // Timed in rounds, each step once a round after a different one, as steps follow each other in a
+    // run: a step repeated back to back finds its activations and caches warm and runs faster than the
+    // same step does inside a schedule.
+    let prepared = steps
+        .iter()
+        .map(|s| stack.prepare(s))
+        .collect::<Result<Vec<_>, CErr>>()
+        .map_err(cerr)?;
+    let mut timings = vec![Vec::new(); steps.len()];
+    for round in 0..=repeats {
+        for ((rows, caches), t) in prepared.iter().zip(&mut timings) {
+            let s = stack.execute(rows, caches).map_err(cerr)?;
+            // The first round warms up.
+            if round > 0 {
+                t.push(s);
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (step, mut t) in steps.iter().zip(timings) {
+        t.sort_by(f64::total_cmp);
+        let measured = percentile(&t, 50.0).unwrap_or(0.0);
+        let shape = step.shape();
+        let modeled = cost.step_time(&shape).as_secs_f64();
+        let features = residual_features(m, &shape.sums).to_vec();
+        rows.push((
+            features.clone(),
+            measured - modeled,
+            1.0 / (measured * measured),
+        ));
+        profile.raw.push(RawTiming {
+            op: "step".into(),
+            features,
+            shape: format!(
+                "prefill {:?} + decode {} x ctx {ctx}",
+                step.prefill,
+                step.decode.len()
+            ),
+            median_s: measured,
+            min_s: t[0],
+            held_out: false,
+        });
+    }
+    profile.step_residual = fit_weighted_nonneg(&rows).unwrap_or_default();
+    Ok(())
+}
+
 const ELEMENTWISE: [&str; 3] = ["rmsnorm", "add", "silu_mul"];
 
 /// Linear-model token ranges: T = 1 apart (gemv), then these lower bounds.
-const SEGMENTS: [u64; 5] = [2, 8, 32, 128, 512];
+const SEGMENTS: [u64; 6] = [2, 3, 8, 32, 128, 512];
 
 fn fit_profile(
     raw: Vec<RawTiming>,
@@ -558,7 +650,11 @@ fn fit_profile(
     for (k, &lo) in SEGMENTS.iter().enumerate() {
         let hi = SEGMENTS.get(k + 1).copied().unwrap_or(u64::MAX) as f64;
         groups.push((
-            format!("linear T>={lo}"),
+            if hi == (lo + 1) as f64 {
+                format!("linear T={lo}")
+            } else {
+                format!("linear T>={lo}")
+            },
             Box::new(move |r: &RawTiming| {
                 r.op == "linear" && r.features[1] >= lo as f64 && r.features[1] < hi
             }),
@@ -698,6 +794,7 @@ fn fit_profile(
         rmsnorm,
         silu_mul,
         add,
+        step_residual: Fit::default(),
         errors,
         median_rel_error: percentile(&all_err, 50.0).unwrap_or(0.0),
         max_rel_error: all_err.last().copied().unwrap_or(0.0),

@@ -8,7 +8,10 @@
 //! - decode attention over a batch: a + b (sequences) + c (sum of contexts x query width);
 //! - prefill attention: a (per chunk) + b (q x c rectangle x query width);
 //! - RMSNorm, SiLU-and-multiply, residual add: the measured time-versus-elements curve, interpolated in
-//!   log-log space (these bend where the data leaves the caches).
+//!   log-log space (these bend where the data leaves the caches);
+//! - the step residual (`overhead`): what whole steps, executed as `servesim validate` executes them, take
+//!   beyond their operators timed alone: a L + b L (decode sequences) + c L (prefill tokens) (layer
+//!   weight elements), fitted to the remainder (see [`residual_features`]).
 //!
 //! Coefficients are per element or per (token x width), so a profile measured on a scaled-down shape predicts
 //! a full-size model of the same family on this host.
@@ -145,6 +148,12 @@ pub struct Profile {
     pub rmsnorm: LogCurve,
     pub silu_mul: LogCurve,
     pub add: LogCurve,
+    /// Whole steps' time beyond the sum of their operators timed alone, features
+    /// [`residual_features`]: executed as `servesim validate` executes them (operators timed alone keep
+    /// their operands in cache; inside a step the other layers evict them, and the step allocates its
+    /// activations). Empty (no residual) in profiles taken on a GPU or before it was measured.
+    #[serde(default)]
+    pub step_residual: Fit,
     pub errors: Vec<FitError>,
     /// Over all held-out points of all operators.
     pub median_rel_error: f64,
@@ -184,6 +193,25 @@ impl Profile {
             .unwrap_or(&self.linear[0]);
         seg.fit.eval(&[1.0, e, e * t])
     }
+}
+
+/// The features of a step's residual time ([`Profile::step_residual`]): per layer, per layer and decode
+/// sequence, and per layer and prefill token times the layer's linear weight elements (so a residual
+/// measured on a scaled-down shape grows with the full shape's GEMM work).
+pub fn residual_features(m: &ModelShape, b: &BatchShape) -> [f64; 3] {
+    let l = m.num_layers as f64;
+    let (h, q, kv, i) = (
+        m.hidden_size as f64,
+        m.q_dim() as f64,
+        m.kv_dim() as f64,
+        m.intermediate_size as f64,
+    );
+    let layer_weights = h * (q + 2.0 * kv) + q * h + 3.0 * h * i;
+    [
+        l,
+        l * b.decode_seqs as f64,
+        l * b.prefill_tokens as f64 * layer_weights,
+    ]
 }
 
 /// The cost model a profile defines, for one model shape (per GPU rank).
@@ -268,6 +296,9 @@ impl CostModel for CalibratedCost {
                 p.linear(h * m.vocab_size as f64, b.sampled as f64),
             );
         }
+        if t > 0.0 && p.step_residual.coef.len() == 3 {
+            push(op::OVERHEAD, p.step_residual.eval(&residual_features(m, b)));
+        }
         out
     }
 }
@@ -275,14 +306,19 @@ impl CostModel for CalibratedCost {
 /// As [`fit_relative`], with every coefficient >= 0 (a time never shrinks as a shape grows): features whose
 /// coefficient comes out negative are dropped, most negative first, and the rest refitted.
 pub fn fit_relative_nonneg(rows: &[(Vec<f64>, f64)]) -> Option<Fit> {
+    fit_weighted_nonneg(&relative(rows))
+}
+
+/// As [`fit_weighted`], with every coefficient >= 0, as [`fit_relative_nonneg`] keeps them.
+pub fn fit_weighted_nonneg(rows: &[(Vec<f64>, f64, f64)]) -> Option<Fit> {
     let k = rows.first()?.0.len();
     let mut active: Vec<usize> = (0..k).collect();
     loop {
-        let sub: Vec<(Vec<f64>, f64)> = rows
+        let sub: Vec<(Vec<f64>, f64, f64)> = rows
             .iter()
-            .map(|(x, y)| (active.iter().map(|&j| x[j]).collect(), *y))
+            .map(|(x, y, w)| (active.iter().map(|&j| x[j]).collect(), *y, *w))
             .collect();
-        let f = fit_relative(&sub)?;
+        let f = fit_weighted(&sub)?;
         let worst = f
             .coef
             .iter()
@@ -306,15 +342,29 @@ pub fn fit_relative_nonneg(rows: &[(Vec<f64>, f64)]) -> Option<Fit> {
     }
 }
 
+/// Rows weighted by 1 / observed^2, so least squares minimises the squared relative errors.
+fn relative(rows: &[(Vec<f64>, f64)]) -> Vec<(Vec<f64>, f64, f64)> {
+    rows.iter()
+        .map(|(x, y)| (x.clone(), *y, 1.0 / (y * y).max(1e-30)))
+        .collect()
+}
+
 /// Weighted least squares minimising the sum of squared *relative* errors: rows (features, observed).
 /// Columns are scaled to unit maximum before solving the normal equations, for conditioning.
 pub fn fit_relative(rows: &[(Vec<f64>, f64)]) -> Option<Fit> {
+    fit_weighted(&relative(rows))
+}
+
+/// Weighted least squares: rows (features, observed, weight), minimising the sum of weight x (fit -
+/// observed)^2. Columns are scaled to unit maximum before solving the normal equations, for conditioning.
+/// None with fewer rows than features or a singular design.
+pub fn fit_weighted(rows: &[(Vec<f64>, f64, f64)]) -> Option<Fit> {
     let k = rows.first()?.0.len();
     if rows.len() < k {
         return None;
     }
     let mut scale = vec![0.0f64; k];
-    for (x, _) in rows {
+    for (x, _, _) in rows {
         for (s, v) in scale.iter_mut().zip(x) {
             *s = s.max(v.abs());
         }
@@ -324,10 +374,8 @@ pub fn fit_relative(rows: &[(Vec<f64>, f64)]) -> Option<Fit> {
             *s = 1.0;
         }
     }
-    // Normal equations with weights 1 / y^2.
     let mut a = vec![vec![0.0; k + 1]; k];
-    for (x, y) in rows {
-        let w = 1.0 / (y * y).max(1e-30);
+    for (x, y, w) in rows {
         let xs: Vec<f64> = x.iter().zip(&scale).map(|(v, s)| v / s).collect();
         for r in 0..k {
             for c in 0..k {
@@ -376,6 +424,109 @@ mod tests {
         let f = fit_relative_nonneg(&rows).unwrap();
         assert!(f.coef.iter().all(|&c| c >= 0.0));
         assert!((f.coef[1] / 1e-9 - 1.0).abs() < 0.1, "{:?}", f.coef);
+    }
+
+    #[test]
+    fn a_weighted_fit_recovers_a_residual_that_is_negative_on_some_rows() {
+        // y = -1e-4 + 2e-6 x on x in 40..1000: negative at x = 40 (-2e-5), which a relative fit (weights
+        // 1 / y^2) cannot take as an observation but a weighted one with other weights can.
+        let rows: Vec<(Vec<f64>, f64, f64)> = [40.0, 300.0, 600.0, 1000.0]
+            .iter()
+            .map(|&x: &f64| (vec![1.0, x], -1e-4 + 2e-6 * x, 1.0 / (x * x)))
+            .collect();
+        let f = fit_weighted(&rows).unwrap();
+        assert!((f.coef[0] / -1e-4 - 1.0).abs() < 1e-6, "{:?}", f.coef);
+        assert!((f.coef[1] / 2e-6 - 1.0).abs() < 1e-6, "{:?}", f.coef);
+        // Kept >= 0, the negative intercept goes and the slope alone is the weighted mean of y / x:
+        // (-5e-7 + 5e-4/300 + 1.1e-3/600 + 1.9e-3/1000) / 4 = 1.225e-6.
+        let f = fit_weighted_nonneg(&rows).unwrap();
+        assert_eq!(f.coef[0], 0.0);
+        assert!((f.coef[1] / 1.225e-6 - 1.0).abs() < 1e-3, "{:?}", f.coef);
+    }
+
+    #[test]
+    fn the_step_residual_adds_its_features_times_its_coefficients() {
+        let model = ModelShape::load("tiny").unwrap();
+        let mut shape = StepShape::default();
+        shape.add(10, 10, false, true);
+        shape.add(1, 50, true, true);
+        shape.add(1, 70, true, true);
+        let f = residual_features(&model, &shape.sums);
+        // tiny: L layers, hidden h, query width q, KV width kv, intermediate i.
+        let (l, h, q, kv, i) = (
+            model.num_layers as f64,
+            model.hidden_size as f64,
+            model.q_dim() as f64,
+            model.kv_dim() as f64,
+            model.intermediate_size as f64,
+        );
+        let per_layer = h * (q + 2.0 * kv) + q * h + 3.0 * h * i;
+        assert_eq!(f, [l, 2.0 * l, 10.0 * l * per_layer]);
+        let profile = |residual: Vec<f64>| Profile {
+            step_residual: Fit { coef: residual },
+            ..crate::cost::calibrated::tests::profile()
+        };
+        let cost = |p| CalibratedCost {
+            profile: p,
+            model: model.clone(),
+        };
+        let without = total_of(&cost(profile(vec![])).breakdown(&shape));
+        let with = cost(profile(vec![1e-4, 2e-5, 3e-12])).breakdown(&shape);
+        let overhead = with.iter().find(|o| o.op == op::OVERHEAD).unwrap().seconds;
+        let want = 1e-4 * f[0] + 2e-5 * f[1] + 3e-12 * f[2];
+        assert!(
+            (overhead / want - 1.0).abs() < 1e-12,
+            "{overhead} vs {want}"
+        );
+        assert!((total_of(&with) - without - want).abs() < 1e-12);
+    }
+
+    fn total_of(ops: &[crate::cost::OpTime]) -> f64 {
+        ops.iter().map(|o| o.seconds).sum()
+    }
+
+    /// A profile with every operator at a made-up constant cost.
+    pub(crate) fn profile() -> Profile {
+        let c = |v: f64, n: usize| Fit {
+            coef: std::iter::once(v)
+                .chain(std::iter::repeat_n(0.0, n - 1))
+                .collect(),
+        };
+        let curve = LogCurve::from_points(vec![(1.0, 1e-6), (1e6, 1e-3)]).unwrap();
+        Profile {
+            host: Host {
+                cpu: "test".into(),
+                device: "cpu".into(),
+                threads: 1,
+                candle_version: "0".into(),
+                servesim_version: "0".into(),
+                calibrated_model: "tiny".into(),
+                scale: 1,
+                repeats: 1,
+                seconds: 0.0,
+            },
+            hardware: HostHardware {
+                device_name: "test".into(),
+                peak_bf16_tflops: 1.0,
+                memory_bandwidth_gbps: 10.0,
+                memory_gib: 1.0,
+            },
+            gemv: c(1e-5, 2),
+            linear: vec![LinearSegment {
+                t_min: 2,
+                fit: c(2e-5, 3),
+            }],
+            attn_decode: c(1e-5, 3),
+            attn_prefill: c(1e-5, 2),
+            rmsnorm: curve.clone(),
+            silu_mul: curve.clone(),
+            add: curve,
+            step_residual: Fit::default(),
+            errors: vec![],
+            median_rel_error: 0.0,
+            max_rel_error: 0.0,
+            raw: vec![],
+        }
     }
 
     #[test]
