@@ -17,6 +17,7 @@ mod queueing;
 mod report_html;
 mod robustness;
 mod rules;
+mod rules_sglang;
 mod runs;
 mod traces;
 #[cfg(feature = "calibrate")]

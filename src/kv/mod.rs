@@ -16,7 +16,10 @@
 //! - `off.rs`: no KV cache; every decode token recomputes the whole context;
 //! - `tier.rs`: offload tiers below GPU memory (CPU, local disk; vLLM's native connector or LMCache),
 //!   a decorator ([`Tiered`]) around the paged store, with `lru_set.rs` as each tier's index;
-//! - `persist.rs`: cache files (`--save-cache`, warm starts), built from [`KvStore::snapshot`].
+//! - `persist.rs`: cache files (`--save-cache`, warm starts), built from [`KvStore::snapshot`];
+//! - `radix.rs`: SGLang's radix cache (token-granular tree, lock references, LRU leaf eviction,
+//!   insertion after compute; engine-semantics G2-G5), the store of the SGLang engine under construction
+//!   (not wired to an engine yet).
 //!
 //! To add a store: one file here implementing [`KvStore`], one `KvKind` arm in `config.rs` (the
 //! `engine.kv_cache` key), and its construction in `System::build` (`system.rs`); the exhaustive
@@ -43,6 +46,7 @@ pub mod off;
 pub mod paged;
 pub mod persist;
 pub mod piece_pool;
+pub mod radix;
 pub mod sizing;
 pub mod tier;
 

@@ -1,0 +1,434 @@
+//! SGLang's radix cache (`python/sglang/srt/mem_cache/radix_cache.py`; engine-semantics G2-G5): a tree of
+//! token segments whose paths from the root are the cached token sequences, token-granular (SGLang's
+//! default `page_size` = 1).
+//!
+//! - **Match** (G2): walk down from the root by each child's first token; a match that ends inside a
+//!   node's segment splits the node there. Every match stamps the same access time on the root and on
+//!   every node it passes, the split-off remainder of the last one included.
+//! - **Locks** (G3): a request pins the path from its last matched node up to the root (root excluded),
+//!   adding 1 to each node's `lock_ref`. `evictable_size` counts tokens in nodes with `lock_ref` = 0,
+//!   `protected_size` the rest.
+//! - **Eviction** (G4, `lru`): a min-heap of evictable leaves (unlocked, no children) by last access time,
+//!   oldest first (ties: the node created first); pop one, free its tokens, delete it; a parent left
+//!   childless and unlocked joins the heap. Stops once at least the asked-for tokens are freed or nothing
+//!   is evictable. Whole nodes go, so it may free more than asked.
+//! - **Insertion** (G5): after compute; the part of the key already in the tree is not added again
+//!   (SGLang deduplicates: the caller frees its own copy of those tokens), and `insert` returns its length.
+//!
+//! The tree stores no KV slot indices: a token's slot is accounted for by the pool that owns the tree
+//! (its free-token count), which is all the simulator needs. Keys are runs of content tokens ([`Run`]):
+//! token k of a content stream is `(content, k)`, so the run (c, s, n) stands for tokens (c, s) ..
+//! (c, s + n - 1) and two requests share a token exactly where both hold the same offset of the same
+//! content, as their block hashes say in the paged store. Runs keep a node's segment small whatever its
+//! token count; matching compares run against run, never token by token.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+/// One token: (content stream, offset in it).
+pub type Token = (u64, u32);
+
+/// Tokens `start .. start + len` of content stream `content`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Run {
+    pub content: u64,
+    pub start: u32,
+    pub len: u32,
+}
+
+impl Run {
+    fn first(&self) -> Token {
+        (self.content, self.start)
+    }
+}
+
+/// A node of the tree, by index.
+pub type NodeId = u32;
+
+/// The root: never evicted, never locked, holds no tokens.
+pub const ROOT: NodeId = 0;
+
+#[derive(Clone, Debug)]
+struct Node {
+    parent: NodeId,
+    /// Children by the first token of their segment.
+    children: BTreeMap<Token, NodeId>,
+    /// The segment, normalised ([`normalize`]); empty only for the root.
+    key: Vec<Run>,
+    /// Tokens in `key`.
+    len: u32,
+    lock_ref: u32,
+    last_access: u64,
+    /// Creation order (arena slots are reused, so the index is not it): breaks ties in eviction order.
+    created: u64,
+    live: bool,
+}
+
+/// A match: the tokens matched from the key's start and the node the match ended on (the root for none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Match {
+    pub tokens: u32,
+    pub node: NodeId,
+}
+
+/// SGLang's `RadixCache` (see the module docs). Sizes are in tokens.
+#[derive(Clone, Debug)]
+pub struct RadixCache {
+    nodes: Vec<Node>,
+    free: Vec<NodeId>,
+    created: u64,
+    evictable_size: u64,
+    protected_size: u64,
+}
+
+impl Default for RadixCache {
+    fn default() -> Self {
+        RadixCache::new()
+    }
+}
+
+/// `runs` with empty runs dropped and runs that continue each other (same content, next offset) merged.
+pub fn normalize(runs: &[Run]) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::with_capacity(runs.len());
+    for r in runs.iter().filter(|r| r.len > 0) {
+        match out.last_mut() {
+            Some(last) if last.content == r.content && last.start + last.len == r.start => {
+                last.len += r.len
+            }
+            _ => out.push(*r),
+        }
+    }
+    out
+}
+
+/// Tokens `a` and `b` share from their starts (both normalised).
+fn common_prefix(a: &[Run], b: &[Run]) -> u32 {
+    let (mut i, mut j, mut oi, mut oj, mut n) = (0, 0, 0u32, 0u32, 0u32);
+    while i < a.len() && j < b.len() {
+        let (x, y) = (a[i], b[j]);
+        if x.content != y.content || x.start + oi != y.start + oj {
+            break;
+        }
+        // Equal tokens stay equal to the end of the shorter remainder: both runs count up one content.
+        let step = (x.len - oi).min(y.len - oj);
+        n += step;
+        oi += step;
+        oj += step;
+        if oi == x.len {
+            i += 1;
+            oi = 0;
+        }
+        if oj == y.len {
+            j += 1;
+            oj = 0;
+        }
+    }
+    n
+}
+
+/// `key` split after `k` tokens.
+fn split_at(key: &[Run], k: u32) -> (Vec<Run>, Vec<Run>) {
+    let (mut head, mut tail) = (Vec::new(), Vec::new());
+    let mut left = k;
+    for r in key {
+        if left >= r.len {
+            head.push(*r);
+            left -= r.len;
+        } else if left > 0 {
+            head.push(Run { len: left, ..*r });
+            tail.push(Run {
+                start: r.start + left,
+                len: r.len - left,
+                ..*r
+            });
+            left = 0;
+        } else {
+            tail.push(*r);
+        }
+    }
+    (head, tail)
+}
+
+fn total(key: &[Run]) -> u32 {
+    key.iter().map(|r| r.len).sum()
+}
+
+impl RadixCache {
+    pub fn new() -> RadixCache {
+        RadixCache {
+            nodes: vec![Node {
+                parent: ROOT,
+                children: BTreeMap::new(),
+                key: Vec::new(),
+                len: 0,
+                lock_ref: 0,
+                last_access: 0,
+                created: 0,
+                live: true,
+            }],
+            free: Vec::new(),
+            created: 1,
+            evictable_size: 0,
+            protected_size: 0,
+        }
+    }
+
+    /// Tokens in unlocked nodes (SGLang `evictable_size()`).
+    pub fn evictable_size(&self) -> u64 {
+        self.evictable_size
+    }
+
+    /// Tokens in locked nodes (SGLang `protected_size()`).
+    pub fn protected_size(&self) -> u64 {
+        self.protected_size
+    }
+
+    /// Tokens in the tree.
+    pub fn total_size(&self) -> u64 {
+        self.evictable_size + self.protected_size
+    }
+
+    fn alloc(&mut self, parent: NodeId, key: Vec<Run>, lock_ref: u32, now: u64) -> NodeId {
+        let node = Node {
+            parent,
+            children: BTreeMap::new(),
+            len: total(&key),
+            key,
+            lock_ref,
+            last_access: now,
+            created: self.created,
+            live: true,
+        };
+        self.created += 1;
+        match self.free.pop() {
+            Some(id) => {
+                self.nodes[id as usize] = node;
+                id
+            }
+            None => {
+                self.nodes.push(node);
+                (self.nodes.len() - 1) as NodeId
+            }
+        }
+    }
+
+    /// Splits `child` after `k` tokens (0 < k < its length): a new node takes the first `k` tokens, the
+    /// parent link and the locks (SGLang `_split_node`); `child` keeps the rest below it. Returns the new
+    /// node. Sizes do not change: the same tokens, under the same locks.
+    fn split(&mut self, child: NodeId, k: u32, now: u64) -> NodeId {
+        let c = &self.nodes[child as usize];
+        let (parent, lock_ref) = (c.parent, c.lock_ref);
+        let (head, tail) = split_at(&c.key, k);
+        let first = head[0].first();
+        let mid = self.alloc(parent, head, lock_ref, now);
+        let c = &mut self.nodes[child as usize];
+        c.key = tail;
+        c.len -= k;
+        c.parent = mid;
+        let tail_first = c.key[0].first();
+        self.nodes[mid as usize].children.insert(tail_first, child);
+        self.nodes[parent as usize].children.insert(first, mid);
+        mid
+    }
+
+    /// The longest cached prefix of `key` (SGLang `match_prefix`), stamping `now` on the path (module
+    /// docs). Splits the last node if the match ends inside it, so that the returned node ends exactly at
+    /// the match.
+    pub fn match_prefix(&mut self, key: &[Run], now: u64) -> Match {
+        let key = normalize(key);
+        let mut rest: &[Run] = &key;
+        let mut offset = 0u32; // tokens of rest[0] already consumed
+        let mut node = ROOT;
+        let mut matched = 0u32;
+        self.nodes[ROOT as usize].last_access = now;
+        while let Some(first) = rest.first().map(|r| (r.content, r.start + offset)) {
+            let Some(&child) = self.nodes[node as usize].children.get(&first) else {
+                break;
+            };
+            self.nodes[child as usize].last_access = now;
+            let tail = tail_of(rest, offset);
+            let k = common_prefix(&self.nodes[child as usize].key, &tail);
+            matched += k;
+            if k < self.nodes[child as usize].len {
+                node = self.split(child, k, now);
+                break;
+            }
+            node = child;
+            (rest, offset) = advance(rest, offset, k);
+        }
+        Match {
+            tokens: matched,
+            node,
+        }
+    }
+
+    /// Adds `key` to the tree (SGLang `insert`), stamping `now` on the nodes it passes; returns how many
+    /// of its leading tokens were already cached (the caller's copy of those is the duplicate to free).
+    pub fn insert(&mut self, key: &[Run], now: u64) -> u32 {
+        let key = normalize(key);
+        let mut rest: &[Run] = &key;
+        let mut offset = 0u32;
+        let mut node = ROOT;
+        let mut present = 0u32;
+        self.nodes[ROOT as usize].last_access = now;
+        loop {
+            let Some(first) = rest.first().map(|r| (r.content, r.start + offset)) else {
+                return present;
+            };
+            let Some(&child) = self.nodes[node as usize].children.get(&first) else {
+                break;
+            };
+            self.nodes[child as usize].last_access = now;
+            let tail = tail_of(rest, offset);
+            let k = common_prefix(&self.nodes[child as usize].key, &tail);
+            present += k;
+            (rest, offset) = advance(rest, offset, k);
+            node = if k < self.nodes[child as usize].len {
+                self.split(child, k, now)
+            } else {
+                child
+            };
+        }
+        let tail = tail_of(rest, offset);
+        let first = tail[0].first();
+        let len = total(&tail) as u64;
+        let new = self.alloc(node, tail, 0, now);
+        self.nodes[node as usize].children.insert(first, new);
+        self.evictable_size += len;
+        present
+    }
+
+    /// Pins the path from `node` up to the root (root excluded): SGLang `inc_lock_ref`.
+    pub fn inc_lock_ref(&mut self, mut node: NodeId) {
+        while node != ROOT {
+            let n = &mut self.nodes[node as usize];
+            if n.lock_ref == 0 {
+                self.evictable_size -= n.len as u64;
+                self.protected_size += n.len as u64;
+            }
+            n.lock_ref += 1;
+            node = n.parent;
+        }
+    }
+
+    /// Releases a pin taken by [`RadixCache::inc_lock_ref`] on the same node: SGLang `dec_lock_ref`.
+    /// Panics if the path is not locked (a caller's bug).
+    pub fn dec_lock_ref(&mut self, mut node: NodeId) {
+        while node != ROOT {
+            let n = &mut self.nodes[node as usize];
+            assert!(n.lock_ref > 0, "dec_lock_ref on an unlocked node");
+            n.lock_ref -= 1;
+            if n.lock_ref == 0 {
+                self.evictable_size += n.len as u64;
+                self.protected_size -= n.len as u64;
+            }
+            node = n.parent;
+        }
+    }
+
+    fn evictable_leaf(&self, id: NodeId) -> bool {
+        let n = &self.nodes[id as usize];
+        id != ROOT && n.live && n.lock_ref == 0 && n.children.is_empty()
+    }
+
+    /// Frees at least `tokens` tokens by deleting least recently used evictable leaves (SGLang `evict`,
+    /// policy `lru`), or every evictable token if there are fewer; returns the tokens freed.
+    pub fn evict(&mut self, tokens: u64) -> u64 {
+        let key = |n: &Node, id: NodeId| Reverse((n.last_access, n.created, id));
+        let mut heap: BinaryHeap<_> = (0..self.nodes.len() as NodeId)
+            .filter(|&id| self.evictable_leaf(id))
+            .map(|id| key(&self.nodes[id as usize], id))
+            .collect();
+        let mut freed = 0u64;
+        while freed < tokens {
+            let Some(Reverse((_, _, id))) = heap.pop() else {
+                break;
+            };
+            let n = &mut self.nodes[id as usize];
+            let (parent, first, len) = (n.parent, n.key[0].first(), n.len as u64);
+            n.live = false;
+            n.key = Vec::new();
+            freed += len;
+            self.evictable_size -= len;
+            self.free.push(id);
+            self.nodes[parent as usize].children.remove(&first);
+            if self.evictable_leaf(parent) {
+                heap.push(key(&self.nodes[parent as usize], parent));
+            }
+        }
+        freed
+    }
+
+    /// Every cached token sequence ending at a leaf, as runs, in a fixed order (for tests and checks).
+    pub fn leaf_keys(&self) -> Vec<Vec<Run>> {
+        let mut out = Vec::new();
+        let mut stack = vec![(ROOT, Vec::new())];
+        while let Some((id, path)) = stack.pop() {
+            let n = &self.nodes[id as usize];
+            if id != ROOT && n.children.is_empty() {
+                out.push(normalize(&path));
+            }
+            for &c in n.children.values().rev() {
+                let mut p = path.clone();
+                p.extend_from_slice(&self.nodes[c as usize].key);
+                stack.push((c, p));
+            }
+        }
+        out
+    }
+
+    /// Debug builds: the sizes equal the tokens in unlocked and locked nodes, every child is filed under
+    /// its first token, every non-root node holds tokens, and a child is locked no more than its parent.
+    pub fn debug_check(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let (mut ev, mut pr) = (0u64, 0u64);
+        for (id, n) in self.nodes.iter().enumerate() {
+            if !n.live || id as NodeId == ROOT {
+                continue;
+            }
+            assert!(n.len > 0 && n.len == total(&n.key), "node {id}");
+            if n.lock_ref == 0 {
+                ev += n.len as u64;
+            } else {
+                pr += n.len as u64;
+            }
+            let p = &self.nodes[n.parent as usize];
+            assert_eq!(p.children.get(&n.key[0].first()), Some(&(id as NodeId)));
+            if n.parent != ROOT {
+                assert!(
+                    p.lock_ref >= n.lock_ref,
+                    "node {id} locked more than its parent"
+                );
+            }
+        }
+        assert_eq!((ev, pr), (self.evictable_size, self.protected_size));
+    }
+}
+
+/// `rest` without the first `offset` tokens of its first run.
+fn tail_of(rest: &[Run], offset: u32) -> Vec<Run> {
+    let mut v = rest.to_vec();
+    if offset > 0 {
+        v[0].start += offset;
+        v[0].len -= offset;
+    }
+    v
+}
+
+/// `(rest, offset)` advanced by `k` tokens.
+fn advance(mut rest: &[Run], mut offset: u32, mut k: u32) -> (&[Run], u32) {
+    while k > 0 {
+        let left = rest[0].len - offset;
+        if k >= left {
+            k -= left;
+            rest = &rest[1..];
+            offset = 0;
+        } else {
+            offset += k;
+            k = 0;
+        }
+    }
+    (rest, offset)
+}
