@@ -336,9 +336,9 @@ fn calibrate_command(a: &CalibrateArgs) -> Result<(), Error> {
 #[cfg(feature = "calibrate")]
 fn validate_command(a: &ValidateArgs) -> Result<(), Error> {
     let o = crate::validate::validate(&crate::validate::ValidateOptions {
-        config: a.config.clone(),
-        set: a.set.clone(),
-        seed: a.seed,
+        config: a.source.config.clone(),
+        set: a.source.set.clone(),
+        seed: a.source.seed,
         quick: a.quick,
         profile: a.profile.clone(),
         noise_steps: a.noise_steps,

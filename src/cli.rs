@@ -75,7 +75,8 @@ pub enum WorkloadCommand {
 /// Where a config comes from.
 #[derive(clap::Args, Debug)]
 pub struct ConfigArgs {
-    /// Workload and system config (TOML); without it, the embedded default chat workload.
+    /// Workload and system config (TOML); without it, the command's embedded default (the chat workload;
+    /// for `validate`, workloads/validate.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Override a config key, e.g. --set engine.prefix_caching=false (repeatable).
@@ -207,15 +208,8 @@ pub struct MergeArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct ValidateArgs {
-    /// Workload and system config (TOML); without it, the embedded `workloads/validate.toml`.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Override a config key (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    /// Master random seed (overrides the config's `seed`).
-    #[arg(long)]
-    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub source: ConfigArgs,
     /// A handful of requests on the tiny model and a quick calibration: seconds.
     #[arg(long)]
     pub quick: bool,

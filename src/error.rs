@@ -72,6 +72,16 @@ pub enum OutputError {
     Refused { path: PathBuf, reason: String },
 }
 
+impl OutputError {
+    /// Wraps a CSV error with the file it came from (`.map_err(OutputError::csv(&path))`).
+    pub fn csv(path: &std::path::Path) -> impl Fn(csv::Error) -> OutputError + Copy + '_ {
+        move |source| OutputError::Csv {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// Any error servesim reports.
 #[derive(Debug, Error)]
 pub enum Error {

@@ -179,10 +179,7 @@ impl ReplicaSummary {
 
 /// Writes `replicas.csv`.
 fn write_replicas(path: &Path, rows: &[ReplicaSummary]) -> Result<(), OutputError> {
-    let err = |source| OutputError::Csv {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = OutputError::csv(path);
     let mut w = csv::Writer::from_path(path).map_err(err)?;
     w.write_record(REPLICA_COLUMNS).map_err(err)?;
     for r in rows {

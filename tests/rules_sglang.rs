@@ -1,4 +1,5 @@
-//! SGLang's rules (`../shared/reference/engine-semantics.md` §6), one test per rule, on hand-built scenes;
+//! SGLang's rules G2-G7 (read from `python/sglang/srt/mem_cache/radix_cache.py` and
+//! `managers/schedule_policy.py`), one test per rule, on hand-built scenes;
 //! and the radix cache against a naive reference.
 
 use proptest::prelude::*;

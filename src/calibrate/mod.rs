@@ -574,8 +574,8 @@ fn fit_step_residual(
         model: m.clone(),
     };
     // Timed in rounds, each step once a round after a different one, as steps follow each other in a
-    // run: a step repeated back to back finds its activations and caches warm and runs faster than the
-    // same step does inside a schedule.
+    // run: a step repeated back to back can keep its working set in cache, which no step of a schedule
+    // does.
     let prepared = steps
         .iter()
         .map(|s| stack.prepare(s))

@@ -101,9 +101,10 @@ pub fn normalize(runs: &[Run]) -> Vec<Run> {
     out
 }
 
-/// Tokens `a` and `b` share from their starts (both normalised).
-fn common_prefix(a: &[Run], b: &[Run]) -> u32 {
-    let (mut i, mut j, mut oi, mut oj, mut n) = (0, 0, 0u32, 0u32, 0u32);
+/// Tokens `a` and `b` share from their starts (both normalised), `b` read from `b_offset` tokens into
+/// its first run.
+fn common_prefix(a: &[Run], b: &[Run], b_offset: u32) -> u32 {
+    let (mut i, mut j, mut oi, mut oj, mut n) = (0, 0, 0u32, b_offset, 0u32);
     while i < a.len() && j < b.len() {
         let (x, y) = (a[i], b[j]);
         if x.content != y.content || x.start + oi != y.start + oj {
@@ -231,23 +232,34 @@ impl RadixCache {
         mid
     }
 
+    /// One step down from `node` along the key `rest` (its first run read from `offset`): the child filed
+    /// under the key's next token, stamped `now`, and the tokens its segment shares with the key; None at
+    /// the key's end or where no child continues it.
+    fn descend(
+        &mut self,
+        node: NodeId,
+        rest: &[Run],
+        offset: u32,
+        now: u64,
+    ) -> Option<(NodeId, u32)> {
+        let r = rest.first()?;
+        let child = *self.nodes[node as usize]
+            .children
+            .get(&(r.content, r.start + offset))?;
+        let c = &mut self.nodes[child as usize];
+        c.last_access = now;
+        Some((child, common_prefix(&c.key, rest, offset)))
+    }
+
     /// The longest cached prefix of `key` (SGLang `match_prefix`), stamping `now` on the path (module
     /// docs). Splits the last node if the match ends inside it, so that the returned node ends exactly at
     /// the match.
     pub fn match_prefix(&mut self, key: &[Run], now: u64) -> Match {
         let key = normalize(key);
-        let mut rest: &[Run] = &key;
-        let mut offset = 0u32; // tokens of rest[0] already consumed
-        let mut node = ROOT;
-        let mut matched = 0u32;
+        let (mut rest, mut offset) = (&key[..], 0u32);
+        let (mut node, mut matched) = (ROOT, 0u32);
         self.nodes[ROOT as usize].last_access = now;
-        while let Some(first) = rest.first().map(|r| (r.content, r.start + offset)) {
-            let Some(&child) = self.nodes[node as usize].children.get(&first) else {
-                break;
-            };
-            self.nodes[child as usize].last_access = now;
-            let tail = tail_of(rest, offset);
-            let k = common_prefix(&self.nodes[child as usize].key, &tail);
+        while let Some((child, k)) = self.descend(node, rest, offset, now) {
             matched += k;
             if k < self.nodes[child as usize].len {
                 node = self.split(child, k, now);
@@ -266,21 +278,12 @@ impl RadixCache {
     /// of its leading tokens were already cached (the caller's copy of those is the duplicate to free).
     pub fn insert(&mut self, key: &[Run], now: u64) -> u32 {
         let key = normalize(key);
-        let mut rest: &[Run] = &key;
-        let mut offset = 0u32;
-        let mut node = ROOT;
-        let mut present = 0u32;
+        let (mut rest, mut offset) = (&key[..], 0u32);
+        let (mut node, mut present) = (ROOT, 0u32);
         self.nodes[ROOT as usize].last_access = now;
-        loop {
-            let Some(first) = rest.first().map(|r| (r.content, r.start + offset)) else {
-                return present;
-            };
-            let Some(&child) = self.nodes[node as usize].children.get(&first) else {
-                break;
-            };
-            self.nodes[child as usize].last_access = now;
-            let tail = tail_of(rest, offset);
-            let k = common_prefix(&self.nodes[child as usize].key, &tail);
+        // Ends at the key's end, or where no child continues it (after a split, the split-off remainder
+        // differs from the key at its first token).
+        while let Some((child, k)) = self.descend(node, rest, offset, now) {
             present += k;
             (rest, offset) = advance(rest, offset, k);
             node = if k < self.nodes[child as usize].len {
@@ -289,7 +292,12 @@ impl RadixCache {
                 child
             };
         }
-        let tail = tail_of(rest, offset);
+        if rest.is_empty() {
+            return present;
+        }
+        let mut tail = rest.to_vec();
+        tail[0].start += offset;
+        tail[0].len -= offset;
         let first = tail[0].first();
         let len = total(&tail) as u64;
         let new = self.alloc(node, tail, 0, now);
@@ -405,16 +413,6 @@ impl RadixCache {
         }
         assert_eq!((ev, pr), (self.evictable_size, self.protected_size));
     }
-}
-
-/// `rest` without the first `offset` tokens of its first run.
-fn tail_of(rest: &[Run], offset: u32) -> Vec<Run> {
-    let mut v = rest.to_vec();
-    if offset > 0 {
-        v[0].start += offset;
-        v[0].len -= offset;
-    }
-    v
 }
 
 /// `(rest, offset)` advanced by `k` tokens.

@@ -249,13 +249,6 @@ pub struct Stability {
     pub queue_growth_per_s: Option<f64>,
 }
 
-fn csv_err(path: &Path) -> impl FnOnce(csv::Error) -> OutputError + '_ {
-    move |source| OutputError::Csv {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
     move |source| OutputError::Io {
         path: path.to_path_buf(),
@@ -654,14 +647,15 @@ impl Summary {
     }
 
     pub fn write_csv(&self, path: &Path) -> Result<(), OutputError> {
-        let mut w = csv::Writer::from_path(path).map_err(csv_err(path))?;
-        w.write_record(self.0.keys()).map_err(csv_err(path))?;
+        let mut w = csv::Writer::from_path(path).map_err(OutputError::csv(path))?;
+        w.write_record(self.0.keys())
+            .map_err(OutputError::csv(path))?;
         w.write_record(self.0.values().map(|v| match v {
             Value::Null => String::new(),
             Value::String(s) => s.clone(),
             other => other.to_string(),
         }))
-        .map_err(csv_err(path))?;
+        .map_err(OutputError::csv(path))?;
         w.flush().map_err(|source| OutputError::Io {
             path: path.to_path_buf(),
             source,

@@ -565,10 +565,7 @@ fn write_comparison(
     sums: &[Vec<Summary>],
 ) -> Result<(), OutputError> {
     let path = root.join("comparison.csv");
-    let err = |source| OutputError::Csv {
-        path: path.clone(),
-        source,
-    };
+    let err = OutputError::csv(&path);
     let mut w = csv::Writer::from_path(&path).map_err(err)?;
     let mut header = vec!["variant".to_string(), "seeds".to_string()];
     for m in METRICS {
@@ -618,10 +615,7 @@ fn write_comparison(
     if seeds.len() > 1 {
         // Every (seed, variant) summary, for notebooks.
         let path = root.join("comparison_seeds.csv");
-        let err = |source| OutputError::Csv {
-            path: path.clone(),
-            source,
-        };
+        let err = OutputError::csv(&path);
         let mut w = csv::Writer::from_path(&path).map_err(err)?;
         let mut header = vec!["variant", "seed"];
         header.extend(METRICS);
@@ -644,10 +638,7 @@ type Rows = BTreeMap<(u64, u32), [String; 5]>;
 const PAIRED: [&str; 4] = ["ttft_s", "e2e_s", "cached_tokens", "prefilled_tokens"];
 
 fn read_requests(path: &Path) -> Result<Rows, OutputError> {
-    let err = |source| OutputError::Csv {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = OutputError::csv(path);
     let mut r = csv::Reader::from_path(path).map_err(err)?;
     let h = r.headers().map_err(err)?.clone();
     let idx = |n: &str| h.iter().position(|x| x == n).expect("own column");
@@ -681,10 +672,7 @@ fn read_requests(path: &Path) -> Result<Rows, OutputError> {
 /// Returns (paired, unpaired) counts.
 fn write_paired(root: &Path, names: &[&str], seeds: &[u64]) -> Result<(usize, usize), OutputError> {
     let path = root.join("paired_requests.csv");
-    let err = |source| OutputError::Csv {
-        path: path.clone(),
-        source,
-    };
+    let err = OutputError::csv(&path);
     let mut w = csv::Writer::from_path(&path).map_err(err)?;
     let mut header = vec![
         "seed".to_string(),

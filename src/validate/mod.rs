@@ -653,32 +653,37 @@ impl Report {
         percentile(&spreads, 50.0)
     }
 
-    fn write_steps(&self, path: &Path, steps: &[StepRecord]) -> Result<(), OutputError> {
-        let err = |source| OutputError::Csv {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut w = csv::Writer::from_path(path).map_err(err)?;
-        let mut header: Vec<String> = [
-            "step",
-            "start_s",
-            "kind",
-            "requests",
-            "prefill_tokens",
-            "decode_seqs",
-            "context_tokens",
-            "measured_s",
-        ]
-        .map(String::from)
-        .to_vec();
+    /// A CSV header: `fixed`, then `per_model(name)` for each model in order.
+    fn header(&self, fixed: &[&str], per_model: impl Fn(&str) -> [String; 3]) -> Vec<String> {
+        let mut h: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
         for m in &self.models {
-            let n = m.priced.name;
-            header.extend([
-                format!("{n}_s"),
-                format!("{n}_error"),
-                format!("{n}_scored"),
-            ]);
+            h.extend(per_model(m.priced.name));
         }
+        h
+    }
+
+    fn write_steps(&self, path: &Path, steps: &[StepRecord]) -> Result<(), OutputError> {
+        let err = OutputError::csv(path);
+        let mut w = csv::Writer::from_path(path).map_err(err)?;
+        let header = self.header(
+            &[
+                "step",
+                "start_s",
+                "kind",
+                "requests",
+                "prefill_tokens",
+                "decode_seqs",
+                "context_tokens",
+                "measured_s",
+            ],
+            |n| {
+                [
+                    format!("{n}_s"),
+                    format!("{n}_error"),
+                    format!("{n}_scored"),
+                ]
+            },
+        );
         w.write_record(&header).map_err(err)?;
         for (k, s) in steps.iter().enumerate() {
             let prefill: u32 = s.rows.iter().filter(|r| !r.decode).map(|r| r.tokens).sum();
@@ -708,10 +713,7 @@ impl Report {
     }
 
     fn write_requests(&self, path: &Path) -> Result<(), OutputError> {
-        let err = |source| OutputError::Csv {
-            path: path.to_path_buf(),
-            source,
-        };
+        let err = OutputError::csv(path);
         let mut w = csv::Writer::from_path(path).map_err(err)?;
         let mut header: Vec<String> = [
             "request_id",

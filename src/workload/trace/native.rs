@@ -56,10 +56,7 @@ pub fn write(
     out: impl std::io::Write,
     path: &Path,
 ) -> Result<(), OutputError> {
-    let err = |source| OutputError::Csv {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = OutputError::csv(path);
     let mut w = csv::Writer::from_writer(out);
     w.write_record(COLUMNS).map_err(err)?;
     for r in records {
