@@ -959,6 +959,16 @@ pub fn human_summary(o: &RunOutcome) -> String {
                 100.0 * f("prefill_tokens_saved_frac"),
                 s.0["kv_cache_evictions"]
             );
+            if let Some(rate) = s.get_f64("sglang_cache_hit_rate") {
+                let _ = writeln!(
+                    out,
+                    "  radix      SGLang cache_hit_rate {:.1}% (hit / (hit + new input) tokens over prefill \
+                     batches); {} tokens deduplicated at insertion, {} in the tree at the end",
+                    100.0 * rate,
+                    s.0["radix_deduplicated_tokens"],
+                    s.0["radix_tree_tokens"]
+                );
+            }
             if let Some(ext) = s.get_f64("external_prefix_cache_hits") {
                 let cached = f("prompt_tokens_cached").max(1.0);
                 let _ = writeln!(

@@ -34,6 +34,8 @@ pub struct Config {
     pub kv_store: KvStoreConfig,
     /// Request-level dynamic batching (`engine.kind = "dynamic"`).
     pub batching: BatchingConfig,
+    /// SGLang's knobs (`engine.kind = "sglang"`).
+    pub sglang: SglangConfig,
     /// Admission control at each replica; unset: every request is queued, however long the queue.
     pub admission: Option<AdmissionConfig>,
     /// KV cache tiers below GPU memory (`[kv.offload]`).
@@ -48,6 +50,7 @@ impl Default for Config {
             workload: WorkloadConfig::default(),
             kv_store: KvStoreConfig::default(),
             batching: BatchingConfig::default(),
+            sglang: SglangConfig::default(),
             admission: None,
             kv: KvConfig::default(),
             model: ModelConfig::default(),
@@ -279,6 +282,43 @@ impl Default for BatchingConfig {
             group_by: Vec::new(),
             early_exit: false,
             adaptive: None,
+        }
+    }
+}
+
+/// `[sglang]`: SGLang's server arguments (`engine.kind = "sglang"`, rules G1 and G6-G10 in
+/// `scheduler/sglang.rs`), under SGLang's names. The KV pool's size and the context length come from
+/// `[engine]` (`gpu_memory_utilization` standing for `mem_fraction_static`, `max_model_len` for
+/// `context_length`) unless set here. Ignored by other engines.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SglangConfig {
+    /// `--schedule-policy`: `fcfs` (SGLang's default) or `lpm`.
+    pub schedule_policy: crate::scheduler::sglang::SglangPolicy,
+    /// `--schedule-conservativeness`: scales `new_token_ratio` (G9); above 1 admits less.
+    pub schedule_conservativeness: f64,
+    /// `--chunked-prefill-size`: tokens per prefill batch; unset: by GPU memory as SGLang sets it (G8:
+    /// 2048 below 35 GiB, 4096 below 60, 8192 below 160, else 16384); -1 turns chunking off.
+    pub chunked_prefill_size: Option<i64>,
+    /// `--max-prefill-tokens`: with chunking off, a prefill batch's new tokens at most.
+    pub max_prefill_tokens: u32,
+    /// `--max-running-requests`; unset: min(max_total_tokens / 2, the request pool) as SGLang derives
+    /// it (G1).
+    pub max_running_requests: Option<u32>,
+    /// `--max-total-tokens`: the token pool's size; unset: the KV memory `[engine]` sizes (blocks x
+    /// block_size, the same bytes vLLM would get).
+    pub max_total_tokens: Option<u64>,
+}
+
+impl Default for SglangConfig {
+    fn default() -> Self {
+        SglangConfig {
+            schedule_policy: crate::scheduler::sglang::SglangPolicy::Fcfs,
+            schedule_conservativeness: 1.0,
+            chunked_prefill_size: None,
+            max_prefill_tokens: 16384,
+            max_running_requests: None,
+            max_total_tokens: None,
         }
     }
 }
@@ -576,12 +616,19 @@ pub enum EngineKind {
     Dynamic,
     /// No batching: one request at a time, as soon as the server is free (`scheduler/none.rs`).
     None,
+    /// SGLang: prefill-first rounds, `PrefillAdder` admission with `new_token_ratio`, decode retraction,
+    /// over its token pool and radix cache (`scheduler/sglang.rs`, `[sglang]`).
+    Sglang,
 }
 
 impl EngineKind {
     /// Every kind, for tests that must cover each (the leap equality tests).
-    pub const ALL: &'static [EngineKind] =
-        &[EngineKind::Vllm, EngineKind::Dynamic, EngineKind::None];
+    pub const ALL: &'static [EngineKind] = &[
+        EngineKind::Vllm,
+        EngineKind::Dynamic,
+        EngineKind::None,
+        EngineKind::Sglang,
+    ];
 
     /// The KV stores this engine can drive (the first is its default), for the error that refuses any
     /// other.
@@ -592,6 +639,8 @@ impl EngineKind {
             // A request-level batch holds its KV until it ends; only stores that always allocate fit.
             EngineKind::Dynamic => &[KvKind::Conversation, KvKind::Off],
             EngineKind::None => &[KvKind::Paged, KvKind::Conversation, KvKind::Off],
+            // SGLang's scheduler reads its pool's evictable and available counts and locks tree nodes.
+            EngineKind::Sglang => &[KvKind::Radix],
         }
     }
 }
@@ -607,6 +656,38 @@ impl Config {
                 "[batching] applies to engine.kind = \"dynamic\" only; this run's engine is \"{}\"",
                 config_name(e.kind)
             ));
+        }
+        if e.kind != EngineKind::Sglang && self.sglang != SglangConfig::default() {
+            out.push(format!(
+                "[sglang] applies to engine.kind = \"sglang\" only; this run's engine is \"{}\"",
+                config_name(e.kind)
+            ));
+        }
+        if e.kind == EngineKind::Sglang {
+            for (set, key) in [
+                (
+                    e.max_num_batched_tokens.is_some(),
+                    "max_num_batched_tokens (use sglang.chunked_prefill_size)",
+                ),
+                (
+                    e.max_num_seqs.is_some(),
+                    "max_num_seqs (use sglang.max_running_requests)",
+                ),
+                (
+                    !e.enable_chunked_prefill,
+                    "enable_chunked_prefill (use sglang.chunked_prefill_size = -1)",
+                ),
+                (
+                    e.long_prefill_token_threshold != 0,
+                    "long_prefill_token_threshold",
+                ),
+            ] {
+                if set {
+                    out.push(format!(
+                        "engine.{key} is vLLM's; engine.kind = \"sglang\" ignores it"
+                    ));
+                }
+            }
         }
         if e.kv_kind() != KvKind::Conversation && self.kv_store != KvStoreConfig::default() {
             out.push(format!(
@@ -663,7 +744,7 @@ impl Config {
                 config_name(c.router)
             ));
         }
-        if e.kv_kind() != KvKind::Paged && !e.prefix_caching {
+        if !matches!(e.kv_kind(), KvKind::Paged | KvKind::Radix) && !e.prefix_caching {
             out.push(
                 "engine.prefix_caching applies to the paged store only; turn a conversation store off \
                  with kv_store.enabled = false"
@@ -711,6 +792,50 @@ impl Config {
             ));
         }
         out
+    }
+
+    fn validate_sglang(&self) -> Result<(), ConfigError> {
+        let g = &self.sglang;
+        let c = g.schedule_conservativeness;
+        if !(c.is_finite() && c > 0.0) {
+            return Err(ConfigError::invalid(
+                "sglang.schedule_conservativeness",
+                format!("must be a positive number (SGLang's default is 1.0), got {c}"),
+            ));
+        }
+        if let Some(n) = g.chunked_prefill_size {
+            if n == 0 || n < -1 || n > u32::MAX as i64 {
+                return Err(ConfigError::invalid(
+                    "sglang.chunked_prefill_size",
+                    format!("must be a positive token count, or -1 to turn chunking off; got {n}"),
+                ));
+            }
+        }
+        for (key, v) in [
+            ("max_prefill_tokens", Some(g.max_prefill_tokens as u64)),
+            (
+                "max_running_requests",
+                g.max_running_requests.map(u64::from),
+            ),
+            ("max_total_tokens", g.max_total_tokens),
+        ] {
+            if v == Some(0) {
+                return Err(ConfigError::invalid(
+                    format!("sglang.{key}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        if self.engine.kind == EngineKind::Sglang
+            && self.engine.policy == SchedulingPolicy::Priority
+        {
+            return Err(ConfigError::invalid(
+                "engine.policy",
+                "SGLang's priority scheduling is not modelled; use policy = \"fcfs\" with engine.kind = \
+                 \"sglang\" (sglang.schedule_policy picks fcfs or lpm)",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_batching(&self) -> Result<(), ConfigError> {
@@ -1008,11 +1133,19 @@ pub enum KvKind {
     Conversation,
     /// No KV cache: every decode token recomputes its whole context (`kv/off.rs`).
     Off,
+    /// SGLang's token pool and radix cache (`kv/token_pool.rs`); `prefix_caching = false` is its
+    /// `--disable-radix-cache`.
+    Radix,
 }
 
 impl KvKind {
     /// Every kind, for tests that must cover each (the leap equality tests).
-    pub const ALL: &'static [KvKind] = &[KvKind::Paged, KvKind::Conversation, KvKind::Off];
+    pub const ALL: &'static [KvKind] = &[
+        KvKind::Paged,
+        KvKind::Conversation,
+        KvKind::Off,
+        KvKind::Radix,
+    ];
 }
 
 /// One serving instance, with vLLM V1's knobs and defaults. `None` means "derive as vLLM does"; the resolved
@@ -1841,6 +1974,7 @@ impl Config {
         check_name(&self.name)?;
         check_seed(self.seed, "seed")?;
         self.validate_batching()?;
+        self.validate_sglang()?;
         let e = &self.engine;
         if !e.kind.stores().contains(&e.kv_kind()) {
             return Err(ConfigError::invalid(

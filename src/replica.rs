@@ -201,6 +201,7 @@ pub struct Retired {
     pub prefix: crate::kv::PrefixStats,
     pub store: crate::kv::conversation::StoreCounters,
     pub offload: Option<crate::kv::OffloadStats>,
+    pub radix: Option<crate::kv::RadixCounters>,
 }
 
 /// A replica running policy `S` (which owns its KV store).
@@ -855,6 +856,14 @@ impl<S: Scheduler> Replica<S> {
         if let (Some(o), Some(ro)) = (k.offload.as_mut(), r.offload.as_ref()) {
             o.add_counters(ro);
         }
+        if let (Some(x), Some(rx)) = (k.radix.as_mut(), r.radix.as_ref()) {
+            // Counters add; the tree's occupancy is the current store's.
+            x.add(&crate::kv::RadixCounters {
+                tree_tokens: 0,
+                evictable_tokens: 0,
+                ..*rx
+            });
+        }
         k
     }
 
@@ -879,6 +888,7 @@ impl<S: Scheduler> Replica<S> {
             prefix: k.prefix,
             store: k.store,
             offload: k.offload,
+            radix: k.radix,
         };
         self.stats = old.stats;
         self.state = old.state;

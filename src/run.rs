@@ -719,12 +719,16 @@ fn summarize<S: Scheduler>(
     let (mut q, mut h, mut pq, mut ph, mut pre, mut ev, mut steps) = (0, 0, 0, 0, 0, 0, 0);
     let (mut usage_s, mut peak) = (0.0, 0.0f64);
     let mut store = crate::kv::conversation::StoreCounters::default();
+    let mut radix = crate::kv::RadixCounters::default();
     // The offload tiers' counters, and each tier's units held and capacity, summed over replicas.
     let mut off = crate::kv::OffloadStats::default();
     let (mut used, mut cap) = ([0u64; 2], [0u64; 2]);
     for r in &world.replicas {
         let kv = r.kv_stats();
         store.add(&kv.store);
+        if let Some(x) = &kv.radix {
+            radix.add(x);
+        }
         if let Some(o) = &kv.offload {
             off.add_counters(o);
             for i in 0..2 {
@@ -765,6 +769,18 @@ fn summarize<S: Scheduler>(
     s.set("kv_store_tokens", store.tokens);
     s.set("kv_store_bytes", store.bytes);
     s.set("kv_store_tokens_peak", store.peak_tokens);
+    // SGLang's radix cache (`kv_cache = "radix"`), summed over replicas: its `cache_hit_rate` (G11:
+    // hit / (hit + new input) tokens over prefill batches), evicted and deduplicated tokens, and the
+    // tree's tokens at the end.
+    if cfg.engine.kv_kind() == crate::config::KvKind::Radix {
+        s.set("sglang_cache_hit_tokens", radix.hit_tokens);
+        s.set("sglang_prefill_input_tokens", radix.input_tokens);
+        s.set_opt("sglang_cache_hit_rate", radix.cache_hit_rate());
+        s.set("radix_evicted_tokens", radix.evicted_tokens);
+        s.set("radix_deduplicated_tokens", radix.deduplicated_tokens);
+        s.set("radix_tree_tokens", radix.tree_tokens);
+        s.set("radix_evictable_tokens", radix.evictable_tokens);
+    }
     // The offload tiers (`kv.offload`), summed over replicas: vLLM's connector counters, and per tier
     // the tokens loaded from it, the bytes moved and its usage at the end (units held / capacity).
     if cfg.kv.offload.is_some() {
@@ -817,7 +833,11 @@ fn summarize<S: Scheduler>(
     };
     let span = replica_seconds(world.counts.end);
     // Block usage means nothing for a store without blocks (conversation, off): null, not 0.
-    let blocks = cfg.engine.kv_kind() == crate::config::KvKind::Paged;
+    // The radix store's blocks are tokens (SGLang's `token_usage`).
+    let blocks = matches!(
+        cfg.engine.kv_kind(),
+        crate::config::KvKind::Paged | crate::config::KvKind::Radix
+    );
     s.set_opt(
         "kv_cache_usage_perc_mean",
         (blocks && span > 0.0).then(|| usage_s / span),

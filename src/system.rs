@@ -39,6 +39,8 @@ pub struct System {
     pub sizing: EngineSizing,
     /// The offload tiers, resolved (`kv.offload`); None without them.
     pub offload: Option<OffloadParams>,
+    /// SGLang's token pool size and limits (`engine.kind = "sglang"`); None for other engines.
+    pub sglang: Option<(u64, crate::scheduler::sglang::SglangLimits)>,
     /// The models `swap_model` events bring, resolved as `model` is (model m >= 1 is `swaps[m - 1]`,
     /// in `ClusterConfig::swap_models` order).
     pub swaps: Vec<System>,
@@ -109,11 +111,15 @@ impl System {
             .map(|o| offload_params(cfg, o, &model, &hardware))
             .transpose()?
             .flatten();
+        let sglang = (cfg.engine.kind == EngineKind::Sglang)
+            .then(|| crate::kv::sizing::sglang_limits(&cfg.sglang, &cfg.engine, &sizing, &hardware))
+            .transpose()?;
         Ok(System {
             model,
             hardware,
             sizing,
             offload,
+            sglang,
             swaps: Vec::new(),
         })
     }
@@ -282,6 +288,15 @@ impl System {
                 })
             }
             KvKind::Off => self.build_engine(cfg, w, |_| crate::kv::off::KvOff),
+            // Validation admits the radix store under SGLang's scheduler only, which owns it by type.
+            KvKind::Radix => w.with(&|id, m| {
+                let sys = self.of_model(m);
+                let (max_total, limits) = sys.sglang.clone().expect("resolved for engine sglang");
+                let pool = crate::kv::TokenPool::new(max_total, cfg.engine.prefix_caching)
+                    .with_scope(cfg.engine.prefix_cache_scope);
+                let scheduler = crate::scheduler::sglang::SglangScheduler::new(limits, pool);
+                Replica::new(id, scheduler, sys.sizing.max_model_len).serving(m)
+            }),
         }
     }
 
@@ -305,6 +320,7 @@ impl System {
                 let scheduler = crate::scheduler::none::NoBatching::new(store(m), max_model_len);
                 Replica::new(id, scheduler, max_model_len).serving(m)
             }),
+            EngineKind::Sglang => unreachable!("engine sglang drives the radix store only"),
         }
     }
 

@@ -129,3 +129,80 @@ fn offload_hits_rise_with_the_cpu_tier_up_to_what_the_lookup_rule_allows() {
     let rate = cached[2] as f64 / queries as f64;
     assert!((rate - 0.3736).abs() < 0.001, "{rate}");
 }
+
+/// SGLang's token-granular oracle, from the trace format alone: a request's prompt is its hash ids'
+/// segments in order, each id 512 tokens of its own content (the last holds the remainder), so two
+/// prompts share a token exactly where they agree on every id before it and on its own id and offset.
+/// A request hits its longest common token prefix with any earlier request's prompt (outputs are
+/// unique content, never shared), capped at input - 1 (SGLang matches all but the last token): walk
+/// its ids, adding at id j the longest segment j any earlier prompt with the same ids up to j had,
+/// going on only while both are whole 512-token segments. Returns (queried, hit) tokens.
+fn token_oracle() -> (u64, u64) {
+    let text = std::fs::read_to_string(TRACE).expect("the Mooncake trace");
+    // (ids up to and including j) -> the longest segment j seen under them.
+    let mut longest: std::collections::HashMap<Vec<u64>, u64> = Default::default();
+    let (mut queries, mut hits) = (0u64, 0u64);
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let len = v["input_length"].as_u64().unwrap();
+        let ids: Vec<u64> = v["hash_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        let seg = |j: usize| (len - 512 * j as u64).min(512);
+        let mut hit = 0u64;
+        for j in 0..ids.len() {
+            let Some(&seen) = longest.get(&ids[..=j]) else {
+                break;
+            };
+            hit += seg(j).min(seen);
+            if seg(j) < 512 || seen < 512 {
+                break;
+            }
+        }
+        queries += len;
+        hits += hit.min(len - 1);
+        for j in 0..ids.len() {
+            let e = longest.entry(ids[..=j].to_vec()).or_insert(0);
+            *e = (*e).max(seg(j));
+        }
+    }
+    (queries, hits)
+}
+
+/// With a pool that never evicts and one request at a time (so that every earlier prompt is in the
+/// tree when a request is matched: SGLang inserts after compute, G5), SGLang's token hits on the
+/// Mooncake trace equal the token oracle exactly, and are at least vLLM's block-granular hits (a
+/// partial block is reusable token by token).
+#[test]
+fn sglang_token_hits_with_unbounded_memory_equal_the_token_oracle() {
+    let (queries, hits) = token_oracle();
+    let (_, block_hits, _) = oracle();
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, _) = run_in(
+        tmp.path(),
+        "sglang",
+        &trace_config(&[
+            "engine.kind=\"sglang\"",
+            "sglang.max_total_tokens=200000000",
+            "sglang.max_running_requests=1",
+            "sglang.chunked_prefill_size=-1",
+            "cost.kind=\"linear\"",
+        ]),
+    );
+    let s = &run.summary;
+    assert_eq!(s.get_f64("requests_finished"), Some(12_031.0));
+    assert_eq!(s.get_f64("radix_evicted_tokens"), Some(0.0));
+    assert_eq!(s.get_f64("num_preemptions"), Some(0.0));
+    assert_eq!(s.get_f64("prefix_cache_queries"), Some(queries as f64));
+    assert_eq!(s.get_f64("prefix_cache_hits"), Some(hits as f64));
+    // No chunk continuations: SGLang's rate is the same hits over the same tokens.
+    assert_eq!(s.get_f64("sglang_cache_hit_tokens"), Some(hits as f64));
+    assert_eq!(
+        s.get_f64("sglang_prefill_input_tokens"),
+        Some((queries - hits) as f64)
+    );
+    assert!(hits >= block_hits, "{hits} < {block_hits}");
+}

@@ -224,3 +224,316 @@ proptest! {
         }
     }
 }
+
+// ---- The scheduler and its token pool (G1, G5, G6, G8-G11), driven step by step. ----
+
+use servesim::kv::{KvStore, TokenPool};
+use servesim::request::{Request, RequestId};
+use servesim::scheduler::sglang::{SglangLimits, SglangPolicy, SglangScheduler};
+use servesim::scheduler::{Next, RequestTable, Scheduler, StepPlan};
+use servesim::time::SimTime;
+use servesim::workload::content::Segment;
+
+/// SGLang's scheduler over a pool of `pool` tokens, stepped as the replica steps it: a request whose
+/// computed tokens reach its length samples a token, the store's `after_step` inserts prefill chunks,
+/// and a request finishes at `max_tokens` and is freed (`cache_finished_req`).
+struct G {
+    s: SglangScheduler,
+    reqs: RequestTable,
+    finished: Vec<RequestId>,
+}
+
+fn limits(max_running: u32, chunk: Option<u32>, conservativeness: f64) -> SglangLimits {
+    let (init, min, decay) = SglangLimits::ratios(conservativeness);
+    SglangLimits {
+        max_running_requests: max_running,
+        chunked_prefill_size: chunk,
+        max_prefill_tokens: 16384,
+        policy: SglangPolicy::Fcfs,
+        init_new_token_ratio: init,
+        min_new_token_ratio: min,
+        new_token_ratio_decay: decay,
+        max_model_len: 100_000,
+    }
+}
+
+impl G {
+    fn new(pool: u64, l: SglangLimits) -> G {
+        G {
+            s: SglangScheduler::new(l, TokenPool::new(pool, true)),
+            reqs: RequestTable::default(),
+            finished: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, id: RequestId, segs: &[(u64, u32)], max_tokens: u32) {
+        let prompt = segs
+            .iter()
+            .map(|&(c, len)| Segment { content: c, len })
+            .collect();
+        let r = Request::new(id, id, 1, 0, SimTime(id), prompt, 1000 + id, max_tokens);
+        self.s.add_request(&r);
+        self.reqs.insert(id, Box::new(r));
+    }
+
+    /// Plans one step (nothing ends yet).
+    fn plan(&mut self) -> StepPlan {
+        let mut plan = StepPlan::default();
+        let next = self.s.schedule(SimTime::ZERO, &mut self.reqs, &mut plan);
+        assert_eq!(next == Next::Run, !plan.scheduled.is_empty());
+        self.s.kv().check_invariants(&self.reqs).unwrap();
+        plan
+    }
+
+    /// Ends the planned step.
+    fn end(&mut self, plan: &StepPlan) {
+        let mut done = Vec::new();
+        for &(id, _) in &plan.scheduled {
+            let r = self.reqs.get_mut(&id).unwrap();
+            if r.num_computed_tokens == r.num_tokens() {
+                r.num_output_tokens += 1;
+                r.in_prefill = false;
+                if r.num_output_tokens >= r.max_tokens {
+                    done.push(id);
+                }
+            }
+        }
+        self.s.kv_mut().after_step(&mut self.reqs, &plan.scheduled);
+        self.s.finish_requests(&done, SimTime::ZERO);
+        for id in done {
+            let mut r = self.reqs.remove(&id).unwrap();
+            self.s.kv_mut().free(&mut r);
+            self.finished.push(id);
+        }
+        self.s.kv().check_invariants(&self.reqs).unwrap();
+        self.s.kv().tree().debug_check();
+    }
+
+    fn step(&mut self) -> StepPlan {
+        let p = self.plan();
+        self.end(&p);
+        p
+    }
+
+    fn kv(&self) -> &TokenPool {
+        self.s.kv()
+    }
+}
+
+#[test]
+fn g1_pool_limits_follow_memory_and_context() {
+    use servesim::config::{EngineConfig, SglangConfig};
+    use servesim::cost::catalog::{HardwareSpec, ModelShape};
+    use servesim::kv::sizing::{sglang_limits, size_engine};
+    let m = ModelShape::load("llama-3.1-8b").unwrap();
+    let h100 = HardwareSpec::load("h100-sxm").unwrap();
+    let e = EngineConfig::default();
+    let sizing = size_engine(&e, &m, &h100).unwrap();
+    let (total, l) = sglang_limits(&SglangConfig::default(), &e, &sizing, &h100).unwrap();
+    // The pool holds the bytes vLLM's blocks hold: blocks x 16 tokens.
+    assert_eq!(total, sizing.num_gpu_blocks as u64 * 16);
+    // Request pool = clamp(total / 131072 x 512, 2048, 4096): total is below 524,288 tokens, so the
+    // product is below 2048 and clamps to it; total / 2 is larger, so max_running_requests = 2048.
+    assert!(total < 524_288 && total / 2 > 2048, "{total}");
+    assert_eq!(l.max_running_requests, 2048);
+    // An 80 GB GPU (under 160 GiB, at least 60): 8192-token chunks.
+    assert_eq!(l.chunked_prefill_size, Some(8192));
+    // With an 8k context the request pool is total / 8192 x 512 > 4096: clamped to 4096.
+    let e8 = EngineConfig {
+        max_model_len: Some(8192),
+        ..EngineConfig::default()
+    };
+    let s8 = size_engine(&e8, &m, &h100).unwrap();
+    let (t8, l8) = sglang_limits(&SglangConfig::default(), &e8, &s8, &h100).unwrap();
+    assert!(t8 as f64 / 8192.0 * 512.0 > 4096.0);
+    assert_eq!(l8.max_running_requests, 4096);
+    // A 24 GB L4: 2048-token chunks; -1 turns chunking off.
+    let l4 = HardwareSpec::load("l4").unwrap();
+    let sl4 = size_engine(&e8, &m, &l4).unwrap();
+    let (_, ll4) = sglang_limits(&SglangConfig::default(), &e8, &sl4, &l4).unwrap();
+    assert_eq!(ll4.chunked_prefill_size, Some(2048));
+    let off = SglangConfig {
+        chunked_prefill_size: Some(-1),
+        ..SglangConfig::default()
+    };
+    assert_eq!(
+        sglang_limits(&off, &e8, &sl4, &l4)
+            .unwrap()
+            .1
+            .chunked_prefill_size,
+        None
+    );
+}
+
+#[test]
+fn g5_g6_prefill_goes_first_and_a_prompt_is_matchable_only_after_its_step() {
+    let mut g = G::new(1000, limits(10, Some(100), 1.0));
+    g.add(1, &[(1, 20)], 5);
+    let p = g.plan();
+    assert_eq!(p.scheduled, vec![(1, 20)]);
+    // Planned but not computed: nothing in the tree yet (SGLang inserts after compute).
+    assert_eq!(g.kv().tree().total_size(), 0);
+    g.end(&p);
+    // After the step the 20 prompt tokens are in the tree, locked by request 1.
+    assert_eq!(g.kv().tree().total_size(), 20);
+    assert_eq!(g.kv().tree().protected_size(), 20);
+    assert_eq!(g.step().scheduled, vec![(1, 1)]);
+    // A new request sharing request 1's prompt: the next round is its prefill alone (the 20 cached
+    // tokens hit, 30 computed); request 1's decode waits a round.
+    g.add(2, &[(1, 20), (2, 30)], 5);
+    assert_eq!(g.step().scheduled, vec![(2, 30)]);
+    assert_eq!(g.reqs[&2].num_cached_tokens, Some(20));
+    // Then one decode step of both.
+    assert_eq!(g.step().scheduled, vec![(1, 1), (2, 1)]);
+}
+
+#[test]
+fn g8_admission_reserves_its_output_and_the_running_outputs_times_new_token_ratio() {
+    // Pool 200. Request 1 (20 tokens, max 100) runs: after its prefill step its 20 tokens are in the
+    // tree (locked) and it has 1 output, so available = 180, evictable = 0, and it reserves
+    // min(100 - 1, 4096) x 0.7 = 69.3. rem_total = 180 - 69.3 = 110.7. A 50-token request is
+    // admitted iff 50 + its max_new < 110.7: max_new 60 (110) is, 61 (111) is not. With a ratio of 1
+    // the bound would be 180 - 99 = 81, refusing both.
+    for (max_new, admitted) in [(60, true), (61, false)] {
+        let mut g = G::new(200, limits(10, Some(1000), 1.0));
+        g.add(1, &[(1, 20)], 100);
+        g.step();
+        g.add(2, &[(2, 50)], max_new);
+        let p = g.step();
+        if admitted {
+            assert_eq!(p.scheduled, vec![(2, 50)]);
+        } else {
+            // Refused for memory: request 1 decodes instead, and the batch is marked full, so the
+            // next rounds do not try again while request 1 runs.
+            assert_eq!(p.scheduled, vec![(1, 1)]);
+            for _ in 0..10 {
+                assert_eq!(g.step().scheduled, vec![(1, 1)]);
+            }
+        }
+    }
+}
+
+#[test]
+fn g9_new_token_ratio_decays_per_decode_step_to_its_floor() {
+    // c = 1: init 0.7, floor 0.14 x 0.7 = 0.098, decay (0.7 - 0.098) / 600 = 0.0010033 per step.
+    let (init, min, decay) = SglangLimits::ratios(1.0);
+    assert!((init - 0.7).abs() < 1e-12 && (min - 0.098).abs() < 1e-12);
+    assert!((decay - 0.602 / 600.0).abs() < 1e-15);
+    // c = 2: init min(1.4, 1) = 1, floor 0.14.
+    let (i2, m2, _) = SglangLimits::ratios(2.0);
+    assert_eq!((i2, m2), (1.0, 0.14));
+    let mut g = G::new(10_000, limits(10, Some(1000), 1.0));
+    g.add(1, &[(1, 20)], 1000);
+    g.step(); // a prefill step: no decay
+    assert_eq!(g.s.new_token_ratio(), 0.7);
+    g.step();
+    assert!((g.s.new_token_ratio() - (0.7 - decay)).abs() < 1e-12);
+    for _ in 0..99 {
+        g.step();
+    }
+    assert!((g.s.new_token_ratio() - (0.7 - 100.0 * decay)).abs() < 1e-9);
+    for _ in 0..600 {
+        g.step();
+    }
+    assert_eq!(g.s.new_token_ratio(), 0.098);
+}
+
+#[test]
+fn g10_retraction_takes_fewest_outputs_then_longest_prompt_and_resets_the_ratio() {
+    // A small pool, a ratio near 0 (c = 0.01) and 10-token chunks, so requests are admitted one chunk
+    // at a time while the running ones reserve almost nothing: the pool over-commits, and a decode
+    // step finds it short.
+    let mut g = G::new(140, limits(8, Some(10), 0.01));
+    g.add(1, &[(1, 10)], 60);
+    g.add(2, &[(2, 30)], 60);
+    g.add(3, &[(3, 20)], 60);
+    let mut retracted = None;
+    for _ in 0..400 {
+        let p = g.plan();
+        if !p.preempted.is_empty() {
+            // The batch before retraction: the survivors decoding now and the retracted, with their
+            // outputs (a retracted request keeps its outputs; the step has not ended).
+            let before: Vec<(RequestId, u32, u32)> = p
+                .scheduled
+                .iter()
+                .map(|x| x.0)
+                .chain(p.preempted.iter().copied())
+                .map(|id| (id, g.reqs[&id].num_output_tokens, g.reqs[&id].prompt_tokens))
+                .collect();
+            retracted = Some((before, p.clone()));
+            g.end(&p);
+            break;
+        }
+        g.end(&p);
+    }
+    let (before, p) = retracted.expect("the pool over-commits and retracts");
+    // The rule's order: sort by (outputs desc, prompt asc), retract from the end.
+    let mut order = before.clone();
+    order.sort_by_key(|&(_, out, prompt)| std::cmp::Reverse((out, std::cmp::Reverse(prompt))));
+    let expected: Vec<RequestId> = order
+        .iter()
+        .rev()
+        .take(p.preempted.len())
+        .map(|x| x.0)
+        .collect();
+    assert_eq!(p.preempted, expected);
+    assert!(p.preempted.len() < before.len(), "at least one is kept");
+    for id in &p.preempted {
+        let r = &g.reqs[id];
+        assert_eq!((r.num_computed_tokens, r.preemptions), (0, 1));
+        assert!(
+            g.kv().held(*id).is_none(),
+            "a retracted request holds nothing"
+        );
+    }
+    // They rejoin the waiting queue's end, in retraction order.
+    assert!(g.s.waiting().ends_with(&p.preempted));
+    // The survivors decode this step, and the ratio is reset from them:
+    // min(1, (sum outputs + 20 x survivors) / (sum max_new + 1)), outputs as they were when planned.
+    let survivors: Vec<&(RequestId, u32, u32)> = before
+        .iter()
+        .filter(|x| !p.preempted.contains(&x.0))
+        .collect();
+    let decoded: u32 = survivors.iter().map(|x| x.1).sum();
+    let want = ((decoded + 20 * survivors.len() as u32) as f64
+        / (60 * survivors.len() as u32 + 1) as f64)
+        .min(1.0);
+    assert!(
+        (g.s.new_token_ratio() - want).abs() < 1e-12,
+        "{} vs {want}",
+        g.s.new_token_ratio()
+    );
+    let scheduled: Vec<RequestId> = p.scheduled.iter().map(|x| x.0).collect();
+    assert_eq!(scheduled.len(), survivors.len());
+    // Everyone finishes in the end.
+    for _ in 0..2000 {
+        if g.finished.len() == 3 {
+            break;
+        }
+        g.step();
+    }
+    assert_eq!(g.finished.len(), 3);
+    assert_eq!(g.kv().available() + g.kv().tree().total_size(), 140);
+}
+
+#[test]
+fn g11_cache_hit_rate_counts_hits_once_and_every_chunk_as_input() {
+    // A 40-token system prompt is cached by request 1 (41 tokens computed, no hit); request 2 = it +
+    // 100 new tokens, in 64-token chunks: round 1 hits 40 and computes 64, round 2 computes 36 with no
+    // hit counted. cache_hit_rate = 40 / (40 + 41 + 64 + 36) = 40 / 181.
+    let mut g = G::new(10_000, limits(10, Some(64), 1.0));
+    g.add(1, &[(1, 40), (9, 1)], 1);
+    g.step();
+    assert_eq!(g.finished, vec![1]);
+    g.add(2, &[(1, 40), (2, 100)], 1);
+    assert_eq!(g.step().scheduled, vec![(2, 64)]);
+    assert_eq!(g.s.chunked(), Some(2));
+    assert_eq!(g.step().scheduled, vec![(2, 36)]);
+    let st = g.kv().stats();
+    let rx = st.radix.unwrap();
+    // Request 1's 41 tokens counted input, no hit.
+    assert_eq!((rx.hit_tokens, rx.input_tokens), (40, 41 + 100));
+    // vLLM's counters: one query per admitted request, its tokens; hits 40.
+    assert_eq!((st.prefix.queries, st.prefix.hits), (41 + 140, 40));
+    assert_eq!(rx.cache_hit_rate(), Some(40.0 / 181.0));
+}

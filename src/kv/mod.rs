@@ -18,8 +18,9 @@
 //!   a decorator ([`Tiered`]) around the paged store, with `lru_set.rs` as each tier's index;
 //! - `persist.rs`: cache files (`--save-cache`, warm starts), built from [`KvStore::snapshot`];
 //! - `radix.rs`: SGLang's radix cache (token-granular tree, lock references, LRU leaf eviction,
-//!   insertion after compute; engine-semantics G2-G5), the store of the SGLang engine under construction
-//!   (not wired to an engine yet).
+//!   deduplicating insertion; engine-semantics G2-G5), and `token_pool.rs`, SGLang's token pool around
+//!   it ([`TokenPool`], `engine.kv_cache = "radix"`): slots available, cached in the tree, or owned by a
+//!   request, insertion after compute, retraction.
 //!
 //! To add a store: one file here implementing [`KvStore`], one `KvKind` arm in `config.rs` (the
 //! `engine.kv_cache` key), and its construction in `System::build` (`system.rs`); the exhaustive
@@ -49,6 +50,7 @@ pub mod piece_pool;
 pub mod radix;
 pub mod sizing;
 pub mod tier;
+pub mod token_pool;
 
 pub use block_pool::{BlockId, BlockPool};
 pub use paged::{DecodeRule, KvCacheManager};
@@ -58,6 +60,7 @@ pub use piece_pool::PieceTable;
 use crate::event::SessionId;
 use crate::request::{Request, RequestId, RequestTable};
 pub use tier::{CacheSnapshot, ExternalHit, OffloadStats, Tiered};
+pub use token_pool::{RadixCounters, TokenPool};
 
 /// A request's KV state in a paged store: the blocks it holds and how many of them the prefix cache has
 /// registered. Other stores leave it empty.
@@ -111,6 +114,8 @@ pub struct KvStats {
     pub store: conversation::StoreCounters,
     /// The offload tiers' counters and occupancy, for a store with tiers ([`Tiered`]).
     pub offload: Option<OffloadStats>,
+    /// SGLang's cache counters and the tree's occupancy, for the radix store ([`TokenPool`]).
+    pub radix: Option<RadixCounters>,
 }
 
 impl KvStats {
@@ -146,6 +151,8 @@ pub(crate) enum Hit {
     None,
     Blocks(Vec<BlockId>),
     Pieces(PieceHit),
+    /// The radix tree node a match ended on (the root for none).
+    Radix(radix::NodeId),
 }
 
 impl CacheHit {
@@ -154,7 +161,7 @@ impl CacheHit {
         match &self.hit {
             Hit::Blocks(b) => Some(b),
             Hit::None => Some(&[]),
-            Hit::Pieces(_) => None,
+            Hit::Pieces(_) | Hit::Radix(_) => None,
         }
     }
 
@@ -163,6 +170,8 @@ impl CacheHit {
             Hit::None => true,
             Hit::Blocks(b) => b.is_empty(),
             Hit::Pieces(p) => p.is_empty(),
+            // A radix hit holds a node to lock, not blocks to take.
+            Hit::Radix(_) => true,
         }
     }
 }

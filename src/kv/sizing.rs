@@ -182,6 +182,63 @@ pub fn size_engine_tp(
     })
 }
 
+/// SGLang's limits (G1, G8, G9) for an engine whose KV memory `sizing` resolved: the token pool holds
+/// the same bytes (`sglang.max_total_tokens` overrides it), `chunked_prefill_size` follows the GPU's
+/// memory as SGLang's `server_args.py` sets it, and `max_running_requests` is
+/// min(max_total_tokens / 2, request pool) with the request pool clamp(max_total_tokens / context x
+/// 512, 2048, 4096). Errors when one context-length request cannot fit the pool (it could never be
+/// admitted).
+pub fn sglang_limits(
+    g: &crate::config::SglangConfig,
+    e: &EngineConfig,
+    sizing: &EngineSizing,
+    hw: &HardwareSpec,
+) -> Result<(u64, crate::scheduler::sglang::SglangLimits), ConfigError> {
+    let max_total = g
+        .max_total_tokens
+        .unwrap_or(sizing.num_gpu_blocks as u64 * e.block_size as u64);
+    let context = sizing.max_model_len as u64;
+    if max_total <= context {
+        return Err(ConfigError::invalid(
+            "sglang.max_total_tokens",
+            format!(
+                "the token pool holds {max_total} tokens, not more than one max_model_len ({context}) \
+                 request, which could then never be admitted; raise sglang.max_total_tokens (or give the \
+                 KV cache more memory) or lower engine.max_model_len"
+            ),
+        ));
+    }
+    let chunked = match g.chunked_prefill_size {
+        Some(-1) => None,
+        Some(n) => Some(n as u32),
+        None => Some(match hw.memory_gib {
+            m if m < 35.0 => 2048,
+            m if m < 60.0 => 4096,
+            m if m < 160.0 => 8192,
+            _ => 16384,
+        }),
+    };
+    let req_pool = (max_total as f64 / context as f64 * 512.0).clamp(2048.0, 4096.0) as u64;
+    let max_running = g
+        .max_running_requests
+        .unwrap_or((max_total / 2).min(req_pool).min(u32::MAX as u64) as u32);
+    let (init, min, decay) =
+        crate::scheduler::sglang::SglangLimits::ratios(g.schedule_conservativeness);
+    Ok((
+        max_total,
+        crate::scheduler::sglang::SglangLimits {
+            max_running_requests: max_running,
+            chunked_prefill_size: chunked,
+            max_prefill_tokens: g.max_prefill_tokens,
+            policy: g.schedule_policy,
+            init_new_token_ratio: init,
+            min_new_token_ratio: min,
+            new_token_ratio_decay: decay,
+            max_model_len: sizing.max_model_len,
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,7 @@
 
 pub mod dynamic;
 pub mod none;
+pub mod sglang;
 pub mod sglang_policy;
 pub mod vllm_v1;
 pub mod waiting;
