@@ -384,6 +384,16 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
         )
         .into());
     }
+    if (opts.save_cache.is_some() || cfg.kv.warm_start.as_deref().is_some_and(|p| !p.is_empty()))
+        && cfg.engine.kv_kind() == crate::config::KvKind::Radix
+    {
+        return Err(crate::error::ConfigError::invalid(
+            if opts.save_cache.is_some() { "--save-cache" } else { "kv.warm_start" },
+            "saving and restoring SGLang's radix cache is not modelled; run engine.kind = \"sglang\" \
+             without --save-cache and --warm-start",
+        )
+        .into());
+    }
     let prepared = prepare(cfg)?;
     let out = opts
         .out
@@ -718,6 +728,13 @@ fn summarize<S: Scheduler>(
     );
     let (mut q, mut h, mut pq, mut ph, mut pre, mut ev, mut steps) = (0, 0, 0, 0, 0, 0, 0);
     let (mut usage_s, mut peak) = (0.0, 0.0f64);
+    let mut ev_tokens = 0u64;
+    // Stores with blocks (a radix store's block is one token, SGLang's `token_usage`): usage and
+    // evicted tokens mean something.
+    let blocks = matches!(
+        cfg.engine.kv_kind(),
+        crate::config::KvKind::Paged | crate::config::KvKind::Radix
+    );
     let mut store = crate::kv::conversation::StoreCounters::default();
     let mut radix = crate::kv::RadixCounters::default();
     // The offload tiers' counters, and each tier's units held and capacity, summed over replicas.
@@ -742,6 +759,7 @@ fn summarize<S: Scheduler>(
         ph += kv.prefix.preempted_hits;
         pre += r.stats.preemptions;
         ev += kv.evictions;
+        ev_tokens += kv.evictions * kv.block_size as u64;
         steps += r.stats.steps;
         // Block-nanoseconds over usable blocks: usage-seconds.
         if kv.usable_blocks > 0 {
@@ -759,6 +777,13 @@ fn summarize<S: Scheduler>(
     s.set("preempted_prefix_cache_hits", ph);
     s.set("num_preemptions", pre);
     s.set("kv_cache_evictions", ev);
+    // In tokens, comparable across block sizes and engines (a radix store's block is one token); null
+    // for stores whose evictions are whole conversations.
+    if blocks {
+        s.set("kv_cache_evicted_tokens", ev_tokens);
+    } else {
+        s.set_opt("kv_cache_evicted_tokens", None);
+    }
     // The per-conversation store (zero for other stores), summed over replicas.
     s.set("kv_store_lookups", store.lookups);
     s.set("kv_store_hits", store.hits);
@@ -771,16 +796,26 @@ fn summarize<S: Scheduler>(
     s.set("kv_store_tokens_peak", store.peak_tokens);
     // SGLang's radix cache (`kv_cache = "radix"`), summed over replicas: its `cache_hit_rate` (G11:
     // hit / (hit + new input) tokens over prefill batches), evicted and deduplicated tokens, and the
-    // tree's tokens at the end.
-    if cfg.engine.kv_kind() == crate::config::KvKind::Radix {
-        s.set("sglang_cache_hit_tokens", radix.hit_tokens);
-        s.set("sglang_prefill_input_tokens", radix.input_tokens);
-        s.set_opt("sglang_cache_hit_rate", radix.cache_hit_rate());
-        s.set("radix_evicted_tokens", radix.evicted_tokens);
-        s.set("radix_deduplicated_tokens", radix.deduplicated_tokens);
-        s.set("radix_tree_tokens", radix.tree_tokens);
-        s.set("radix_evictable_tokens", radix.evictable_tokens);
+    // tree's tokens at the end. Null for other stores, so that every summary has the same keys.
+    let is_radix = cfg.engine.kv_kind() == crate::config::KvKind::Radix;
+    for (key, v) in [
+        ("sglang_cache_hit_tokens", radix.hit_tokens),
+        ("sglang_prefill_input_tokens", radix.input_tokens),
+        ("radix_evicted_tokens", radix.evicted_tokens),
+        ("radix_deduplicated_tokens", radix.deduplicated_tokens),
+        ("radix_tree_tokens", radix.tree_tokens),
+        ("radix_evictable_tokens", radix.evictable_tokens),
+    ] {
+        if is_radix {
+            s.set(key, v);
+        } else {
+            s.set_opt(key, None);
+        }
     }
+    s.set_opt(
+        "sglang_cache_hit_rate",
+        is_radix.then(|| radix.cache_hit_rate()).flatten(),
+    );
     // The offload tiers (`kv.offload`), summed over replicas: vLLM's connector counters, and per tier
     // the tokens loaded from it, the bytes moved and its usage at the end (units held / capacity).
     if cfg.kv.offload.is_some() {
@@ -833,11 +868,7 @@ fn summarize<S: Scheduler>(
     };
     let span = replica_seconds(world.counts.end);
     // Block usage means nothing for a store without blocks (conversation, off): null, not 0.
-    // The radix store's blocks are tokens (SGLang's `token_usage`).
-    let blocks = matches!(
-        cfg.engine.kv_kind(),
-        crate::config::KvKind::Paged | crate::config::KvKind::Radix
-    );
+
     s.set_opt(
         "kv_cache_usage_perc_mean",
         (blocks && span > 0.0).then(|| usage_s / span),

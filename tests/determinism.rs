@@ -30,3 +30,22 @@ fn same_seed_same_bytes_different_seed_different_workload() {
     };
     assert_ne!(prompts(&ra), prompts(&rc));
 }
+
+/// SGLang's engine (a scheduler with fractional budgets and a tree keyed by content) is deterministic too.
+#[test]
+fn sglang_same_seed_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        SMALL_CHAT,
+        &["engine.kind=\"sglang\"", "sglang.schedule_policy=\"lpm\""],
+    );
+    let (_, a) = run_in(tmp.path(), "a", &cfg);
+    let (_, b) = run_in(tmp.path(), "b", &cfg);
+    for f in ["requests.csv", "summary.json", "timeseries.csv"] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f} differs between identical runs"
+        );
+    }
+}

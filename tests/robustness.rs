@@ -1007,8 +1007,10 @@ fn summary_csv_has_one_column_set_whatever_the_run() {
         ],
     );
     let c = header("c", &["cost.kind=\"linear\"", "cluster.replicas=2"]);
+    let d = header("d", &["engine.kind=\"sglang\""]);
     assert_eq!(a, b);
     assert_eq!(a, c);
+    assert_eq!(a, d, "an SGLang run's summary has the same columns");
     for col in [
         "variant",
         "router",
@@ -1019,6 +1021,50 @@ fn summary_csv_has_one_column_set_whatever_the_run() {
     ] {
         assert!(a.split(',').any(|h| h == col), "{col} missing from {a}");
     }
+}
+
+#[test]
+fn sglang_settings_it_cannot_honour_are_refused_naming_the_key() {
+    refused(
+        &[
+            "--set",
+            "engine.kind=\"sglang\"",
+            "--set",
+            "engine.kv_cache=\"paged\"",
+        ],
+        &["engine.kv_cache", "\"radix\""],
+    );
+    refused(
+        &[
+            "--set",
+            "engine.kind=\"sglang\"",
+            "--set",
+            "engine.policy=\"priority\"",
+        ],
+        &["engine.policy", "not modelled"],
+    );
+    refused(
+        &[
+            "--set",
+            "engine.kind=\"sglang\"",
+            "--set",
+            "sglang.chunked_prefill_size=0",
+        ],
+        &["sglang.chunked_prefill_size", "-1"],
+    );
+    refused(
+        &[
+            "--set",
+            "engine.kind=\"sglang\"",
+            "--set",
+            "sglang.max_total_tokens=1000",
+        ],
+        &["sglang.max_total_tokens", "max_model_len"],
+    );
+    refused(
+        &["--set", "engine.kind=\"sglang\"", "--save-cache", "c.json"],
+        &["--save-cache", "not modelled"],
+    );
 }
 
 // ---- The fuzzer -----------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ pub const METRICS: &[&str] = &[
     "prefill_tokens_saved_frac",
     "num_preemptions",
     "kv_cache_usage_perc_mean",
-    "kv_cache_evictions",
+    "kv_cache_evicted_tokens",
     "duration_s",
 ];
 
@@ -1272,7 +1272,7 @@ mod tests {
                             ("ttft_mean_s", 0.05 + 0.01 * s + 0.03 * v),
                             ("ttft_p99_s", 0.5 + 0.4 * s * (1.0 - s / 2.0) + 0.35 * v),
                             ("prefix_cache_hit_rate", 0.7 - 0.3 * v + 0.01 * s * v),
-                            ("kv_cache_evictions", 1.5e5 * (1.0 + v) + 2e3 * s),
+                            ("kv_cache_evicted_tokens", 2.4e6 * (1.0 + v) + 3.2e4 * s),
                         ])
                     })
                     .collect()
@@ -1296,7 +1296,7 @@ mod tests {
             .map(|i| {
                 summary(&[
                     ("ttft_mean_s", 0.0374 + i as f64),
-                    ("kv_cache_evictions", 1.23e6),
+                    ("kv_cache_evicted_tokens", 1.968e7),
                 ])
             })
             .collect();

@@ -15,8 +15,10 @@
 //!
 //! The policies: `vllm_v1.rs` (continuous batching, vLLM V1), `dynamic.rs` (request-level dynamic
 //! batching: by size or timeout, compatible groups, padding, lockstep decode, adaptive size),
-//! `none.rs` (one request at a time); `sglang_policy.rs` holds SGLang's waiting-queue orders for the
-//! SGLang policy under construction.
+//! `none.rs` (one request at a time), `sglang.rs` (SGLang: prefill-first rounds, `PrefillAdder`
+//! admission, retraction), with SGLang's waiting-queue orders in `sglang_policy.rs`. SGLang's
+//! scheduler holds its concrete store ([`crate::kv::TokenPool`]) and uses its richer API (locks,
+//! evictable counts); the replica still sees only the [`KvStore`] view.
 //!
 //! To add a policy (an engine family): one file here implementing [`Scheduler`], one `EngineKind` arm in
 //! `config.rs`, and its construction in `System::build_engine` (`system.rs`); the exhaustive match in

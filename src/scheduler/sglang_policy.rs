@@ -1,6 +1,5 @@
 //! SGLang's waiting-queue orders (`python/sglang/srt/managers/schedule_policy.py`; engine-semantics G7),
-//! as pure functions over the waiting requests' token keys and the radix cache, for the SGLang engine
-//! under construction (not wired to an engine yet).
+//! as pure functions over the waiting requests' token keys and the radix cache, for `sglang.rs`.
 //!
 //! `lpm` (longest prefix match): every waiting request is matched against the tree (which stamps its
 //! path: in SGLang just waiting keeps a prefix fresh, G2). A request whose match is at most
