@@ -293,7 +293,7 @@ impl Default for BatchingConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SglangConfig {
-    /// `--schedule-policy`: `fcfs` (SGLang's default) or `lpm`.
+    /// `--schedule-policy`: `fcfs` (SGLang's default), `lpm` or `dfs-weight`.
     pub schedule_policy: crate::scheduler::sglang::SglangPolicy,
     /// `--schedule-conservativeness`: scales `new_token_ratio` (G9); above 1 admits less.
     pub schedule_conservativeness: f64,

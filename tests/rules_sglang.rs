@@ -537,3 +537,28 @@ fn g11_cache_hit_rate_counts_hits_once_and_every_chunk_as_input() {
     assert_eq!((st.prefix.queries, st.prefix.hits), (41 + 140, 40));
     assert_eq!(rx.cache_hit_rate(), Some(40.0 / 181.0));
 }
+
+#[test]
+fn g7_dfs_weight_walks_heaviest_subtrees_first_and_a_nodes_requests_after_its_subtree() {
+    let mut c = RadixCache::new();
+    let (s, a, b, cc) = (run(1, 0, 10), run(2, 0, 5), run(3, 0, 5), run(4, 0, 6));
+    // root -> S -> {A, B}, root -> C. S+A is inserted first, so A precedes B among S's children.
+    c.insert(&[s, a], 1);
+    c.insert(&[s, b], 2);
+    c.insert(&[cc], 3);
+    let x = |k: u64| run(10 + k, 0, 3);
+    let keys = [
+        vec![s, b, x(0)], // 0 -> B
+        vec![cc, x(1)],   // 1 -> C
+        vec![s, a, x(2)], // 2 -> A
+        vec![s, b, x(3)], // 3 -> B
+        vec![x(4)],       // 4 -> root
+        vec![s, x(5)],    // 5 -> S
+    ];
+    let nodes: Vec<_> = keys.iter().map(|k| c.match_prefix(k, 4).node).collect();
+    // Weights: B 2, A 1, S 1 + 3 = 4, C 1. Root's children: S (4) before C (1); S's: B (2) before A
+    // (1); each node's requests after its subtree's: B's 0 and 3, A's 2, S's 5, C's 1, root's 4.
+    assert_eq!(c.dfs_weight_order(&nodes), vec![0, 3, 2, 5, 1, 4]);
+    // Equal weights keep the children dict's order: A (inserted first) before B.
+    assert_eq!(c.dfs_weight_order(&[nodes[0], nodes[2]]), vec![1, 0]);
+}

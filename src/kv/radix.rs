@@ -61,6 +61,9 @@ struct Node {
     last_access: u64,
     /// Creation order (arena slots are reused, so the index is not it): breaks ties in eviction order.
     created: u64,
+    /// Its place among its parent's children, in the order SGLang's children dict keeps them
+    /// (insertion order; a node split off in a child's place takes that child's place).
+    slot: u64,
     live: bool,
 }
 
@@ -165,6 +168,7 @@ impl RadixCache {
                 lock_ref: 0,
                 last_access: 0,
                 created: 0,
+                slot: 0,
                 live: true,
             }],
             free: Vec::new(),
@@ -198,6 +202,7 @@ impl RadixCache {
             lock_ref,
             last_access: now,
             created: self.created,
+            slot: self.created,
             live: true,
         };
         self.created += 1;
@@ -222,6 +227,10 @@ impl RadixCache {
         let (head, tail) = split_at(&c.key, k);
         let first = head[0].first();
         let mid = self.alloc(parent, head, lock_ref, now);
+        // The new node takes the child's place in the parent's dict; the child is its only child.
+        let child_slot = self.nodes[child as usize].slot;
+        self.nodes[child as usize].slot = self.nodes[mid as usize].slot;
+        self.nodes[mid as usize].slot = child_slot;
         let c = &mut self.nodes[child as usize];
         c.key = tail;
         c.len -= k;
@@ -365,6 +374,49 @@ impl RadixCache {
             }
         }
         freed
+    }
+
+    /// SGLang's `dfs-weight` order (`schedule_policy.py::_sort_by_dfs_weight`) of waiting requests
+    /// whose matches ended on `last_nodes` (in queue order): a node's weight is the number of requests
+    /// ending on it or below it; the tree is walked depth first from the root, children by weight,
+    /// heaviest first (ties in the children dict's order), and each node's requests, in queue order,
+    /// come after those of its subtree. Returns indices into `last_nodes`.
+    pub fn dfs_weight_order(&self, last_nodes: &[NodeId]) -> Vec<usize> {
+        let n = self.nodes.len();
+        let mut own: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, &node) in last_nodes.iter().enumerate() {
+            own[node as usize].push(i);
+        }
+        // Weights bottom up: a post-order from the root (iterative: the tree may be deep).
+        let mut weight: Vec<u64> = own.iter().map(|v| v.len() as u64).collect();
+        let mut order = Vec::with_capacity(n);
+        let mut stack = vec![ROOT];
+        while let Some(id) = stack.pop() {
+            order.push(id);
+            stack.extend(self.nodes[id as usize].children.values().copied());
+        }
+        for &id in order.iter().rev() {
+            if id != ROOT {
+                let p = self.nodes[id as usize].parent;
+                weight[p as usize] += weight[id as usize];
+            }
+        }
+        // The walk: children heaviest first, then the node's own requests.
+        let mut out = Vec::with_capacity(last_nodes.len());
+        let mut stack: Vec<(NodeId, bool)> = vec![(ROOT, false)];
+        while let Some((id, expanded)) = stack.pop() {
+            if expanded {
+                out.extend_from_slice(&own[id as usize]);
+                continue;
+            }
+            stack.push((id, true));
+            let mut kids: Vec<NodeId> =
+                self.nodes[id as usize].children.values().copied().collect();
+            kids.sort_by_key(|&c| (Reverse(weight[c as usize]), self.nodes[c as usize].slot));
+            // Pushed in reverse so that the heaviest is walked first.
+            stack.extend(kids.into_iter().rev().map(|c| (c, false)));
+        }
+        out
     }
 
     /// Every cached token sequence ending at a leaf, as runs, in a fixed order (for tests and checks).

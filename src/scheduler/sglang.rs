@@ -7,7 +7,8 @@
 //!    those that finished.
 //! 2. **Prefill first** (G6, `get_new_batch_prefill`): unless the batch is marked full (or nothing
 //!    waits) and no request is mid-chunk, the waiting queue is ordered by the policy (`fcfs`: queue
-//!    order; `lpm`: longest cached prefix first, G7, `sglang_policy.rs`) and a `PrefillAdder` admits
+//!    order; `lpm`: longest cached prefix first, `sglang_policy.rs`; `dfs-weight`: the tree walked
+//!    depth first, heaviest subtree first, `RadixCache::dfs_weight_order`; G7) and a `PrefillAdder` admits
 //!    requests in that order: the request being chunked first (its next chunk), then each waiting
 //!    request is matched against the tree and admitted if its new tokens plus its reserved output
 //!    (min(max_new_tokens - output, 4096)) are below the remaining total: available + evictable tokens
@@ -22,8 +23,8 @@
 //!    each loses its KV without insertion and rejoins the waiting queue's end, and `new_token_ratio`
 //!    is reset from the batch left (G9). Without retraction the ratio decays by its step.
 //!
-//! Not modelled: mixed prefill-decode batches (`--enable-mixed-chunk`, off by default), `dfs-weight`,
-//! `lof` and `random` orders, priority scheduling and its preemption, page sizes above 1, HiCache
+//! Not modelled: mixed prefill-decode batches (`--enable-mixed-chunk`, off by default), the `lof`,
+//! `random` and `routing-key` orders, priority scheduling and its preemption, page sizes above 1, HiCache
 //! (H1-H5), overlap scheduling. The policy never leaps (`steady_decode` stays None: the ratio changes
 //! every decode step).
 
@@ -51,6 +52,10 @@ pub enum SglangPolicy {
     /// Longest cached prefix first, with in-batch deprioritization; `fcfs` past 128 waiting or with
     /// the radix cache off (G7).
     Lpm,
+    /// Depth first over the tree, subtrees with more waiting requests first (G7); `fcfs` with the
+    /// radix cache off.
+    #[serde(rename = "dfs-weight")]
+    DfsWeight,
 }
 
 /// SGLang's limits, resolved (`kv::sizing::size_sglang`).
@@ -204,12 +209,25 @@ impl SglangScheduler {
     /// Orders the waiting queue in place by the policy (SGLang's `calc_priority` sorts
     /// `waiting_queue` itself).
     fn order_waiting(&mut self, reqs: &RequestTable) {
-        if self.limits.policy != SglangPolicy::Lpm || !self.kv.enabled() {
+        if self.limits.policy == SglangPolicy::Fcfs || !self.kv.enabled() {
             return;
         }
         let waiting: Vec<&Request> = self.waiting.iter().map(|id| &*reqs[id]).collect();
-        let (keys, tree, now) = self.kv.lpm_scene(&waiting);
-        let order = lpm_order(&keys, tree, now);
+        let order = match self.limits.policy {
+            SglangPolicy::Lpm => {
+                let (keys, tree, now) = self.kv.lpm_scene(&waiting);
+                lpm_order(&keys, tree, now)
+            }
+            SglangPolicy::DfsWeight => {
+                // Every waiting request is matched (stamping its path), then the tree is walked.
+                let nodes: Vec<_> = waiting
+                    .iter()
+                    .map(|r| self.kv.match_request(r).node)
+                    .collect();
+                self.kv.tree().dfs_weight_order(&nodes)
+            }
+            SglangPolicy::Fcfs => unreachable!(),
+        };
         self.waiting = order.into_iter().map(|i| self.waiting[i]).collect();
     }
 
