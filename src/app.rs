@@ -968,6 +968,19 @@ pub fn human_summary(o: &RunOutcome) -> String {
                     s.0["radix_deduplicated_tokens"],
                     s.0["radix_tree_tokens"]
                 );
+                if f("hicache_written_tokens") > 0.0 {
+                    let _ = writeln!(
+                        out,
+                        "  hicache    {} host tokens matched, {} loaded ({:.3} s of copies), {} copied to host, \
+                         {} deleted from host, {} held at the end",
+                        s.0["hicache_host_hit_tokens"],
+                        s.0["hicache_loaded_tokens"],
+                        f("hicache_load_s"),
+                        s.0["hicache_written_tokens"],
+                        s.0["hicache_host_evicted_tokens"],
+                        s.0["hicache_host_tokens"]
+                    );
+                }
             }
             if let Some(ext) = s.get_f64("external_prefix_cache_hits") {
                 let cached = f("prompt_tokens_cached").max(1.0);

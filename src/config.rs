@@ -308,6 +308,14 @@ pub struct SglangConfig {
     /// `--max-total-tokens`: the token pool's size; unset: the KV memory `[engine]` sizes (blocks x
     /// block_size, the same bytes vLLM would get).
     pub max_total_tokens: Option<u64>,
+    /// `--enable-hierarchical-cache`: HiCache, a host-memory tier below the radix cache (H1-H4).
+    pub enable_hierarchical_cache: bool,
+    /// `--hicache-ratio`: the host pool as a multiple of the GPU pool (2.0).
+    pub hicache_ratio: f64,
+    /// `--hicache-size`: the host pool in GB (10^9 bytes); 0 (the default) uses the ratio.
+    pub hicache_size: f64,
+    /// `--hicache-write-policy`: `write_through` (default), `write_through_selective`, `write_back`.
+    pub hicache_write_policy: crate::kv::radix::WritePolicy,
 }
 
 impl Default for SglangConfig {
@@ -319,6 +327,10 @@ impl Default for SglangConfig {
             max_prefill_tokens: 16384,
             max_running_requests: None,
             max_total_tokens: None,
+            enable_hierarchical_cache: false,
+            hicache_ratio: 2.0,
+            hicache_size: 0.0,
+            hicache_write_policy: crate::kv::radix::WritePolicy::WriteThrough,
         }
     }
 }
@@ -825,6 +837,31 @@ impl Config {
                     "must be at least 1",
                 ));
             }
+        }
+        if !(g.hicache_ratio.is_finite() && g.hicache_ratio > 0.0) {
+            return Err(ConfigError::invalid(
+                "sglang.hicache_ratio",
+                format!(
+                    "must be a positive multiple of the GPU pool, got {}",
+                    g.hicache_ratio
+                ),
+            ));
+        }
+        if !(g.hicache_size.is_finite() && g.hicache_size >= 0.0) {
+            return Err(ConfigError::invalid(
+                "sglang.hicache_size",
+                format!(
+                    "must be 0 (use hicache_ratio) or a size in GB, got {}",
+                    g.hicache_size
+                ),
+            ));
+        }
+        if g.enable_hierarchical_cache && !self.engine.prefix_caching {
+            return Err(ConfigError::invalid(
+                "sglang.enable_hierarchical_cache",
+                "HiCache extends the radix cache; with engine.prefix_caching = false (SGLang's \
+                 --disable-radix-cache) there is nothing to extend: turn one of them off",
+            ));
         }
         if self.engine.kind == EngineKind::Sglang
             && self.engine.policy == SchedulingPolicy::Priority

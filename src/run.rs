@@ -796,7 +796,9 @@ fn summarize<S: Scheduler>(
     s.set("kv_store_tokens_peak", store.peak_tokens);
     // SGLang's radix cache (`kv_cache = "radix"`), summed over replicas: its `cache_hit_rate` (G11:
     // hit / (hit + new input) tokens over prefill batches), evicted and deduplicated tokens, and the
-    // tree's tokens at the end. Null for other stores, so that every summary has the same keys.
+    // tree's tokens at the end; HiCache's host hits, loads, copies to host, host evictions, host tokens
+    // at the end and load seconds (zero without it). Null for other stores, so that every summary has
+    // the same keys.
     let is_radix = cfg.engine.kv_kind() == crate::config::KvKind::Radix;
     for (key, v) in [
         ("sglang_cache_hit_tokens", radix.hit_tokens),
@@ -805,6 +807,11 @@ fn summarize<S: Scheduler>(
         ("radix_deduplicated_tokens", radix.deduplicated_tokens),
         ("radix_tree_tokens", radix.tree_tokens),
         ("radix_evictable_tokens", radix.evictable_tokens),
+        ("hicache_host_hit_tokens", radix.host_hit_tokens),
+        ("hicache_loaded_tokens", radix.loaded_tokens),
+        ("hicache_written_tokens", radix.written_tokens),
+        ("hicache_host_evicted_tokens", radix.host_evicted_tokens),
+        ("hicache_host_tokens", radix.host_tokens),
     ] {
         if is_radix {
             s.set(key, v);
@@ -815,6 +822,10 @@ fn summarize<S: Scheduler>(
     s.set_opt(
         "sglang_cache_hit_rate",
         is_radix.then(|| radix.cache_hit_rate()).flatten(),
+    );
+    s.set_opt(
+        "hicache_load_s",
+        is_radix.then(|| radix.load_ns as f64 / 1e9),
     );
     // The offload tiers (`kv.offload`), summed over replicas: vLLM's connector counters, and per tier
     // the tokens loaded from it, the bytes moved and its usage at the end (units held / capacity).

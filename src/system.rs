@@ -40,7 +40,7 @@ pub struct System {
     /// The offload tiers, resolved (`kv.offload`); None without them.
     pub offload: Option<OffloadParams>,
     /// SGLang's token pool size and limits (`engine.kind = "sglang"`); None for other engines.
-    pub sglang: Option<(u64, crate::scheduler::sglang::SglangLimits)>,
+    pub sglang: Option<crate::kv::sizing::SglangSizing>,
     /// The models `swap_model` events bring, resolved as `model` is (model m >= 1 is `swaps[m - 1]`,
     /// in `ClusterConfig::swap_models` order).
     pub swaps: Vec<System>,
@@ -112,7 +112,20 @@ impl System {
             .transpose()?
             .flatten();
         let sglang = (cfg.engine.kind == EngineKind::Sglang)
-            .then(|| crate::kv::sizing::sglang_limits(&cfg.sglang, &cfg.engine, &sizing, &hardware))
+            .then(|| -> Result<_, ConfigError> {
+                let mut s =
+                    crate::kv::sizing::sglang_limits(&cfg.sglang, &cfg.engine, &sizing, &hardware)?;
+                if cfg.sglang.enable_hierarchical_cache {
+                    s.hicache = Some(crate::kv::sizing::hicache_params(
+                        &cfg.sglang,
+                        s.max_total_tokens,
+                        model.kv_bytes_per_token(),
+                        &hardware,
+                        cfg.hardware.tensor_parallel,
+                    )?);
+                }
+                Ok(s)
+            })
             .transpose()?;
         Ok(System {
             model,
@@ -291,10 +304,14 @@ impl System {
             // Validation admits the radix store under SGLang's scheduler only, which owns it by type.
             KvKind::Radix => w.with(&|id, m| {
                 let sys = self.of_model(m);
-                let (max_total, limits) = sys.sglang.clone().expect("resolved for engine sglang");
-                let pool = crate::kv::TokenPool::new(max_total, cfg.engine.prefix_caching)
-                    .with_scope(cfg.engine.prefix_cache_scope);
-                let scheduler = crate::scheduler::sglang::SglangScheduler::new(limits, pool);
+                let g = sys.sglang.clone().expect("resolved for engine sglang");
+                let mut pool =
+                    crate::kv::TokenPool::new(g.max_total_tokens, cfg.engine.prefix_caching)
+                        .with_scope(cfg.engine.prefix_cache_scope);
+                if let Some(h) = g.hicache {
+                    pool = pool.with_hicache(h);
+                }
+                let scheduler = crate::scheduler::sglang::SglangScheduler::new(g.limits, pool);
                 Replica::new(id, scheduler, sys.sizing.max_model_len).serving(m)
             }),
         }

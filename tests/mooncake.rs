@@ -136,13 +136,14 @@ fn offload_hits_rise_with_the_cpu_tier_up_to_what_the_lookup_rule_allows() {
 /// A request hits its longest common token prefix with any earlier request's prompt (outputs are
 /// unique content, never shared), capped at input - 1 (SGLang matches all but the last token): walk
 /// its ids, adding at id j the longest segment j any earlier prompt with the same ids up to j had,
-/// going on only while both are whole 512-token segments. Returns (queried, hit) tokens.
-fn token_oracle() -> (u64, u64) {
+/// going on only while both are whole 512-token segments. Returns (queried, hit) tokens over the first
+/// `limit` requests.
+fn token_oracle(limit: usize) -> (u64, u64) {
     let text = std::fs::read_to_string(TRACE).expect("the Mooncake trace");
     // (ids up to and including j) -> the longest segment j seen under them.
     let mut longest: std::collections::HashMap<Vec<u64>, u64> = Default::default();
     let (mut queries, mut hits) = (0u64, 0u64);
-    for line in text.lines() {
+    for line in text.lines().take(limit) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let len = v["input_length"].as_u64().unwrap();
         let ids: Vec<u64> = v["hash_ids"]
@@ -178,7 +179,7 @@ fn token_oracle() -> (u64, u64) {
 /// partial block is reusable token by token).
 #[test]
 fn sglang_token_hits_with_unbounded_memory_equal_the_token_oracle() {
-    let (queries, hits) = token_oracle();
+    let (queries, hits) = token_oracle(usize::MAX);
     let (_, block_hits, _) = oracle();
     let tmp = tempfile::tempdir().unwrap();
     let (run, _) = run_in(
@@ -205,4 +206,45 @@ fn sglang_token_hits_with_unbounded_memory_equal_the_token_oracle() {
         Some((queries - hits) as f64)
     );
     assert!(hits >= block_hits, "{hits} < {block_hits}");
+}
+
+/// HiCache with a host tier that never fills, one H100's GPU pool, one request at a time: every
+/// earlier prompt is in the tree, on the GPU or copied to host at its insertion (write-through), so
+/// the hits reach the unbounded oracle but for host hits under SGLang's 10-token load threshold, which
+/// are recomputed: at most 9 tokens a request below it. The first 2,000 requests.
+#[test]
+fn hicache_with_an_unbounded_host_tier_recovers_the_unbounded_hits() {
+    let n = 2000;
+    let (queries, hits) = token_oracle(n);
+    let tmp = tempfile::tempdir().unwrap();
+    let base = [
+        "engine.kind=\"sglang\"",
+        "workload.max_requests=2000",
+        "sglang.max_running_requests=1",
+        "sglang.chunked_prefill_size=-1",
+        "cost.kind=\"linear\"",
+    ];
+    let mut with = base.to_vec();
+    with.extend([
+        "sglang.enable_hierarchical_cache=true",
+        "sglang.hicache_size=1000000",
+    ]);
+    let (gpu, _) = run_in(tmp.path(), "gpu", &trace_config(&base));
+    let (hi, _) = run_in(tmp.path(), "hicache", &trace_config(&with));
+    let (g, h) = (&gpu.summary, &hi.summary);
+    assert_eq!(h.get_f64("prefix_cache_queries"), Some(queries as f64));
+    let gpu_hits = g.get_f64("prefix_cache_hits").unwrap();
+    let hi_hits = h.get_f64("prefix_cache_hits").unwrap();
+    assert!(
+        g.get_f64("radix_evicted_tokens").unwrap() > 0.0,
+        "the GPU pool evicts"
+    );
+    assert!(gpu_hits < hits as f64, "{gpu_hits} {hits}");
+    assert!(h.get_f64("hicache_loaded_tokens").unwrap() > 0.0);
+    assert_eq!(h.get_f64("hicache_host_evicted_tokens"), Some(0.0));
+    assert!(hi_hits <= hits as f64, "{hi_hits} > {hits}");
+    assert!(
+        hi_hits >= (hits - 9 * n as u64) as f64,
+        "{hi_hits} < {hits} - 9 x {n}"
+    );
 }

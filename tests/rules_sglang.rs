@@ -241,6 +241,8 @@ struct G {
     s: SglangScheduler,
     reqs: RequestTable,
     finished: Vec<RequestId>,
+    /// Steps planned so far: step k is planned at k seconds.
+    steps: u64,
 }
 
 fn limits(max_running: u32, chunk: Option<u32>, conservativeness: f64) -> SglangLimits {
@@ -259,10 +261,15 @@ fn limits(max_running: u32, chunk: Option<u32>, conservativeness: f64) -> Sglang
 
 impl G {
     fn new(pool: u64, l: SglangLimits) -> G {
+        G::with_pool(TokenPool::new(pool, true), l)
+    }
+
+    fn with_pool(pool: TokenPool, l: SglangLimits) -> G {
         G {
-            s: SglangScheduler::new(l, TokenPool::new(pool, true)),
+            s: SglangScheduler::new(l, pool),
             reqs: RequestTable::default(),
             finished: Vec::new(),
+            steps: 0,
         }
     }
 
@@ -279,7 +286,9 @@ impl G {
     /// Plans one step (nothing ends yet).
     fn plan(&mut self) -> StepPlan {
         let mut plan = StepPlan::default();
-        let next = self.s.schedule(SimTime::ZERO, &mut self.reqs, &mut plan);
+        let now = SimTime(self.steps * 1_000_000_000);
+        self.steps += 1;
+        let next = self.s.schedule(now, &mut self.reqs, &mut plan);
         assert_eq!(next == Next::Run, !plan.scheduled.is_empty());
         self.s.kv().check_invariants(&self.reqs).unwrap();
         plan
@@ -315,6 +324,17 @@ impl G {
         p
     }
 
+    /// Steps until a step schedules something (at most 5 rounds), and returns that step.
+    fn step_until_scheduled(&mut self) -> StepPlan {
+        for _ in 0..5 {
+            let p = self.step();
+            if !p.scheduled.is_empty() {
+                return p;
+            }
+        }
+        panic!("nothing scheduled in 5 rounds");
+    }
+
     fn kv(&self) -> &TokenPool {
         self.s.kv()
     }
@@ -329,7 +349,8 @@ fn g1_pool_limits_follow_memory_and_context() {
     let h100 = HardwareSpec::load("h100-sxm").unwrap();
     let e = EngineConfig::default();
     let sizing = size_engine(&e, &m, &h100).unwrap();
-    let (total, l) = sglang_limits(&SglangConfig::default(), &e, &sizing, &h100).unwrap();
+    let g = sglang_limits(&SglangConfig::default(), &e, &sizing, &h100).unwrap();
+    let (total, l) = (g.max_total_tokens, g.limits);
     // The pool holds the bytes vLLM's blocks hold: blocks x 16 tokens.
     assert_eq!(total, sizing.num_gpu_blocks as u64 * 16);
     // Request pool = clamp(total / 131072 x 512, 2048, 4096): total is below 524,288 tokens, so the
@@ -344,13 +365,16 @@ fn g1_pool_limits_follow_memory_and_context() {
         ..EngineConfig::default()
     };
     let s8 = size_engine(&e8, &m, &h100).unwrap();
-    let (t8, l8) = sglang_limits(&SglangConfig::default(), &e8, &s8, &h100).unwrap();
+    let g8 = sglang_limits(&SglangConfig::default(), &e8, &s8, &h100).unwrap();
+    let (t8, l8) = (g8.max_total_tokens, g8.limits);
     assert!(t8 as f64 / 8192.0 * 512.0 > 4096.0);
     assert_eq!(l8.max_running_requests, 4096);
     // A 24 GB L4: 2048-token chunks; -1 turns chunking off.
     let l4 = HardwareSpec::load("l4").unwrap();
     let sl4 = size_engine(&e8, &m, &l4).unwrap();
-    let (_, ll4) = sglang_limits(&SglangConfig::default(), &e8, &sl4, &l4).unwrap();
+    let ll4 = sglang_limits(&SglangConfig::default(), &e8, &sl4, &l4)
+        .unwrap()
+        .limits;
     assert_eq!(ll4.chunked_prefill_size, Some(2048));
     let off = SglangConfig {
         chunked_prefill_size: Some(-1),
@@ -359,7 +383,7 @@ fn g1_pool_limits_follow_memory_and_context() {
     assert_eq!(
         sglang_limits(&off, &e8, &sl4, &l4)
             .unwrap()
-            .1
+            .limits
             .chunked_prefill_size,
         None
     );
@@ -561,4 +585,126 @@ fn g7_dfs_weight_walks_heaviest_subtrees_first_and_a_nodes_requests_after_its_su
     assert_eq!(c.dfs_weight_order(&nodes), vec![0, 3, 2, 5, 1, 4]);
     // Equal weights keep the children dict's order: A (inserted first) before B.
     assert_eq!(c.dfs_weight_order(&[nodes[0], nodes[2]]), vec![1, 0]);
+}
+
+// ---- HiCache (H1-H4): a host tier below the tree. ----
+
+use servesim::kv::radix::WritePolicy;
+use servesim::kv::token_pool::HiCacheParams;
+
+#[test]
+fn h2_h3_write_through_copies_at_insertion_and_gpu_eviction_keeps_the_host_copy() {
+    let mut c = RadixCache::new().with_host(100, WritePolicy::WriteThrough);
+    c.insert(&[run(1, 0, 10)], 1);
+    // The new node's insertion is its first hit: copied to host, locked until the copy is done.
+    let w = c.take_writes();
+    assert_eq!(w.len(), 1);
+    assert_eq!(c.host_tier().unwrap().used, 10);
+    assert_eq!(c.evict(10), 0, "a node being copied is locked");
+    c.dec_lock_ref(w[0]);
+    // Evicted from the GPU, it stays in the tree, host-only.
+    assert_eq!(c.evict(10), 10);
+    assert_eq!((c.total_size(), c.host_tier().unwrap().used), (0, 10));
+    c.debug_check();
+    // H4: a match finds it after the GPU match (nothing on the GPU here).
+    let m = c.match_tiers(&[run(1, 0, 10), run(2, 0, 5)], 2);
+    assert_eq!((m.device.tokens, m.host_tokens), (0, 10));
+    assert_eq!(c.load_back(m.host_node), 10);
+    assert_eq!((c.total_size(), c.evictable_size()), (10, 10));
+    c.debug_check();
+}
+
+#[test]
+fn h2_selective_write_through_waits_for_a_second_hit_and_write_back_for_eviction() {
+    let mut c = RadixCache::new().with_host(100, WritePolicy::WriteThroughSelective);
+    c.insert(&[run(1, 0, 10)], 1);
+    assert!(c.take_writes().is_empty());
+    c.insert(&[run(1, 0, 10)], 2);
+    assert_eq!(c.take_writes().len(), 1, "copied at the second hit");
+    let mut b = RadixCache::new().with_host(100, WritePolicy::WriteBack);
+    b.insert(&[run(1, 0, 10)], 1);
+    b.insert(&[run(1, 0, 10)], 2);
+    assert!(b.take_writes().is_empty());
+    assert_eq!(b.host_tier().unwrap().used, 0);
+    // Evicted: copied first, then off the GPU.
+    assert_eq!(b.evict(1), 10);
+    assert_eq!(b.host_tier().unwrap().used, 10);
+    assert_eq!(b.match_tiers(&[run(1, 0, 10)], 3).host_tokens, 10);
+    b.debug_check();
+}
+
+#[test]
+fn h3_a_full_host_tier_deletes_its_least_recently_used_host_only_leaf() {
+    let mut c = RadixCache::new().with_host(20, WritePolicy::WriteBack);
+    c.insert(&[run(1, 0, 10)], 1);
+    c.insert(&[run(2, 0, 10)], 2);
+    assert_eq!(c.evict(20), 20);
+    assert_eq!(c.host_tier().unwrap().used, 20);
+    c.insert(&[run(3, 0, 10)], 3);
+    // C's copy needs 10 host tokens: A (accessed at 1) is deleted, B (2) stays.
+    assert_eq!(c.evict(10), 10);
+    assert_eq!(
+        c.leaf_keys(),
+        vec![vec![run(2, 0, 10)], vec![run(3, 0, 10)]]
+    );
+    assert_eq!(c.host_tier().unwrap().evicted, 10);
+    assert_eq!(c.match_tiers(&[run(1, 0, 10)], 4).host_tokens, 0);
+    c.debug_check();
+}
+
+/// A pool of `gpu` tokens with a host tier of 200, 1,000 bytes per token over a 1 MB/s link (a token
+/// copies in 1 ms).
+fn hicache_pool(gpu: u64) -> TokenPool {
+    TokenPool::new(gpu, true).with_hicache(HiCacheParams {
+        host_tokens: 200,
+        write_policy: WritePolicy::WriteThrough,
+        bytes_per_token: 1000,
+        link_bytes_per_s: 1e6,
+    })
+}
+
+#[test]
+fn h4_a_host_hit_of_at_least_10_tokens_is_loaded_back_and_a_shorter_one_recomputed() {
+    for (shared, loads) in [(40u32, true), (9, false)] {
+        let mut g = G::with_pool(hicache_pool(100), limits(10, Some(1000), 1.0));
+        // Request 1 caches `shared` tokens of content 1 (then 1 more, its last prompt token), copied to
+        // host as they are inserted.
+        g.add(1, &[(1, shared), (9, 1)], 1);
+        g.step();
+        // Request 2 (95 tokens) needs more slots than are free, and the tree evicts: request 1's prefix
+        // leaves the GPU but keeps its host copy. (While a copy to host runs, its node is locked: a
+        // round in that time may admit nothing.)
+        g.add(2, &[(2, 95)], 1);
+        assert_eq!(g.step_until_scheduled().scheduled, vec![(2, 95)]);
+        assert_eq!(
+            g.kv().tree().total_size(),
+            95,
+            "only request 2's tokens on the GPU"
+        );
+        g.add(3, &[(1, shared), (3, 20)], 1);
+        let p = loop {
+            let p = g.plan();
+            if !p.scheduled.is_empty() {
+                break p;
+            }
+            g.end(&p);
+        };
+        let r = &g.reqs[&3];
+        if loads {
+            // 40 host tokens loaded (40 ms over the link), 20 computed.
+            assert_eq!(p.scheduled, vec![(3, 20)]);
+            assert_eq!(r.num_cached_tokens, Some(40));
+            assert_eq!(r.cached_tokens_tier, [40, 0]);
+            assert_eq!(p.kv_load, servesim::time::SimDuration(40_000_000));
+        } else {
+            // 9 host tokens: recomputed with the rest.
+            assert_eq!(p.scheduled, vec![(3, 29)]);
+            assert_eq!(r.num_cached_tokens, Some(0));
+            assert_eq!(p.kv_load, servesim::time::SimDuration::ZERO);
+        }
+        g.end(&p);
+        let rx = g.kv().stats().radix.unwrap();
+        assert_eq!(rx.host_hit_tokens, if loads { 40 } else { 0 });
+        assert_eq!(rx.loaded_tokens, if loads { 40 } else { 0 });
+    }
 }

@@ -65,6 +65,12 @@ struct Node {
     /// (insertion order; a node split off in a child's place takes that child's place).
     slot: u64,
     live: bool,
+    /// Its KV is on the GPU (SGLang: not `evicted`). Without a host tier every live node's is.
+    device: bool,
+    /// A copy of its KV is in host memory (SGLang: `backuped`).
+    host: bool,
+    /// Insertions that passed it since its creation (SGLang `hit_count`, for write-through).
+    hits: u32,
 }
 
 /// A match: the tokens matched from the key's start and the node the match ended on (the root for none).
@@ -72,6 +78,15 @@ struct Node {
 pub struct Match {
     pub tokens: u32,
     pub node: NodeId,
+}
+
+/// A match through both tiers: the GPU part, and the host-only tokens after it, ending on `host_node`
+/// (the GPU match's node when there are none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TierMatch {
+    pub device: Match,
+    pub host_tokens: u32,
+    pub host_node: NodeId,
 }
 
 /// SGLang's `RadixCache` (see the module docs). Sizes are in tokens.
@@ -82,6 +97,34 @@ pub struct RadixCache {
     created: u64,
     evictable_size: u64,
     protected_size: u64,
+    /// The host tier (HiCache), if any.
+    host: Option<HostTier>,
+    /// Write-throughs started since [`RadixCache::take_writes`] was last called: each node is locked
+    /// until its copy is done (the caller unlocks it).
+    writes: Vec<NodeId>,
+}
+
+/// When a node's KV is copied to host memory (SGLang `--hicache-write-policy`, H2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WritePolicy {
+    /// At its first hit (its insertion counts).
+    WriteThrough,
+    /// At its second hit.
+    WriteThroughSelective,
+    /// When the GPU evicts it.
+    WriteBack,
+}
+
+/// The host tier's size and counters, in tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostTier {
+    pub capacity: u64,
+    pub used: u64,
+    pub policy: WritePolicy,
+    /// Tokens copied to host, and deleted from host (host-only nodes evicted).
+    pub written: u64,
+    pub evicted: u64,
 }
 
 impl Default for RadixCache {
@@ -170,12 +213,46 @@ impl RadixCache {
                 created: 0,
                 slot: 0,
                 live: true,
+                device: true,
+                host: false,
+                hits: 0,
             }],
             free: Vec::new(),
             created: 1,
             evictable_size: 0,
             protected_size: 0,
+            host: None,
+            writes: Vec::new(),
         }
+    }
+
+    /// The same (empty) tree with a host tier of `capacity` tokens written by `policy` (SGLang's
+    /// `HiRadixCache`, H1-H4).
+    pub fn with_host(mut self, capacity: u64, policy: WritePolicy) -> RadixCache {
+        self.host = Some(HostTier {
+            capacity,
+            used: 0,
+            policy,
+            written: 0,
+            evicted: 0,
+        });
+        self
+    }
+
+    /// Tokens in `node`'s segment.
+    pub fn node_len(&self, node: NodeId) -> u32 {
+        self.nodes[node as usize].len
+    }
+
+    /// The host tier, if any.
+    pub fn host_tier(&self) -> Option<&HostTier> {
+        self.host.as_ref()
+    }
+
+    /// The write-throughs started since the last call (each node locked until the caller, once the
+    /// copy is done, calls [`RadixCache::dec_lock_ref`] on it).
+    pub fn take_writes(&mut self) -> Vec<NodeId> {
+        std::mem::take(&mut self.writes)
     }
 
     /// Tokens in unlocked nodes (SGLang `evictable_size()`).
@@ -188,7 +265,7 @@ impl RadixCache {
         self.protected_size
     }
 
-    /// Tokens in the tree.
+    /// Tokens in the tree with their KV on the GPU (host-only nodes are in the host tier's `used`).
     pub fn total_size(&self) -> u64 {
         self.evictable_size + self.protected_size
     }
@@ -204,6 +281,9 @@ impl RadixCache {
             created: self.created,
             slot: self.created,
             live: true,
+            device: true,
+            host: false,
+            hits: 0,
         };
         self.created += 1;
         match self.free.pop() {
@@ -224,9 +304,12 @@ impl RadixCache {
     fn split(&mut self, child: NodeId, k: u32, now: u64) -> NodeId {
         let c = &self.nodes[child as usize];
         let (parent, lock_ref) = (c.parent, c.lock_ref);
+        let (device, host, hits) = (c.device, c.host, c.hits);
         let (head, tail) = split_at(&c.key, k);
         let first = head[0].first();
         let mid = self.alloc(parent, head, lock_ref, now);
+        let m = &mut self.nodes[mid as usize];
+        (m.device, m.host, m.hits) = (device, host, hits);
         // The new node takes the child's place in the parent's dict; the child is its only child.
         let child_slot = self.nodes[child as usize].slot;
         self.nodes[child as usize].slot = self.nodes[mid as usize].slot;
@@ -260,32 +343,62 @@ impl RadixCache {
         Some((child, common_prefix(&c.key, rest, offset)))
     }
 
-    /// The longest cached prefix of `key` (SGLang `match_prefix`), stamping `now` on the path (module
-    /// docs). Splits the last node if the match ends inside it, so that the returned node ends exactly at
-    /// the match.
+    /// The longest cached prefix of `key` on the GPU (SGLang `match_prefix`), stamping `now` on the path
+    /// (module docs). Splits the last node if the match ends inside it, so that the returned node ends
+    /// exactly at the match.
     pub fn match_prefix(&mut self, key: &[Run], now: u64) -> Match {
+        self.match_tiers(key, now).device
+    }
+
+    /// [`RadixCache::match_prefix`] through the host tier too (SGLang `HiRadixCache.match_prefix`):
+    /// the GPU match, then the host-only nodes that continue it (`host_hit_length`).
+    pub fn match_tiers(&mut self, key: &[Run], now: u64) -> TierMatch {
         let key = normalize(key);
         let (mut rest, mut offset) = (&key[..], 0u32);
         let (mut node, mut matched) = (ROOT, 0u32);
+        let mut device = Match {
+            tokens: 0,
+            node: ROOT,
+        };
         self.nodes[ROOT as usize].last_access = now;
         while let Some((child, k)) = self.descend(node, rest, offset, now) {
             matched += k;
-            if k < self.nodes[child as usize].len {
-                node = self.split(child, k, now);
+            let partial = k < self.nodes[child as usize].len;
+            node = if partial {
+                self.split(child, k, now)
+            } else {
+                child
+            };
+            // GPU nodes sit above host-only ones: the GPU match is the walk's leading part.
+            if self.nodes[node as usize].device {
+                device = Match {
+                    tokens: matched,
+                    node,
+                };
+            }
+            if partial {
                 break;
             }
-            node = child;
             (rest, offset) = advance(rest, offset, k);
         }
-        Match {
-            tokens: matched,
-            node,
+        TierMatch {
+            device,
+            host_tokens: matched - device.tokens,
+            host_node: node,
         }
     }
 
     /// Adds `key` to the tree (SGLang `insert`), stamping `now` on the nodes it passes; returns how many
-    /// of its leading tokens were already cached (the caller's copy of those is the duplicate to free).
+    /// of its leading tokens were already cached on the GPU (the caller's copy of those is the duplicate
+    /// to free; a host-only node it passes takes the caller's copy as its GPU copy). With a host tier,
+    /// every GPU node passed and the new one count a hit for write-through, unless `chunked` (a
+    /// continuation chunk's insertion, SGLang's `cache_unfinished_req(chunked=True)`, counts none).
     pub fn insert(&mut self, key: &[Run], now: u64) -> u32 {
+        self.insert_counting(key, now, false)
+    }
+
+    /// [`RadixCache::insert`] with the `chunked` flag.
+    pub fn insert_counting(&mut self, key: &[Run], now: u64, chunked: bool) -> u32 {
         let key = normalize(key);
         let (mut rest, mut offset) = (&key[..], 0u32);
         let (mut node, mut present) = (ROOT, 0u32);
@@ -293,13 +406,21 @@ impl RadixCache {
         // Ends at the key's end, or where no child continues it (after a split, the split-off remainder
         // differs from the key at its first token).
         while let Some((child, k)) = self.descend(node, rest, offset, now) {
-            present += k;
             (rest, offset) = advance(rest, offset, k);
             node = if k < self.nodes[child as usize].len {
                 self.split(child, k, now)
             } else {
                 child
             };
+            let n = &mut self.nodes[node as usize];
+            if n.device {
+                present += k;
+                self.hit(node, chunked);
+            } else {
+                // Recomputed: the caller's KV becomes the node's GPU copy.
+                n.device = true;
+                self.evictable_size += n.len as u64;
+            }
         }
         if rest.is_empty() {
             return present;
@@ -312,7 +433,66 @@ impl RadixCache {
         let new = self.alloc(node, tail, 0, now);
         self.nodes[node as usize].children.insert(first, new);
         self.evictable_size += len;
+        if self
+            .host
+            .is_some_and(|h| h.policy != WritePolicy::WriteBack)
+        {
+            self.hit(new, chunked);
+        }
         present
+    }
+
+    /// SGLang `_inc_hit_count`: a write-through copies a node to host at its first (selective: second)
+    /// hit.
+    fn hit(&mut self, node: NodeId, chunked: bool) {
+        let Some(h) = self.host else { return };
+        let n = &mut self.nodes[node as usize];
+        if h.policy == WritePolicy::WriteBack || n.host || chunked {
+            return;
+        }
+        n.hits += 1;
+        let threshold = match h.policy {
+            WritePolicy::WriteThroughSelective => 2,
+            _ => 1,
+        };
+        if n.hits >= threshold && self.backup(node) {
+            // Locked until the copy is done (the caller unlocks it).
+            self.inc_lock_ref(node);
+            self.writes.push(node);
+        }
+    }
+
+    /// Copies `node` to host (SGLang `write_backup`), evicting host-only nodes for room; false when the
+    /// host tier cannot hold it.
+    fn backup(&mut self, node: NodeId) -> bool {
+        let len = self.nodes[node as usize].len as u64;
+        let Some(h) = self.host else { return false };
+        if h.used + len > h.capacity {
+            self.evict_host(len);
+        }
+        let h = self.host.as_mut().expect("a host tier");
+        if h.used + len > h.capacity {
+            return false;
+        }
+        h.used += len;
+        h.written += len;
+        self.nodes[node as usize].host = true;
+        true
+    }
+
+    /// Loads the host-only nodes from `node` up to the GPU match back to the GPU (SGLang `load_back`;
+    /// the caller has allocated their slots); returns their tokens.
+    pub fn load_back(&mut self, mut node: NodeId) -> u32 {
+        let mut loaded = 0;
+        while node != ROOT && !self.nodes[node as usize].device {
+            let n = &mut self.nodes[node as usize];
+            debug_assert!(n.host && n.lock_ref == 0);
+            n.device = true;
+            loaded += n.len;
+            self.evictable_size += n.len as u64;
+            node = n.parent;
+        }
+        loaded
     }
 
     /// Pins the path from `node` up to the root (root excluded): SGLang `inc_lock_ref`.
@@ -343,13 +523,20 @@ impl RadixCache {
         }
     }
 
+    /// A GPU leaf SGLang may evict: on the GPU, unlocked, no child on the GPU.
     fn evictable_leaf(&self, id: NodeId) -> bool {
         let n = &self.nodes[id as usize];
-        id != ROOT && n.live && n.lock_ref == 0 && n.children.is_empty()
+        id != ROOT
+            && n.live
+            && n.device
+            && n.lock_ref == 0
+            && n.children.values().all(|&c| !self.nodes[c as usize].device)
     }
 
-    /// Frees at least `tokens` tokens by deleting least recently used evictable leaves (SGLang `evict`,
-    /// policy `lru`), or every evictable token if there are fewer; returns the tokens freed.
+    /// Frees at least `tokens` GPU tokens by evicting least recently used evictable leaves (SGLang
+    /// `evict`, policy `lru`), or every evictable token if there are fewer; returns the tokens freed. A
+    /// node with a host copy keeps it and stays in the tree, host-only (H3); under `write_back` one
+    /// without is copied first when the host tier has room; any other is deleted.
     pub fn evict(&mut self, tokens: u64) -> u64 {
         let key = |n: &Node, id: NodeId| Reverse((n.last_access, n.created, id));
         let mut heap: BinaryHeap<_> = (0..self.nodes.len() as NodeId)
@@ -361,15 +548,83 @@ impl RadixCache {
             let Some(Reverse((_, _, id))) = heap.pop() else {
                 break;
             };
-            let n = &mut self.nodes[id as usize];
-            let (parent, first, len) = (n.parent, n.key[0].first(), n.len as u64);
-            n.live = false;
-            n.key = Vec::new();
+            let (parent, len) = {
+                let n = &self.nodes[id as usize];
+                (n.parent, n.len as u64)
+            };
+            let write_back = self
+                .host
+                .is_some_and(|h| h.policy == WritePolicy::WriteBack);
+            if !self.nodes[id as usize].host && write_back {
+                self.backup(id);
+            }
             freed += len;
             self.evictable_size -= len;
-            self.free.push(id);
-            self.nodes[parent as usize].children.remove(&first);
+            if self.nodes[id as usize].host {
+                self.nodes[id as usize].device = false;
+            } else {
+                self.delete(id);
+            }
             if self.evictable_leaf(parent) {
+                heap.push(key(&self.nodes[parent as usize], parent));
+            }
+        }
+        freed
+    }
+
+    /// Removes node `id` (already off the GPU's counts) and the host-only nodes below it from the tree.
+    fn delete(&mut self, id: NodeId) {
+        let (parent, first) = {
+            let n = &self.nodes[id as usize];
+            (n.parent, n.key[0].first())
+        };
+        self.nodes[parent as usize].children.remove(&first);
+        let mut stack = vec![id];
+        while let Some(x) = stack.pop() {
+            let n = &mut self.nodes[x as usize];
+            stack.extend(n.children.values().copied());
+            if n.host {
+                let h = self.host.as_mut().expect("a host copy needs a host tier");
+                h.used -= n.len as u64;
+                if x != id {
+                    h.evicted += n.len as u64;
+                }
+            }
+            n.live = false;
+            n.key = Vec::new();
+            n.children = BTreeMap::new();
+            self.free.push(x);
+        }
+    }
+
+    /// Frees at least `tokens` host tokens by deleting least recently used host-only leaves (SGLang
+    /// `evict_host`); a parent left childless and host-only joins the candidates.
+    pub fn evict_host(&mut self, tokens: u64) -> u64 {
+        let leaf = |t: &RadixCache, id: NodeId| {
+            let n = &t.nodes[id as usize];
+            id != ROOT && n.live && !n.device && n.children.is_empty()
+        };
+        let key = |n: &Node, id: NodeId| Reverse((n.last_access, n.created, id));
+        let mut heap: BinaryHeap<_> = (0..self.nodes.len() as NodeId)
+            .filter(|&id| leaf(self, id))
+            .map(|id| key(&self.nodes[id as usize], id))
+            .collect();
+        let mut freed = 0u64;
+        while freed < tokens {
+            let Some(Reverse((_, _, id))) = heap.pop() else {
+                break;
+            };
+            let (parent, len) = {
+                let n = &self.nodes[id as usize];
+                (n.parent, n.len as u64)
+            };
+            self.delete(id);
+            self.host
+                .as_mut()
+                .expect("host-only nodes need a host tier")
+                .evicted += len;
+            freed += len;
+            if leaf(self, parent) {
                 heap.push(key(&self.nodes[parent as usize], parent));
             }
         }
@@ -443,19 +698,33 @@ impl RadixCache {
         if !cfg!(debug_assertions) {
             return;
         }
-        let (mut ev, mut pr) = (0u64, 0u64);
+        let (mut ev, mut pr, mut host) = (0u64, 0u64, 0u64);
         for (id, n) in self.nodes.iter().enumerate() {
             if !n.live || id as NodeId == ROOT {
                 continue;
             }
             assert!(n.len > 0 && n.len == total(&n.key), "node {id}");
+            let p = &self.nodes[n.parent as usize];
+            assert_eq!(p.children.get(&n.key[0].first()), Some(&(id as NodeId)));
+            // Tiers: a node is on the GPU or in host memory; GPU nodes sit above host-only ones, and
+            // only GPU nodes are locked.
+            assert!(n.device || n.host, "node {id} in neither tier");
+            assert!(n.device || n.lock_ref == 0, "host-only node {id} locked");
+            assert!(
+                n.parent == ROOT || p.device || !n.device,
+                "GPU node {id} below a host-only one"
+            );
+            if n.host {
+                host += n.len as u64;
+            }
+            if !n.device {
+                continue;
+            }
             if n.lock_ref == 0 {
                 ev += n.len as u64;
             } else {
                 pr += n.len as u64;
             }
-            let p = &self.nodes[n.parent as usize];
-            assert_eq!(p.children.get(&n.key[0].first()), Some(&(id as NodeId)));
             if n.parent != ROOT {
                 assert!(
                     p.lock_ref >= n.lock_ref,
@@ -464,6 +733,8 @@ impl RadixCache {
             }
         }
         assert_eq!((ev, pr), (self.evictable_size, self.protected_size));
+        assert_eq!(host, self.host.map_or(0, |h| h.used));
+        assert!(self.host.is_none_or(|h| h.used <= h.capacity));
     }
 }
 

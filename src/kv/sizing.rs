@@ -193,7 +193,7 @@ pub fn sglang_limits(
     e: &EngineConfig,
     sizing: &EngineSizing,
     hw: &HardwareSpec,
-) -> Result<(u64, crate::scheduler::sglang::SglangLimits), ConfigError> {
+) -> Result<SglangSizing, ConfigError> {
     let max_total = g
         .max_total_tokens
         .unwrap_or(sizing.num_gpu_blocks as u64 * e.block_size as u64);
@@ -224,19 +224,62 @@ pub fn sglang_limits(
         .unwrap_or((max_total / 2).min(req_pool).min(u32::MAX as u64) as u32);
     let (init, min, decay) =
         crate::scheduler::sglang::SglangLimits::ratios(g.schedule_conservativeness);
-    Ok((
-        max_total,
-        crate::scheduler::sglang::SglangLimits {
-            max_running_requests: max_running,
-            chunked_prefill_size: chunked,
-            max_prefill_tokens: g.max_prefill_tokens,
-            policy: g.schedule_policy,
-            init_new_token_ratio: init,
-            min_new_token_ratio: min,
-            new_token_ratio_decay: decay,
-            max_model_len: sizing.max_model_len,
-        },
-    ))
+    let limits = crate::scheduler::sglang::SglangLimits {
+        max_running_requests: max_running,
+        chunked_prefill_size: chunked,
+        max_prefill_tokens: g.max_prefill_tokens,
+        policy: g.schedule_policy,
+        init_new_token_ratio: init,
+        min_new_token_ratio: min,
+        new_token_ratio_decay: decay,
+        max_model_len: sizing.max_model_len,
+    };
+    Ok(SglangSizing {
+        max_total_tokens: max_total,
+        limits,
+        hicache: None,
+    })
+}
+
+/// SGLang's engine resolved: its token pool, its limits, and HiCache's host tier when on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SglangSizing {
+    pub max_total_tokens: u64,
+    pub limits: crate::scheduler::sglang::SglangLimits,
+    pub hicache: Option<crate::kv::token_pool::HiCacheParams>,
+}
+
+/// HiCache's host tier (H1): `hicache_size` GB when set, else `hicache_ratio` x the GPU pool, in tokens
+/// of `bytes_per_token` (the whole model's KV per token); the link is the catalog's `host_link_gbps`
+/// per GPU, each of a replica's `tp` GPUs copying its share over its own.
+pub fn hicache_params(
+    g: &crate::config::SglangConfig,
+    max_total_tokens: u64,
+    bytes_per_token: u64,
+    hw: &HardwareSpec,
+    tp: u32,
+) -> Result<crate::kv::token_pool::HiCacheParams, ConfigError> {
+    let host_tokens = if g.hicache_size > 0.0 {
+        (g.hicache_size * 1e9 / bytes_per_token as f64).floor() as u64
+    } else {
+        (g.hicache_ratio * max_total_tokens as f64).floor() as u64
+    };
+    let gbps = hw.host_link_gbps.ok_or_else(|| {
+        ConfigError::invalid(
+            "sglang.enable_hierarchical_cache",
+            format!(
+                "hardware {} lists no host_link_gbps in its catalog, so HiCache's copies cannot be timed; \
+                 add it to the hardware entry (the GPU-host link's one-way GB/s)",
+                hw.name
+            ),
+        )
+    })?;
+    Ok(crate::kv::token_pool::HiCacheParams {
+        host_tokens,
+        write_policy: g.hicache_write_policy,
+        bytes_per_token,
+        link_bytes_per_s: gbps * 1e9 * tp as f64,
+    })
 }
 
 #[cfg(test)]

@@ -35,10 +35,25 @@
 //! batches, continuation chunks counting input only) in [`RadixCounters`]. Usage is SGLang's
 //! `token_usage` (G11): a "block" is one token, used = total - available - evictable.
 
-use super::radix::{Match, NodeId, RadixCache, Run, ROOT};
+use super::radix::{Match, NodeId, RadixCache, Run, TierMatch, WritePolicy, ROOT};
 use super::{CacheHit, Hit, KvStats, KvStore, PrefixStats};
 use crate::fasthash::FastMap;
 use crate::request::{Request, RequestId, RequestTable};
+
+/// Host tokens below which a host hit is recomputed rather than loaded (SGLang HiRadixCache
+/// `load_back_threshold`, H4).
+pub const LOAD_BACK_THRESHOLD: u32 = 10;
+
+/// SGLang's hierarchical cache (HiCache, H1-H4): a host pool below the GPU's, and the link between.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HiCacheParams {
+    /// Host pool, tokens (`hicache_ratio` x the GPU pool, or `hicache_size`).
+    pub host_tokens: u64,
+    pub write_policy: WritePolicy,
+    /// KV bytes per token (all layers), and the GPU-host link's bytes per second each way.
+    pub bytes_per_token: u64,
+    pub link_bytes_per_s: f64,
+}
 
 /// Tokens per request still running that a retraction makes available (SGLang
 /// `SGLANG_RETRACT_DECODE_STEPS`, G9/G10).
@@ -71,6 +86,15 @@ pub struct RadixCounters {
     /// Tokens in the tree now, and of those evictable.
     pub tree_tokens: u64,
     pub evictable_tokens: u64,
+    /// HiCache: host tokens matched after the GPU match at admission and worth loading (at least
+    /// [`LOAD_BACK_THRESHOLD`]), those loaded back (the rest, without GPU room, recomputed), tokens
+    /// copied to host, host tokens deleted, host tokens held now, and the loads' nanoseconds.
+    pub host_hit_tokens: u64,
+    pub loaded_tokens: u64,
+    pub written_tokens: u64,
+    pub host_evicted_tokens: u64,
+    pub host_tokens: u64,
+    pub load_ns: u64,
 }
 
 impl RadixCounters {
@@ -88,6 +112,12 @@ impl RadixCounters {
         self.deduplicated_tokens += o.deduplicated_tokens;
         self.tree_tokens += o.tree_tokens;
         self.evictable_tokens += o.evictable_tokens;
+        self.host_hit_tokens += o.host_hit_tokens;
+        self.loaded_tokens += o.loaded_tokens;
+        self.written_tokens += o.written_tokens;
+        self.host_evicted_tokens += o.host_evicted_tokens;
+        self.host_tokens += o.host_tokens;
+        self.load_ns += o.load_ns;
     }
 }
 
@@ -108,6 +138,11 @@ pub struct TokenPool {
     tick: u64,
     prefix: PrefixStats,
     counters: RadixCounters,
+    /// HiCache's link, when on.
+    hicache: Option<HiCacheParams>,
+    /// Write-throughs in flight: the node (locked), its tokens, and when its copy started (None until
+    /// the first [`TokenPool::advance`] after it began, at the step's end).
+    writes: Vec<(NodeId, u64, Option<crate::time::SimTime>)>,
 }
 
 impl TokenPool {
@@ -124,7 +159,54 @@ impl TokenPool {
             tick: 0,
             prefix: PrefixStats::default(),
             counters: RadixCounters::default(),
+            hicache: None,
+            writes: Vec::new(),
         }
+    }
+
+    /// The same (empty) pool with SGLang's host tier below it (HiCache; only with the radix cache on).
+    pub fn with_hicache(mut self, p: HiCacheParams) -> TokenPool {
+        if self.enabled {
+            self.tree = std::mem::take(&mut self.tree).with_host(p.host_tokens, p.write_policy);
+            self.hicache = Some(p);
+        }
+        self
+    }
+
+    /// Seconds to move `tokens` tokens' KV over the host link.
+    fn link_time(&self, tokens: u64) -> crate::time::SimDuration {
+        let p = self.hicache.expect("HiCache on");
+        crate::time::SimDuration::from_secs_f64(
+            tokens as f64 * p.bytes_per_token as f64 / p.link_bytes_per_s,
+        )
+    }
+
+    /// Brings the write-throughs up to `now` (SGLang's `writing_check`, each round): a copy starts at the
+    /// first call after it was begun and takes its bytes over the link; a finished one unlocks its node.
+    pub fn advance(&mut self, now: crate::time::SimTime) {
+        if self.hicache.is_none() {
+            return;
+        }
+        for node in self.tree.take_writes() {
+            let len = self.tree_node_len(node);
+            self.writes.push((node, len, None));
+        }
+        let mut i = 0;
+        while i < self.writes.len() {
+            let (node, len, start) = self.writes[i];
+            let start = start.unwrap_or(now);
+            self.writes[i].2 = Some(start);
+            if start + self.link_time(len) <= now {
+                self.tree.dec_lock_ref(node);
+                self.writes.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn tree_node_len(&self, node: NodeId) -> u64 {
+        self.tree.node_len(node) as u64
     }
 
     /// The same pool, salting each request's tokens with its session when `scope` is `session`.
@@ -238,6 +320,56 @@ impl TokenPool {
         }
     }
 
+    /// The request's match through both tiers (HiCache), capped as [`TokenPool::match_request`].
+    pub fn match_tiers(&mut self, req: &Request) -> TierMatch {
+        if !self.enabled {
+            let none = Match {
+                tokens: 0,
+                node: ROOT,
+            };
+            return TierMatch {
+                device: none,
+                host_tokens: 0,
+                host_node: ROOT,
+            };
+        }
+        let key = self.key(req, req.num_tokens().saturating_sub(1));
+        let now = self.tick();
+        self.tree.match_tiers(&key, now)
+    }
+
+    /// Whether a host hit of `tokens` is worth loading (HiCache on, at least
+    /// [`LOAD_BACK_THRESHOLD`] tokens).
+    pub fn loads(&self, tokens: u32) -> bool {
+        self.hicache.is_some() && tokens >= LOAD_BACK_THRESHOLD
+    }
+
+    /// SGLang's `load_back` for match `m` (whose GPU node the caller holds locked): GPU slots for its
+    /// host tokens, evicting as needed, then the copy. All or nothing: None, changing nothing but
+    /// evictions, when the slots cannot be had. Returns the whole match, now on the GPU, and the copy's
+    /// time.
+    pub fn load_back(&mut self, m: &TierMatch) -> Option<(Match, crate::time::SimDuration)> {
+        let n = m.host_tokens as u64;
+        self.counters.host_hit_tokens += n;
+        self.evict_if_needed(n);
+        if self.available < n {
+            return None;
+        }
+        self.available -= n;
+        let loaded = self.tree.load_back(m.host_node);
+        debug_assert_eq!(loaded as u64, n);
+        let t = self.link_time(n);
+        self.counters.loaded_tokens += n;
+        self.counters.load_ns += t.0;
+        Some((
+            Match {
+                tokens: m.device.tokens + m.host_tokens,
+                node: m.host_node,
+            },
+            t,
+        ))
+    }
+
     /// Pins `node`'s path (the budget check of SGLang's `add_one_req` runs under a temporary lock).
     pub fn lock(&mut self, node: NodeId) {
         self.tree.inc_lock_ref(node);
@@ -303,7 +435,7 @@ impl TokenPool {
     /// SGLang's `cache_unfinished_req` / `cache_finished_req` for request `req` with `computed` tokens
     /// of KV: inserts them, frees its copies of what the tree held, and returns the node the inserted
     /// key ends on (unlocked; the caller moves the lock). With the cache off, nothing.
-    fn insert_computed(&mut self, req: &Request, h: &mut Held) -> Option<NodeId> {
+    fn insert_computed(&mut self, req: &Request, h: &mut Held, chunked: bool) -> Option<NodeId> {
         if !self.enabled {
             return None;
         }
@@ -311,7 +443,7 @@ impl TokenPool {
         debug_assert_eq!(computed, req.num_computed_tokens);
         let key = self.key(req, computed);
         let now = self.tick();
-        let present = self.tree.insert(&key, now);
+        let present = self.tree.insert_counting(&key, now, chunked);
         // Tokens [prefix, present) were computed again: the request's copies are duplicates.
         let dup = present.saturating_sub(h.prefix);
         self.available += dup as u64;
@@ -377,7 +509,7 @@ impl KvStore for TokenPool {
         let Some(mut h) = self.held.remove(&req.id) else {
             return;
         };
-        match self.insert_computed(req, &mut h) {
+        match self.insert_computed(req, &mut h, false) {
             Some(_) => {}
             None => {
                 self.available += h.owned as u64;
@@ -410,7 +542,10 @@ impl KvStore for TokenPool {
             }
             h.extend = false;
             let r = &reqs[&id];
-            if let Some(node) = self.insert_computed(r, &mut h) {
+            // A chunk that leaves the prompt unfinished (no token sampled) is SGLang's `chunked`
+            // insertion.
+            let chunked = r.in_prefill;
+            if let Some(node) = self.insert_computed(r, &mut h, chunked) {
                 self.tree.inc_lock_ref(node);
                 if h.node != ROOT {
                     self.tree.dec_lock_ref(h.node);
@@ -440,6 +575,9 @@ impl KvStore for TokenPool {
             radix: Some(RadixCounters {
                 tree_tokens: self.tree.total_size(),
                 evictable_tokens: evictable,
+                written_tokens: self.tree.host_tier().map_or(0, |h| h.written),
+                host_evicted_tokens: self.tree.host_tier().map_or(0, |h| h.evicted),
+                host_tokens: self.tree.host_tier().map_or(0, |h| h.used),
                 ..self.counters
             }),
             ..KvStats::default()

@@ -33,7 +33,7 @@ use super::{Next, RequestTable, Scheduler, StepPlan};
 use crate::kv::token_pool::RETRACT_DECODE_STEPS;
 use crate::kv::{CacheHit, KvStore, TokenPool};
 use crate::request::{Request, RequestId};
-use crate::time::SimTime;
+use crate::time::{SimDuration, SimTime};
 
 /// Output tokens a request reserves at most (SGLang `CLIP_MAX_NEW_TOKENS`, env
 /// `SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION`, default 4096).
@@ -139,6 +139,45 @@ impl Adder {
             AddResult::Continue
         }
     }
+}
+
+/// `add_one_req`'s verdict for a request of `extend` new tokens reserving `max_new` outputs (`started`:
+/// the batch has requests already): Ok((tokens this round, output reserved, cut to a chunk)), or why it
+/// is refused.
+fn admit(
+    adder: &Adder,
+    kv: &TokenPool,
+    extend: u32,
+    max_new: u32,
+    started: bool,
+) -> Result<(u32, u32, bool), AddResult> {
+    let chunking = adder.rem_chunk;
+    if (extend + max_new) as f64 >= adder.rem_total(kv) {
+        Err(AddResult::NoToken)
+    } else if chunking.is_none() && started && extend as i64 >= adder.rem_input {
+        Err(AddResult::Other)
+    } else {
+        match chunking {
+            Some(c) if extend as i64 > c => {
+                if c <= 0 {
+                    Err(AddResult::Other)
+                } else {
+                    Ok((c as u32, 0, true))
+                }
+            }
+            _ => Ok((extend, max_new, false)),
+        }
+    }
+}
+
+/// A request of a prefill batch: its tokens this round, its match at admission (None for the request
+/// being chunked), and the host tokens it loaded with their copy's time.
+struct Admitted {
+    id: RequestId,
+    tokens: u32,
+    hit: Option<u32>,
+    loaded: u32,
+    load: SimDuration,
 }
 
 /// SGLang's scheduler (module docs).
@@ -256,8 +295,7 @@ impl SglangScheduler {
             rem_input: self.limits.max_prefill_tokens as i64,
             rem_chunk: self.limits.chunked_prefill_size.map(|c| c as i64),
         };
-        // (request, new tokens, tokens matched at admission; None for the chunked request).
-        let mut batch: Vec<(RequestId, u32, Option<u32>)> = Vec::new();
+        let mut batch: Vec<Admitted> = Vec::new();
         let mut new_chunked = None;
         if let Some(id) = self.chunked {
             let r = &reqs[&id];
@@ -272,7 +310,13 @@ impl SglangScheduler {
             if n > 0 {
                 let truncated = n < left;
                 adder.reserve(n, if truncated { 0 } else { self.max_new(r) });
-                batch.push((id, n, None));
+                batch.push(Admitted {
+                    id,
+                    tokens: n,
+                    hit: None,
+                    loaded: 0,
+                    load: SimDuration::ZERO,
+                });
                 if truncated {
                     new_chunked = Some(id);
                 }
@@ -288,31 +332,41 @@ impl SglangScheduler {
             }
             let r = reqs.get_mut(&id).expect("waiting request in table");
             // `init_next_round_input`: match again (stamping the path).
-            let m = self.kv.match_request(r);
+            let tm = self.kv.match_tiers(r);
+            let m = tm.device;
             let max_new = self.max_new(r);
-            let extend = r.num_tokens() - m.tokens;
-            // `add_one_req`, under a temporary lock of the matched prefix.
+            // `add_one_req`, under a temporary lock of the matched prefix. With HiCache, a host hit
+            // worth loading counts as cached; if its load cannot be had, the request is judged again
+            // as a recompute.
             self.kv.lock(m.node);
-            let chunking = adder.rem_chunk;
-            let verdict = if (extend + max_new) as f64 >= adder.rem_total(&self.kv) {
-                Err(AddResult::NoToken)
-            } else if chunking.is_none() && !batch.is_empty() && extend as i64 >= adder.rem_input {
-                Err(AddResult::Other)
-            } else {
-                match chunking {
-                    Some(c) if extend as i64 > c => {
-                        if c <= 0 {
-                            Err(AddResult::Other)
-                        } else {
-                            Ok((c as u32, 0, true))
-                        }
+            let load = self.kv.loads(tm.host_tokens);
+            let host = if load { tm.host_tokens } else { 0 };
+            let started = !batch.is_empty();
+            let mut verdict = admit(
+                &adder,
+                &self.kv,
+                r.num_tokens() - m.tokens - host,
+                max_new,
+                started,
+            );
+            let (mut matched, mut loaded) = (m, (0, SimDuration::ZERO));
+            if load && verdict.is_ok() {
+                match self.kv.load_back(&tm) {
+                    Some((all, t)) => (matched, loaded) = (all, (tm.host_tokens, t)),
+                    None => {
+                        verdict = admit(
+                            &adder,
+                            &self.kv,
+                            r.num_tokens() - m.tokens,
+                            max_new,
+                            started,
+                        )
                     }
-                    _ => Ok((extend, max_new, false)),
                 }
-            };
-            self.kv.unlock(m.node);
+            }
             match verdict {
                 Err(res) => {
+                    self.kv.unlock(m.node);
                     if res == AddResult::NoToken {
                         self.batch_is_full = true;
                     }
@@ -320,10 +374,17 @@ impl SglangScheduler {
                 }
                 Ok((n, reserve, cut)) => {
                     // Admitted: the permanent lock, the budget.
-                    let ok = self.kv.allocate_slots(r, 0, TokenPool::hit(m));
+                    let ok = self.kv.allocate_slots(r, 0, TokenPool::hit(matched));
                     debug_assert!(ok);
+                    self.kv.unlock(m.node);
                     adder.reserve(n, reserve);
-                    batch.push((id, n, Some(m.tokens)));
+                    batch.push(Admitted {
+                        id,
+                        tokens: n,
+                        hit: Some(matched.tokens),
+                        loaded: loaded.0,
+                        load: loaded.1,
+                    });
                     admitted.push(pos);
                     if cut {
                         new_chunked = Some(id);
@@ -346,20 +407,27 @@ impl SglangScheduler {
         }
         self.chunked = new_chunked;
         // `prepare_for_extend`: the batch's slots at once, evicting the whole amount if short (G4).
-        let total: u64 = batch.iter().map(|b| b.1 as u64).sum();
+        let total: u64 = batch.iter().map(|b| b.tokens as u64).sum();
         self.kv.evict_if_needed(total);
         self.last_prefill.clear();
-        for &(id, n, hit) in &batch {
+        for b in &batch {
+            let (id, n) = (b.id, b.tokens);
             let r = reqs.get_mut(&id).expect("batch request in table");
             let ok = self.kv.allocate_slots(r, n, CacheHit::default());
             assert!(ok, "a prefill batch's slots were reserved by its admission");
-            self.kv.log_prefill(hit.unwrap_or(0), n);
-            if let Some(h) = hit {
+            self.kv.log_prefill(b.hit.unwrap_or(0), n);
+            if let Some(h) = b.hit {
                 self.kv.record_admission(r, h);
-                r.num_cached_tokens.get_or_insert(h);
+                if r.num_cached_tokens.is_none() {
+                    r.num_cached_tokens = Some(h);
+                    r.cached_tokens_tier = [b.loaded, 0];
+                    r.kv_load = b.load;
+                }
                 r.num_computed_tokens = h;
                 r.in_prefill = true;
             }
+            // HiCache's loads run with the batch (SGLang overlaps them layer by layer; added here).
+            plan.kv_load += b.load;
             r.num_computed_tokens += n;
             plan.scheduled.push((id, n));
             if Some(id) != self.chunked {
@@ -449,8 +517,9 @@ impl Scheduler for SglangScheduler {
         self.waiting.push(req.id);
     }
 
-    fn schedule(&mut self, _now: SimTime, reqs: &mut RequestTable, plan: &mut StepPlan) -> Next {
+    fn schedule(&mut self, now: SimTime, reqs: &mut RequestTable, plan: &mut StepPlan) -> Next {
         plan.clear();
+        self.kv.advance(now);
         self.running.append(&mut self.last_prefill);
         if self.prefill(reqs, plan) {
             return Next::Run;
