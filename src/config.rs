@@ -286,6 +286,11 @@ impl Default for BatchingConfig {
     }
 }
 
+/// Replica slots a run may have (starting replicas plus `add_replica` events): far beyond any real
+/// cluster, and small enough that per-slot state is never a memory problem before the KV estimate
+/// (`memory.rs`) is made.
+pub const MAX_REPLICA_SLOTS: u32 = 1_000_000;
+
 /// `[sglang]`: SGLang's server arguments (`engine.kind = "sglang"`, rules G1 and G6-G10 in
 /// `scheduler/sglang.rs`), under SGLang's names. The KV pool's size and the context length come from
 /// `[engine]` (`gpu_memory_utilization` standing for `mem_fraction_static`, `max_model_len` for
@@ -1516,12 +1521,12 @@ impl ClusterConfig {
     /// Replica slots over the run: the replicas at the start plus one per `add_replica` event. Ids
     /// 0..replicas are up at the start; the others join in event order.
     pub fn slots(&self) -> u32 {
-        self.replicas
-            + self
-                .events
+        self.replicas.saturating_add(
+            self.events
                 .iter()
                 .filter(|e| e.action == ClusterAction::AddReplica)
-                .count() as u32
+                .count() as u32,
+        )
     }
 
     /// The models replicas serve: `model` (index 0), then each `swap_model` event's model not listed
@@ -1559,6 +1564,17 @@ impl ClusterConfig {
     /// Checks the events against the cluster they act on, in order: a replica removed or drained must
     /// be up then.
     fn validate_events(&self, startup_s: f64) -> Result<(), ConfigError> {
+        // Checked first: the replay below keeps a flag per slot.
+        if self.slots() > MAX_REPLICA_SLOTS {
+            return Err(ConfigError::invalid(
+                "cluster.replicas",
+                format!(
+                    "{} replicas (with those add_replica events bring) exceed the {MAX_REPLICA_SLOTS} a run \
+                     may have; lower cluster.replicas",
+                    self.slots()
+                ),
+            ));
+        }
         let horizon_s = crate::time::HORIZON.as_secs_f64();
         let mut up: Vec<bool> = (0..self.slots()).map(|i| i < self.replicas).collect();
         // A restarting replica is back at this time (seconds).

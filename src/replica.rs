@@ -857,10 +857,11 @@ impl<S: Scheduler> Replica<S> {
             o.add_counters(ro);
         }
         if let (Some(x), Some(rx)) = (k.radix.as_mut(), r.radix.as_ref()) {
-            // Counters add; the tree's occupancy is the current store's.
+            // Counters add; the tree's and the host tier's occupancy are the current store's.
             x.add(&crate::kv::RadixCounters {
                 tree_tokens: 0,
                 evictable_tokens: 0,
+                host_tokens: 0,
                 ..*rx
             });
         }

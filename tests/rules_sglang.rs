@@ -285,13 +285,18 @@ impl G {
 
     /// Plans one step (nothing ends yet).
     fn plan(&mut self) -> StepPlan {
+        self.plan_next().1
+    }
+
+    /// Plans one step at the next whole second, and says what the scheduler answered.
+    fn plan_next(&mut self) -> (Next, StepPlan) {
         let mut plan = StepPlan::default();
         let now = SimTime(self.steps * 1_000_000_000);
         self.steps += 1;
         let next = self.s.schedule(now, &mut self.reqs, &mut plan);
         assert_eq!(next == Next::Run, !plan.scheduled.is_empty());
         self.s.kv().check_invariants(&self.reqs).unwrap();
-        plan
+        (next, plan)
     }
 
     /// Ends the planned step.
@@ -601,7 +606,7 @@ fn h2_h3_write_through_copies_at_insertion_and_gpu_eviction_keeps_the_host_copy(
     assert_eq!(w.len(), 1);
     assert_eq!(c.host_tier().unwrap().used, 10);
     assert_eq!(c.evict(10), 0, "a node being copied is locked");
-    c.dec_lock_ref(w[0]);
+    c.dec_lock_ref(w[0].0);
     // Evicted from the GPU, it stays in the tree, host-only.
     assert_eq!(c.evict(10), 10);
     assert_eq!((c.total_size(), c.host_tier().unwrap().used), (0, 10));
@@ -707,4 +712,23 @@ fn h4_a_host_hit_of_at_least_10_tokens_is_loaded_back_and_a_shorter_one_recomput
         assert_eq!(rx.host_hit_tokens, if loads { 40 } else { 0 });
         assert_eq!(rx.loaded_tokens, if loads { 40 } else { 0 });
     }
+}
+
+#[test]
+fn h2_a_request_held_back_only_by_a_copy_in_flight_wakes_when_it_ends() {
+    let mut g = G::with_pool(hicache_pool(100), limits(10, Some(1000), 1.0));
+    // Request 1's 60 tokens are inserted at its step's end and copied to host from the next round
+    // (1 s), 60 ms over the link, locked meanwhile.
+    g.add(1, &[(1, 60)], 1);
+    g.step();
+    // Request 2 needs 50 + 1 tokens, and 40 are free and none evictable: refused, nothing runs. The
+    // scheduler asks to be woken when the copy ends (1.06 s), not at the next arrival.
+    g.add(2, &[(2, 50)], 1);
+    let (next, p) = g.plan_next();
+    assert!(p.scheduled.is_empty());
+    assert_eq!(next, Next::WakeAt(SimTime(1_060_000_000)));
+    // At the wake the copy is done, the 60 tokens evictable, and request 2 runs.
+    let mut plan = StepPlan::default();
+    let next = g.s.schedule(SimTime(1_060_000_000), &mut g.reqs, &mut plan);
+    assert_eq!((next, plan.scheduled), (Next::Run, vec![(2, 50)]));
 }

@@ -99,9 +99,9 @@ pub struct RadixCache {
     protected_size: u64,
     /// The host tier (HiCache), if any.
     host: Option<HostTier>,
-    /// Write-throughs started since [`RadixCache::take_writes`] was last called: each node is locked
-    /// until its copy is done (the caller unlocks it).
-    writes: Vec<NodeId>,
+    /// Write-throughs started since [`RadixCache::take_writes`] was last called, with their tokens:
+    /// each node is locked until its copy is done (the caller unlocks it).
+    writes: Vec<(NodeId, u32)>,
 }
 
 /// When a node's KV is copied to host memory (SGLang `--hicache-write-policy`, H2).
@@ -239,9 +239,9 @@ impl RadixCache {
         self
     }
 
-    /// Tokens in `node`'s segment.
-    pub fn node_len(&self, node: NodeId) -> u32 {
-        self.nodes[node as usize].len
+    /// Whether `node` is in the tree.
+    pub fn is_live(&self, node: NodeId) -> bool {
+        self.nodes.get(node as usize).is_some_and(|n| n.live)
     }
 
     /// The host tier, if any.
@@ -251,7 +251,7 @@ impl RadixCache {
 
     /// The write-throughs started since the last call (each node locked until the caller, once the
     /// copy is done, calls [`RadixCache::dec_lock_ref`] on it).
-    pub fn take_writes(&mut self) -> Vec<NodeId> {
+    pub fn take_writes(&mut self) -> Vec<(NodeId, u32)> {
         std::mem::take(&mut self.writes)
     }
 
@@ -458,7 +458,8 @@ impl RadixCache {
         if n.hits >= threshold && self.backup(node) {
             // Locked until the copy is done (the caller unlocks it).
             self.inc_lock_ref(node);
-            self.writes.push(node);
+            let len = self.nodes[node as usize].len;
+            self.writes.push((node, len));
         }
     }
 

@@ -140,9 +140,11 @@ pub struct TokenPool {
     counters: RadixCounters,
     /// HiCache's link, when on.
     hicache: Option<HiCacheParams>,
-    /// Write-throughs in flight: the node (locked), its tokens, and when its copy started (None until
-    /// the first [`TokenPool::advance`] after it began, at the step's end).
+    /// Write-throughs in flight, in the order they were begun: the node (locked), its tokens, and when
+    /// its copy ends (None until the first [`TokenPool::advance`] after it began, at the step's end).
     writes: Vec<(NodeId, u64, Option<crate::time::SimTime>)>,
+    /// When the GPU-to-host direction of the link is free: copies to host run one after another.
+    link_free: crate::time::SimTime,
 }
 
 impl TokenPool {
@@ -161,6 +163,7 @@ impl TokenPool {
             counters: RadixCounters::default(),
             hicache: None,
             writes: Vec::new(),
+            link_free: crate::time::SimTime::ZERO,
         }
     }
 
@@ -181,32 +184,37 @@ impl TokenPool {
         )
     }
 
-    /// Brings the write-throughs up to `now` (SGLang's `writing_check`, each round): a copy starts at the
-    /// first call after it was begun and takes its bytes over the link; a finished one unlocks its node.
+    /// Brings the write-throughs up to `now` (SGLang's `writing_check`, each round): the copies begun
+    /// since the last call queue on the GPU-to-host link from `now` (one at a time, each its bytes over
+    /// the link), and a finished one unlocks its node.
     pub fn advance(&mut self, now: crate::time::SimTime) {
         if self.hicache.is_none() {
             return;
         }
-        for node in self.tree.take_writes() {
-            let len = self.tree_node_len(node);
-            self.writes.push((node, len, None));
+        for (node, len) in self.tree.take_writes() {
+            self.writes.push((node, len as u64, None));
         }
         let mut i = 0;
         while i < self.writes.len() {
-            let (node, len, start) = self.writes[i];
-            let start = start.unwrap_or(now);
-            self.writes[i].2 = Some(start);
-            if start + self.link_time(len) <= now {
+            let (node, len, done) = self.writes[i];
+            let done = done.unwrap_or_else(|| {
+                let end = self.link_free.max(now) + self.link_time(len);
+                self.link_free = end;
+                end
+            });
+            if done <= now {
                 self.tree.dec_lock_ref(node);
                 self.writes.remove(i);
             } else {
+                self.writes[i].2 = Some(done);
                 i += 1;
             }
         }
     }
 
-    fn tree_node_len(&self, node: NodeId) -> u64 {
-        self.tree.node_len(node) as u64
+    /// When the earliest copy to host in flight ends (its node unlocks), if any.
+    pub fn next_write_done(&self) -> Option<crate::time::SimTime> {
+        self.writes.iter().filter_map(|w| w.2).min()
     }
 
     /// The same pool, salting each request's tokens with its session when `scope` is `session`.
@@ -350,9 +358,11 @@ impl TokenPool {
     /// time.
     pub fn load_back(&mut self, m: &TierMatch) -> Option<(Match, crate::time::SimDuration)> {
         let n = m.host_tokens as u64;
-        self.counters.host_hit_tokens += n;
         self.evict_if_needed(n);
-        if self.available < n {
+        // Under write_back the eviction copies nodes to host, which may delete host-only leaves: the
+        // match's own, if it was the least recently used. (Leaves go first, so its path is whole while
+        // its last node lives, and an eviction allocates no node, so the id was not reused.)
+        if self.available < n || !self.tree.is_live(m.host_node) {
             return None;
         }
         self.available -= n;
@@ -388,6 +398,11 @@ impl TokenPool {
             self.available += freed;
             self.counters.evicted_tokens += freed;
         }
+    }
+
+    /// Counts host tokens an admitted request matched and was to load (HiCache).
+    pub fn note_host_hit(&mut self, tokens: u32) {
+        self.counters.host_hit_tokens += tokens as u64;
     }
 
     /// Counts a prefill batch's tokens for `cache_hit_rate` (G11): `hit` matched at admission (0 for
@@ -509,12 +524,13 @@ impl KvStore for TokenPool {
         let Some(mut h) = self.held.remove(&req.id) else {
             return;
         };
-        match self.insert_computed(req, &mut h, false) {
-            Some(_) => {}
-            None => {
-                self.available += h.owned as u64;
-                self.owned -= h.owned as u64;
-            }
+        // A request that computed nothing since its last insertion (it finished in the step whose end
+        // inserted its prompt) adds nothing: SGLang inserts it once, at its finish, so no second hit is
+        // counted.
+        let fresh = h.owned > 0 && self.insert_computed(req, &mut h, false).is_some();
+        if !fresh {
+            self.available += h.owned as u64;
+            self.owned -= h.owned as u64;
         }
         if h.node != ROOT {
             self.tree.dec_lock_ref(h.node);

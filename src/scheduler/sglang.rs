@@ -142,17 +142,19 @@ impl Adder {
 }
 
 /// `add_one_req`'s verdict for a request of `extend` new tokens reserving `max_new` outputs (`started`:
-/// the batch has requests already): Ok((tokens this round, output reserved, cut to a chunk)), or why it
-/// is refused.
+/// the batch has requests already), whose memory check counts `uncached` tokens (its tokens beyond the
+/// GPU match: the new ones and any host tokens it will load, as SGLang's `total_tokens` does):
+/// Ok((tokens this round, output reserved, cut to a chunk)), or why it is refused.
 fn admit(
     adder: &Adder,
     kv: &TokenPool,
+    uncached: u32,
     extend: u32,
     max_new: u32,
     started: bool,
 ) -> Result<(u32, u32, bool), AddResult> {
     let chunking = adder.rem_chunk;
-    if (extend + max_new) as f64 >= adder.rem_total(kv) {
+    if (uncached + max_new) as f64 >= adder.rem_total(kv) {
         Err(AddResult::NoToken)
     } else if chunking.is_none() && started && extend as i64 >= adder.rem_input {
         Err(AddResult::Other)
@@ -300,8 +302,9 @@ impl SglangScheduler {
         if let Some(id) = self.chunked {
             let r = &reqs[&id];
             let left = r.num_tokens() - r.num_computed_tokens;
-            // `add_chunked_req`: the next chunk, within the chunk budget and the memory left.
-            let room = adder.cur_rem(&self.kv).max(0) as u64;
+            // `add_chunked_req`: the next chunk, within the chunk budget and the memory left after the
+            // running requests' reserved outputs.
+            let room = adder.rem_total(&self.kv).max(0.0) as u64;
             let cap = adder
                 .rem_chunk
                 .map_or(u64::MAX, |c| c.max(0) as u64)
@@ -336,16 +339,19 @@ impl SglangScheduler {
             let m = tm.device;
             let max_new = self.max_new(r);
             // `add_one_req`, under a temporary lock of the matched prefix. With HiCache, a host hit
-            // worth loading counts as cached; if its load cannot be had, the request is judged again
-            // as a recompute.
+            // worth loading counts as cached for the chunk's shape (its memory check counts the host
+            // tokens, which need GPU slots too); if its load cannot be had, the request is judged
+            // again as a recompute.
             self.kv.lock(m.node);
             let load = self.kv.loads(tm.host_tokens);
             let host = if load { tm.host_tokens } else { 0 };
             let started = !batch.is_empty();
+            let uncached = r.num_tokens() - m.tokens;
             let mut verdict = admit(
                 &adder,
                 &self.kv,
-                r.num_tokens() - m.tokens - host,
+                uncached,
+                uncached - host,
                 max_new,
                 started,
             );
@@ -353,15 +359,7 @@ impl SglangScheduler {
             if load && verdict.is_ok() {
                 match self.kv.load_back(&tm) {
                     Some((all, t)) => (matched, loaded) = (all, (tm.host_tokens, t)),
-                    None => {
-                        verdict = admit(
-                            &adder,
-                            &self.kv,
-                            r.num_tokens() - m.tokens,
-                            max_new,
-                            started,
-                        )
-                    }
+                    None => verdict = admit(&adder, &self.kv, uncached, uncached, max_new, started),
                 }
             }
             match verdict {
@@ -374,6 +372,9 @@ impl SglangScheduler {
                 }
                 Ok((n, reserve, cut)) => {
                     // Admitted: the permanent lock, the budget.
+                    if load {
+                        self.kv.note_host_hit(tm.host_tokens);
+                    }
                     let ok = self.kv.allocate_slots(r, 0, TokenPool::hit(matched));
                     debug_assert!(ok);
                     self.kv.unlock(m.node);
@@ -439,7 +440,7 @@ impl SglangScheduler {
 
     /// `update_running_batch` + `prepare_for_decode`: one decode step of the running batch into `plan`,
     /// retracting first if the pool cannot give each request a slot (G10).
-    fn decode(&mut self, reqs: &mut RequestTable, plan: &mut StepPlan) {
+    fn decode(&mut self, reqs: &mut RequestTable, plan: &mut StepPlan) -> Next {
         if std::mem::take(&mut self.shrunk) {
             self.batch_is_full = false;
         }
@@ -451,13 +452,38 @@ impl SglangScheduler {
             self.new_token_ratio = (self.new_token_ratio - self.limits.new_token_ratio_decay)
                 .max(self.limits.min_new_token_ratio);
         }
+        let bs = self.running.len() as u64;
+        if self.kv.available() < bs {
+            // Retraction keeps one request, and even it has no slot: the rest of the pool is held by
+            // the request being chunked or by copies to host in flight. SGLang would fail an
+            // assertion; the model retracts the chunked request, or waits for a copy to end.
+            if let Some(c) = self.chunked.take() {
+                let r = reqs.get_mut(&c).expect("chunked request in table");
+                self.kv.retract(r, self.running.len());
+                r.num_computed_tokens = 0;
+                r.preemptions += 1;
+                r.was_preempted = true;
+                r.in_prefill = false;
+                self.waiting.push(c);
+                plan.preempted.push(c);
+                self.kv.evict_if_needed(bs);
+            }
+        }
+        if self.kv.available() < bs {
+            let t = self
+                .kv
+                .next_write_done()
+                .expect("one request alone fits the pool once no copy holds it");
+            return Next::WakeAt(t);
+        }
         for &id in &self.running {
             let r = reqs.get_mut(&id).expect("running request in table");
             let ok = self.kv.alloc_decode(r);
-            assert!(ok, "retraction leaves a slot for every running request");
+            assert!(ok, "checked above");
             r.num_computed_tokens += 1;
             plan.scheduled.push((id, 1));
         }
+        Next::Run
     }
 
     /// `retract_decode` (G10).
@@ -529,10 +555,15 @@ impl Scheduler for SglangScheduler {
             if std::mem::take(&mut self.batch_is_full) && self.prefill(reqs, plan) {
                 return Next::Run;
             }
-            return Next::Idle;
+            // Held back only by copies to host in flight (their nodes are locked): look again when
+            // the first ends, as SGLang's loop does.
+            let held = !self.waiting.is_empty() || self.chunked.is_some();
+            return match self.kv.next_write_done() {
+                Some(t) if held => Next::WakeAt(t),
+                _ => Next::Idle,
+            };
         }
-        self.decode(reqs, plan);
-        Next::Run
+        self.decode(reqs, plan)
     }
 
     fn kv(&self) -> &TokenPool {
