@@ -952,12 +952,17 @@ pub fn human_summary(o: &RunOutcome) -> String {
             let _ = writeln!(
                 out,
                 "  prefix cache hit rate {:.1}% ({} of {} queried tokens), prefill saved {:.1}%, {} \
-                 evictions",
+                 evictions{}",
                 100.0 * f("prefix_cache_hit_rate"),
                 s.0["prefix_cache_hits"],
                 s.0["prefix_cache_queries"],
                 100.0 * f("prefill_tokens_saved_frac"),
-                s.0["kv_cache_evictions"]
+                s.0["kv_cache_evictions"],
+                if s.0["kv_cache"].as_str() == Some("radix") {
+                    " (tokens)"
+                } else {
+                    " (blocks)"
+                }
             );
             if let Some(rate) = s.get_f64("sglang_cache_hit_rate") {
                 let _ = writeln!(
@@ -997,10 +1002,15 @@ pub fn human_summary(o: &RunOutcome) -> String {
             }
             let _ = writeln!(
                 out,
-                "  KV usage mean {:.1}%, peak {:.1}%; {} preemptions; {} steps",
+                "  KV usage mean {:.1}%, peak {:.1}%; {} preemptions{}; {} steps",
                 100.0 * f("kv_cache_usage_perc_mean"),
                 100.0 * f("kv_cache_usage_perc_peak"),
                 s.0["num_preemptions"],
+                if s.0["kv_cache"].as_str() == Some("radix") {
+                    " (retractions)"
+                } else {
+                    ""
+                },
                 s.0["steps"]
             );
         }
@@ -1013,7 +1023,8 @@ pub fn human_summary(o: &RunOutcome) -> String {
             100.0 * f("padding_waste_frac")
         );
     }
-    if s.0["kv_cache"].as_str() != Some("paged") {
+    // The stores with blocks print their steps on the KV usage line.
+    if !matches!(s.0["kv_cache"].as_str(), Some("paged" | "radix")) {
         let _ = writeln!(out, "  steps      {}", s.0["steps"]);
     }
     let _ = writeln!(

@@ -681,7 +681,23 @@ impl Config {
             ));
         }
         if e.kind == EngineKind::Sglang {
+            let g = &self.sglang;
+            let d = SglangConfig::default();
+            let hicache_set = g.hicache_ratio != d.hicache_ratio
+                || g.hicache_size != d.hicache_size
+                || g.hicache_write_policy != d.hicache_write_policy;
+            if hicache_set && !g.enable_hierarchical_cache {
+                out.push(
+                    "sglang.hicache_* apply with sglang.enable_hierarchical_cache = true only"
+                        .into(),
+                );
+            }
             for (set, key) in [
+                (
+                    e.block_size != EngineConfig::default().block_size,
+                    "block_size (SGLang's pool is token-granular; the pool's size comes from the \
+                     KV memory, whatever the block size)",
+                ),
                 (
                     e.max_num_batched_tokens.is_some(),
                     "max_num_batched_tokens (use sglang.chunked_prefill_size)",
@@ -874,7 +890,7 @@ impl Config {
             return Err(ConfigError::invalid(
                 "engine.policy",
                 "SGLang's priority scheduling is not modelled; use policy = \"fcfs\" with engine.kind = \
-                 \"sglang\" (sglang.schedule_policy picks fcfs or lpm)",
+                 \"sglang\" (sglang.schedule_policy picks fcfs, lpm or dfs-weight)",
             ));
         }
         Ok(())

@@ -480,8 +480,19 @@ fn write(path: &Path, text: &str) -> Result<(), OutputError> {
 pub fn resolved_toml(cfg: &Config, sys: &System) -> String {
     let mut c = cfg.clone();
     let s = &sys.sizing;
-    c.engine.max_num_batched_tokens = Some(s.max_num_batched_tokens);
-    c.engine.max_num_seqs = Some(s.max_num_seqs);
+    match &sys.sglang {
+        // SGLang's limits replace vLLM's, which it ignores (left as the user set them).
+        Some(g) => {
+            c.sglang.max_total_tokens = Some(g.max_total_tokens);
+            c.sglang.max_running_requests = Some(g.limits.max_running_requests);
+            c.sglang.chunked_prefill_size =
+                Some(g.limits.chunked_prefill_size.map_or(-1, i64::from));
+        }
+        None => {
+            c.engine.max_num_batched_tokens = Some(s.max_num_batched_tokens);
+            c.engine.max_num_seqs = Some(s.max_num_seqs);
+        }
+    }
     c.engine.max_model_len = Some(s.max_model_len);
     c.engine.num_gpu_blocks = Some(s.num_gpu_blocks);
     c.engine.activation_reserve_gib = Some(s.activation_reserve_gib);
@@ -492,7 +503,7 @@ pub fn resolved_toml(cfg: &Config, sys: &System) -> String {
          # model {}: {:.3} B parameters; weights {:.2} GiB per GPU; KV {} bytes per token per replica\n\
          # hardware {}, per GPU: {} GiB, {} GB/s, {} TFLOP/s bf16; {} GPU(s) per replica (tensor_parallel) \
          x {} replica(s) = {} GPU(s)\n\
-         # KV cache per replica: {} blocks of {} tokens, {} tokens usable; {:.2} GiB per GPU\n\n{body}",
+         # KV cache per replica: {}; {:.2} GiB per GPU\n\n{body}",
         sys.model.name,
         sys.model.total_params() as f64 / 1e9,
         s.weights_gib,
@@ -504,11 +515,24 @@ pub fn resolved_toml(cfg: &Config, sys: &System) -> String {
         cfg.hardware.tensor_parallel,
         cfg.cluster.replicas,
         cfg.hardware.tensor_parallel * cfg.cluster.replicas,
-        s.num_gpu_blocks,
-        cfg.engine.block_size,
-        (s.num_gpu_blocks as u64 - 1) * cfg.engine.block_size as u64,
+        match &sys.sglang {
+            Some(g) => format!("SGLang's token pool of {} tokens", g.max_total_tokens),
+            None => format!(
+                "{} blocks of {} tokens, {} tokens usable",
+                s.num_gpu_blocks,
+                cfg.engine.block_size,
+                (s.num_gpu_blocks as u64 - 1) * cfg.engine.block_size as u64
+            ),
+        },
         s.kv_cache_gib,
     )
+}
+
+/// The most requests a replica runs at once: vLLM's `max_num_seqs`, SGLang's `max_running_requests`.
+fn running_limit(sys: &System) -> u32 {
+    sys.sglang
+        .as_ref()
+        .map_or(sys.sizing.max_num_seqs, |g| g.limits.max_running_requests)
 }
 
 /// A config enum as the summary records it: its name in the config (`"least_loaded"`).
@@ -552,11 +576,36 @@ fn summarize<S: Scheduler>(
     s.set("block_size", cfg.engine.block_size);
     s.set("max_model_len", sys.sizing.max_model_len);
     s.set("num_gpu_blocks", sys.sizing.num_gpu_blocks);
-    s.set("max_num_batched_tokens", sys.sizing.max_num_batched_tokens);
-    s.set("max_num_seqs", sys.sizing.max_num_seqs);
-    // vLLM's prefix caching switch applies to the paged store only (null for the others).
+    // vLLM's limits, or SGLang's (each null for the other engine).
+    match &sys.sglang {
+        Some(g) => {
+            s.set_opt("max_num_batched_tokens", None);
+            s.set_opt("max_num_seqs", None);
+            s.set("sglang_max_total_tokens", g.max_total_tokens);
+            s.set("sglang_max_running_requests", g.limits.max_running_requests);
+            s.set(
+                "sglang_chunked_prefill_size",
+                g.limits.chunked_prefill_size.map_or(-1, i64::from),
+            );
+        }
+        None => {
+            s.set("max_num_batched_tokens", sys.sizing.max_num_batched_tokens);
+            s.set("max_num_seqs", sys.sizing.max_num_seqs);
+            for k in [
+                "sglang_max_total_tokens",
+                "sglang_max_running_requests",
+                "sglang_chunked_prefill_size",
+            ] {
+                s.set_opt(k, None);
+            }
+        }
+    }
+    // The prefix cache switch applies to the paged store and to the radix cache (SGLang's
+    // `--disable-radix-cache`); null for the others.
     match cfg.engine.kv_kind() {
-        crate::config::KvKind::Paged => s.set("prefix_caching", cfg.engine.prefix_caching),
+        crate::config::KvKind::Paged | crate::config::KvKind::Radix => {
+            s.set("prefix_caching", cfg.engine.prefix_caching)
+        }
         _ => s.set("prefix_caching", serde_json::Value::Null),
     }
     s.set(
@@ -675,10 +724,7 @@ fn summarize<S: Scheduler>(
     // many as can run at once (max_num_seqs).
     let limit = cfg.admission.as_ref().and_then(|a| a.max_waiting).map(|w| {
         let n = cfg.cluster.slots() as u64;
-        (
-            w as u64 * n,
-            (w as u64 + sys.sizing.max_num_seqs as u64) * n,
-        )
+        (w as u64 * n, (w as u64 + running_limit(sys) as u64) * n)
     });
     let st = m.stability(load_end, limit);
     match st.stable {

@@ -1065,6 +1065,55 @@ fn sglang_settings_it_cannot_honour_are_refused_naming_the_key() {
         &["--set", "engine.kind=\"sglang\"", "--save-cache", "c.json"],
         &["--save-cache", "not modelled"],
     );
+    refused(
+        &[
+            "--set",
+            "engine.kind=\"sglang\"",
+            "--set",
+            "sglang.enable_hierarchical_cache=true",
+            "--set",
+            "sglang.hicache_ratio=0.5",
+        ],
+        &["sglang.hicache_ratio", "larger than the"],
+    );
+}
+
+/// An SGLang run's `resolved.toml` states SGLang's derived limits (not vLLM's, which it ignores) and
+/// re-runs to the same bytes without a warning.
+#[test]
+fn an_sglang_runs_resolved_config_reruns_it_without_warnings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    servesim()
+        .args(["run", "-q", "--set", "engine.kind=\"sglang\""])
+        .args(["--set", "workload.duration_s=10", "--out"])
+        .arg(&a)
+        .assert()
+        .success()
+        .stderr("");
+    let resolved = std::fs::read_to_string(a.join("resolved.toml")).unwrap();
+    assert!(
+        resolved.contains("max_running_requests = 2048"),
+        "{resolved}"
+    );
+    assert!(!resolved.contains("max_num_seqs"), "{resolved}");
+    let b = tmp.path().join("b");
+    servesim()
+        .args(["run", "-q", "--config"])
+        .arg(a.join("resolved.toml"))
+        .arg("--out")
+        .arg(&b)
+        .assert()
+        .success()
+        .stderr("");
+    assert_eq!(
+        std::fs::read(a.join("requests.csv")).unwrap(),
+        std::fs::read(b.join("requests.csv")).unwrap()
+    );
+    let s = summary(&b);
+    assert_eq!(s["sglang_max_running_requests"], 2048);
+    assert_eq!(s["sglang_chunked_prefill_size"], 8192);
+    assert!(s["max_num_seqs"].is_null());
 }
 
 // ---- The fuzzer -----------------------------------------------------------------------------------------

@@ -264,6 +264,21 @@ pub fn hicache_params(
     } else {
         (g.hicache_ratio * max_total_tokens as f64).floor() as u64
     };
+    if host_tokens <= max_total_tokens {
+        let key = if g.hicache_size > 0.0 {
+            "sglang.hicache_size"
+        } else {
+            "sglang.hicache_ratio"
+        };
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "the host pool would hold {host_tokens} tokens, no more than the GPU pool's \
+                 {max_total_tokens}; SGLang refuses this (\"The host memory should be larger than the \
+                 device memory\"): raise it above {max_total_tokens} tokens (a ratio above 1)"
+            ),
+        ));
+    }
     let gbps = hw.host_link_gbps.ok_or_else(|| {
         ConfigError::invalid(
             "sglang.enable_hierarchical_cache",
