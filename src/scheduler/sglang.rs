@@ -370,6 +370,12 @@ impl SglangScheduler {
                     }
                     break;
                 }
+                Ok((_, _, true)) if new_chunked.is_some() => {
+                    // One request is chunked at a time. (The chunked request's continuation leaves
+                    // no chunk budget or no memory for another cut, so this guards an invariant.)
+                    self.kv.unlock(m.node);
+                    break;
+                }
                 Ok((n, reserve, cut)) => {
                     // Admitted: the permanent lock, the budget.
                     if load {
