@@ -8,12 +8,22 @@
 //! - **Locks** (G3): a request pins the path from its last matched node up to the root (root excluded),
 //!   adding 1 to each node's `lock_ref`. `evictable_size` counts tokens in nodes with `lock_ref` = 0,
 //!   `protected_size` the rest.
-//! - **Eviction** (G4, `lru`): a min-heap of evictable leaves (unlocked, no children) by last access time,
-//!   oldest first (ties: the node created first); pop one, free its tokens, delete it; a parent left
-//!   childless and unlocked joins the heap. Stops once at least the asked-for tokens are freed or nothing
+//! - **Eviction** (G4, `lru`): a min-heap of evictable leaves (unlocked, no child on the GPU) by last
+//!   access time, oldest first (ties: the node created first); pop one, free its tokens, delete it; a
+//!   parent left childless and unlocked joins the heap. Stops once at least the asked-for tokens are freed or nothing
 //!   is evictable. Whole nodes go, so it may free more than asked.
 //! - **Insertion** (G5): after compute; the part of the key already in the tree is not added again
 //!   (SGLang deduplicates: the caller frees its own copy of those tokens), and `insert` returns its length.
+//!
+//! - **Host tier** (HiCache, H1-H4; `with_host`, SGLang's `HiRadixCache`): a node may have its KV on the
+//!   GPU, a copy in host memory, or both. Insertions count hits and copy a node to host at its first
+//!   (`write_through`) or second (`write_through_selective`) hit, locking it until the caller says the
+//!   copy is done ([`RadixCache::take_writes`]); `write_back` copies at eviction. GPU eviction takes the
+//!   least recently used unlocked node with no child on the GPU, keeps it host-only if it has a copy and
+//!   deletes it otherwise; a full host tier deletes its least recently used host-only leaves. GPU nodes
+//!   always sit above host-only ones, so a match ([`RadixCache::match_tiers`]) is a GPU part then a host
+//!   part, which [`RadixCache::load_back`] brings back to the GPU. Sizes (`evictable_size`,
+//!   `protected_size`, `total_size`) count GPU tokens; the host tier counts its own.
 //!
 //! The tree stores no KV slot indices: a token's slot is accounted for by the pool that owns the tree
 //! (its free-token count), which is all the simulator needs. Keys are runs of content tokens ([`Run`]):

@@ -25,6 +25,12 @@
 //! - retraction ([`TokenPool::retract`], G10): the request's own slots freed *without* insertion, its
 //!   lock released, then the tree evicts 20 tokens per request still running if fewer are available.
 //!
+//! With HiCache ([`TokenPool::with_hicache`]) the tree has a host tier (see `radix.rs`): the pool times
+//! the copies to host on the host link, one after another, and unlocks each node when its copy ends
+//! ([`TokenPool::advance`], each round, as SGLang's `writing_check`); at admission a host hit of at least
+//! [`LOAD_BACK_THRESHOLD`] tokens is loaded back into GPU slots, all or nothing
+//! ([`TokenPool::load_back`]).
+//!
 //! With the radix cache disabled (`engine.prefix_caching = false`, SGLang's `--disable-radix-cache`,
 //! its `ChunkCache`) nothing is matched or inserted: a request owns all its tokens until it ends.
 //!

@@ -23,9 +23,15 @@
 //!    each loses its KV without insertion and rejoins the waiting queue's end, and `new_token_ratio`
 //!    is reset from the batch left (G9). Without retraction the ratio decays by its step.
 //!
+//! With HiCache (H1-H4, `kv/token_pool.rs`) a waiting request's match continues into host memory; a
+//! host hit worth loading counts as cached for its chunk and, in its memory check, as tokens needing GPU
+//! slots; its load's time is added to the batch's step. A round held back only by copies to host in
+//! flight asks to be woken when the first ends.
+//!
 //! Not modelled: mixed prefill-decode batches (`--enable-mixed-chunk`, off by default), the `lof`,
-//! `random` and `routing-key` orders, priority scheduling and its preemption, page sizes above 1, HiCache
-//! (H1-H5), overlap scheduling. The policy never leaps (`steady_decode` stays None: the ratio changes
+//! `random` and `routing-key` orders, priority scheduling and its preemption, page sizes above 1,
+//! HiCache's storage tier (H5), the overlap scheduler's one-step lookahead (its hidden host time is
+//! `engine.async_scheduling`). The policy never leaps (`steady_decode` stays None: the ratio changes
 //! every decode step).
 
 use super::sglang_policy::lpm_order;
