@@ -1,7 +1,7 @@
 //! Simulator speed and memory: fixed scenarios run through the release `servesim` binary, one process per
 //! run, reporting wall time, simulated requests per wall-second, events and steps per second, and the
 //! child's peak RSS. Run with `cargo bench --bench sim` (`SERVESIM_BENCH_REPEATS=N` to change the 5 repeats,
-//! of which the long scenarios (d), (s300k) and (a-noleap) take at most 3; `SERVESIM_BENCH_ONLY=a,b` to
+//! of which the long scenarios (d), (s300k), (a8), (a-sglang) and (a-noleap) take at most 3; `SERVESIM_BENCH_ONLY=a,b` to
 //! pick scenarios). Nothing here asserts a time: the numbers are reported.
 //!
 //! `SERVESIM_BENCH_BIN=/path/to/servesim` measures that binary instead of the one `cargo bench` builds
@@ -212,6 +212,21 @@ fn main() {
             key: "s300k",
             what: "scaling: 300k requests of (a)",
             args: chat(300_000, &[]),
+            repeats: repeats.min(3),
+        },
+        Scenario {
+            key: "a8",
+            what: "100k requests, default chat, 8 replicas at 8 sessions/s (round robin), cache on",
+            args: chat(
+                100_000,
+                &["cluster.replicas=8", "workload.session_rate=8.0"],
+            ),
+            repeats: repeats.min(3),
+        },
+        Scenario {
+            key: "a-sglang",
+            what: "(a) on engine.kind = \"sglang\" (steps one by one)",
+            args: chat(100_000, &["engine.kind=\"sglang\""]),
             repeats: repeats.min(3),
         },
         Scenario {
