@@ -22,18 +22,10 @@ fn oracle() -> (u64, u64, usize) {
 /// prompt (a multiple of 16) was seen then recomputes one token, not a block: 15 tokens more than the
 /// GPU alone allows.
 fn oracles() -> (u64, u64, u64, usize) {
-    let text = std::fs::read_to_string(TRACE).expect("the shared Mooncake trace");
     let mut seen: HashSet<(Vec<u64>, usize)> = HashSet::new();
     let (mut queries, mut hits, mut cpu_hits, mut n) = (0u64, 0u64, 0u64, 0usize);
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let len = v["input_length"].as_u64().unwrap() as usize;
-        let ids: Vec<u64> = v["hash_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap())
-            .collect();
+    for (len, ids) in records(usize::MAX) {
+        let len = len as usize;
         let keys: Vec<(Vec<u64>, usize)> = (0..len / 16)
             .map(|b| (ids[..b * 16 / 512 + 1].to_vec(), b % 32))
             .collect();
@@ -47,6 +39,24 @@ fn oracles() -> (u64, u64, u64, usize) {
         n += 1;
     }
     (queries, hits, cpu_hits, n)
+}
+
+/// The trace's first `limit` records as (input_length, hash_ids), read with serde_json, not servesim.
+fn records(limit: usize) -> Vec<(u64, Vec<u64>)> {
+    let text = std::fs::read_to_string(TRACE).expect("the Mooncake trace");
+    text.lines()
+        .take(limit)
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let ids = v["hash_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap())
+                .collect();
+            (v["input_length"].as_u64().unwrap(), ids)
+        })
+        .collect()
 }
 
 fn trace_config(extra: &[&str]) -> servesim::config::Config {
@@ -139,19 +149,10 @@ fn offload_hits_rise_with_the_cpu_tier_up_to_what_the_lookup_rule_allows() {
 /// going on only while both are whole 512-token segments. Returns (queried, hit) tokens over the first
 /// `limit` requests.
 fn token_oracle(limit: usize) -> (u64, u64) {
-    let text = std::fs::read_to_string(TRACE).expect("the Mooncake trace");
     // (ids up to and including j) -> the longest segment j seen under them.
     let mut longest: std::collections::HashMap<Vec<u64>, u64> = Default::default();
     let (mut queries, mut hits) = (0u64, 0u64);
-    for line in text.lines().take(limit) {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let len = v["input_length"].as_u64().unwrap();
-        let ids: Vec<u64> = v["hash_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap())
-            .collect();
+    for (len, ids) in records(limit) {
         let seg = |j: usize| (len - 512 * j as u64).min(512);
         let mut hit = 0u64;
         for j in 0..ids.len() {

@@ -549,10 +549,37 @@ impl RadixCache {
     /// node with a host copy keeps it and stays in the tree, host-only (H3); under `write_back` one
     /// without is copied first when the host tier has room; any other is deleted.
     pub fn evict(&mut self, tokens: u64) -> u64 {
-        let key = |n: &Node, id: NodeId| Reverse((n.last_access, n.created, id));
+        self.evict_lru(tokens, RadixCache::evictable_leaf, |t, id| {
+            let len = t.nodes[id as usize].len as u64;
+            let write_back = t.host.is_some_and(|h| h.policy == WritePolicy::WriteBack);
+            if !t.nodes[id as usize].host && write_back {
+                t.backup(id);
+            }
+            t.evictable_size -= len;
+            if t.nodes[id as usize].host {
+                t.nodes[id as usize].device = false;
+            } else {
+                t.delete(id);
+            }
+        })
+    }
+
+    /// The LRU loop both evictions share: a min-heap of the nodes `leaf` accepts, by (last access,
+    /// creation); pop one, `remove` it, and push its parent if `leaf` now accepts it; until at least
+    /// `tokens` tokens are gone or the heap is empty. Returns the tokens removed (whole nodes).
+    fn evict_lru(
+        &mut self,
+        tokens: u64,
+        leaf: fn(&RadixCache, NodeId) -> bool,
+        remove: fn(&mut RadixCache, NodeId),
+    ) -> u64 {
+        let key = |t: &RadixCache, id: NodeId| {
+            let n = &t.nodes[id as usize];
+            Reverse((n.last_access, n.created, id))
+        };
         let mut heap: BinaryHeap<_> = (0..self.nodes.len() as NodeId)
-            .filter(|&id| self.evictable_leaf(id))
-            .map(|id| key(&self.nodes[id as usize], id))
+            .filter(|&id| leaf(self, id))
+            .map(|id| key(self, id))
             .collect();
         let mut freed = 0u64;
         while freed < tokens {
@@ -563,21 +590,10 @@ impl RadixCache {
                 let n = &self.nodes[id as usize];
                 (n.parent, n.len as u64)
             };
-            let write_back = self
-                .host
-                .is_some_and(|h| h.policy == WritePolicy::WriteBack);
-            if !self.nodes[id as usize].host && write_back {
-                self.backup(id);
-            }
+            remove(self, id);
             freed += len;
-            self.evictable_size -= len;
-            if self.nodes[id as usize].host {
-                self.nodes[id as usize].device = false;
-            } else {
-                self.delete(id);
-            }
-            if self.evictable_leaf(parent) {
-                heap.push(key(&self.nodes[parent as usize], parent));
+            if leaf(self, parent) {
+                heap.push(key(self, parent));
             }
         }
         freed
@@ -615,31 +631,14 @@ impl RadixCache {
             let n = &t.nodes[id as usize];
             id != ROOT && n.live && !n.device && n.children.is_empty()
         };
-        let key = |n: &Node, id: NodeId| Reverse((n.last_access, n.created, id));
-        let mut heap: BinaryHeap<_> = (0..self.nodes.len() as NodeId)
-            .filter(|&id| leaf(self, id))
-            .map(|id| key(&self.nodes[id as usize], id))
-            .collect();
-        let mut freed = 0u64;
-        while freed < tokens {
-            let Some(Reverse((_, _, id))) = heap.pop() else {
-                break;
-            };
-            let (parent, len) = {
-                let n = &self.nodes[id as usize];
-                (n.parent, n.len as u64)
-            };
-            self.delete(id);
-            self.host
+        self.evict_lru(tokens, leaf, |t, id| {
+            let len = t.nodes[id as usize].len as u64;
+            t.delete(id);
+            t.host
                 .as_mut()
                 .expect("host-only nodes need a host tier")
                 .evicted += len;
-            freed += len;
-            if leaf(self, parent) {
-                heap.push(key(&self.nodes[parent as usize], parent));
-            }
-        }
-        freed
+        })
     }
 
     /// SGLang's `dfs-weight` order (`schedule_policy.py::_sort_by_dfs_weight`) of waiting requests

@@ -304,15 +304,7 @@ impl TokenPool {
     /// `adjust_max_prefix_ids`, so the last token is always computed), stamping its path (G2). The
     /// root and 0 tokens with the cache off.
     pub fn match_request(&mut self, req: &Request) -> Match {
-        if !self.enabled {
-            return Match {
-                tokens: 0,
-                node: ROOT,
-            };
-        }
-        let key = self.key(req, req.num_tokens().saturating_sub(1));
-        let now = self.tick();
-        self.tree.match_prefix(&key, now)
+        self.match_tiers(req).device
     }
 
     /// The waiting requests' keys for the `lpm` order, each less its last token, and the tree with a

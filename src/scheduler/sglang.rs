@@ -587,13 +587,20 @@ impl Scheduler for SglangScheduler {
     }
 
     fn finish_requests(&mut self, finished: &[RequestId], _now: SimTime) {
-        let before = self.running.len();
+        let (running, prefill) = (self.running.len(), self.last_prefill.len());
         self.running.retain(|id| !finished.contains(id));
-        self.shrunk |= self.running.len() < before;
         self.last_prefill.retain(|id| !finished.contains(id));
-        self.waiting.retain(|id| !finished.contains(id));
+        self.shrunk |= self.running.len() < running;
+        let mut left =
+            finished.len() - (running - self.running.len()) - (prefill - self.last_prefill.len());
         if self.chunked.is_some_and(|c| finished.contains(&c)) {
             self.chunked = None;
+            left -= 1;
+        }
+        // Only a run's end finishes waiting requests: the queue (thousands long under overload) is
+        // scanned only then, not at every finish.
+        if left > 0 {
+            self.waiting.retain(|id| !finished.contains(id));
         }
     }
 
