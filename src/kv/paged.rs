@@ -233,7 +233,9 @@ impl KvCacheManager {
         let ph = match &hit.hit {
             Hit::Pieces(p) => p,
             Hit::None => &empty,
-            Hit::Blocks(_) | Hit::Radix(_) => unreachable!("a per-block hit on the piece pool"),
+            Hit::Blocks(_) | Hit::Radix(_) => {
+                unreachable!("a per-block or radix hit on the piece pool")
+            }
         };
         let hit_blocks: u32 = ph.iter().map(|x| x.1).sum();
         let computed = req.num_computed_tokens as u64 + hit.tokens as u64;
@@ -287,7 +289,9 @@ impl KvCacheManager {
         let hit_blocks = match hit.hit {
             Hit::Blocks(b) => b,
             Hit::None => Vec::new(),
-            Hit::Pieces(_) | Hit::Radix(_) => unreachable!("a piece hit on the per-block pool"),
+            Hit::Pieces(_) | Hit::Radix(_) => {
+                unreachable!("a piece or radix hit on the per-block pool")
+            }
         };
         let computed = req.num_computed_tokens as u64 + hit.tokens as u64;
         let needed = (computed + num_new as u64).div_ceil(bs) as usize;
