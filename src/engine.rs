@@ -1,8 +1,9 @@
 //! The event queue and its total order. Knows nothing about LLMs.
 //!
-//! Events are ordered by (time, class, sequence number): the class (from [`EventClass`]) fixes the order of
-//! different kinds of event at one instant, and the sequence number (insertion order) fixes the order of
-//! events of one class, so the order is total and runs are reproducible.
+//! Events are ordered by (time, class, tie): the class (from [`EventClass`]) fixes the order of different
+//! kinds of event at one instant, and the tie fixes the order of events of one class: the event's own key
+//! when its class gives one ([`EventClass::tie`]), else its sequence number (insertion order), so the
+//! order is total and runs are reproducible.
 
 use crate::time::SimTime;
 use std::cmp::Reverse;
@@ -11,6 +12,12 @@ use std::collections::BinaryHeap;
 /// An event type tells the queue its same-instant class: lower classes run first.
 pub trait EventClass {
     fn class(&self) -> u8;
+    /// The order of this event among its class's events at one instant, when the class fixes it by a key
+    /// of the event (every event of such a class must give one; equal keys are then equivalent events, in
+    /// no particular order). None, the default: insertion order.
+    fn tie(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// An event and its place in the order: (time, class, sequence number) packed into one integer, most
@@ -101,6 +108,12 @@ impl<E: EventClass> EventQueue<E> {
         self.popped += n;
     }
 
+    /// Uncounts the event just popped: one queued that turned out to stand for nothing (a replica's
+    /// coasting end that an earlier catch-up made moot), so event counts do not depend on coasting.
+    pub fn uncount_popped(&mut self) {
+        self.popped -= 1;
+    }
+
     pub fn len(&self) -> usize {
         self.heap.len()
     }
@@ -115,9 +128,11 @@ impl<E: EventClass> EventQueue<E> {
         debug_assert!(time >= self.now, "event scheduled in the past");
         let time = time.max(self.now);
         let class = event.class();
-        self.seq += 1;
-        self.heap
-            .push(Reverse(Entry::new(time, class, self.seq, event)));
+        let tie = event.tie().unwrap_or_else(|| {
+            self.seq += 1;
+            self.seq
+        });
+        self.heap.push(Reverse(Entry::new(time, class, tie, event)));
     }
 
     /// Removes the earliest event and advances the clock to it.
@@ -163,5 +178,28 @@ mod tests {
         let order: Vec<&str> = std::iter::from_fn(|| q.pop().map(|(_, e)| e.1)).collect();
         assert_eq!(order, ["t5", "t10 c0 first", "t10 c0 second", "t10 c2"]);
         assert_eq!(q.now(), SimTime(10));
+    }
+
+    /// A class with a key orders its events at one instant by the key, whatever their insertion order.
+    #[test]
+    fn a_keyed_class_orders_by_key() {
+        #[derive(Debug)]
+        struct Keyed(u8, u64);
+        impl EventClass for Keyed {
+            fn class(&self) -> u8 {
+                self.0
+            }
+            fn tie(&self) -> Option<u64> {
+                (self.0 == 1).then_some(self.1)
+            }
+        }
+        let mut q = EventQueue::new();
+        for (c, k) in [(1, 7), (2, 9), (1, 3), (2, 1), (1, 5)] {
+            q.push(SimTime(4), Keyed(c, k));
+        }
+        let order: Vec<(u8, u64)> =
+            std::iter::from_fn(|| q.pop().map(|(_, e)| (e.0, e.1))).collect();
+        // Class 1 by key; class 2 in insertion order.
+        assert_eq!(order, [(1, 3), (1, 5), (1, 7), (2, 9), (2, 1)]);
     }
 }

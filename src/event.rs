@@ -13,7 +13,8 @@ pub use crate::request::RequestId;
 /// Everything that can happen in a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// A replica's engine step finished: its requests advance (tokens, completions).
+    /// A replica's engine step finished: its requests advance (tokens, completions). Also the end of a
+    /// replica's coast (see `World`): the end of its last step, queued when the coast began.
     StepDone(ReplicaId),
     /// The next session of the workload starts (its first turn arrives).
     SessionStart(SessionId),
@@ -42,6 +43,11 @@ impl EventClass for Event {
     /// in the order they were queued, so that a request arriving at the very instant a step ends can join
     /// the next step; scheduling follows, seeing them all; samples come last, so they record the state
     /// the instant settled into.
+    ///
+    /// Within a class, events run in the order they were queued, but for completions, which run in
+    /// replica order: a step's end then sorts by the replica alone, not by when its step was planned, so
+    /// that a replica may advance over many steps without queueing them (a coast) and its last step still
+    /// ends at the place one-by-one stepping would give it.
     fn class(&self) -> u8 {
         match self {
             Event::Cluster(_) => 0,
@@ -53,6 +59,13 @@ impl EventClass for Event {
             Event::Retry(_) => 2,
             Event::Schedule(_) => 3,
             Event::Sample => 4,
+        }
+    }
+
+    fn tie(&self) -> Option<u64> {
+        match self {
+            Event::StepDone(r) => Some(*r as u64),
+            _ => None,
         }
     }
 }

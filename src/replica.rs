@@ -221,6 +221,8 @@ pub struct Replica<S> {
     in_flight: Option<InFlight>,
     /// A `Schedule` event is queued for this replica.
     pub schedule_pending: bool,
+    /// Coasting: advancing over steps nothing has seen yet (see [`Coast`]).
+    pub coast: Option<Coast>,
     /// The scheduler holds requests but said it runs nothing until another arrives (invariant 5).
     pub waits_for_arrival: bool,
     /// Requests whose clients gave up while a step was in flight: aborted when it ends, as vLLM
@@ -270,6 +272,94 @@ struct LeapScratch {
 /// Steps a leap prices at once (`CostModel::decode_context_times`).
 const PRICE_AHEAD: usize = 32;
 
+/// Prices a leap's steps in order (leap contract, condition 4). Only the contexts change from step to
+/// step, so when the cost model prices the one operator that reads them alone (`decode_context_time`),
+/// the others are summed once: a step's total is `before` (the operators ahead of it, summed from zero)
+/// plus its time plus each later operator, the same additions in the same order as `total_seconds` of a
+/// full breakdown. That operator's times are priced up to `PRICE_AHEAD` steps at a time (no further than
+/// `max_steps`: most leaps are short), from step `priced_from`. A model without such an operator is
+/// asked for each step's full breakdown.
+struct DecodePricer<'c> {
+    cost: &'c dyn CostModel,
+    start: BatchShape,
+    /// Decode sequences (= tokens) per step.
+    b: u64,
+    max_steps: u64,
+    /// The operators of the last step priced in full (of step 0 when `var` is set).
+    ops: crate::cost::OpTimes,
+    /// The position of the context operator in `ops`.
+    var: Option<usize>,
+    before: f64,
+    priced: [f64; PRICE_AHEAD],
+    priced_from: u64,
+}
+
+impl<'c> DecodePricer<'c> {
+    fn new(cost: &'c dyn CostModel, start: BatchShape, b: u64, max_steps: u64) -> Self {
+        let ops = cost.breakdown(&StepShape::decode(start));
+        let mut priced = [0.0f64; PRICE_AHEAD];
+        let n = max_steps.min(PRICE_AHEAD as u64) as usize;
+        let var = cost
+            .decode_context_times(&start, b, &mut priced[..n])
+            .and_then(|op| ops.iter().position(|o| o.op == op));
+        let before = var.map_or(0.0, |i| total_seconds(&ops[..i]));
+        DecodePricer {
+            cost,
+            start,
+            b,
+            max_steps,
+            ops,
+            var,
+            before,
+            priced,
+            priced_from: 0,
+        }
+    }
+
+    /// Step `steps`' total seconds and its context operator's seconds (0 without one). Asked for steps
+    /// 0, 1, 2, ... in order, each below `max_steps`.
+    #[inline]
+    fn price(&mut self, steps: u64) -> (f64, f64) {
+        match self.var {
+            Some(i) => {
+                if steps - self.priced_from == PRICE_AHEAD as u64 {
+                    self.priced_from = steps;
+                    let n = (self.max_steps - steps).min(PRICE_AHEAD as u64) as usize;
+                    self.cost.decode_context_times(
+                        &self.start.advanced(steps, self.b),
+                        self.b,
+                        &mut self.priced[..n],
+                    );
+                }
+                let v = self.priced[(steps - self.priced_from) as usize];
+                let rest = self.ops[i + 1..]
+                    .iter()
+                    .fold(self.before + v, |s, o| s + o.seconds);
+                (rest, v)
+            }
+            None => {
+                if steps > 0 {
+                    self.ops = self
+                        .cost
+                        .breakdown(&StepShape::decode(self.start.advanced(steps, self.b)));
+                }
+                (total_seconds(&self.ops), 0.0)
+            }
+        }
+    }
+}
+
+/// A replica coasting (the world's, see `world.rs`): idle between steps at `since` as far as the rest of
+/// the run has seen, it takes the `steps` steps a leap from `since` would take, the last ending at `end`,
+/// unless something reaches it before then; they are taken (as one leap) only when `end` comes or when
+/// something does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Coast {
+    pub since: SimTime,
+    pub end: SimTime,
+    pub steps: u64,
+}
+
 /// What a leap did: `steps` steps, the last ending at `end`, whose last step finished `done` (empty when
 /// it finished no request), in the order `finish_step` returns them.
 #[derive(Debug)]
@@ -296,6 +386,7 @@ impl<S: Scheduler> Replica<S> {
             max_model_len,
             in_flight: None,
             schedule_pending: false,
+            coast: None,
             waits_for_arrival: false,
             pending_aborts: Vec::new(),
             reroute_pending: false,
@@ -347,6 +438,11 @@ impl<S: Scheduler> Replica<S> {
         self.in_flight.is_some()
     }
 
+    /// When the step in flight ends.
+    pub fn step_ends(&self) -> Option<SimTime> {
+        self.in_flight.as_ref().map(|f| f.ends)
+    }
+
     pub fn has_work(&self) -> bool {
         !self.requests.is_empty()
     }
@@ -358,9 +454,7 @@ impl<S: Scheduler> Replica<S> {
         self.stats.requests += 1;
         self.stats.prompt_tokens += req.prompt_tokens as u64;
         self.waits_for_arrival = false;
-        // Capacity only: the oracle's length decides nothing in the store.
-        let capacity = req.prompt_tokens as u64 + true_output_tokens as u64;
-        self.scheduler.kv_mut().on_enqueue(&mut req, capacity);
+        self.scheduler.kv_mut().on_enqueue(&mut req);
         self.true_output.insert(req.id, true_output_tokens);
         self.scheduler.add_request(&req);
         self.requests.insert(req.id, Box::new(req));
@@ -503,29 +597,10 @@ impl<S: Scheduler> Replica<S> {
         out
     }
 
-    fn leap_with(
-        &mut self,
-        scratch: &mut LeapScratch,
-        now: SimTime,
-        horizon: Option<SimTime>,
-        cost: &dyn CostModel,
-        on_gaps: impl FnOnce(&Batch),
-    ) -> Option<Leapt> {
-        // A store without a rule, or one that recomputes the context (its decode tokens are not priced
-        // as decode), is stepped one by one (leap contract, condition 2).
-        let rule = self.scheduler.kv().decode_rule()?;
-        if self.recompute {
-            return None;
-        }
-        let LeapScratch {
-            running,
-            base,
-            event,
-            block_at,
-            gaps,
-        } = scratch;
-        gaps.clear();
-        let b = running.len() as u64;
+    /// The first step of a leap over `running` from `now` and the most steps it can take (up to and
+    /// including the first that completes a request): None when some request did not sample its last
+    /// token at `now`, or one has nothing left to compute.
+    fn leap_start(&self, running: &[RequestId], now: SimTime) -> Option<(BatchShape, u64)> {
         let mut max_steps = u64::MAX;
         let mut context = 0u64;
         let mut max_context = 0u64;
@@ -549,6 +624,99 @@ impl<S: Scheduler> Replica<S> {
         if max_steps == 0 {
             return None;
         }
+        let b = running.len() as u64;
+        let start = BatchShape {
+            decode_seqs: b,
+            decode_context_tokens: context,
+            decode_max_context: max_context,
+            sampled: b,
+            ..BatchShape::default()
+        };
+        Some((start, max_steps))
+    }
+
+    /// How far [`Replica::leap`] from `now` with the same `horizon` would go, without going: the steps it
+    /// would take and its last step's end (None for no step). Changes nothing the run can see (only
+    /// scratch space). It follows the leap's conditions step by step, pricing each step the same way; of
+    /// the KV calls it needs only the block counts, since allocating a block in a decode step lowers what
+    /// [`KvStore::leap_fits`] allows by exactly one (so a step fits when the blocks of every step before
+    /// it plus its own fit now), and a request's next block is due one block size after its last.
+    pub fn leap_extent(
+        &mut self,
+        now: SimTime,
+        horizon: Option<SimTime>,
+        cost: &dyn CostModel,
+    ) -> Option<(u64, SimTime)> {
+        if self.in_flight.is_some() || self.recompute {
+            return None;
+        }
+        let rule = self.scheduler.kv().decode_rule()?;
+        let running = self.scheduler.steady_decode(&self.requests)?;
+        let (start, max_steps) = self.leap_start(running, now)?;
+        let b = start.decode_seqs;
+        let mut block_at = std::mem::take(&mut self.leap_scratch.block_at);
+        block_at.clear();
+        block_at.extend(
+            running
+                .iter()
+                .map(|id| rule.event(&self.requests[id], 0).new_block_at),
+        );
+        let every = rule.block_size as u64;
+        let mut next_block = block_at.iter().copied().min().unwrap_or(u64::MAX);
+        let mut pricer = DecodePricer::new(cost, start, b, max_steps);
+        let kv = self.scheduler.kv();
+        let (mut allocated, mut t, mut steps) = (0u32, now, 0u64);
+        while steps < max_steps {
+            let need = if steps == next_block {
+                block_at.iter().filter(|&&s| s == steps).count() as u32
+            } else {
+                0
+            };
+            if need > 0 && !kv.leap_fits(allocated + need) {
+                break;
+            }
+            let end = t + step_duration(pricer.price(steps).0);
+            if horizon.is_some_and(|h| end >= h) {
+                break;
+            }
+            if need > 0 {
+                allocated += need;
+                for s in block_at.iter_mut().filter(|s| **s == steps) {
+                    *s += every;
+                }
+                next_block = block_at.iter().copied().min().unwrap_or(u64::MAX);
+            }
+            t = end;
+            steps += 1;
+        }
+        self.leap_scratch.block_at = block_at;
+        (steps > 0).then_some((steps, t))
+    }
+
+    fn leap_with(
+        &mut self,
+        scratch: &mut LeapScratch,
+        now: SimTime,
+        horizon: Option<SimTime>,
+        cost: &dyn CostModel,
+        on_gaps: impl FnOnce(&Batch),
+    ) -> Option<Leapt> {
+        // A store without a rule, or one that recomputes the context (its decode tokens are not priced
+        // as decode), is stepped one by one (leap contract, condition 2).
+        let rule = self.scheduler.kv().decode_rule()?;
+        if self.recompute {
+            return None;
+        }
+        let LeapScratch {
+            running,
+            base,
+            event,
+            block_at,
+            gaps,
+        } = scratch;
+        gaps.clear();
+        let (start, max_steps) = self.leap_start(running, now)?;
+        let b = start.decode_seqs;
         // Between a request's block boundaries its steps change only its counters, so each request gets
         // the step at which its next KV call does something (`KvStore::decode_rule`): only then is it
         // touched, and its counters, advanced one per step, are brought up to date first (and for all at
@@ -564,29 +732,7 @@ impl<S: Scheduler> Replica<S> {
             block_at.push(ev.new_block_at);
         }
         let mut next_event = event.iter().copied().min().unwrap_or(u64::MAX);
-        let start = BatchShape {
-            decode_seqs: b,
-            decode_context_tokens: context,
-            decode_max_context: max_context,
-            sampled: b,
-            ..BatchShape::default()
-        };
-        let shape_at = |steps: u64| start.advanced(steps, b);
-        // Pricing. Only the contexts change from step to step, so when the cost model prices the one
-        // operator that reads them alone (`decode_context_time`), the others are summed once: a step's
-        // total is `before` (the operators ahead of it, summed from zero) plus its time plus each later
-        // operator, the same additions in the same order as `total_seconds` of a full breakdown. Their
-        // times are accumulated once at the end, as integers (`ReplicaStats::add_leap_ops`).
-        // That operator's times are priced up to `PRICE_AHEAD` steps at a time (no further than
-        // `max_steps`: most leaps are short), from step `priced_from`.
-        let mut ops = cost.breakdown(&StepShape::decode(shape_at(0)));
-        let mut priced = [0.0f64; PRICE_AHEAD];
-        let ahead = |from: u64| (max_steps - from).min(PRICE_AHEAD as u64) as usize;
-        let mut priced_from = 0u64;
-        let var = cost
-            .decode_context_times(&shape_at(0), b, &mut priced[..ahead(0)])
-            .and_then(|op| ops.iter().position(|o| o.op == op));
-        let before = var.map_or(0.0, |i| total_seconds(&ops[..i]));
+        let mut pricer = DecodePricer::new(cost, start, b, max_steps);
         let mut var_fs = 0u128;
         // KV usage changes only where a step allocates: the usage integral adds used blocks x the steps'
         // time since the last change (`dur_since`), exactly the per-step sum.
@@ -618,24 +764,7 @@ impl<S: Scheduler> Replica<S> {
                     break;
                 }
             }
-            let (seconds, var_time) = match var {
-                Some(i) => {
-                    if steps - priced_from == PRICE_AHEAD as u64 {
-                        priced_from = steps;
-                        let n = ahead(steps);
-                        cost.decode_context_times(&shape_at(steps), b, &mut priced[..n]);
-                    }
-                    let v = priced[(steps - priced_from) as usize];
-                    let rest = ops[i + 1..].iter().fold(before + v, |s, o| s + o.seconds);
-                    (rest, v)
-                }
-                None => {
-                    if steps > 0 {
-                        ops = cost.breakdown(&StepShape::decode(shape_at(steps)));
-                    }
-                    (total_seconds(&ops), 0.0)
-                }
-            };
+            let (seconds, var_time) = pricer.price(steps);
             let dur = step_duration(seconds);
             let end = t + dur;
             if horizon.is_some_and(|h| end >= h) {
@@ -667,9 +796,9 @@ impl<S: Scheduler> Replica<S> {
                 used = kv.used_blocks();
             }
             self.stats.peak_used_blocks = self.stats.peak_used_blocks.max(used);
-            match var {
+            match pricer.var {
                 Some(_) => var_fs += seconds_to_fs(var_time),
-                None => self.stats.add_ops(&ops),
+                None => self.stats.add_ops(&pricer.ops),
             }
             self.stats.steps += 1;
             self.stats.busy += dur;
@@ -684,8 +813,8 @@ impl<S: Scheduler> Replica<S> {
             }
         }
         self.stats.used_block_ns += used as u128 * dur_since as u128;
-        if let (Some(i), true) = (var, steps > 0) {
-            self.stats.add_leap_ops(&ops, steps, i, var_fs);
+        if let (Some(i), true) = (pricer.var, steps > 0) {
+            self.stats.add_leap_ops(&pricer.ops, steps, i, var_fs);
         }
         on_gaps(gaps);
         if steps == 0 {

@@ -274,6 +274,11 @@ impl Request {
 
     /// Brings `block_hashes` up to date with every full block of prompt + outputs.
     pub fn update_block_hashes(&mut self, block_size: u32) {
+        // Most calls (one per token) find nothing to add: known without reading the shared list.
+        let full = self.num_tokens() as u64 / block_size as u64;
+        if self.block_hashes.covers(full) {
+            return;
+        }
         let have = self.block_hashes.len() as u64 * block_size as u64;
         if (self.num_tokens() as u64) < have + block_size as u64 {
             return;

@@ -45,6 +45,10 @@ pub struct RunOutcome {
     pub events: u64,
     /// Engine steps advanced by leaps (0 with `no_leap`).
     pub leapt_steps: u64,
+    /// Coasts begun, and coasts that something reached before their end (see `world.rs`; debug
+    /// statistics, 0 with `no_leap`).
+    pub coasts: u64,
+    pub catch_ups: u64,
 }
 
 /// How to simulate without an output directory.
@@ -85,6 +89,9 @@ pub struct Simulation {
     pub events: u64,
     /// Engine steps advanced by leaps.
     pub leapt_steps: u64,
+    /// Coasts begun, and those caught up before their end.
+    pub coasts: u64,
+    pub catch_ups: u64,
     /// Every request's row, in the order `requests.csv` lists them ([`Rows::Keep`] only).
     pub requests: Vec<RequestRow>,
     /// Every time-series sample, in file order ([`Rows::Keep`] only).
@@ -266,6 +273,8 @@ impl Prepared<'_> {
             wall_seconds: wall.elapsed().as_secs_f64(),
             events: done.events,
             leapt_steps: done.leapt_steps,
+            coasts: done.coasts,
+            catch_ups: done.catch_ups,
             requests: done.requests,
             timeseries: done.timeseries,
             replicas: done.replicas,
@@ -293,6 +302,8 @@ struct Ran {
     summary: Summary,
     events: u64,
     leapt_steps: u64,
+    coasts: u64,
+    catch_ups: u64,
     requests: Vec<RequestRow>,
     timeseries: Vec<Sample>,
     replicas: Vec<ReplicaSummary>,
@@ -360,6 +371,8 @@ impl WithReplicas for RunWorld<'_> {
             summary,
             events: world.counts.events,
             leapt_steps: world.counts.leapt_steps,
+            coasts: world.counts.coasts,
+            catch_ups: world.counts.catch_ups,
             requests,
             timeseries,
         })
@@ -434,6 +447,8 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
         wall_seconds: sim.wall_seconds,
         events: sim.events,
         leapt_steps: sim.leapt_steps,
+        coasts: sim.coasts,
+        catch_ups: sim.catch_ups,
     })
 }
 

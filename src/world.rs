@@ -28,6 +28,9 @@ const SECONDS_PER_YEAR: f64 = 365.25 * 86_400.0;
 pub struct RunCounts {
     /// Steps advanced by leaps rather than one by one (not an output: leaping must not change outputs).
     pub leapt_steps: u64,
+    /// Coasts begun ([`World::coast`]), and those something reached before their end.
+    pub coasts: u64,
+    pub catch_ups: u64,
     pub released: u64,
     /// Sessions whose last turn has left the system.
     pub sessions_ended: u64,
@@ -82,6 +85,9 @@ pub struct World<'a, S> {
     progress: Progress,
     /// Advance runs of pure-decode steps at once (exact; `--no-leap` steps one by one).
     leap: bool,
+    /// The same-instant place (class, tie) of the event being dispatched: whether a coasting replica's
+    /// step ending at this instant has run yet ([`World::catch_up`]).
+    at: (u8, u64),
 }
 
 impl<'a, S: Scheduler> World<'a, S> {
@@ -141,6 +147,7 @@ impl<'a, S: Scheduler> World<'a, S> {
             counts: RunCounts::default(),
             progress: Progress::new(show_progress, cfg.workload.duration_s),
             leap,
+            at: (0, 0),
         }
     }
 
@@ -169,6 +176,15 @@ impl<'a, S: Scheduler> World<'a, S> {
         }
         self.queue.push(SimTime::ZERO, Event::Sample);
         while let Some((t, &head)) = self.queue.peek() {
+            // The end of a coast that a catch-up made moot stands for nothing: dropped and uncounted.
+            if let Event::StepDone(rid) = head {
+                let rep = &self.replicas[rid as usize];
+                if rep.step_ends() != Some(t) && rep.coast.is_none_or(|c| c.end != t) {
+                    self.queue.pop();
+                    self.queue.uncount_popped();
+                    continue;
+                }
+            }
             // A client deadline for a request that has left, or has its first token, does nothing:
             // dropped here, it neither ends nor stops nor extends the run.
             if let Event::Timeout(rid, id) = head {
@@ -178,6 +194,8 @@ impl<'a, S: Scheduler> World<'a, S> {
                 }
             }
             if let Some(stop) = self.stop_at.filter(|&s| t > s) {
+                // Coasts end no later than the stop time (their extent is the leap's, bounded by it).
+                debug_assert!(self.replicas.iter().all(|r| r.coast.is_none()));
                 self.counts.stopped_early = true;
                 // Time-weighted means then cover exactly [0, stop].
                 self.counts.end = stop;
@@ -241,6 +259,8 @@ impl<'a, S: Scheduler> World<'a, S> {
     }
 
     fn dispatch(&mut self, now: SimTime, ev: Event) -> Result<(), OutputError> {
+        use crate::engine::EventClass;
+        self.at = (ev.class(), ev.tie().unwrap_or(0));
         match ev {
             Event::SessionStart(id) => {
                 let rel = self.workload.start_session(id, now);
@@ -252,6 +272,10 @@ impl<'a, S: Scheduler> World<'a, S> {
             Event::TurnRelease(id) => {
                 let rel = self.workload.release_turn(id, now);
                 self.admit(now, rel)?;
+            }
+            Event::StepDone(rid) if !self.replicas[rid as usize].is_busy() => {
+                // Not a step in flight: the end of a coast (the run loop dropped moot ones).
+                self.end_coast(rid, now)?;
             }
             Event::StepDone(rid) => {
                 let metrics = &mut self.metrics;
@@ -285,9 +309,11 @@ impl<'a, S: Scheduler> World<'a, S> {
                 if self.wake_at[rid as usize].is_some_and(|w| w <= now) {
                     self.wake_at[rid as usize] = None;
                 }
+                let next_passes = self.queue.peek().is_some_and(|(_, e)| passes_by(e, rid));
                 let rep = &mut self.replicas[rid as usize];
                 rep.schedule_pending = false;
-                if !rep.is_busy() && rep.has_work() {
+                // A coasting replica is between steps only as far as the rest of the run has seen.
+                if !rep.is_busy() && rep.coast.is_none() && rep.has_work() {
                     let metrics = &mut self.metrics;
                     let leapt = if self.leap {
                         rep.leap(now, horizon, self.costs[rep.model].as_ref(), |gaps| {
@@ -305,13 +331,18 @@ impl<'a, S: Scheduler> World<'a, S> {
                         self.counts.leapt_steps += steps;
                         // The leap's last step ended at `end`: the last activity, as its StepDone would be.
                         self.counts.end = self.counts.end.max(end);
-                        if done.is_empty() {
+                        if !done.is_empty() {
+                            self.after_step(rid, end, done)?;
+                        } else if next_passes && self.coast(rid, end) {
+                            // Its Schedule at `end` is the coast's start.
+                            self.queue.count_skipped(1);
+                        } else {
+                            let rep = &mut self.replicas[rid as usize];
                             rep.schedule_pending = true;
                             self.queue.push(end, Event::Schedule(rid));
-                        } else {
-                            self.after_step(rid, end, done)?;
                         }
-                    } else {
+                    } else if !(self.leap && next_passes && self.coast(rid, now)) {
+                        let rep = &mut self.replicas[rid as usize];
                         match rep.start_step(now, self.costs[rep.model].as_ref()) {
                             StepStart::Started(d) => self.queue.push(now + d, Event::StepDone(rid)),
                             StepStart::Idle => {}
@@ -329,8 +360,10 @@ impl<'a, S: Scheduler> World<'a, S> {
                 }
             }
             Event::Timeout(rid, id) => {
-                // Only due deadlines reach here (`run` drops the others).
+                // Only due deadlines reach here (`run` drops the others). None is due on a coasting
+                // replica: every request it holds has its first token.
                 debug_assert!(self.timeout_due(rid, id, now));
+                debug_assert!(self.replicas[rid as usize].coast.is_none());
                 let rep = &mut self.replicas[rid as usize];
                 if rep.is_busy() {
                     rep.pending_aborts.push(id);
@@ -344,6 +377,7 @@ impl<'a, S: Scheduler> World<'a, S> {
             Event::Cluster(i) => {
                 use crate::cluster::ReplicaState;
                 use crate::config::ClusterAction;
+                self.catch_up_all(now)?;
                 let e = &self.cfg.cluster.events[i as usize];
                 match e.action {
                     ClusterAction::AddReplica => {
@@ -405,6 +439,9 @@ impl<'a, S: Scheduler> World<'a, S> {
                 // for their time: none are written, and sampling resumes at the first interval boundary
                 // at or after the next event, so the time series costs in proportion to activity, not
                 // to virtual time.
+                // A coasting replica began its coast after the last sample (which caught up every
+                // replica), at an event that made the interval active.
+                self.catch_up_all(now)?;
                 if !self.active_since_sample {
                     self.sampling_suspended = true;
                     return Ok(());
@@ -504,9 +541,13 @@ impl<'a, S: Scheduler> World<'a, S> {
         mut req: Request,
         true_output: u32,
     ) -> Result<(), OutputError> {
+        if self.router.reads_loads() || self.degraded_above.is_some() {
+            self.catch_up_all(now)?;
+        }
         self.refresh_views(now);
         match self.router.route(&req, now, &self.views) {
             Route::To(rid) => {
+                self.catch_up(rid, now)?;
                 debug_assert!(
                     self.views.get(rid as usize).is_some_and(|v| v.takes_new()),
                     "a router routes only to a replica that takes new requests"
@@ -714,6 +755,109 @@ impl<'a, S: Scheduler> World<'a, S> {
         }
     }
 
+    /// Starts replica `rid` coasting from `since`, where it stands idle between steps with a leap
+    /// ahead: the leap's extent is priced now and only its end queued (as the `StepDone` its last step
+    /// would have). False, changing nothing, when no leap step lies ahead before the stop time.
+    ///
+    /// Coasting lets a replica's leap pass events that cannot reach it: other replicas' steps, and the
+    /// arrivals routed elsewhere. Anything that reaches it first (an arrival routed to it, a router that
+    /// reads loads, a cluster event, a time-series sample) catches it up to that instant
+    /// ([`World::catch_up`]), so every event sees the replica as one-by-one stepping would have left it.
+    /// The one call that reaches every replica, `KvStore::on_session_end`, commutes with decode steps:
+    /// stores act on it only outside of decode allocation (the conversation store drops an entry; the
+    /// paged pool does nothing), and a coasting replica admits nothing.
+    fn coast(&mut self, rid: ReplicaId, since: SimTime) -> bool {
+        let stop = self.stop_at.map(|s| s + SimDuration(1));
+        let rep = &mut self.replicas[rid as usize];
+        let Some((steps, end)) = rep.leap_extent(since, stop, self.costs[rep.model].as_ref())
+        else {
+            return false;
+        };
+        rep.coast = Some(crate::replica::Coast { since, end, steps });
+        self.queue.push(end, Event::StepDone(rid));
+        self.counts.coasts += 1;
+        true
+    }
+
+    /// The end of replica `rid`'s coast, at `now`: its steps taken as one leap, and what follows its last
+    /// step (finished requests, the next `Schedule`) done as after any step.
+    fn end_coast(&mut self, rid: ReplicaId, now: SimTime) -> Result<(), OutputError> {
+        let rep = &mut self.replicas[rid as usize];
+        let c = rep
+            .coast
+            .take()
+            .expect("the run loop passes only live coast ends");
+        debug_assert_eq!(c.end, now);
+        let metrics = &mut self.metrics;
+        let Leapt { steps, end, done } = rep
+            .leap(
+                c.since,
+                Some(now + SimDuration(1)),
+                self.costs[rep.model].as_ref(),
+                |gaps| metrics.on_token_gaps(gaps),
+            )
+            .expect("a coast's steps are a leap's");
+        debug_assert_eq!((steps, end), (c.steps, c.end), "a coast ends as priced");
+        // The Schedule that began the coast ran, and this event is its last step's end: the steps
+        // between stand for a StepDone and a Schedule each.
+        self.queue.count_skipped(2 * (steps - 1));
+        self.counts.leapt_steps += steps;
+        self.after_step(rid, now, done)
+    }
+
+    /// Brings coasting replica `rid` (if it is) up to the event being dispatched at `now`: the steps that
+    /// ended before it, in the same-instant order, are taken as one leap, and the step in flight at `now`
+    /// is started at its own start (or, when the replica stands at a step end at `now` whose `Schedule`
+    /// comes later in the instant, that `Schedule` is queued).
+    fn catch_up(&mut self, rid: ReplicaId, now: SimTime) -> Result<(), OutputError> {
+        let rep = &mut self.replicas[rid as usize];
+        let Some(c) = rep.coast.take() else {
+            return Ok(());
+        };
+        self.counts.catch_ups += 1;
+        // Whether a StepDone of this replica at `now` (class 1, in replica order), and the Schedule it
+        // queues (class 3), have run before the event being dispatched.
+        let (class, tie) = self.at;
+        let end_ran = class > 1 || (class == 1 && tie > rid as u64);
+        let schedule_ran = class > 3;
+        let horizon = if end_ran { now + SimDuration(1) } else { now };
+        let metrics = &mut self.metrics;
+        let cost = self.costs[rep.model].as_ref();
+        let (steps, at) = match rep.leap(c.since, Some(horizon), cost, |g| metrics.on_token_gaps(g))
+        {
+            Some(l) => {
+                debug_assert!(l.done.is_empty() && l.steps < c.steps);
+                (l.steps, l.end)
+            }
+            None => (0, c.since),
+        };
+        self.counts.leapt_steps += steps;
+        self.counts.end = self.counts.end.max(at);
+        if at == now && !schedule_ran {
+            // Its last step ended at this instant, before this event; its Schedule is still to come.
+            debug_assert!(steps > 0);
+            self.queue.count_skipped(2 * steps - 1);
+            return self.after_step(rid, now, Vec::new());
+        }
+        self.queue.count_skipped(2 * steps);
+        let rep = &mut self.replicas[rid as usize];
+        match rep.start_step(at, cost) {
+            StepStart::Started(d) => self.queue.push(at + d, Event::StepDone(rid)),
+            _ => unreachable!("a coast's next step is a leap step"),
+        }
+        Ok(())
+    }
+
+    /// [`World::catch_up`] for every coasting replica.
+    fn catch_up_all(&mut self, now: SimTime) -> Result<(), OutputError> {
+        for rid in 0..self.replicas.len() {
+            if self.replicas[rid].coast.is_some() {
+                self.catch_up(rid as ReplicaId, now)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Queues a `Schedule` for an idle replica (once): it runs after every arrival at this instant.
     fn request_schedule(&mut self, rid: ReplicaId, now: SimTime) {
         let rep = &mut self.replicas[rid as usize];
@@ -723,14 +867,15 @@ impl<'a, S: Scheduler> World<'a, S> {
         }
     }
 
-    /// Invariant 5: a replica with work has a step in flight, a scheduling pass pending, a wake time, or a
-    /// scheduler that said it waits for an arrival.
+    /// Invariant 5: a replica with work has a step in flight, a coast, a scheduling pass pending, a wake
+    /// time, or a scheduler that said it waits for an arrival.
     #[cfg(debug_assertions)]
     fn check_work_conservation(&self) {
         for r in &self.replicas {
             assert!(
                 !r.has_work()
                     || r.is_busy()
+                    || r.coast.is_some()
                     || r.schedule_pending
                     || self.wake_at[r.id as usize].is_some()
                     || r.waits_for_arrival,
@@ -755,6 +900,12 @@ impl<'a, S: Scheduler> World<'a, S> {
     pub fn config(&self) -> &Config {
         self.cfg
     }
+}
+
+/// Whether queued event `e` cannot reach replica `rid`: another replica's step end or scheduling pass
+/// (a coast may pass it; see [`World::coast`]).
+fn passes_by(e: &Event, rid: ReplicaId) -> bool {
+    matches!(e, Event::StepDone(r) | Event::Schedule(r) if *r != rid)
 }
 
 /// A progress bar on stderr for runs longer than about a second, only when stderr is a terminal.
@@ -1047,8 +1198,8 @@ mod tests {
         fn free(&mut self, req: &mut Request) {
             self.inner.free(req)
         }
-        fn on_enqueue(&mut self, req: &mut Request, capacity_tokens: u64) {
-            self.inner.on_enqueue(req, capacity_tokens)
+        fn on_enqueue(&mut self, req: &mut Request) {
+            self.inner.on_enqueue(req)
         }
         fn on_token(&mut self, req: &mut Request) {
             self.inner.on_token(req)

@@ -6,11 +6,17 @@ use servesim::config::{Config, EngineKind, KvKind};
 use servesim::run::{run, RunOptions};
 
 fn both(name: &str, cfg: &Config) -> u64 {
-    both_summary(name, cfg).0
+    both_outcome(name, cfg).leapt_steps
 }
 
 /// [`both`], with the run's summary.
 fn both_summary(name: &str, cfg: &Config) -> (u64, servesim::metrics::Summary) {
+    let a = both_outcome(name, cfg);
+    (a.leapt_steps, a.summary)
+}
+
+/// [`both`], with the leaping run's outcome.
+fn both_outcome(name: &str, cfg: &Config) -> servesim::run::RunOutcome {
     let tmp = tempfile::tempdir().unwrap();
     let go = |no_leap: bool, dir: &str| {
         run(
@@ -41,7 +47,7 @@ fn both_summary(name: &str, cfg: &Config) -> (u64, servesim::metrics::Summary) {
         let y = std::fs::read(tmp.path().join("step").join(f)).unwrap();
         assert!(x == y, "{name}: {f} differs between leaping and stepping");
     }
-    (a.leapt_steps, a.summary)
+    a
 }
 
 /// Every engine kind over every KV store kind, each on a workload with prefix hits and one with
@@ -248,4 +254,79 @@ fn leap_equals_step_with_the_linear_and_table_cost_models() {
         ],
     );
     assert!(both("h200 tables", &h200) > 100);
+}
+
+/// Replicas coast past one another's steps and past arrivals routed elsewhere (`World::coast`), and are
+/// caught up by whatever reaches them first: an arrival routed to them, a time-series sample (every
+/// 0.05 s here, so most coasts are cut by one), a cluster event (a replica joining, one draining, one
+/// restarting), the stop time. On chat with vLLM's engine and with the dynamic batcher over the
+/// per-conversation store (whose session ends reach every replica), and on a trace replay, behind the routers that read no loads, the
+/// outputs are those of stepping one by one; the counts check that coasts and catch-ups happened.
+#[test]
+fn coasting_replicas_equal_step_on_chat_and_trace_replay() {
+    let events = "cluster.events=[{at_s=4, action=\"add_replica\"}, {at_s=9, action=\"drain\", replica=2}, {at_s=13, action=\"restart\", replica=1}]";
+    for router in ["round_robin", "session_affinity"] {
+        let r = format!("cluster.router=\"{router}\"");
+        for (engine, kv) in [("vllm", "paged"), ("dynamic", "conversation")] {
+            let e = format!("engine.kind=\"{engine}\"");
+            let k = format!("engine.kv_cache=\"{kv}\"");
+            let chat = config(
+                SMALL_CHAT,
+                &[
+                    "cluster.replicas=4",
+                    &r,
+                    &e,
+                    &k,
+                    "workload.session_rate=6.0",
+                    "output.timeseries_interval_s=0.05",
+                    "output.max_sim_time_s=25.3",
+                    "engine.startup_s=2",
+                    events,
+                ],
+            );
+            let name = format!("chat, {router}, {kv}");
+            let a = both_outcome(&name, &chat);
+            assert!(
+                a.coasts > 100 && a.catch_ups > 10,
+                "{name}: {} coasts, {} caught up",
+                a.coasts,
+                a.catch_ups
+            );
+        }
+        let trace = config(
+            "name = \"mc\"\n[workload]\nkind = \"trace\"\nmax_requests = 300\n\
+             trace = { format = \"mooncake\", path = \"data/traces/mooncake/conversation_trace.jsonl\" }\n",
+            &["cluster.replicas=6", &r],
+        );
+        let name = format!("trace, {router}");
+        let a = both_outcome(&name, &trace);
+        assert!(
+            a.coasts > 100 && a.catch_ups > 10,
+            "{name}: {} coasts, {} caught up",
+            a.coasts,
+            a.catch_ups
+        );
+        // Every step exactly 10 ms and arrivals on the trace's millisecond grid: steps of different
+        // replicas end at the same instant, arrivals and 50 ms samples land on step ends, so catch-ups
+        // meet the same-instant order (a step end before an arrival, the Schedule after it).
+        let ties = config(
+            "name = \"mc\"\n[workload]\nkind = \"trace\"\nmax_requests = 300\n\
+             trace = { format = \"mooncake\", path = \"data/traces/mooncake/conversation_trace.jsonl\" }\n",
+            &[
+                "cluster.replicas=4",
+                &r,
+                "cost.kind=\"linear\"",
+                "cost.linear={step_s=0.01, prefill_token_s=0.0, decode_seq_s=0.0, decode_context_token_s=0.0}",
+                "output.timeseries_interval_s=0.05",
+            ],
+        );
+        let name = format!("10 ms steps, {router}");
+        let a = both_outcome(&name, &ties);
+        assert!(
+            a.coasts > 100 && a.catch_ups > 10,
+            "{name}: {} coasts, {} caught up",
+            a.coasts,
+            a.catch_ups
+        );
+    }
 }

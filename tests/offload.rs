@@ -82,7 +82,7 @@ impl H {
             .map(|&(c, len)| Segment { content: c, len })
             .collect();
         let mut r = Request::new(id, id, 1, 0, self.now, prompt, 1000 + id, max_tokens);
-        self.s.kv_mut().on_enqueue(&mut r, 1000);
+        self.s.kv_mut().on_enqueue(&mut r);
         self.s.add_request(&r);
         self.reqs.insert(id, Box::new(r));
     }
@@ -437,7 +437,7 @@ fn a_cache_saved_then_restored_then_saved_again_is_the_same_file() {
         0,
         1,
     );
-    fresh.on_enqueue(&mut r, 100);
+    fresh.on_enqueue(&mut r);
     assert_eq!(fresh.get_computed_blocks(&mut r).tokens, 32);
 }
 

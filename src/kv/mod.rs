@@ -37,7 +37,7 @@
 //! A store keeps its per-request state either in the request's one KV field ([`KvState`], the paged
 //! store's block table) or in a map of its own keyed by request id. The request's block hashes
 //! (`Request::block_hashes`) are not store state: they name the request's content, carried from turn to
-//! turn and readable by routers; a store decides only whether to compute them ([`KvStore::on_enqueue`]).
+//! turn and readable by routers; a store decides only whether and under which salt to compute them ([`KvStore::on_enqueue`]).
 
 pub mod block_pool;
 pub mod conversation;
@@ -244,10 +244,9 @@ pub trait KvStore {
         CacheSnapshot::default()
     }
 
-    /// A request joins the replica: the store may compute its block hashes. `capacity_tokens` is the
-    /// number of tokens the request's hash list should have room for (capacity only: nothing may be
-    /// decided from it).
-    fn on_enqueue(&mut self, _req: &mut Request, _capacity_tokens: u64) {}
+    /// A request joins the replica: the store may salt it and set up its block hashes (computed
+    /// lazily, when a lookup or allocation first needs them).
+    fn on_enqueue(&mut self, _req: &mut Request) {}
 
     /// A request that goes on has sampled a token (K5: its block hashes may grow). At the end of a leap,
     /// once per running request.

@@ -598,11 +598,10 @@ impl KvStore for KvCacheManager {
         req.kv.num_cached_blocks = 0;
     }
 
-    /// Salts the request (its session's id + 1 under session scope, else 0) and brings its block hashes
-    /// up to date with its tokens (K5), with room for `capacity_tokens`. A chain it carried from its
+    /// Salts the request (its session's id + 1 under session scope, else 0). A chain it carried from its
     /// session's previous turn is kept only if it was made with this block size and salt. Hashes serve
     /// only the prefix cache: without it they are never computed.
-    fn on_enqueue(&mut self, req: &mut Request, capacity_tokens: u64) {
+    fn on_enqueue(&mut self, req: &mut Request) {
         req.salt = if self.session_scope {
             req.session + 1
         } else {
@@ -610,15 +609,9 @@ impl KvStore for KvCacheManager {
         };
         req.block_hashes
             .retag(ChainTag::new(self.block_size, req.salt));
-        // Room for every block hash the request will have, so that the list, carried from turn to turn,
-        // is not regrown block by block.
-        let blocks = (capacity_tokens / self.block_size as u64) as usize;
-        let have = req.block_hashes.len();
-        let tag = ChainTag::new(self.block_size, req.salt);
-        req.block_hashes.reserve(tag, blocks.saturating_sub(have));
-        if self.caching {
-            req.update_block_hashes(self.block_size);
-        }
+        // The hashes are made when the scheduler first looks the request up, not here: they are a pure
+        // function of its tokens, and a waiting backlog of long prompts would otherwise hold a list of
+        // hashes per request (48 KB for a 100k-token prompt at block 16) before any of it is needed.
     }
 
     /// K5: brings the request's block hashes up to date with its tokens (prefix cache on only).
@@ -1023,15 +1016,18 @@ mod tests {
             r.salt = made_salt;
             r.update_block_hashes(made_bs);
             let carried = r.block_hashes.share();
-            kv.on_enqueue(&mut r, 100);
+            kv.on_enqueue(&mut r);
             // Session scope salts with the session id + 1 (request 1 is session 1).
             let salt = if scope == CacheScope::Session { 2 } else { 0 };
             assert_eq!(r.salt, salt);
+            // The hashes are made at the first lookup, not at enqueue.
+            let kept = made_bs == 16 && made_salt == salt;
+            assert_eq!(r.block_hashes.len(), if kept { 6 } else { 0 });
+            kv.get_computed_blocks(&mut r);
             assert_eq!(r.block_hashes.tag(), Some(ChainTag::new(16, salt)));
             // 100 tokens: 6 full blocks of 16.
             assert_eq!(r.block_hashes.to_vec(), fresh(16, salt));
             assert_eq!(r.block_hashes.len(), 6);
-            let kept = made_bs == 16 && made_salt == salt;
             assert_eq!(
                 r.block_hashes.same(&carried),
                 kept,

@@ -486,8 +486,8 @@ impl<K: KvStore> KvStore for Tiered<K> {
         self.inner.free(req)
     }
 
-    fn on_enqueue(&mut self, req: &mut Request, capacity_tokens: u64) {
-        self.inner.on_enqueue(req, capacity_tokens)
+    fn on_enqueue(&mut self, req: &mut Request) {
+        self.inner.on_enqueue(req)
     }
 
     fn on_token(&mut self, req: &mut Request) {

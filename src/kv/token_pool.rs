@@ -536,7 +536,7 @@ impl KvStore for TokenPool {
     }
 
     /// Salts the request by session under `prefix_cache_scope = "session"`.
-    fn on_enqueue(&mut self, req: &mut Request, _capacity_tokens: u64) {
+    fn on_enqueue(&mut self, req: &mut Request) {
         req.salt = if self.session_scope {
             req.session + 1
         } else {

@@ -32,7 +32,13 @@ use std::rc::Rc;
 /// it, so it is bounded by what is cached and in flight (a run keeps its whole chain: at most
 /// `max_model_len / block_size` hashes), not by the run's length.
 #[derive(Debug, Default)]
-pub struct HashChain(Option<Rc<Chain>>);
+pub struct HashChain(Option<Rc<Chain>>, Seen);
+
+/// How many hashes this handle has seen the chain hold: a lower bound of its length (another handle may
+/// have appended since), read without touching the shared list, which a request checks after every token
+/// ([`HashChain::covers`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen(u32);
 
 #[derive(Debug)]
 struct Chain {
@@ -43,7 +49,7 @@ struct Chain {
 impl Clone for HashChain {
     fn clone(&self) -> Self {
         match &self.0 {
-            None => HashChain(None),
+            None => HashChain(None, Seen(0)),
             Some(c) => HashChain::with_hashes(c.tag, self.to_vec()),
         }
     }
@@ -96,10 +102,21 @@ impl Deref for Hashes<'_> {
 impl HashChain {
     /// A chain of `hashes`, made under `tag`.
     pub fn with_hashes(tag: ChainTag, hashes: Vec<u64>) -> HashChain {
-        HashChain(Some(Rc::new(Chain {
-            tag,
-            hashes: RefCell::new(hashes),
-        })))
+        let seen = Seen(hashes.len() as u32);
+        HashChain(
+            Some(Rc::new(Chain {
+                tag,
+                hashes: RefCell::new(hashes),
+            })),
+            seen,
+        )
+    }
+
+    /// Whether the chain surely holds at least `n` hashes, known without reading the shared list (false
+    /// may mean only that this handle has not seen them).
+    #[inline]
+    pub fn covers(&self, n: u64) -> bool {
+        n <= self.1 .0 as u64
     }
 
     /// The tag the chain was made under (None for a chain never appended to).
@@ -111,7 +128,7 @@ impl HashChain {
     /// that the holder rehashes from scratch. Returns whether it was dropped.
     pub fn retag(&mut self, tag: ChainTag) -> bool {
         if self.tag().is_some_and(|t| t != tag) {
-            self.0 = None;
+            *self = HashChain::default();
             return true;
         }
         false
@@ -121,7 +138,7 @@ impl HashChain {
     /// appending to one handle does not show in the other. No reader needs that: readers read positions
     /// that exist.)
     pub fn share(&self) -> HashChain {
-        HashChain(self.0.clone())
+        HashChain(self.0.clone(), self.1)
     }
 
     /// Whether both handles are on one chain (then their common positions hold the same hashes).
@@ -190,6 +207,9 @@ impl HashChain {
             v.len() >= n && (n == 0 || v.get(n - 1).copied() == last),
             "a hash chain is append-only"
         );
+        let len = v.len() as u32;
+        drop(v);
+        self.1 = Seen(len);
     }
 }
 

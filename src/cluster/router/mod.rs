@@ -40,6 +40,14 @@ use crate::time::SimTime;
 /// loads may be as old as `cluster.signal_delay_s`. `now` is the arrival time.
 pub trait Router {
     fn route(&mut self, req: &Request, now: SimTime, replicas: &[ReplicaView]) -> Route;
+
+    /// Whether `route` reads the views' loads (waiting, running, prompt tokens, KV usage), not only their
+    /// ids and states (`takes_new` reads the state and `degraded`, which the world sets from the loads
+    /// only under `admission.max_kv_usage_degraded`). A router that does not lets replicas coast past its
+    /// arrivals (see `world.rs`). True, the default, is always safe.
+    fn reads_loads(&self) -> bool {
+        true
+    }
 }
 
 /// What a router needs besides its config: the replica slots it routes over and the engine's sizes.

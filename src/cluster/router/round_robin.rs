@@ -24,6 +24,10 @@ impl Router for RoundRobin {
             None => Route::Reject,
         }
     }
+
+    fn reads_loads(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,10 @@ impl Router for SessionAffinity {
             .find(|v| v.takes_new())
             .map_or(Route::Reject, |v| Route::To(v.id))
     }
+
+    fn reads_loads(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
