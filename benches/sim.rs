@@ -147,6 +147,82 @@ fn outputs_compared(same: &[bool; 3]) -> String {
     }
 }
 
+/// The Mooncake-derived traces of the peer comparison (`../shared/peers/aisimulate/make_mc.py`, which
+/// AISimulate replays): mc10k, the trace's first 10,000 rows; mc100k, the trace repeated, copy k shifted by
+/// k x 3,600,000 ms and every hash id h != 0 replaced by h + k x (max id + 1), so that copies share only
+/// the common first block, cut at 100,000 rows. Written under `dir`; returns their paths.
+fn mooncake_derived(trace: &str, dir: &Path) -> (String, String) {
+    let text = std::fs::read_to_string(trace).expect("the shipped Mooncake trace");
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("a trace row"))
+        .collect();
+    let ids = |r: &serde_json::Value| -> Vec<u64> {
+        r["hash_ids"]
+            .as_array()
+            .expect("hash_ids")
+            .iter()
+            .map(|h| h.as_u64().expect("an id"))
+            .collect()
+    };
+    let off = rows.iter().flat_map(ids).max().unwrap_or(0) + 1;
+    let mut big = Vec::with_capacity(100_000);
+    'copies: for k in 0u64.. {
+        for r in &rows {
+            if big.len() == 100_000 {
+                break 'copies;
+            }
+            let hashes: Vec<u64> = ids(r)
+                .into_iter()
+                .map(|h| if h == 0 { 0 } else { h + k * off })
+                .collect();
+            big.push(serde_json::json!({
+                "timestamp": r["timestamp"].as_u64().expect("timestamp") + k * 3_600_000,
+                "input_length": r["input_length"],
+                "output_length": r["output_length"],
+                "hash_ids": hashes,
+            }));
+        }
+    }
+    std::fs::create_dir_all(dir).expect("bench dir");
+    let write = |name: &str, rs: &[serde_json::Value]| {
+        let path = dir.join(name);
+        let body: String = rs.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(&path, body).expect("trace written");
+        path.display().to_string()
+    };
+    (
+        write("mc10k.jsonl", &rows[..10_000]),
+        write("mc100k.jsonl", &big),
+    )
+}
+
+/// The peer comparison's servesim side (`../shared/peers/aisimulate/servesim_mc.toml`): the trace replayed
+/// on `replicas` replicas of Llama-3.1-8B on one H100-SXM each, block 16, an 8,192-token budget, 256
+/// sequences, prefix caching on, round robin.
+fn mc(trace: &str, replicas: u32) -> Vec<String> {
+    [
+        "workload.kind=\"trace\"".to_string(),
+        "workload.trace.format=\"mooncake\"".into(),
+        format!("workload.trace.path=\"{trace}\""),
+        "workload.trace.block_tokens=512".into(),
+        "workload.duration_s=1e9".into(),
+        "model.name=\"llama-3.1-8b\"".into(),
+        "hardware.name=\"h100-sxm\"".into(),
+        "engine.block_size=16".into(),
+        "engine.max_num_batched_tokens=8192".into(),
+        "engine.max_num_seqs=256".into(),
+        "engine.prefix_caching=true".into(),
+        "engine.gpu_memory_utilization=0.9".into(),
+        format!("cluster.replicas={replicas}"),
+        "cluster.router=\"round_robin\"".into(),
+    ]
+    .into_iter()
+    .flat_map(|kv| ["--set".to_string(), kv])
+    .collect()
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -168,6 +244,8 @@ fn main() {
     let baseline = std::env::var("SERVESIM_BENCH_BASELINE").ok();
     let mut side_by_side = Vec::new();
     let mooncake = "data/traces/mooncake/conversation_trace.jsonl";
+    let tmp = std::env::temp_dir().join(format!("servesim-bench-{}", std::process::id()));
+    let (mc10k, mc100k) = mooncake_derived(mooncake, &tmp.join("traces"));
     let scenarios = vec![
         Scenario {
             key: "a",
@@ -239,8 +317,40 @@ fn main() {
             },
             repeats: repeats.min(3),
         },
+        Scenario {
+            key: "a8-1m",
+            what: "(a8) at 1M requests",
+            args: chat(
+                1_000_000,
+                &["cluster.replicas=8", "workload.session_rate=8.0"],
+            ),
+            repeats: repeats.min(3),
+        },
+        Scenario {
+            key: "mc10k-1",
+            what: "mc10k (the peer comparison's first 10k Mooncake rows), 1 replica",
+            args: mc(&mc10k, 1),
+            repeats,
+        },
+        Scenario {
+            key: "mc10k-8",
+            what: "mc10k, 8 replicas",
+            args: mc(&mc10k, 8),
+            repeats,
+        },
+        Scenario {
+            key: "mc100k-1",
+            what: "mc100k (the Mooncake trace repeated to 100k rows), 1 replica",
+            args: mc(&mc100k, 1),
+            repeats: repeats.min(3),
+        },
+        Scenario {
+            key: "mc100k-8",
+            what: "mc100k, 8 replicas",
+            args: mc(&mc100k, 8),
+            repeats: repeats.min(3),
+        },
     ];
-    let tmp = std::env::temp_dir().join(format!("servesim-bench-{}", std::process::id()));
     println!("Measuring {bin}\n");
     println!(
         "| scenario | requests | wall s (median of n) | req/s | events/s | steps/s | peak RSS MB |\n|---|---|---|---|---|---|---|"

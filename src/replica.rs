@@ -33,10 +33,14 @@
 //! 5. **Statistics.** Only order-free integer sums: operator femtoseconds (`ReplicaStats::op_fs`), the
 //!    inter-token histogram, the `used_block_ns` integral. KV usage changes only at allocation steps.
 //! 6. **Time.** Every running request sampled its last token at `now`; the leap ends strictly before the
-//!    next queued event anywhere (a time-series sample included) and at most 1 ns past the stop time.
+//!    `horizon` it is given and at most 1 ns past the stop time. The world gives the next queued event
+//!    anywhere (a time-series sample included), or, for a coasting replica (`world.rs`), the first event
+//!    that reaches this replica: [`Replica::leap_extent`] prices the run ahead without taking it, and
+//!    the steps are taken when its end comes or something reaches the replica.
 //! 7. **Events.** A leap stands in for exactly 2k - 1 events (`EventQueue::count_skipped`), because the
 //!    event count is reported; its last `Schedule`, or its finished requests' work, happens at the leap's
-//!    end, with the leap's end as the run's last activity.
+//!    end, with the leap's end as the run's last activity (a coast counts its own way, to the same
+//!    totals).
 //! 8. **Time series.** `batch_tokens` of a sample comes from `ReplicaStats::last_batch_tokens`, which the
 //!    leap sets as the last step would.
 //! 9. **Randomness.** No random draw happens inside a step (routing draws at arrival, an event).

@@ -1,5 +1,14 @@
 //! The world owns everything in a run and dispatches each event with one `match`. It knows the loop,
 //! not how the parts are built: [`crate::system`] wires them from the config.
+//!
+//! Coasting. A replica that stands between steps with a run of pure-decode steps ahead (a leap, see the
+//! leap contract in `replica.rs`) would have to stop leaping at the next event anywhere; on many replicas
+//! that is almost always another replica's step end, so leaps would be one step long. Instead, when the
+//! next event passes it by, the replica coasts ([`World::coast`]): the leap's extent is priced and its
+//! last step's end queued, and the steps are taken at that end ([`World::end_coast`]), or earlier, up to
+//! the instant of whatever reaches the replica first ([`World::catch_up`]): an arrival routed to it, a
+//! router that reads every replica's load, a cluster event, a time-series sample. Completions at one
+//! instant run in replica order (`event.rs`), so a coast's end sorts where its last step's would have.
 
 use crate::cluster::router::Router;
 use crate::cluster::{ReplicaView, Route};
