@@ -152,50 +152,67 @@ fn outputs_compared(same: &[bool; 3]) -> String {
 /// k x 3,600,000 ms and every hash id h != 0 replaced by h + k x (max id + 1), so that copies share only
 /// the common first block, cut at 100,000 rows. Written under `dir`; returns their paths.
 fn mooncake_derived(trace: &str, dir: &Path) -> (String, String) {
+    use std::io::Write;
+    // Rows kept as plain numbers and written as they are made: this process's memory shows in every
+    // child's peak RSS (see `digest`).
+    struct Row {
+        timestamp: u64,
+        input_length: u64,
+        output_length: u64,
+        hash_ids: Vec<u64>,
+    }
     let text = std::fs::read_to_string(trace).expect("the shipped Mooncake trace");
-    let rows: Vec<serde_json::Value> = text
+    let rows: Vec<Row> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("a trace row"))
-        .collect();
-    let ids = |r: &serde_json::Value| -> Vec<u64> {
-        r["hash_ids"]
-            .as_array()
-            .expect("hash_ids")
-            .iter()
-            .map(|h| h.as_u64().expect("an id"))
-            .collect()
-    };
-    let off = rows.iter().flat_map(ids).max().unwrap_or(0) + 1;
-    let mut big = Vec::with_capacity(100_000);
-    'copies: for k in 0u64.. {
-        for r in &rows {
-            if big.len() == 100_000 {
-                break 'copies;
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a trace row");
+            let n = |k: &str| v[k].as_u64().expect("a number");
+            Row {
+                timestamp: n("timestamp"),
+                input_length: n("input_length"),
+                output_length: n("output_length"),
+                hash_ids: v["hash_ids"]
+                    .as_array()
+                    .expect("hash_ids")
+                    .iter()
+                    .map(|h| h.as_u64().expect("an id"))
+                    .collect(),
             }
-            let hashes: Vec<u64> = ids(r)
-                .into_iter()
-                .map(|h| if h == 0 { 0 } else { h + k * off })
-                .collect();
-            big.push(serde_json::json!({
-                "timestamp": r["timestamp"].as_u64().expect("timestamp") + k * 3_600_000,
-                "input_length": r["input_length"],
-                "output_length": r["output_length"],
-                "hash_ids": hashes,
-            }));
-        }
-    }
+        })
+        .collect();
+    drop(text);
+    let off = rows
+        .iter()
+        .flat_map(|r| r.hash_ids.iter().copied())
+        .max()
+        .unwrap_or(0)
+        + 1;
     std::fs::create_dir_all(dir).expect("bench dir");
-    let write = |name: &str, rs: &[serde_json::Value]| {
+    let write = |name: &str, count: usize| {
         let path = dir.join(name);
-        let body: String = rs.iter().map(|r| format!("{r}\n")).collect();
-        std::fs::write(&path, body).expect("trace written");
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&path).expect("trace file"));
+        for i in 0..count {
+            let (k, r) = ((i / rows.len()) as u64, &rows[i % rows.len()]);
+            let ids: Vec<String> = r
+                .hash_ids
+                .iter()
+                .map(|&h| (if h == 0 { 0 } else { h + k * off }).to_string())
+                .collect();
+            writeln!(
+                w,
+                "{{\"timestamp\": {}, \"input_length\": {}, \"output_length\": {}, \"hash_ids\": [{}]}}",
+                r.timestamp + k * 3_600_000,
+                r.input_length,
+                r.output_length,
+                ids.join(", ")
+            )
+            .expect("trace written");
+        }
+        w.flush().expect("trace written");
         path.display().to_string()
     };
-    (
-        write("mc10k.jsonl", &rows[..10_000]),
-        write("mc100k.jsonl", &big),
-    )
+    (write("mc10k.jsonl", 10_000), write("mc100k.jsonl", 100_000))
 }
 
 /// The peer comparison's servesim side (`../shared/peers/aisimulate/servesim_mc.toml`): the trace replayed

@@ -905,6 +905,13 @@ pub fn human_summary(o: &RunOutcome) -> String {
             ms(&format!("{key}_p99_s")),
         );
     }
+    if s.0.get("percentiles_exact") == Some(&serde_json::Value::Bool(false)) {
+        let _ = writeln!(
+            out,
+            "  (TTFT, TPOT and E2E percentiles from a quantile sketch, 0.1% relative error: more finished \
+             requests than output.exact_percentiles_up_to; means exact)"
+        );
+    }
     if let Some(g) = s.get_f64("goodput_rps") {
         let _ = writeln!(out, "  goodput    {g:.2} req/s within the SLOs");
     }

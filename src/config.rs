@@ -1943,6 +1943,11 @@ pub struct OutputConfig {
     /// found after the run by MSER-5 on the session population and the KV usage (see
     /// `metrics::warmup`).
     pub warmup_s: Warmup,
+    /// Finished requests up to which the TTFT, TPOT, E2E and queue percentiles are exact (every value
+    /// kept, 8 bytes each per metric); past it they come from a quantile sketch with 0.1% relative error
+    /// (`metrics::quantiles`), so memory stops growing with the run. The summary's `percentiles_exact`
+    /// says which a run got.
+    pub exact_percentiles_up_to: u64,
 }
 
 /// `output.warmup_s`: a fixed warm-up in virtual seconds, or `"auto"`.
@@ -2006,6 +2011,7 @@ impl Default for OutputConfig {
             timeseries_interval_s: 1.0,
             max_sim_time_s: None,
             warmup_s: Warmup::Seconds(0.0),
+            exact_percentiles_up_to: 1_000_000,
         }
     }
 }

@@ -249,7 +249,8 @@ impl Prepared<'_> {
             costs,
             warm,
         } = self;
-        let metrics = Collector::new(opts.rows.clone(), cfg.slo.clone())?;
+        let metrics = Collector::new(opts.rows.clone(), cfg.slo.clone())?
+            .with_exact_limit(cfg.output.exact_percentiles_up_to);
         let metrics = match cfg.output.warmup_s {
             Warmup::Seconds(w) => metrics.with_warmup(crate::time::SimTime(
                 crate::time::SimDuration::from_secs_f64(w).0,
@@ -711,10 +712,18 @@ fn summarize<S: Scheduler>(
         ("e2e", &mut m.e2e),
         ("queue", &mut m.queue),
     ];
+    let exact = lists.iter().all(|(_, v)| v.is_exact());
     let described = std::thread::scope(|scope| {
-        let jobs = lists.map(|(name, values)| (name, scope.spawn(|| describe(values))));
+        let jobs = lists.map(|(name, values)| (name, scope.spawn(|| values.describe())));
         jobs.map(|(name, job)| (name, job.join().expect("describe does not panic")))
     });
+    // Which statistics are exact: the four lists' percentiles up to `output.exact_percentiles_up_to`
+    // finished requests (their means and stds always are); ITL's come from its histogram.
+    s.set("percentiles_exact", exact);
+    s.set_opt(
+        "percentiles_relative_error",
+        (!exact).then_some(crate::metrics::quantiles::SKETCH_RELATIVE_ERROR),
+    );
     for (name, d) in described {
         s.set_opt(&format!("{name}_mean_s"), d.mean);
         s.set_opt(&format!("{name}_median_s"), d.median);

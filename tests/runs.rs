@@ -166,3 +166,57 @@ fn the_resolved_header_labels_figures_per_gpu_or_per_replica_and_counts_gpus() {
     );
     assert!(text.contains("# KV cache per replica: "), "{text}");
 }
+
+/// Past `output.exact_percentiles_up_to` finished requests the latency percentiles come from the sketch:
+/// each within 0.1% of the order statistic at rank floor(q (n - 1)) of the `requests.csv` column (an
+/// independent count: the rows are written whatever the summary does), the means exact to rounding, and
+/// the summary says so; below the limit they are numpy's, and the rows are the same bytes either way.
+#[test]
+fn latency_percentiles_are_sketched_past_the_limit_within_the_stated_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (exact, dir_e) = run_in(tmp.path(), "exact", &config(SMALL_CHAT, &[]));
+    let (sk, dir_s) = run_in(
+        tmp.path(),
+        "sketch",
+        &config(SMALL_CHAT, &["output.exact_percentiles_up_to=100"]),
+    );
+    assert_eq!(
+        std::fs::read(dir_e.join("requests.csv")).unwrap(),
+        std::fs::read(dir_s.join("requests.csv")).unwrap()
+    );
+    let (e, s) = (&exact.summary.0, &sk.summary.0);
+    assert_eq!(e["percentiles_exact"], serde_json::json!(true));
+    assert_eq!(e["percentiles_relative_error"], serde_json::Value::Null);
+    assert_eq!(s["percentiles_exact"], serde_json::json!(false));
+    assert_eq!(s["percentiles_relative_error"], serde_json::json!(0.001));
+    let rows = read_rows(&dir_s.join("requests.csv"));
+    let n = s["requests_measured"].as_u64().unwrap();
+    assert!(n > 300, "{n} measured");
+    for col in ["ttft", "e2e", "queue"] {
+        let mut v: Vec<f64> = rows
+            .iter()
+            .filter(|r| r["status"] == "finished")
+            .map(|r| num(r, &format!("{col}_s")))
+            .collect();
+        v.sort_by(f64::total_cmp);
+        assert_eq!(v.len() as u64, n);
+        for (q, key) in [(0.5, "median"), (0.9, "p90"), (0.99, "p99")] {
+            let at = v[(q * (v.len() - 1) as f64) as usize];
+            let got = s[&format!("{col}_{key}_s")].as_f64().unwrap();
+            // The CSV rounds to the microsecond: allow that beside the sketch's 0.1%.
+            assert!(
+                (got - at).abs() <= 0.001 * at + 1e-6,
+                "{col} {key}: {got} vs {at}"
+            );
+            // Below the limit: numpy's linear interpolation over the same values.
+            let pos = q * (v.len() - 1) as f64;
+            let (lo, hi) = (v[pos.floor() as usize], v[pos.ceil() as usize]);
+            let numpy = lo + (hi - lo) * (pos - pos.floor());
+            let ex = e[&format!("{col}_{key}_s")].as_f64().unwrap();
+            assert!((ex - numpy).abs() <= 1e-6, "{col} {key}: {ex} vs {numpy}");
+        }
+        let mean = s[&format!("{col}_mean_s")].as_f64().unwrap();
+        let exact_mean = e[&format!("{col}_mean_s")].as_f64().unwrap();
+        assert!((mean - exact_mean).abs() <= 1e-9 * exact_mean);
+    }
+}

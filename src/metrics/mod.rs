@@ -9,6 +9,7 @@
 
 pub mod histogram;
 pub mod output;
+pub mod quantiles;
 mod row;
 mod row_thread;
 pub mod stats;
@@ -19,6 +20,7 @@ use crate::error::OutputError;
 use crate::request::{FailureReason, Request, Status};
 use crate::time::SimTime;
 use histogram::LogHistogram;
+use quantiles::Values;
 use row::RowBuf;
 pub use row_thread::RequestRow;
 use row_thread::RowThread;
@@ -26,6 +28,9 @@ use serde_json::{Map, Value};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+
+/// `output.exact_percentiles_up_to`'s default, for collectors built without a config.
+const DEFAULT_EXACT: u64 = 1_000_000;
 
 /// Column order of `requests.csv` (stable; documented in the README).
 pub const REQUEST_COLUMNS: &[&str] = &[
@@ -155,10 +160,10 @@ pub struct Collector {
     requests: RequestSink,
     timeseries: SampleSink,
     slo: SloConfig,
-    pub ttft: Vec<f64>,
-    pub tpot: Vec<f64>,
-    pub e2e: Vec<f64>,
-    pub queue: Vec<f64>,
+    pub ttft: Values,
+    pub tpot: Values,
+    pub e2e: Values,
+    pub queue: Values,
     pub itl: LogHistogram,
     pub finished: u64,
     pub rejected: u64,
@@ -298,10 +303,10 @@ impl Collector {
             requests,
             timeseries,
             slo,
-            ttft: Vec::new(),
-            tpot: Vec::new(),
-            e2e: Vec::new(),
-            queue: Vec::new(),
+            ttft: Values::new(DEFAULT_EXACT),
+            tpot: Values::new(DEFAULT_EXACT),
+            e2e: Values::new(DEFAULT_EXACT),
+            queue: Values::new(DEFAULT_EXACT),
             itl: LogHistogram::default(),
             finished: 0,
             rejected: 0,
@@ -328,6 +333,16 @@ impl Collector {
             pending: None,
             row,
         })
+    }
+
+    /// Keeps the latency statistics exact up to `limit` finished requests, sketched beyond
+    /// (`output.exact_percentiles_up_to`).
+    pub fn with_exact_limit(mut self, limit: u64) -> Collector {
+        self.ttft = Values::new(limit);
+        self.tpot = Values::new(limit);
+        self.e2e = Values::new(limit);
+        self.queue = Values::new(limit);
+        self
     }
 
     /// Leaves requests arriving before `warmup` out of the statistics (`output.warmup_s`).
