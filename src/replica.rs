@@ -271,6 +271,11 @@ struct LeapScratch {
     block_at: Vec<u64>,
     /// The steps' inter-token gaps, handed over at the end.
     gaps: Batch,
+    /// Each step's (seconds, context operator's seconds) as [`Replica::leap_extent`] priced them, for
+    /// the leap from `priced_from` (a coast's, taken later from the same state): the leap reads them
+    /// instead of pricing each step again. Only with a context operator (`DecodePricer::var`).
+    priced: Vec<(f64, f64)>,
+    priced_from: Option<SimTime>,
 }
 
 /// Steps a leap prices at once (`CostModel::decode_context_times`).
@@ -326,7 +331,7 @@ impl<'c> DecodePricer<'c> {
     fn price(&mut self, steps: u64) -> (f64, f64) {
         match self.var {
             Some(i) => {
-                if steps - self.priced_from == PRICE_AHEAD as u64 {
+                if steps - self.priced_from >= PRICE_AHEAD as u64 {
                     self.priced_from = steps;
                     let n = (self.max_steps - steps).min(PRICE_AHEAD as u64) as usize;
                     self.cost.decode_context_times(
@@ -594,6 +599,10 @@ impl<S: Scheduler> Replica<S> {
         }
         let running = self.scheduler.steady_decode(&self.requests)?;
         let mut scratch = std::mem::take(&mut self.leap_scratch);
+        // Prices from an extent of this very leap (a coast's): same state, same steps.
+        if scratch.priced_from.take() != Some(now) {
+            scratch.priced.clear();
+        }
         scratch.running.clear();
         scratch.running.extend_from_slice(running);
         let out = self.leap_with(&mut scratch, now, horizon, cost, on_gaps);
@@ -659,6 +668,8 @@ impl<S: Scheduler> Replica<S> {
         let (start, max_steps) = self.leap_start(running, now)?;
         let b = start.decode_seqs;
         let mut block_at = std::mem::take(&mut self.leap_scratch.block_at);
+        let mut priced = std::mem::take(&mut self.leap_scratch.priced);
+        priced.clear();
         block_at.clear();
         block_at.extend(
             running
@@ -679,9 +690,13 @@ impl<S: Scheduler> Replica<S> {
             if need > 0 && !kv.leap_fits(allocated + need) {
                 break;
             }
-            let end = t + step_duration(pricer.price(steps).0);
+            let p = pricer.price(steps);
+            let end = t + step_duration(p.0);
             if horizon.is_some_and(|h| end >= h) {
                 break;
+            }
+            if pricer.var.is_some() {
+                priced.push(p);
             }
             if need > 0 {
                 allocated += need;
@@ -694,6 +709,8 @@ impl<S: Scheduler> Replica<S> {
             steps += 1;
         }
         self.leap_scratch.block_at = block_at;
+        self.leap_scratch.priced = priced;
+        self.leap_scratch.priced_from = Some(now);
         (steps > 0).then_some((steps, t))
     }
 
@@ -717,6 +734,8 @@ impl<S: Scheduler> Replica<S> {
             event,
             block_at,
             gaps,
+            priced,
+            ..
         } = scratch;
         gaps.clear();
         let (start, max_steps) = self.leap_start(running, now)?;
@@ -768,7 +787,13 @@ impl<S: Scheduler> Replica<S> {
                     break;
                 }
             }
-            let (seconds, var_time) = pricer.price(steps);
+            let (seconds, var_time) = match priced.get(steps as usize) {
+                Some(&p) if pricer.var.is_some() => {
+                    debug_assert_eq!(p, pricer.price(steps), "a coast's step priced alike");
+                    p
+                }
+                _ => pricer.price(steps),
+            };
             let dur = step_duration(seconds);
             let end = t + dur;
             if horizon.is_some_and(|h| end >= h) {

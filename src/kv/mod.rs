@@ -53,6 +53,7 @@ pub mod tier;
 pub mod token_pool;
 
 pub use block_pool::{BlockId, BlockPool};
+pub use hash_index::{prefetch_ptr, PREFETCH_AHEAD};
 pub use paged::{DecodeRule, KvCacheManager};
 use piece_pool::PieceHit;
 pub use piece_pool::PieceTable;

@@ -214,6 +214,15 @@ impl<K: KvStore> Scheduler for VllmScheduler<K> {
         // Phase A (S3/S4): running requests in admission order.
         let mut i = 0;
         'phase_a: while i < self.running.len() && budget > 0 {
+            // Each running request's counters are a cache miss of their own (a few hundred requests,
+            // each in its own allocation): a few are fetched ahead.
+            if let Some(r) = self
+                .running
+                .get(i + crate::kv::PREFETCH_AHEAD)
+                .and_then(|a| reqs.get(a))
+            {
+                crate::kv::prefetch_ptr(&r.num_computed_tokens);
+            }
             let id = self.running[i];
             let r = reqs.get_mut(&id).expect("running request in table");
             let n = tokens_wanted(r, &self.limits, r.num_computed_tokens, budget);
