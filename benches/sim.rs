@@ -49,8 +49,15 @@ const RATE: f64 = 1.0;
 
 /// Summary keys left out of the comparison between builds: `events` (a debug statistic that older
 /// builds wrote into the summary), `engine` and `kv_cache` (added when the engine and KV store became
-/// choices; the values and order of every other key must agree, so they are removed in place).
-const SUMMARY_KEYS_NOT_COMPARED: [&str; 3] = ["events", "engine", "kv_cache"];
+/// choices), `percentiles_exact` and `percentiles_relative_error` (added with the quantile sketch); the
+/// values and order of every other key must agree, so they are removed in place.
+const SUMMARY_KEYS_NOT_COMPARED: [&str; 5] = [
+    "events",
+    "engine",
+    "kv_cache",
+    "percentiles_exact",
+    "percentiles_relative_error",
+];
 
 /// The output files compared between builds.
 const COMPARED: [&str; 3] = ["requests.csv", "summary.json", "timeseries.csv"];

@@ -227,6 +227,8 @@ pub struct Replica<S> {
     pub schedule_pending: bool,
     /// Coasting: advancing over steps nothing has seen yet (see [`Coast`]).
     pub coast: Option<Coast>,
+    /// The most steps the next coast prices ahead (the world's `COAST_MIN_STEPS` to `COAST_MAX_STEPS`).
+    pub coast_cap: u64,
     /// The scheduler holds requests but said it runs nothing until another arrives (invariant 5).
     pub waits_for_arrival: bool,
     /// Requests whose clients gave up while a step was in flight: aborted when it ends, as vLLM
@@ -396,6 +398,7 @@ impl<S: Scheduler> Replica<S> {
             in_flight: None,
             schedule_pending: false,
             coast: None,
+            coast_cap: 256,
             waits_for_arrival: false,
             pending_aborts: Vec::new(),
             reroute_pending: false,
@@ -648,8 +651,8 @@ impl<S: Scheduler> Replica<S> {
         Some((start, max_steps))
     }
 
-    /// How far [`Replica::leap`] from `now` with the same `horizon` would go, without going: the steps it
-    /// would take and its last step's end (None for no step). Changes nothing the run can see (only
+    /// How far [`Replica::leap`] from `now` with the same `horizon` would go, without going, in at most
+    /// `cap` steps: the steps it would take and its last step's end (None for no step). Changes nothing the run can see (only
     /// scratch space). It follows the leap's conditions step by step, pricing each step the same way; of
     /// the KV calls it needs only the block counts, since allocating a block in a decode step lowers what
     /// [`KvStore::leap_fits`] allows by exactly one (so a step fits when the blocks of every step before
@@ -658,6 +661,7 @@ impl<S: Scheduler> Replica<S> {
         &mut self,
         now: SimTime,
         horizon: Option<SimTime>,
+        cap: u64,
         cost: &dyn CostModel,
     ) -> Option<(u64, SimTime)> {
         if self.in_flight.is_some() || self.recompute {
@@ -665,7 +669,8 @@ impl<S: Scheduler> Replica<S> {
         }
         let rule = self.scheduler.kv().decode_rule()?;
         let running = self.scheduler.steady_decode(&self.requests)?;
-        let (start, max_steps) = self.leap_start(running, now)?;
+        let (start, natural) = self.leap_start(running, now)?;
+        let max_steps = natural.min(cap);
         let b = start.decode_seqs;
         let mut block_at = std::mem::take(&mut self.leap_scratch.block_at);
         let mut priced = std::mem::take(&mut self.leap_scratch.priced);

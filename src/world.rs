@@ -97,6 +97,9 @@ pub struct World<'a, S> {
     /// The same-instant place (class, tie) of the event being dispatched: whether a coasting replica's
     /// step ending at this instant has run yet ([`World::catch_up`]).
     at: (u8, u64),
+    /// Coast ends queued that a catch-up made moot (the run loop drops them): the queue holds real
+    /// events only when it holds more than these.
+    moot: usize,
 }
 
 impl<'a, S: Scheduler> World<'a, S> {
@@ -157,6 +160,7 @@ impl<'a, S: Scheduler> World<'a, S> {
             progress: Progress::new(show_progress, cfg.workload.duration_s),
             leap,
             at: (0, 0),
+            moot: 0,
         }
     }
 
@@ -191,6 +195,7 @@ impl<'a, S: Scheduler> World<'a, S> {
                 if rep.step_ends() != Some(t) && rep.coast.is_none_or(|c| c.end != t) {
                     self.queue.pop();
                     self.queue.uncount_popped();
+                    self.moot -= 1;
                     continue;
                 }
             }
@@ -369,10 +374,11 @@ impl<'a, S: Scheduler> World<'a, S> {
                 }
             }
             Event::Timeout(rid, id) => {
-                // Only due deadlines reach here (`run` drops the others). None is due on a coasting
-                // replica: every request it holds has its first token.
+                // Only due deadlines reach here (`run` drops the others). A coasting replica may hold
+                // the request waiting (the dynamic batcher decodes with requests waiting): it is caught
+                // up, so the abort waits for the step in flight as it would.
                 debug_assert!(self.timeout_due(rid, id, now));
-                debug_assert!(self.replicas[rid as usize].coast.is_none());
+                self.catch_up(rid, now)?;
                 let rep = &mut self.replicas[rid as usize];
                 if rep.is_busy() {
                     rep.pending_aborts.push(id);
@@ -507,7 +513,7 @@ impl<'a, S: Scheduler> World<'a, S> {
                 });
                 self.metrics.on_population(now, population);
                 let next = now + self.sample_interval;
-                if !self.queue.is_empty() && next < HORIZON {
+                if self.queue.len() > self.moot && next < HORIZON {
                     self.queue.push(next, Event::Sample);
                 }
             }
@@ -778,7 +784,8 @@ impl<'a, S: Scheduler> World<'a, S> {
     fn coast(&mut self, rid: ReplicaId, since: SimTime) -> bool {
         let stop = self.stop_at.map(|s| s + SimDuration(1));
         let rep = &mut self.replicas[rid as usize];
-        let Some((steps, end)) = rep.leap_extent(since, stop, self.costs[rep.model].as_ref())
+        let cap = rep.coast_cap;
+        let Some((steps, end)) = rep.leap_extent(since, stop, cap, self.costs[rep.model].as_ref())
         else {
             return false;
         };
@@ -807,6 +814,8 @@ impl<'a, S: Scheduler> World<'a, S> {
             )
             .expect("a coast's steps are a leap's");
         debug_assert_eq!((steps, end), (c.steps, c.end), "a coast ends as priced");
+        let cap = &mut self.replicas[rid as usize].coast_cap;
+        *cap = (2 * *cap).min(COAST_MAX_STEPS);
         // The Schedule that began the coast ran, and this event is its last step's end: the steps
         // between stand for a StepDone and a Schedule each.
         self.queue.count_skipped(2 * (steps - 1));
@@ -824,6 +833,7 @@ impl<'a, S: Scheduler> World<'a, S> {
             return Ok(());
         };
         self.counts.catch_ups += 1;
+        self.moot += 1;
         // Whether a StepDone of this replica at `now` (class 1, in replica order), and the Schedule it
         // queues (class 3), have run before the event being dispatched.
         let (class, tie) = self.at;
@@ -835,16 +845,25 @@ impl<'a, S: Scheduler> World<'a, S> {
         let (steps, at) = match rep.leap(c.since, Some(horizon), cost, |g| metrics.on_token_gaps(g))
         {
             Some(l) => {
-                debug_assert!(l.done.is_empty() && l.steps < c.steps);
+                // Short of the coast's end, which is the first step that could finish a request.
+                assert!(
+                    l.done.is_empty() && l.steps < c.steps,
+                    "a catch-up ends mid-coast"
+                );
                 (l.steps, l.end)
             }
             None => (0, c.since),
         };
+        let cap = &mut self.replicas[rid as usize].coast_cap;
+        *cap = (2 * steps).clamp(COAST_MIN_STEPS, COAST_MAX_STEPS);
         self.counts.leapt_steps += steps;
         self.counts.end = self.counts.end.max(at);
         if at == now && !schedule_ran {
-            // Its last step ended at this instant, before this event; its Schedule is still to come.
-            debug_assert!(steps > 0);
+            // Its last step ended at this instant, before this event; its Schedule is still to come
+            // (queued after the Schedules other replicas' step ends queued at this instant, which one
+            // by one it would precede: harmless, as a scheduling pass reads and changes only its own
+            // replica, and whichever pass leaps or coasts does so exactly).
+            assert!(steps > 0, "the coast began before this instant");
             self.queue.count_skipped(2 * steps - 1);
             return self.after_step(rid, now, Vec::new());
         }
@@ -910,6 +929,14 @@ impl<'a, S: Scheduler> World<'a, S> {
         self.cfg
     }
 }
+
+/// The fewest and the most steps a coast prices ahead (`Replica::coast_cap` moves between them). A coast
+/// is priced when it begins and anything that reaches the replica cuts it short, wasting the rest: the
+/// cap doubles after a coast that ran to its end and falls to twice what a cut one took, so that a replica
+/// cut every few steps (by samples, or arrivals under a router that reads loads) prices only a few steps
+/// ahead, while one left alone prices long runs.
+pub const COAST_MIN_STEPS: u64 = 32;
+pub const COAST_MAX_STEPS: u64 = 1 << 16;
 
 /// Whether queued event `e` cannot reach replica `rid`: another replica's step end or scheduling pass
 /// (a coast may pass it; see [`World::coast`]).

@@ -330,3 +330,62 @@ fn coasting_replicas_equal_step_on_chat_and_trace_replay() {
         );
     }
 }
+
+/// Coasting where a replica decodes with requests waiting (the dynamic batcher, no batching): a client's
+/// deadline on such a replica aborts the waiting request when the step in flight ends, as one by one.
+/// And a restart that drops a coasting replica's work leaves its coast's end queued for nothing: it must
+/// neither keep the time series sampling nor carry the run to the stop time.
+#[test]
+fn coasting_replicas_equal_step_with_timeouts_on_waiting_requests_and_restarts() {
+    for (engine, replicas, timeout) in [("dynamic", 4, 2.0), ("none", 2, 1.0)] {
+        let cfg = config(
+            SMALL_CHAT,
+            &[
+                &format!("engine.kind=\"{engine}\""),
+                &format!("cluster.replicas={replicas}"),
+                &format!("workload.client_timeout_s={timeout}"),
+                "workload.session_rate=8.0",
+                "workload.duration_s=30.0",
+            ],
+        );
+        let name = format!("{engine}, timeouts");
+        let a = both_outcome(&name, &cfg);
+        assert!(a.coasts > 10, "{name}: {} coasts", a.coasts);
+        assert!(
+            a.summary.0["requests_timed_out"].as_u64().unwrap() > 0,
+            "{name}"
+        );
+    }
+    // Two long requests on two replicas; replica 0 restarts at 80 s in the middle of a coast that began
+    // while replica 1 still stepped (its request finishes near 70 s) and would end past the next sample
+    // (at 100 s); the restart drops replica 0's request, and that coast's end stands for nothing.
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = tmp.path().join("two.jsonl");
+    std::fs::write(
+        &trace,
+        "{\"timestamp\": 0, \"input_length\": 512, \"output_length\": 20000, \"hash_ids\": [1]}\n\
+         {\"timestamp\": 0, \"input_length\": 512, \"output_length\": 10000, \"hash_ids\": [2]}\n",
+    )
+    .unwrap();
+    for stop in ["", "output.max_sim_time_s=150"] {
+        let mut sets = vec![
+            "workload.kind=\"trace\"".to_string(),
+            format!("workload.trace.path=\"{}\"", trace.display()),
+            "cluster.replicas=2".into(),
+            "output.timeseries_interval_s=100".into(),
+            "cluster.events=[{at_s=80.0, action=\"restart\", replica=0}]".into(),
+            "engine.startup_s=0".into(),
+        ];
+        if !stop.is_empty() {
+            sets.push(stop.into());
+        }
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        // The embedded default's engine and hardware (the timings above are theirs).
+        let a = both_outcome("restart mid-coast", &default_with(&sets));
+        assert!(a.catch_ups > 0);
+        // The restart (at the end of the step in flight) is the last activity: its replica is back at
+        // once, with nothing to do.
+        let end = a.summary.get_f64("sim_end_s").unwrap();
+        assert!((80.0..80.1).contains(&end), "ends at {end}");
+    }
+}
