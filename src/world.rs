@@ -7,7 +7,7 @@
 //! next event passes it by, the replica coasts ([`World::coast`]): the leap's extent is priced and its
 //! last step's end queued, and the steps are taken at that end ([`World::end_coast`]), or earlier, up to
 //! the instant of whatever reaches the replica first ([`World::catch_up`]): an arrival routed to it, a
-//! router that reads every replica's load, a cluster event, a time-series sample. Completions at one
+//! router that reads every replica's load, a client timeout, a cluster event, a time-series sample. Completions at one
 //! instant run in replica order (`event.rs`), so a coast's end sorts where its last step's would have.
 
 use crate::cluster::router::Router;
@@ -775,9 +775,10 @@ impl<'a, S: Scheduler> World<'a, S> {
     /// would have). False, changing nothing, when no leap step lies ahead before the stop time.
     ///
     /// Coasting lets a replica's leap pass events that cannot reach it: other replicas' steps, and the
-    /// arrivals routed elsewhere. Anything that reaches it first (an arrival routed to it, a router that
-    /// reads loads, a cluster event, a time-series sample) catches it up to that instant
-    /// ([`World::catch_up`]), so every event sees the replica as one-by-one stepping would have left it.
+    /// arrivals routed elsewhere. Anything that reaches it first (an arrival routed to it, a router
+    /// that reads loads, a client timeout, a cluster event, a time-series sample) catches it up to that
+    /// instant ([`World::catch_up`]), so every event sees the replica as one-by-one stepping would have
+    /// left it.
     /// The one call that reaches every replica, `KvStore::on_session_end`, commutes with decode steps:
     /// stores act on it only outside of decode allocation (the conversation store drops an entry; the
     /// paged pool does nothing), and a coasting replica admits nothing.
