@@ -356,24 +356,25 @@ fn coasting_replicas_equal_step_with_timeouts_on_waiting_requests_and_restarts()
             "{name}"
         );
     }
-    // Two long requests on two replicas; replica 0 restarts at 80 s in the middle of a coast that began
-    // while replica 1 still stepped (its request finishes near 70 s) and would end past the next sample
-    // (at 100 s); the restart drops replica 0's request, and that coast's end stands for nothing.
+    // Two long requests on two replicas, both restarted at 5 s in the middle of their coasts (cut short
+    // by the samples every 0.1 s, so they end within a fraction of a second): the restarts drop both
+    // requests and are the last activity, and the coasts' ends, queued past 5 s, stand for nothing (a
+    // sample between them must not queue another).
     let tmp = tempfile::tempdir().unwrap();
     let trace = tmp.path().join("two.jsonl");
     std::fs::write(
         &trace,
-        "{\"timestamp\": 0, \"input_length\": 512, \"output_length\": 20000, \"hash_ids\": [1]}\n\
-         {\"timestamp\": 0, \"input_length\": 512, \"output_length\": 10000, \"hash_ids\": [2]}\n",
+        "{\"timestamp\": 0, \"input_length\": 512, \"output_length\": 3000, \"hash_ids\": [1]}\n\
+         {\"timestamp\": 0, \"input_length\": 512, \"output_length\": 3000, \"hash_ids\": [2]}\n",
     )
     .unwrap();
-    for stop in ["", "output.max_sim_time_s=150"] {
+    for stop in ["", "output.max_sim_time_s=5.3"] {
         let mut sets = vec![
             "workload.kind=\"trace\"".to_string(),
             format!("workload.trace.path=\"{}\"", trace.display()),
             "cluster.replicas=2".into(),
-            "output.timeseries_interval_s=100".into(),
-            "cluster.events=[{at_s=80.0, action=\"restart\", replica=0}]".into(),
+            "output.timeseries_interval_s=0.1".into(),
+            "cluster.events=[{at_s=5.0, action=\"restart\", replica=0}, {at_s=5.0, action=\"restart\", replica=1}]".into(),
             "engine.startup_s=0".into(),
         ];
         if !stop.is_empty() {
@@ -383,9 +384,9 @@ fn coasting_replicas_equal_step_with_timeouts_on_waiting_requests_and_restarts()
         // The embedded default's engine and hardware (the timings above are theirs).
         let a = both_outcome("restart mid-coast", &default_with(&sets));
         assert!(a.catch_ups > 0);
-        // The restart (at the end of the step in flight) is the last activity: its replica is back at
-        // once, with nothing to do.
+        // The restarts (at the ends of the steps in flight) are the last activity: the replicas are
+        // back at once, with nothing to do.
         let end = a.summary.get_f64("sim_end_s").unwrap();
-        assert!((80.0..80.1).contains(&end), "ends at {end}");
+        assert!((5.0..5.1).contains(&end), "ends at {end}");
     }
 }
