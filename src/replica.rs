@@ -328,7 +328,8 @@ impl<'c> DecodePricer<'c> {
     }
 
     /// Step `steps`' total seconds and its context operator's seconds (0 without one). Asked for steps
-    /// 0, 1, 2, ... in order, each below `max_steps`.
+    /// in increasing order, each below `max_steps`; a step past the window priced last re-prices from
+    /// it (a leap that read its first steps' prices from its extent asks from where those end).
     #[inline]
     fn price(&mut self, steps: u64) -> (f64, f64) {
         match self.var {
