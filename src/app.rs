@@ -908,8 +908,8 @@ pub fn human_summary(o: &RunOutcome) -> String {
     if s.0.get("percentiles_exact") == Some(&serde_json::Value::Bool(false)) {
         let _ = writeln!(
             out,
-            "  (TTFT, TPOT and E2E percentiles from a quantile sketch, 0.1% relative error: more finished \
-             requests than output.exact_percentiles_up_to; means exact)"
+            "  (TTFT, TPOT, E2E and queue percentiles from a quantile sketch, 0.1% relative error: more \
+             finished requests than output.exact_percentiles_up_to; means and stds exact)"
         );
     }
     if let Some(g) = s.get_f64("goodput_rps") {

@@ -2011,7 +2011,7 @@ impl Default for OutputConfig {
             timeseries_interval_s: 1.0,
             max_sim_time_s: None,
             warmup_s: Warmup::Seconds(0.0),
-            exact_percentiles_up_to: 1_000_000,
+            exact_percentiles_up_to: crate::metrics::DEFAULT_EXACT,
         }
     }
 }

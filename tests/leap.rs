@@ -15,6 +15,20 @@ fn both_summary(name: &str, cfg: &Config) -> (u64, servesim::metrics::Summary) {
     (a.leapt_steps, a.summary)
 }
 
+/// The Mooncake conversation trace shipped in `data/` (`max_requests` set by each test).
+const MOONCAKE: &str = "name = \"mc\"\n[workload]\nkind = \"trace\"\n\
+    trace = { format = \"mooncake\", path = \"data/traces/mooncake/conversation_trace.jsonl\" }\n";
+
+/// Replicas coasted, and something caught many of them up.
+fn assert_coasted(name: &str, a: &servesim::run::RunOutcome) {
+    assert!(
+        a.coasts > 100 && a.catch_ups > 10,
+        "{name}: {} coasts, {} caught up",
+        a.coasts,
+        a.catch_ups
+    );
+}
+
 /// [`both`], with the leaping run's outcome.
 fn both_outcome(name: &str, cfg: &Config) -> servesim::run::RunOutcome {
     let tmp = tempfile::tempdir().unwrap();
@@ -217,11 +231,7 @@ fn leap_equals_step_for_every_router_with_admission_timeouts_and_retries() {
 
 #[test]
 fn leap_equals_step_on_a_trace_replay() {
-    let cfg = config(
-        "name = \"mc\"\n[workload]\nkind = \"trace\"\nmax_requests = 400\n\
-         trace = { format = \"mooncake\", path = \"data/traces/mooncake/conversation_trace.jsonl\" }\n",
-        &[],
-    );
+    let cfg = config(MOONCAKE, &["workload.max_requests=400"]);
     assert!(both("mooncake", &cfg) > 100);
 }
 
@@ -286,33 +296,22 @@ fn coasting_replicas_equal_step_on_chat_and_trace_replay() {
             );
             let name = format!("chat, {router}, {kv}");
             let a = both_outcome(&name, &chat);
-            assert!(
-                a.coasts > 100 && a.catch_ups > 10,
-                "{name}: {} coasts, {} caught up",
-                a.coasts,
-                a.catch_ups
-            );
+            assert_coasted(&name, &a);
         }
         let trace = config(
-            "name = \"mc\"\n[workload]\nkind = \"trace\"\nmax_requests = 300\n\
-             trace = { format = \"mooncake\", path = \"data/traces/mooncake/conversation_trace.jsonl\" }\n",
-            &["cluster.replicas=6", &r],
+            MOONCAKE,
+            &["workload.max_requests=300", "cluster.replicas=6", &r],
         );
         let name = format!("trace, {router}");
         let a = both_outcome(&name, &trace);
-        assert!(
-            a.coasts > 100 && a.catch_ups > 10,
-            "{name}: {} coasts, {} caught up",
-            a.coasts,
-            a.catch_ups
-        );
+        assert_coasted(&name, &a);
         // Every step exactly 10 ms and arrivals on the trace's millisecond grid: steps of different
         // replicas end at the same instant, arrivals and 50 ms samples land on step ends, so catch-ups
         // meet the same-instant order (a step end before an arrival, the Schedule after it).
         let ties = config(
-            "name = \"mc\"\n[workload]\nkind = \"trace\"\nmax_requests = 300\n\
-             trace = { format = \"mooncake\", path = \"data/traces/mooncake/conversation_trace.jsonl\" }\n",
+            MOONCAKE,
             &[
+                "workload.max_requests=300",
                 "cluster.replicas=4",
                 &r,
                 "cost.kind=\"linear\"",
@@ -322,12 +321,7 @@ fn coasting_replicas_equal_step_on_chat_and_trace_replay() {
         );
         let name = format!("10 ms steps, {router}");
         let a = both_outcome(&name, &ties);
-        assert!(
-            a.coasts > 100 && a.catch_ups > 10,
-            "{name}: {} coasts, {} caught up",
-            a.coasts,
-            a.catch_ups
-        );
+        assert_coasted(&name, &a);
     }
 }
 

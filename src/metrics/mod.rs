@@ -29,8 +29,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-/// `output.exact_percentiles_up_to`'s default, for collectors built without a config.
-const DEFAULT_EXACT: u64 = 1_000_000;
+/// `output.exact_percentiles_up_to`'s default (also for collectors built without a config).
+pub const DEFAULT_EXACT: u64 = 1_000_000;
 
 /// Column order of `requests.csv` (stable; documented in the README).
 pub const REQUEST_COLUMNS: &[&str] = &[

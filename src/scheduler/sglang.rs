@@ -470,14 +470,7 @@ impl SglangScheduler {
             // the request being chunked or by copies to host in flight. SGLang would fail an
             // assertion; the model retracts the chunked request, or waits for a copy to end.
             if let Some(c) = self.chunked.take() {
-                let r = reqs.get_mut(&c).expect("chunked request in table");
-                self.kv.retract(r, self.running.len());
-                r.num_computed_tokens = 0;
-                r.preemptions += 1;
-                r.was_preempted = true;
-                r.in_prefill = false;
-                self.waiting.push(c);
-                plan.preempted.push(c);
+                self.retract_one(c, self.running.len(), reqs, plan);
                 self.kv.evict_if_needed(bs);
             }
         }
@@ -496,6 +489,25 @@ impl SglangScheduler {
             plan.scheduled.push((id, 1));
         }
         Next::Run
+    }
+
+    /// Sends request `id` back to the waiting queue with nothing computed (G10), `left` requests
+    /// staying in the batch (the store's retraction reservation counts them).
+    fn retract_one(
+        &mut self,
+        id: RequestId,
+        left: usize,
+        reqs: &mut RequestTable,
+        plan: &mut StepPlan,
+    ) {
+        let r = reqs.get_mut(&id).expect("retracted request in table");
+        self.kv.retract(r, left);
+        r.num_computed_tokens = 0;
+        r.preemptions += 1;
+        r.was_preempted = true;
+        r.in_prefill = false;
+        self.waiting.push(id);
+        plan.preempted.push(id);
     }
 
     /// `retract_decode` (G10).
@@ -520,14 +532,7 @@ impl SglangScheduler {
             }
             first = false;
             let id = sorted.pop().expect("two or more");
-            let r = reqs.get_mut(&id).expect("running request in table");
-            self.kv.retract(r, sorted.len());
-            r.num_computed_tokens = 0;
-            r.preemptions += 1;
-            r.was_preempted = true;
-            r.in_prefill = false;
-            self.waiting.push(id);
-            plan.preempted.push(id);
+            self.retract_one(id, sorted.len(), reqs, plan);
         }
         self.running = sorted;
         let decoded: u64 = self
