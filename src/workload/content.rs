@@ -317,6 +317,26 @@ fn extend_chain(
     hashes.reserve(full - hashes.len());
     let mut parent = hashes.last().copied().unwrap_or_else(|| chain_seed(salt));
     while hashes.len() < full {
+        let s = seg_at(seg);
+        let seg_end = seg_start + s.len as u64;
+        if start + bs <= seg_end {
+            // The usual case, blocks inside one segment: each is the one-piece link of the loop below,
+            // taken without re-reading the segment per block.
+            let blocks = ((seg_end - start) / bs).min((full - hashes.len()) as u64);
+            let mut h = parent;
+            for b in 0..blocks {
+                let piece = ((start + b * bs - seg_start) << 32) | bs;
+                h = link(h, s.content ^ piece.wrapping_mul(0xd6e8_feb8_6659_fd93));
+                hashes.push(h);
+            }
+            parent = h;
+            start += blocks * bs;
+            if start == seg_end {
+                seg_start = seg_end;
+                seg += 1;
+            }
+            continue;
+        }
         let end = start + bs;
         let mut h = parent;
         let mut pos = start;
@@ -461,5 +481,68 @@ mod tests {
         extend_block_hashes(&[seg(1, 16)], 16, 0, &mut a);
         extend_block_hashes(&[seg(2, 16), seg(1, 16)], 16, 0, &mut b);
         assert_ne!(a[0], b[1]);
+    }
+
+    /// The chain against a token-by-token restatement of its rule (each block links one word per run of
+    /// its tokens from one segment: content ^ mix(offset in the segment, run length)), on random segment
+    /// lists with empty, short, block-aligned and long segments, in one shot and grown as the tail does.
+    #[test]
+    fn chain_equals_the_token_by_token_rule() {
+        fn by_tokens(segs: &[Segment], bs: usize, salt: u64) -> Vec<u64> {
+            let toks: Vec<(usize, u64, u64)> = segs
+                .iter()
+                .enumerate()
+                .flat_map(|(i, s)| (0..s.len as u64).map(move |o| (i, s.content, o)))
+                .collect();
+            let mut h = chain_seed(salt);
+            let mut out = Vec::new();
+            for block in toks.chunks_exact(bs) {
+                let mut j = 0;
+                while j < block.len() {
+                    let (i, content, offset) = block[j];
+                    let run = block[j..].iter().take_while(|t| t.0 == i).count();
+                    let piece = (offset << 32) | run as u64;
+                    h = link(h, content ^ piece.wrapping_mul(0xd6e8_feb8_6659_fd93));
+                    j += run;
+                }
+                out.push(h);
+            }
+            out
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        for case in 0..300 {
+            let bs = [1, 4, 16][case % 3];
+            let segs: Vec<Segment> = (0..1 + next(8))
+                .map(|_| {
+                    let len = [0, 1 + next(20), 16 * (1 + next(4)), next(300)][next(4) as usize];
+                    seg(next(5), len as u32)
+                })
+                .collect();
+            let want = by_tokens(&segs, bs, case as u64);
+            let mut one = Vec::new();
+            extend_block_hashes(&segs, bs as u32, case as u64, &mut one);
+            assert_eq!(one, want, "{segs:?} block {bs}");
+            let (prompt, tail) = segs.split_at(segs.len() - 1);
+            let prompt_tokens = total_tokens(prompt) as u32;
+            let mut grown = Vec::new();
+            for n in 0..=tail[0].len {
+                let t = seg(tail[0].content, n);
+                extend_block_hashes_tail(
+                    prompt,
+                    prompt_tokens,
+                    t,
+                    bs as u32,
+                    case as u64,
+                    &mut grown,
+                );
+            }
+            assert_eq!(grown, want, "{segs:?} block {bs}, grown");
+        }
     }
 }
