@@ -105,6 +105,10 @@ fn run_command(a: &RunArgs) -> Result<(), Error> {
             no_leap: a.no_leap,
             variant: String::new(),
             save_cache: a.save_cache.clone(),
+            format: match a.format {
+                crate::cli::RowFormatArg::Csv => crate::metrics::RowFormat::Csv,
+                crate::cli::RowFormatArg::Parquet => crate::metrics::RowFormat::Parquet,
+            },
         },
     )?;
     if !a.quiet {

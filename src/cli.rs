@@ -116,6 +116,17 @@ pub struct RunArgs {
     /// Start every replica's caches from a file `--save-cache` wrote (sets kv.warm_start).
     #[arg(long, value_name = "FILE")]
     pub warm_start: Option<PathBuf>,
+    /// The per-request file: requests.csv, or requests.parquet (the same columns, typed; for runs of
+    /// millions of requests read into notebooks).
+    #[arg(long, value_enum, default_value_t = RowFormatArg::Csv)]
+    pub format: RowFormatArg,
+}
+
+/// `run --format`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum RowFormatArg {
+    Csv,
+    Parquet,
 }
 
 #[derive(clap::Args, Debug)]

@@ -7,7 +7,7 @@ use crate::error::{Error, OutputError};
 use crate::event::ReplicaId;
 use crate::metrics::output::RunDir;
 use crate::metrics::stats::describe;
-use crate::metrics::{Collector, RequestRow, Rows, Sample, Summary};
+use crate::metrics::{Collector, RequestRow, RowFormat, Rows, Sample, Summary};
 use crate::replica::{Replica, StepRecord};
 use crate::scheduler::Scheduler;
 use crate::system::{System, WithReplicas};
@@ -32,6 +32,8 @@ pub struct RunOptions {
     pub variant: String,
     /// Where to save every replica's cache at the end (`--save-cache`; see `kv::persist`).
     pub save_cache: Option<PathBuf>,
+    /// The per-request file's format: `requests.csv` or `requests.parquet` (`--format`).
+    pub format: RowFormat,
 }
 
 /// What a finished run produced.
@@ -386,7 +388,7 @@ pub fn simulate(cfg: &Config, opts: &SimOptions) -> Result<Simulation, Error> {
     prepare(cfg)?.simulate(opts)
 }
 
-/// Runs `cfg` and writes `requests.csv`, `summary.json`, `summary.csv`, `timeseries.csv` and
+/// Runs `cfg` and writes `requests.csv` (or `requests.parquet`), `summary.json`, `summary.csv`, `timeseries.csv` and
 /// `resolved.toml`: [`simulate`] with a file sink around it. Nothing is written when the config cannot be
 /// resolved, and nothing is left behind when a run fails.
 pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
@@ -419,8 +421,9 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<RunOutcome, Error> {
     let dir = RunDir::create(&out)?;
     let sim = prepared.simulate(&SimOptions {
         rows: Rows::Files {
-            requests: dir.file("requests.csv"),
+            requests: dir.file(opts.format.requests_file()),
             timeseries: dir.file("timeseries.csv"),
+            format: opts.format,
         },
         progress: opts.progress,
         no_leap: opts.no_leap,

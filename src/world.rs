@@ -1096,6 +1096,7 @@ mod tests {
             crate::metrics::Rows::Files {
                 requests: tmp.path().join("r.csv"),
                 timeseries: tmp.path().join("t.csv"),
+                format: crate::metrics::RowFormat::Csv,
             },
             cfg.slo.clone(),
         )

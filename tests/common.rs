@@ -49,6 +49,7 @@ pub fn run_in(dir: &Path, name: &str, cfg: &Config) -> (RunOutcome, PathBuf) {
             no_leap: false,
             variant: String::new(),
             save_cache: None,
+            format: Default::default(),
         },
     )
     .unwrap_or_else(|e| panic!("run {name}: {e}"));

@@ -79,6 +79,7 @@ fn table_cost_model_runs_and_rejects_a_table_for_another_model() {
             no_leap: false,
             variant: String::new(),
             save_cache: None,
+            format: Default::default(),
         },
     )
     .unwrap_err()

@@ -41,6 +41,7 @@ fn both_outcome(name: &str, cfg: &Config) -> servesim::run::RunOutcome {
                 no_leap,
                 variant: String::new(),
                 save_cache: None,
+                format: Default::default(),
             },
         )
         .unwrap()

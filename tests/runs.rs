@@ -220,3 +220,111 @@ fn latency_percentiles_are_sketched_past_the_limit_within_the_stated_error() {
         assert!((mean - exact_mean).abs() <= 1e-9 * exact_mean);
     }
 }
+
+/// `--format parquet` writes `requests.parquet` instead of `requests.csv`: the same columns, in order,
+/// holding the same rows (integers and strings equal, times within the CSV's rounding to microseconds,
+/// null exactly where the CSV cell is empty), and every other file the same bytes. The workload rejects
+/// some prompts (max_model_len below the longest), so nullable columns hold nulls.
+#[test]
+fn parquet_requests_hold_the_csv_rows() {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float64Type, Int64Type, UInt32Type, UInt64Type};
+    use arrow_array::Array;
+    use arrow_schema::DataType;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("small.toml");
+    std::fs::write(
+        &cfg,
+        SMALL_CHAT.replace("max_model_len = 32768", "max_model_len = 2048"),
+    )
+    .unwrap();
+    let run = |format: &str| {
+        let out = dir.path().join(format);
+        assert_cmd::Command::cargo_bin("servesim")
+            .unwrap()
+            .args(["run", "-q", "--format", format, "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&out)
+            .assert()
+            .success();
+        out
+    };
+    let (csv_dir, pq_dir) = (run("csv"), run("parquet"));
+    assert!(!pq_dir.join("requests.csv").exists());
+    for f in [
+        "summary.json",
+        "timeseries.csv",
+        "replicas.csv",
+        "resolved.toml",
+    ] {
+        assert_eq!(
+            std::fs::read(csv_dir.join(f)).unwrap(),
+            std::fs::read(pq_dir.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let rows = read_rows(&csv_dir.join("requests.csv"));
+    let file = std::fs::File::open(pq_dir.join("requests.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut i = 0;
+    let mut nulls = 0;
+    for batch in reader {
+        let b = batch.unwrap();
+        let names: Vec<String> = b
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, servesim::metrics::REQUEST_COLUMNS);
+        for k in 0..b.num_rows() {
+            for (c, name) in names.iter().enumerate() {
+                let a = b.column(c);
+                let want = &rows[i][name];
+                if a.is_null(k) {
+                    assert_eq!(want, "", "row {i} {name}");
+                    nulls += 1;
+                    continue;
+                }
+                match a.data_type() {
+                    DataType::Float64 => {
+                        let v = a.as_primitive::<Float64Type>().value(k);
+                        let w: f64 = want.parse().unwrap();
+                        // Half a microsecond (the CSV's rounding), plus the floats' own error.
+                        assert!(
+                            (v - w).abs() <= 0.5e-6 + 1e-9,
+                            "row {i} {name}: {v} vs {want}"
+                        );
+                    }
+                    DataType::UInt64 => {
+                        let v = a.as_primitive::<UInt64Type>().value(k);
+                        assert_eq!(v.to_string(), *want, "row {i} {name}")
+                    }
+                    DataType::UInt32 => {
+                        let v = a.as_primitive::<UInt32Type>().value(k);
+                        assert_eq!(v.to_string(), *want, "row {i} {name}")
+                    }
+                    DataType::Int64 => {
+                        let v = a.as_primitive::<Int64Type>().value(k);
+                        assert_eq!(v.to_string(), *want, "row {i} {name}")
+                    }
+                    DataType::Utf8 => {
+                        assert_eq!(a.as_string::<i32>().value(k), want, "row {i} {name}")
+                    }
+                    t => panic!("{name}: unexpected type {t}"),
+                }
+            }
+            i += 1;
+        }
+    }
+    assert_eq!(i, rows.len());
+    let rejected = rows.iter().filter(|r| r["status"] == "rejected").count();
+    assert!(
+        rejected > 0 && nulls > 0,
+        "{rejected} rejected, {nulls} nulls"
+    );
+}

@@ -119,10 +119,9 @@ class _Scratch:
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.path, True)
 
 
-def _read_requests(path: Path) -> pd.DataFrame:
-    header = pd.read_csv(path, nrows=0).columns
+def _request_dtypes(columns: Iterable[str]) -> dict:
     dtypes = {}
-    for c in header:
+    for c in columns:
         if c in _REQUEST_INTS:
             dtypes[c] = "int64"
         elif c in _REQUEST_NULLABLE_INTS:
@@ -131,8 +130,18 @@ def _read_requests(path: Path) -> pd.DataFrame:
             dtypes[c] = "string"
         else:
             dtypes[c] = "float64"
+    return dtypes
+
+
+def _read_requests(path: Path) -> pd.DataFrame:
+    if path.suffix == ".parquet":
+        # pandas reads Parquet through pyarrow (pip install "servesim[parquet]"); the same dtypes as
+        # from the CSV, nulls as <NA> / NaN.
+        df = pd.read_parquet(path)
+        return df.astype(_request_dtypes(df.columns))
+    header = pd.read_csv(path, nrows=0).columns
     # Only an empty cell is missing: no word ("NA", "null") is read as one.
-    return pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
+    return pd.read_csv(path, dtype=_request_dtypes(header), keep_default_na=False, na_values=[""])
 
 
 def _read_csv(path: Path, strings: Iterable[str] = ()) -> pd.DataFrame:
@@ -146,7 +155,7 @@ class Result:
 
     Attributes (each read once, then kept):
       requests    DataFrame, one row per request in `requests.csv` order (requests leave the system in
-                  finish order). Integer columns int64 (`replica`, `batch_id`: nullable Int64, empty for a
+                  finish order; read from `requests.parquet` for a run made with format="parquet"). Integer columns int64 (`replica`, `batch_id`: nullable Int64, empty for a
                   request that never reached a replica / outside the dynamic batcher); `status`,
                   `finish_reason`, `failure_reason`: string (<NA> when empty); all else float64 seconds
                   (NaN when empty, e.g. a rejected request's TTFT). The README defines each column.
@@ -165,7 +174,8 @@ class Result:
 
     @functools.cached_property
     def requests(self) -> pd.DataFrame:
-        return _read_requests(self.path / "requests.csv")
+        parquet = self.path / "requests.parquet"
+        return _read_requests(parquet if parquet.exists() else self.path / "requests.csv")
 
     @functools.cached_property
     def timeseries(self) -> pd.DataFrame:
@@ -248,19 +258,23 @@ def run(
     seed: Optional[int] = None,
     out: Optional[PathLike] = None,
     no_leap: bool = False,
+    format: str = "csv",
 ) -> Result:
     """Runs one simulation, as `servesim run --config CONFIG --set K=V ... --seed SEED --out OUT`.
 
     config: a TOML file, or None for the embedded default chat workload. overrides: dotted keys to values
     (bool, int, float, str, path, list, dict), e.g. {"cluster.replicas": 4, "engine.prefix_caching":
     False}. seed: the master seed. out: the output directory (default: a temporary one). no_leap: step
-    one engine step at a time (same outputs, slower; for checking).
+    one engine step at a time (same outputs, slower; for checking). format: "csv" or "parquet", the
+    per-request file (`--format`; reading Parquet needs pyarrow: pip install "servesim[parquet]").
     Raises ConfigError for bad input, ServesimError when outputs cannot be written.
     """
+    if format not in ("csv", "parquet"):
+        raise ValueError(f"format: {format!r} is neither 'csv' nor 'parquet'")
     sets = _sets(overrides)
     scratch = None if out is not None else _Scratch()
     target = Path(out) if out is not None else scratch.path / "run"
-    found, text = _run(os.fspath(target), _path(config), sets, seed, no_leap)
+    found, text = _run(os.fspath(target), _path(config), sets, seed, no_leap, format == "parquet")
     _warn(found)
     return Result(target, text, scratch)
 

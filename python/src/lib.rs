@@ -62,10 +62,10 @@ fn load(
 }
 
 /// Runs one simulation (`servesim run`) and writes its outputs to `out` (created; a previous run
-/// directory there is replaced, anything else refused, as the CLI does). Returns the warnings and the
-/// human summary the CLI prints.
+/// directory there is replaced, anything else refused, as the CLI does), the per-request file as
+/// `requests.parquet` with `parquet`. Returns the warnings and the human summary the CLI prints.
 #[pyfunction]
-#[pyo3(signature = (out, config=None, sets=Vec::new(), seed=None, no_leap=false))]
+#[pyo3(signature = (out, config=None, sets=Vec::new(), seed=None, no_leap=false, parquet=false))]
 fn run(
     py: Python<'_>,
     out: PathBuf,
@@ -73,6 +73,7 @@ fn run(
     sets: Vec<String>,
     seed: Option<u64>,
     no_leap: bool,
+    parquet: bool,
 ) -> PyResult<(Vec<String>, String)> {
     py.detach(|| -> Result<_, Error> {
         let (cfg, warnings) = load(config, &sets, seed)?;
@@ -84,6 +85,11 @@ fn run(
                 no_leap,
                 variant: String::new(),
                 save_cache: None,
+                format: if parquet {
+                    servesim::metrics::RowFormat::Parquet
+                } else {
+                    servesim::metrics::RowFormat::Csv
+                },
             },
         )?;
         Ok((warnings, servesim::app::human_summary(&outcome)))

@@ -161,3 +161,24 @@ def test_override_values_become_toml():
     assert t("round_robin", "k") == '"round_robin"' and t('a"b', "k") == '"a\\"b"'
     assert t([1, 2.5], "k") == "[1, 2.5]" and t(float("inf"), "k") == "inf"
     assert t({"a": 1}, "k") == '{ "a" = 1 }'
+
+
+def test_parquet_holds_the_csv_rows(small, tmp_path):
+    pytest.importorskip("pyarrow")
+    p = servesim.run(overrides=SMALL, seed=7, format="parquet")
+    assert (p.path / "requests.parquet").exists() and not (p.path / "requests.csv").exists()
+    a, b = p.requests, small.requests
+    # The same dtypes and, column by column, the same values: exact for integers and strings, times
+    # within the CSV's rounding to microseconds (Parquet keeps nanoseconds).
+    assert a.dtypes.to_dict() == b.dtypes.to_dict()
+    for c in a.columns:
+        if a[c].dtype == "float64":
+            assert ((a[c] - b[c]).abs().max(skipna=True) or 0.0) <= 0.5e-6 + 1e-9, c
+            assert (a[c].isna() == b[c].isna()).all(), c
+        else:
+            pd.testing.assert_series_equal(a[c], b[c], check_names=True)
+    # The rest of the run is the same bytes.
+    for f in ("timeseries.csv", "summary.json"):
+        assert (p.path / f).read_bytes() == (small.path / f).read_bytes(), f
+    with pytest.raises(ValueError, match="format"):
+        servesim.run(overrides=SMALL, format="xlsx")

@@ -9,6 +9,7 @@
 
 pub mod histogram;
 pub mod output;
+pub mod parquet;
 pub mod quantiles;
 mod row;
 mod row_thread;
@@ -24,6 +25,7 @@ use quantiles::Values;
 use row::RowBuf;
 pub use row_thread::RequestRow;
 use row_thread::RowThread;
+pub use row_thread::RowWriter;
 use serde_json::{Map, Value};
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -135,17 +137,39 @@ pub enum Rows {
     Discard,
     /// In memory, returned with the summary.
     Keep,
-    /// Streamed to `requests` (CSV, `REQUEST_COLUMNS`) and `timeseries` (CSV, `TIMESERIES_COLUMNS`).
+    /// Streamed to `requests` (`REQUEST_COLUMNS`, in `format`) and `timeseries` (CSV,
+    /// `TIMESERIES_COLUMNS`).
     Files {
         requests: PathBuf,
         timeseries: PathBuf,
+        format: RowFormat,
     },
+}
+
+/// The format of a run's per-request file (`servesim run --format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RowFormat {
+    /// `requests.csv`.
+    #[default]
+    Csv,
+    /// `requests.parquet` (`parquet.rs`): the same columns, typed.
+    Parquet,
+}
+
+impl RowFormat {
+    /// The per-request file's name in a run directory.
+    pub fn requests_file(self) -> &'static str {
+        match self {
+            RowFormat::Csv => "requests.csv",
+            RowFormat::Parquet => "requests.parquet",
+        }
+    }
 }
 
 enum RequestSink {
     Discard,
     Keep(Vec<RequestRow>),
-    /// `requests.csv`, formatted and written on a thread of its own.
+    /// `requests.csv` or `requests.parquet`, written on a thread of its own.
     File(RowThread),
 }
 
@@ -286,9 +310,20 @@ impl Collector {
             Rows::Files {
                 requests,
                 timeseries,
+                format,
             } => {
-                let w = csv_file(&requests, REQUEST_COLUMNS, &mut row)?;
-                let r = RequestSink::File(RowThread::spawn(w, requests)?);
+                let r = match format {
+                    RowFormat::Csv => {
+                        let w = csv_file(&requests, REQUEST_COLUMNS, &mut row)?;
+                        RowThread::spawn(w, requests)?
+                    }
+                    RowFormat::Parquet => {
+                        let f = File::create(&requests).map_err(io_err(&requests))?;
+                        let w = parquet::ParquetRows::new(f).map_err(io_err(&requests))?;
+                        RowThread::spawn_with(w, requests)?
+                    }
+                };
+                let r = RequestSink::File(r);
                 let w = csv_file(&timeseries, TIMESERIES_COLUMNS, &mut row)?;
                 (
                     r,

@@ -18,10 +18,11 @@ use crate::error::OutputError;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Every file name servesim writes into an output directory: a run's six files, a comparison's tables
+/// Every file name servesim writes into an output directory: a run's six files (its per-request file as CSV or Parquet), a comparison's tables
 /// and its plots (SVG or PNG), a capacity search's probes and answer, and either's `report.html`.
 pub const OUTPUT_FILES: &[&str] = &[
     "requests.csv",
+    "requests.parquet",
     "summary.json",
     "summary.csv",
     "timeseries.csv",

@@ -3,6 +3,8 @@
 //! simulation now only copies each row's fields into a batch and hands full batches over. The rows are
 //! formatted by the same code in the same order, so the file is the same bytes as when written inline.
 //!
+//! The thread writes through a [`RowWriter`]: CSV here, Parquet in `parquet.rs` (`run --format parquet`).
+//!
 //! Errors: a write error ends the thread, which keeps the error; the next hand-over (or `finish`) finds
 //! the thread gone and returns that error, naming the file.
 
@@ -152,6 +154,34 @@ fn opt_secs_ns(row: &mut RowBuf, ns: Option<u64>) {
     }
 }
 
+/// Where the writer thread puts rows: a file format. Called on the writer thread, in row order.
+pub trait RowWriter: Send + 'static {
+    /// Writes `rows` (a batch, in order).
+    fn write_rows(&mut self, rows: &[RequestRow]) -> std::io::Result<()>;
+    /// Writes what is buffered and completes the file; called once, after the last batch.
+    fn finish(&mut self) -> std::io::Result<()>;
+}
+
+/// `requests.csv`: each row formatted by [`RequestRow::format`].
+struct CsvRows {
+    w: BufWriter<File>,
+    row: RowBuf,
+}
+
+impl RowWriter for CsvRows {
+    fn write_rows(&mut self, rows: &[RequestRow]) -> std::io::Result<()> {
+        for x in rows {
+            x.format(&mut self.row);
+            self.w.write_all(self.row.line())?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
 /// The simulation's end of the writer thread.
 pub struct RowThread {
     path: PathBuf,
@@ -164,24 +194,31 @@ pub struct RowThread {
 }
 
 impl RowThread {
-    /// Starts the thread that writes rows to `w` (the file at `path`, its header written).
-    pub fn spawn(mut w: BufWriter<File>, path: PathBuf) -> Result<RowThread, OutputError> {
+    /// Starts the thread that writes CSV rows to `w` (the file at `path`, its header written).
+    pub fn spawn(w: BufWriter<File>, path: PathBuf) -> Result<RowThread, OutputError> {
+        RowThread::spawn_with(
+            CsvRows {
+                w,
+                row: RowBuf::default(),
+            },
+            path,
+        )
+    }
+
+    /// Starts the thread that writes rows through `out` (the file at `path`).
+    pub fn spawn_with(mut out: impl RowWriter, path: PathBuf) -> Result<RowThread, OutputError> {
         let (to_writer, rows) = sync_channel::<Vec<RequestRow>>(IN_FLIGHT);
         let (give_back, spare) = channel();
         let writer = std::thread::Builder::new()
-            .name("requests.csv".into())
+            .name("requests".into())
             .spawn(move || -> std::io::Result<()> {
-                let mut row = RowBuf::default();
                 for mut batch in rows {
-                    for x in &batch {
-                        x.format(&mut row);
-                        w.write_all(row.line())?;
-                    }
+                    out.write_rows(&batch)?;
                     batch.clear();
                     // The simulation may have finished and stopped taking batches back.
                     let _ = give_back.send(batch);
                 }
-                w.flush()
+                out.finish()
             })
             .map_err(io_err(&path))?;
         Ok(RowThread {
@@ -246,10 +283,10 @@ impl Drop for RowThread {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn row(i: u64) -> RequestRow {
+    pub(crate) fn row(i: u64) -> RequestRow {
         RequestRow {
             id: i,
             session: i / 3,

@@ -351,6 +351,8 @@ pub fn compare(o: &CompareOptions) -> Result<CompareOutcome, Error> {
                 no_leap: false,
                 variant: v.name.clone(),
                 save_cache: None,
+                // A comparison reads its variants' requests.csv (pairs, plots).
+                format: crate::metrics::RowFormat::Csv,
             },
         )
         .map(|r| r.summary)
