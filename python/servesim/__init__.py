@@ -24,7 +24,10 @@ else to a temporary directory removed when the result is no longer referenced; `
 
 Errors: `ConfigError` (a `ValueError`) for bad input, with the CLI's message naming the file, line, key
 and what to do; `ServesimError` (a `RuntimeError`) when outputs cannot be written; `TypeError` for an
-override value that has no TOML form. The README's "Python" section has a worked example.
+argument of the wrong kind (an override value that has no TOML form). A relative path in a config (a
+trace's `workload.trace.path`) is read from the working directory, as the CLI reads it: from a notebook
+elsewhere, override it with an absolute path. Keep a reference to a result while using its `path`: its
+temporary directory goes when the result does. The README's "Python" section has a worked example.
 """
 
 from __future__ import annotations
@@ -61,13 +64,12 @@ _REQUEST_INTS = (
 # `replica` is empty for a request that never reached one; `batch_id` outside the dynamic batcher.
 _REQUEST_NULLABLE_INTS = ("replica", "batch_id")
 _REQUEST_STRINGS = ("status", "finish_reason", "failure_reason")
-_TIMESERIES_STRINGS = ("replica_state",)
 
 
 def _toml(value: Any, key: str) -> str:
     """The TOML text of an override value (what `--set key=<text>` takes)."""
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
-        value = value.item()
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy scalars and arrays
+        value = value.tolist()
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, numbers.Integral):
@@ -100,6 +102,15 @@ def _sets(overrides: Optional[Mapping[str, Any]]) -> list:
     if not isinstance(overrides, Mapping):
         raise TypeError("overrides: give a dict of dotted keys to values, e.g. {'engine.prefix_caching': False}")
     return [f"{k}={_toml(v, k)}" for k, v in overrides.items()]
+
+
+def _check_seed(seed: Optional[int]) -> None:
+    if seed is not None and not (isinstance(seed, numbers.Integral) and 0 <= int(seed) < 2**64):
+        raise ConfigError(f"seed: {seed!r} is not an integer from 0 to 2^64 - 1")
+
+
+def _seed(seed: Optional[int]) -> Optional[int]:
+    return None if seed is None else int(seed)
 
 
 def _path(p: Optional[PathLike]) -> Optional[str]:
@@ -144,10 +155,11 @@ def _read_requests(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=_request_dtypes(header), keep_default_na=False, na_values=[""])
 
 
-def _read_csv(path: Path, strings: Iterable[str] = ()) -> pd.DataFrame:
-    header = pd.read_csv(path, nrows=0).columns
-    dtypes = {c: "string" for c in strings if c in header}
-    return pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
+def _read_csv(path: Path) -> pd.DataFrame:
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    # Text columns as pandas' "string" dtype, as in `requests` (pandas would pick object or str).
+    text = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+    return df.astype({c: "string" for c in text})
 
 
 class Result:
@@ -179,7 +191,7 @@ class Result:
 
     @functools.cached_property
     def timeseries(self) -> pd.DataFrame:
-        return _read_csv(self.path / "timeseries.csv", _TIMESERIES_STRINGS)
+        return _read_csv(self.path / "timeseries.csv")
 
     @functools.cached_property
     def replicas(self) -> pd.DataFrame:
@@ -228,12 +240,12 @@ class Comparison:
 
     @functools.cached_property
     def table(self) -> pd.DataFrame:
-        return _read_csv(self.path / "comparison.csv", ("variant",))
+        return _read_csv(self.path / "comparison.csv")
 
     @functools.cached_property
     def seeds_table(self) -> Optional[pd.DataFrame]:
         p = self.path / "comparison_seeds.csv"
-        return _read_csv(p, ("variant",)) if p.exists() else None
+        return _read_csv(p) if p.exists() else None
 
     @functools.cached_property
     def paired(self) -> pd.DataFrame:
@@ -241,7 +253,15 @@ class Comparison:
 
     @functools.cached_property
     def runs(self) -> dict:
-        found = sorted(p.parent for p in self.path.rglob("summary.json"))
+        # In the table's order (the baseline first), seed by seed.
+        order = {v: i for i, v in enumerate(self.table["variant"])}
+
+        def key(p: Path):
+            rel = p.relative_to(self.path)
+            seed = int(rel.parts[0][len("seed-"):]) if len(rel.parts) > 1 else 0
+            return (seed, order.get(rel.name, len(order)), rel.as_posix())
+
+        found = sorted((p.parent for p in self.path.rglob("summary.json")), key=key)
         return {p.relative_to(self.path).as_posix(): Result(p, scratch=self._scratch) for p in found}
 
     def to_dir(self, path: PathLike) -> Path:
@@ -270,11 +290,12 @@ def run(
     Raises ConfigError for bad input, ServesimError when outputs cannot be written.
     """
     if format not in ("csv", "parquet"):
-        raise ValueError(f"format: {format!r} is neither 'csv' nor 'parquet'")
+        raise ConfigError(f"format: {format!r} is neither \"csv\" nor \"parquet\"")
+    _check_seed(seed)
     sets = _sets(overrides)
     scratch = None if out is not None else _Scratch()
     target = Path(out) if out is not None else scratch.path / "run"
-    found, text = _run(os.fspath(target), _path(config), sets, seed, no_leap, format == "parquet")
+    found, text = _run(os.fspath(target), _path(config), sets, _seed(seed), no_leap, format == "parquet")
     _warn(found)
     return Result(target, text, scratch)
 
@@ -296,17 +317,27 @@ def compare(
     seed+1, ...) for 95% confidence intervals. jobs: runs at once (0: one per core; results do not
     depend on it). config, overrides, seed, out: as for `run`. png: plots as PNG instead of SVG.
     """
-    if not isinstance(vary, Mapping) or not vary:
+    if not isinstance(vary, Mapping):
         raise TypeError("vary: give a dict of dotted keys to lists of values, e.g. {'engine.prefix_caching': [True, False]}")
+    if not vary:
+        raise ConfigError("vary: the dict is empty; name at least one key and its values, e.g. {'engine.prefix_caching': [True, False]}")
     varies = []
     for k, values in vary.items():
         if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
             raise TypeError(f"vary[{k!r}]: give a list of values, e.g. [True, False]")
-        varies.append(f"{k}=" + ",".join(_toml(v, k) for v in values))
+        texts = [_toml(v, k) for v in values]
+        if not texts:
+            raise ConfigError(f"vary[{k!r}]: the list of values is empty; give at least one")
+        varies.append(f"{k}=" + ",".join(texts))
+    _check_seed(seed)
+    if not (isinstance(seeds, numbers.Integral) and 1 <= seeds < 2**32):
+        raise ConfigError(f"seeds: {seeds!r} is not a whole number of seeds, at least 1")
+    if not (isinstance(jobs, numbers.Integral) and 0 <= jobs < 2**32):
+        raise ConfigError(f"jobs: {jobs!r} is not a number of runs at once (0: one per core)")
     sets = _sets(overrides)
     scratch = None if out is not None else _Scratch()
     target = Path(out) if out is not None else scratch.path / "compare"
-    found, text = _compare(os.fspath(target), varies, _path(config), sets, seed, seeds, jobs, png)
+    found, text = _compare(os.fspath(target), varies, _path(config), sets, _seed(seed), int(seeds), int(jobs), png)
     _warn(found)
     return Comparison(target, text, scratch)
 

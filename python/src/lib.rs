@@ -32,7 +32,8 @@ create_exception!(
 );
 
 fn to_py(e: Error) -> PyErr {
-    let msg = e.to_string();
+    // The CLI prints the message as a line of its own; an exception carries it without the newline.
+    let msg = e.to_string().trim_end().to_string();
     if e.exit_code() == 2 {
         ConfigError::new_err(msg)
     } else {

@@ -79,6 +79,7 @@ def test_dtypes(small):
     ts = small.timeseries
     assert ts["replica_state"].dtype == "string" and ts["time_s"].dtype == "float64"
     assert ts["num_requests_running"].dtype == "int64"
+    assert small.replicas["model"].dtype == "string"
 
 
 def test_summary_and_tables_agree(small):
@@ -122,6 +123,18 @@ def test_a_bad_key_raises_naming_it():
         servesim.run(config="no_such_file.toml")
     with pytest.raises(TypeError, match="workload.max_requests"):
         servesim.run(overrides={"workload.max_requests": object()})
+    with pytest.raises(servesim.ConfigError, match="seed"):
+        servesim.run(seed=-1)
+    with pytest.raises(servesim.ConfigError, match="empty"):
+        servesim.compare({})
+    with pytest.raises(servesim.ConfigError, match="engine.prefix_caching"):
+        servesim.compare({"engine.prefix_caching": []})
+    with pytest.raises(servesim.ConfigError, match="seeds"):
+        servesim.compare({"engine.prefix_caching": [True]}, seeds=0)
+    # The message is the CLI's line, without its newline.
+    with pytest.raises(servesim.ConfigError) as e:
+        servesim.run(overrides={"cluster.replicas": "two"})
+    assert not str(e.value).endswith("\n")
 
 
 def test_a_bad_config_file_names_its_line(tmp_path):
@@ -135,7 +148,9 @@ def test_a_bad_config_file_names_its_line(tmp_path):
 def test_compare_cache_on_off():
     c = servesim.compare({"engine.prefix_caching": [True, False]}, overrides=SMALL, seed=3)
     assert list(c.table["variant"]) == ["prefix_caching=true", "prefix_caching=false"]
-    assert set(c.runs) == {"prefix_caching=true", "prefix_caching=false"}
+    # In the table's order, the baseline first (not the directories' alphabetical order).
+    assert list(c.runs) == ["prefix_caching=true", "prefix_caching=false"]
+    assert c.table["variant"].dtype == "string"
     off = c.runs["prefix_caching=false"]
     on = c.runs["prefix_caching=true"]
     assert (off.requests["cached_tokens"] == 0).all()
@@ -161,6 +176,9 @@ def test_override_values_become_toml():
     assert t("round_robin", "k") == '"round_robin"' and t('a"b', "k") == '"a\\"b"'
     assert t([1, 2.5], "k") == "[1, 2.5]" and t(float("inf"), "k") == "inf"
     assert t({"a": 1}, "k") == '{ "a" = 1 }'
+    np = pytest.importorskip("numpy")
+    assert t(np.int64(4), "k") == "4" and t(np.float32(0.5), "k") == "0.5" and t(np.bool_(True), "k") == "true"
+    assert t(np.array([1, 2]), "k") == "[1, 2]"
 
 
 def test_parquet_holds_the_csv_rows(small, tmp_path):

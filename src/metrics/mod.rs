@@ -2,10 +2,11 @@
 //! only folded into the summary), the time series, and the summary. Definitions follow `vllm bench
 //! serve` (engine-semantics B1-B5) and vLLM's Prometheus names (P2).
 //!
-//! What lives here: the [`Collector`] and its row sinks ([`Rows`]), the `requests.csv` writer thread, the
-//! row formatter, exact statistics (`stats.rs`), the inter-token histogram (`histogram.rs`), and the run
-//! directory with its safety rules (`output.rs`). To add a column: append it to `REQUEST_COLUMNS` or
-//! `TIMESERIES_COLUMNS` (existing columns keep their order) and fill it in `RequestRow` or [`Sample`].
+//! What lives here: the [`Collector`] and its row sinks ([`Rows`]), the per-request writer thread (CSV,
+//! or Parquet in `parquet.rs`), the row formatter, exact statistics (`stats.rs`), the inter-token
+//! histogram (`histogram.rs`), and the run directory with its safety rules (`output.rs`). To add a
+//! column: append it to `REQUEST_COLUMNS` or `TIMESERIES_COLUMNS` (existing columns keep their order)
+//! and fill it in `RequestRow` or [`Sample`]; a request column also needs its type in `parquet.rs`.
 
 pub mod histogram;
 pub mod output;
