@@ -9,6 +9,6 @@ VENV=target/python-venv
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q ".[test]"
-export SERVESIM_BIN=${SERVESIM_BIN:-$PWD/target/debug/servesim}
+export SERVESIM_BIN=${SERVESIM_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/servesim}
 # From python/tests, so that `import servesim` finds the installed package, not python/servesim.
 cd python/tests && "../../$VENV/bin/python" -m pytest -q -p no:cacheprovider .

@@ -1167,7 +1167,7 @@ impl OffloadConfig {
             ));
         }
         if self.backend == OffloadBackend::Lmcache
-            && (self.chunk_tokens == 0 || self.chunk_tokens % engine.block_size != 0)
+            && (self.chunk_tokens == 0 || !self.chunk_tokens.is_multiple_of(engine.block_size))
         {
             return Err(ConfigError::invalid(
                 key("chunk_tokens"),

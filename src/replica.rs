@@ -975,7 +975,7 @@ impl<S: Scheduler> Replica<S> {
         let kv = self.scheduler.kv().stats();
         let size = kv.usable_blocks as u64 + kv.store.entries + self.requests.len() as u64;
         let stride = (size / 256).max(1);
-        if self.stats.steps % stride == 0 {
+        if self.stats.steps.is_multiple_of(stride) {
             self.check_invariants();
         }
     }

@@ -102,40 +102,9 @@ impl StopReason {
     }
 }
 
-/// One request (one turn of a session, or one trace row), from arrival to its end.
-///
-/// Laid out (`repr(C)`, aligned to 64 bytes) with the fields every engine step reads or writes first: a
-/// step visits each running request's record (scheduling, pricing, sampling), so those fields share the
-/// record's first cache line and one miss per request per step brings them all in.
 #[derive(Clone, Debug)]
-#[repr(C, align(64))]
 pub struct Request {
-    // Engine progress: read or written at every step (the first cache line).
     pub id: RequestId,
-    pub num_computed_tokens: u32,
-    pub prompt_tokens: u32,
-    pub num_output_tokens: u32,
-    /// The generation cap the engine sees.
-    pub max_tokens: u32,
-    pub last_token: Option<SimTime>,
-    pub first_token: Option<SimTime>,
-    /// True from admission until the step that samples a token: the request's chunks are prefill.
-    pub in_prefill: bool,
-    /// Has been preempted at least once (its lookups count as `preempted_*`, vLLM P1).
-    pub was_preempted: bool,
-    /// The sampling profile (index into `workload.sampling`; 0 without profiles).
-    pub sampling: u16,
-    pub preemptions: u32,
-    /// Chained hashes of every full block of prompt + outputs so far (shared with the prefix-cache runs
-    /// holding some of them).
-    pub block_hashes: HashChain,
-    /// What the replica's KV store keeps for this request (`kv` module docs).
-    pub kv: KvState,
-    pub first_scheduled: Option<SimTime>,
-    /// Tokens computed in prefill chunks, recomputation after preemption included.
-    pub prefilled_tokens: u64,
-
-    // Identity and content.
     pub session: SessionId,
     /// 1-based turn number within the session.
     pub turn: u32,
@@ -145,13 +114,32 @@ pub struct Request {
     pub arrival: SimTime,
     /// The prompt as content segments.
     pub prompt: Vec<Segment>,
+    pub prompt_tokens: u32,
     /// Content id of the tokens this request generates (they extend its block hashes, vLLM K5).
     pub output_content: u64,
+    /// The generation cap the engine sees.
+    pub max_tokens: u32,
     /// Cache salt, set by the replica's KV store at arrival: 0 for a global cache; the session id + 1
     /// under `prefix_cache_scope = "session"`.
     pub salt: u64,
 
+    // Engine progress.
+    pub num_output_tokens: u32,
+    pub num_computed_tokens: u32,
+    /// Chained hashes of every full block of prompt + outputs so far (shared with the prefix-cache runs
+    /// holding some of them).
+    pub block_hashes: HashChain,
+    /// What the replica's KV store keeps for this request (`kv` module docs).
+    pub kv: KvState,
+    /// True from admission until the step that samples a token: the request's chunks are prefill.
+    pub in_prefill: bool,
+    /// Has been preempted at least once (its lookups count as `preempted_*`, vLLM P1).
+    pub was_preempted: bool,
+
     // Lifecycle and accounting.
+    pub first_scheduled: Option<SimTime>,
+    pub first_token: Option<SimTime>,
+    pub last_token: Option<SimTime>,
     pub finish: Option<SimTime>,
     /// Tokens counted as computed at first admission, from the GPU prefix cache and lower tiers together
     /// (vLLM `num_cached_tokens`).
@@ -159,19 +147,24 @@ pub struct Request {
     /// Of those, tokens loaded from the CPU and disk tiers (`kv.offload`), and how long the load took.
     pub cached_tokens_tier: [u32; 2],
     pub kv_load: crate::time::SimDuration,
+    /// Why generation stopped (finished requests only).
+    pub finish_reason: Option<StopReason>,
+    /// Tokens computed in prefill chunks, recomputation after preemption included.
+    pub prefilled_tokens: u64,
+    pub preemptions: u32,
+    /// The sampling profile (index into `workload.sampling`; 0 without profiles).
+    pub sampling: u16,
     /// The request-level batch that ran it (`engine.kind = "dynamic"`), numbered per replica from 0.
     pub batch_id: Option<u64>,
     /// Padding tokens its batch computed to bring its prompt to the batch's longest.
     pub padding_tokens: u32,
-    /// Attempts before this one (client retries, `workload.max_retries`): 0 for the first.
-    pub attempt: u32,
-    /// Why generation stopped (finished requests only).
-    pub finish_reason: Option<StopReason>,
-    /// Why it was refused or abandoned (rejected and timed-out requests).
-    pub failure: Option<FailureReason>,
     /// The workload knows no turn of its session follows this one (a closed-loop session's last turn),
     /// so a per-conversation store need not keep its KV.
     pub last_turn: bool,
+    /// Attempts before this one (client retries, `workload.max_retries`): 0 for the first.
+    pub attempt: u32,
+    /// Why it was refused or abandoned (rejected and timed-out requests).
+    pub failure: Option<FailureReason>,
 }
 
 impl Request {
@@ -310,30 +303,5 @@ impl Request {
             self.salt,
             hashes,
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::mem::{align_of, offset_of, size_of};
-
-    /// The per-step fields sit in the record's first 64-byte line (see `Request`'s doc).
-    #[test]
-    fn per_step_fields_share_the_first_cache_line() {
-        assert_eq!(align_of::<Request>(), 64);
-        for end in [
-            offset_of!(Request, id) + size_of::<RequestId>(),
-            offset_of!(Request, num_computed_tokens) + 4,
-            offset_of!(Request, prompt_tokens) + 4,
-            offset_of!(Request, num_output_tokens) + 4,
-            offset_of!(Request, max_tokens) + 4,
-            offset_of!(Request, last_token) + size_of::<Option<SimTime>>(),
-            offset_of!(Request, first_token) + size_of::<Option<SimTime>>(),
-            offset_of!(Request, in_prefill) + 1,
-            offset_of!(Request, preemptions) + 4,
-        ] {
-            assert!(end <= 64, "a per-step field ends at byte {end}");
-        }
     }
 }

@@ -964,7 +964,7 @@ impl Progress {
     }
 
     fn tick(&mut self, now: SimTime, events: u64) {
-        if !self.enabled || events % 4096 != 0 {
+        if !self.enabled || !events.is_multiple_of(4096) {
             return;
         }
         if self.bar.is_none() && self.started.elapsed().as_secs_f64() > 1.0 {

@@ -33,7 +33,7 @@ fn oracles() -> (u64, u64, u64, usize) {
         let run = keys.iter().take_while(|k| seen.contains(*k)).count();
         queries += len as u64;
         hits += 16 * run.min(cap) as u64;
-        let whole = len % 16 == 0 && run == len / 16;
+        let whole = len.is_multiple_of(16) && run == len / 16;
         cpu_hits += 16 * run as u64 - whole as u64;
         seen.extend(keys);
         n += 1;

@@ -24,7 +24,10 @@ else to a temporary directory removed when the result is no longer referenced; `
 
 Errors: `ConfigError` (a `ValueError`) for bad input, with the CLI's message naming the file, line, key
 and what to do; `ServesimError` (a `RuntimeError`) when outputs cannot be written; `TypeError` for an
-argument of the wrong kind (an override value that has no TOML form). A relative path in a config (a
+argument of the wrong kind (an override value that has no TOML form); an `out=` the CLI would refuse
+(an existing directory that is not servesim's) is bad input too. A bug inside the simulator raises
+pyo3's `PanicException`. A run cannot be interrupted (Ctrl-C takes effect when it ends: a simulation
+holds no Python state to stop in). A relative path in a config (a
 trace's `workload.trace.path`) is read from the working directory, as the CLI reads it: from a notebook
 elsewhere, override it with an absolute path. Keep a reference to a result while using its `path`: its
 temporary directory goes when the result does. The README's "Python" section has a worked example.
@@ -54,16 +57,20 @@ __all__ = ["run", "compare", "load", "Result", "Comparison", "ConfigError", "Ser
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-# requests.csv: integers that are never empty, integers empty for some rows (nullable), strings. Every
-# other column is a float (seconds; an empty cell, e.g. the TTFT of a rejected request, is NaN).
-_REQUEST_INTS = (
-    "request_id", "session_id", "turn", "prompt_tokens", "cached_tokens", "cached_tokens_gpu",
-    "cached_tokens_cpu", "cached_tokens_disk", "prefilled_tokens", "output_tokens", "preemptions",
-    "priority", "padding_tokens", "attempt",
-)
-# `replica` is empty for a request that never reached one; `batch_id` outside the dynamic batcher.
-_REQUEST_NULLABLE_INTS = ("replica", "batch_id")
-_REQUEST_STRINGS = ("status", "finish_reason", "failure_reason")
+# requests.csv's dtypes. Ids are unsigned 64-bit (a trace's session ids may use the whole range);
+# `replica` is empty for a request that never reached one, `batch_id` outside the dynamic batcher
+# (nullable); an empty float cell (the TTFT of a rejected request) is NaN, an empty string <NA>.
+_REQUEST_DTYPES = {
+    "request_id": "uint64", "session_id": "uint64", "turn": "int64", "replica": "Int64",
+    "status": "string", "finish_reason": "string",
+    "arrival_s": "float64", "scheduled_s": "float64", "first_token_s": "float64", "finish_s": "float64",
+    "prompt_tokens": "int64", "cached_tokens": "int64", "cached_tokens_gpu": "int64",
+    "cached_tokens_cpu": "int64", "cached_tokens_disk": "int64", "kv_load_s": "float64",
+    "prefilled_tokens": "int64", "output_tokens": "int64",
+    "ttft_s": "float64", "tpot_s": "float64", "e2e_s": "float64", "queue_s": "float64",
+    "preemptions": "int64", "priority": "int64", "batch_id": "UInt64", "padding_tokens": "int64",
+    "attempt": "int64", "failure_reason": "string",
+}
 
 
 def _toml(value: Any, key: str) -> str:
@@ -104,6 +111,11 @@ def _sets(overrides: Optional[Mapping[str, Any]]) -> list:
     return [f"{k}={_toml(v, k)}" for k, v in overrides.items()]
 
 
+def _out(out: PathLike) -> Path:
+    # Absolute: a result reads its files when asked, perhaps after the working directory changed.
+    return Path(out).expanduser().resolve()
+
+
 def _check_seed(seed: Optional[int]) -> None:
     if seed is not None and not (isinstance(seed, numbers.Integral) and 0 <= int(seed) < 2**64):
         raise ConfigError(f"seed: {seed!r} is not an integer from 0 to 2^64 - 1")
@@ -131,24 +143,19 @@ class _Scratch:
 
 
 def _request_dtypes(columns: Iterable[str]) -> dict:
-    dtypes = {}
-    for c in columns:
-        if c in _REQUEST_INTS:
-            dtypes[c] = "int64"
-        elif c in _REQUEST_NULLABLE_INTS:
-            dtypes[c] = "Int64"
-        elif c in _REQUEST_STRINGS:
-            dtypes[c] = "string"
-        else:
-            dtypes[c] = "float64"
-    return dtypes
+    # A column this package does not know (a newer servesim) keeps what pandas infers.
+    return {c: _REQUEST_DTYPES[c] for c in columns if c in _REQUEST_DTYPES}
 
 
 def _read_requests(path: Path) -> pd.DataFrame:
     if path.suffix == ".parquet":
-        # pandas reads Parquet through pyarrow (pip install "servesim[parquet]"); the same dtypes as
-        # from the CSV, nulls as <NA> / NaN.
-        df = pd.read_parquet(path)
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        # Integers to pandas' nullable integer types first, so that no value passes through a float
+        # (a nullable column with nulls would), then to the CSV's dtypes.
+        nullable = {pa.uint64(): pd.UInt64Dtype(), pa.uint32(): pd.UInt32Dtype(), pa.int64(): pd.Int64Dtype()}
+        df = pq.read_table(path).to_pandas(types_mapper=nullable.get)
         return df.astype(_request_dtypes(df.columns))
     header = pd.read_csv(path, nrows=0).columns
     # Only an empty cell is missing: no word ("NA", "null") is read as one.
@@ -167,10 +174,12 @@ class Result:
 
     Attributes (each read once, then kept):
       requests    DataFrame, one row per request in `requests.csv` order (requests leave the system in
-                  finish order; read from `requests.parquet` for a run made with format="parquet"). Integer columns int64 (`replica`, `batch_id`: nullable Int64, empty for a
-                  request that never reached a replica / outside the dynamic batcher); `status`,
-                  `finish_reason`, `failure_reason`: string (<NA> when empty); all else float64 seconds
-                  (NaN when empty, e.g. a rejected request's TTFT). The README defines each column.
+                  finish order; read from `requests.parquet` for a run made with format="parquet").
+                  `request_id`, `session_id`: uint64; other integer columns int64 (`replica`: nullable
+                  Int64, empty for a request that never reached a replica; `batch_id`: nullable
+                  UInt64, empty outside the dynamic batcher); `status`, `finish_reason`,
+                  `failure_reason`: string (<NA> when empty); all else float64 seconds (NaN when
+                  empty, e.g. a rejected request's TTFT). The README defines each column.
       timeseries  DataFrame, one row per replica per sample (`timeseries.csv`).
       replicas    DataFrame, one row per replica (`replicas.csv`).
       summary     dict (`summary.json`).
@@ -291,10 +300,17 @@ def run(
     """
     if format not in ("csv", "parquet"):
         raise ConfigError(f"format: {format!r} is neither \"csv\" nor \"parquet\"")
+    if format == "parquet":
+        try:
+            import pyarrow.parquet  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                'format="parquet": reading requests.parquet needs pyarrow; pip install "servesim[parquet]"'
+            ) from None
     _check_seed(seed)
     sets = _sets(overrides)
     scratch = None if out is not None else _Scratch()
-    target = Path(out) if out is not None else scratch.path / "run"
+    target = _out(out) if out is not None else scratch.path / "run"
     found, text = _run(os.fspath(target), _path(config), sets, _seed(seed), no_leap, format == "parquet")
     _warn(found)
     return Result(target, text, scratch)
@@ -336,14 +352,15 @@ def compare(
         raise ConfigError(f"jobs: {jobs!r} is not a number of runs at once (0: one per core)")
     sets = _sets(overrides)
     scratch = None if out is not None else _Scratch()
-    target = Path(out) if out is not None else scratch.path / "compare"
+    target = _out(out) if out is not None else scratch.path / "compare"
     found, text = _compare(os.fspath(target), varies, _path(config), sets, _seed(seed), int(seeds), int(jobs), png)
     _warn(found)
     return Comparison(target, text, scratch)
 
 
 def load(path: PathLike) -> Union[Result, Comparison]:
-    """Reads a directory the CLI (or `out=`) wrote: a run's as a `Result`, a comparison's as a `Comparison`."""
+    """Reads a directory the CLI (or `out=`) wrote: a run's as a `Result`, a comparison's as a
+    `Comparison`."""
     p = Path(path)
     if (p / "comparison.csv").exists():
         return Comparison(p, "")

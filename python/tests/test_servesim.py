@@ -60,7 +60,7 @@ def test_requests_equal_the_cli_rows_for_the_same_seed(small, tmp_path):
                 assert pd.isna(v), (i, col, v)
             elif df[col].dtype == "float64":
                 assert v == float(text), (i, col, v, text)
-            elif str(df[col].dtype) in ("int64", "Int64"):
+            elif str(df[col].dtype) in ("int64", "Int64", "uint64", "UInt64"):
                 assert v == int(text), (i, col, v, text)
             else:
                 assert v == text, (i, col, v, text)
@@ -68,9 +68,10 @@ def test_requests_equal_the_cli_rows_for_the_same_seed(small, tmp_path):
 
 def test_dtypes(small):
     dt = small.requests.dtypes.astype(str).to_dict()
-    for c in ("request_id", "session_id", "turn", "prompt_tokens", "output_tokens", "preemptions"):
+    assert dt["request_id"] == dt["session_id"] == "uint64"
+    for c in ("turn", "prompt_tokens", "output_tokens", "preemptions", "priority"):
         assert dt[c] == "int64", c
-    assert dt["replica"] == "Int64" and dt["batch_id"] == "Int64"
+    assert dt["replica"] == "Int64" and dt["batch_id"] == "UInt64"
     for c in ("status", "finish_reason", "failure_reason"):
         assert dt[c] == "string", c
     for c in ("arrival_s", "ttft_s", "tpot_s", "e2e_s", "queue_s"):
@@ -181,22 +182,53 @@ def test_override_values_become_toml():
     assert t(np.array([1, 2]), "k") == "[1, 2]"
 
 
-def test_parquet_holds_the_csv_rows(small, tmp_path):
-    pytest.importorskip("pyarrow")
-    p = servesim.run(overrides=SMALL, seed=7, format="parquet")
-    assert (p.path / "requests.parquet").exists() and not (p.path / "requests.csv").exists()
-    a, b = p.requests, small.requests
-    # The same dtypes and, column by column, the same values: exact for integers and strings, times
-    # within the CSV's rounding to microseconds (Parquet keeps nanoseconds).
+def assert_same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Parquet's rows (a) against the CSV's (b): the same dtypes and, column by column, the same values:
+    exact for integers and strings, times within the CSV's rounding to microseconds."""
     assert a.dtypes.to_dict() == b.dtypes.to_dict()
     for c in a.columns:
         if a[c].dtype == "float64":
-            assert ((a[c] - b[c]).abs().max(skipna=True) or 0.0) <= 0.5e-6 + 1e-9, c
             assert (a[c].isna() == b[c].isna()).all(), c
+            diff = (a[c] - b[c]).abs().dropna()
+            assert diff.empty or diff.max() <= 0.5e-6 + 1e-9, c
         else:
             pd.testing.assert_series_equal(a[c], b[c], check_names=True)
+
+
+def test_parquet_holds_the_csv_rows(small):
+    pytest.importorskip("pyarrow")
+    p = servesim.run(overrides=SMALL, seed=7, format="parquet")
+    assert (p.path / "requests.parquet").exists() and not (p.path / "requests.csv").exists()
+    assert_same_rows(p.requests, small.requests)
     # The rest of the run is the same bytes.
     for f in ("timeseries.csv", "summary.json"):
         assert (p.path / f).read_bytes() == (small.path / f).read_bytes(), f
-    with pytest.raises(ValueError, match="format"):
+    with pytest.raises(servesim.ConfigError, match="format"):
         servesim.run(overrides=SMALL, format="xlsx")
+
+
+def test_whole_range_ids_and_mixed_null_batch_ids(tmp_path):
+    """A replayed trace whose session ids use the whole u64 range keeps them exact (uint64), in CSV and
+    Parquet; the dynamic batcher's batch ids, null for rejected requests, come through as UInt64."""
+    pytest.importorskip("pyarrow")
+    trace = tmp_path / "trace.csv"
+    subprocess.run(
+        [cli(), "workload", "export", "--set", "workload.max_requests=40", "--out", str(trace)], check=True
+    )
+    rows = list(csv.DictReader(open(trace, newline="")))
+    big = {r["session_id"]: str(2**64 - 1 - int(r["session_id"])) for r in rows}
+    for r in rows:
+        r["session_id"] = big[r["session_id"]]
+    with open(trace, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+    over = {
+        "workload.kind": "trace", "workload.trace.format": "servesim", "workload.trace.path": str(trace),
+        "engine.kind": "dynamic", "engine.max_model_len": 1024,
+    }
+    a = servesim.run(overrides=over, seed=1, format="parquet").requests
+    b = servesim.run(overrides=over, seed=1).requests
+    assert_same_rows(a, b)
+    assert set(b["session_id"]) <= {int(v) for v in big.values()} and b["session_id"].max() == 2**64 - 1
+    assert b["batch_id"].notna().any() and b["batch_id"].isna().any()

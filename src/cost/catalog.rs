@@ -341,7 +341,7 @@ impl ModelShape {
         } else {
             c.num_key_value_heads.unwrap_or(heads)
         };
-        if heads % kv != 0 {
+        if !heads.is_multiple_of(kv) {
             return Err(refuse(format!(
                 "num_key_value_heads ({kv}) must divide num_attention_heads ({heads})"
             )));
@@ -759,11 +759,11 @@ fn parse_moe(c: &HfConfig, layers: u64) -> Result<Option<MoeShape>, String> {
         match field {
             "n_routed_experts" => {
                 i >= c.first_k_dense_replace.unwrap_or(0)
-                    && i % c.moe_layer_freq.unwrap_or(1).max(1) == 0
+                    && i.is_multiple_of(c.moe_layer_freq.unwrap_or(1).max(1))
             }
             "num_experts" => {
                 !c.mlp_only_layers.as_deref().unwrap_or(&[]).contains(&i)
-                    && (i + 1) % c.decoder_sparse_step.unwrap_or(1).max(1) == 0
+                    && (i + 1).is_multiple_of(c.decoder_sparse_step.unwrap_or(1).max(1))
             }
             _ => true,
         }

@@ -291,13 +291,13 @@ pub(crate) mod tests {
             id: i,
             session: i / 3,
             turn: (i % 3) as u32 + 1,
-            replica: (i % 5 != 0).then_some((i % 2) as u32),
-            status: if i % 5 == 0 {
+            replica: (!i.is_multiple_of(5)).then_some((i % 2) as u32),
+            status: if i.is_multiple_of(5) {
                 Status::Rejected
             } else {
                 Status::Finished
             },
-            reason: (i % 5 != 0).then_some(StopReason::Eos),
+            reason: (!i.is_multiple_of(5)).then_some(StopReason::Eos),
             times: [
                 Some(i * 1_000_003),
                 Some(i * 1_000_007),
@@ -313,13 +313,13 @@ pub(crate) mod tests {
             ttft: None,
             e2e: Some(i * 17),
             queue: Some(i),
-            tpot: (i % 2 == 0).then_some(i as f64 / 7.0),
+            tpot: (i.is_multiple_of(2)).then_some(i as f64 / 7.0),
             preemptions: (i % 4) as u32,
             priority: -(i as i64 % 3),
-            batch_id: (i % 3 == 0).then_some(i / 3),
+            batch_id: (i.is_multiple_of(3)).then_some(i / 3),
             padding_tokens: (i % 7) as u32,
             attempt: (i % 2) as u32,
-            failure: (i % 5 == 0).then_some(FailureReason::QueueFull),
+            failure: (i.is_multiple_of(5)).then_some(FailureReason::QueueFull),
         }
     }
 

@@ -212,7 +212,7 @@ mod tests {
             let mut loads = vec![0usize; n];
             for k in 0..600u64 {
                 // Skewed keys: `hot` sessions take most requests.
-                let s = if mix(seed, k) % 4 != 0 { mix(seed, k) % hot } else { k + 100 };
+                let s = if !mix(seed, k).is_multiple_of(4) { mix(seed, k) % hot } else { k + 100 };
                 let total: usize = loads.iter().sum();
                 let cap = (c * (total + 1) as f64 / n as f64 - 1e-9).ceil() as usize;
                 let Route::To(i) = r.route(&request(s), SimTime::ZERO, &views(&loads, &[])) else {
@@ -220,7 +220,7 @@ mod tests {
                 };
                 loads[i as usize] += 1;
                 prop_assert!(loads[i as usize] <= cap, "{:?} cap {}", loads, cap);
-                if mix(k, seed) % 3 == 0 {
+                if mix(k, seed).is_multiple_of(3) {
                     let j = (mix(seed, k + 7) % n as u64) as usize;
                     loads[j] = loads[j].saturating_sub(1);
                 }
