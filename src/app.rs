@@ -91,10 +91,7 @@ fn run_command(a: &RunArgs) -> Result<(), Error> {
     if let Some(p) = &a.warm_start {
         cfg.kv.warm_start = Some(p.to_string_lossy().into_owned());
     }
-    for w in cfg.ignored_settings() {
-        warn(&format!("warning: ignored: {w}"));
-    }
-    for w in cfg.warnings() {
+    for w in cfg.notices() {
         warn(&format!("warning: {w}"));
     }
     let outcome = run(
@@ -619,12 +616,7 @@ fn attention_check(
 }
 
 fn load_config(a: &ConfigArgs) -> Result<Config, ConfigError> {
-    let mut cfg = Config::load(a.config.as_deref(), &a.set)?;
-    if let Some(seed) = a.seed {
-        crate::config::check_seed(seed, "--seed")?;
-        cfg.seed = seed;
-    }
-    Ok(cfg)
+    Config::load_seeded(a.config.as_deref(), &a.set, a.seed, "--seed")
 }
 
 fn workload_command(c: WorkloadCommand) -> Result<(), Error> {

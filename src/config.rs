@@ -2023,6 +2023,34 @@ pub struct Source<'a> {
 }
 
 impl Config {
+    /// [`Config::load`], then `seed` (when given) in place of the config's: the CLI's `--config`,
+    /// `--set` and `--seed`, and the Python package's `config`, `overrides` and `seed`. `seed_key` names
+    /// the seed in an error.
+    pub fn load_seeded(
+        path: Option<&Path>,
+        overrides: &[String],
+        seed: Option<u64>,
+        seed_key: &str,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg = Config::load(path, overrides)?;
+        if let Some(seed) = seed {
+            check_seed(seed, seed_key)?;
+            cfg.seed = seed;
+        }
+        Ok(cfg)
+    }
+
+    /// What a run says before it starts: each ignored setting (`ignored: ...`), then each warning.
+    pub fn notices(&self) -> Vec<String> {
+        let mut n: Vec<String> = self
+            .ignored_settings()
+            .into_iter()
+            .map(|w| format!("ignored: {w}"))
+            .collect();
+        n.extend(self.warnings());
+        n
+    }
+
     /// Loads a config file (or the embedded default when `path` is None) and applies `--set` overrides.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
         let owned;

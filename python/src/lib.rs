@@ -11,7 +11,7 @@
 use pyo3::create_exception;
 use pyo3::prelude::*;
 use servesim::config::Config;
-use servesim::error::{ConfigError as RustConfigError, Error};
+use servesim::error::Error;
 use std::path::PathBuf;
 
 // A run makes millions of small, short-lived allocations; mimalloc as in the CLI (`src/main.rs`).
@@ -41,27 +41,6 @@ fn to_py(e: Error) -> PyErr {
     }
 }
 
-/// `Config::load` plus the seed, as the CLI's `--config`/`--set`/`--seed`; returns the config and the
-/// CLI's warnings (ignored settings, doubtful values), which the caller shows as Python warnings.
-fn load(
-    config: Option<PathBuf>,
-    sets: &[String],
-    seed: Option<u64>,
-) -> Result<(Config, Vec<String>), RustConfigError> {
-    let mut cfg = Config::load(config.as_deref(), sets)?;
-    if let Some(seed) = seed {
-        servesim::config::check_seed(seed, "seed")?;
-        cfg.seed = seed;
-    }
-    let mut warnings: Vec<String> = cfg
-        .ignored_settings()
-        .into_iter()
-        .map(|w| format!("ignored: {w}"))
-        .collect();
-    warnings.extend(cfg.warnings());
-    Ok((cfg, warnings))
-}
-
 /// Runs one simulation (`servesim run`) and writes its outputs to `out` (created; a previous run
 /// directory there is replaced, anything else refused, as the CLI does), the per-request file as
 /// `requests.parquet` with `parquet`. Returns the warnings and the human summary the CLI prints.
@@ -77,7 +56,8 @@ fn run(
     parquet: bool,
 ) -> PyResult<(Vec<String>, String)> {
     py.detach(|| -> Result<_, Error> {
-        let (cfg, warnings) = load(config, &sets, seed)?;
+        let cfg = Config::load_seeded(config.as_deref(), &sets, seed, "seed")?;
+        let warnings = cfg.notices();
         let outcome = servesim::run::run(
             &cfg,
             &servesim::run::RunOptions {

@@ -14,7 +14,7 @@
 use super::row_thread::{RequestRow, RowWriter};
 use super::REQUEST_COLUMNS;
 use arrow_array::builder::{
-    Float64Builder, Int64Builder, StringBuilder, UInt32Builder, UInt64Builder,
+    ArrayBuilder, Float64Builder, Int64Builder, StringBuilder, UInt32Builder, UInt64Builder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -147,39 +147,41 @@ impl Columns {
 
     /// The rows pushed so far as one batch, in column order; the builders are left empty.
     fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        let mut cols: Vec<ArrayRef> = vec![
-            Arc::new(self.request_id.finish()),
-            Arc::new(self.session_id.finish()),
-            Arc::new(self.turn.finish()),
-            Arc::new(self.replica.finish()),
-            Arc::new(self.status.finish()),
-            Arc::new(self.finish_reason.finish()),
+        let [arrival, scheduled, first_token, finish] = &mut self.times;
+        let [cached, gpu, cpu, disk] = &mut self.cached;
+        let [ttft, tpot, e2e, queue] = &mut self.latencies;
+        // `REQUEST_COLUMNS` order.
+        let builders: [&mut dyn ArrayBuilder; N_COLUMNS] = [
+            &mut self.request_id,
+            &mut self.session_id,
+            &mut self.turn,
+            &mut self.replica,
+            &mut self.status,
+            &mut self.finish_reason,
+            arrival,
+            scheduled,
+            first_token,
+            finish,
+            &mut self.prompt_tokens,
+            cached,
+            gpu,
+            cpu,
+            disk,
+            &mut self.kv_load,
+            &mut self.prefilled_tokens,
+            &mut self.output_tokens,
+            ttft,
+            tpot,
+            e2e,
+            queue,
+            &mut self.preemptions,
+            &mut self.priority,
+            &mut self.batch_id,
+            &mut self.padding_tokens,
+            &mut self.attempt,
+            &mut self.failure_reason,
         ];
-        cols.extend(
-            self.times
-                .iter_mut()
-                .map(|b| Arc::new(b.finish()) as ArrayRef),
-        );
-        cols.push(Arc::new(self.prompt_tokens.finish()));
-        cols.extend(
-            self.cached
-                .iter_mut()
-                .map(|b| Arc::new(b.finish()) as ArrayRef),
-        );
-        cols.push(Arc::new(self.kv_load.finish()));
-        cols.push(Arc::new(self.prefilled_tokens.finish()));
-        cols.push(Arc::new(self.output_tokens.finish()));
-        cols.extend(
-            self.latencies
-                .iter_mut()
-                .map(|b| Arc::new(b.finish()) as ArrayRef),
-        );
-        cols.push(Arc::new(self.preemptions.finish()));
-        cols.push(Arc::new(self.priority.finish()));
-        cols.push(Arc::new(self.batch_id.finish()));
-        cols.push(Arc::new(self.padding_tokens.finish()));
-        cols.push(Arc::new(self.attempt.finish()));
-        cols.push(Arc::new(self.failure_reason.finish()));
+        let cols: Vec<ArrayRef> = builders.into_iter().map(|b| b.finish()).collect();
         RecordBatch::try_new(schema.clone(), cols)
     }
 }
