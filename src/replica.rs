@@ -653,8 +653,8 @@ impl<S: Scheduler> Replica<S> {
     }
 
     /// How far [`Replica::leap`] from `now` with the same `horizon` would go, without going, in at most
-    /// `cap` steps: the steps it would take and its last step's end (None for no step). Changes nothing the run can see (only
-    /// scratch space). It follows the leap's conditions step by step, pricing each step the same way; of
+    /// `cap` steps: the steps it would take and its last step's end (None for no step). Changes nothing
+    /// the run can see (only scratch space). It follows the leap's conditions step by step, pricing each step the same way; of
     /// the KV calls it needs only the block counts, since allocating a block in a decode step lowers what
     /// [`KvStore::leap_fits`] allows by exactly one (so a step fits when the blocks of every step before
     /// it plus its own fit now), and a request's next block is due one block size after its last.

@@ -7,8 +7,9 @@
 //! next event passes it by, the replica coasts ([`World::coast`]): the leap's extent is priced and its
 //! last step's end queued, and the steps are taken at that end ([`World::end_coast`]), or earlier, up to
 //! the instant of whatever reaches the replica first ([`World::catch_up`]): an arrival routed to it, a
-//! router that reads every replica's load, a client timeout, a cluster event, a time-series sample. Completions at one
-//! instant run in replica order (`event.rs`), so a coast's end sorts where its last step's would have.
+//! router that reads every replica's load, a client timeout, a cluster event, a time-series sample.
+//! Completions at one instant run in replica order (`event.rs`), so a coast's end sorts where its last
+//! step's would have.
 
 use crate::cluster::router::Router;
 use crate::cluster::{ReplicaView, Route};
