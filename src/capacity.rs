@@ -330,6 +330,15 @@ fn plan(cfg: &Config, name: String, overrides: &[String], goal: Goal) -> Result<
         )
         .into());
     }
+    if let (Goal::MinReplicas { .. }, Some(_)) = (goal, cfg.cluster.pd_pools()) {
+        return Err(ConfigError::invalid(
+            "--goal",
+            "min-replicas searches cluster.replicas, which a disaggregated cluster takes from its pools; \
+             search the prefill:decode split with --goal max-rate --grid cluster.prefill.replicas=1,2,3 \
+             --grid cluster.decode.replicas=1,2,3",
+        )
+        .into());
+    }
     let (_, key) = rate_unit(&cfg);
     let start =
         match (goal, rate_of(&cfg)) {
@@ -778,19 +787,37 @@ fn finish(
             .iter()
             .map(|(k, v)| format!("{k}<={v}"))
             .collect();
-        let system = format!(
-            "{} on {} x {} (TP{}, {})",
-            c.model.name,
-            match o.goal {
-                Goal::MaxRate => c.cluster.replicas.to_string(),
-                Goal::MinReplicas { .. } => "N".into(),
-            },
-            c.hardware.name,
-            c.hardware.tensor_parallel,
-            crate::run::enum_name(c.cluster.router)
-                .as_str()
-                .unwrap_or_default()
-        );
+        let system = match (&c.cluster.prefill, &c.cluster.decode, c.cluster.pd_pools()) {
+            (Some(p), Some(d), Some(_)) => {
+                let pool = |x: &crate::config::PoolConfig| {
+                    format!(
+                        "{} x {} (TP{})",
+                        x.replicas,
+                        x.hardware.as_deref().unwrap_or(&c.hardware.name),
+                        x.tensor_parallel.unwrap_or(c.hardware.tensor_parallel)
+                    )
+                };
+                format!(
+                    "{} on {} prefill + {} decode",
+                    c.model.name,
+                    pool(p),
+                    pool(d)
+                )
+            }
+            _ => format!(
+                "{} on {} x {} (TP{}, {})",
+                c.model.name,
+                match o.goal {
+                    Goal::MaxRate => c.cluster.replicas.to_string(),
+                    Goal::MinReplicas { .. } => "N".into(),
+                },
+                c.hardware.name,
+                c.hardware.tensor_parallel,
+                crate::run::enum_name(c.cluster.router)
+                    .as_str()
+                    .unwrap_or_default()
+            ),
+        };
         let (mut line, mut json) = match o.goal {
             Goal::MaxRate => answer_max_rate(pl, &system, unit, &criteria, per_seed, probes),
             Goal::MinReplicas { rate } => {
@@ -804,10 +831,30 @@ fn finish(
         lines.push(line);
         answers.push(json);
     }
-    let json = json!({
+    // Disaggregated combinations: the split that serves the most load per GPU.
+    let best = plans
+        .iter()
+        .zip(&answers)
+        .filter(|(pl, _)| pl.cfg.cluster.pd_pools().is_some())
+        .filter_map(|(pl, a)| {
+            let rate = a["answer"].as_f64()?;
+            Some((pl, rate, rate / pl.cfg.gpus().max(1) as f64))
+        })
+        .max_by(|a, b| a.2.total_cmp(&b.2));
+    let mut json = json!({
         "goal": match o.goal { Goal::MaxRate => "max-rate", Goal::MinReplicas { .. } => "min-replicas" },
         "answers": answers,
     });
+    if let (Some((pl, rate, per_gpu)), true) = (best, grid) {
+        let (unit, _) = rate_unit(&pl.cfg);
+        lines.push(format!(
+            "most load per GPU: {} ({per_gpu:.3} {unit} per GPU: {rate:.3} on {} GPUs)",
+            pl.name,
+            pl.cfg.gpus()
+        ));
+        json["best_per_gpu"] =
+            json!({"variant": pl.name, "answer": rate, "per_gpu": per_gpu, "gpus": pl.cfg.gpus()});
+    }
     write_probes_csv(&dir.file("capacity.csv"), plans, &per_plan)?;
     // The first combination's config as resolved at the starting rate and replica count: the directory
     // is re-creatable, and a later search may replace it.
@@ -1085,8 +1132,7 @@ fn answer_max_rate(
         );
     }
     answer += &trending_note(&at);
-    let gpus = cfg.cluster.replicas * cfg.hardware.tensor_parallel;
-    let (cost, cost_text) = costs(pl, gpus, mean, mean_tps(&at), unit);
+    let (cost, cost_text) = costs(pl, cfg.gpus(), mean, mean_tps(&at), unit);
     answer += &cost_text;
     let json = json!({
         "goal": "max-rate", "unit": unit, "criteria": criteria,

@@ -667,6 +667,12 @@ impl Config {
     /// comparison across engines keeps one config for all of them).
     pub fn ignored_settings(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if let Some(n) = self.cluster.replicas_ignored {
+            out.push(format!(
+                "cluster.replicas = {n}: in disaggregated mode the replicas are the pools' ({})",
+                self.cluster.replicas
+            ));
+        }
         let e = &self.engine;
         if e.kind != EngineKind::Dynamic && self.batching != BatchingConfig::default() {
             out.push(format!(
@@ -1243,6 +1249,120 @@ pub struct EngineConfig {
     /// Seconds a restarted replica is down before it serves again (`restart` in `[[cluster.events]]`):
     /// the model load and warm-up.
     pub startup_s: f64,
+    /// `[engine.speculative]`: vLLM's speculative decoding (`--speculative-config`); unset, off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<SpeculativeConfig>,
+}
+
+/// The draft method of speculative decoding (vLLM's `speculative_config.method`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpecMethod {
+    /// Prompt lookup: drafts copied from an earlier n-gram match in the context, proposed on the CPU
+    /// between steps (no GPU time, no lookahead slots).
+    Ngram,
+    /// EAGLE / EAGLE-3 heads: one decoder layer over the target's hidden states, run once per draft
+    /// token after the target's forward pass; priced as a one-layer model of the target's shape.
+    Eagle,
+    Eagle3,
+    /// A separate small draft model (`model`), run once per draft token after the target's pass.
+    DraftModel,
+}
+
+impl SpecMethod {
+    /// vLLM reserves `num_speculative_tokens` lookahead slots per running request for the methods whose
+    /// drafter writes KV (`use_eagle()` or `uses_draft_model()` in `Scheduler.__init__`); n-gram none.
+    pub fn lookahead(self) -> bool {
+        self != SpecMethod::Ngram
+    }
+}
+
+/// `[engine.speculative]`: each decode step verifies `num_speculative_tokens` draft tokens per request
+/// (a verification chunk of k + 1 tokens), accepts a prefix of them by rejection sampling and appends
+/// the accepted tokens plus one (vLLM V1's scheduler and rejection sampler). Acceptance is modelled,
+/// not computed: each draft token is accepted with probability `acceptance_rate` (or a rate drawn per
+/// request from `acceptance_rate_dist`), independently, until the first rejection, so a step emits
+/// (1 - a^(k+1)) / (1 - a) tokens on average.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeculativeConfig {
+    pub method: SpecMethod,
+    /// Draft tokens proposed per request per step, k (vLLM `num_speculative_tokens`).
+    pub num_speculative_tokens: u32,
+    /// The probability that a draft token is accepted given the ones before it were (0 to 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceptance_rate: Option<f64>,
+    /// Instead of one rate: each request's rate drawn from this distribution (clamped to [0, 1]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceptance_rate_dist: Option<Dist>,
+    /// The draft model's catalog name (`method = "draft_model"` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+impl SpeculativeConfig {
+    fn validate(&self, engine: &EngineConfig) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("engine.speculative.{k}");
+        if engine.kind != EngineKind::Vllm {
+            return Err(ConfigError::invalid(
+                "engine.speculative",
+                format!(
+                    "speculative decoding is modelled on engine.kind = \"vllm\" only, not \"{}\"; remove \
+                     [engine.speculative] or set engine.kind = \"vllm\"",
+                    config_name(engine.kind)
+                ),
+            ));
+        }
+        if !(1..=64).contains(&self.num_speculative_tokens) {
+            return Err(ConfigError::invalid(
+                key("num_speculative_tokens"),
+                format!(
+                    "must be 1 to 64 draft tokens per step, got {}",
+                    self.num_speculative_tokens
+                ),
+            ));
+        }
+        match (self.acceptance_rate, &self.acceptance_rate_dist) {
+            (Some(a), None) if (0.0..=1.0).contains(&a) => {}
+            (Some(a), None) => {
+                return Err(ConfigError::invalid(
+                    key("acceptance_rate"),
+                    format!("must be a probability from 0 to 1, got {a}"),
+                ))
+            }
+            (None, Some(d)) => d
+                .validate()
+                .map_err(|e| ConfigError::invalid(key("acceptance_rate_dist"), e))?,
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "engine.speculative",
+                    "set acceptance_rate (one rate) or acceptance_rate_dist (drawn per request), not both",
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    "engine.speculative",
+                    "set acceptance_rate, the probability a draft token is accepted (e.g. 0.7), or \
+                     acceptance_rate_dist to draw one per request",
+                ))
+            }
+        }
+        match (self.method, &self.model) {
+            (SpecMethod::DraftModel, None) => Err(ConfigError::invalid(
+                key("model"),
+                "method \"draft_model\" needs the draft model: a catalog name (e.g. \"tiny\") or the path \
+                 of its Hugging Face config.json",
+            )),
+            (m, Some(_)) if m != SpecMethod::DraftModel => Err(ConfigError::invalid(
+                key("model"),
+                format!(
+                    "only method \"draft_model\" runs a separate model; method \"{}\" has none: remove `model`",
+                    config_name(m)
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl EngineConfig {
@@ -1272,6 +1392,7 @@ impl Default for EngineConfig {
             async_scheduling: true,
             kv_cache_dtype: "auto".into(),
             startup_s: 60.0,
+            speculative: None,
         }
     }
 }
@@ -1516,6 +1637,124 @@ pub struct ClusterConfig {
     /// Replicas joining and leaving during the run, applied in time order (ties in list order) before
     /// the arrivals of the same instant.
     pub events: Vec<ClusterEvent>,
+    /// `aggregated` (every replica prefills and decodes) or `disaggregated` (prefill and decode pools
+    /// with KV transfer between them, `[cluster.prefill]`, `[cluster.decode]`, `[cluster.kv_transfer]`).
+    pub mode: ClusterMode,
+    /// The prefill pool (disaggregated mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefill: Option<PoolConfig>,
+    /// The decode pool (disaggregated mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decode: Option<PoolConfig>,
+    /// The link the prompt's KV crosses from a prefill to a decode instance (disaggregated mode only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_transfer: Option<KvTransferConfig>,
+    /// A `replicas` set in disaggregated mode that the pools' sum replaced (reported as ignored).
+    #[serde(skip)]
+    pub replicas_ignored: Option<u32>,
+}
+
+/// How the cluster serves a request (`cluster.mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterMode {
+    /// Every replica runs prefill and decode.
+    #[default]
+    Aggregated,
+    /// Prefill/decode disaggregation as vLLM's disaggregated prefill runs it behind its proxy: the
+    /// prefill router sends the request to a prefill instance with `max_tokens = 1`; when it is done,
+    /// the decode router sends it to a decode instance, which pulls the prompt's KV over the link
+    /// (NIXL's `get_num_new_matched_tokens`: the prompt past the decode side's own prefix hit, loaded
+    /// asynchronously into blocks allocated at admission) and then decodes. The prefill instance keeps
+    /// the request's blocks until the pull is done (its delayed free).
+    Disaggregated,
+}
+
+/// One pool of a disaggregated cluster (`[cluster.prefill]`, `[cluster.decode]`): its instances, and
+/// where they differ from the top-level `hardware` and `cluster.router`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub replicas: u32,
+    /// The GPU of its instances (a catalog name); unset: `hardware.name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware: Option<String>,
+    /// GPUs per instance; unset: `hardware.tensor_parallel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensor_parallel: Option<u32>,
+    /// The router in front of the pool; unset: `cluster.router`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<RouterPolicy>,
+}
+
+/// The KV transfer link's kind, for its default bandwidth.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvLink {
+    /// Within a node: NVLink 4 (H100/H200 SXM), 900 GB/s per GPU both ways on the datasheet, 450 one
+    /// way.
+    Nvlink,
+    /// Between nodes: one 400 Gb/s NIC (ConnectX-7) per GPU, 50 GB/s one way.
+    #[default]
+    Rdma,
+}
+
+impl KvLink {
+    /// Datasheet one-way bandwidth per GPU, GB/s.
+    pub fn default_gbps(self) -> f64 {
+        match self {
+            KvLink::Nvlink => 450.0,
+            KvLink::Rdma => 50.0,
+        }
+    }
+}
+
+/// Which instance's sample reaches the client first (`cluster.kv_transfer.first_token`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FirstToken {
+    /// vLLM's proxy: the prefill instance's one token is discarded; the decode instance loads the
+    /// prompt's KV but the last prompt token, recomputes it and samples the first token itself
+    /// (`_update_waiting_for_remote_kv`: a load that would complete the request counts one token
+    /// less), so the first token costs one decode step after the transfer.
+    #[default]
+    Decode,
+    /// SGLang's and Splitwise's split: the prefill instance's first token is the client's (its time is
+    /// the TTFT) and travels with the KV; the decode instance starts from it.
+    Prefill,
+}
+
+/// `[cluster.kv_transfer]`: the prompt's KV bytes (the model's `kv_bytes_per_token`, every layer) move
+/// at `bandwidth_gbps` per GPU, one way, over the GPUs of the smaller instance in parallel (each
+/// tensor-parallel rank sends its shard), after `latency_s`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvTransferConfig {
+    pub link: KvLink,
+    /// One-way GB/s (10^9 bytes) per GPU; unset: the link's datasheet figure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bandwidth_gbps: Option<f64>,
+    /// Seconds each transfer takes besides its bytes (connector handshake, notification).
+    pub latency_s: f64,
+    pub first_token: FirstToken,
+}
+
+impl Default for KvTransferConfig {
+    fn default() -> Self {
+        KvTransferConfig {
+            link: KvLink::Rdma,
+            bandwidth_gbps: None,
+            latency_s: 0.0,
+            first_token: FirstToken::Decode,
+        }
+    }
+}
+
+impl KvTransferConfig {
+    /// One-way bytes per second per GPU.
+    pub fn bytes_per_s(&self) -> f64 {
+        self.bandwidth_gbps.unwrap_or(self.link.default_gbps()) * 1e9
+    }
 }
 
 impl Default for ClusterConfig {
@@ -1529,11 +1768,43 @@ impl Default for ClusterConfig {
             prefix_aware: PrefixAwareConfig::default(),
             cache_aware: CacheAwareConfig::default(),
             events: Vec::new(),
+            mode: ClusterMode::Aggregated,
+            prefill: None,
+            decode: None,
+            kv_transfer: None,
+            replicas_ignored: None,
+        }
+    }
+}
+
+impl Config {
+    /// GPUs the cluster's starting replicas take: replicas x `hardware.tensor_parallel`, or, in a
+    /// disaggregated cluster, each pool's instances x its tensor parallelism.
+    pub fn gpus(&self) -> u32 {
+        let tp = self.hardware.tensor_parallel;
+        match (&self.cluster.prefill, &self.cluster.decode) {
+            (Some(p), Some(d)) if self.cluster.pd_pools().is_some() => [p, d]
+                .iter()
+                .map(|pool| {
+                    pool.replicas
+                        .saturating_mul(pool.tensor_parallel.unwrap_or(tp))
+                })
+                .fold(0u32, u32::saturating_add),
+            _ => self.cluster.replicas.saturating_mul(tp),
         }
     }
 }
 
 impl ClusterConfig {
+    /// Disaggregated mode's pools: (prefill instances, decode instances); replicas 0..P prefill and
+    /// P..P + D decode. None in aggregated mode.
+    pub fn pd_pools(&self) -> Option<(u32, u32)> {
+        match (self.mode, &self.prefill, &self.decode) {
+            (ClusterMode::Disaggregated, Some(p), Some(d)) => Some((p.replicas, d.replicas)),
+            _ => None,
+        }
+    }
+
     /// Replica slots over the run: the replicas at the start plus one per `add_replica` event. Ids
     /// 0..replicas are up at the start; the others join in event order.
     pub fn slots(&self) -> u32 {
@@ -2072,6 +2343,100 @@ impl Config {
         Ok(src)
     }
 
+    /// `cluster.mode = "disaggregated"`: both pools, a sane link, and only the parts of servesim the
+    /// split is modelled with.
+    fn validate_disaggregated(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if c.mode != ClusterMode::Disaggregated {
+            for (set, key) in [
+                (c.prefill.is_some(), "cluster.prefill"),
+                (c.decode.is_some(), "cluster.decode"),
+                (c.kv_transfer.is_some(), "cluster.kv_transfer"),
+            ] {
+                if set {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("applies with cluster.mode = \"disaggregated\" only; set that, or remove [{key}]"),
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        let (Some(p), Some(d)) = (&c.prefill, &c.decode) else {
+            return Err(ConfigError::invalid(
+                "cluster.mode",
+                "disaggregated mode needs both pools: [cluster.prefill] and [cluster.decode], each with \
+                 replicas = N",
+            ));
+        };
+        for (pool, key) in [(p, "cluster.prefill"), (d, "cluster.decode")] {
+            if pool.replicas == 0 {
+                return Err(ConfigError::invalid(
+                    format!("{key}.replicas"),
+                    "must be at least 1 instance",
+                ));
+            }
+            if pool.tensor_parallel == Some(0) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.tensor_parallel"),
+                    "must be at least 1 GPU per instance",
+                ));
+            }
+        }
+        let t = c.kv_transfer.clone().unwrap_or_default();
+        if let Some(b) = t.bandwidth_gbps {
+            if !(b.is_finite() && b > 0.0) {
+                return Err(ConfigError::invalid(
+                    "cluster.kv_transfer.bandwidth_gbps",
+                    format!("must be a positive number of GB/s, got {b}"),
+                ));
+            }
+        }
+        if !(t.latency_s.is_finite() && t.latency_s >= 0.0 && t.latency_s < 3600.0) {
+            return Err(ConfigError::invalid(
+                "cluster.kv_transfer.latency_s",
+                format!(
+                    "must be 0 or more seconds (below an hour), got {}",
+                    t.latency_s
+                ),
+            ));
+        }
+        // What the split is not modelled with, refused rather than run half-modelled.
+        let unsupported = [
+            (
+                self.engine.kind != EngineKind::Vllm,
+                "engine.kind",
+                "disaggregated serving is modelled on engine.kind = \"vllm\" (its KV connector) only",
+            ),
+            (
+                self.engine.kv_kind() != KvKind::Paged,
+                "engine.kv_cache",
+                "disaggregated serving moves vLLM's paged blocks; use the paged store",
+            ),
+            (
+                self.kv.offload.is_some(),
+                "kv.offload",
+                "offload tiers with disaggregated serving are not modelled; remove [kv.offload]",
+            ),
+            (
+                !c.events.is_empty(),
+                "cluster.events",
+                "cluster events with disaggregated pools are not modelled; remove [[cluster.events]]",
+            ),
+            (
+                self.workload.client_timeout_s.is_some(),
+                "workload.client_timeout_s",
+                "client timeouts across the prefill-to-decode hand-off are not modelled; remove it",
+            ),
+        ];
+        for (bad, key, why) in unsupported {
+            if bad {
+                return Err(ConfigError::invalid(key, why));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks what the schema cannot: ranges, consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_name(&self.name)?;
@@ -2079,6 +2444,19 @@ impl Config {
         self.validate_batching()?;
         self.validate_sglang()?;
         let e = &self.engine;
+        if let Some(sp) = &e.speculative {
+            sp.validate(e)?;
+            if e.kv_kind() != KvKind::Paged {
+                return Err(ConfigError::invalid(
+                    "engine.speculative",
+                    format!(
+                        "speculative decoding is modelled over vLLM's paged KV cache, not kv_cache = \"{}\"; \
+                         remove engine.kv_cache or [engine.speculative]",
+                        config_name(e.kv_kind())
+                    ),
+                ));
+            }
+        }
         if !e.kind.stores().contains(&e.kv_kind()) {
             return Err(ConfigError::invalid(
                 "engine.kv_cache",
@@ -2296,6 +2674,7 @@ impl Config {
             ));
         }
         self.cluster.validate()?;
+        self.validate_disaggregated()?;
         let su = self.engine.startup_s;
         if !(su.is_finite() && su >= 0.0 && su < crate::time::HORIZON.as_secs_f64() / 2.0) {
             return Err(ConfigError::invalid(
@@ -2629,12 +3008,25 @@ impl Source<'_> {
         for o in overrides {
             apply_override(&mut table, o)?;
         }
-        let cfg: Config = if overrides.is_empty() {
+        let replicas_set = table
+            .get("cluster")
+            .and_then(|c| c.get("replicas"))
+            .is_some();
+        let mut cfg: Config = if overrides.is_empty() {
             from_toml_str(self.text, self.origin)?
         } else {
             let origin = format!("{} with --set {}", self.origin, overrides.join(" --set "));
             from_value(toml::Value::Table(table), &origin)?
         };
+        // Disaggregated, the replicas are the pools' instances; a different count set is reported
+        // as ignored (a resolved config re-run with other pools carries the old sum).
+        if let Some((p, d)) = cfg.cluster.pd_pools() {
+            let n = p.saturating_add(d);
+            if replicas_set && cfg.cluster.replicas != n {
+                cfg.cluster.replicas_ignored = Some(cfg.cluster.replicas);
+            }
+            cfg.cluster.replicas = n;
+        }
         cfg.validate().map_err(|e| self.locate(e, overrides))?;
         Ok(cfg)
     }

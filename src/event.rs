@@ -31,6 +31,9 @@ pub enum Event {
     Cluster(u32),
     /// A restarted replica has loaded its model and serves again.
     ReplicaReady(ReplicaId),
+    /// A decode instance's pull of request `id`'s KV from prefill replica `replica` has landed: the
+    /// prefill instance frees the blocks it kept for it (disaggregated serving).
+    KvTransferDone(ReplicaId, RequestId),
     /// Take a time-series sample of every replica.
     Sample,
 }
@@ -42,7 +45,8 @@ impl EventClass for Event {
     /// very instant of its client's deadline is in time). Arrivals, retries and client timeouts follow,
     /// in the order they were queued, so that a request arriving at the very instant a step ends can join
     /// the next step; scheduling follows, seeing them all; samples come last, so they record the state
-    /// the instant settled into.
+    /// the instant settled into. A KV transfer's end releases the prefill instance's blocks among the
+    /// arrivals, before any scheduling pass at that instant.
     ///
     /// Within a class, events run in the order they were queued, but for completions, which run in
     /// replica order: a step's end then sorts by the replica alone, not by when its step was planned, so
@@ -57,6 +61,7 @@ impl EventClass for Event {
             Event::TurnRelease(_) => 2,
             Event::Timeout(..) => 2,
             Event::Retry(_) => 2,
+            Event::KvTransferDone(..) => 2,
             Event::Schedule(_) => 3,
             Event::Sample => 4,
         }

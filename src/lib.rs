@@ -42,6 +42,7 @@ pub mod request;
 pub mod rng;
 pub mod run;
 pub mod scheduler;
+pub mod speculative;
 pub mod system;
 pub mod time;
 #[cfg(feature = "calibrate")]

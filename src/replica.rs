@@ -137,6 +137,13 @@ pub struct ReplicaStats {
     pub refused: u64,
     /// The stretches it was up or draining, in ns: (start, end), the last open (None) while it is.
     pub up: Vec<(u64, Option<u64>)>,
+    /// Speculative decoding's counters (all zero without it).
+    pub spec: crate::speculative::SpecStats,
+    /// KV pulls from prefill instances started here (a disaggregated decode instance), their bytes
+    /// and their summed durations in ns.
+    pub kv_transfers: u64,
+    pub kv_transfer_bytes: u64,
+    pub kv_transfer_ns: u64,
 }
 
 impl ReplicaStats {
@@ -259,6 +266,15 @@ pub struct Replica<S> {
     recompute: bool,
     /// Every step started, when recording (`SimOptions::record_steps`; runs stepped one by one).
     pub step_log: Option<Vec<StepRecord>>,
+    /// Speculative decoding's acceptance model, when on (the scheduler plans the draft tokens).
+    spec: Option<crate::speculative::Acceptance>,
+    /// Disaggregated prefill instance: requests done here whose KV a decode instance has yet to pull.
+    /// They stay in `requests` (their blocks held, as invariant checks see) but in no queue, and are
+    /// no work (see [`Replica::release_parked`]).
+    parked: Vec<RequestId>,
+    /// KV pulls the scheduler started and the world has not yet been told of (see
+    /// [`Replica::take_transfers`]).
+    transfers: Vec<(RequestId, ReplicaId, SimTime)>,
 }
 
 #[derive(Default)]
@@ -413,7 +429,39 @@ impl<S: Scheduler> Replica<S> {
             leap_scratch: LeapScratch::default(),
             shape: StepShape::default(),
             step_log: None,
+            spec: None,
+            parked: Vec::new(),
+            transfers: Vec::new(),
         }
+    }
+
+    /// The KV pulls from prefill instances its scheduler started since the last call: (request, prefill
+    /// replica, when the pull lands).
+    pub fn take_transfers(&mut self) -> Vec<(RequestId, ReplicaId, SimTime)> {
+        std::mem::take(&mut self.transfers)
+    }
+
+    /// A decode instance has pulled parked request `id`'s KV: its blocks are freed (they stay cached).
+    /// False when it holds no such request.
+    pub fn release_parked(&mut self, id: RequestId) -> bool {
+        let Some(i) = self.parked.iter().position(|&p| p == id) else {
+            return false;
+        };
+        self.parked.swap_remove(i);
+        let mut r = self.requests.remove(&id).expect("a parked request is held");
+        self.scheduler.kv_mut().free(&mut r);
+        true
+    }
+
+    /// Requests done here whose KV waits to be pulled.
+    pub fn num_parked(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Turns on speculative decoding's acceptance (its scheduler must plan the draft tokens).
+    pub fn with_speculation(mut self, acceptance: crate::speculative::Acceptance) -> Self {
+        self.spec = Some(acceptance);
+        self
     }
 
     /// The KV store (owned by the scheduler).
@@ -456,8 +504,9 @@ impl<S: Scheduler> Replica<S> {
         self.in_flight.as_ref().map(|f| f.ends)
     }
 
+    /// Holds requests to run (parked ones, done here, are not work).
     pub fn has_work(&self) -> bool {
-        !self.requests.is_empty()
+        self.requests.len() > self.parked.len()
     }
 
     /// Queues a new request.
@@ -468,6 +517,9 @@ impl<S: Scheduler> Replica<S> {
         self.stats.prompt_tokens += req.prompt_tokens as u64;
         self.waits_for_arrival = false;
         self.scheduler.kv_mut().on_enqueue(&mut req);
+        if let Some(a) = &self.spec {
+            req.spec_acceptance_rate = a.rate_for(req.id);
+        }
         self.true_output.insert(req.id, true_output_tokens);
         self.scheduler.add_request(&req);
         self.requests.insert(req.id, Box::new(req));
@@ -479,6 +531,13 @@ impl<S: Scheduler> Replica<S> {
         debug_assert!(self.in_flight.is_none());
         let mut plan = std::mem::take(&mut self.spare_plan);
         let next = self.scheduler.schedule(now, &mut self.requests, &mut plan);
+        for &(id, _, lands) in &plan.transfers {
+            let pd = self.requests[&id].pd.as_ref().expect("a pulled request");
+            self.stats.kv_transfers += 1;
+            self.stats.kv_transfer_bytes += pd.transfer_bytes;
+            self.stats.kv_transfer_ns += lands.since(now).0;
+        }
+        self.transfers.append(&mut plan.transfers);
         self.stats.preemptions += plan.preempted.len() as u64;
         debug_assert_eq!(
             next == Next::Run,
@@ -488,8 +547,11 @@ impl<S: Scheduler> Replica<S> {
         if next != Next::Run {
             self.spare_plan = plan;
             self.waits_for_arrival = next == Next::Idle && self.has_work();
+            // A prefill instance whose blocks are held by parked requests waits for their pulls.
             debug_assert!(
-                !self.waits_for_arrival || self.scheduler.may_idle_with_work(),
+                !self.waits_for_arrival
+                    || self.scheduler.may_idle_with_work()
+                    || !self.parked.is_empty(),
                 "invariant 5: work held but nothing schedulable"
             );
             return match next {
@@ -514,8 +576,15 @@ impl<S: Scheduler> Replica<S> {
                 }
             }
             r.first_scheduled.get_or_insert(now);
+            if let Some(pd) = &mut r.pd {
+                match pd.stage {
+                    crate::request::PdStage::Prefill => pd.prefill_start.get_or_insert(now),
+                    crate::request::PdStage::Decode { .. } => pd.decode_start.get_or_insert(now),
+                };
+            }
             let computed = r.num_computed_tokens; // already advanced by n (S6)
-            let samples = computed == r.num_tokens();
+                                                  // Past the tokens there are draft tokens to verify (speculative decoding).
+            let samples = computed >= r.num_tokens();
             let decode = !r.in_prefill;
             if r.in_prefill {
                 r.prefilled_tokens += n as u64;
@@ -532,8 +601,16 @@ impl<S: Scheduler> Replica<S> {
             if decode && recompute {
                 // No KV kept: the token recomputes the whole context, a prefill chunk of it.
                 shape.add(computed, computed, false, samples);
+            } else if decode && n > 1 {
+                // A verification: the sampled token and its drafts attend the context causally, as
+                // a chunk, and every position's logits are sampled.
+                shape.add_verify(n, computed);
             } else {
                 shape.add(n, computed, decode, samples);
+            }
+            if samples && self.spec.is_some() {
+                // The drafter proposes for every request that sampled, from its new context.
+                shape.draft.add(1, computed, true, true);
             }
         }
         for p in &plan.padding {
@@ -921,16 +998,39 @@ impl<S: Scheduler> Replica<S> {
         let kv = self.scheduler.kv_mut();
         for &(id, _) in &step.plan.scheduled {
             let r = self.requests.get_mut(&id).expect("scheduled request");
-            if r.num_computed_tokens != r.num_tokens() {
+            if r.num_computed_tokens < r.num_tokens() {
                 continue; // a partial prefill chunk samples nothing
             }
+            // Speculative decoding: the accepted drafts and one more token are appended, and the
+            // computed count rolls back over the rejected ones (vLLM `num_computed_tokens -=
+            // num_rejected`); their slots stay allocated for the next step's drafts.
+            let drafts = r.num_computed_tokens - r.num_tokens();
+            let emitted = match &self.spec {
+                Some(a) if drafts > 0 => {
+                    let accepted =
+                        a.accepted(id, r.num_output_tokens, drafts, r.spec_acceptance_rate);
+                    self.stats.spec.record(drafts, accepted);
+                    r.num_computed_tokens -= drafts - accepted;
+                    accepted + 1
+                }
+                _ => 1,
+            };
             let prev = r.last_token;
-            r.num_output_tokens += 1;
             r.in_prefill = false;
             r.first_token.get_or_insert(now);
             r.last_token = Some(now);
+            // The engine checks for a stop after each token it appends and drops the rest.
+            let truth = self.true_output[&id];
+            let mut stop = None;
+            for _ in 0..emitted {
+                r.num_output_tokens += 1;
+                stop = stop_reason(r, truth, self.max_model_len);
+                if stop.is_some() {
+                    break;
+                }
+            }
             on_token(r, prev);
-            match stop_reason(r, self.true_output[&id], self.max_model_len) {
+            match stop {
                 Some(reason) => done.push((id, reason)),
                 None => kv.on_token(r),
             }
@@ -946,10 +1046,26 @@ impl<S: Scheduler> Replica<S> {
         self.scheduler.finish_requests(&ids, now);
         let mut out = Vec::with_capacity(done.len());
         for (id, reason) in done {
-            let mut r = self.requests.remove(&id).expect("finished request");
+            let prefilled_here = self.requests[&id]
+                .pd
+                .as_ref()
+                .is_some_and(|p| p.stage == crate::request::PdStage::Prefill);
+            let mut r = if prefilled_here {
+                // Its KV stays until a decode instance pulls it (vLLM's delayed free); the world gets
+                // a copy to hand off.
+                self.parked.push(id);
+                let held = self.requests.get_mut(&id).expect("finished request");
+                if let Some(pd) = &mut held.pd {
+                    pd.prefill_end = Some(now);
+                }
+                (**held).clone()
+            } else {
+                let mut r = self.requests.remove(&id).expect("finished request");
+                self.scheduler.kv_mut().free(&mut r);
+                *r
+            };
             self.prompt_tokens -= r.prompt_tokens as u64;
             self.true_output.remove(&id);
-            self.scheduler.kv_mut().free(&mut r);
             r.finish = Some(now);
             r.finish_reason = Some(reason);
             debug_assert!(
@@ -959,7 +1075,7 @@ impl<S: Scheduler> Replica<S> {
                 "invariant 4: causality of request {}",
                 r.id
             );
-            out.push(*r);
+            out.push(r);
         }
         #[cfg(debug_assertions)]
         self.maybe_check_invariants();
@@ -1146,7 +1262,7 @@ impl<S: Scheduler> Replica<S> {
             panic!("invariant 2 violated on replica {}: {e}", self.id);
         }
         assert_eq!(
-            self.scheduler.num_waiting() + self.scheduler.num_running(),
+            self.scheduler.num_waiting() + self.scheduler.num_running() + self.parked.len(),
             self.requests.len(),
             "invariant 1: a request is in no queue or two"
         );
@@ -1154,6 +1270,7 @@ impl<S: Scheduler> Replica<S> {
             self.prompt_tokens,
             self.requests
                 .values()
+                .filter(|r| !self.parked.contains(&r.id))
                 .map(|r| r.prompt_tokens as u64)
                 .sum::<u64>(),
             "the prompt tokens a router sees are those held"

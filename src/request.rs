@@ -165,6 +165,60 @@ pub struct Request {
     pub attempt: u32,
     /// Why it was refused or abandoned (rejected and timed-out requests).
     pub failure: Option<FailureReason>,
+    /// The probability that one of its draft tokens is accepted (speculative decoding; set by its
+    /// replica at enqueue, 0 without speculation).
+    pub spec_acceptance_rate: f64,
+    /// Disaggregated serving: its stage and its timeline so far (None in an aggregated cluster).
+    pub pd: Option<Box<PdState>>,
+}
+
+/// Where a request stands in a disaggregated cluster (`cluster.mode = "disaggregated"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PdStage {
+    /// On a prefill instance, with `max_tokens = 1` (vLLM's proxy): when it samples, its KV waits there
+    /// for the decode instance to pull it.
+    Prefill,
+    /// On a decode instance. `remote_kv`: its prompt's KV is still on the prefill instance (the
+    /// connector's `do_remote_prefill`), pulled at admission; false once pulled (a preempted request
+    /// recomputes locally, as vLLM's consumed transfer parameters leave it).
+    Decode { remote_kv: bool },
+}
+
+/// A disaggregated request's state and timeline; the times are when each part began or ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PdState {
+    pub stage: PdStage,
+    /// What the client asked for and what the model will answer, held while the prefill instance runs
+    /// it with `max_tokens = 1`.
+    pub max_tokens: u32,
+    pub true_output: u32,
+    pub prefill_replica: ReplicaId,
+    /// First scheduled on the prefill instance, and its one sample there.
+    pub prefill_start: Option<SimTime>,
+    pub prefill_end: Option<SimTime>,
+    /// The KV pull: started when the decode instance admitted it, landed when it ended.
+    pub transfer_start: Option<SimTime>,
+    pub transfer_end: Option<SimTime>,
+    pub transfer_bytes: u64,
+    /// First scheduled on the decode instance after the pull.
+    pub decode_start: Option<SimTime>,
+}
+
+impl PdState {
+    /// The timeline of a request that finished at `finish`, in nanoseconds: prefill queue, prefill,
+    /// transfer, decode queue (waiting for admission before the pull and for a step after it), decode.
+    /// They add up to its E2E. None unless every part happened.
+    pub fn timeline(&self, arrival: SimTime, finish: SimTime) -> Option<[u64; 5]> {
+        let (ps, pe) = (self.prefill_start?, self.prefill_end?);
+        let (ts, te, ds) = (self.transfer_start?, self.transfer_end?, self.decode_start?);
+        Some([
+            ps.since(arrival).0,
+            pe.since(ps).0,
+            te.since(ts).0,
+            ts.since(pe).0 + ds.since(te).0,
+            finish.since(ds).0,
+        ])
+    }
 }
 
 impl Request {
@@ -220,6 +274,8 @@ impl Request {
             last_turn: false,
             attempt: 0,
             failure: None,
+            spec_acceptance_rate: 0.0,
+            pd: None,
         }
     }
 

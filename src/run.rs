@@ -128,6 +128,8 @@ pub struct ReplicaSummary {
     pub busy_s: f64,
     pub steps: u64,
     pub num_preemptions: u64,
+    /// `prefill` or `decode` in a disaggregated cluster, empty in an aggregated one.
+    pub role: &'static str,
 }
 
 /// Column order of `replicas.csv`.
@@ -143,6 +145,7 @@ pub const REPLICA_COLUMNS: &[&str] = &[
     "busy_s",
     "steps",
     "num_preemptions",
+    "role",
 ];
 
 impl ReplicaSummary {
@@ -151,9 +154,15 @@ impl ReplicaSummary {
         let models = cfg.cluster.swap_models();
         ReplicaSummary {
             replica: r.id,
+            // A disaggregated cluster's pools serve `model` (their indices are 1 and 2).
             model: match r.model {
-                0 => cfg.model.name.clone(),
+                m if m == 0 || cfg.cluster.pd_pools().is_some() => cfg.model.name.clone(),
                 m => models[m - 1].to_string(),
+            },
+            role: match System::model_of_slot(cfg, r.id) {
+                1 => "prefill",
+                2 => "decode",
+                _ => "",
             },
             requests: r.stats.requests,
             prompt_tokens: r.stats.prompt_tokens,
@@ -182,6 +191,7 @@ impl ReplicaSummary {
             self.busy_s.to_string(),
             self.steps.to_string(),
             self.num_preemptions.to_string(),
+            self.role.to_string(),
         ]
     }
 }
@@ -322,8 +332,9 @@ impl WithReplicas for RunWorld<'_> {
         make: &dyn Fn(ReplicaId, usize) -> Replica<S>,
     ) -> Self::Out {
         let cfg = self.cfg;
-        let mut replicas: Vec<Replica<S>> =
-            (0..cfg.cluster.slots()).map(|id| make(id, 0)).collect();
+        let mut replicas: Vec<Replica<S>> = (0..cfg.cluster.slots())
+            .map(|id| make(id, System::model_of_slot(cfg, id)))
+            .collect();
         for (r, snap) in replicas.iter_mut().zip(&self.warm) {
             r.restore_cache(snap);
         }
@@ -345,6 +356,20 @@ impl WithReplicas for RunWorld<'_> {
         );
         world.set_factory(make);
         world.add_swap_costs(costs.collect());
+        if let (Some(decode_router), Some((prefill, _))) =
+            (self.system.decode_router(cfg), cfg.cluster.pd_pools())
+        {
+            world.set_pd_pools(crate::world::PdPools {
+                prefill,
+                decode_router,
+                first_token: cfg
+                    .cluster
+                    .kv_transfer
+                    .clone()
+                    .unwrap_or_default()
+                    .first_token,
+            });
+        }
         world.run()?;
         let replicas: Vec<ReplicaSummary> = world
             .replicas
@@ -974,6 +999,32 @@ fn summarize<S: Scheduler>(
         (batches > 0).then(|| batched as f64 / batches as f64),
     );
     s.set("padding_tokens", padding);
+    // Speculative decoding, as vLLM's `SpecDecodingStats` (zero and null without it).
+    let mut spec = crate::speculative::SpecStats::default();
+    for r in &world.replicas {
+        spec.merge(&r.stats.spec);
+    }
+    s.set("spec_decode_num_drafts", spec.num_drafts);
+    s.set("spec_decode_num_draft_tokens", spec.num_draft_tokens);
+    s.set("spec_decode_num_accepted_tokens", spec.num_accepted_tokens);
+    s.set_opt("spec_decode_acceptance_rate", spec.acceptance_rate());
+    s.set_opt(
+        "spec_decode_mean_acceptance_length",
+        spec.mean_acceptance_length(),
+    );
+    // Disaggregated serving's KV pulls (zero and null in an aggregated cluster).
+    let (mut pulls, mut pull_bytes, mut pull_ns) = (0u64, 0u64, 0u64);
+    for r in &world.replicas {
+        pulls += r.stats.kv_transfers;
+        pull_bytes += r.stats.kv_transfer_bytes;
+        pull_ns += r.stats.kv_transfer_ns;
+    }
+    s.set("pd_kv_transfers", pulls);
+    s.set("pd_kv_transfer_bytes", pull_bytes);
+    s.set_opt(
+        "pd_kv_transfer_mean_s",
+        (pulls > 0).then(|| pull_ns as f64 / 1e9 / pulls as f64),
+    );
     let m = &world.metrics;
     let real = m.prefilled_tokens + m.output_tokens;
     s.set_opt(

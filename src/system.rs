@@ -10,7 +10,7 @@
 //! included.
 
 use crate::config::{
-    Config, CostKind, EngineKind, KvKind, OffloadBackend, OffloadConfig, WorkloadKind,
+    Config, CostKind, EngineKind, KvKind, OffloadBackend, OffloadConfig, SpecMethod, WorkloadKind,
 };
 use crate::cost::catalog::{HardwareSpec, ModelShape};
 use crate::cost::linear::LinearCost;
@@ -24,7 +24,7 @@ use crate::kv::tier::{Backend, OffloadParams, TierKind, TierParams};
 use crate::kv::{KvCacheManager, KvStore, Tiered};
 use crate::replica::Replica;
 use crate::rng::RngStreams;
-use crate::scheduler::vllm_v1::{Limits, VllmScheduler};
+use crate::scheduler::vllm_v1::{Limits, SpecDecode, VllmScheduler};
 use crate::scheduler::Scheduler;
 use crate::workload::conversation::ConversationGenerator;
 use crate::workload::trace::TraceWorkload;
@@ -51,6 +51,25 @@ impl System {
     /// take prompts as long as the first (the workload refuses longer ones for every replica).
     pub fn resolve(cfg: &Config) -> Result<System, ConfigError> {
         let mut sys = System::resolve_one(cfg)?;
+        // Disaggregated: the pools are models 1 (prefill) and 2 (decode), each sized and priced for its
+        // hardware and tensor parallelism (the config refuses swap_model events with pools).
+        for (key, pool_cfg) in pool_configs(cfg) {
+            let pool = System::resolve_one(&pool_cfg)
+                .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
+            if pool.sizing.max_model_len < sys.sizing.max_model_len {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "its instances take prompts up to {} tokens, below the {} of the top-level hardware; \
+                         set engine.max_model_len to at most {}",
+                        pool.sizing.max_model_len,
+                        sys.sizing.max_model_len,
+                        pool.sizing.max_model_len
+                    ),
+                ));
+            }
+            sys.swaps.push(pool);
+        }
         for name in cfg.cluster.swap_models() {
             let key = format!("cluster.events: swap_model to \"{name}\"");
             let other = System::resolve_one(&for_model(cfg, name))
@@ -84,6 +103,13 @@ impl System {
     /// One cost model per model of the run, in [`System::of_model`] order.
     pub fn cost_models(&self, cfg: &Config) -> Result<Vec<Box<dyn CostModel>>, ConfigError> {
         let mut v = vec![self.cost_model(cfg)?];
+        for (i, (key, pool_cfg)) in pool_configs(cfg).into_iter().enumerate() {
+            v.push(
+                self.swaps[i]
+                    .cost_model(&pool_cfg)
+                    .map_err(|e| ConfigError::invalid(key, e.to_string()))?,
+            );
+        }
         for (name, sys) in cfg.cluster.swap_models().into_iter().zip(&self.swaps) {
             let key = format!("cluster.events: swap_model to \"{name}\"");
             v.push(
@@ -170,8 +196,59 @@ impl System {
         .with_async_scheduling(cfg.engine.async_scheduling))
     }
 
-    /// Builds the configured cost model; profile and table files are read (and checked) here.
+    /// Builds the configured cost model; profile and table files are read (and checked) here. With
+    /// speculative decoding, the drafter's passes are added to it (`cost::speculative`).
     pub fn cost_model(&self, cfg: &Config) -> Result<Box<dyn CostModel>, ConfigError> {
+        let target = self.target_cost_model(cfg)?;
+        let Some(sp) = &cfg.engine.speculative else {
+            return Ok(target);
+        };
+        let tp = cfg.hardware.tensor_parallel;
+        let key = "engine.speculative.model";
+        let drafter_shape = match sp.method {
+            SpecMethod::Ngram => None,
+            // An EAGLE head is one decoder layer of the target's width over its hidden states, with
+            // the target's LM head.
+            SpecMethod::Eagle | SpecMethod::Eagle3 => Some(ModelShape {
+                num_layers: 1,
+                ..self.model.clone()
+            }),
+            SpecMethod::DraftModel => {
+                let name = sp.model.as_deref().unwrap_or_default();
+                let m = ModelShape::load(name)
+                    .and_then(|m| m.with_dtypes(&cfg.model.dtype, &cfg.engine.kv_cache_dtype))
+                    .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
+                Some(m)
+            }
+        };
+        let drafter = drafter_shape
+            .map(|m| -> Result<Box<dyn CostModel>, ConfigError> {
+                let per_rank = m
+                    .per_rank(tp)
+                    .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
+                let hw = &cfg.hardware;
+                Ok(Box::new(
+                    Roofline::new(
+                        per_rank,
+                        self.hardware.clone(),
+                        cfg.cost.roofline.clone(),
+                        tp,
+                        hw.interconnect_gbps,
+                        hw.allreduce_latency_s,
+                    )
+                    .with_async_scheduling(cfg.engine.async_scheduling),
+                ))
+            })
+            .transpose()?;
+        Ok(Box::new(crate::cost::speculative::SpeculativeCost {
+            target,
+            drafter,
+            passes: sp.num_speculative_tokens,
+        }))
+    }
+
+    /// The target model's cost model, of `cost.kind`.
+    fn target_cost_model(&self, cfg: &Config) -> Result<Box<dyn CostModel>, ConfigError> {
         let datasheet = matches!(cfg.cost.kind, CostKind::Roofline | CostKind::Table);
         if datasheet && self.model.dtype_bytes != 2 {
             return Err(ConfigError::invalid(
@@ -358,22 +435,99 @@ impl System {
                 long_prefill_token_threshold: cfg.engine.long_prefill_token_threshold,
                 policy: cfg.engine.policy,
             };
-            let scheduler = VllmScheduler::new(limits, store(m));
-            Replica::new(id, scheduler, s.max_model_len).serving(m)
+            let mut scheduler = VllmScheduler::new(limits, store(m));
+            if let Some(link) = self.remote_kv(cfg, m) {
+                scheduler = scheduler.with_remote_kv(link);
+            }
+            match &cfg.engine.speculative {
+                None => Replica::new(id, scheduler, s.max_model_len).serving(m),
+                Some(sp) => {
+                    let k = sp.num_speculative_tokens;
+                    let scheduler = scheduler.with_speculation(SpecDecode {
+                        num_speculative_tokens: k,
+                        num_lookahead_tokens: if sp.method.lookahead() { k } else { 0 },
+                    });
+                    Replica::new(id, scheduler, s.max_model_len)
+                        .with_speculation(crate::speculative::Acceptance::new(sp, cfg.seed))
+                        .serving(m)
+                }
+            }
         })
     }
 
-    /// The cluster's router, of the configured policy.
+    /// The cluster's router, of the configured policy; disaggregated, the prefill pool's.
     pub fn router(&self, cfg: &Config) -> Box<dyn crate::cluster::router::Router> {
+        match &cfg.cluster.prefill {
+            Some(p) if cfg.cluster.pd_pools().is_some() => self.pool_router(cfg, p, 1),
+            _ => crate::cluster::router::build(
+                &cfg.cluster,
+                crate::cluster::router::RouterContext {
+                    slots: cfg.cluster.slots(),
+                    seed: cfg.seed,
+                    gpu_blocks: self.sizing.num_gpu_blocks as u64,
+                    block_size: cfg.engine.block_size,
+                },
+            ),
+        }
+    }
+
+    /// The decode pool's router (disaggregated only).
+    pub fn decode_router(&self, cfg: &Config) -> Option<Box<dyn crate::cluster::router::Router>> {
+        let d = cfg.cluster.decode.as_ref()?;
+        cfg.cluster.pd_pools()?;
+        Some(self.pool_router(cfg, d, 2))
+    }
+
+    /// A pool's router over its `pool.replicas` instances of model `m`: its own policy, or
+    /// `cluster.router`; its draws from a stream of its own.
+    fn pool_router(
+        &self,
+        cfg: &Config,
+        pool: &crate::config::PoolConfig,
+        m: usize,
+    ) -> Box<dyn crate::cluster::router::Router> {
+        let mut c = cfg.cluster.clone();
+        c.router = pool.router.unwrap_or(c.router);
         crate::cluster::router::build(
-            &cfg.cluster,
+            &c,
             crate::cluster::router::RouterContext {
-                slots: cfg.cluster.slots(),
-                seed: cfg.seed,
-                gpu_blocks: self.sizing.num_gpu_blocks as u64,
+                slots: pool.replicas,
+                seed: crate::rng::mix(cfg.seed, m as u64),
+                gpu_blocks: self.of_model(m).sizing.num_gpu_blocks as u64,
                 block_size: cfg.engine.block_size,
             },
         )
+    }
+
+    /// The model index (see [`System::of_model`]) replica slot `id` starts with: 0, but for the pools
+    /// of a disaggregated cluster (1 for prefill instances, 2 for decode instances).
+    pub fn model_of_slot(cfg: &Config, id: ReplicaId) -> usize {
+        match cfg.cluster.pd_pools() {
+            Some((p, _)) if id < p => 1,
+            Some(_) => 2,
+            None => 0,
+        }
+    }
+
+    /// The KV connector of a decode instance of model `m` (disaggregated, `m` = 2): the decode model's
+    /// KV bytes per token over `cluster.kv_transfer`'s link, one link per GPU of the smaller instance.
+    pub fn remote_kv(&self, cfg: &Config, m: usize) -> Option<crate::scheduler::vllm_v1::RemoteKv> {
+        let (Some(p), Some(d)) = (&cfg.cluster.prefill, &cfg.cluster.decode) else {
+            return None;
+        };
+        if m != 2 || cfg.cluster.pd_pools().is_none() {
+            return None;
+        }
+        let t = cfg.cluster.kv_transfer.clone().unwrap_or_default();
+        let tp = |pool: &crate::config::PoolConfig| {
+            pool.tensor_parallel.unwrap_or(cfg.hardware.tensor_parallel)
+        };
+        let links = tp(p).min(tp(d)) as f64;
+        Some(crate::scheduler::vllm_v1::RemoteKv {
+            bytes_per_token: self.of_model(2).model.kv_bytes_per_token(),
+            bytes_per_s: t.bytes_per_s() * links,
+            latency: crate::time::SimDuration::from_secs_f64(t.latency_s),
+        })
     }
 }
 
@@ -465,6 +619,30 @@ fn offload_params(
         bytes_per_token,
         tiers,
     }))
+}
+
+/// Disaggregated: each pool's config (its hardware and tensor parallelism in place of the top
+/// level's), keyed by its table; empty in an aggregated cluster.
+fn pool_configs(cfg: &Config) -> Vec<(&'static str, Config)> {
+    let (Some(p), Some(d)) = (&cfg.cluster.prefill, &cfg.cluster.decode) else {
+        return Vec::new();
+    };
+    if cfg.cluster.pd_pools().is_none() {
+        return Vec::new();
+    }
+    [("cluster.prefill", p), ("cluster.decode", d)]
+        .into_iter()
+        .map(|(key, pool)| {
+            let mut c = cfg.clone();
+            if let Some(h) = &pool.hardware {
+                c.hardware.name = h.clone();
+            }
+            if let Some(tp) = pool.tensor_parallel {
+                c.hardware.tensor_parallel = tp;
+            }
+            (key, c)
+        })
+        .collect()
 }
 
 /// `cfg` serving model `name` instead (a `swap_model` event's).

@@ -101,6 +101,25 @@ pub struct World<'a, S> {
     /// Coast ends queued that a catch-up made moot (the run loop drops them): the queue holds real
     /// events only when it holds more than these.
     moot: usize,
+    /// Disaggregated serving's pools and decode router; None in an aggregated cluster (`router`
+    /// then routes over every replica; here over the prefill pool).
+    pd: Option<PdPools>,
+}
+
+/// A disaggregated cluster: replicas 0..prefill are the prefill pool, the rest the decode pool.
+pub struct PdPools {
+    pub prefill: u32,
+    pub decode_router: Box<dyn Router>,
+    pub first_token: crate::config::FirstToken,
+}
+
+/// Which replicas a routing decision picks among.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pool {
+    /// Every replica (aggregated), or the prefill pool.
+    First,
+    /// The decode pool.
+    Decode,
 }
 
 impl<'a, S: Scheduler> World<'a, S> {
@@ -162,7 +181,14 @@ impl<'a, S: Scheduler> World<'a, S> {
             leap,
             at: (0, 0),
             moot: 0,
+            pd: None,
         }
+    }
+
+    /// Makes the cluster disaggregated: `router` (given to [`World::new`]) routes over the prefill pool,
+    /// `pools.decode_router` over the decode pool.
+    pub fn set_pd_pools(&mut self, pools: PdPools) {
+        self.pd = Some(pools);
     }
 
     /// Gives the world the factory that made its replicas, for restarts (`restart` and `swap_model`
@@ -358,7 +384,11 @@ impl<'a, S: Scheduler> World<'a, S> {
                         }
                     } else if !(self.leap && next_passes && self.coast(rid, now)) {
                         let rep = &mut self.replicas[rid as usize];
-                        match rep.start_step(now, self.costs[rep.model].as_ref()) {
+                        let start = rep.start_step(now, self.costs[rep.model].as_ref());
+                        for (id, prefill, lands) in rep.take_transfers() {
+                            self.queue.push(lands, Event::KvTransferDone(prefill, id));
+                        }
+                        match start {
                             StepStart::Started(d) => self.queue.push(now + d, Event::StepDone(rid)),
                             StepStart::Idle => {}
                             // The earliest wake per replica is queued; a later one would be redundant
@@ -373,6 +403,11 @@ impl<'a, S: Scheduler> World<'a, S> {
                         }
                     }
                 }
+            }
+            Event::KvTransferDone(prefill, id) => {
+                self.catch_up(prefill, now)?;
+                self.replicas[prefill as usize].release_parked(id);
+                self.request_schedule(prefill, now);
             }
             Event::Timeout(rid, id) => {
                 // Only due deadlines reach here (`run` drops the others). A coasting replica may hold
@@ -561,7 +596,7 @@ impl<'a, S: Scheduler> World<'a, S> {
             self.catch_up_all(now)?;
         }
         self.refresh_views(now);
-        match self.router.route(&req, now, &self.views) {
+        match self.route(&req, now, Pool::First) {
             Route::To(rid) => {
                 self.catch_up(rid, now)?;
                 debug_assert!(
@@ -584,6 +619,22 @@ impl<'a, S: Scheduler> World<'a, S> {
                     self.queue
                         .push(req.arrival + t, Event::Timeout(rid, req.id));
                 }
+                if self.pd.is_some() {
+                    // vLLM's proxy sends the prefill instance the request with max_tokens = 1.
+                    req.pd = Some(Box::new(crate::request::PdState {
+                        stage: crate::request::PdStage::Prefill,
+                        max_tokens: req.max_tokens,
+                        true_output,
+                        prefill_replica: rid,
+                        prefill_start: None,
+                        prefill_end: None,
+                        transfer_start: None,
+                        transfer_end: None,
+                        transfer_bytes: 0,
+                        decode_start: None,
+                    }));
+                    req.max_tokens = 1;
+                }
                 rep.enqueue(req, true_output);
                 self.request_schedule(rid, now);
                 Ok(())
@@ -595,6 +646,97 @@ impl<'a, S: Scheduler> World<'a, S> {
                 Status::Rejected,
                 FailureReason::Unavailable,
             ),
+        }
+    }
+
+    /// The router's pick for `req` among `pool`'s replicas (views as of the last refresh). A pool's
+    /// router sees its replicas as ids 0..n (the router contract) and its pick is mapped back.
+    fn route(&mut self, req: &Request, now: SimTime, pool: Pool) -> Route {
+        let Some(pd) = &mut self.pd else {
+            return self.router.route(req, now, &self.views);
+        };
+        let (base, router) = match pool {
+            Pool::First => (0, &mut self.router),
+            Pool::Decode => (pd.prefill, &mut pd.decode_router),
+        };
+        let end = match pool {
+            Pool::First => pd.prefill as usize,
+            Pool::Decode => self.views.len(),
+        };
+        let local: Vec<ReplicaView> = self.views[base as usize..end]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| ReplicaView {
+                id: i as ReplicaId,
+                ..*v
+            })
+            .collect();
+        match router.route(req, now, &local) {
+            Route::To(i) => Route::To(base + i),
+            Route::Reject => Route::Reject,
+        }
+    }
+
+    /// A prefill instance is done with `r` at `now` (disaggregated): it goes to a decode instance,
+    /// which pulls its KV; its prefill instance keeps the blocks until then. Under `first_token =
+    /// "prefill"` the prefill's token is the client's first and the decode instance starts after it
+    /// (and a request that wanted one token is finished here).
+    fn hand_off(&mut self, now: SimTime, r: Request) -> Result<(), OutputError> {
+        let pd = self.pd.as_ref().expect("a disaggregated cluster");
+        let first_from_prefill = pd.first_token == crate::config::FirstToken::Prefill;
+        let mut state = r.pd.clone().expect("a disaggregated request");
+        state.stage = crate::request::PdStage::Decode { remote_kv: true };
+        let prefill_rid = state.prefill_replica;
+        let true_output = state.true_output;
+        let mut d = r.reroute();
+        d.max_tokens = state.max_tokens;
+        d.first_scheduled = r.first_scheduled;
+        d.num_cached_tokens = r.num_cached_tokens;
+        d.prefilled_tokens = r.prefilled_tokens;
+        d.preemptions = r.preemptions;
+        d.was_preempted = r.was_preempted;
+        if first_from_prefill {
+            d.num_output_tokens = 1;
+            d.first_token = r.first_token;
+            d.last_token = r.first_token;
+            if true_output <= 1 || d.max_tokens <= 1 {
+                // Nothing to decode: finished with the prefill's token, no pull.
+                state.transfer_start = Some(now);
+                state.transfer_end = Some(now);
+                state.decode_start = Some(now);
+                d.pd = Some(state);
+                d.finish = Some(now);
+                d.finish_reason = r.finish_reason;
+                d.replica = prefill_rid;
+                self.replicas[prefill_rid as usize].release_parked(d.id);
+                self.metrics.on_request_done(&d, Status::Finished)?;
+                self.turn_done(d.session, d.num_output_tokens, now);
+                return Ok(());
+            }
+        }
+        d.pd = Some(state);
+        if self.router.reads_loads() || self.degraded_above.is_some() {
+            self.catch_up_all(now)?;
+        }
+        self.refresh_views(now);
+        match self.route(&d, now, Pool::Decode) {
+            Route::To(rid) => {
+                self.catch_up(rid, now)?;
+                self.replicas[rid as usize].enqueue(d, true_output);
+                self.request_schedule(rid, now);
+                Ok(())
+            }
+            Route::Reject => {
+                self.replicas[prefill_rid as usize].release_parked(d.id);
+                self.request_schedule(prefill_rid, now);
+                self.give_up(
+                    now,
+                    d,
+                    true_output,
+                    Status::Rejected,
+                    FailureReason::Unavailable,
+                )
+            }
         }
     }
 
@@ -637,6 +779,13 @@ impl<'a, S: Scheduler> World<'a, S> {
                 // cut at the same cap a retry would be), so a retry generates as many tokens.
                 let out = r.num_output_tokens;
                 self.give_up(now, r, out, Status::TimedOut, FailureReason::ClientTimeout)?;
+                continue;
+            }
+            if r.pd
+                .as_ref()
+                .is_some_and(|p| p.stage == crate::request::PdStage::Prefill)
+            {
+                self.hand_off(now, r)?;
                 continue;
             }
             self.metrics.on_request_done(&r, Status::Finished)?;

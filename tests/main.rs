@@ -9,6 +9,7 @@ mod common;
 mod compare;
 mod cost;
 mod determinism;
+mod disaggregated;
 mod kv_property;
 mod leap;
 mod mooncake;
@@ -19,6 +20,7 @@ mod robustness;
 mod rules;
 mod rules_sglang;
 mod runs;
+mod speculative;
 mod traces;
 #[cfg(feature = "calibrate")]
 mod validate;

@@ -58,8 +58,8 @@ __all__ = ["run", "compare", "load", "Result", "Comparison", "ConfigError", "Ser
 PathLike = Union[str, "os.PathLike[str]"]
 
 # requests.csv's dtypes. Ids are unsigned 64-bit (a trace's session ids may use the whole range);
-# `replica` is empty for a request that never reached one, `batch_id` outside the dynamic batcher
-# (nullable); an empty float cell (the TTFT of a rejected request) is NaN, an empty string <NA>.
+# `replica` is empty for a request that never reached one, `batch_id` outside the dynamic batcher,
+# `prefill_replica` outside a disaggregated cluster (nullable); an empty float cell (the TTFT of a rejected request) is NaN, an empty string <NA>.
 _REQUEST_DTYPES = {
     "request_id": "uint64", "session_id": "uint64", "turn": "int64", "replica": "Int64",
     "status": "string", "finish_reason": "string",
@@ -70,6 +70,8 @@ _REQUEST_DTYPES = {
     "ttft_s": "float64", "tpot_s": "float64", "e2e_s": "float64", "queue_s": "float64",
     "preemptions": "int64", "priority": "int64", "batch_id": "UInt64", "padding_tokens": "int64",
     "attempt": "int64", "failure_reason": "string",
+    "prefill_replica": "Int64", "prefill_queue_s": "float64", "prefill_s": "float64",
+    "kv_transfer_s": "float64", "decode_queue_s": "float64", "decode_s": "float64",
 }
 
 

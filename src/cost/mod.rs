@@ -16,6 +16,7 @@ pub mod calibrated;
 pub mod catalog;
 pub mod linear;
 pub mod roofline;
+pub mod speculative;
 pub mod table;
 
 use crate::time::SimDuration;
@@ -110,6 +111,9 @@ pub struct StepShape {
     /// KV bytes loaded from or stored to another memory tier within the step. No store moves any yet and
     /// no model prices them; a decode step that carries any must not leap (leap contract, condition 4).
     pub kv_transfer_bytes: u64,
+    /// Speculative decoding: the drafter's work after the forward pass, one decode row per request that
+    /// sampled, at its new context (priced by `cost::speculative`, once per draft token); empty without.
+    pub draft: BatchShape,
 }
 
 impl StepShape {
@@ -129,6 +133,7 @@ impl StepShape {
         self.prefill_chunks.clear();
         self.padding_tokens = 0;
         self.kv_transfer_bytes = 0;
+        self.draft = BatchShape::default();
     }
 
     /// Adds one request's chunk, as [`BatchShape::add`], listing it if it is a prefill chunk.
@@ -142,6 +147,13 @@ impl StepShape {
 
     /// Adds `tokens` of padding ending at `context`: a prefill chunk (prompt padding), or with `decode`
     /// one decode row that samples (the row of a finished request in a lockstep batch).
+    /// Adds a speculative verification chunk: `q` tokens (the sampled one and its drafts) ending at
+    /// `context`, attended causally as a prefill chunk is, with logits sampled at every position.
+    pub fn add_verify(&mut self, q: u32, context: u32) {
+        self.add(q, context, false, true);
+        self.sums.sampled += q as u64 - 1;
+    }
+
     pub fn add_padding(&mut self, tokens: u32, context: u32, decode: bool) {
         self.add(tokens, context, decode, decode);
         self.padding_tokens += tokens as u64;
@@ -175,6 +187,8 @@ pub mod op {
     /// cost model.
     pub const KV_LOAD: &str = "kv_load";
     pub const EMBEDDING: &str = "embedding";
+    /// Speculative decoding's drafter (EAGLE heads, a draft model), after the target's forward pass.
+    pub const SPEC_DRAFT: &str = "spec_draft";
     pub const STEP: &str = "step";
     pub const PREFILL_TOKENS: &str = "prefill_tokens";
     pub const DECODE_SEQS: &str = "decode_seqs";
@@ -220,10 +234,11 @@ pub const OPERATOR_CLASSES: &[&str] = &[
     op::MLP_DOWN_PROJ,
     op::ADD,
     op::KV_LOAD,
+    op::SPEC_DRAFT,
 ];
 
 /// Most operator classes a breakdown may hold.
-pub const MAX_OPS: usize = 20;
+pub const MAX_OPS: usize = 24;
 
 /// A step's per-operator times, kept inline: one breakdown is computed per engine step, millions per run,
 /// and a heap allocation each was a measurable share of a run.

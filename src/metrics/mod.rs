@@ -65,6 +65,12 @@ pub const REQUEST_COLUMNS: &[&str] = &[
     "padding_tokens",
     "attempt",
     "failure_reason",
+    "prefill_replica",
+    "prefill_queue_s",
+    "prefill_s",
+    "kv_transfer_s",
+    "decode_queue_s",
+    "decode_s",
 ];
 
 /// Column order of `timeseries.csv`.

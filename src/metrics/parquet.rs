@@ -29,7 +29,7 @@ use std::sync::Arc;
 pub const ROW_GROUP: usize = 65_536;
 
 /// Columns of `requests.csv`; a column added there fails to compile here until it has a type below.
-const N_COLUMNS: usize = 28;
+const N_COLUMNS: usize = 34;
 const _: () = assert!(REQUEST_COLUMNS.len() == N_COLUMNS);
 
 /// Each column's Arrow type, in `REQUEST_COLUMNS` order, and whether it can be null.
@@ -64,6 +64,12 @@ fn column_types() -> [(DataType, bool); N_COLUMNS] {
         (UInt32, false),  // padding_tokens
         (UInt32, false),  // attempt
         (Utf8, true),     // failure_reason
+        (UInt32, true),   // prefill_replica
+        (Float64, true),  // prefill_queue_s
+        (Float64, true),  // prefill_s
+        (Float64, true),  // kv_transfer_s
+        (Float64, true),  // decode_queue_s
+        (Float64, true),  // decode_s
     ]
 }
 
@@ -101,6 +107,9 @@ struct Columns {
     padding_tokens: UInt32Builder,
     attempt: UInt32Builder,
     failure_reason: StringBuilder,
+    prefill_replica: UInt32Builder,
+    /// The disaggregated timeline's five parts.
+    pd_timeline: [Float64Builder; 5],
 }
 
 fn secs(ns: u64) -> f64 {
@@ -143,6 +152,10 @@ impl Columns {
         self.attempt.append_value(r.attempt);
         self.failure_reason
             .append_option(r.failure.map(|x| x.as_str()));
+        self.prefill_replica.append_option(r.prefill_replica);
+        for (i, b) in self.pd_timeline.iter_mut().enumerate() {
+            b.append_option(r.pd_timeline.map(|t| secs(t[i])));
+        }
     }
 
     /// The rows pushed so far as one batch, in column order; the builders are left empty.
@@ -150,6 +163,7 @@ impl Columns {
         let [arrival, scheduled, first_token, finish] = &mut self.times;
         let [cached, gpu, cpu, disk] = &mut self.cached;
         let [ttft, tpot, e2e, queue] = &mut self.latencies;
+        let [pq, pf, tr, dq, dc] = &mut self.pd_timeline;
         // `REQUEST_COLUMNS` order.
         let builders: [&mut dyn ArrayBuilder; N_COLUMNS] = [
             &mut self.request_id,
@@ -180,6 +194,12 @@ impl Columns {
             &mut self.padding_tokens,
             &mut self.attempt,
             &mut self.failure_reason,
+            &mut self.prefill_replica,
+            pq,
+            pf,
+            tr,
+            dq,
+            dc,
         ];
         let cols: Vec<ArrayRef> = builders.into_iter().map(|b| b.finish()).collect();
         RecordBatch::try_new(schema.clone(), cols)

@@ -59,6 +59,10 @@ pub struct RequestRow {
     pub padding_tokens: u32,
     pub attempt: u32,
     pub failure: Option<FailureReason>,
+    /// Disaggregated serving: the prefill instance, and the finished request's timeline in
+    /// nanoseconds (prefill queue, prefill, KV transfer, decode queue, decode; they add up to E2E).
+    pub prefill_replica: Option<ReplicaId>,
+    pub pd_timeline: Option<[u64; 5]>,
 }
 
 impl RequestRow {
@@ -99,6 +103,11 @@ impl RequestRow {
             padding_tokens: r.padding_tokens,
             attempt: r.attempt,
             failure: r.failure,
+            prefill_replica: r.pd.as_ref().map(|p| p.prefill_replica),
+            pd_timeline: match (&r.pd, r.finish, status) {
+                (Some(p), Some(f), Status::Finished) => p.timeline(r.arrival, f),
+                _ => None,
+            },
         }
     }
 
@@ -143,6 +152,13 @@ impl RequestRow {
         row.int(self.padding_tokens);
         row.int(self.attempt);
         row.str(self.failure.map(|f| f.as_str()).unwrap_or(""));
+        match self.prefill_replica {
+            Some(i) => row.int(i),
+            None => row.empty(),
+        }
+        for i in 0..5 {
+            opt_secs_ns(row, self.pd_timeline.map(|t| t[i]));
+        }
     }
 }
 
@@ -320,6 +336,10 @@ pub(crate) mod tests {
             padding_tokens: (i % 7) as u32,
             attempt: (i % 2) as u32,
             failure: (i.is_multiple_of(5)).then_some(FailureReason::QueueFull),
+            prefill_replica: i.is_multiple_of(3).then_some(7),
+            pd_timeline: i
+                .is_multiple_of(3)
+                .then_some([i, 2 * i, 3 * i + 1, 5, i * 1_000_001]),
         }
     }
 

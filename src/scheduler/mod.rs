@@ -76,6 +76,9 @@ pub struct StepPlan {
     /// Seconds of synchronous KV loads from lower tiers the step carries (LMCache L3: added to the
     /// step's time); 0 without offload.
     pub kv_load: crate::time::SimDuration,
+    /// KV pulls from prefill instances this pass started (disaggregated decode instances): (request,
+    /// prefill replica, when the pull lands). Planned even when no step runs.
+    pub transfers: Vec<(RequestId, crate::event::ReplicaId, SimTime)>,
 }
 
 impl StepPlan {
@@ -84,6 +87,7 @@ impl StepPlan {
         self.scheduled.clear();
         self.preempted.clear();
         self.padding.clear();
+        self.transfers.clear();
         self.kv_load = crate::time::SimDuration::ZERO;
     }
 

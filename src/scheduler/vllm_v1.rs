@@ -6,7 +6,8 @@ use super::waiting::WaitingQueue;
 use super::{Next, RequestTable, Scheduler, StepPlan};
 use crate::config::SchedulingPolicy;
 use crate::kv::{CacheHit, ExternalHit, KvStore};
-use crate::request::{Request, RequestId};
+use crate::request::{PdStage, Request, RequestId};
+use crate::time::SimDuration;
 use crate::time::SimTime;
 use std::collections::VecDeque;
 
@@ -34,6 +35,45 @@ pub struct VllmScheduler<K> {
     /// `WAITING_FOR_REMOTE_KVS`): their blocks are allocated, and they rejoin the waiting queue's front
     /// at the first step planned at or after their copy is done. In admission order.
     loading: Vec<(RequestId, SimTime)>,
+    /// Speculative decoding (`[engine.speculative]`); None: off.
+    spec: Option<SpecDecode>,
+    /// A disaggregated decode instance's KV connector; None elsewhere.
+    remote: Option<RemoteKv>,
+}
+
+/// A decode instance's KV connector (vLLM's NIXL connector): a request prefilled elsewhere pulls its
+/// prompt's KV, past its local prefix hit, into blocks allocated at admission, and waits for the pull
+/// (`WAITING_FOR_REMOTE_KVS`) before it is scheduled.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RemoteKv {
+    /// KV bytes per token, every layer.
+    pub bytes_per_token: u64,
+    /// The link's bytes per second, every GPU's share together.
+    pub bytes_per_s: f64,
+    /// Time each pull takes besides its bytes.
+    pub latency: SimDuration,
+}
+
+impl RemoteKv {
+    /// How long pulling `tokens` tokens' KV takes: latency + tokens x bytes per token / bandwidth,
+    /// rounded to the nanosecond.
+    pub fn transfer_time(&self, tokens: u32) -> SimDuration {
+        self.latency
+            + SimDuration::from_secs_f64(
+                tokens as f64 * self.bytes_per_token as f64 / self.bytes_per_s,
+            )
+    }
+}
+
+/// What speculative decoding changes in the scheduler (vLLM V1's `num_spec_tokens` and
+/// `num_lookahead_tokens`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpecDecode {
+    /// Draft tokens a decoding request carries into each step, k: it schedules 1 + k tokens.
+    pub num_speculative_tokens: u32,
+    /// Slots allocated beyond the scheduled tokens for the drafter's next proposals: k for drafters
+    /// that write KV (EAGLE, a draft model), 0 for n-gram; none for a fresh prefill.
+    pub num_lookahead_tokens: u32,
 }
 
 impl<K: KvStore> VllmScheduler<K> {
@@ -48,7 +88,21 @@ impl<K: KvStore> VllmScheduler<K> {
             waiting,
             running: Vec::new(),
             loading: Vec::new(),
+            spec: None,
+            remote: None,
         }
+    }
+
+    /// Makes it a disaggregated decode instance pulling prompts' KV over `link`.
+    pub fn with_remote_kv(mut self, link: RemoteKv) -> Self {
+        self.remote = Some(link);
+        self
+    }
+
+    /// Turns speculative decoding on: decoding requests schedule their draft tokens too.
+    pub fn with_speculation(mut self, spec: SpecDecode) -> Self {
+        self.spec = Some(spec);
+        self
     }
 
     /// The KV store, as its own type (tests).
@@ -127,6 +181,18 @@ impl<K: KvStore> VllmScheduler<K> {
             } else {
                 (CacheHit::default(), ExternalHit::default())
             };
+            if looked_up
+                && r.pd
+                    .as_ref()
+                    .is_some_and(|p| p.stage == PdStage::Decode { remote_kv: true })
+            {
+                if let Some(link) = self.remote {
+                    if !self.pull_remote(id, now, reqs, hit, link, plan) {
+                        break;
+                    }
+                    continue;
+                }
+            }
             let computed = r.num_computed_tokens + hit.tokens + ext.computed;
             let mut n = r.num_tokens() - computed;
             if self.limits.long_prefill_token_threshold > 0 {
@@ -138,7 +204,12 @@ impl<K: KvStore> VllmScheduler<K> {
             n = n.min(*budget);
             // An asynchronous load allocates only the loaded tokens now; a synchronous one also
             // the step's new tokens. Loaded tokens never count against the budget.
-            let alloc = if ext.asynchronous { 0 } else { n } + ext.tokens();
+            // vLLM reserves lookahead slots for a resumed request, none for a fresh prefill.
+            let lookahead = match self.spec {
+                Some(sp) if !looked_up && !ext.asynchronous => sp.num_lookahead_tokens,
+                _ => 0,
+            };
+            let alloc = if ext.asynchronous { 0 } else { n + lookahead } + ext.tokens();
             let hit_tokens = hit.tokens;
             if !self.kv.allocate_slots(r, alloc, hit) {
                 break;
@@ -159,11 +230,61 @@ impl<K: KvStore> VllmScheduler<K> {
                 continue;
             }
             plan.kv_load += ext.load;
-            r.in_prefill = true;
+            // A request whose prompt was pulled from a prefill instance computes its one remaining
+            // token as a decode row (vLLM's attention backends class a one-token query as decode).
+            r.in_prefill = !(n == 1
+                && r.pd
+                    .as_ref()
+                    .is_some_and(|p| matches!(p.stage, PdStage::Decode { .. })));
             self.running.push(id);
             plan.scheduled.push((id, n));
             *budget -= n;
         }
+    }
+
+    /// Admits waiting head `id`, prefilled on another instance, as vLLM's scheduler does with a KV
+    /// connector's asynchronous hit: blocks for the whole prompt (its local `hit` and the tokens pulled),
+    /// the pull started, the request parked until it lands. A pull that would complete the request
+    /// counts one token less as computed (`_update_waiting_for_remote_kv`): the decode instance
+    /// recomputes that token to sample. False, changing nothing, when the blocks do not fit.
+    fn pull_remote(
+        &mut self,
+        id: RequestId,
+        now: SimTime,
+        reqs: &mut RequestTable,
+        hit: CacheHit,
+        link: RemoteKv,
+        plan: &mut StepPlan,
+    ) -> bool {
+        let r = reqs.get_mut(&id).expect("waiting request in table");
+        let pulled = r.prompt_tokens.saturating_sub(hit.tokens);
+        let hit_tokens = hit.tokens;
+        if !self.kv.allocate_slots(r, pulled, hit) {
+            return false;
+        }
+        self.waiting.pop();
+        self.kv.record_admission(r, hit_tokens);
+        let upto = hit_tokens + pulled;
+        r.num_computed_tokens = if upto >= r.num_tokens() {
+            upto - 1
+        } else {
+            upto
+        };
+        r.num_cached_tokens.get_or_insert(hit_tokens);
+        let lands = now + link.transfer_time(pulled);
+        let pd = r.pd.as_mut().expect("a disaggregated request");
+        pd.stage = PdStage::Decode { remote_kv: false };
+        pd.transfer_start = Some(now);
+        pd.transfer_end = Some(lands);
+        pd.transfer_bytes = pulled as u64 * link.bytes_per_token;
+        plan.transfers.push((id, pd.prefill_replica, lands));
+        if lands == now {
+            // An instant pull (an unbounded link): admitted in this very pass.
+            self.waiting.push_front(r);
+        } else {
+            self.loading.push((id, lands));
+        }
+        true
     }
 
     /// Every waiting request that holds blocks (back from a load) releases them and will be looked up
@@ -185,8 +306,12 @@ impl<K: KvStore> VllmScheduler<K> {
     }
 }
 
-fn tokens_wanted(r: &Request, limits: &Limits, computed: u32, budget: u32) -> u32 {
-    let mut n = r.num_tokens() - computed;
+/// The tokens a running request schedules this step (S3): what it has not computed, its draft tokens
+/// included when it decodes with `drafts` of them, capped by the long-prefill threshold, the budget, and
+/// `max_model_len - 1`.
+fn tokens_wanted(r: &Request, limits: &Limits, computed: u32, budget: u32, drafts: u32) -> u32 {
+    let drafts = if r.in_prefill { 0 } else { drafts };
+    let mut n = r.num_tokens() + drafts - computed;
     if limits.long_prefill_token_threshold > 0 {
         n = n.min(limits.long_prefill_token_threshold);
     }
@@ -225,14 +350,20 @@ impl<K: KvStore> Scheduler for VllmScheduler<K> {
             }
             let id = self.running[i];
             let r = reqs.get_mut(&id).expect("running request in table");
-            let n = tokens_wanted(r, &self.limits, r.num_computed_tokens, budget);
+            let (drafts, lookahead) = self.spec.map_or((0, 0), |sp| {
+                (sp.num_speculative_tokens, sp.num_lookahead_tokens)
+            });
+            let n = tokens_wanted(r, &self.limits, r.num_computed_tokens, budget, drafts);
             if n == 0 {
                 i += 1;
                 continue;
             }
             loop {
                 let r = reqs.get_mut(&id).expect("running request in table");
-                if self.kv.allocate_slots(r, n, CacheHit::default()) {
+                if self
+                    .kv
+                    .allocate_slots(r, n + lookahead, CacheHit::default())
+                {
                     plan.scheduled.push((id, n));
                     budget -= n;
                     i += 1;
@@ -332,8 +463,10 @@ impl<K: KvStore> Scheduler for VllmScheduler<K> {
     }
 
     fn steady_decode(&self, reqs: &RequestTable) -> Option<&[RequestId]> {
-        // Phase B would run (and might admit) whenever something waits, so nothing may wait.
-        if !self.waiting.is_empty()
+        // Phase B would run (and might admit) whenever something waits, so nothing may wait. A
+        // speculative step's outcome is a draw per request (leap contract, condition 9).
+        if self.spec.is_some()
+            || !self.waiting.is_empty()
             || !self.loading.is_empty()
             || self.running.is_empty()
             || self.running.len() as u64 > self.limits.max_num_batched_tokens as u64

@@ -1,0 +1,204 @@
+//! Prefill/decode disaggregation (`cluster.mode = "disaggregated"`): the KV pull's time, the decode
+//! instance's admission, the prefill instance's delayed free, and the request's timeline. Timed cases
+//! use `common::replay`'s linear cost model: 10 ms a step, 0.1 ms a prefill token, 1 ms a decode row.
+//! Llama-3.1-8B's KV is 2 (K, V) x 32 layers x 8 KV heads x 128 x 2 bytes = 131,072 bytes a token, so
+//! at 1.31072 GB/s a 1000-token prompt's 131,072,000 bytes take 0.1 s.
+
+use crate::common::*;
+use servesim::metrics::RequestRow;
+use servesim::run::{simulate, SimOptions};
+
+fn secs(ns: Option<u64>) -> f64 {
+    ns.unwrap() as f64 / 1e9
+}
+
+fn near(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+/// One prefill and one decode instance over a link of `gbps` GB/s with `latency_s`.
+fn pd(gbps: f64, latency_s: f64, first_token: &str) -> String {
+    format!(
+        "[cluster]\nmode = \"disaggregated\"\n[cluster.prefill]\nreplicas = 1\n[cluster.decode]\nreplicas = 1\n\
+         [cluster.kv_transfer]\nbandwidth_gbps = {gbps}\nlatency_s = {latency_s}\nfirst_token = \"{first_token}\""
+    )
+}
+
+/// The timeline columns in seconds: prefill queue, prefill, transfer, decode queue, decode.
+fn timeline(r: &RequestRow) -> [f64; 5] {
+    r.pd_timeline
+        .expect("a finished disaggregated request")
+        .map(|ns| ns as f64 / 1e9)
+}
+
+#[test]
+fn the_pull_takes_bytes_over_bandwidth_plus_latency_and_decode_starts_when_it_lands() {
+    // Prompt 1000, 5 output tokens. The prefill instance's step: 0.01 + 1000 x 0.0001 = 0.11 s. The
+    // decode instance pulls 1000 tokens: 0.05 + 131,072,000 / 1.31072e9 = 0.15 s, landing at 0.26; it
+    // recomputes the last prompt token as a decode row (0.01 + 0.001 = 0.011) and samples token 1 at
+    // 0.271, then 4 decode steps: 0.315.
+    let (rows, s) = replay(
+        &[(1, 1, 0.0, &[(1u64, 1000u32)][..], 11, 5, 5)],
+        "",
+        &pd(1.31072, 0.05, "decode"),
+    );
+    let r = &rows[0];
+    assert_eq!((r.prefill_replica, r.replica), (Some(0), Some(1)));
+    assert!(near(secs(r.times[2]), 0.271), "{:?}", r.times);
+    assert!(near(secs(r.times[3]), 0.315), "{:?}", r.times);
+    let t = timeline(r);
+    for (got, want) in t.iter().zip([0.0, 0.11, 0.15, 0.0, 0.055]) {
+        assert!(near(*got, want), "{t:?}");
+    }
+    assert!(near(t.iter().sum::<f64>(), secs(r.e2e)));
+    assert_eq!(s.get_f64("pd_kv_transfer_bytes"), Some(131_072_000.0));
+}
+
+#[test]
+fn a_full_decode_instance_admits_the_pull_when_blocks_free_and_the_prefill_instance_holds_its_blocks_until_then(
+) {
+    // 70 blocks of 16 tokens (69 usable) on each instance: one 1000-token prompt (63 blocks) at a time.
+    // A and B arrive at 0. Prefill: A runs 0-0.11; B does not fit while A's blocks wait for the pull,
+    // which lands at 0.26 (as above); B then runs 0.26-0.37. Decode: A's first token at 0.271, then 19
+    // decode steps to 0.48 (20 tokens, 64 blocks). B, handed over at 0.37, does not fit until A
+    // finishes: its pull runs 0.48-0.63, its token 1 at 0.641, its 5th at 0.685.
+    let (rows, _) = replay_set(
+        &[
+            (1, 1, 0.0, &[(1u64, 1000u32)][..], 11, 20, 20),
+            (2, 1, 0.0, &[(2u64, 1000u32)][..], 12, 5, 5),
+        ],
+        "",
+        &pd(1.31072, 0.05, "decode"),
+        &["engine.num_gpu_blocks = 70", "engine.max_model_len = 1100"],
+    );
+    let (a, b) = (&rows[0], &rows[1]);
+    assert!(near(secs(a.times[3]), 0.48), "{:?}", a.times);
+    assert!(near(secs(b.times[1]), 0.26), "{:?}", b.times);
+    assert!(near(secs(b.times[2]), 0.641), "{:?}", b.times);
+    assert!(near(secs(b.times[3]), 0.685), "{:?}", b.times);
+    // Prefill queue 0.26, prefill 0.11, decode queue 0.48 - 0.37 = 0.11 before the pull and none
+    // after, transfer 0.15, decode 0.685 - 0.63 = 0.055.
+    let t = timeline(b);
+    for (got, want) in t.iter().zip([0.26, 0.11, 0.15, 0.11, 0.055]) {
+        assert!(near(*got, want), "{t:?}");
+    }
+    for r in &rows {
+        assert!(near(timeline(r).iter().sum::<f64>(), secs(r.e2e)));
+    }
+}
+
+#[test]
+fn with_an_unbounded_link_the_split_adds_only_what_the_first_token_rule_says() {
+    // Aggregated: token 1 at 0.11 (prefill), tokens 2-5 at 0.011 each: 0.154, TPOT 0.011.
+    let row = [(1, 1, 0.0, &[(1u64, 1000u32)][..], 11, 5, 5)];
+    let (agg, _) = replay(&row, "", "");
+    assert!(near(secs(agg[0].times[2]), 0.11) && near(secs(agg[0].times[3]), 0.154));
+    let unbounded = 1e12;
+    // The prefill's first token is the client's (SGLang, Splitwise): the same TTFT and TPOT.
+    let (split, _) = replay(&row, "", &pd(unbounded, 0.0, "prefill"));
+    assert_eq!(split[0].ttft, agg[0].ttft);
+    assert_eq!(split[0].tpot, agg[0].tpot);
+    assert_eq!(split[0].e2e, agg[0].e2e);
+    assert_eq!(split[0].output_tokens, 5);
+    // vLLM's proxy: the decode instance recomputes the last prompt token, one decode step (0.011 s)
+    // more to the first token; the tokens after it come as fast.
+    let (vllm, _) = replay(&row, "", &pd(unbounded, 0.0, "decode"));
+    assert!(near(secs(vllm[0].ttft), 0.11 + 0.011), "{:?}", vllm[0].ttft);
+    assert!(near(vllm[0].tpot.unwrap(), agg[0].tpot.unwrap()));
+}
+
+#[test]
+fn a_chat_run_splits_every_finished_request_into_parts_that_sum_to_its_e2e() {
+    let cfg = config(
+        SMALL_CHAT,
+        &[
+            "workload.duration_s = 60.0",
+            "cluster.mode = \"disaggregated\"",
+            "cluster.prefill.replicas = 1",
+            "cluster.decode.replicas = 2",
+            "cluster.decode.router = \"least_loaded\"",
+        ],
+    );
+    let run = |no_leap: bool| {
+        simulate(
+            &cfg,
+            &SimOptions {
+                rows: servesim::metrics::Rows::Keep,
+                no_leap,
+                ..SimOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let sim = run(false);
+    let finished: Vec<&RequestRow> = sim
+        .requests
+        .iter()
+        .filter(|r| r.status == servesim::request::Status::Finished)
+        .collect();
+    assert!(finished.len() > 100, "{} finished", finished.len());
+    for r in &finished {
+        let t = r
+            .pd_timeline
+            .expect("every finished request has a timeline");
+        // Integer nanoseconds: exact.
+        assert_eq!(t.iter().sum::<u64>(), r.e2e.unwrap(), "request {}", r.id);
+        assert_eq!(r.prefill_replica, Some(0));
+        assert!(matches!(r.replica, Some(1) | Some(2)));
+    }
+    let roles: Vec<&str> = sim.replicas.iter().map(|r| r.role).collect();
+    assert_eq!(roles, ["prefill", "decode", "decode"]);
+    // The prefill instance runs no decode step: one step per request at most (prompts fit one chunk).
+    assert!(sim.replicas[0].steps <= sim.replicas[0].requests);
+    // Leaps on the decode instances change nothing.
+    let slow = run(true);
+    assert_eq!(
+        format!("{:?}", sim.requests),
+        format!("{:?}", slow.requests)
+    );
+    assert_eq!(sim.summary.to_json(), slow.summary.to_json());
+}
+
+#[test]
+fn bad_disaggregated_settings_are_refused_naming_the_key() {
+    let d = "cluster.mode=\"disaggregated\"";
+    let p = "cluster.prefill.replicas=1";
+    let q = "cluster.decode.replicas=1";
+    let refused = |sets: &[&str], key: &str| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let e = servesim::config::Config::load(None, &sets)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{sets:?}: {e}");
+    };
+    refused(&[d, p], "cluster.mode");
+    refused(&[p, q], "cluster.prefill");
+    refused(
+        &[d, p, "cluster.decode.replicas=0"],
+        "cluster.decode.replicas",
+    );
+    refused(
+        &[d, p, q, "cluster.kv_transfer.bandwidth_gbps=0"],
+        "bandwidth_gbps",
+    );
+    refused(&[d, p, q, "engine.kind=\"sglang\""], "engine.kind");
+    refused(
+        &[d, p, q, "workload.client_timeout_s=5.0"],
+        "client_timeout_s",
+    );
+    // The replicas are the pools' sum; a different count set is reported as ignored.
+    let load = |n: &str| {
+        servesim::config::Config::load(None, &[d.into(), p.into(), q.into(), n.into()]).unwrap()
+    };
+    assert_eq!(load("cluster.replicas=2").cluster.replicas, 2);
+    assert!(load("cluster.replicas=2").notices().is_empty());
+    let cfg = load("cluster.replicas=5");
+    assert_eq!(cfg.cluster.replicas, 2);
+    assert!(
+        cfg.notices()
+            .iter()
+            .any(|n| n.contains("cluster.replicas = 5")),
+        "{:?}",
+        cfg.notices()
+    );
+}
