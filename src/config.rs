@@ -667,6 +667,20 @@ impl Config {
     /// comparison across engines keeps one config for all of them).
     pub fn ignored_settings(&self) -> Vec<String> {
         let mut out = Vec::new();
+        let c = &self.cluster;
+        if c.mode != ClusterMode::Disaggregated {
+            for (set, key) in [
+                (c.prefill.is_some(), "cluster.prefill"),
+                (c.decode.is_some(), "cluster.decode"),
+                (c.kv_transfer.is_some(), "cluster.kv_transfer"),
+            ] {
+                if set {
+                    out.push(format!(
+                        "[{key}] applies with cluster.mode = \"disaggregated\" only; this cluster is aggregated"
+                    ));
+                }
+            }
+        }
         if let Some(n) = self.cluster.replicas_ignored {
             out.push(format!(
                 "cluster.replicas = {n}: in disaggregated mode the replicas are the pools' ({})",
@@ -2348,18 +2362,7 @@ impl Config {
     fn validate_disaggregated(&self) -> Result<(), ConfigError> {
         let c = &self.cluster;
         if c.mode != ClusterMode::Disaggregated {
-            for (set, key) in [
-                (c.prefill.is_some(), "cluster.prefill"),
-                (c.decode.is_some(), "cluster.decode"),
-                (c.kv_transfer.is_some(), "cluster.kv_transfer"),
-            ] {
-                if set {
-                    return Err(ConfigError::invalid(
-                        key,
-                        format!("applies with cluster.mode = \"disaggregated\" only; set that, or remove [{key}]"),
-                    ));
-                }
-            }
+            // Pools set in aggregated mode are ignored (reported), so that one config compares both.
             return Ok(());
         }
         let (Some(p), Some(d)) = (&c.prefill, &c.decode) else {

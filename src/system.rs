@@ -19,7 +19,7 @@ use crate::cost::table::{read_mlp_table, TableCost};
 use crate::cost::CostModel;
 use crate::error::ConfigError;
 use crate::event::ReplicaId;
-use crate::kv::sizing::{size_engine_tp, EngineSizing};
+use crate::kv::sizing::{size_engine_with_drafter, DrafterMemory, EngineSizing};
 use crate::kv::tier::{Backend, OffloadParams, TierKind, TierParams};
 use crate::kv::{KvCacheManager, KvStore, Tiered};
 use crate::replica::Replica;
@@ -128,7 +128,30 @@ impl System {
         let model = model.with_dtypes(&cfg.model.dtype, &cfg.engine.kv_cache_dtype)?;
         let hardware =
             HardwareSpec::load_with(&cfg.hardware.name, cfg.hardware.catalog.as_deref())?;
-        let sizing = size_engine_tp(&cfg.engine, &model, &hardware, cfg.hardware.tensor_parallel)?;
+        let tp = cfg.hardware.tensor_parallel;
+        let drafter = drafter_shape(cfg, &model)?
+            .map(|(d, shares_vocab)| -> Result<DrafterMemory, ConfigError> {
+                let key = "engine.speculative.model";
+                let rank = d
+                    .per_rank(tp)
+                    .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
+                let mut weights = rank.weight_bytes();
+                if shares_vocab {
+                    // An EAGLE head uses the target's embedding and LM head: its own weights are the
+                    // layer's alone.
+                    weights -= ModelShape {
+                        num_layers: 0,
+                        ..rank.clone()
+                    }
+                    .weight_bytes();
+                }
+                Ok(DrafterMemory {
+                    weight_bytes_per_rank: weights,
+                    kv_bytes_per_token_per_rank: rank.kv_bytes_per_token(),
+                })
+            })
+            .transpose()?;
+        let sizing = size_engine_with_drafter(&cfg.engine, &model, drafter, &hardware, tp)?;
         crate::memory::check_fits(cfg, sizing.num_gpu_blocks, None)?;
         let offload = cfg
             .kv
@@ -205,24 +228,8 @@ impl System {
         };
         let tp = cfg.hardware.tensor_parallel;
         let key = "engine.speculative.model";
-        let drafter_shape = match sp.method {
-            SpecMethod::Ngram => None,
-            // An EAGLE head is one decoder layer of the target's width over its hidden states, with
-            // the target's LM head.
-            SpecMethod::Eagle | SpecMethod::Eagle3 => Some(ModelShape {
-                num_layers: 1,
-                ..self.model.clone()
-            }),
-            SpecMethod::DraftModel => {
-                let name = sp.model.as_deref().unwrap_or_default();
-                let m = ModelShape::load(name)
-                    .and_then(|m| m.with_dtypes(&cfg.model.dtype, &cfg.engine.kv_cache_dtype))
-                    .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
-                Some(m)
-            }
-        };
-        let drafter = drafter_shape
-            .map(|m| -> Result<Box<dyn CostModel>, ConfigError> {
+        let drafter = drafter_shape(cfg, &self.model)?
+            .map(|(m, _)| -> Result<Box<dyn CostModel>, ConfigError> {
                 let per_rank = m
                     .per_rank(tp)
                     .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
@@ -619,6 +626,36 @@ fn offload_params(
         bytes_per_token,
         tiers,
     }))
+}
+
+/// The speculative drafter's shape, and whether it shares the target's embedding and LM head: an
+/// EAGLE head is one decoder layer of the target's width over its hidden states (priced with the
+/// target's LM head, which it calls for each draft token); a draft model is its own model. None
+/// without speculation or with n-gram drafts (proposed on the CPU).
+fn drafter_shape(
+    cfg: &Config,
+    target: &ModelShape,
+) -> Result<Option<(ModelShape, bool)>, ConfigError> {
+    let Some(sp) = &cfg.engine.speculative else {
+        return Ok(None);
+    };
+    Ok(match sp.method {
+        SpecMethod::Ngram => None,
+        SpecMethod::Eagle | SpecMethod::Eagle3 => Some((
+            ModelShape {
+                num_layers: 1,
+                ..target.clone()
+            },
+            true,
+        )),
+        SpecMethod::DraftModel => {
+            let name = sp.model.as_deref().unwrap_or_default();
+            let m = ModelShape::load(name)
+                .and_then(|m| m.with_dtypes(&cfg.model.dtype, &cfg.engine.kv_cache_dtype))
+                .map_err(|e| ConfigError::invalid("engine.speculative.model", e.to_string()))?;
+            Some((m, false))
+        }
+    })
 }
 
 /// Disaggregated: each pool's config (its hardware and tensor parallelism in place of the top

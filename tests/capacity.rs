@@ -459,3 +459,74 @@ fn a_success_rate_floor_counts_refusals_against_a_probe() {
         .unwrap()
         .ends_with("queue_mean_s,success_rate"));
 }
+
+#[test]
+fn a_grid_over_the_prefill_and_decode_pools_names_the_split_with_the_most_load_per_gpu() {
+    // The M/D/1 queue of `md1` split into pools: a request takes 0.1 s on its prefill instance (one at
+    // a time) and then 0.1 s on a decode instance (vLLM's first-token rule: the decode instance
+    // samples the one token). The queue SLO reads the wait for the prefill instance alone, so with one
+    // of each the answer is the M/D/1 one, 20/3 = 6.667 sessions/s (within 10%: one 1000 s seed).
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        &md1(5.0, 1000.0, "[slo]\nqueue_mean_s = 0.1"),
+        &[
+            "cluster.mode=\"disaggregated\"",
+            "cluster.prefill.replicas=1",
+            "cluster.decode.replicas=1",
+        ],
+    );
+    let mut o = opts(Goal::MaxRate, 1, 0.02, &tmp.path().join("pd"));
+    o.grid = vec![
+        servesim::report::Vary::parse_flag("cluster.prefill.replicas=1,2", "--grid").unwrap(),
+        servesim::report::Vary::parse_flag("cluster.decode.replicas=1,2", "--grid").unwrap(),
+    ];
+    let out = capacity(&cfg, &o).unwrap();
+    let answers = out.json["answers"].as_array().unwrap();
+    assert_eq!(answers.len(), 4);
+    assert_eq!(
+        answers[0]["variant"],
+        "cluster.prefill.replicas=1+cluster.decode.replicas=1"
+    );
+    let one_one = answers[0]["answer"].as_f64().unwrap();
+    assert!((one_one / (20.0 / 3.0) - 1.0).abs() < 0.1, "{one_one}");
+    // GPUs are the pools' instances; the best per GPU is the largest answer over GPUs.
+    let mut best = ("", 0.0f64);
+    for a in answers {
+        let gpus = a["cost"]["gpus"].as_f64().unwrap();
+        let name = a["variant"].as_str().unwrap();
+        let (p, d) = (
+            name.contains("prefill.replicas=2"),
+            name.contains("decode.replicas=2"),
+        );
+        assert_eq!(gpus, 2.0 + p as u8 as f64 + d as u8 as f64, "{name}");
+        if let Some(rate) = a["answer"].as_f64() {
+            if rate / gpus > best.1 {
+                best = (name, rate / gpus);
+            }
+        }
+    }
+    assert_eq!(out.json["best_per_gpu"]["variant"], best.0);
+    assert!(out.answer.contains("most load per GPU"), "{}", out.answer);
+    // Two prefill instances wait less than one.
+    let two_one = answers
+        .iter()
+        .find(|a| a["variant"] == "cluster.prefill.replicas=2+cluster.decode.replicas=1")
+        .unwrap()["answer"]
+        .as_f64()
+        .unwrap();
+    assert!(two_one > one_one, "{two_one} vs {one_one}");
+    // min-replicas does not apply: the pools fix the count.
+    let e = capacity(
+        &cfg,
+        &opts(
+            Goal::MinReplicas { rate: 5.0 },
+            1,
+            0.1,
+            &tmp.path().join("m"),
+        ),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("--grid cluster.prefill.replicas"), "{e}");
+}

@@ -52,6 +52,57 @@ fn the_pull_takes_bytes_over_bandwidth_plus_latency_and_decode_starts_when_it_la
     }
     assert!(near(t.iter().sum::<f64>(), secs(r.e2e)));
     assert_eq!(s.get_f64("pd_kv_transfer_bytes"), Some(131_072_000.0));
+    assert_eq!(s.get_f64("pd_kv_transfers"), Some(1.0));
+    assert_eq!(s.get_f64("pd_kv_transfer_mean_s"), Some(0.15));
+    // Two GPUs an instance on both sides: each rank sends its shard over its own link, 0.05 + 0.1 / 2.
+    let (rows, _) = replay_set(
+        &[(1, 1, 0.0, &[(1u64, 1000u32)][..], 11, 5, 5)],
+        "",
+        &pd(1.31072, 0.05, "decode"),
+        &[
+            "cluster.prefill.tensor_parallel = 2",
+            "cluster.decode.tensor_parallel = 2",
+        ],
+    );
+    assert!(near(timeline(&rows[0])[2], 0.1), "{:?}", timeline(&rows[0]));
+}
+
+#[test]
+fn each_pool_is_sized_and_priced_for_its_own_hardware() {
+    // Prefill on A100s (312 dense bf16 TFLOP/s) against H100s (989): the same prompts prefill slower;
+    // the decode pool, on H100s both times, is the same hardware.
+    let run = |prefill_hw: &str| {
+        let cfg = config(
+            SMALL_CHAT,
+            &[
+                "workload.duration_s = 30.0",
+                "cluster.mode = \"disaggregated\"",
+                "cluster.prefill.replicas = 1",
+                &format!("cluster.prefill.hardware = \"{prefill_hw}\""),
+                "cluster.decode.replicas = 1",
+            ],
+        );
+        let sim = simulate(
+            &cfg,
+            &SimOptions {
+                rows: servesim::metrics::Rows::Keep,
+                ..SimOptions::default()
+            },
+        )
+        .unwrap();
+        let prefill: Vec<f64> = sim
+            .requests
+            .iter()
+            .filter_map(|r| r.pd_timeline)
+            .map(|t| t[1] as f64)
+            .collect();
+        prefill.iter().sum::<f64>() / prefill.len() as f64
+    };
+    let (h100, a100) = (run("h100-sxm"), run("a100-80gb"));
+    assert!(
+        a100 > 1.5 * h100,
+        "mean prefill {a100} ns on A100 vs {h100} on H100"
+    );
 }
 
 #[test]
@@ -172,7 +223,6 @@ fn bad_disaggregated_settings_are_refused_naming_the_key() {
         assert!(e.contains(key), "{sets:?}: {e}");
     };
     refused(&[d, p], "cluster.mode");
-    refused(&[p, q], "cluster.prefill");
     refused(
         &[d, p, "cluster.decode.replicas=0"],
         "cluster.decode.replicas",
@@ -185,6 +235,15 @@ fn bad_disaggregated_settings_are_refused_naming_the_key() {
     refused(
         &[d, p, q, "workload.client_timeout_s=5.0"],
         "client_timeout_s",
+    );
+    // Pools in an aggregated cluster are reported as ignored (one config compares both modes).
+    let agg = servesim::config::Config::load(None, &[p.into(), q.into()]).unwrap();
+    assert!(
+        agg.notices()
+            .iter()
+            .any(|n| n.contains("[cluster.prefill] applies with")),
+        "{:?}",
+        agg.notices()
     );
     // The replicas are the pools' sum; a different count set is reported as ignored.
     let load = |n: &str| {
@@ -200,5 +259,57 @@ fn bad_disaggregated_settings_are_refused_naming_the_key() {
             .any(|n| n.contains("cluster.replicas = 5")),
         "{:?}",
         cfg.notices()
+    );
+}
+
+/// The README's table rows for `runs` (each a summary), as `| name | a / b ms | ... |`, in ms to 0.1.
+pub fn readme_row(name: &str, keys: &[&str], runs: &[&servesim::metrics::Summary]) -> String {
+    let cells: Vec<String> = runs
+        .iter()
+        .map(|s| {
+            keys.iter()
+                .map(|k| format!("{:.1}", s.get_f64(k).unwrap() * 1000.0))
+                .collect::<Vec<_>>()
+                .join(" / ")
+                + " ms"
+        })
+        .collect();
+    format!("| {name} | {} |", cells.join(" | "))
+}
+
+#[test]
+fn the_readme_disaggregation_example_runs_as_printed() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let sets = [
+        "cluster.replicas=4",
+        "cluster.prefill.replicas=2",
+        "cluster.decode.replicas=2",
+    ];
+    let run = |mode: &str| {
+        let mut s = sets.to_vec();
+        let m = format!("cluster.mode=\"{mode}\"");
+        s.push(&m);
+        simulate(&default_with(&s), &SimOptions::default())
+            .unwrap()
+            .summary
+    };
+    let (agg, pd) = (run("aggregated"), run("disaggregated"));
+    for (name, keys) in [
+        (
+            "TTFT median / p90 / p99",
+            &["ttft_median_s", "ttft_p90_s", "ttft_p99_s"][..],
+        ),
+        ("TPOT mean / p99", &["tpot_mean_s", "tpot_p99_s"][..]),
+        ("E2E median / p99", &["e2e_median_s", "e2e_p99_s"][..]),
+    ] {
+        let row = readme_row(name, keys, &[&agg, &pd]);
+        assert!(readme.contains(&row), "README lacks: {row}");
+    }
+    let mean_ms = pd.get_f64("pd_kv_transfer_mean_s").unwrap() * 1000.0;
+    let gb = pd.get_f64("pd_kv_transfer_bytes").unwrap() / 1e9;
+    let text = format!("({mean_ms:.1} ms on average, {gb:.0} GB in all)");
+    assert!(
+        readme.replace('\n', " ").contains(&text),
+        "README lacks: {text}"
     );
 }

@@ -318,3 +318,71 @@ fn bad_speculative_settings_are_refused_naming_the_key() {
         "{e}"
     );
 }
+
+#[test]
+fn a_drafter_takes_its_weights_and_kv_layers_out_of_the_kv_cache() {
+    // vLLM loads the drafter beside the target and allocates one KV cache over every attention layer,
+    // the drafter's included. Llama-3.1-8B's EAGLE head is one of its decoder layers: q and o 4096 x
+    // 4096, k and v 4096 x 1024, the MLP 3 x 4096 x 14336, two norms of 4096: 218,112,000 parameters,
+    // 436,224,000 bytes; its KV is 2 x 8 x 128 x 2 = 4,096 bytes a token beside the target's 131,072.
+    // So the blocks go from A / (16 x 131,072) to (A - 436,224,000) / (16 x 135,168), where A is the
+    // memory left for the KV cache (known from the plain run to within one block).
+    let plain = servesim::system::System::resolve(&default_with(&[])).unwrap();
+    let eagle = servesim::system::System::resolve(&default_with(&[
+        "engine.speculative.method=\"eagle\"",
+        "engine.speculative.num_speculative_tokens=3",
+        "engine.speculative.acceptance_rate=0.7",
+    ]))
+    .unwrap();
+    let a = plain.sizing.num_gpu_blocks as f64 * 16.0 * 131_072.0;
+    let want = (a - 436_224_000.0) / (16.0 * 135_168.0);
+    let got = eagle.sizing.num_gpu_blocks as f64;
+    assert!(
+        (got - want).abs() <= 1.5,
+        "{got} blocks, expected {want:.1}"
+    );
+    // n-gram drafts take no GPU memory.
+    let ngram = servesim::system::System::resolve(&default_with(&[
+        "engine.speculative.method=\"ngram\"",
+        "engine.speculative.num_speculative_tokens=3",
+        "engine.speculative.acceptance_rate=0.7",
+    ]))
+    .unwrap();
+    assert_eq!(ngram.sizing.num_gpu_blocks, plain.sizing.num_gpu_blocks);
+}
+
+#[test]
+fn the_readme_speculation_example_runs_as_printed() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let run = |a: Option<&str>| {
+        let mut s = Vec::new();
+        if let Some(a) = a {
+            s = vec![
+                "engine.speculative.method=\"eagle\"".to_string(),
+                "engine.speculative.num_speculative_tokens=3".to_string(),
+                format!("engine.speculative.acceptance_rate={a}"),
+            ];
+        }
+        let s: Vec<&str> = s.iter().map(|x| x.as_str()).collect();
+        simulate(&default_with(&s), &SimOptions::default())
+            .unwrap()
+            .summary
+    };
+    let (off, a6, a8) = (run(None), run(Some("0.6")), run(Some("0.8")));
+    for (name, keys) in [
+        ("TPOT median / p99", &["tpot_median_s", "tpot_p99_s"][..]),
+        ("TTFT median / p99", &["ttft_median_s", "ttft_p99_s"][..]),
+    ] {
+        let row = crate::disaggregated::readme_row(name, keys, &[&off, &a6, &a8]);
+        assert!(readme.contains(&row), "README lacks: {row}");
+    }
+    // (1 - a^4) / (1 - a): 2.176 at 0.6, 2.952 at 0.8.
+    let len =
+        |s: &servesim::metrics::Summary| s.get_f64("spec_decode_mean_acceptance_length").unwrap();
+    let row = format!(
+        "| mean acceptance length | | {:.3} (theory 2.176) | {:.3} (theory 2.952) |",
+        len(&a6),
+        len(&a8)
+    );
+    assert!(readme.contains(&row), "README lacks: {row}");
+}

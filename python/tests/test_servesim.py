@@ -3,6 +3,7 @@ name what is wrong. The CLI binary comes from SERVESIM_BIN (python/run_tests.sh 
 `cargo test` made) or the repository's target/{release,debug}/servesim."""
 
 import csv
+import importlib.util
 import math
 import os
 import subprocess
@@ -232,3 +233,28 @@ def test_whole_range_ids_and_mixed_null_batch_ids(tmp_path):
     assert_same_rows(a, b)
     assert set(b["session_id"]) <= {int(v) for v in big.values()} and b["session_id"].max() == 2**64 - 1
     assert b["batch_id"].notna().any() and b["batch_id"].isna().any()
+
+
+def test_disaggregated_timeline_columns():
+    """A disaggregated run's rows name the prefill instance (nullable Int64) and split each finished
+    request's E2E into five parts, in CSV and Parquet alike."""
+    over = dict(SMALL, **{
+        "cluster.mode": "disaggregated", "cluster.prefill.replicas": 1, "cluster.decode.replicas": 1,
+    })
+    r = servesim.run(overrides=over, seed=3)
+    df = r.requests
+    assert str(df["prefill_replica"].dtype) == "Int64"
+    done = df[df["status"] == "finished"]
+    assert len(done) > 100 and (done["prefill_replica"] == 0).all() and (done["replica"] == 1).all()
+    parts = ["prefill_queue_s", "prefill_s", "kv_transfer_s", "decode_queue_s", "decode_s"]
+    # Each part is written to the microsecond: five roundings.
+    assert ((done[parts].sum(axis=1) - done["e2e_s"]).abs() <= 3e-6).all()
+    assert r.summary["pd_kv_transfers"] == len(done) and r.summary["pd_kv_transfer_bytes"] > 0
+    # Aggregated runs leave them empty.
+    assert small_columns_empty(servesim.run(overrides=SMALL, seed=3).requests, ["prefill_replica"] + parts)
+    if importlib.util.find_spec("pyarrow"):
+        assert_same_rows(servesim.run(overrides=over, seed=3, format="parquet").requests, df)
+
+
+def small_columns_empty(df, cols):
+    return all(df[c].isna().all() for c in cols)

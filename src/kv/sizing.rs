@@ -52,6 +52,27 @@ pub fn size_engine_tp(
     hw: &HardwareSpec,
     tp: u32,
 ) -> Result<EngineSizing, ConfigError> {
+    size_engine_with_drafter(e, full, None, hw, tp)
+}
+
+/// A speculative decoder's share of a GPU: its weights per rank, and the KV bytes per token its layers
+/// keep in the same blocks as the target's (vLLM allocates one KV cache over every attention layer,
+/// the drafter's included, so a block holds both).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DrafterMemory {
+    pub weight_bytes_per_rank: u64,
+    pub kv_bytes_per_token_per_rank: u64,
+}
+
+/// [`size_engine_tp`] with a drafter's weights and KV layers on the same GPUs.
+pub fn size_engine_with_drafter(
+    e: &EngineConfig,
+    full: &ModelShape,
+    drafter: Option<DrafterMemory>,
+    hw: &HardwareSpec,
+    tp: u32,
+) -> Result<EngineSizing, ConfigError> {
+    let drafter = drafter.unwrap_or_default();
     let rank = full.per_rank(tp)?;
     let m = &rank;
     let max_model_len = e
@@ -100,11 +121,12 @@ pub fn size_engine_tp(
         ));
     }
 
-    let weights = full.weight_bytes_per_rank(tp)? as f64;
+    let weights = (full.weight_bytes_per_rank(tp)? + drafter.weight_bytes_per_rank) as f64;
     let activation_gib = e
         .activation_reserve_gib
         .unwrap_or_else(|| estimate_activation_gib(m, tokens, seqs));
-    let block_bytes = e.block_size as u64 * m.kv_bytes_per_token();
+    let block_bytes =
+        e.block_size as u64 * (m.kv_bytes_per_token() + drafter.kv_bytes_per_token_per_rank);
     let num_blocks = match e.num_gpu_blocks {
         Some(n) => n,
         None => {
