@@ -837,17 +837,40 @@ pub fn human_summary(o: &RunOutcome) -> String {
     let ms = |k: &str| f(k) * 1e3;
     let mut out = String::new();
     use std::fmt::Write;
-    let _ = writeln!(
-        out,
-        "servesim run: {} on {} ({} replica(s) x {} GPU(s) = {} GPU(s); {} KV blocks per replica), cost model {}",
-        s.0["model"].as_str().unwrap_or("?"),
-        s.0["hardware"].as_str().unwrap_or("?"),
-        s.0["replicas"],
-        s.0["tensor_parallel"],
-        s.0["replicas"].as_u64().unwrap_or(0) * s.0["tensor_parallel"].as_u64().unwrap_or(0),
-        s.0["num_gpu_blocks"],
-        s.0["cost_model"].as_str().unwrap_or("?"),
-    );
+    if s.0["cluster_mode"].as_str() == Some("disaggregated") {
+        let pool = |p: &str| {
+            format!(
+                "{} {p} x {} ({} GPU(s) each; {} KV blocks each)",
+                s.0[format!("{p}_replicas").as_str()],
+                s.0[format!("{p}_hardware").as_str()]
+                    .as_str()
+                    .unwrap_or("?"),
+                s.0[format!("{p}_tensor_parallel").as_str()],
+                s.0[format!("{p}_num_gpu_blocks").as_str()],
+            )
+        };
+        let _ = writeln!(
+            out,
+            "servesim run: {} on {} + {} = {} GPU(s), disaggregated, cost model {}",
+            s.0["model"].as_str().unwrap_or("?"),
+            pool("prefill"),
+            pool("decode"),
+            s.0["gpus"],
+            s.0["cost_model"].as_str().unwrap_or("?"),
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "servesim run: {} on {} ({} replica(s) x {} GPU(s) = {} GPU(s); {} KV blocks per replica), cost model {}",
+            s.0["model"].as_str().unwrap_or("?"),
+            s.0["hardware"].as_str().unwrap_or("?"),
+            s.0["replicas"],
+            s.0["tensor_parallel"],
+            s.0["gpus"],
+            s.0["num_gpu_blocks"],
+            s.0["cost_model"].as_str().unwrap_or("?"),
+        );
+    }
     let failed = match s.0["requests_failed"].as_u64() {
         Some(n) if n > 0 => format!(", {n} recorded failures (not run)"),
         _ => String::new(),

@@ -831,16 +831,26 @@ fn finish(
         lines.push(line);
         answers.push(json);
     }
-    // Disaggregated combinations: the split that serves the most load per GPU.
-    let best = plans
+    // With disaggregated combinations in the grid: the combination (split or aggregated) that serves
+    // the most load per GPU, and per unit of cost where every combination has a price.
+    let pd_grid = plans.iter().any(|pl| pl.cfg.cluster.pd_pools().is_some());
+    let answered: Vec<(&Plan, f64)> = plans
         .iter()
         .zip(&answers)
-        .filter(|(pl, _)| pl.cfg.cluster.pd_pools().is_some())
-        .filter_map(|(pl, a)| {
-            let rate = a["answer"].as_f64()?;
-            Some((pl, rate, rate / pl.cfg.gpus().max(1) as f64))
-        })
-        .max_by(|a, b| a.2.total_cmp(&b.2));
+        .filter_map(|(pl, a)| Some((pl, a["answer"].as_f64()?)))
+        .collect();
+    let best = answered
+        .iter()
+        .map(|&(pl, rate)| (pl, rate, rate / pl.cfg.gpus().max(1) as f64))
+        .max_by(|a, b| a.2.total_cmp(&b.2))
+        .filter(|_| pd_grid);
+    let per_cost: Option<Vec<(&Plan, f64, f64)>> = answered
+        .iter()
+        .map(|&(pl, rate)| Some((pl, rate, rate / hourly(pl, pl.cfg.gpus())?)))
+        .collect();
+    let best_cost = per_cost
+        .and_then(|v| v.into_iter().max_by(|a, b| a.2.total_cmp(&b.2)))
+        .filter(|_| pd_grid);
     let mut json = json!({
         "goal": match o.goal { Goal::MaxRate => "max-rate", Goal::MinReplicas { .. } => "min-replicas" },
         "answers": answers,
@@ -854,6 +864,16 @@ fn finish(
         ));
         json["best_per_gpu"] =
             json!({"variant": pl.name, "answer": rate, "per_gpu": per_gpu, "gpus": pl.cfg.gpus()});
+    }
+    if let (Some((pl, rate, per_cost)), true) = (best_cost, grid) {
+        let (unit, _) = rate_unit(&pl.cfg);
+        lines.push(format!(
+            "most load per unit of cost: {} ({per_cost:.4} {unit} per unit per hour: {rate:.3} at {:.2} per hour)",
+            pl.name,
+            rate / per_cost
+        ));
+        json["best_per_cost"] =
+            json!({"variant": pl.name, "answer": rate, "per_cost_per_hour": per_cost});
     }
     write_probes_csv(&dir.file("capacity.csv"), plans, &per_plan)?;
     // The first combination's config as resolved at the starting rate and replica count: the directory
@@ -1005,10 +1025,14 @@ fn costs(
     tps: Option<f64>,
     unit: &str,
 ) -> (serde_json::Value, String) {
-    let Some(price) = pl.price else {
+    let Some(per_hour) = hourly(pl, gpus) else {
         return (json!({"gpus": gpus, "price_per_hour": null}), String::new());
     };
-    let per_hour = gpus as f64 * price;
+    // The mean price per GPU in a disaggregated cluster (each pool at its own), else the price.
+    let price = match (pl.cfg.cluster.pd_pools(), pl.price) {
+        (None, Some(p)) => p,
+        _ => per_hour / gpus.max(1) as f64,
+    };
     let per_mtok = tps
         .filter(|t| *t > 0.0)
         .map(|t| per_hour / (t * 3600.0) * 1e6);
@@ -1028,6 +1052,27 @@ fn costs(
                "cost_per_million_output_tokens": per_mtok, format!("cost_per_{each}"): per_each}),
         text,
     )
+}
+
+/// What `gpus` GPUs of plan `pl` cost per hour: at the plan's price per GPU, or, in a disaggregated
+/// cluster, each pool's GPUs at its own GPU's price (a pool on the top-level GPU at `pl.price`, which
+/// `hardware.price_per_hour` overrides; another at its catalog price). None where a price is unknown.
+fn hourly(pl: &Plan, gpus: u32) -> Option<f64> {
+    let c = &pl.cfg;
+    match (&c.cluster.prefill, &c.cluster.decode, c.cluster.pd_pools()) {
+        (Some(p), Some(d), Some(_)) => [(p, 1), (d, 2)]
+            .into_iter()
+            .map(|(pool, m)| {
+                let price = match &pool.hardware {
+                    Some(h) if *h != c.hardware.name => pl.sys.of_model(m).hardware.price_per_hour,
+                    _ => pl.price,
+                }?;
+                let tp = pool.tensor_parallel.unwrap_or(c.hardware.tensor_parallel);
+                Some(price * (pool.replicas * tp) as f64)
+            })
+            .sum(),
+        _ => pl.price.map(|p| p * gpus as f64),
+    }
 }
 
 /// Each criterion's mean over `probes` (those with a value), in the config's criterion order, then the

@@ -46,7 +46,8 @@ impl EventClass for Event {
     /// in the order they were queued, so that a request arriving at the very instant a step ends can join
     /// the next step; scheduling follows, seeing them all; samples come last, so they record the state
     /// the instant settled into. A KV transfer's end releases the prefill instance's blocks among the
-    /// arrivals, before any scheduling pass at that instant.
+    /// arrivals, before the scheduling passes queued at that instant (an instant pull, queued by a pass
+    /// itself, runs after it and queues the prefill instance's pass again).
     ///
     /// Within a class, events run in the order they were queued, but for completions, which run in
     /// replica order: a step's end then sorts by the replica alone, not by when its step was planned, so

@@ -582,8 +582,9 @@ impl<S: Scheduler> Replica<S> {
                     crate::request::PdStage::Decode { .. } => pd.decode_start.get_or_insert(now),
                 };
             }
-            let computed = r.num_computed_tokens; // already advanced by n (S6)
-                                                  // Past the tokens there are draft tokens to verify (speculative decoding).
+            // Already advanced by n (S6); past the tokens lie draft tokens to verify (speculative
+            // decoding).
+            let computed = r.num_computed_tokens;
             let samples = computed >= r.num_tokens();
             let decode = !r.in_prefill;
             if r.in_prefill {
@@ -983,7 +984,9 @@ impl<S: Scheduler> Replica<S> {
     }
 
     /// Completes the step in flight at `now`: requests that reached their full length sample a token (S7);
-    /// finished ones free their blocks and are returned. `on_token` sees every emitted token.
+    /// finished ones free their blocks and are returned. `on_token` is called once per request that
+    /// sampled, after the step's tokens are appended (several with speculative decoding: they reach the
+    /// client together), with the time of its previous token.
     pub fn finish_step(
         &mut self,
         now: SimTime,

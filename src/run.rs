@@ -523,6 +523,36 @@ fn write(path: &Path, text: &str) -> Result<(), OutputError> {
 /// The config with every derived value filled in, re-runnable as is; derived facts as comments.
 pub fn resolved_toml(cfg: &Config, sys: &System) -> String {
     let mut c = cfg.clone();
+    // Pools on other GPUs than the top level's each derive their own limits and blocks: those stay
+    // unset (stated in the comments), so that the file re-runs as this run did.
+    let pools: Vec<(&str, &System)> = match cfg.cluster.pd_pools() {
+        Some(_) => vec![("prefill", sys.of_model(1)), ("decode", sys.of_model(2))],
+        None => Vec::new(),
+    };
+    let pools_differ = pools.iter().any(|(_, p)| {
+        p.sizing.num_gpu_blocks != sys.sizing.num_gpu_blocks
+            || p.sizing.max_num_batched_tokens != sys.sizing.max_num_batched_tokens
+            || p.sizing.max_num_seqs != sys.sizing.max_num_seqs
+            || p.sizing.activation_reserve_gib != sys.sizing.activation_reserve_gib
+    });
+    let pool_lines: String = pools
+        .iter()
+        .map(|(name, p)| {
+            format!(
+                "# {name} pool, per instance: {} x {}; {} KV blocks; max_num_batched_tokens {}, max_num_seqs {}\n",
+                p.hardware.name,
+                match name {
+                    &"prefill" => cfg.cluster.prefill.as_ref(),
+                    _ => cfg.cluster.decode.as_ref(),
+                }
+                .and_then(|x| x.tensor_parallel)
+                .unwrap_or(cfg.hardware.tensor_parallel),
+                p.sizing.num_gpu_blocks,
+                p.sizing.max_num_batched_tokens,
+                p.sizing.max_num_seqs
+            )
+        })
+        .collect();
     let s = &sys.sizing;
     match &sys.sglang {
         // SGLang's limits replace vLLM's, which it ignores (left as the user set them).
@@ -532,14 +562,17 @@ pub fn resolved_toml(cfg: &Config, sys: &System) -> String {
             c.sglang.chunked_prefill_size =
                 Some(g.limits.chunked_prefill_size.map_or(-1, i64::from));
         }
+        None if pools_differ => {}
         None => {
             c.engine.max_num_batched_tokens = Some(s.max_num_batched_tokens);
             c.engine.max_num_seqs = Some(s.max_num_seqs);
         }
     }
     c.engine.max_model_len = Some(s.max_model_len);
-    c.engine.num_gpu_blocks = Some(s.num_gpu_blocks);
-    c.engine.activation_reserve_gib = Some(s.activation_reserve_gib);
+    if !pools_differ {
+        c.engine.num_gpu_blocks = Some(s.num_gpu_blocks);
+        c.engine.activation_reserve_gib = Some(s.activation_reserve_gib);
+    }
     c.engine.kv_cache = Some(c.engine.kv_kind());
     let body = toml::to_string(&c).expect("a config serialises");
     format!(
@@ -547,7 +580,7 @@ pub fn resolved_toml(cfg: &Config, sys: &System) -> String {
          # model {}: {:.3} B parameters; weights {:.2} GiB per GPU; KV {} bytes per token per replica\n\
          # hardware {}, per GPU: {} GiB, {} GB/s, {} TFLOP/s bf16; {} GPU(s) per replica (tensor_parallel) \
          x {} replica(s) = {} GPU(s)\n\
-         # KV cache per replica: {}; {:.2} GiB per GPU\n\n{body}",
+         # KV cache per replica: {}; {:.2} GiB per GPU\n{pool_lines}\n{body}",
         sys.model.name,
         sys.model.total_params() as f64 / 1e9,
         s.weights_gib,
@@ -604,6 +637,41 @@ fn summarize<S: Scheduler>(
     s.set("cluster_events", cfg.cluster.events.len());
     s.set("router", enum_name(cfg.cluster.router));
     s.set("tensor_parallel", cfg.hardware.tensor_parallel);
+    // Disaggregated: each pool's instances, GPU, tensor parallelism and KV blocks (null otherwise);
+    // `gpus` counts every pool's GPUs.
+    s.set("cluster_mode", enum_name(cfg.cluster.mode));
+    s.set("gpus", cfg.gpus());
+    for (name, pool, m) in [
+        ("prefill", &cfg.cluster.prefill, 1),
+        ("decode", &cfg.cluster.decode, 2),
+    ] {
+        let pool = pool.as_ref().filter(|_| cfg.cluster.pd_pools().is_some());
+        let v = |f: &dyn Fn(&crate::config::PoolConfig) -> serde_json::Value| {
+            pool.map_or(serde_json::Value::Null, f)
+        };
+        s.set(&format!("{name}_replicas"), v(&|p| p.replicas.into()));
+        s.set(
+            &format!("{name}_hardware"),
+            v(&|p| {
+                p.hardware
+                    .clone()
+                    .unwrap_or(cfg.hardware.name.clone())
+                    .into()
+            }),
+        );
+        s.set(
+            &format!("{name}_tensor_parallel"),
+            v(&|p| {
+                p.tensor_parallel
+                    .unwrap_or(cfg.hardware.tensor_parallel)
+                    .into()
+            }),
+        );
+        s.set(
+            &format!("{name}_num_gpu_blocks"),
+            v(&|_| sys.of_model(m).sizing.num_gpu_blocks.into()),
+        );
+    }
     s.set("engine", enum_name(cfg.engine.kind));
     s.set("kv_cache", enum_name(cfg.engine.kv_kind()));
     s.set("policy", enum_name(cfg.engine.policy));

@@ -230,6 +230,17 @@ impl System {
         let key = "engine.speculative.model";
         let drafter = drafter_shape(cfg, &self.model)?
             .map(|(m, _)| -> Result<Box<dyn CostModel>, ConfigError> {
+                if m.dtype_bytes != 2 {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!(
+                            "the drafter is priced on the roofline, which prices 16-bit weights, and {} is \
+                             {}-bit; use a bf16 model, or method = \"ngram\"",
+                            m.name,
+                            8 * m.dtype_bytes
+                        ),
+                    ));
+                }
                 let per_rank = m
                     .per_rank(tp)
                     .map_err(|e| ConfigError::invalid(key, e.to_string()))?;

@@ -592,7 +592,7 @@ impl<'a, S: Scheduler> World<'a, S> {
         mut req: Request,
         true_output: u32,
     ) -> Result<(), OutputError> {
-        if self.router.reads_loads() || self.degraded_above.is_some() {
+        if self.reads_loads() {
             self.catch_up_all(now)?;
         }
         self.refresh_views(now);
@@ -647,6 +647,18 @@ impl<'a, S: Scheduler> World<'a, S> {
                 FailureReason::Unavailable,
             ),
         }
+    }
+
+    /// Whether routing reads replica loads (a router does, or `admission.max_kv_usage_degraded` is set),
+    /// so that coasting replicas must be caught up first: a scrape serves every router (with
+    /// `cluster.signal_delay_s`, later arrivals and hand-offs too).
+    fn reads_loads(&self) -> bool {
+        self.router.reads_loads()
+            || self.degraded_above.is_some()
+            || self
+                .pd
+                .as_ref()
+                .is_some_and(|p| p.decode_router.reads_loads())
     }
 
     /// The router's pick for `req` among `pool`'s replicas (views as of the last refresh). A pool's
@@ -715,7 +727,7 @@ impl<'a, S: Scheduler> World<'a, S> {
             }
         }
         d.pd = Some(state);
-        if self.router.reads_loads() || self.degraded_above.is_some() {
+        if self.reads_loads() {
             self.catch_up_all(now)?;
         }
         self.refresh_views(now);
@@ -1020,7 +1032,12 @@ impl<'a, S: Scheduler> World<'a, S> {
         }
         self.queue.count_skipped(2 * steps);
         let rep = &mut self.replicas[rid as usize];
-        match rep.start_step(at, cost) {
+        let start = rep.start_step(at, cost);
+        debug_assert!(
+            rep.take_transfers().is_empty(),
+            "a coast's next step admits nothing, so it starts no KV pull"
+        );
+        match start {
             StepStart::Started(d) => self.queue.push(at + d, Event::StepDone(rid)),
             _ => unreachable!("a coast's next step is a leap step"),
         }

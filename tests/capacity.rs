@@ -530,3 +530,33 @@ fn a_grid_over_the_prefill_and_decode_pools_names_the_split_with_the_most_load_p
     .to_string();
     assert!(e.contains("--grid cluster.prefill.replicas"), "{e}");
 }
+
+#[test]
+fn a_split_is_priced_pool_by_pool() {
+    // Prefill on a GPU listed at 1.0 per hour (an extra catalog entry), decode on the top-level H100 at
+    // hardware.price_per_hour = 3.0: one of each costs 4.0 per hour, a mean of 2.0 per GPU.
+    let tmp = tempfile::tempdir().unwrap();
+    let catalog = tmp.path().join("gpus.toml");
+    std::fs::write(
+        &catalog,
+        "[cheap]\ndevice_name = \"cheap\"\npeak_bf16_tflops = 989.4\nmemory_bandwidth_gbps = 3350\n\
+         memory_gib = 79.19\nprice_per_hour = 1.0\n",
+    )
+    .unwrap();
+    let cfg = config(
+        &md1(5.0, 300.0, "[slo]\nqueue_mean_s = 0.1"),
+        &[
+            &format!("hardware.catalog = \"{}\"", catalog.display()),
+            "hardware.price_per_hour = 3.0",
+            "cluster.mode=\"disaggregated\"",
+            "cluster.prefill.replicas=1",
+            "cluster.prefill.hardware=\"cheap\"",
+            "cluster.decode.replicas=1",
+        ],
+    );
+    let out = capacity(&cfg, &opts(Goal::MaxRate, 1, 0.1, &tmp.path().join("c"))).unwrap();
+    let c = &out.json["answers"][0]["cost"];
+    assert_eq!(c["cost_per_hour"].as_f64(), Some(4.0));
+    assert_eq!(c["price_per_hour"].as_f64(), Some(2.0));
+    assert_eq!(c["gpus"].as_f64(), Some(2.0));
+}

@@ -313,3 +313,157 @@ fn the_readme_disaggregation_example_runs_as_printed() {
         "README lacks: {text}"
     );
 }
+
+#[test]
+fn a_heterogeneous_split_reruns_from_its_resolved_config() {
+    // Prefill on two A100s an instance (their own block count, limits and activation reserve), decode
+    // on H100s: resolved.toml leaves the per-pool values derived, so it re-runs to the same bytes.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = default_with(&[
+        "workload.duration_s = 20.0",
+        "cluster.mode = \"disaggregated\"",
+        "cluster.prefill.replicas = 1",
+        "cluster.prefill.hardware = \"a100-80gb\"",
+        "cluster.prefill.tensor_parallel = 2",
+        "cluster.decode.replicas = 2",
+    ]);
+    let (first, dir) = run_in(tmp.path(), "first", &cfg);
+    let s = &first.summary;
+    assert_eq!(s.0["prefill_hardware"], "a100-80gb");
+    assert_eq!(s.get_f64("prefill_tensor_parallel"), Some(2.0));
+    assert_eq!(s.get_f64("gpus"), Some(4.0));
+    assert_ne!(
+        s.get_f64("prefill_num_gpu_blocks"),
+        s.get_f64("decode_num_gpu_blocks")
+    );
+    let again = servesim::config::Config::load(Some(&dir.join("resolved.toml")), &[]).unwrap();
+    let (_, dir2) = run_in(tmp.path(), "again", &again);
+    for f in ["requests.csv", "summary.json", "replicas.csv"] {
+        assert_eq!(
+            std::fs::read(dir.join(f)).unwrap(),
+            std::fs::read(dir2.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}
+
+#[test]
+fn a_one_token_answer_ends_on_the_prefill_instance_under_the_prefill_first_token_rule() {
+    // The prefill's token is the answer (0.01 + 1000 x 0.0001 = 0.11 s); nothing is pulled.
+    let (rows, s) = replay(
+        &[(1, 1, 0.0, &[(1u64, 1000u32)][..], 11, 1, 5)],
+        "",
+        &pd(1.31072, 0.05, "prefill"),
+    );
+    let r = &rows[0];
+    assert_eq!(
+        (r.output_tokens, r.replica, r.prefill_replica),
+        (1, Some(0), Some(0))
+    );
+    assert!(near(secs(r.times[3]), 0.11) && near(secs(r.ttft), 0.11));
+    assert_eq!(
+        timeline(r).map(|t| (t * 1e9).round()),
+        [0.0, 1.1e8, 0.0, 0.0, 0.0]
+    );
+    assert_eq!(s.get_f64("pd_kv_transfers"), Some(0.0));
+}
+
+#[test]
+fn a_one_token_prompt_is_pulled_whole_and_its_token_recomputed() {
+    // Prefill 0.01 + 0.0001 = 0.0101 s; the pull 0.05 + 131,072 / 1.31072e9 = 0.0501 s lands at
+    // 0.0602; the decode instance recomputes the token as a decode row (0.011) and samples token 1 at
+    // 0.0712, token 2 at 0.0822. Looked up once on each instance.
+    let (rows, s) = replay(
+        &[(1, 1, 0.0, &[(1u64, 1u32)][..], 11, 2, 2)],
+        "",
+        &pd(1.31072, 0.05, "decode"),
+    );
+    let r = &rows[0];
+    assert!(near(secs(r.times[2]), 0.0712), "{:?}", r.times);
+    assert!(near(secs(r.times[3]), 0.0822), "{:?}", r.times);
+    assert_eq!(s.get_f64("prefix_cache_queries"), Some(2.0));
+}
+
+#[test]
+fn a_decode_pool_that_takes_nothing_rejects_the_hand_off_and_frees_the_prefill_blocks() {
+    // Every instance with any KV in use is degraded. A (20 tokens) is pulled at 0.11 and decodes until
+    // 0.48; B, arriving at 0.3, is prefilled by 0.41 and finds the one decode instance degraded: it is
+    // rejected as unavailable, and the prefill instance serves C (arriving at 0.5) at once.
+    let (rows, _) = replay_set(
+        &[
+            (1, 1, 0.0, &[(1u64, 1000u32)][..], 11, 20, 20),
+            (2, 1, 0.3, &[(2u64, 1000u32)][..], 12, 5, 5),
+            (3, 1, 0.5, &[(3u64, 1000u32)][..], 13, 5, 5),
+        ],
+        "",
+        &(pd(1.31072, 0.05, "decode") + "\n[admission]\nmax_kv_usage_degraded = 0.000001"),
+        &["engine.num_gpu_blocks = 70", "engine.max_model_len = 1100"],
+    );
+    assert_eq!(rows[1].status.as_str(), "rejected");
+    assert_eq!(rows[1].failure.map(|f| f.as_str()), Some("unavailable"));
+    assert_eq!(rows[1].prefill_replica, Some(0));
+    // C's prefill starts on arrival: B's 63 blocks were released (69 usable, 63 a prompt).
+    assert!(near(secs(rows[2].times[1]), 0.5), "{:?}", rows[2].times);
+}
+
+#[test]
+fn leaps_stay_exact_when_only_the_decode_router_reads_loads() {
+    // Round robin in front of the prefill pool reads nothing; least-loaded by KV usage in front of the
+    // decode pool does, through a delayed scrape: coasting decode instances must be caught up before
+    // any scrape. Speculation on top, and a stop with pulls in flight.
+    for spec in [false, true] {
+        let mut sets = vec![
+            "workload.duration_s = 40.0",
+            "workload.session_rate = 6.0",
+            "output.max_sim_time_s = 45.0",
+            "cluster.mode = \"disaggregated\"",
+            "cluster.signal_delay_s = 0.5",
+            "cluster.prefill.replicas = 2",
+            "cluster.decode.replicas = 3",
+            "cluster.decode.router = \"least_loaded\"",
+            "cluster.load_signal = \"kv_usage\"",
+        ];
+        if spec {
+            sets.extend([
+                "engine.speculative.method = \"eagle\"",
+                "engine.speculative.num_speculative_tokens = 2",
+                "engine.speculative.acceptance_rate = 0.7",
+            ]);
+        }
+        let cfg = config(SMALL_CHAT, &sets);
+        let run = |no_leap: bool| {
+            simulate(
+                &cfg,
+                &SimOptions {
+                    rows: servesim::metrics::Rows::Keep,
+                    no_leap,
+                    ..SimOptions::default()
+                },
+            )
+            .unwrap()
+        };
+        let (a, b) = (run(false), run(true));
+        assert_eq!(format!("{:?}", a.requests), format!("{:?}", b.requests));
+        assert_eq!(a.summary.to_json(), b.summary.to_json());
+        if !spec {
+            assert!(a.leapt_steps > 0, "the decode instances leapt");
+        } else {
+            assert!(a.summary.get_f64("spec_decode_num_drafts").unwrap() > 0.0);
+        }
+        let unfinished = a
+            .requests
+            .iter()
+            .filter(|r| r.status == servesim::request::Status::Unfinished)
+            .count();
+        assert!(unfinished > 0, "the stop cut requests short");
+        for r in &a.requests {
+            match (r.status, r.pd_timeline) {
+                (servesim::request::Status::Finished, Some(t)) => {
+                    assert_eq!(t.iter().sum::<u64>(), r.e2e.unwrap())
+                }
+                (servesim::request::Status::Finished, None) => panic!("{} has no timeline", r.id),
+                (_, t) => assert!(t.is_none()),
+            }
+        }
+    }
+}

@@ -386,3 +386,27 @@ fn the_readme_speculation_example_runs_as_printed() {
     );
     assert!(readme.contains(&row), "README lacks: {row}");
 }
+
+#[test]
+fn speculation_under_preemption_keeps_every_invariant() {
+    // A pool too small for the load: requests are preempted and resumed (no lookahead for the resumed
+    // prefill, drafts again after it), with the debug builds' invariant checks after every step.
+    let cfg = config(
+        SMALL_CHAT,
+        &[
+            "workload.duration_s = 30.0",
+            "engine.num_gpu_blocks = 2100",
+            "engine.speculative.method = \"eagle\"",
+            "engine.speculative.num_speculative_tokens = 4",
+            "engine.speculative.acceptance_rate = 0.5",
+        ],
+    );
+    let s = simulate(&cfg, &SimOptions::default()).unwrap().summary;
+    assert!(s.get_f64("num_preemptions").unwrap() > 0.0);
+    assert!(s.get_f64("spec_decode_num_drafts").unwrap() > 0.0);
+    assert_eq!(
+        s.get_f64("requests_finished"),
+        s.get_f64("requests")
+            .map(|n| n - s.get_f64("requests_rejected").unwrap())
+    );
+}

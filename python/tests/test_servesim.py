@@ -247,8 +247,8 @@ def test_disaggregated_timeline_columns():
     done = df[df["status"] == "finished"]
     assert len(done) > 100 and (done["prefill_replica"] == 0).all() and (done["replica"] == 1).all()
     parts = ["prefill_queue_s", "prefill_s", "kv_transfer_s", "decode_queue_s", "decode_s"]
-    # Each part is written to the microsecond: five roundings.
-    assert ((done[parts].sum(axis=1) - done["e2e_s"]).abs() <= 3e-6).all()
+    # Each part and E2E are written to the microsecond: six roundings of half a microsecond at most.
+    assert ((done[parts].sum(axis=1) - done["e2e_s"]).abs() <= 4e-6).all()
     assert r.summary["pd_kv_transfers"] == len(done) and r.summary["pd_kv_transfer_bytes"] > 0
     # Aggregated runs leave them empty.
     assert small_columns_empty(servesim.run(overrides=SMALL, seed=3).requests, ["prefill_replica"] + parts)

@@ -145,8 +145,6 @@ impl StepShape {
         }
     }
 
-    /// Adds `tokens` of padding ending at `context`: a prefill chunk (prompt padding), or with `decode`
-    /// one decode row that samples (the row of a finished request in a lockstep batch).
     /// Adds a speculative verification chunk: `q` tokens (the sampled one and its drafts) ending at
     /// `context`, attended causally as a prefill chunk is, with logits sampled at every position.
     pub fn add_verify(&mut self, q: u32, context: u32) {
@@ -154,6 +152,8 @@ impl StepShape {
         self.sums.sampled += q as u64 - 1;
     }
 
+    /// Adds `tokens` of padding ending at `context`: a prefill chunk (prompt padding), or with `decode`
+    /// one decode row that samples (the row of a finished request in a lockstep batch).
     pub fn add_padding(&mut self, tokens: u32, context: u32, decode: bool) {
         self.add(tokens, context, decode, decode);
         self.padding_tokens += tokens as u64;

@@ -173,7 +173,9 @@ impl<K: KvStore> VllmScheduler<K> {
         while *budget > 0 && (self.running.len() as u32) < self.limits.max_num_seqs {
             let Some(id) = self.waiting.peek() else { break };
             let r = reqs.get_mut(&id).expect("waiting request in table");
-            let looked_up = r.num_computed_tokens == 0;
+            // Back from a load it holds blocks (and may have nothing computed: a one-token prompt
+            // pulled whole, its token to recompute); it is not looked up again.
+            let looked_up = r.num_computed_tokens == 0 && r.kv.num_blocks_held() == 0;
             let (hit, ext) = if looked_up {
                 let hit = self.kv.get_computed_blocks(r);
                 let ext = self.kv.get_external_hit(r, hit.tokens);
@@ -186,12 +188,13 @@ impl<K: KvStore> VllmScheduler<K> {
                     .as_ref()
                     .is_some_and(|p| p.stage == PdStage::Decode { remote_kv: true })
             {
-                if let Some(link) = self.remote {
-                    if !self.pull_remote(id, now, reqs, hit, link, plan) {
-                        break;
-                    }
-                    continue;
+                let link = self
+                    .remote
+                    .expect("a request prefilled elsewhere goes to a decode instance");
+                if !self.pull_remote(id, now, reqs, hit, link, plan) {
+                    break;
                 }
+                continue;
             }
             let computed = r.num_computed_tokens + hit.tokens + ext.computed;
             let mut n = r.num_tokens() - computed;
@@ -293,7 +296,7 @@ impl<K: KvStore> VllmScheduler<K> {
         let mut any = false;
         for id in self.waiting.ids() {
             let r = reqs.get_mut(&id).expect("waiting request in table");
-            if r.num_computed_tokens > 0 {
+            if r.num_computed_tokens > 0 || r.kv.num_blocks_held() > 0 {
                 self.kv.free(r);
                 r.num_computed_tokens = 0;
                 r.preemptions += 1;
