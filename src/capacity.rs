@@ -839,18 +839,25 @@ fn finish(
         .zip(&answers)
         .filter_map(|(pl, a)| Some((pl, a["answer"].as_f64()?)))
         .collect();
-    let best = answered
-        .iter()
-        .map(|&(pl, rate)| (pl, rate, rate / pl.cfg.gpus().max(1) as f64))
-        .max_by(|a, b| a.2.total_cmp(&b.2))
-        .filter(|_| pd_grid);
+    // The first of equals wins (the grid's order).
+    fn first_max(v: Vec<(&Plan, f64, f64)>) -> Option<(&Plan, f64, f64)> {
+        v.into_iter().fold(None, |best, x| match best {
+            Some(b) if b.2 >= x.2 => Some(b),
+            _ => Some(x),
+        })
+    }
+    let best = first_max(
+        answered
+            .iter()
+            .map(|&(pl, rate)| (pl, rate, rate / pl.cfg.gpus().max(1) as f64))
+            .collect(),
+    )
+    .filter(|_| pd_grid);
     let per_cost: Option<Vec<(&Plan, f64, f64)>> = answered
         .iter()
         .map(|&(pl, rate)| Some((pl, rate, rate / hourly(pl, pl.cfg.gpus())?)))
         .collect();
-    let best_cost = per_cost
-        .and_then(|v| v.into_iter().max_by(|a, b| a.2.total_cmp(&b.2)))
-        .filter(|_| pd_grid);
+    let best_cost = per_cost.and_then(first_max).filter(|_| pd_grid);
     let mut json = json!({
         "goal": match o.goal { Goal::MaxRate => "max-rate", Goal::MinReplicas { .. } => "min-replicas" },
         "answers": answers,
@@ -1026,7 +1033,16 @@ fn costs(
     unit: &str,
 ) -> (serde_json::Value, String) {
     let Some(per_hour) = hourly(pl, gpus) else {
-        return (json!({"gpus": gpus, "price_per_hour": null}), String::new());
+        // A pool on a GPU without a price leaves the split unpriced: said, not silently dropped.
+        let note = match (pl.cfg.cluster.pd_pools(), pl.price) {
+            (Some(_), Some(_)) => {
+                "; no cost: a pool's GPU has no price (give it price_per_hour in a \
+                                   hardware.catalog file)"
+                    .to_string()
+            }
+            _ => String::new(),
+        };
+        return (json!({"gpus": gpus, "price_per_hour": null}), note);
     };
     // The mean price per GPU in a disaggregated cluster (each pool at its own), else the price.
     let price = match (pl.cfg.cluster.pd_pools(), pl.price) {

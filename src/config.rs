@@ -1319,7 +1319,7 @@ impl SpeculativeConfig {
         let key = |k: &str| format!("engine.speculative.{k}");
         if engine.kind != EngineKind::Vllm {
             return Err(ConfigError::invalid(
-                "engine.speculative",
+                "engine.kind",
                 format!(
                     "speculative decoding is modelled on engine.kind = \"vllm\" only, not \"{}\"; remove \
                      [engine.speculative] or set engine.kind = \"vllm\"",
@@ -1344,9 +1344,26 @@ impl SpeculativeConfig {
                     format!("must be a probability from 0 to 1, got {a}"),
                 ))
             }
-            (None, Some(d)) => d
-                .validate()
-                .map_err(|e| ConfigError::invalid(key("acceptance_rate_dist"), e))?,
+            (None, Some(d)) => {
+                d.validate()
+                    .map_err(|e| ConfigError::invalid(key("acceptance_rate_dist"), e))?;
+                // Rates are probabilities: the distribution must stay within [0, 1].
+                let top = match d {
+                    Dist::Constant { value } => Some(*value),
+                    Dist::Uniform { max, .. } => Some(*max),
+                    Dist::Exponential { max, .. }
+                    | Dist::Lognormal { max, .. }
+                    | Dist::Gamma { max, .. } => *max,
+                    Dist::Zipf { .. } => None,
+                };
+                if !top.is_some_and(|t| t <= 1.0) {
+                    return Err(ConfigError::invalid(
+                        key("acceptance_rate_dist"),
+                        "draws acceptance probabilities, so it must stay within [0, 1]: a constant or \
+                         uniform up to 1, or another continuous distribution with max = 1 or less",
+                    ));
+                }
+            }
             (Some(_), Some(_)) => {
                 return Err(ConfigError::invalid(
                     "engine.speculative",
@@ -1364,8 +1381,8 @@ impl SpeculativeConfig {
         match (self.method, &self.model) {
             (SpecMethod::DraftModel, None) => Err(ConfigError::invalid(
                 key("model"),
-                "method \"draft_model\" needs the draft model: a catalog name (e.g. \"tiny\") or the path \
-                 of its Hugging Face config.json",
+                "method \"draft_model\" needs the draft model: a catalog name (e.g. \"llama-3.2-1b\" for a \
+                 Llama-3 target) or the path of its Hugging Face config.json",
             )),
             (m, Some(_)) if m != SpecMethod::DraftModel => Err(ConfigError::invalid(
                 key("model"),
@@ -2451,7 +2468,7 @@ impl Config {
             sp.validate(e)?;
             if e.kv_kind() != KvKind::Paged {
                 return Err(ConfigError::invalid(
-                    "engine.speculative",
+                    "engine.kv_cache",
                     format!(
                         "speculative decoding is modelled over vLLM's paged KV cache, not kv_cache = \"{}\"; \
                          remove engine.kv_cache or [engine.speculative]",
@@ -3021,8 +3038,19 @@ impl Source<'_> {
             let origin = format!("{} with --set {}", self.origin, overrides.join(" --set "));
             from_value(toml::Value::Table(table), &origin)?
         };
-        // Disaggregated, the replicas are the pools' instances; a different count set is reported
-        // as ignored (a resolved config re-run with other pools carries the old sum).
+        // Disaggregated, a pool not described has one instance; the replicas are the pools'
+        // instances, and a different count set is reported as ignored (a resolved config re-run with
+        // other pools carries the old sum).
+        if cfg.cluster.mode == ClusterMode::Disaggregated {
+            for pool in [&mut cfg.cluster.prefill, &mut cfg.cluster.decode] {
+                pool.get_or_insert(PoolConfig {
+                    replicas: 1,
+                    hardware: None,
+                    tensor_parallel: None,
+                    router: None,
+                });
+            }
+        }
         if let Some((p, d)) = cfg.cluster.pd_pools() {
             let n = p.saturating_add(d);
             if replicas_set && cfg.cluster.replicas != n {

@@ -574,12 +574,29 @@ pub fn resolved_toml(cfg: &Config, sys: &System) -> String {
         c.engine.activation_reserve_gib = Some(s.activation_reserve_gib);
     }
     c.engine.kv_cache = Some(c.engine.kv_kind());
+    // A disaggregated cluster's pools with what they inherit, and the link's bandwidth, written out.
+    if c.cluster.pd_pools().is_some() {
+        let (hw, tp, router) = (
+            c.hardware.name.clone(),
+            c.hardware.tensor_parallel,
+            c.cluster.router,
+        );
+        for pool in [&mut c.cluster.prefill, &mut c.cluster.decode]
+            .into_iter()
+            .flatten()
+        {
+            pool.hardware.get_or_insert(hw.clone());
+            pool.tensor_parallel.get_or_insert(tp);
+            pool.router.get_or_insert(router);
+        }
+        let t = c.cluster.kv_transfer.get_or_insert_with(Default::default);
+        t.bandwidth_gbps = Some(t.bytes_per_s() / 1e9);
+    }
     let body = toml::to_string(&c).expect("a config serialises");
     format!(
         "# servesim {VERSION}: the resolved configuration of this run (re-run it with --config).\n\
          # model {}: {:.3} B parameters; weights {:.2} GiB per GPU; KV {} bytes per token per replica\n\
-         # hardware {}, per GPU: {} GiB, {} GB/s, {} TFLOP/s bf16; {} GPU(s) per replica (tensor_parallel) \
-         x {} replica(s) = {} GPU(s)\n\
+         # hardware {}, per GPU: {} GiB, {} GB/s, {} TFLOP/s bf16; {}\n\
          # KV cache per replica: {}; {:.2} GiB per GPU\n{pool_lines}\n{body}",
         sys.model.name,
         sys.model.total_params() as f64 / 1e9,
@@ -589,9 +606,19 @@ pub fn resolved_toml(cfg: &Config, sys: &System) -> String {
         sys.hardware.memory_gib,
         sys.hardware.memory_bandwidth_gbps,
         sys.hardware.peak_bf16_tflops,
-        cfg.hardware.tensor_parallel,
-        cfg.cluster.replicas,
-        cfg.hardware.tensor_parallel * cfg.cluster.replicas,
+        match cfg.cluster.pd_pools() {
+            Some(_) => format!(
+                "{} GPU(s) in the pools below, whose instances inherit this hardware unless they name \
+                 their own",
+                cfg.gpus()
+            ),
+            None => format!(
+                "{} GPU(s) per replica (tensor_parallel) x {} replica(s) = {} GPU(s)",
+                cfg.hardware.tensor_parallel,
+                cfg.cluster.replicas,
+                cfg.gpus()
+            ),
+        },
         match &sys.sglang {
             Some(g) => format!("SGLang's token pool of {} tokens", g.max_total_tokens),
             None => format!(

@@ -54,8 +54,14 @@ impl System {
         // Disaggregated: the pools are models 1 (prefill) and 2 (decode), each sized and priced for its
         // hardware and tensor parallelism (the config refuses swap_model events with pools).
         for (key, pool_cfg) in pool_configs(cfg) {
-            let pool = System::resolve_one(&pool_cfg)
-                .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
+            let pool = System::resolve_one(&pool_cfg).map_err(|e| {
+                ConfigError::invalid(
+                    key,
+                    format!(
+                        "{e} (for this pool's instances: set {key}.tensor_parallel or {key}.hardware)"
+                    ),
+                )
+            })?;
             if pool.sizing.max_model_len < sys.sizing.max_model_len {
                 return Err(ConfigError::invalid(
                     key,
@@ -660,10 +666,32 @@ fn drafter_shape(
             true,
         )),
         SpecMethod::DraftModel => {
+            let key = "engine.speculative.model";
             let name = sp.model.as_deref().unwrap_or_default();
             let m = ModelShape::load(name)
                 .and_then(|m| m.with_dtypes(&cfg.model.dtype, &cfg.engine.kv_cache_dtype))
-                .map_err(|e| ConfigError::invalid("engine.speculative.model", e.to_string()))?;
+                .map_err(|e| match e {
+                    ConfigError::UnknownCatalogEntry {
+                        hint, name, known, ..
+                    } => ConfigError::UnknownCatalogEntry {
+                        key: key.into(),
+                        hint,
+                        name,
+                        known,
+                    },
+                    e => ConfigError::invalid(key, e.to_string()),
+                })?;
+            // vLLM verifies the drafts against the target's logits: one vocabulary.
+            if m.vocab_size != target.vocab_size {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "{} has a vocabulary of {} tokens and {} of {}; a draft model must share the \
+                         target's tokenizer (for a Llama-3 target, e.g. \"llama-3.2-1b\")",
+                        m.name, m.vocab_size, target.name, target.vocab_size
+                    ),
+                ));
+            }
             Some((m, false))
         }
     })

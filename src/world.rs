@@ -1033,8 +1033,9 @@ impl<'a, S: Scheduler> World<'a, S> {
         self.queue.count_skipped(2 * steps);
         let rep = &mut self.replicas[rid as usize];
         let start = rep.start_step(at, cost);
+        let pulls = rep.take_transfers();
         debug_assert!(
-            rep.take_transfers().is_empty(),
+            pulls.is_empty(),
             "a coast's next step admits nothing, so it starts no KV pull"
         );
         match start {

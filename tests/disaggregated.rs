@@ -222,7 +222,9 @@ fn bad_disaggregated_settings_are_refused_naming_the_key() {
             .to_string();
         assert!(e.contains(key), "{sets:?}: {e}");
     };
-    refused(&[d, p], "cluster.mode");
+    // A pool not described has one instance.
+    let one = servesim::config::Config::load(None, &[d.into(), p.into()]).unwrap();
+    assert_eq!(one.cluster.pd_pools(), Some((1, 1)));
     refused(
         &[d, p, "cluster.decode.replicas=0"],
         "cluster.decode.replicas",

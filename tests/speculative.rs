@@ -291,7 +291,7 @@ fn bad_speculative_settings_are_refused_naming_the_key() {
             "engine.speculative.acceptance_rate=0.5",
             "engine.kind=\"dynamic\"",
         ],
-        "engine.speculative",
+        "engine.kind (set by --set engine.kind",
     );
     refused(
         &[
@@ -300,7 +300,36 @@ fn bad_speculative_settings_are_refused_naming_the_key() {
             "engine.speculative.acceptance_rate=0.5",
             "engine.kv_cache=\"off\"",
         ],
-        "engine.speculative",
+        "engine.kv_cache (set by --set engine.kv_cache",
+    );
+    // Rates are probabilities: a distribution that can draw above 1 is refused.
+    for d in [
+        "{dist=\"uniform\",min=0.5,max=1.5}",
+        "{dist=\"lognormal\",median=0.7,sigma=1.0}",
+    ] {
+        refused(
+            &[
+                m,
+                k,
+                &format!("engine.speculative.acceptance_rate_dist={d}"),
+            ],
+            "acceptance_rate_dist",
+        );
+    }
+    // A draft model must share the target's vocabulary (Qwen's 152,064 tokens against Llama-3's 128,256).
+    let cfg = default_with(&[
+        "engine.speculative.method=\"draft_model\"",
+        k,
+        "engine.speculative.acceptance_rate=0.5",
+        "engine.speculative.model=\"qwen2.5-7b\"",
+    ]);
+    let e = simulate(&cfg, &SimOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("engine.speculative.model") && e.contains("vocabulary"),
+        "{e}"
     );
     // The draft model is looked up when the run is built, before any output exists.
     let cfg = default_with(&[
@@ -349,6 +378,23 @@ fn a_drafter_takes_its_weights_and_kv_layers_out_of_the_kv_cache() {
     ]))
     .unwrap();
     assert_eq!(ngram.sizing.num_gpu_blocks, plain.sizing.num_gpu_blocks);
+    // Llama-3.2-1B as a draft model: 262,668,288 embedding parameters (tied with the LM head), 16
+    // layers of 60,821,504 (q, o 2048 x 2048; k, v 2048 x 512; MLP 3 x 2048 x 8192; two norms) and a
+    // final norm of 2048: 1,235,814,400 parameters, 2,471,628,800 bytes; KV 2 x 8 x 64 x 2 x 16 =
+    // 32,768 bytes a token.
+    let draft = servesim::system::System::resolve(&default_with(&[
+        "engine.speculative.method=\"draft_model\"",
+        "engine.speculative.model=\"llama-3.2-1b\"",
+        "engine.speculative.num_speculative_tokens=3",
+        "engine.speculative.acceptance_rate=0.7",
+    ]))
+    .unwrap();
+    let want = (a - 2_471_628_800.0) / (16.0 * (131_072.0 + 32_768.0));
+    let got = draft.sizing.num_gpu_blocks as f64;
+    assert!(
+        (got - want).abs() <= 3.0,
+        "{got} blocks, expected {want:.1}"
+    );
 }
 
 #[test]

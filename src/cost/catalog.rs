@@ -1066,6 +1066,10 @@ const MODELS: &[(&str, &str)] = &[
         "llama-3.1-70b-awq",
         include_str!("../../catalog/models/llama-3.1-70b-awq.json"),
     ),
+    (
+        "llama-3.2-1b",
+        include_str!("../../catalog/models/llama-3.2-1b.json"),
+    ),
     ("tiny", include_str!("../../catalog/models/tiny.json")),
 ];
 
@@ -1202,6 +1206,16 @@ mod tests {
         for n in hardware_names() {
             HardwareSpec::load(&n).unwrap();
         }
+    }
+
+    #[test]
+    fn llama_3_2_1b_sizes() {
+        let m = ModelShape::load("llama-3.2-1b").unwrap();
+        // 2 (K,V) x 8 KV heads x 64 x 2 bytes x 16 layers = 32,768 B per token.
+        assert_eq!(m.kv_bytes_per_token(), 32_768);
+        // Published parameter count: 1.24 B (tied embeddings).
+        let p = m.total_params() as f64 / 1e9;
+        assert!((p - 1.24).abs() < 0.01, "{p}");
     }
 
     #[test]

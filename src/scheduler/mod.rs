@@ -67,7 +67,9 @@ pub struct PaddingChunk {
 /// What one step computes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StepPlan {
-    /// (request, tokens computed this step), in scheduling order.
+    /// (request, tokens computed this step), in scheduling order. With speculative decoding a decoding
+    /// request's draft tokens are among them: its computed count then runs past its tokens until the
+    /// replica, at the step's end, rolls back over the rejected drafts.
     pub scheduled: Vec<(RequestId, u32)>,
     /// Requests preempted while planning this step, in preemption order.
     pub preempted: Vec<RequestId>,
