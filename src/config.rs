@@ -1306,10 +1306,12 @@ pub struct SpeculativeConfig {
     /// The probability that a draft token is accepted given the ones before it were (0 to 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acceptance_rate: Option<f64>,
-    /// Instead of one rate: each request's rate drawn from this distribution (clamped to [0, 1]).
+    /// Instead of one rate: each request's rate drawn from this distribution, which must stay within
+    /// [0, 1] (a constant or uniform up to 1, another continuous one with `max` at most 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acceptance_rate_dist: Option<Dist>,
-    /// The draft model's catalog name (`method = "draft_model"` only).
+    /// The draft model (`method = "draft_model"` only): a catalog name or a `config.json` path; it must
+    /// share the target's vocabulary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
 }

@@ -10,6 +10,12 @@
 //! router that reads every replica's load, a client timeout, a cluster event, a time-series sample.
 //! Completions at one instant run in replica order (`event.rs`), so a coast's end sorts where its last
 //! step's would have.
+//!
+//! Disaggregated serving (`cluster.mode = "disaggregated"`, [`PdPools`]): `router` routes arrivals
+//! over the prefill pool; a request the prefill instance is done with is handed to the decode pool's
+//! router (`World::hand_off`), the decode instance's scheduler starts the KV pull
+//! (`Replica::take_transfers`), and its landing (`Event::KvTransferDone`) frees the blocks the
+//! prefill instance kept.
 
 use crate::cluster::router::Router;
 use crate::cluster::{ReplicaView, Route};

@@ -178,7 +178,8 @@ class Result:
       requests    DataFrame, one row per request in `requests.csv` order (requests leave the system in
                   finish order; read from `requests.parquet` for a run made with format="parquet").
                   `request_id`, `session_id`: uint64; other integer columns int64 (`replica`: nullable
-                  Int64, empty for a request that never reached a replica; `batch_id`: nullable
+                  Int64, empty for a request that never reached a replica; `prefill_replica`:
+                  nullable Int64, empty outside a disaggregated cluster; `batch_id`: nullable
                   UInt64, empty outside the dynamic batcher); `status`, `finish_reason`,
                   `failure_reason`: string (<NA> when empty); all else float64 seconds (NaN when
                   empty, e.g. a rejected request's TTFT). The README defines each column.
