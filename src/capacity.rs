@@ -1059,8 +1059,13 @@ fn costs(
     };
     let per_each = per_hour / (rate * 3600.0);
     let text = format!(
-        "; {gpus} GPU(s) at {price} per GPU-hour: {per_hour:.2} per hour, {} per million output tokens, \
+        "; {gpus} GPU(s) at {} per GPU-hour: {per_hour:.2} per hour, {} per million output tokens, \
          {per_each:.5} per {each}",
+        // A split's mean price per GPU, to the cent; a plain price as given.
+        match pl.cfg.cluster.pd_pools() {
+            Some(_) => format!("{price:.2} (mean)"),
+            None => price.to_string(),
+        },
         per_mtok.map_or("n/a".to_string(), |c| format!("{c:.3}"))
     );
     (

@@ -590,9 +590,13 @@ pub fn resolved_toml(cfg: &Config, sys: &System) -> String {
             pool.router.get_or_insert(router);
         }
         let t = c.cluster.kv_transfer.get_or_insert_with(Default::default);
-        t.bandwidth_gbps = Some(t.bytes_per_s() / 1e9);
+        t.bandwidth_gbps.get_or_insert(t.link.default_gbps());
     }
-    let body = toml::to_string(&c).expect("a config serialises");
+    let mut body = toml::to_string(&c).expect("a config serialises");
+    if c.cluster.pd_pools().is_some() {
+        // The pools give the replica count; written, it would read as a count set beside them.
+        body = without_cluster_replicas(&body);
+    }
     format!(
         "# servesim {VERSION}: the resolved configuration of this run (re-run it with --config).\n\
          # model {}: {:.3} B parameters; weights {:.2} GiB per GPU; KV {} bytes per token per replica\n\
@@ -630,6 +634,22 @@ pub fn resolved_toml(cfg: &Config, sys: &System) -> String {
         },
         s.kv_cache_gib,
     )
+}
+
+/// `text` (a serialised config) without the `replicas` line of its `[cluster]` table.
+fn without_cluster_replicas(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_cluster = false;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            in_cluster = line == "[cluster]";
+        } else if in_cluster && line.starts_with("replicas = ") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// The most requests a replica runs at once: vLLM's `max_num_seqs`, SGLang's `max_running_requests`.

@@ -240,8 +240,9 @@ impl System {
                     return Err(ConfigError::invalid(
                         key,
                         format!(
-                            "the drafter is priced on the roofline, which prices 16-bit weights, and {} is \
-                             {}-bit; use a bf16 model, or method = \"ngram\"",
+                            "the drafter is priced on the roofline, which prices 16-bit weights, and {} \
+                             runs {}-bit (a drafter takes model.dtype); set model.dtype = \"bfloat16\", or \
+                             method = \"ngram\"",
                             m.name,
                             8 * m.dtype_bytes
                         ),

@@ -1044,6 +1044,9 @@ impl<'a, S: Scheduler> World<'a, S> {
             pulls.is_empty(),
             "a coast's next step admits nothing, so it starts no KV pull"
         );
+        for (id, prefill, lands) in pulls {
+            self.queue.push(lands, Event::KvTransferDone(prefill, id));
+        }
         match start {
             StepStart::Started(d) => self.queue.push(at + d, Event::StepDone(rid)),
             _ => unreachable!("a coast's next step is a leap step"),

@@ -338,7 +338,15 @@ fn a_heterogeneous_split_reruns_from_its_resolved_config() {
         s.get_f64("prefill_num_gpu_blocks"),
         s.get_f64("decode_num_gpu_blocks")
     );
-    let again = servesim::config::Config::load(Some(&dir.join("resolved.toml")), &[]).unwrap();
+    let resolved = dir.join("resolved.toml");
+    let again = servesim::config::Config::load(Some(&resolved), &[]).unwrap();
+    assert!(again.notices().is_empty(), "{:?}", again.notices());
+    // Other pools on top of it: the replica count follows them, with nothing to report.
+    let more =
+        servesim::config::Config::load(Some(&resolved), &["cluster.decode.replicas=3".into()])
+            .unwrap();
+    assert_eq!(more.cluster.replicas, 4);
+    assert!(more.notices().is_empty(), "{:?}", more.notices());
     let (_, dir2) = run_in(tmp.path(), "again", &again);
     for f in ["requests.csv", "summary.json", "replicas.csv"] {
         assert_eq!(
