@@ -453,11 +453,6 @@ impl<S: Scheduler> Replica<S> {
         true
     }
 
-    /// Requests done here whose KV waits to be pulled.
-    pub fn num_parked(&self) -> usize {
-        self.parked.len()
-    }
-
     /// Turns on speculative decoding's acceptance (its scheduler must plan the draft tokens).
     pub fn with_speculation(mut self, acceptance: crate::speculative::Acceptance) -> Self {
         self.spec = Some(acceptance);

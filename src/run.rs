@@ -1127,6 +1127,15 @@ fn summarize<S: Scheduler>(
         "spec_decode_mean_acceptance_length",
         spec.mean_acceptance_length(),
     );
+    // By draft position, `;`-separated as the summary's other lists (empty without speculation).
+    s.set(
+        "spec_decode_acceptance_rate_per_pos",
+        spec.acceptance_rate_per_pos()
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(";"),
+    );
     // Disaggregated serving's KV pulls (zero and null in an aggregated cluster).
     let (mut pulls, mut pull_bytes, mut pull_ns) = (0u64, 0u64, 0u64);
     for r in &world.replicas {

@@ -114,6 +114,15 @@ impl SpecStats {
             .then(|| self.num_accepted_tokens as f64 / self.num_draft_tokens as f64)
     }
 
+    /// vLLM's per-position acceptance rates: position i's accepted count over the verifications (the
+    /// share of them that accepted more than i drafts; a^(i+1) at a constant rate a).
+    pub fn acceptance_rate_per_pos(&self) -> Vec<f64> {
+        self.accepted_per_pos
+            .iter()
+            .map(|&c| c as f64 / self.num_drafts.max(1) as f64)
+            .collect()
+    }
+
     /// vLLM's mean acceptance length: tokens a verification emits, 1 + accepted / verifications.
     pub fn mean_acceptance_length(&self) -> Option<f64> {
         (self.num_drafts > 0)

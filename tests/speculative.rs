@@ -195,6 +195,17 @@ fn mean_acceptance_length_matches_the_truncated_geometric_mean_on_a_chat_run() {
     assert!((len - 2.3056).abs() < 0.03, "{len}");
     let rate = s.get_f64("spec_decode_acceptance_rate").unwrap();
     assert!((rate - 0.3264).abs() < 0.01, "{rate}");
+    // Position i is reached with probability 0.6^(i+1): 0.6, 0.36, 0.216, 0.1296.
+    let per_pos: Vec<f64> = s.0["spec_decode_acceptance_rate_per_pos"]
+        .as_str()
+        .unwrap()
+        .split(';')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(per_pos.len(), 4);
+    for (i, p) in per_pos.iter().enumerate() {
+        assert!((p - 0.6f64.powi(i as i32 + 1)).abs() < 0.01, "{per_pos:?}");
+    }
     assert!(s.get_f64("cost_spec_draft_s").unwrap() > 0.0);
     // Speculation shortens TPOT against the same run without it.
     let off = simulate(
